@@ -1,0 +1,29 @@
+# keyturn: `make demo` to see it work, `make test` to check it. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) demo/demo.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench demo
+	$(VENV)/bin/mypy --strict
+
+test: lint
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/crypto_overhead.py
+
+clean:
+	rm -rf $(VENV) demo/work .pytest_cache .mypy_cache .ruff_cache

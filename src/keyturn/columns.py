@@ -1,0 +1,70 @@
+"""Binding configured columns to the live schema, with checks that name the entry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Column, Connection, MetaData, String, Table, inspect
+from sqlalchemy.types import NullType
+
+from . import tokens
+from .config import ColumnSpec
+from .errors import SchemaError
+
+# The shortest token keyturn can write (empty plaintext, a 6-digit version).
+MIN_TOKEN_WIDTH = tokens.token_length(999_999, 0)
+
+
+@dataclass(frozen=True)
+class BoundColumn:
+    """A configured column resolved against the database."""
+
+    spec: ColumnSpec
+    table: Table
+    width: int | None  # declared maximum length in characters, if any
+
+    @property
+    def pk(self) -> list[Column[Any]]:
+        return [self.table.c[name] for name in self.spec.primary_key]
+
+    @property
+    def value(self) -> Column[Any]:
+        return self.table.c[self.spec.column]
+
+
+def bind_columns(conn: Connection, specs: Sequence[ColumnSpec]) -> list[BoundColumn]:
+    """Check each configured column exists and can hold tokens; SchemaError otherwise."""
+    insp = inspect(conn)
+    bound = []
+    for spec in specs:
+        where = f"[[columns]] {spec.name}"
+        if not insp.has_table(spec.table):
+            raise SchemaError(f"{where}: table {spec.table!r} does not exist in the database")
+        reflected = {c["name"]: c for c in insp.get_columns(spec.table)}
+        for name in (*spec.primary_key, spec.column):
+            if name not in reflected:
+                raise SchemaError(f"{where}: table {spec.table!r} has no column {name!r}")
+        if spec.column in spec.primary_key:
+            raise SchemaError(f"{where}: the secret column cannot be part of the primary key")
+        col_type = reflected[spec.column]["type"]
+        if not isinstance(col_type, String | NullType):
+            raise SchemaError(
+                f"{where}: column type {col_type} cannot hold text tokens; use TEXT or VARCHAR"
+            )
+        width = getattr(col_type, "length", None)
+        if width is not None and width < MIN_TOKEN_WIDTH:
+            raise SchemaError(
+                f"{where}: column is {col_type}, too narrow for keyturn tokens "
+                f"(at least {MIN_TOKEN_WIDTH} characters plus 4/3 of the secret's bytes); "
+                "widen it (docs/FORMAT.md, 'Column width')"
+            )
+        table = Table(
+            spec.table,
+            MetaData(),
+            *(Column(n, reflected[n]["type"], primary_key=True) for n in spec.primary_key),
+            Column(spec.column, col_type),
+        )
+        bound.append(BoundColumn(spec, table, width))
+    return bound

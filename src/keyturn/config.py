@@ -1,0 +1,161 @@
+"""Loading and validating ``keyturn.toml``.
+
+Only structure is checked here; whether the tables and columns exist is
+checked against the database by ``columns``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import ConfigError
+
+CONFIG_NAME = "keyturn.toml"
+CONFIG_ENV = "KEYTURN_CONFIG"
+DEFAULT_CRYPTOPERIOD_DAYS = 730  # NIST SP 800-57 Part 1: up to 2 years for a DEK
+_TOP_KEYS = {"database", "kek", "cryptoperiod_days", "columns"}
+_COLUMN_KEYS = {"table", "column", "primary_key", "bind"}
+BINDS = ("column", "row")
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """A configured column holding secrets, and how its tokens are bound."""
+
+    table: str
+    column: str
+    primary_key: tuple[str, ...]
+    bind: str = "column"
+
+    @property
+    def name(self) -> str:
+        return f"{self.table}.{self.column}"
+
+    def context(self, pk: tuple[Any, ...]) -> str:
+        """The AAD context of this column's token in the row with key ``pk``."""
+        if self.bind == "row":
+            return f"{self.table}.{self.column}#" + ",".join(str(v) for v in pk)
+        return f"{self.table}.{self.column}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """A parsed configuration; ``database`` is the resolved SQLAlchemy URL."""
+
+    path: Path
+    database: str
+    kek: str | None
+    columns: tuple[ColumnSpec, ...]
+    cryptoperiod_days: int = DEFAULT_CRYPTOPERIOD_DAYS
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def __repr__(self) -> str:
+        # The URL may carry a database password: show only where the config is.
+        return f"Config(path={str(self.path)!r}, columns={[c.name for c in self.columns]})"
+
+
+def find_config(path: str | os.PathLike[str] | None = None) -> Path:
+    """The config file: ``path``, else $KEYTURN_CONFIG, else ./keyturn.toml."""
+    if path is None:
+        path = os.environ.get(CONFIG_ENV) or None
+    candidate = Path(path) if path is not None else Path.cwd() / CONFIG_NAME
+    if not candidate.is_file():
+        if path is None:
+            raise ConfigError(
+                f"no {CONFIG_NAME} in {Path.cwd()}; pass --config PATH or set {CONFIG_ENV}"
+            )
+        raise ConfigError(f"config file {candidate} does not exist")
+    return candidate.resolve()
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Find, read and validate the configuration."""
+    file = find_config(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    return parse_config(data, file)
+
+
+def parse_config(data: dict[str, Any], file: Path) -> Config:
+    """Validate a parsed TOML document; every error names the offending entry."""
+    _reject_unknown(data, _TOP_KEYS, f"{file}")
+    database = data.get("database")
+    if not isinstance(database, str) or not database:
+        raise ConfigError(f"{file}: `database` must be a SQLAlchemy URL string")
+    kek = data.get("kek")
+    if kek is not None and not isinstance(kek, str):
+        raise ConfigError(f'{file}: `kek` must be a string such as "env:NAME"')
+    period = data.get("cryptoperiod_days", DEFAULT_CRYPTOPERIOD_DAYS)
+    if not isinstance(period, int) or isinstance(period, bool) or period <= 0:
+        raise ConfigError(f"{file}: `cryptoperiod_days` must be a positive integer")
+    raw_columns = data.get("columns", [])
+    if not isinstance(raw_columns, list):
+        raise ConfigError(f"{file}: `columns` must be an array of tables ([[columns]])")
+    columns = tuple(_parse_column(entry, i, file) for i, entry in enumerate(raw_columns, 1))
+    seen: set[str] = set()
+    for col in columns:
+        if col.name in seen:
+            raise ConfigError(f"{file}: column {col.name} is configured twice")
+        seen.add(col.name)
+    return Config(file, _resolve_database(database, file), kek or None, columns, period)
+
+
+def _parse_column(entry: Any, index: int, file: Path) -> ColumnSpec:
+    where = f"{file}: [[columns]] entry {index}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a table")
+    _reject_unknown(entry, _COLUMN_KEYS, where)
+    for key in ("table", "column"):
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            raise ConfigError(f"{where}: `{key}` is required and must be a string")
+    where = f"{where} ({entry['table']}.{entry['column']})"
+    pk = entry.get("primary_key", "id")
+    if isinstance(pk, str):
+        pk = [pk]
+    if not (isinstance(pk, list) and pk and all(isinstance(p, str) and p for p in pk)):
+        raise ConfigError(f"{where}: `primary_key` must be a column name or a list of them")
+    bind = entry.get("bind", "column")
+    if bind not in BINDS:
+        raise ConfigError(f'{where}: `bind` must be "column" or "row"')
+    return ColumnSpec(entry["table"], entry["column"], tuple(pk), bind)
+
+
+def _reject_unknown(data: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _resolve_database(database: str, file: Path) -> str:
+    """Resolve ``env:NAME`` and make a relative SQLite path relative to the config."""
+    if database.startswith("env:"):
+        name = database[4:]
+        value = os.environ.get(name)
+        if not value:
+            raise ConfigError(f"{file}: `database` names env var {name}, which is not set")
+        database = value
+    try:
+        url = make_url(database)
+    except ArgumentError:
+        raise ConfigError(f"{file}: `database` is not a valid SQLAlchemy URL") from None
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        db_path = Path(url.database)
+        if not db_path.is_absolute():
+            url = url.set(database=str((file.parent / db_path).resolve()))
+    return url.render_as_string(hide_password=False)

@@ -1,0 +1,40 @@
+"""Opening the application's database with the settings keyturn relies on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from .errors import ConfigError
+
+
+def connect(url: str) -> Engine:
+    """An engine for ``url``; SQL parameters (tokens, secrets) never appear in errors.
+
+    SQLite gets real transactions (``BEGIN`` issued by us, DDL included) and a
+    busy timeout, so batches are atomic and wait for the app's locks.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:" and not Path(db).is_file():
+            raise ConfigError(f"the SQLite database {db} does not exist")
+        engine = create_engine(url, hide_parameters=True, connect_args={"timeout": 30})
+        _sqlite_transactions(engine)
+        return engine
+    return create_engine(url, hide_parameters=True, pool_pre_ping=True)
+
+
+def _sqlite_transactions(engine: Engine) -> None:
+    # pysqlite's legacy mode does not open a transaction before DDL or SELECT;
+    # the SQLAlchemy-documented fix is to disable it and emit BEGIN ourselves.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")

@@ -1,0 +1,85 @@
+"""keyturn's exception hierarchy.
+
+Every error keyturn raises derives from :class:`KeyturnError`. Messages never
+carry key material or plaintext. ``exit_code`` is what the CLI exits with
+(see ``docs/CLI.md``): 1 operation failed, 2 usage/config/schema error,
+3 key error.
+"""
+
+from __future__ import annotations
+
+
+class KeyturnError(Exception):
+    """Base class of every keyturn error."""
+
+    exit_code = 1
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+class InvalidToken(KeyturnError):
+    """A token is malformed, tampered with, or was sealed for another context.
+
+    Deliberately carries no detail: which check failed is of use to an attacker.
+    """
+
+    exit_code = 1
+
+    def __init__(self) -> None:
+        super().__init__("invalid token")
+
+
+class KeyManagementError(KeyturnError):
+    """Base of key problems an operator can act on (exit code 3)."""
+
+    exit_code = 3
+
+
+class UnknownKeyVersion(KeyManagementError):
+    """A token names a DEK version the keyring does not hold (or has destroyed)."""
+
+    def __init__(self, version: int, detail: str = "") -> None:
+        self.version = version
+        msg = f"token names key version {version}, which this keyring does not have"
+        super().__init__(msg + (f" ({detail})" if detail else ""))
+
+
+class WrongKEK(KeyManagementError):
+    """The KEK does not unwrap the keyring's data keys."""
+
+
+class InvalidKEK(KeyManagementError):
+    """A KEK is malformed, weak, missing, or stored unsafely."""
+
+
+class ConfigError(KeyturnError):
+    """The configuration is missing, malformed or inconsistent."""
+
+    exit_code = 2
+
+
+class SchemaError(ConfigError):
+    """A configured table or column does not exist or cannot hold tokens."""
+
+
+class NotInitialized(ConfigError):
+    """The database has no keyturn keyring yet (run ``keyturn init``)."""
+
+
+class OperationFailed(KeyturnError):
+    """An operation ran but could not complete (some rows failed, a database error)."""
+
+
+__all__ = [
+    "ConfigError",
+    "InvalidKEK",
+    "InvalidToken",
+    "KeyManagementError",
+    "KeyturnError",
+    "NotInitialized",
+    "OperationFailed",
+    "SchemaError",
+    "UnknownKeyVersion",
+    "WrongKEK",
+]

@@ -1,0 +1,103 @@
+"""Envelope keyring maths: data keys, their metadata, and token dispatch. Pure.
+
+A keyring is a set of versioned 256-bit data keys (DEKs), exactly one of them
+active for encryption. DEKs are stored wrapped under the KEK with an AAD that
+binds each to its version and to this keyring's id, so a wrapped DEK copied to
+another version slot, or to another database's keyring, fails to unwrap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from . import tokens
+from .errors import UnknownKeyVersion
+
+DEK_BYTES = 32
+ACTIVE, RETIRED, DESTROYED = "active", "retired", "destroyed"
+STATES = (ACTIVE, RETIRED, DESTROYED)
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    """One row of ``keyturn_keys``, without the wrapped key."""
+
+    version: int
+    state: str
+    created_at: datetime
+    retired_at: datetime | None
+    created_by: str
+    kek_id: str | None
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """An unwrapped DEK. Its repr never shows the key."""
+
+    version: int
+    key: bytes = field(repr=False)
+    aead: AESGCM = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.key) != DEK_BYTES:
+            raise ValueError("a data key is 32 bytes")
+        object.__setattr__(self, "aead", AESGCM(self.key))
+
+    def __repr__(self) -> str:
+        return f"DataKey(version={self.version}, key=<redacted>)"
+
+    @classmethod
+    def generate(cls, version: int) -> DataKey:
+        return cls(version, os.urandom(DEK_BYTES))
+
+
+def wrap_aad(keyring_id: str, version: int) -> bytes:
+    """AAD binding a wrapped DEK to its version and keyring."""
+    return f"keyturn-dek:v1:{keyring_id}:{version}".encode()
+
+
+class Keyring:
+    """Unwrapped DEKs by version, with the active one used for encryption."""
+
+    __slots__ = ("_active", "_destroyed", "_keys")
+
+    def __init__(
+        self,
+        keys: Mapping[int, DataKey],
+        active: int,
+        destroyed: frozenset[int] = frozenset(),
+    ) -> None:
+        if active not in keys:
+            raise ValueError("the active version must be among the keys")
+        self._keys = dict(keys)
+        self._active = keys[active]
+        self._destroyed = destroyed
+
+    def __repr__(self) -> str:
+        return f"Keyring(versions={sorted(self._keys)}, active={self._active.version})"
+
+    @property
+    def active_version(self) -> int:
+        return self._active.version
+
+    @property
+    def versions(self) -> frozenset[int]:
+        return frozenset(self._keys)
+
+    def encrypt(self, plaintext: bytes, context: str, nonce: bytes | None = None) -> str:
+        key = self._active
+        return tokens.seal(key.aead, key.version, context, plaintext, nonce)
+
+    def decrypt(self, token: str, context: str) -> bytes:
+        """Decrypt a token; UnknownKeyVersion if its version is not held."""
+        version, blob = tokens.parse(token)
+        key = self._keys.get(version)
+        if key is None:
+            detail = "it was destroyed" if version in self._destroyed else ""
+            raise UnknownKeyVersion(version, detail)
+        return tokens.open_blob(key.aead, version, blob, context)

@@ -1,0 +1,152 @@
+"""The library API: a Store encrypts and decrypts with the database's keyring.
+
+A Store caches the unwrapped DEKs. It reloads the keyring when a token names a
+version newer than any it holds (another process rotated) and re-reads the
+active version at most every ``refresh_seconds``, so application processes
+follow a rotation without restarting.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from sqlalchemy import Engine
+
+from . import keystore
+from .columns import BoundColumn, bind_columns
+from .config import Config, load_config
+from .database import connect
+from .errors import NotInitialized, UnknownKeyVersion
+from .kek import KEK
+from .kek_sources import resolve_kek
+from .keyring import Keyring, KeyVersion
+
+REFRESH_SECONDS = 30.0
+
+
+class Store:
+    """Encrypts and decrypts secrets under the keyring kept in the app's database."""
+
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        kek: KEK,
+        loaded: keystore.LoadedKeyring,
+        *,
+        refresh_seconds: float = REFRESH_SECONDS,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.kek = kek
+        self.keyring_id = loaded.keyring_id
+        self._keyring = loaded.keyring
+        self._versions = loaded.versions
+        self._lock = threading.Lock()
+        self._refresh_seconds = refresh_seconds
+        self._next_refresh = time.monotonic() + refresh_seconds
+        self._next_miss_reload = 0.0
+
+    def __repr__(self) -> str:
+        return f"Store(config={str(self.config.path)!r}, active_version={self.active_version})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._keyring
+
+    @property
+    def active_version(self) -> int:
+        return self._keyring.active_version
+
+    @property
+    def versions(self) -> tuple[KeyVersion, ...]:
+        """Metadata of every key version as of the last (re)load."""
+        return self._versions
+
+    def encrypt(self, plaintext: str | bytes, *, context: str) -> str:
+        """Seal ``plaintext`` under the active DEK, bound to ``context``."""
+        if time.monotonic() >= self._next_refresh:
+            self._refresh_active()
+        data = plaintext.encode() if isinstance(plaintext, str) else plaintext
+        return self._keyring.encrypt(data, context)
+
+    def decrypt_bytes(self, token: str, *, context: str) -> bytes:
+        """Open a token sealed for ``context``. InvalidToken if it fails for any reason."""
+        try:
+            return self._keyring.decrypt(token, context)
+        except UnknownKeyVersion as exc:
+            if not self._reload_for(exc.version):
+                raise
+            return self._keyring.decrypt(token, context)
+
+    def decrypt(self, token: str, *, context: str) -> str:
+        """Like :meth:`decrypt_bytes`, decoded as UTF-8."""
+        return self.decrypt_bytes(token, context=context).decode()
+
+    def reload(self) -> None:
+        """Re-read and unwrap the keyring (the drift check runs again)."""
+        with self.engine.connect() as conn:
+            loaded = keystore.load(conn, self.kek)
+        with self._lock:
+            self._keyring = loaded.keyring
+            self._versions = loaded.versions
+            self._next_refresh = time.monotonic() + self._refresh_seconds
+
+    def bound_columns(self) -> list[BoundColumn]:
+        """The configured columns, checked against the live schema."""
+        with self.engine.connect() as conn:
+            return bind_columns(conn, self.config.columns)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _reload_for(self, version: int) -> bool:
+        # Only a version newer than all we hold can have appeared since we
+        # loaded; and reload at most once a second, so forged headers cannot
+        # turn decrypt into a flood of keyring queries.
+        if version <= max(self._keyring.versions) or time.monotonic() < self._next_miss_reload:
+            return False
+        self._next_miss_reload = time.monotonic() + 1.0
+        self.reload()
+        return version in self._keyring.versions
+
+    def _refresh_active(self) -> None:
+        self._next_refresh = time.monotonic() + self._refresh_seconds
+        try:
+            with self.engine.connect() as conn:
+                active = keystore.active_version(conn)
+        except Exception:  # the database is briefly unreachable: keep the keys we have
+            return
+        if active is not None and active != self._keyring.active_version:
+            self.reload()
+
+
+def open(config_path: str | os.PathLike[str] | None = None, **options: Any) -> Store:
+    """Open the Store configured by ``keyturn.toml`` (or ``config_path``).
+
+    Checks that the KEK opens every data key and that the configured columns
+    exist, so a misconfiguration fails here, at start-up.
+    """
+    config = load_config(config_path)
+    engine = connect(config.database)
+    try:
+        with engine.connect() as conn:
+            if not keystore.is_initialized(conn):
+                raise NotInitialized("this database has no keyturn keyring yet; run `keyturn init`")
+        kek = resolve_kek(config)
+        with engine.connect() as conn:
+            loaded = keystore.load(conn, kek)
+            bind_columns(conn, config.columns)
+        return Store(config, engine, kek, loaded, **options)
+    except BaseException:
+        engine.dispose()
+        raise
