@@ -1,0 +1,5 @@
+"""``python -m keyturn`` runs the CLI."""
+
+from keyturn.cli import main
+
+main()

@@ -1,0 +1,164 @@
+"""Shared fixtures: a throwaway app database with a config, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+VECTORS = Path(__file__).parent / "vectors"
+
+# Secrets planted in fixtures; tests search every output and log for them.
+PLAINTEXTS = [
+    "sk_live_51H8PLAINTEXTzzA",
+    "ya29.OAUTHTOKEN-plaintext-qq",
+    "JBSWY3DPEHPK3PXPTOTPSEED",
+    "pässwörd-ünïcode-秘密",
+]
+
+
+def vectors(kind: str) -> Any:
+    """Parametrize a test over one list in tests/vectors/kt1.json, ids from the data."""
+    data = json.loads((VECTORS / "kt1.json").read_text(encoding="utf-8"))[kind]
+    ids = [v.get("description") or f"{v['version']}-{v['context']}" for v in data]
+    return pytest.mark.parametrize("vector", data, ids=ids)
+
+
+@dataclass
+class App:
+    """An application directory: app.db, keyturn.toml, and the env to run keyturn with."""
+
+    dir: Path
+    env: dict[str, str]
+
+    @property
+    def db(self) -> Path:
+        return self.dir / "app.db"
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "keyturn.toml"
+
+    def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.db) as conn:
+            rows = conn.execute(query, params).fetchall()
+        conn.close()
+        return rows
+
+    def cli(self, *args: str, check: bool = False, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, cwd=self.dir, env=self.env, check=check, **kw)
+
+    def write_config(self, text: str) -> None:
+        self.config.write_text(text, encoding="utf-8")
+
+
+def run_cli(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str],
+    check: bool = False,
+    timeout: float = 120,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "keyturn", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL if input is None else None,
+        input=input,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"keyturn {args} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+CONFIG = """\
+database = "sqlite:///app.db"
+
+[[columns]]
+table = "users"
+column = "secret"
+primary_key = "id"
+
+[[columns]]
+table = "integrations"
+column = "token"
+primary_key = "id"
+bind = "row"
+"""
+
+
+def make_app_db(path: Path, rows: int = 8) -> dict[tuple[str, int], str | None]:
+    """users(id, name, secret) and integrations(id, kind, token) with plaintext secrets."""
+    expected: dict[tuple[str, int], str | None] = {}
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, secret VARCHAR(255))")
+    conn.execute("CREATE TABLE integrations (id INTEGER PRIMARY KEY, kind TEXT, token TEXT)")
+    for i in range(1, rows + 1):
+        value: str | None = PLAINTEXTS[i % len(PLAINTEXTS)] + f"-{i}"
+        if i % 7 == 0:
+            value = None
+        elif i % 5 == 0:
+            value = ""
+        conn.execute("INSERT INTO users VALUES (?, ?, ?)", (i, f"user{i}", value))
+        expected[("users", i)] = value
+        token = PLAINTEXTS[(i + 1) % len(PLAINTEXTS)] + f"-int{i}"
+        conn.execute("INSERT INTO integrations VALUES (?, ?, ?)", (i, "oauth", token))
+        expected[("integrations", i)] = token
+    conn.commit()
+    conn.close()
+    return expected
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture
+def kek_hex() -> str:
+    return secrets.token_hex(32)
+
+
+@pytest.fixture
+def app(tmp_path: Path, kek_hex: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
+    """An app dir with a plaintext database, the default config, and KEYTURN_KEK set."""
+    for name in list(os.environ):
+        if name.startswith("KEYTURN_"):
+            monkeypatch.delenv(name)
+    make_app_db(tmp_path / "app.db")
+    (tmp_path / "keyturn.toml").write_text(CONFIG, encoding="utf-8")
+    env = base_env()
+    env["KEYTURN_KEK"] = kek_hex
+    monkeypatch.setenv("KEYTURN_KEK", kek_hex)
+    monkeypatch.chdir(tmp_path)
+    yield App(tmp_path, env)
+
+
+@pytest.fixture
+def expected(app: App) -> dict[tuple[str, int], str | None]:
+    """The plaintext the fixture database was filled with, by (table, id)."""
+    out: dict[tuple[str, int], str | None] = {}
+    for i, v in app.sql("SELECT id, secret FROM users"):
+        out[("users", i)] = v
+    for i, v in app.sql("SELECT id, token FROM integrations"):
+        out[("integrations", i)] = v
+    return out
+
+
+def assert_no_secret(text: str, *secrets_: str) -> None:
+    for s in (*PLAINTEXTS, *secrets_):
+        assert s not in text, "a secret leaked into output"

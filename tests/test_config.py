@@ -1,0 +1,72 @@
+"""keyturn.toml: every error names the offending entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from keyturn import ConfigError, load_config
+
+GOOD = """\
+database = "sqlite:///app.db"
+[[columns]]
+table = "users"
+column = "secret"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "keyturn.toml"
+    path.write_text(text)
+    return path
+
+
+def test_relative_sqlite_path_is_relative_to_the_config(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert config.database == f"sqlite:///{tmp_path / 'app.db'}"
+    assert config.columns[0].primary_key == ("id",)
+    assert config.columns[0].context((7,)) == "users.secret"
+
+
+def test_row_binding_context_names_the_primary_key(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD + 'bind = "row"\nprimary_key = ["a", "b"]\n'))
+    assert config.columns[0].context((1, "x")) == "users.secret#1,x"
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (GOOD + "colour = 1\n", "unknown key.*colour"),
+        ("databse = 'x'\n", "unknown key.*databse"),
+        ("[[columns]]\ntable='t'\ncolumn='c'\n", "database"),
+        ('database = "sqlite:///a.db"\n[[columns]]\ntable = "users"\n', "entry 1.*column"),
+        (GOOD + 'bind = "table"\n', r"users\.secret.*bind"),
+        (GOOD + "primary_key = []\n", "primary_key"),
+        (GOOD + GOOD.split("\n", 1)[1], "configured twice"),
+        ('database = "not a url"\n', "SQLAlchemy URL"),
+        ('database = "sqlite:///a.db"\ncryptoperiod_days = 0\n', "cryptoperiod_days"),
+        ('database = "sqlite:///a.db"\nkek = 5\n', "kek"),
+        ("database = ", "not valid TOML"),
+        ('database = "env:NO_SUCH_VAR_KT"\n', "NO_SUCH_VAR_KT"),
+    ],
+)
+def test_bad_config_is_a_config_error(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_config_says_how_to_point_at_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KEYTURN_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="--config"):
+        load_config()
+    monkeypatch.setenv("KEYTURN_CONFIG", str(write(tmp_path, GOOD)))
+    assert load_config().columns[0].name == "users.secret"
+
+
+def test_config_repr_hides_the_database_password(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, 'database = "postgresql://u:hunter2@127.0.0.1/db"\n'))
+    assert "hunter2" not in repr(config)

@@ -1,0 +1,141 @@
+"""The library API against real SQLite files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sqlite3
+
+import pytest
+from conftest import PLAINTEXTS, App
+
+import keyturn
+from keyturn import (
+    InvalidToken,
+    NotInitialized,
+    SchemaError,
+    UnknownKeyVersion,
+    WrongKEK,
+    keystore,
+)
+from keyturn.keyring import ACTIVE, RETIRED, DataKey
+
+
+def init(app: App) -> None:
+    app.cli("init", check=True)
+
+
+def add_version(store: keyturn.Store, version: int) -> None:
+    """What a rotation in another process does to the keyring."""
+    with store.engine.begin() as conn:
+        keystore.retire(conn, store.active_version)
+        keystore.insert_version(
+            conn, store.kek, store.keyring_id, DataKey.generate(version), ACTIVE, "test"
+        )
+
+
+def test_open_encrypt_decrypt(app: App) -> None:
+    init(app)
+    with keyturn.open() as store:
+        token = store.encrypt("sk_live_x", context="users.secret")
+        assert token.startswith("kt1:1:")
+        assert store.decrypt(token, context="users.secret") == "sk_live_x"
+        assert store.decrypt_bytes(store.encrypt(b"\x00\xff", context="c"), context="c") == (
+            b"\x00\xff"
+        )
+        with pytest.raises(InvalidToken):
+            store.decrypt(token, context="users.other")
+
+
+def test_open_before_init_says_run_init(app: App) -> None:
+    with pytest.raises(NotInitialized, match="keyturn init"):
+        keyturn.open()
+
+
+def test_open_with_wrong_kek_fails_at_startup(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    init(app)
+    monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
+    with pytest.raises(WrongKEK, match="does not open key version 1"):
+        keyturn.open()
+
+
+def test_store_follows_a_rotation_made_elsewhere(app: App) -> None:
+    init(app)
+    with keyturn.open() as old, keyturn.open(refresh_seconds=0.0) as other:
+        v1_token = old.encrypt("before", context="c")
+        add_version(other, 2)
+        other.reload()
+        v2_token = other.encrypt("after", context="c")
+        assert v2_token.startswith("kt1:2:")
+        # `old` has never seen v2: it reloads on the unknown-but-newer version...
+        assert old.decrypt(v2_token, context="c") == "after"
+        assert old.decrypt(v1_token, context="c") == "before"
+        # ...and, once reloaded, encrypts under the new active version.
+        assert old.encrypt("next", context="c").startswith("kt1:2:")
+        assert {v.version: v.state for v in old.versions} == {1: RETIRED, 2: ACTIVE}
+
+
+def test_store_picks_up_new_active_version_within_ttl(app: App) -> None:
+    init(app)
+    with keyturn.open(refresh_seconds=0.0) as store, keyturn.open() as other:
+        add_version(other, 2)
+        assert store.encrypt("x", context="c").startswith("kt1:2:")
+
+
+def test_unknown_older_version_does_not_reload(app: App) -> None:
+    init(app)
+    with keyturn.open() as store:
+        add_version(store, 2)
+        store.reload()
+        forged = store.encrypt("x", context="c").replace("kt1:2:", "kt1:9:")
+        with pytest.raises(UnknownKeyVersion):
+            store.decrypt(forged, context="c")
+        old_version = forged.replace("kt1:9:", "kt1:1:")
+        with pytest.raises(InvalidToken):
+            store.decrypt(old_version, context="c")
+
+
+@pytest.mark.parametrize(
+    ("ddl", "match"),
+    [
+        ("DROP TABLE integrations", "table 'integrations' does not exist"),
+        ("ALTER TABLE users RENAME COLUMN secret TO other", "has no column 'secret'"),
+        ("ALTER TABLE users ADD COLUMN tiny VARCHAR(20)", "too narrow"),
+        ("ALTER TABLE users ADD COLUMN num INTEGER", "cannot hold text"),
+    ],
+)
+def test_schema_problems_name_the_column(app: App, ddl: str, match: str) -> None:
+    init(app)
+    with sqlite3.connect(app.db) as conn:
+        conn.execute(ddl)
+    conn.close()
+    text = app.config.read_text()
+    if "ADD COLUMN" in ddl:
+        col = ddl.split()[5]
+        text += f'\n[[columns]]\ntable = "users"\ncolumn = "{col}"\n'
+        app.write_config(text)
+    with pytest.raises(SchemaError, match=match):
+        keyturn.open()
+
+
+def test_encrypt_existing_library_call_and_no_secret_in_logs(
+    app: App, expected: dict[tuple[str, int], str | None], caplog: pytest.LogCaptureFixture
+) -> None:
+    init(app)
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)
+    with keyturn.open() as store:
+        report = keyturn.encrypt_existing(store)
+        status = keyturn.status(store)
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    assert report.totals["encrypted"] == sum(1 for v in expected.values() if v)
+    assert report.failed == 0
+    for secret in PLAINTEXTS:
+        assert secret not in caplog.text
+        assert secret not in repr(report) + repr(status) + repr(store)
+    assert os.environ["KEYTURN_KEK"] not in caplog.text
+    users = {c.column: c for c in status.columns}["users.secret"]
+    assert users.plaintext == 0 and users.by_version == {
+        1: report.columns["users.secret"]["encrypted"]
+    }

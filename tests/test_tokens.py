@@ -1,0 +1,163 @@
+"""The kt1 format: vectors both ways, round trips, and every way a token can be bad."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from conftest import vectors
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given
+from hypothesis import strategies as st
+
+from keyturn import InvalidToken, UnknownKeyVersion, tokens
+from keyturn.keyring import DataKey, Keyring
+
+KEY = DataKey(3, bytes(range(32)))
+RING = Keyring({3: KEY}, 3)
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def ring_for(vector: dict[str, Any]) -> Keyring:
+    key = bytes.fromhex(vector["key"])
+    keys = {vector["version"]: DataKey(vector["version"], key)}
+    if "also_version" in vector:  # same key under another version: only the AAD differs
+        keys[vector["also_version"]] = DataKey(vector["also_version"], key)
+    return Keyring(keys, vector["version"])
+
+
+@vectors("valid")
+def test_vector_encrypts_to_token(vector: dict[str, Any]) -> None:
+    token = ring_for(vector).encrypt(
+        vector["plaintext"].encode(), vector["context"], nonce=bytes.fromhex(vector["nonce"])
+    )
+    assert token == vector["token"]
+
+
+@vectors("valid")
+def test_vector_decrypts_to_plaintext(vector: dict[str, Any]) -> None:
+    out = ring_for(vector).decrypt(vector["token"], vector["context"])
+    assert out.decode() == vector["plaintext"]
+
+
+@vectors("valid")
+def test_payload_is_exactly_nonce_ciphertext_tag(vector: dict[str, Any]) -> None:
+    payload = vector["token"].split(":", 2)[2]
+    assert "=" not in payload
+    blob = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    assert len(blob) == 28 + len(vector["plaintext"].encode())
+    assert blob[:12] == bytes.fromhex(vector["nonce"])
+
+
+@vectors("invalid")
+def test_invalid_vector_is_refused(vector: dict[str, Any]) -> None:
+    error = {"InvalidToken": InvalidToken, "UnknownKeyVersion": UnknownKeyVersion}
+    with pytest.raises(error[vector["error"]]):
+        ring_for(vector).decrypt(vector["token"], vector["context"])
+
+
+def test_bare_aesgcm_reads_a_token() -> None:
+    """What docs/FORMAT.md tells other runtimes to do, done with bare AESGCM."""
+    token = RING.encrypt(b"hello", "users.secret")
+    _, version, payload = token.split(":", 2)
+    blob = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    aad = f"kt1:{version}:users.secret".encode()
+    assert AESGCM(KEY.key).decrypt(blob[:12], blob[12:], aad) == b"hello"
+
+
+@given(st.binary(max_size=2048), st.text(max_size=80))
+def test_round_trip_bytes(data: bytes, context: str) -> None:
+    token = RING.encrypt(data, context)
+    assert RING.decrypt(token, context) == data
+    assert len(token) == tokens.token_length(3, len(data))
+
+
+@given(st.text(max_size=500), st.text(min_size=1, max_size=40))
+def test_round_trip_text_and_fresh_nonces(text: str, context: str) -> None:
+    a = RING.encrypt(text.encode(), context)
+    b = RING.encrypt(text.encode(), context)
+    assert a != b  # random nonces: equal plaintexts do not give equal tokens
+    assert RING.decrypt(a, context).decode() == RING.decrypt(b, context).decode() == text
+
+
+@given(st.binary(max_size=64), st.text(max_size=20), st.text(max_size=20))
+def test_other_context_is_refused(data: bytes, ctx: str, other: str) -> None:
+    token = RING.encrypt(data, ctx)
+    if other != ctx:
+        with pytest.raises(InvalidToken):
+            RING.decrypt(token, other)
+
+
+@given(st.binary(max_size=64), st.data())
+def test_any_edited_character_is_refused(data: bytes, draw: st.DataObject) -> None:
+    token = RING.encrypt(data, "c")
+    i = draw.draw(st.integers(min_value=0, max_value=len(token) - 1))
+    replacement = draw.draw(st.sampled_from(ALPHABET + ":=+/ 0"))
+    edited = token[:i] + replacement + token[i + 1 :]
+    if edited != token:
+        with pytest.raises((InvalidToken, UnknownKeyVersion)):
+            RING.decrypt(edited, "c")
+
+
+def test_every_truncation_is_refused() -> None:
+    token = RING.encrypt(b"a secret value", "c")
+    for n in range(len(token)):
+        with pytest.raises(InvalidToken):
+            RING.decrypt(token[:n], "c")
+
+
+def test_every_single_bit_flip_of_the_blob_is_refused() -> None:
+    token = RING.encrypt(b"secret", "c")
+    version, blob = tokens.parse(token)
+    for i in range(len(blob) * 8):
+        flipped = bytearray(blob)
+        flipped[i // 8] ^= 1 << (i % 8)
+        with pytest.raises(InvalidToken):
+            tokens.open_blob(KEY.aead, version, bytes(flipped), "c")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "kt1",
+        "kt1:",
+        "kt1:3",
+        "kt1:3:",
+        "kt1::AAAA",
+        "kt1:-3:AAAA",
+        "kt1:3.0:AAAA",
+        "kt1:٣:AAAA",
+        "kt1:99999999999:AAAA",
+        "KT1:3:AAAA",
+        " kt1:3:AAAA",
+        "kt1:3:AA AA",
+        None,
+        b"kt1",
+    ],
+)
+def test_malformed_tokens_raise_invalid_token(bad: Any) -> None:
+    with pytest.raises(InvalidToken):
+        RING.decrypt(bad, "c")
+
+
+def test_unknown_version_names_the_version_and_nothing_else() -> None:
+    token = RING.encrypt(b"secret", "c").replace("kt1:3:", "kt1:4:")
+    with pytest.raises(UnknownKeyVersion) as info:
+        RING.decrypt(token, "c")
+    assert info.value.version == 4
+    assert token.split(":")[2] not in str(info.value)
+
+
+def test_invalid_token_message_carries_no_detail() -> None:
+    with pytest.raises(InvalidToken) as info:
+        RING.decrypt(RING.encrypt(b"secret", "a"), "b")
+    assert str(info.value) == "invalid token"
+
+
+def test_version_of_reads_only_the_header() -> None:
+    assert tokens.version_of("kt1:12:x") == 12
+    assert tokens.version_of("kt1:012:x") is None
+    assert tokens.version_of("plain") is None
+    assert tokens.version_of("kt1:5:") is None
