@@ -90,7 +90,13 @@ class Store:
 
     def decrypt(self, token: str, *, context: str) -> str:
         """Like :meth:`decrypt_bytes`, decoded as UTF-8."""
-        return self.decrypt_bytes(token, context=context).decode()
+        try:
+            data = self._keyring.decrypt(token, context)
+        except UnknownKeyVersion as exc:
+            if not self._reload_for(exc.version):
+                raise
+            data = self._keyring.decrypt(token, context)
+        return data.decode()
 
     def reload(self) -> None:
         """Re-read and unwrap the keyring (the drift check runs again)."""

@@ -9,9 +9,8 @@ was edited, fails authentication instead of decrypting to garbage.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import os
-import re
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -24,12 +23,16 @@ TAG_LEN = 16
 OVERHEAD = NONCE_LEN + TAG_LEN
 MAX_VERSION = 2**31 - 1
 
-_PAYLOAD_RE = re.compile(r"[A-Za-z0-9_-]+")
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _INDEX = {c: i for i, c in enumerate(_ALPHABET)}
 # Unused low bits of the last character, by payload length mod 4. They must be
 # zero, so that every token has exactly one spelling and any edit is caught.
 _SPARE_BITS = {2: 0x0F, 3: 0x03}
+# base64url -> standard alphabet; "+", "/" and "=" become "!", which the strict
+# decoder rejects, so only the url-safe alphabet gets through.
+TO_STANDARD = bytes.maketrans(b"-_+/=", b"+/!!!")
+PADDING = {0: b"", 2: b"==", 3: b"="}
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def header(version: int) -> str:
@@ -44,19 +47,24 @@ def aad(version: int, context: str) -> bytes:
 
 def seal(
     aead: AESGCM,
-    version: int,
+    version: int | str,
     context: str,
     plaintext: bytes,
     nonce: bytes | None = None,
 ) -> str:
-    """Encrypt ``plaintext`` into a token. ``nonce`` is for test vectors only."""
+    """Encrypt ``plaintext`` into a token. ``nonce`` is for test vectors only.
+
+    ``version`` may be given as its precomputed header (``"kt1:3:"``), as the
+    keyring does on its hot path.
+    """
     if nonce is None:
         nonce = os.urandom(NONCE_LEN)
     elif len(nonce) != NONCE_LEN:
         raise ValueError("nonce must be 12 bytes")
-    prefix = header(version)
+    prefix = version if isinstance(version, str) else header(version)
     blob = nonce + aead.encrypt(nonce, plaintext, (prefix + context).encode())
-    return prefix + base64.urlsafe_b64encode(blob).rstrip(b"=").decode("ascii")
+    encoded = binascii.b2a_base64(blob, newline=False).translate(_TO_URLSAFE)
+    return prefix + encoded.rstrip(b"=").decode("ascii")
 
 
 def parse(token: str) -> tuple[int, bytes]:
@@ -69,13 +77,18 @@ def parse(token: str) -> tuple[int, bytes]:
     parts = token.split(":", 2)
     if len(parts) != 3 or parts[0] != MAGIC:
         raise InvalidToken()
-    return _parse_version(parts[1]), _b64decode(parts[2])
+    return _parse_version(parts[1]), decode_payload(parts[2])
 
 
 def open_blob(aead: AESGCM, version: int, blob: bytes, context: str) -> bytes:
     """Authenticate and decrypt a parsed token's blob."""
+    return open_with_aad(aead, blob, aad(version, context))
+
+
+def open_with_aad(aead: AESGCM, blob: bytes, associated: bytes) -> bytes:
+    """Authenticate and decrypt ``blob`` given its full AAD."""
     try:
-        return aead.decrypt(blob[:NONCE_LEN], blob[NONCE_LEN:], aad(version, context))
+        return aead.decrypt(blob[:NONCE_LEN], blob[NONCE_LEN:], associated)
     except InvalidTag:
         raise InvalidToken() from None
 
@@ -102,6 +115,11 @@ def token_length(version: int, plaintext_bytes: int) -> int:
     return len(header(version)) + (n * 4 + 2) // 3
 
 
+def spare_bits_set(text: str, rem: int) -> bool:
+    """True if the last character of a payload of length ``rem`` mod 4 has spare bits set."""
+    return bool(_INDEX.get(text[-1], 0) & _SPARE_BITS[rem])
+
+
 def _parse_version(text: str) -> int:
     if not (0 < len(text) <= 10 and text.isascii() and text.isdigit()) or text[0] == "0":
         raise InvalidToken()
@@ -111,15 +129,16 @@ def _parse_version(text: str) -> int:
     return version
 
 
-def _b64decode(text: str) -> bytes:
+def decode_payload(text: str) -> bytes:
+    """Strictly decode a token's payload: canonical unpadded base64url, >= 28 bytes."""
     rem = len(text) % 4
-    if rem == 1 or not _PAYLOAD_RE.fullmatch(text):
+    if rem == 1 or (rem and spare_bits_set(text, rem)):
         raise InvalidToken()
-    if rem:
-        if _INDEX[text[-1]] & _SPARE_BITS[rem]:
-            raise InvalidToken()
-        text += "=" * (4 - rem)
-    blob = base64.urlsafe_b64decode(text)
+    try:
+        raw = text.encode("ascii").translate(TO_STANDARD) + PADDING[rem]
+        blob = binascii.a2b_base64(raw, strict_mode=True)
+    except (UnicodeEncodeError, binascii.Error):
+        raise InvalidToken() from None
     if len(blob) < OVERHEAD:
         raise InvalidToken()
     return blob

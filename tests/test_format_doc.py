@@ -1,0 +1,30 @@
+"""docs/FORMAT.md's claims that other runtimes rely on."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_node_example_decrypts_every_vector() -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed; the Node.js example cannot be run here")
+    proc = subprocess.run(
+        [node, str(ROOT / "docs/examples/kt1_decrypt.js"), str(ROOT / "tests/vectors/kt1.json")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    count = len(json.loads((ROOT / "tests/vectors/kt1.json").read_text())["valid"])
+    assert f"{count} vectors decrypted" in proc.stdout
+
+
+def test_first_vector_in_the_doc_matches_the_json() -> None:
+    first = json.loads((ROOT / "tests/vectors/kt1.json").read_text())["valid"][0]
+    assert first["token"] in (ROOT / "docs/FORMAT.md").read_text()
