@@ -247,3 +247,48 @@ def test_datakey_never_in_status_json(app: App) -> None:
     out = app.cli("status", "--json", check=True).stdout
     for key in keys:
         assert key.key.hex() not in out
+
+
+def test_progress_bar_on_a_tty(app: App) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    app.cli("init", check=True)
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keyturn", "encrypt-existing"],
+        cwd=app.dir,
+        env=app.env,
+        stdin=child,
+        stdout=child,
+        stderr=child,
+    )
+    os.close(child)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=60) == 0
+    os.close(main)
+    text = out.decode()
+    assert "users.secret" in text and "rows/s" in text and "ETA" in text
+    assert_no_secret(text)
+
+
+def test_status_warns_past_the_cryptoperiod(app: App) -> None:
+    app.cli("init", check=True)
+    app.sql("UPDATE keyturn_keys SET created_at = '2023-01-01 00:00:00.000000'")
+    proc = app.cli("status", check=True)
+    assert "past the 730-day cryptoperiod" in proc.stdout and "keyturn rotate" in proc.stdout
+    app.write_config("cryptoperiod_days = 5000\n" + app.config.read_text())
+    data = json.loads(app.cli("status", "--json", check=True).stdout)
+    assert data["cryptoperiod_days"] == 5000 and data["warnings"] == [
+        w for w in data["warnings"] if "plaintext" in w
+    ]

@@ -18,7 +18,10 @@ def test_node_example_decrypts_every_vector() -> None:
         pytest.skip("node is not installed; the Node.js example cannot be run here")
     proc = subprocess.run(
         [node, str(ROOT / "docs/examples/kt1_decrypt.js"), str(ROOT / "tests/vectors/kt1.json")],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     count = len(json.loads((ROOT / "tests/vectors/kt1.json").read_text())["valid"])

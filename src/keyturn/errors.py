@@ -2,7 +2,7 @@
 
 Every error keyturn raises derives from :class:`KeyturnError`. Messages never
 carry key material or plaintext. ``exit_code`` is what the CLI exits with
-(see ``docs/CLI.md``): 1 operation failed, 2 usage/config/schema error,
+(also listed in ``keyturn --help``): 1 operation failed, 2 usage/config/schema error,
 3 key error.
 """
 
