@@ -11,23 +11,27 @@ import getpass
 import json
 import socket
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import keystore
+from . import backups, jobs, keystore
 from ._progress import progress_factory
 from .columns import bind_columns
 from .config import Config, load_config
 from .database import connect
 from .encrypt_existing import encrypt_existing
 from .errors import KeyturnError
-from .kek import generate_kek_bytes
-from .kek_sources import resolve_kek, write_key_file
+from .kek import LocalKEK, generate_kek_bytes, parse_kek
+from .kek_sources import check_strength, from_env, from_file, resolve_kek, write_key_file
+from .lifecycle import destroy_key, references, refresh_states, rotate_kek
 from .reports import RewriteReport
 from .rewrite import Pacing
+from .rotate import RotateOptions, Rotator
 from .status import StatusReport, status
 from .store import Store
 
@@ -253,6 +257,261 @@ def _status_text(r: StatusReport) -> str:
     for w in r.warnings:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
+
+
+def _confirm(yes: bool, question: str) -> None:
+    """Ask on a terminal; without one, require --yes (exit 2 otherwise)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        click.echo(
+            "keyturn: error: this command changes data and there is no terminal to confirm "
+            "on; pass --yes to proceed",
+            err=True,
+        )
+        sys.exit(2)
+    click.confirm(question, abort=True)
+
+
+_yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Report what would be done; write nothing at all.")
+@click.option("--atomic", is_flag=True, help="Do everything in one transaction (small databases).")
+@click.option("--no-backup", is_flag=True, help="Skip the backup file and per-row backup.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@_yes_option
+@_pacing_options
+@click.pass_context
+def rotate(
+    ctx: click.Context,
+    dry_run: bool,
+    atomic: bool,
+    no_backup: bool,
+    as_json: bool,
+    yes: bool,
+    chunk_time: float,
+    max_rate: float | None,
+) -> None:
+    """Rotate the data key: mint version N+1 and re-encrypt every older token.
+
+    Online: batches by compare-and-swap while the app reads and writes.
+    Resumable: if a rotation was interrupted, this resumes it (no new version
+    is minted). Before the first write it checks the KEK, that each column's
+    sample decrypts, and (unless --no-backup) copies a SQLite database file
+    and keeps each replaced token in keyturn_backup for `keyturn restore JOB`.
+    Old versions are retired once nothing uses them. Exits 1 if any row failed.
+    """
+    with _open(ctx) as store:
+        options = RotateOptions(dry_run, atomic, not no_backup, chunk_time, max_rate)
+        rotator = Rotator(
+            store, options, actor=actor(), progress=None if as_json else progress_factory()
+        )
+        if not dry_run:
+            plan = Rotator(store, RotateOptions(dry_run=True)).run()
+            what = (
+                f"resume job {plan.extra['job']}"
+                if plan.extra.get("resumes_job")
+                else f"mint key v{plan.extra['new_version']}"
+            )
+            _confirm(yes, f"{what} and re-encrypt {plan.totals['rotated']} value(s)?")
+        report = rotator.run()
+    if not as_json and not dry_run:
+        extra = report.extra
+        click.echo(
+            f"job {extra['job']}: key v{extra['new_version']} is active"
+            + (" (resumed)" if extra.get("resumed") else "")
+        )
+        if extra.get("backup_file"):
+            click.echo(f"backup of the database file: {extra['backup_file']}")
+        for version in extra.get("still_in_use", []):
+            click.echo(
+                f"key v{version} is still in use (values or backups); it stays "
+                "draining: see `keyturn keys` and docs/ROTATION.md"
+            )
+    elif not as_json:
+        click.echo(
+            f"would mint key v{report.extra['new_version']}"
+            if not report.extra.get("resumes_job")
+            else f"would resume job {report.extra['job']}"
+        )
+    _print_rewrite(report, as_json, "rotated")
+
+
+def _new_kek(env_name: str | None, file: Path | None) -> LocalKEK:
+    if env_name and file:
+        raise click.UsageError("give one of --new-kek-env and --new-kek-file")
+    if env_name:
+        kek = from_env(env_name)
+    elif file:
+        kek = from_file(file)
+    else:
+        if not sys.stdin.isatty():
+            raise click.UsageError(
+                "no terminal to prompt for the new KEK on: pass --new-kek-env NAME or "
+                "--new-kek-file PATH"
+            )
+        value = click.prompt(
+            "New KEK (64 hex characters or base64)", hide_input=True, confirmation_prompt=True
+        )
+        kek = LocalKEK(parse_kek(value, "prompt"), "prompt")
+    check_strength(kek)
+    return kek
+
+
+@cli.command("rotate-kek")
+@click.option("--new-kek-env", metavar="NAME", help="Read the new KEK from this env var.")
+@click.option(
+    "--new-kek-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read the new KEK from this key file (mode 0600).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_yes_option
+@click.pass_context
+def rotate_kek_cmd(
+    ctx: click.Context,
+    new_kek_env: str | None,
+    new_kek_file: Path | None,
+    as_json: bool,
+    yes: bool,
+) -> None:
+    """Rewrap every data key under a new KEK, in one transaction.
+
+    Takes milliseconds whatever the number of rows: only the data keys change.
+    The new KEK comes from --new-kek-env, --new-kek-file, or a no-echo prompt;
+    never from a command-line value. If the current KEK is a key file, it is
+    replaced atomically after the commit; if it is an env var, update that
+    variable before restarting the app. Afterwards the old KEK opens nothing.
+    """
+    new = _new_kek(new_kek_env, new_kek_file)
+    with _open(ctx) as store:
+        old_source = store.kek.source
+        _confirm(yes, f"rewrap every data key under the new KEK ({new.kek_id})?")
+        result = rotate_kek(store, new)
+    data = {**result.to_dict(), "old_kek_source": old_source}
+    hint = ""
+    if result.key_file:
+        hint = f"{result.key_file} now holds the new KEK"
+    elif old_source.startswith("env:"):
+        hint = (
+            f"update the env var {old_source[4:]} to the new KEK before restarting the "
+            "app: the old value no longer opens the keyring"
+        )
+        data["update_env"] = old_source[4:]
+    _emit(
+        as_json,
+        data,
+        f"rewrapped {result.versions} data key(s) under KEK {result.new_kek_id} in "
+        f"{result.milliseconds:.1f} ms; {hint}",
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the versions as JSON.")
+@click.pass_context
+def keys(ctx: click.Context, as_json: bool) -> None:
+    """List data key versions with state, age, and how many values and backups use each."""
+    with _open(ctx) as store:
+        report = status(store)
+        refs = references(store)
+    rows = [{**asdict(k), "backups": refs.backups.get(k.version, 0)} for k in report.keys]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"  {'version':<8} {'state':<10} {'age(d)':>7} {'values':>9} {'backups':>8}  kek")
+    for r in rows:
+        click.echo(
+            f"  v{r['version']:<7} {r['state']:<10} {r['age_days']:>7.1f} "
+            f"{r['rows']:>9} {r['backups']:>8}  {r['kek_id'] or '-'}"
+        )
+
+
+@cli.command("destroy-key")
+@click.argument("version", type=click.IntRange(min=1))
+@_yes_option
+@click.pass_context
+def destroy_key_cmd(ctx: click.Context, version: int, yes: bool) -> None:
+    """Erase a retired data key for good. Refuses while any value or backup uses it.
+
+    Values encrypted under a destroyed version can never be decrypted again.
+    Make sure no table outside keyturn.toml holds tokens of this version.
+    """
+    with _open(ctx) as store:
+        _confirm(yes, f"destroy key v{version}? This cannot be undone")
+        destroy_key(store, version)
+    click.echo(f"key v{version} destroyed")
+
+
+@cli.command()
+@click.argument("job_id", metavar="JOB")
+@_yes_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def restore(ctx: click.Context, job_id: str, yes: bool, as_json: bool) -> None:
+    """Put back the tokens a rotation job replaced (from keyturn_backup).
+
+    A row is restored only if it still holds the token the job wrote; a value
+    the app changed since is kept and counted as changed_since.
+    """
+    with _open(ctx) as store:
+        with store.engine.connect() as conn:
+            job = jobs.get(conn, job_id)
+        _confirm(yes, f"restore the tokens job {job.id} replaced?")
+        counts = backups.restore(store.engine, job.id, store.bound_columns())
+        with store.engine.begin() as conn:
+            jobs.finish(conn, job.id, jobs.RESTORED)
+            refresh_states(store, conn)
+    _emit(
+        as_json,
+        {"job": job.id, **counts},
+        f"job {job.id}: restored {counts['restored']} value(s); "
+        f"{counts['changed_since']} changed since and were kept",
+    )
+
+
+@cli.command()
+@click.argument("job_id", metavar="JOB")
+@_yes_option
+@click.pass_context
+def prune(ctx: click.Context, job_id: str, yes: bool) -> None:
+    """Drop a job's backups: its rows in keyturn_backup and its database file copy.
+
+    Afterwards old key versions that nothing else uses become retired.
+    """
+    with _open(ctx) as store:
+        with store.engine.connect() as conn:
+            job = jobs.get(conn, job_id)
+        _confirm(yes, f"drop the backups of job {job.id}? `restore {job.id}` will no longer work")
+        with store.engine.begin() as conn:
+            dropped = backups.prune(conn, job.id)
+            states = refresh_states(store, conn)
+        removed = ""
+        if job.backup_path and Path(job.backup_path).exists():
+            Path(job.backup_path).unlink()
+            removed = f"; removed {job.backup_path}"
+    retired = ", ".join(f"v{v}" for v, st in states.items() if st == "retired") or "none"
+    click.echo(f"job {job.id}: dropped {dropped} backed-up token(s){removed}; retired: {retired}")
+
+
+@cli.command("jobs")
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
+@click.pass_context
+def jobs_cmd(ctx: click.Context, as_json: bool) -> None:
+    """List rotation jobs, newest last."""
+    with _open(ctx) as store, store.engine.connect() as conn:
+        found = jobs.all_jobs(conn) if inspect(conn).has_table("keyturn_jobs") else []
+    if as_json:
+        click.echo(json.dumps([j.to_dict() for j in found], indent=2, default=str))
+        return
+    for j in found:
+        click.echo(
+            f"{j.id}  {j.kind:<8} {j.state:<10} target v{j.target_version}  "
+            f"{j.created_at:%Y-%m-%d %H:%M}  {j.created_by}"
+        )
+    if not found:
+        click.echo("no jobs yet")
 
 
 @cli.command("gen-kek")

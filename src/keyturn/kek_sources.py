@@ -43,6 +43,7 @@ def resolve_kek(
 ) -> LocalKEK:
     """Find the KEK for ``config``; generate one only if ``allow_generate``."""
     production = is_production()
+    kek: LocalKEK
     if config.kek:
         kek = _explicit(config.kek, config)
     elif os.environ.get(KEK_ENV):
@@ -67,12 +68,17 @@ def resolve_kek(
             f"no KEK found: set {KEK_ENV}, create {default_key_file(config)}, or name one "
             f"with `kek = ...` in {config.path.name}"
         )
+    check_strength(kek, warn)
+    return kek
+
+
+def check_strength(kek: LocalKEK, warn: Callable[[str], None] = _warn) -> None:
+    """Refuse a trivially weak KEK in production; warn about it elsewhere."""
     reason = kek.weakness()
     if reason:
-        if production:
+        if is_production():
             raise InvalidKEK(f"the KEK from {kek.source} is refused in production: {reason}")
         warn(f"the KEK from {kek.source} is weak ({reason}); production would refuse it")
-    return kek
 
 
 def _explicit(spec: str, config: Config) -> LocalKEK:
@@ -114,6 +120,11 @@ def from_file(path: Path) -> LocalKEK:
     except UnicodeDecodeError:
         text = ""
     return LocalKEK(parse_kek(text, source), source)
+
+
+def pending_path(key_file: Path) -> Path:
+    """Where rotate-kek stages a new key file until the database has committed."""
+    return key_file.with_name(key_file.name + ".pending")
 
 
 def write_key_file(path: Path, key_text: str) -> None:

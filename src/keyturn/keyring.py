@@ -22,8 +22,11 @@ from . import tokens
 from .errors import InvalidToken, UnknownKeyVersion
 
 DEK_BYTES = 32
-ACTIVE, RETIRED, DESTROYED = "active", "retired", "destroyed"
-STATES = (ACTIVE, RETIRED, DESTROYED)
+# active: encrypts and decrypts (exactly one). draining: a former active
+# version that values or backups still use; decrypts only. retired: no longer
+# used by anything; still decrypts until destroyed. destroyed: key erased.
+ACTIVE, DRAINING, RETIRED, DESTROYED = "active", "draining", "retired", "destroyed"
+STATES = (ACTIVE, DRAINING, RETIRED, DESTROYED)
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,10 @@ class Keyring:
     @property
     def versions(self) -> frozenset[int]:
         return frozenset(self._keys)
+
+    def with_active(self, key: DataKey) -> Keyring:
+        """A copy of this keyring with ``key`` added as the active version."""
+        return Keyring({**self._keys, key.version: key}, key.version, self._destroyed)
 
     def encrypt(self, plaintext: bytes, context: str, nonce: bytes | None = None) -> str:
         key = self._active

@@ -56,9 +56,11 @@ def keyring_id(conn: Connection) -> str:
 def initialize(engine: Engine, kek: KEK, created_by: str) -> tuple[bool, LoadedKeyring]:
     """Create keyturn's tables and DEK v1; return (created, keyring). Idempotent."""
     with engine.begin() as conn:
-        schema.metadata.create_all(conn)
         if is_initialized(conn):
-            return False, load(conn, kek)
+            loaded = load(conn, kek)  # the KEK check comes before any write
+            schema.metadata.create_all(conn)  # tables added by newer keyturn versions
+            return False, loaded
+        schema.metadata.create_all(conn)
         kid = uuid.uuid4().hex
         conn.execute(
             schema.meta.insert(),

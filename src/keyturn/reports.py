@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .rewrite import CONTENDED, FAILED, ColumnResult
@@ -25,6 +25,7 @@ class RewriteReport:
     columns: dict[str, dict[str, int]]
     failed_rows: tuple[dict[str, Any], ...]
     seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -35,6 +36,7 @@ class RewriteReport:
         *,
         dry_run: bool,
         seconds: float,
+        extra: dict[str, Any] | None = None,
     ) -> RewriteReport:
         cats = tuple(dict.fromkeys([*categories, FAILED, CONTENDED]))
         columns: dict[str, dict[str, int]] = {}
@@ -45,7 +47,7 @@ class RewriteReport:
             failed.extend(
                 {"table": table, "column": column, "pk": pk_json(pk)} for pk in result.failed_pks
             )
-        return cls(operation, dry_run, cats, columns, tuple(failed), round(seconds, 3))
+        return cls(operation, dry_run, cats, columns, tuple(failed), round(seconds, 3), extra or {})
 
     @property
     def totals(self) -> dict[str, int]:
@@ -57,6 +59,7 @@ class RewriteReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            **self.extra,
             "operation": self.operation,
             "dry_run": self.dry_run,
             **self.totals,

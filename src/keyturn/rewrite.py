@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +28,11 @@ CONTENDED = "contended"
 PK = tuple[Any, ...]
 # decide(pk, current value) -> (category, new value or None to leave the row alone)
 Decide = Callable[[PK, Any], tuple[str, str | None]]
-# on_batch(conn, last pk, category counts of this batch): runs inside the batch's
-# transaction, e.g. to checkpoint a job atomically with the rows it covers.
-OnBatch = Callable[[Connection, PK, Counter[str]], None]
+# on_batch(conn, last pk or None in the sweep, counts of this batch, the swaps
+# that applied as {"_pk0"..., "_old", "_new"}): runs inside the batch's
+# transaction, e.g. to checkpoint a job and back up old tokens atomically with
+# the rows they cover.
+OnBatch = Callable[[Connection, PK | None, Counter[str], list[dict[str, Any]]], None]
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,14 @@ class ColumnRewriter:
         pacing: Pacing | None = None,
         progress: Callable[[int], None] | None = None,
         on_batch: OnBatch | None = None,
+        where: ColumnElement[bool] | None = None,
+        conn: Connection | None = None,
     ) -> None:
+        """``where`` limits the walk to matching rows; ``conn`` runs every batch
+        inside that connection's transaction (``--atomic``) instead of one each."""
         self.engine = engine
+        self.where = where
+        self.conn = conn
         self.column = column
         self.decide = decide
         self.dry_run = dry_run
@@ -89,11 +98,16 @@ class ColumnRewriter:
         self.progress = progress
         self.on_batch = on_batch
         pk = column.pk
-        self._pk_names = [c.name for c in pk]
-        where = [c == bindparam(f"_pk{i}") for i, c in enumerate(pk)]
+        same_row = [c == bindparam(f"_pk{i}") for i, c in enumerate(pk)]
+        # The compare-and-swap: a row is written only if it still holds the
+        # value we read. If the app changed it meanwhile (a new secret, or a
+        # token written with an older key by a process that has not seen the
+        # rotation yet), the swap misses and the row is re-read and retried, so
+        # the app's newer value is never overwritten with our stale one. A row
+        # the app deleted matches nothing, so it is never brought back.
         self._cas = (
             update(column.table)
-            .where(*where, column.value == bindparam("_old"))
+            .where(*same_row, column.value == bindparam("_old"))
             .values({column.value.name: bindparam("_new")})
         )
 
@@ -160,17 +174,35 @@ class ColumnRewriter:
                 f"{width} characters; widen the column (docs/FORMAT.md, 'Column width')"
             )
         missed: list[PK] = []
-        if writes or (self.on_batch and last is not None and not self.dry_run):
-            with self.engine.begin() as conn:
+        if writes or (self.on_batch and not self.dry_run):
+            with self._transaction() as conn:
                 if writes:
                     missed = self._write(conn, writes)
                 missed_set = set(missed)
+                applied = []
                 for w, category in zip(writes, categories, strict=True):
                     if self._pk_of(w) not in missed_set:
                         counts[category] += 1
-                if self.on_batch and last is not None:
-                    self.on_batch(conn, last, counts)
+                        applied.append(w)
+                if self.on_batch:
+                    self.on_batch(conn, last, counts, applied)
         return counts, failed, missed
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        if self.conn is not None:
+            yield self.conn
+        else:
+            with self.engine.begin() as conn:
+                yield conn
+
+    @contextmanager
+    def _reader(self) -> Iterator[Connection]:
+        if self.conn is not None:
+            yield self.conn
+        else:
+            with self.engine.connect() as conn:
+                yield conn
 
     def _write(self, conn: Connection, writes: list[dict[str, Any]]) -> list[PK]:
         """Execute the swaps; return the pks whose swap did not apply."""
@@ -191,7 +223,9 @@ class ColumnRewriter:
         query = select(*pk, self.column.value).order_by(*pk).limit(limit)
         if after is not None:
             query = query.where(_after(pk, after))
-        with self.engine.connect() as conn:
+        if self.where is not None:
+            query = query.where(self.where)
+        with self._reader() as conn:
             rows = conn.execute(query).all()
         n = len(pk)
         return [(tuple(r[:n]), r[n]) for r in rows]
@@ -205,7 +239,7 @@ class ColumnRewriter:
         query = select(*pk, self.column.value).where(cond)
         n = len(pk)
         if conn is None:
-            with self.engine.connect() as own:
+            with self._reader() as own:
                 rows = own.execute(query).all()
         else:
             rows = conn.execute(query).all()

@@ -35,7 +35,9 @@ keys = Table(
     Column("created_by", String(255), nullable=False),
     # Which KEK wrapped it (a one-way identifier, never the KEK).
     Column("kek_id", String(255), nullable=True),
-    CheckConstraint("state IN ('active', 'retired', 'destroyed')", name="keyturn_keys_state"),
+    CheckConstraint(
+        "state IN ('active', 'draining', 'retired', 'destroyed')", name="keyturn_keys_state"
+    ),
 )
 
 # At most one active version, enforced by the database where it has partial
@@ -47,3 +49,38 @@ Index(
     sqlite_where=keys.c.state == "active",
     postgresql_where=keys.c.state == "active",
 ).ddl_if(dialect=("sqlite", "postgresql"))  # type: ignore[arg-type]  # tuples are documented
+
+# One row per rotation job; ``progress`` (JSON) is checkpointed in the same
+# transaction as each batch of rows, so a killed job resumes where it stopped.
+jobs = Table(
+    "keyturn_jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("state", String(16), nullable=False),  # running | succeeded | failed | restored
+    Column("target_version", Integer, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("created_by", String(255), nullable=False),
+    # host:pid of the process working on it, and when it last checkpointed.
+    Column("owner", String(255), nullable=True),
+    Column("heartbeat_at", DateTime, nullable=True),
+    Column("options", Text, nullable=False, default="{}"),
+    Column("progress", Text, nullable=False, default="{}"),
+    Column("report", Text, nullable=True),
+    Column("backup_path", Text, nullable=True),
+)
+
+# The previous token of each row a job changed (ciphertext only), and the token
+# it wrote, so a restore is itself a compare-and-swap.
+backup = Table(
+    "keyturn_backup",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(32), nullable=False, index=True),
+    Column("table_name", String(128), nullable=False),
+    Column("column_name", String(128), nullable=False),
+    Column("pk", Text, nullable=False),  # JSON list of the primary key's values
+    Column("old_token", Text, nullable=False),
+    Column("new_token", Text, nullable=False),
+)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, inspect, select
 
-from . import tokens
+from . import backups, tokens
 from .columns import BoundColumn
-from .keyring import ACTIVE, DESTROYED
+from .keyring import ACTIVE, DESTROYED, DRAINING
 from .keystore import utcnow
 from .store import Store
 
@@ -68,13 +69,13 @@ class StatusReport:
         return data
 
 
-def count_column(store: Store, column: BoundColumn) -> ColumnStatus:
+def count_column(store: Store, column: BoundColumn, conn: Connection | None = None) -> ColumnStatus:
     """Classify every value of a column by its header alone (no decryption)."""
     by_version: Counter[int] = Counter()
     plaintext = empty = rows = 0
     query = select(func.substr(column.value, 1, _HEADER_CHARS))
-    with store.engine.connect() as conn:
-        for (head,) in conn.execution_options(yield_per=10_000).execute(query):
+    with nullcontext(conn) if conn is not None else store.engine.connect() as c:
+        for (head,) in c.execution_options(yield_per=10_000).execute(query):
             rows += 1
             if head is None or head == "":
                 empty += 1
@@ -124,6 +125,19 @@ def status(store: Store) -> StatusReport:
         if col.plaintext:
             warnings.append(
                 f"{col.column}: {col.plaintext} plaintext value(s): run `keyturn encrypt-existing`"
+            )
+    with store.engine.connect() as conn:
+        in_backups = (
+            backups.version_references(conn)
+            if inspect(conn).has_table("keyturn_backup")
+            else Counter()
+        )
+    for k in keys:
+        if k.state == DRAINING:
+            warnings.append(
+                f"key v{k.version} is draining: {k.rows} value(s) and {in_backups[k.version]} "
+                "backed-up token(s) still use it, so it is not retired yet (`keyturn rotate` "
+                "moves values off it; `keyturn prune JOB` drops a job's backups)"
             )
     known = {k.version: k.state for k in keys}
     for version, n in sorted(in_use.items()):

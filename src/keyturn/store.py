@@ -9,19 +9,21 @@ follow a rotation without restarting.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from . import keystore
 from .columns import BoundColumn, bind_columns
 from .config import Config, load_config
 from .database import connect
-from .errors import NotInitialized, UnknownKeyVersion
-from .kek import KEK
-from .kek_sources import resolve_kek
+from .errors import NotInitialized, UnknownKeyVersion, WrongKEK
+from .kek import KEK, LocalKEK
+from .kek_sources import from_file, pending_path, resolve_kek
 from .keyring import Keyring, KeyVersion
 
 REFRESH_SECONDS = 30.0
@@ -136,6 +138,33 @@ class Store:
             self.reload()
 
 
+def load_keyring(conn: Connection, kek: LocalKEK) -> tuple[LocalKEK, keystore.LoadedKeyring]:
+    """Load the keyring, finishing a ``rotate-kek`` that was killed after its commit.
+
+    rotate-kek stages the new key file as ``<file>.pending`` before it commits;
+    if the current file no longer opens the keyring but the staged one does,
+    the commit happened, so the staged file is moved into place.
+    """
+    try:
+        return kek, keystore.load(conn, kek)
+    except WrongKEK:
+        if not kek.source.startswith("file:"):
+            raise
+        key_file = Path(kek.source[5:])
+        staged = pending_path(key_file)
+        if not staged.exists():
+            raise
+        candidate = from_file(staged)
+        loaded = keystore.load(conn, candidate)  # WrongKEK again if it does not open either
+        os.replace(staged, key_file)
+        print(
+            f"keyturn: warning: finished an interrupted rotate-kek: {key_file} now holds "
+            "the new KEK",
+            file=sys.stderr,
+        )
+        return from_file(key_file), loaded
+
+
 def open(config_path: str | os.PathLike[str] | None = None, **options: Any) -> Store:
     """Open the Store configured by ``keyturn.toml`` (or ``config_path``).
 
@@ -150,7 +179,7 @@ def open(config_path: str | os.PathLike[str] | None = None, **options: Any) -> S
                 raise NotInitialized("this database has no keyturn keyring yet; run `keyturn init`")
         kek = resolve_kek(config)
         with engine.connect() as conn:
-            loaded = keystore.load(conn, kek)
+            kek, loaded = load_keyring(conn, kek)
             bind_columns(conn, config.columns)
         return Store(config, engine, kek, loaded, **options)
     except BaseException:

@@ -1,0 +1,129 @@
+"""Backups taken before a rotation writes: a SQLite file copy, and old tokens per row.
+
+``keyturn_backup`` keeps, for each row a job changed, the token it replaced and
+the token it wrote (ciphertext only, never plaintext). ``restore`` swaps them
+back by compare-and-swap, so a value the app wrote after the job is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
+from sqlalchemy.engine import make_url
+
+from . import schema, tokens
+from .columns import BoundColumn
+
+_HEADER_CHARS = 24
+
+
+def sqlite_file_copy(url: str, job_id: str) -> Path | None:
+    """A consistent copy of a SQLite database (SQLite's backup API), mode 0600."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    source = Path(parsed.database)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = source.with_name(f"{source.name}.keyturn-{job_id}-{stamp}.bak")
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    src = sqlite3.connect(source, timeout=30)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    return target
+
+
+def record(
+    conn: Connection, job_id: str, column: BoundColumn, applied: Sequence[dict[str, Any]]
+) -> None:
+    """Keep the old and new token of each applied swap, in the batch's transaction."""
+    if not applied:
+        return
+    conn.execute(
+        schema.backup.insert(),
+        [
+            {
+                "job_id": job_id,
+                "table_name": column.spec.table,
+                "column_name": column.spec.column,
+                "pk": json.dumps([v for k, v in w.items() if k.startswith("_pk")], default=str),
+                "old_token": w["_old"],
+                "new_token": w["_new"],
+            }
+            for w in applied
+        ],
+    )
+
+
+def version_references(conn: Connection) -> Counter[int]:
+    """How many backed-up tokens use each key version."""
+    counts: Counter[int] = Counter()
+    query = select(func.substr(schema.backup.c.old_token, 1, _HEADER_CHARS))
+    for (head,) in conn.execution_options(yield_per=10_000).execute(query):
+        version = tokens.version_of(head) if isinstance(head, str) else None
+        if version is not None:
+            counts[version] += 1
+    return counts
+
+
+def jobs_referencing(conn: Connection, version: int) -> list[str]:
+    b = schema.backup.c
+    rows = conn.execute(
+        select(b.job_id).where(b.old_token.like(f"kt1:{version}:%")).distinct()
+    ).all()
+    return [r[0] for r in rows]
+
+
+def restore(engine: Engine, job_id: str, columns: Sequence[BoundColumn]) -> dict[str, int]:
+    """Put back the tokens a job replaced where the row still holds what the job wrote."""
+    by_name = {c.spec.name: c for c in columns}
+    b = schema.backup.c
+    counts: Counter[str] = Counter()
+    with engine.begin() as conn:
+        rows = conn.execute(
+            select(b.table_name, b.column_name, b.pk, b.old_token, b.new_token)
+            .where(b.job_id == job_id)
+            .order_by(b.id)
+        ).all()
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for table, column, pk, old, new in rows:
+            groups.setdefault(f"{table}.{column}", []).append(
+                {**{f"_pk{i}": v for i, v in enumerate(json.loads(pk))}, "_old": old, "_new": new}
+            )
+        for name, params in groups.items():
+            col = by_name.get(name)
+            if col is None:
+                counts["skipped_unconfigured"] += len(params)
+                continue
+            same_row = [c == bindparam(f"_pk{i}") for i, c in enumerate(col.pk)]
+            swap = (
+                update(col.table)
+                .where(*same_row, col.value == bindparam("_new"))
+                .values({col.value.name: bindparam("_old")})
+            )
+            for p in params:  # one by one: each swap's own rowcount is needed
+                if conn.execute(swap, p).rowcount == 1:
+                    counts["restored"] += 1
+                else:
+                    counts["changed_since"] += 1
+    return {
+        "restored": counts["restored"],
+        "changed_since": counts["changed_since"],
+        "skipped_unconfigured": counts["skipped_unconfigured"],
+    }
+
+
+def prune(conn: Connection, job_id: str) -> int:
+    """Drop a job's backed-up tokens; return how many rows went."""
+    return int(conn.execute(delete(schema.backup).where(schema.backup.c.job_id == job_id)).rowcount)

@@ -1,0 +1,197 @@
+"""Rotation jobs in ``keyturn_jobs``: create, claim (a lease), checkpoint, finish.
+
+The database is the coordinator: a job's ``owner`` and ``heartbeat_at`` say
+who works on it. A second process refuses to run a job whose owner is alive;
+an owner that is dead (a process on this host that no longer exists, or no
+checkpoint for ``LEASE_SECONDS``) is taken over, which is how a killed
+rotation is resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from . import schema
+from .errors import ConfigError, OperationFailed
+from .keystore import utcnow
+
+RUNNING, SUCCEEDED, FAILED, RESTORED = "running", "succeeded", "failed", "restored"
+LEASE_SECONDS = 60
+
+
+class JobNotFound(ConfigError):
+    """No job has that id."""
+
+
+class JobInProgress(OperationFailed):
+    """Another live process is working on the job."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of ``keyturn_jobs``."""
+
+    id: str
+    kind: str
+    state: str
+    target_version: int | None
+    created_at: datetime
+    updated_at: datetime
+    created_by: str
+    owner: str | None
+    heartbeat_at: datetime | None
+    options: dict[str, Any]
+    progress: dict[str, Any]
+    report: dict[str, Any] | None
+    backup_path: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "target_version": self.target_version,
+            "created_at": self.created_at.isoformat() + "Z",
+            "updated_at": self.updated_at.isoformat() + "Z",
+            "created_by": self.created_by,
+            "owner": self.owner,
+            "backup_path": self.backup_path,
+            "report": self.report,
+        }
+
+
+def me() -> str:
+    """This process as a job owner: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _row_to_job(row: Any) -> Job:
+    return Job(
+        row.id,
+        row.kind,
+        row.state,
+        row.target_version,
+        row.created_at,
+        row.updated_at,
+        row.created_by,
+        row.owner,
+        row.heartbeat_at,
+        json.loads(row.options or "{}"),
+        json.loads(row.progress or "{}"),
+        json.loads(row.report) if row.report else None,
+        row.backup_path,
+    )
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def create(
+    conn: Connection,
+    kind: str,
+    target_version: int | None,
+    created_by: str,
+    options: dict[str, Any],
+    backup_path: str | None = None,
+    *,
+    job_id: str | None = None,
+) -> Job:
+    now = utcnow()
+    job_id = job_id or new_id()
+    conn.execute(
+        schema.jobs.insert().values(
+            id=job_id,
+            kind=kind,
+            state=RUNNING,
+            target_version=target_version,
+            created_at=now,
+            updated_at=now,
+            created_by=created_by,
+            owner=me(),
+            heartbeat_at=now,
+            options=json.dumps(options),
+            progress="{}",
+            backup_path=backup_path,
+        )
+    )
+    return get(conn, job_id)
+
+
+def get(conn: Connection, job_id: str) -> Job:
+    row = conn.execute(select(schema.jobs).where(schema.jobs.c.id == job_id)).first()
+    if row is None:
+        raise JobNotFound(f"no job {job_id!r}; `keyturn jobs` lists them")
+    return _row_to_job(row)
+
+
+def unfinished(conn: Connection, kind: str) -> Job | None:
+    """The running job of this kind, if one was started and not finished."""
+    j = schema.jobs.c
+    row = conn.execute(
+        select(schema.jobs).where(j.kind == kind, j.state == RUNNING).order_by(j.created_at)
+    ).first()
+    return _row_to_job(row) if row is not None else None
+
+
+def all_jobs(conn: Connection) -> list[Job]:
+    rows = conn.execute(select(schema.jobs).order_by(schema.jobs.c.created_at)).all()
+    return [_row_to_job(r) for r in rows]
+
+
+def owner_alive(job: Job, now: datetime | None = None) -> bool:
+    """Whether the job's owner may still be working on it."""
+    if not job.owner or job.owner == me():
+        return False
+    host, _, pid = job.owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    beat = job.heartbeat_at or job.updated_at
+    return (now or utcnow()) - beat < timedelta(seconds=LEASE_SECONDS)
+
+
+def claim(conn: Connection, job: Job) -> None:
+    """Take over ``job`` for this process, or JobInProgress if its owner is alive."""
+    if owner_alive(job):
+        raise JobInProgress(
+            f"job {job.id} is being run by {job.owner} (last checkpoint "
+            f"{job.heartbeat_at}Z); wait for it to finish, or if that process is gone, "
+            f"retry after {LEASE_SECONDS} s"
+        )
+    j = schema.jobs.c
+    cond = j.owner.is_(None) if job.owner is None else j.owner == job.owner
+    taken = conn.execute(
+        update(schema.jobs).where(j.id == job.id, cond).values(owner=me(), heartbeat_at=utcnow())
+    ).rowcount
+    if taken != 1:
+        raise JobInProgress(f"job {job.id} was just claimed by another process")
+
+
+def checkpoint(conn: Connection, job_id: str, progress: dict[str, Any]) -> None:
+    now = utcnow()
+    conn.execute(
+        update(schema.jobs)
+        .where(schema.jobs.c.id == job_id)
+        .values(progress=json.dumps(progress), updated_at=now, heartbeat_at=now)
+    )
+
+
+def finish(conn: Connection, job_id: str, state: str, report: dict[str, Any] | None = None) -> None:
+    values: dict[str, Any] = {"state": state, "updated_at": utcnow(), "owner": None}
+    if report is not None:
+        values["report"] = json.dumps(report, default=str)
+    conn.execute(update(schema.jobs).where(schema.jobs.c.id == job_id).values(**values))

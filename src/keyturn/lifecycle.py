@@ -1,0 +1,172 @@
+"""Key lifecycle: which versions are in use, retiring, destroying, and rotating the KEK."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, update
+
+from . import backups, keystore, schema
+from .errors import KeyManagementError, OperationFailed
+from .kek import KEK
+from .kek_sources import pending_path, write_key_file
+from .keyring import ACTIVE, DESTROYED, DRAINING, RETIRED, wrap_aad
+from .status import count_column
+from .store import Store
+
+
+@dataclass(frozen=True)
+class References:
+    """How many configured values and backed-up tokens use each key version."""
+
+    rows: dict[int, int]
+    backups: dict[int, int]
+
+    def total(self, version: int) -> int:
+        return self.rows.get(version, 0) + self.backups.get(version, 0)
+
+
+def references(store: Store, conn: Connection | None = None) -> References:
+    rows: Counter[int] = Counter()
+    for column in store.bound_columns():
+        rows.update(count_column(store, column, conn).by_version)
+    if conn is None:
+        with store.engine.connect() as own:
+            in_backups = backups.version_references(own)
+    else:
+        in_backups = backups.version_references(conn)
+    return References(dict(rows), dict(in_backups))
+
+
+def refresh_states(store: Store, conn: Connection) -> dict[int, str]:
+    """Retire unused former versions; mark used ones draining. Returns the new states."""
+    refs = references(store, conn)
+    k = schema.keys.c
+    states: dict[int, str] = {}
+    for meta, _ in keystore.read_versions(conn):
+        state = meta.state
+        if state in (DRAINING, RETIRED):
+            state = DRAINING if refs.total(meta.version) else RETIRED
+            if state != meta.state:
+                conn.execute(
+                    update(schema.keys)
+                    .where(k.version == meta.version)
+                    .values(state=state, retired_at=keystore.utcnow() if state == RETIRED else None)
+                )
+        states[meta.version] = state
+    return states
+
+
+class KeyInUse(KeyManagementError):
+    """A key version cannot be destroyed while something still uses it."""
+
+
+def destroy_key(store: Store, version: int) -> None:
+    """Erase a retired DEK's wrapped bytes; refuse while any row or backup uses it."""
+    with store.engine.begin() as conn:
+        states = refresh_states(store, conn)
+        state = states.get(version)
+        if state is None:
+            raise KeyManagementError(f"there is no key version {version}")
+        if state == DESTROYED:
+            raise KeyManagementError(f"key version {version} is already destroyed")
+        if state == ACTIVE:
+            raise KeyInUse(f"key version {version} is active; rotate first (`keyturn rotate`)")
+        refs = references(store, conn)
+        if refs.total(version):
+            jobs = backups.jobs_referencing(conn, version)
+            hint = f"; prune their backups with `keyturn prune {jobs[0]}`" if jobs else ""
+            raise KeyInUse(
+                f"key version {version} is still used by {refs.rows.get(version, 0)} value(s) "
+                f"and {refs.backups.get(version, 0)} backed-up token(s){hint}; run "
+                "`keyturn rotate` to move values off it. Nothing was destroyed."
+            )
+        k = schema.keys.c
+        conn.execute(
+            update(schema.keys)
+            .where(k.version == version, k.state == RETIRED)
+            .values(state=DESTROYED, wrapped_dek=None)
+        )
+    store.reload()
+
+
+@dataclass(frozen=True)
+class KekRotation:
+    """What ``rotate-kek`` did."""
+
+    versions: int
+    old_kek_id: str
+    new_kek_id: str
+    milliseconds: float
+    key_file: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rewrapped_versions": self.versions,
+            "old_kek_id": self.old_kek_id,
+            "new_kek_id": self.new_kek_id,
+            "milliseconds": self.milliseconds,
+            "key_file_replaced": self.key_file,
+        }
+
+
+def rotate_kek(store: Store, new: KEK, *, replace_key_file: bool = True) -> KekRotation:
+    """Rewrap every DEK under ``new`` in one transaction; cost independent of row count.
+
+    If the current KEK lives in a key file, the new key is staged beside it
+    before the commit and moved over it after: killed at any instant, either
+    the old file opens the old keyring, or the staged file opens the new one
+    (and the store finishes the move when it next opens).
+    """
+    old = store.kek
+    if new.kek_id == old.kek_id:
+        raise KeyManagementError("the new KEK is the same as the current one; nothing to do")
+    key_file = Path(old.source[5:]) if old.source.startswith("file:") else None
+    staged = None
+    if key_file is not None and replace_key_file:
+        key_text = getattr(new, "key_text", None)
+        if key_text is None:
+            raise OperationFailed("the new KEK cannot be written to a key file")
+        staged = pending_path(key_file)
+        staged.unlink(missing_ok=True)
+        write_key_file(staged, key_text())
+    started = time.perf_counter()
+    k = schema.keys.c
+    with store.engine.begin() as conn:
+        kid = keystore.keyring_id(conn)
+        rows = keystore.read_versions(conn)
+        for meta, wrapped in rows:
+            if wrapped is None or meta.state == DESTROYED:
+                continue
+            aad = wrap_aad(kid, meta.version)
+            dek = old.unwrap(wrapped, aad)
+            conn.execute(
+                update(schema.keys)
+                .where(k.version == meta.version, k.wrapped_dek == wrapped)
+                .values(wrapped_dek=new.wrap(dek, aad), kek_id=new.kek_id)
+            )
+        # Check before committing that the new KEK opens everything.
+        keystore.load(conn, new)
+    elapsed = (time.perf_counter() - started) * 1000
+    if staged is not None and key_file is not None:
+        os.replace(staged, key_file)
+        _fsync_dir(key_file.parent)
+    store.kek = new
+    store.reload()
+    count = sum(1 for m, w in rows if w is not None and m.state != DESTROYED)
+    return KekRotation(
+        count, old.kek_id, new.kek_id, round(elapsed, 2), str(key_file) if staged else None
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,446 @@
+"""Online DEK rotation: mint a version, re-encrypt every older token, retire what is unused.
+
+The :class:`Rotator` walks each configured column with the batch engine
+(keyset pagination, crypto outside the transaction, compare-and-swap writes),
+checkpointing the job and backing up old tokens in each batch's transaction.
+Killed at any instant, it resumes from the last checkpoint: no new version is
+minted for an unfinished job. A closing sweep re-encrypts tokens that app
+processes wrote with an older key while the rotation ran.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, inspect, not_, select, update
+
+from . import backups, jobs, keystore, schema, tokens
+from .columns import BoundColumn
+from .errors import InvalidToken, OperationFailed, UnknownKeyVersion
+from .keyring import ACTIVE, DRAINING, DataKey, Keyring
+from .lifecycle import refresh_states
+from .reports import RewriteReport, pk_json
+from .rewrite import CONTENDED, FAILED, PK, ColumnResult, ColumnRewriter, Decide, Pacing
+from .status import count_column
+from .store import Store
+
+ROTATED = "rotated"
+CURRENT = "already_current"
+EMPTY = "skipped_empty"
+PLAINTEXT = "skipped_plaintext"
+SWEPT = "swept"
+CATEGORIES = (ROTATED, CURRENT, EMPTY, PLAINTEXT, SWEPT)
+KIND = "rotate"
+SAMPLE = 20
+
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+class PreflightFailed(OperationFailed):
+    """A check before rotating failed; nothing was written."""
+
+
+@dataclass(frozen=True)
+class RotateOptions:
+    """How to rotate. ``atomic`` runs everything in one transaction."""
+
+    dry_run: bool = False
+    atomic: bool = False
+    backup: bool = True
+    chunk_time: float = 0.5
+    max_rate: float | None = None
+
+
+class Rotator:
+    """Rotates the data key of one store's database."""
+
+    def __init__(
+        self,
+        store: Store,
+        options: RotateOptions | None = None,
+        *,
+        actor: str = "library",
+        progress: ProgressFactory | None = None,
+    ) -> None:
+        self.store = store
+        self.options = options or RotateOptions()
+        self.actor = actor
+        self.progress = progress
+
+    # -- checks ---------------------------------------------------------------
+
+    def preflight(self) -> list[BoundColumn]:
+        """Tables and columns exist, the KEK opens the keyring, a sample of each
+        column decrypts. Reads only."""
+        self.store.reload()  # the drift check: WrongKEK if any DEK does not unwrap
+        columns = self.store.bound_columns()
+        for column in columns:
+            self._sample(column)
+        return columns
+
+    def _sample(self, column: BoundColumn) -> None:
+        value, pk = column.value, column.pk
+        query = select(*pk, value).where(value.like("kt1:%")).order_by(*pk).limit(SAMPLE)
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        n = len(pk)
+        for row in rows:
+            key = tuple(row[:n])
+            try:
+                self.store.decrypt_bytes(row[n], context=column.spec.context(key))
+            except (InvalidToken, UnknownKeyVersion) as exc:
+                raise PreflightFailed(
+                    f"preflight: {column.spec.name} at primary key {pk_json(key)} does not "
+                    f"decrypt ({type(exc).__name__}); fix or clear that value, or check the "
+                    "column's `bind` setting. Nothing was written."
+                ) from None
+
+    # -- the run --------------------------------------------------------------
+
+    def run(self) -> RewriteReport:
+        started = time.monotonic()
+        columns = self.preflight()
+        with self.store.engine.connect() as conn:
+            job = jobs.unfinished(conn, KIND) if inspect(conn).has_table("keyturn_jobs") else None
+        if self.options.dry_run:
+            return self._dry_run(columns, job, started)
+        if job is not None and self.options.atomic:
+            raise OperationFailed(
+                f"job {job.id} is unfinished; resume it with `keyturn rotate` (without --atomic)"
+            )
+        if self.options.atomic:
+            return self._run_atomic(columns, started)
+        resumed = job is not None
+        if job is None:
+            job = self._start(columns)
+        else:
+            with self.store.engine.begin() as conn:
+                jobs.claim(conn, job)
+            self.store.reload()
+        assert job.target_version is not None
+        ring = self.store.keyring
+        if ring.active_version != job.target_version:
+            raise OperationFailed(
+                f"job {job.id} targets key v{job.target_version} but v{ring.active_version} "
+                "is active; see docs/ROTATION.md, 'A rotation that failed or was killed'"
+            )
+        progress: dict[str, Any] = job.progress or {"columns": {}}
+        # If anything below raises, the job stays `running`; its owner (this
+        # process) is then dead or gone, so the next `keyturn rotate` resumes it.
+        results = self._rotate_columns(columns, ring, job, progress, None)
+        with self.store.engine.begin() as conn:
+            states = refresh_states(self.store, conn)
+            report = self._report(results, job, states, started, resumed=resumed)
+            jobs.finish(conn, job.id, jobs.SUCCEEDED, report.to_dict())
+        self.store.reload()
+        return report
+
+    def _start(self, columns: list[BoundColumn]) -> jobs.Job:
+        """Back up, then mint the new version and the job in one transaction."""
+        backup_path = None
+        job_stub = jobs.new_id()
+        if self.options.backup:
+            path = backups.sqlite_file_copy(self.store.config.database, job_stub)
+            backup_path = str(path) if path else None
+        with self.store.engine.begin() as conn:
+            dek = self._mint(conn)
+            job = jobs.create(
+                conn,
+                KIND,
+                dek.version,
+                self.actor,
+                {"backup": self.options.backup, "columns": [c.spec.name for c in columns]},
+                backup_path,
+                job_id=job_stub,
+            )
+        self.store.reload()
+        return job
+
+    def _mint(self, conn: Connection) -> DataKey:
+        """Insert version max+1 as active and demote the current active to draining.
+
+        Two rotations started at once both pick max+1; the version's primary key
+        lets only one of them commit.
+        """
+        schema.metadata.create_all(conn)  # tables newer keyturn versions added
+        k = schema.keys.c
+        top = conn.execute(select(func.max(k.version))).scalar_one()
+        dek = DataKey.generate(int(top) + 1)
+        conn.execute(update(schema.keys).where(k.state == ACTIVE).values(state=DRAINING))
+        keystore.insert_version(
+            conn, self.store.kek, self.store.keyring_id, dek, ACTIVE, self.actor
+        )
+        return dek
+
+    def _run_atomic(self, columns: list[BoundColumn], started: float) -> RewriteReport:
+        """Everything, minting included, in one transaction: all or nothing."""
+        job_id = jobs.new_id()
+        backup_path = None
+        if self.options.backup:
+            path = backups.sqlite_file_copy(self.store.config.database, job_id)
+            backup_path = str(path) if path else None
+        with self.store.engine.begin() as conn:
+            dek = self._mint(conn)
+            job = jobs.create(
+                conn,
+                KIND,
+                dek.version,
+                self.actor,
+                {"backup": self.options.backup, "atomic": True},
+                backup_path,
+                job_id=job_id,
+            )
+            ring = self.store.keyring.with_active(dek)
+            results = self._rotate_columns(columns, ring, job, {"columns": {}}, conn)
+            failed = sum(r.counts.get(FAILED, 0) for r in results.values())
+            if failed:
+                raise OperationFailed(
+                    f"--atomic: {failed} value(s) failed to decrypt; the whole rotation was "
+                    "rolled back and nothing changed. Run `keyturn verify` or see "
+                    "docs/ROTATION.md, 'Rows that fail'."
+                )
+            states = refresh_states(self.store, conn)
+            report = self._report(results, job, states, started, resumed=False)
+            jobs.finish(conn, job.id, jobs.SUCCEEDED, report.to_dict())
+        self.store.reload()
+        return report
+
+    def _rotate_columns(
+        self,
+        columns: list[BoundColumn],
+        ring: Keyring,
+        job: jobs.Job,
+        progress: dict[str, Any],
+        conn: Connection | None,
+    ) -> dict[str, _ColumnState]:
+        target = ring.active_version
+        states: dict[str, _ColumnState] = {}
+        pacing = Pacing(chunk_time=self.options.chunk_time, max_rate=self.options.max_rate)
+        for column in columns:
+            state = _ColumnState.load(progress["columns"].get(column.spec.name))
+            states[column.spec.name] = state
+            if state.done:
+                continue
+            on_batch = self._on_batch(job, column, state, progress, states)
+            bar = None
+            if self.progress:
+                bar = self.progress(column.spec.name, _count(self.store, column, conn))
+                if state.cursor is not None:
+                    bar(sum(state.counts.values()))
+            rewriter = ColumnRewriter(
+                self.store.engine,
+                column,
+                _decider(ring, column, target, state),
+                pacing=pacing,
+                progress=bar,
+                on_batch=on_batch,
+                conn=conn,
+            )
+            result = rewriter.run(after=state.cursor)
+            state.counts[CONTENDED] += result.counts.get(CONTENDED, 0)
+            state.done = True
+            self._checkpoint(conn, job, progress, states)
+        # The closing sweep: tokens on an older version, written by app processes
+        # that had not yet seen the new version while the walk ran.
+        for column in columns:
+            state = states[column.spec.name]
+            if state.swept:
+                continue
+            on_batch = self._on_batch(job, column, state, progress, states, sweep=True)
+            stale = and_(column.value.like("kt1:%"), not_(column.value.like(f"kt1:{target}:%")))
+            rewriter = ColumnRewriter(
+                self.store.engine,
+                column,
+                _decider(ring, column, target, state),
+                pacing=pacing,
+                on_batch=on_batch,
+                where=stale,
+                conn=conn,
+            )
+            result = rewriter.run()
+            state.counts[CONTENDED] += result.counts.get(CONTENDED, 0)
+            state.swept = True
+            self._checkpoint(conn, job, progress, states)
+        return states
+
+    def _on_batch(
+        self,
+        job: jobs.Job,
+        column: BoundColumn,
+        state: _ColumnState,
+        progress: dict[str, Any],
+        states: dict[str, _ColumnState],
+        *,
+        sweep: bool = False,
+    ) -> Callable[[Connection, PK | None, Counter[str], list[dict[str, Any]]], None]:
+        keep_backup = self.options.backup
+
+        def on_batch(
+            conn: Connection, last: PK | None, counts: Counter[str], applied: list[dict[str, Any]]
+        ) -> None:
+            if keep_backup:
+                backups.record(conn, job.id, column, applied)
+            if sweep:
+                # The sweep sees only stale tokens, rows the walk already
+                # counted: what it re-encrypts is reported apart, as swept.
+                state.counts[SWEPT] += counts.get(ROTATED, 0)
+            else:
+                state.counts.update(counts)
+                state.cursor = last
+            self._checkpoint(conn, job, progress, states)
+
+        return on_batch
+
+    def _checkpoint(
+        self,
+        conn: Connection | None,
+        job: jobs.Job,
+        progress: dict[str, Any],
+        states: dict[str, _ColumnState],
+    ) -> None:
+        progress["columns"] = {name: s.dump() for name, s in states.items()}
+        if conn is not None:
+            jobs.checkpoint(conn, job.id, progress)
+        else:
+            with self.store.engine.begin() as own:
+                jobs.checkpoint(own, job.id, progress)
+
+    def _dry_run(
+        self, columns: list[BoundColumn], job: jobs.Job | None, started: float
+    ) -> RewriteReport:
+        top = max(v.version for v in self.store.versions)
+        target = job.target_version if job and job.target_version else top + 1
+        results = []
+        for column in columns:
+            seen = count_column(self.store, column)
+            on_target = seen.by_version.get(target, 0)
+            counts = {
+                ROTATED: sum(seen.by_version.values()) - on_target,
+                CURRENT: on_target,
+                EMPTY: seen.empty,
+                PLAINTEXT: seen.plaintext,
+            }
+            results.append(ColumnResult(column.spec.name, counts))
+        extra = {
+            "job": job.id if job else None,
+            "new_version": target,
+            "resumes_job": job is not None,
+        }
+        return RewriteReport.build(
+            "rotate",
+            CATEGORIES,
+            results,
+            dry_run=True,
+            seconds=time.monotonic() - started,
+            extra=extra,
+        )
+
+    def _report(
+        self,
+        states: dict[str, _ColumnState],
+        job: jobs.Job,
+        key_states: dict[int, str],
+        started: float,
+        *,
+        resumed: bool,
+    ) -> RewriteReport:
+        results = [
+            ColumnResult(
+                name, {**s.counts, FAILED: len(s.failed)}, tuple(tuple(pk) for pk in s.failed)
+            )
+            for name, s in states.items()
+        ]
+        draining = sorted(v for v, st in key_states.items() if st == DRAINING)
+        extra = {
+            "job": job.id,
+            "new_version": job.target_version,
+            "resumed": resumed,
+            "backup_file": job.backup_path,
+            "key_states": {str(v): s for v, s in key_states.items()},
+            "still_in_use": draining,
+        }
+        return RewriteReport.build(
+            "rotate",
+            CATEGORIES,
+            results,
+            dry_run=False,
+            seconds=time.monotonic() - started,
+            extra=extra,
+        )
+
+
+class _ColumnState:
+    """A column's place in a job: cursor, counts, failed rows, phase."""
+
+    def __init__(self) -> None:
+        self.cursor: PK | None = None
+        self.counts: Counter[str] = Counter()
+        self.failed: list[list[Any]] = []
+        self._failed_keys: set[str] = set()
+        self.done = False
+        self.swept = False
+
+    @classmethod
+    def load(cls, data: dict[str, Any] | None) -> _ColumnState:
+        state = cls()
+        if data:
+            state.cursor = tuple(data["cursor"]) if data.get("cursor") is not None else None
+            state.counts = Counter(data.get("counts", {}))
+            for pk in data.get("failed", []):
+                state.fail(tuple(pk))
+            state.done = bool(data.get("done"))
+            state.swept = bool(data.get("swept"))
+        return state
+
+    def fail(self, pk: PK) -> None:
+        """Remember a row that failed, once, however often it is seen."""
+        key = repr(list(pk))
+        if key not in self._failed_keys:
+            self._failed_keys.add(key)
+            self.failed.append(list(pk))
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "cursor": list(self.cursor) if self.cursor is not None else None,
+            "counts": dict(self.counts),
+            "failed": self.failed[:1000],
+            "done": self.done,
+            "swept": self.swept,
+        }
+
+
+def _decider(ring: Keyring, column: BoundColumn, target: int, state: _ColumnState) -> Decide:
+    spec = column.spec
+
+    def decide(pk: PK, value: Any) -> tuple[str, str | None]:
+        if value is None or value == "":
+            return EMPTY, None
+        if not isinstance(value, str):
+            state.fail(pk)
+            return FAILED, None
+        version = tokens.version_of(value)
+        if version is None:
+            return PLAINTEXT, None
+        if version == target:
+            return CURRENT, None
+        context = spec.context(pk)
+        try:
+            plaintext = ring.decrypt(value, context)
+        except (InvalidToken, UnknownKeyVersion):
+            state.fail(pk)
+            return FAILED, None
+        return ROTATED, ring.encrypt(plaintext, context)
+
+    return decide
+
+
+def _count(store: Store, column: BoundColumn, conn: Connection | None) -> int:
+    query = select(func.count()).select_from(column.table)
+    if conn is not None:
+        return int(conn.execute(query).scalar_one())
+    with store.engine.connect() as own:
+        return int(own.execute(query).scalar_one())
