@@ -162,3 +162,24 @@ def expected(app: App) -> dict[tuple[str, int], str | None]:
 def assert_no_secret(text: str, *secrets_: str) -> None:
     for s in (*PLAINTEXTS, *secrets_):
         assert s not in text, "a secret leaked into output"
+
+
+def users_only(app: App) -> None:
+    """Configure only users.secret (the bulk tests fill only that table)."""
+    app.write_config(app.config.read_text().split('[[columns]]\ntable = "integrations"')[0])
+
+
+def fill_users(app: App, rows: int) -> dict[int, str | None]:
+    """Replace users with ``rows`` plaintext secrets (every 97th NULL)."""
+    values: dict[int, str | None] = {}
+    with sqlite3.connect(app.db) as conn:
+        conn.execute("DELETE FROM users")
+        conn.execute("DELETE FROM integrations")
+        batch = []
+        for i in range(1, rows + 1):
+            value = None if i % 97 == 0 else f"secret-{i}-{secrets.token_hex(6)}"
+            values[i] = value
+            batch.append((i, f"u{i}", value))
+        conn.executemany("INSERT INTO users VALUES (?, ?, ?)", batch)
+    conn.close()
+    return values

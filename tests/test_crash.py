@@ -5,36 +5,20 @@ from __future__ import annotations
 import json
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 
-from conftest import App
+from conftest import App, fill_users, users_only
 
 import keyturn
 
 ROWS = 30_000
 
 
-def fill(app: App) -> dict[int, str | None]:
-    values: dict[int, str | None] = {}
-    with sqlite3.connect(app.db) as conn:
-        conn.execute("DELETE FROM users")
-        conn.execute("DELETE FROM integrations")
-        rows = []
-        for i in range(1, ROWS + 1):
-            value = None if i % 97 == 0 else f"secret-{i}-{random.random()}"
-            values[i] = value
-            rows.append((i, f"u{i}", value))
-        conn.executemany("INSERT INTO users VALUES (?, ?, ?)", rows)
-    conn.close()
-    return values
-
-
 def test_encrypt_existing_survives_sigkill(app: App) -> None:
-    app.write_config(app.config.read_text().split('[[columns]]\ntable = "integrations"')[0])
-    values = fill(app)
+    users_only(app)
+    values = fill_users(app, ROWS)
     app.cli("init", check=True)
     rng = random.Random()
     kills = 0
