@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from . import schema, tokens
 from .columns import BoundColumn
+from .database import write_transaction
 
 _HEADER_CHARS = 24
 
@@ -90,7 +91,7 @@ def restore(engine: Engine, job_id: str, columns: Sequence[BoundColumn]) -> dict
     by_name = {c.spec.name: c for c in columns}
     b = schema.backup.c
     counts: Counter[str] = Counter()
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         rows = conn.execute(
             select(b.table_name, b.column_name, b.pk, b.old_token, b.new_token)
             .where(b.job_id == job_id)

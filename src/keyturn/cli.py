@@ -23,7 +23,7 @@ from . import backups, jobs, keystore
 from ._progress import progress_factory
 from .columns import bind_columns
 from .config import Config, load_config
-from .database import connect
+from .database import connect, write_transaction
 from .encrypt_existing import encrypt_existing
 from .errors import KeyturnError
 from .kek import LocalKEK, generate_kek_bytes, parse_kek
@@ -460,7 +460,7 @@ def restore(ctx: click.Context, job_id: str, yes: bool, as_json: bool) -> None:
             job = jobs.get(conn, job_id)
         _confirm(yes, f"restore the tokens job {job.id} replaced?")
         counts = backups.restore(store.engine, job.id, store.bound_columns())
-        with store.engine.begin() as conn:
+        with write_transaction(store.engine) as conn:
             jobs.finish(conn, job.id, jobs.RESTORED)
             refresh_states(store, conn)
     _emit(
@@ -484,7 +484,7 @@ def prune(ctx: click.Context, job_id: str, yes: bool) -> None:
         with store.engine.connect() as conn:
             job = jobs.get(conn, job_id)
         _confirm(yes, f"drop the backups of job {job.id}? `restore {job.id}` will no longer work")
-        with store.engine.begin() as conn:
+        with write_transaction(store.engine) as conn:
             dropped = backups.prune(conn, job.id)
             states = refresh_states(store, conn)
         removed = ""

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, Engine, inspect, select, update
 
 from . import schema
+from .database import write_transaction
 from .errors import KeyturnError, NotInitialized, WrongKEK
 from .kek import KEK
 from .keyring import ACTIVE, DESTROYED, RETIRED, DataKey, Keyring, KeyVersion, wrap_aad
@@ -55,7 +56,7 @@ def keyring_id(conn: Connection) -> str:
 
 def initialize(engine: Engine, kek: KEK, created_by: str) -> tuple[bool, LoadedKeyring]:
     """Create keyturn's tables and DEK v1; return (created, keyring). Idempotent."""
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         if is_initialized(conn):
             loaded = load(conn, kek)  # the KEK check comes before any write
             schema.metadata.create_all(conn)  # tables added by newer keyturn versions

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, update
 
 from . import backups, keystore, schema
+from .database import write_transaction
 from .errors import KeyManagementError, OperationFailed
 from .kek import KEK
 from .kek_sources import pending_path, write_key_file
@@ -68,7 +69,7 @@ class KeyInUse(KeyManagementError):
 
 def destroy_key(store: Store, version: int) -> None:
     """Erase a retired DEK's wrapped bytes; refuse while any row or backup uses it."""
-    with store.engine.begin() as conn:
+    with write_transaction(store.engine) as conn:
         states = refresh_states(store, conn)
         state = states.get(version)
         if state is None:
@@ -137,7 +138,7 @@ def rotate_kek(store: Store, new: KEK, *, replace_key_file: bool = True) -> KekR
         write_key_file(staged, key_text())
     started = time.perf_counter()
     k = schema.keys.c
-    with store.engine.begin() as conn:
+    with write_transaction(store.engine) as conn:
         kid = keystore.keyring_id(conn)
         rows = keystore.read_versions(conn)
         for meta, wrapped in rows:

@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, or_, select, tuple_,
 from sqlalchemy.sql.elements import ColumnElement
 
 from .columns import BoundColumn
+from .database import write_transaction
 from .errors import SchemaError
 
 FAILED = "failed"
@@ -193,7 +194,7 @@ class ColumnRewriter:
         if self.conn is not None:
             yield self.conn
         else:
-            with self.engine.begin() as conn:
+            with write_transaction(self.engine) as conn:
                 yield conn
 
     @contextmanager

@@ -20,6 +20,7 @@ from sqlalchemy import Connection, and_, func, inspect, not_, select, update
 
 from . import backups, jobs, keystore, schema, tokens
 from .columns import BoundColumn
+from .database import write_transaction
 from .errors import InvalidToken, OperationFailed, UnknownKeyVersion
 from .keyring import ACTIVE, DRAINING, DataKey, Keyring
 from .lifecycle import refresh_states
@@ -118,7 +119,7 @@ class Rotator:
         if job is None:
             job = self._start(columns)
         else:
-            with self.store.engine.begin() as conn:
+            with write_transaction(self.store.engine) as conn:
                 jobs.claim(conn, job)
             self.store.reload()
         assert job.target_version is not None
@@ -132,7 +133,7 @@ class Rotator:
         # If anything below raises, the job stays `running`; its owner (this
         # process) is then dead or gone, so the next `keyturn rotate` resumes it.
         results = self._rotate_columns(columns, ring, job, progress, None)
-        with self.store.engine.begin() as conn:
+        with write_transaction(self.store.engine) as conn:
             states = refresh_states(self.store, conn)
             report = self._report(results, job, states, started, resumed=resumed)
             jobs.finish(conn, job.id, jobs.SUCCEEDED, report.to_dict())
@@ -146,7 +147,7 @@ class Rotator:
         if self.options.backup:
             path = backups.sqlite_file_copy(self.store.config.database, job_stub)
             backup_path = str(path) if path else None
-        with self.store.engine.begin() as conn:
+        with write_transaction(self.store.engine) as conn:
             dek = self._mint(conn)
             job = jobs.create(
                 conn,
@@ -183,7 +184,7 @@ class Rotator:
         if self.options.backup:
             path = backups.sqlite_file_copy(self.store.config.database, job_id)
             backup_path = str(path) if path else None
-        with self.store.engine.begin() as conn:
+        with write_transaction(self.store.engine) as conn:
             dek = self._mint(conn)
             job = jobs.create(
                 conn,
@@ -306,7 +307,7 @@ class Rotator:
         if conn is not None:
             jobs.checkpoint(conn, job.id, progress)
         else:
-            with self.store.engine.begin() as own:
+            with write_transaction(self.store.engine) as own:
                 jobs.checkpoint(own, job.id, progress)
 
     def _dry_run(
