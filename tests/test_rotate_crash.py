@@ -148,7 +148,7 @@ def test_rotate_kek_survives_sigkill(app: App) -> None:
     values = fill_users(app, 300)
     dev.cli("init", check=True)
     dev.cli("encrypt-existing", check=True)
-    for n in range(4):
+    for _ in range(4):
         dev.cli("rotate", "--yes", "--no-backup", check=True)
     rng = random.Random()
     key_file = app.dir / "data" / ".keyturn_kek"
