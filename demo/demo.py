@@ -128,6 +128,7 @@ def main() -> None:
             rotated = True
     if rotated:
         run("status")
+        run("keys")
     print(f"\nDone. Explore with: cd {WORK} && ../../.venv/bin/keyturn status --json")
 
 

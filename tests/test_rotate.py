@@ -287,3 +287,29 @@ def test_rotate_kek_refuses_without_a_source_or_tty(app: App) -> None:
     same = App(app.dir, dict(app.env, SAME=app.env["KEYTURN_KEK"]))
     proc = same.cli("rotate-kek", "--new-kek-env", "SAME", "--yes")
     assert proc.returncode == 3 and "same" in proc.stderr
+
+
+def test_a_missed_swap_is_retried_not_overwritten(app: App) -> None:
+    """The compare-and-swap path when the app writes between our read and our write."""
+    from keyturn.rewrite import TableRewriter
+
+    ready(app)
+    with keyturn.open(app.config) as store:
+        (users,) = [c for c in store.bound_columns() if c.spec.name == "users.secret"]
+        newer = store.encrypt("written-meanwhile", context="users.secret")
+
+        def decide(pk: tuple[int, ...], value: str | None) -> tuple[str, str | None]:
+            if value is None or value == "" or value.startswith("kt1:1:x"):
+                return "skipped", None
+            if pk == (2,) and value != newer:
+                # The app replaces row 2 after we read it, before we write.
+                app.sql("UPDATE users SET secret = ? WHERE id = 2", (newer,))
+                app.sql("DELETE FROM users WHERE id = 3")
+            return "rewritten", "kt1:1:x" + str(pk[0])
+
+        results = TableRewriter(store.engine, [users], [decide]).run()
+    rows = dict(app.sql("SELECT id, secret FROM users"))
+    assert 3 not in rows, "a row deleted meanwhile was brought back"
+    assert rows[2] == "kt1:1:x2", "row 2 was retried from the app's value"
+    assert rows[1] == "kt1:1:x1"
+    assert results[0].counts.get("contended", 0) == 0

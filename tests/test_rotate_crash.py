@@ -69,15 +69,20 @@ def test_rotate_survives_repeated_sigkill(app: App) -> None:
         if proc.returncode == 0:
             break
     assert kills >= 2, "the rotation finished before it could be killed"
+    # What the final run must do follows from the database, not from exit codes
+    # (a kill can land after a job committed, before its process exited): resume
+    # the running job if there is one, else mint exactly one more version.
+    running = app.sql("SELECT target_version FROM keyturn_jobs WHERE state = 'running'")
+    (top,) = app.sql("SELECT max(version) FROM keyturn_keys")[0]
     final = app.cli("rotate", "--yes", "--json", check=True)
     report = json.loads(final.stdout)
+    assert report["new_version"] == (running[0][0] if running else top + 1)
+    assert report["resumed"] is bool(running)
     assert check_every_row(app, values) == {str(report["new_version"])}
-    # Resumed, not re-minted: one job, and at most one version per started job.
-    versions = app.sql("SELECT version, state FROM keyturn_keys ORDER BY version")
-    assert versions[-1] == (report["new_version"], "active")
-    assert report["new_version"] == 3, "the killed job was resumed, then one more rotation"
-    jobs = app.sql("SELECT state FROM keyturn_jobs ORDER BY created_at")
-    assert [s for (s,) in jobs] == ["succeeded", "succeeded"]
+    # Never a version minted beyond one per job: killed jobs were resumed.
+    jobs = app.sql("SELECT state FROM keyturn_jobs")
+    assert {s for (s,) in jobs} == {"succeeded"}
+    assert app.sql("SELECT count(*) FROM keyturn_keys") == [(len(jobs) + 1,)]
 
 
 WRITER = r"""

@@ -21,7 +21,8 @@ from sqlalchemy.engine import make_url
 
 from . import schema, tokens
 from .columns import BoundColumn
-from .database import write_transaction
+from .database import DriverStatement, write_transaction
+from .rewrite import Swap
 
 _HEADER_CHARS = 24
 
@@ -45,26 +46,21 @@ def sqlite_file_copy(url: str, job_id: str) -> Path | None:
     return target
 
 
-def record(
-    conn: Connection, job_id: str, column: BoundColumn, applied: Sequence[dict[str, Any]]
-) -> None:
+def record(conn: Connection, job_id: str, applied: Sequence[Swap]) -> None:
     """Keep the old and new token of each applied swap, in the batch's transaction."""
     if not applied:
         return
-    conn.execute(
-        schema.backup.insert(),
+    insert = schema.backup.insert().values({name: bindparam(name) for name in _RECORD})
+    DriverStatement(insert, conn.dialect, list(_RECORD)).executemany(
+        conn,
         [
-            {
-                "job_id": job_id,
-                "table_name": column.spec.table,
-                "column_name": column.spec.column,
-                "pk": json.dumps([v for k, v in w.items() if k.startswith("_pk")], default=str),
-                "old_token": w["_old"],
-                "new_token": w["_new"],
-            }
-            for w in applied
+            (job_id, c.spec.table, c.spec.column, json.dumps(list(pk), default=str), old, new)
+            for c, pk, old, new in applied
         ],
     )
+
+
+_RECORD = ("job_id", "table_name", "column_name", "pk", "old_token", "new_token")
 
 
 def version_references(conn: Connection) -> Counter[int]:

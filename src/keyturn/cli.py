@@ -327,8 +327,9 @@ def rotate(
             click.echo(f"backup of the database file: {extra['backup_file']}")
         for version in extra.get("still_in_use", []):
             click.echo(
-                f"key v{version} is still in use (values or backups); it stays "
-                "draining: see `keyturn keys` and docs/ROTATION.md"
+                f"key v{version} stays draining: values or backed-up tokens still use it "
+                f"(`keyturn keys` shows which; `keyturn prune {extra['job']}` drops this "
+                "job's backup once you no longer need `keyturn restore`)"
             )
     elif not as_json:
         click.echo(

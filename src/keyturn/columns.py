@@ -68,3 +68,16 @@ def bind_columns(conn: Connection, specs: Sequence[ColumnSpec]) -> list[BoundCol
         )
         bound.append(BoundColumn(spec, table, width))
     return bound
+
+
+def table_of(columns: Sequence[BoundColumn]) -> Table:
+    """One Table holding the primary key and every given column of the same table."""
+    first = columns[0]
+    if any(
+        c.spec.table != first.spec.table or c.spec.primary_key != first.spec.primary_key
+        for c in columns
+    ):
+        raise ValueError("columns must share a table and primary key")
+    pk = [Column(c.name, c.type, primary_key=True) for c in first.pk]
+    values = [Column(c.spec.column, c.value.type) for c in columns]
+    return Table(first.spec.table, MetaData(), *pk, *values)

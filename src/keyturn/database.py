@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +58,55 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         conn.execution_options(**{_WRITE: True})
         with conn.begin():
             yield conn
+
+
+class DriverStatement:
+    """A statement compiled once for a dialect, run with the driver's executemany.
+
+    SQLAlchemy's per-row parameter processing cost more than the crypto in the
+    rewrite loop (bench/rotate.py); the values keyturn binds (text, ints, the
+    primary keys as read) need none of it.
+    """
+
+    def __init__(self, statement: Any, dialect: Any, names: list[str]) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql: str = compiled.string
+        self._names = names
+        self._order: list[int] | None = None
+        if compiled.positional:
+            self._order = [names.index(n) for n in compiled.positiontup]
+
+    def arrange(self, rows: list[tuple[Any, ...]]) -> list[Any]:
+        """``rows`` hold values in ``names`` order; reorder or name them for the driver."""
+        if self._order is not None:
+            order = self._order
+            if order == list(range(len(order))):
+                return rows
+            if len(order) == 1:
+                return [(row[order[0]],) for row in rows]
+            return list(map(itemgetter(*order), rows))
+        names = self._names
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def executemany(self, conn: Connection, rows: list[tuple[Any, ...]]) -> Any:
+        return conn.exec_driver_sql(self.sql, self.arrange(rows))
+
+
+def fetch_raw(conn: Connection, query: Any) -> list[tuple[Any, ...]]:
+    """Run a SELECT built with SQLAlchemy on the driver's cursor; plain tuples back.
+
+    For the rewrite loop's keyset reads, where building Row objects cost as
+    much as the query. It shares ``conn``'s DBAPI connection and transaction.
+    """
+    # render_postcompile expands IN lists into one placeholder per value.
+    compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.construct_params()
+    args: Any = params
+    if compiled.positional:
+        args = tuple(params[name] for name in compiled.positiontup)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(compiled.string, args)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()

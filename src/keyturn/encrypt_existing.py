@@ -17,7 +17,7 @@ from . import tokens
 from .columns import BoundColumn
 from .errors import InvalidToken, SchemaError, UnknownKeyVersion
 from .reports import RewriteReport
-from .rewrite import FAILED, PK, ColumnRewriter, Decide, Pacing
+from .rewrite import FAILED, PK, Decide, Pacing, TableRewriter, group_by_table
 from .store import Store
 
 ENCRYPTED = "encrypted"
@@ -41,16 +41,18 @@ def encrypt_existing(
     for column in columns:
         _check_width(store, column)
     results = []
-    for column in columns:
-        rewriter = ColumnRewriter(
+    for group in group_by_table(columns):
+        rewriter = TableRewriter(
             store.engine,
-            column,
-            _decider(store, column),
+            group,
+            [_decider(store, column) for column in group],
             dry_run=dry_run,
             pacing=pacing,
-            progress=progress(column.spec.name, count_rows(store, column)) if progress else None,
+            progress=progress(group_label(group), count_rows(store, group[0]))
+            if progress
+            else None,
         )
-        results.append(rewriter.run())
+        results.extend(rewriter.run())
     return RewriteReport.build(
         "encrypt-existing",
         CATEGORIES,
@@ -58,6 +60,13 @@ def encrypt_existing(
         dry_run=dry_run,
         seconds=time.monotonic() - started,
     )
+
+
+def group_label(group: list[BoundColumn]) -> str:
+    """``users.secret`` or ``users.{a,b}`` for a progress line."""
+    if len(group) == 1:
+        return group[0].spec.name
+    return f"{group[0].spec.table}.{{{','.join(c.spec.column for c in group)}}}"
 
 
 def count_rows(store: Store, column: BoundColumn) -> int:

@@ -108,6 +108,19 @@ class Keyring:
         key = self._active
         return tokens.seal(key.aead, key.header, context, plaintext, nonce)
 
+    def reencrypt(self, token: str, context: str) -> str:
+        """Decrypt a token and seal its plaintext under the active version.
+
+        The rotation loop's one call per value: the plaintext never leaves here.
+        """
+        plaintext = self.decrypt(token, context)
+        key = self._active
+        nonce = os.urandom(tokens.NONCE_LEN)
+        header = key.header
+        blob = nonce + key.aead.encrypt(nonce, plaintext, (header + context).encode())
+        encoded = binascii.b2a_base64(blob, newline=False).translate(tokens.TO_URLSAFE)
+        return header + encoded.rstrip(b"=").decode("ascii")
+
     def decrypt(self, token: str, context: str) -> bytes:
         """Decrypt a token; UnknownKeyVersion if its version is not held."""
         parts = token.split(":", 2) if isinstance(token, str) else ()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, inspect, literal, select, update
 
 from . import backups, keystore, schema
 from .database import write_transaction
@@ -44,15 +44,31 @@ def references(store: Store, conn: Connection | None = None) -> References:
     return References(dict(rows), dict(in_backups))
 
 
+def in_use(store: Store, conn: Connection, version: int) -> bool:
+    """Whether any configured value or backed-up token uses ``version``.
+
+    Stops at the first match; the database does the scanning.
+    """
+    prefix = f"kt1:{version}:%"
+    for column in store.bound_columns():
+        hit = select(literal(1)).where(column.value.like(prefix)).limit(1)
+        if conn.execute(hit).first() is not None:
+            return True
+    b = schema.backup.c
+    if inspect(conn).has_table(schema.backup.name):
+        hit = select(literal(1)).where(b.old_token.like(prefix)).limit(1)
+        return conn.execute(hit).first() is not None
+    return False
+
+
 def refresh_states(store: Store, conn: Connection) -> dict[int, str]:
     """Retire unused former versions; mark used ones draining. Returns the new states."""
-    refs = references(store, conn)
     k = schema.keys.c
     states: dict[int, str] = {}
     for meta, _ in keystore.read_versions(conn):
         state = meta.state
         if state in (DRAINING, RETIRED):
-            state = DRAINING if refs.total(meta.version) else RETIRED
+            state = DRAINING if in_use(store, conn, meta.version) else RETIRED
             if state != meta.state:
                 conn.execute(
                     update(schema.keys)

@@ -1,14 +1,16 @@
-"""The batch engine that rewrites a column's values in place, online.
+"""The batch engine that rewrites a table's secret columns in place, online.
 
-Rows are read in primary-key order by keyset pagination (never OFFSET); crypto
-happens outside any transaction; each batch is written in one short transaction
-by compare-and-swap, so a value the application changed or deleted meanwhile is
-never overwritten or brought back. Both ``encrypt-existing`` and ``rotate`` are
-a ``decide`` function handed to :class:`ColumnRewriter`.
+Rows are read in primary-key order by keyset pagination (never OFFSET), every
+configured column of a table in the same walk; crypto happens outside any
+transaction; each batch is written in one short transaction by
+compare-and-swap, so a value the application changed or deleted meanwhile is
+never overwritten or brought back. Both ``encrypt-existing`` and ``rotate``
+are a ``decide`` function per column handed to :class:`TableRewriter`.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -16,24 +18,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, or_, select, tuple_, update
+from sqlalchemy import Column, Connection, Engine, and_, bindparam, or_, select, tuple_, update
 from sqlalchemy.sql.elements import ColumnElement
 
-from .columns import BoundColumn
-from .database import write_transaction
+from .columns import BoundColumn, table_of
+from .database import DriverStatement, fetch_raw, write_transaction
 from .errors import SchemaError
 
 FAILED = "failed"
 CONTENDED = "contended"
 
 PK = tuple[Any, ...]
-# decide(pk, current value) -> (category, new value or None to leave the row alone)
+# decide(pk, current value) -> (category, new value or None to leave it alone)
 Decide = Callable[[PK, Any], tuple[str, str | None]]
-# on_batch(conn, last pk or None in the sweep, counts of this batch, the swaps
-# that applied as {"_pk0"..., "_old", "_new"}): runs inside the batch's
-# transaction, e.g. to checkpoint a job and back up old tokens atomically with
-# the rows they cover.
-OnBatch = Callable[[Connection, PK | None, Counter[str], list[dict[str, Any]]], None]
+# A swap that applied: (column, primary key, value read, value written).
+Swap = tuple[BoundColumn, PK, Any, str]
+# on_batch(conn, last pk or None outside the walk, counts of this batch by
+# column name, the swaps that applied): runs inside the batch's transaction,
+# e.g. to checkpoint a job and back up old tokens atomically with the rows.
+OnBatch = Callable[[Connection, PK | None, dict[str, Counter[str]], list[Swap]], None]
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,6 @@ class ColumnResult:
     column: str
     counts: dict[str, int]
     failed_pks: tuple[PK, ...] = ()
-    rows: int = 0
 
 
 @dataclass
@@ -62,73 +64,65 @@ class Pacing:
         self._rows += rows
         if seconds > 0 and rows >= self.batch_size:
             ideal = self.batch_size * self.chunk_time / seconds
-            self.batch_size = int(
-                min(self.max_batch, max(self.min_batch, (self.batch_size + ideal) / 2))
-            )
+            size = (self.batch_size + ideal) / 2
+            self.batch_size = int(min(self.max_batch, max(self.min_batch, size)))
         if self.max_rate:
             ahead = self._rows / self.max_rate - (time.monotonic() - self._started)
             if ahead > 0:
                 time.sleep(ahead)
 
 
-class ColumnRewriter:
-    """Rewrites one column, batch by batch, by compare-and-swap."""
+# A row's planned change: (column index, value read, value to write, category).
+_Change = tuple[int, Any, str, str]
+
+
+class TableRewriter:
+    """Rewrites the configured columns of one table, batch by batch, by compare-and-swap."""
 
     def __init__(
         self,
         engine: Engine,
-        column: BoundColumn,
-        decide: Decide,
+        columns: Sequence[BoundColumn],
+        decides: Sequence[Decide],
         *,
         dry_run: bool = False,
         pacing: Pacing | None = None,
         progress: Callable[[int], None] | None = None,
         on_batch: OnBatch | None = None,
-        where: ColumnElement[bool] | None = None,
+        where: Callable[[list[Column[Any]]], ColumnElement[bool]] | None = None,
         conn: Connection | None = None,
+        collect_applied: bool = False,
     ) -> None:
-        """``where`` limits the walk to matching rows; ``conn`` runs every batch
-        inside that connection's transaction (``--atomic``) instead of one each."""
+        """``where(value columns)`` limits the walk to matching rows; ``conn`` runs
+        every batch inside that connection's transaction (``--atomic``);
+        ``collect_applied`` hands ``on_batch`` every applied swap (for backups)."""
+        self.collect_applied = collect_applied
         self.engine = engine
-        self.where = where
-        self.conn = conn
-        self.column = column
-        self.decide = decide
+        self.columns = list(columns)
+        self.decides = list(decides)
         self.dry_run = dry_run
         self.pacing = pacing or Pacing()
         self.progress = progress
         self.on_batch = on_batch
-        pk = column.pk
-        same_row = [c == bindparam(f"_pk{i}") for i, c in enumerate(pk)]
-        # The compare-and-swap: a row is written only if it still holds the
-        # value we read. If the app changed it meanwhile (a new secret, or a
-        # token written with an older key by a process that has not seen the
-        # rotation yet), the swap misses and the row is re-read and retried, so
-        # the app's newer value is never overwritten with our stale one. A row
-        # the app deleted matches nothing, so it is never brought back.
-        self._cas = (
-            update(column.table)
-            .where(*same_row, column.value == bindparam("_old"))
-            .values({column.value.name: bindparam("_new")})
-        )
+        self.where = where
+        self.conn = conn
+        self.table = table_of(self.columns)
+        self.pk = [self.table.c[n] for n in self.columns[0].spec.primary_key]
+        self.values = [self.table.c[c.spec.column] for c in self.columns]
+        self._statements: dict[tuple[int, ...], DriverStatement] = {}
 
-    def run(self, after: PK | None = None) -> ColumnResult:
-        """Walk the column from just after ``after`` to the end, then sweep missed rows."""
-        counts: Counter[str] = Counter()
-        failed: list[PK] = []
-        missed: list[PK] = []
-        rows = 0
+    def run(self, after: PK | None = None) -> list[ColumnResult]:
+        """Walk the table from just after ``after`` to the end, then retry missed rows."""
+        counts = [Counter[str]() for _ in self.columns]
+        failed: list[list[PK]] = [[] for _ in self.columns]
+        missed: dict[PK, tuple[int, ...]] = {}
         while True:
             started = time.monotonic()
             batch = self._read_after(after, self.pacing.batch_size)
             if not batch:
                 break
             after = batch[-1][0]
-            batch_counts, batch_failed, batch_missed = self._process(batch, after)
-            counts.update(batch_counts)
-            failed.extend(batch_failed)
-            missed.extend(batch_missed)
-            rows += len(batch)
+            missed.update(self._process(batch, after, counts, failed))
             if self.progress:
                 self.progress(len(batch))
             self.pacing.after_batch(len(batch), time.monotonic() - started)
@@ -138,56 +132,133 @@ class ColumnRewriter:
         for _ in range(3):
             if not missed:
                 break
-            retry = missed
-            missed = []
+            retry = list(missed)
+            missed = {}
             for start in range(0, len(retry), 500):
                 current = self._read_pks(retry[start : start + 500])
-                batch_counts, batch_failed, batch_missed = self._process(current, None)
-                counts.update(batch_counts)
-                failed.extend(batch_failed)
-                missed.extend(batch_missed)
-        counts[CONTENDED] += len(missed)
-        return ColumnResult(self.column.spec.name, dict(counts), tuple(failed), rows)
+                missed.update(self._process(current, None, counts, failed))
+        for indexes in missed.values():
+            for i in indexes:
+                counts[i][CONTENDED] += 1
+        return [
+            ColumnResult(c.spec.name, dict(counts[i]), tuple(failed[i]))
+            for i, c in enumerate(self.columns)
+        ]
 
     def _process(
-        self, batch: Sequence[tuple[PK, Any]], last: PK | None
-    ) -> tuple[Counter[str], list[PK], list[PK]]:
-        counts: Counter[str] = Counter()
-        failed: list[PK] = []
-        writes: list[dict[str, Any]] = []
-        categories: list[str] = []
-        for pk, value in batch:
-            category, new = self.decide(pk, value)
-            if category == FAILED:
-                failed.append(pk)
-            if new is None or self.dry_run:
-                counts[category] += 1
-                continue
-            params = {f"_pk{i}": v for i, v in enumerate(pk)}
-            params["_old"] = value
-            params["_new"] = new
-            writes.append(params)
-            categories.append(category)
-        width = self.column.width
-        if width is not None and any(len(w["_new"]) > width for w in writes):
-            raise SchemaError(
-                f"[[columns]] {self.column.spec.name}: a token would exceed the column's "
-                f"{width} characters; widen the column (docs/FORMAT.md, 'Column width')"
-            )
-        missed: list[PK] = []
-        if writes or (self.on_batch and not self.dry_run):
+        self,
+        batch: Sequence[tuple[PK, tuple[Any, ...]]],
+        last: PK | None,
+        counts: list[Counter[str]],
+        failed: list[list[PK]],
+    ) -> dict[PK, tuple[int, ...]]:
+        """Decide every value of the batch, write the changes; return the missed rows."""
+        categories: list[list[str]] = [[] for _ in self.columns]
+        groups: dict[tuple[int, ...], list[tuple[PK, list[_Change]]]] = {}
+        decides = self.decides
+        dry_run = self.dry_run
+        # The loop allocates a few tuples per value and no reference cycles; with
+        # a big batch alive, the cyclic collector's full passes cost as much as
+        # the crypto. It is paused for the loop only (well under a second).
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for pk, values in batch:
+                changes: list[_Change] = []
+                for i, value in enumerate(values):
+                    category, new = decides[i](pk, value)
+                    if category == FAILED:
+                        failed[i].append(pk)
+                    if new is None or dry_run:
+                        categories[i].append(category)
+                    else:
+                        changes.append((i, value, new, category))
+                if changes:
+                    key = (changes[0][0],) if len(changes) == 1 else tuple([c[0] for c in changes])
+                    groups.setdefault(key, []).append((pk, changes))
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        self._check_width(groups)
+        missed: dict[PK, tuple[int, ...]] = {}
+        if groups or (self.on_batch and not dry_run):
             with self._transaction() as conn:
-                if writes:
-                    missed = self._write(conn, writes)
-                missed_set = set(missed)
-                applied = []
-                for w, category in zip(writes, categories, strict=True):
-                    if self._pk_of(w) not in missed_set:
-                        counts[category] += 1
-                        applied.append(w)
+                applied: list[Swap] = []
+                for indexes, rows in groups.items():
+                    for pk in self._write(conn, indexes, rows):
+                        missed[pk] = indexes
+                    for pk, changes in rows:
+                        if missed and pk in missed:
+                            continue
+                        for i, old, new, category in changes:
+                            categories[i].append(category)
+                            if self.collect_applied:
+                                applied.append((self.columns[i], pk, old, new))
                 if self.on_batch:
-                    self.on_batch(conn, last, counts, applied)
-        return counts, failed, missed
+                    by_name = {
+                        c.spec.name: Counter(categories[i]) for i, c in enumerate(self.columns)
+                    }
+                    self.on_batch(conn, last, by_name, applied)
+        for total, part in zip(counts, categories, strict=True):
+            total.update(part)
+        return missed
+
+    def _check_width(self, groups: dict[tuple[int, ...], list[tuple[PK, list[_Change]]]]) -> None:
+        if all(c.width is None for c in self.columns):
+            return
+        for rows in groups.values():
+            for _, changes in rows:
+                for i, _, new, _ in changes:
+                    width = self.columns[i].width
+                    if width is not None and len(new) > width:
+                        raise SchemaError(
+                            f"[[columns]] {self.columns[i].spec.name}: a token would exceed "
+                            f"the column's {width} characters; widen the column "
+                            "(docs/FORMAT.md, 'Column width')"
+                        )
+
+    def _write(
+        self, conn: Connection, indexes: tuple[int, ...], rows: list[tuple[PK, list[_Change]]]
+    ) -> list[PK]:
+        """Swap the columns ``indexes`` of ``rows``; return the pks whose swap missed."""
+        statement = self._statements.get(indexes)
+        if statement is None:
+            statement = self._statements[indexes] = self._compile(indexes, conn)
+        params = [
+            (*pk, *(old for _, old, _, _ in changes), *(new for _, _, new, _ in changes))
+            for pk, changes in rows
+        ]
+        result = conn.exec_driver_sql(statement.sql, statement.arrange(params))
+        if conn.dialect.supports_sane_multi_rowcount and result.rowcount == len(rows):
+            return []
+        # Some swaps missed (or the driver cannot tell): look at what is there now.
+        now = dict(self._read_pks([pk for pk, _ in rows], conn))
+        return [
+            pk
+            for pk, changes in rows
+            if pk not in now or any(now[pk][i] != new for i, _, new, _ in changes)
+        ]
+
+    def _compile(self, indexes: tuple[int, ...], conn: Connection) -> DriverStatement:
+        # The compare-and-swap: a row is written only if every column we change
+        # still holds the value we read. If the app changed one meanwhile (a new
+        # secret, or a token written with an older key by a process that has not
+        # yet seen the rotation), the swap misses and the row is re-read and
+        # retried, so the app's newer value is never overwritten with our stale
+        # one. A row the app deleted matches nothing and is never brought back.
+        same_row = [c == bindparam(f"_pk{j}") for j, c in enumerate(self.pk)]
+        unchanged = [self.values[i] == bindparam(f"_old{i}") for i in indexes]
+        statement = (
+            update(self.table)
+            .where(*same_row, *unchanged)
+            .values({self.values[i].name: bindparam(f"_new{i}") for i in indexes})
+        )
+        names = (
+            [f"_pk{j}" for j in range(len(self.pk))]
+            + [f"_old{i}" for i in indexes]
+            + [f"_new{i}" for i in indexes]
+        )
+        return DriverStatement(statement, conn.dialect, names)
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -198,53 +269,45 @@ class ColumnRewriter:
                 yield conn
 
     @contextmanager
-    def _reader(self) -> Iterator[Connection]:
-        if self.conn is not None:
-            yield self.conn
+    def _reader(self, conn: Connection | None = None) -> Iterator[Connection]:
+        if conn is not None or self.conn is not None:
+            yield conn or self.conn  # type: ignore[misc]
         else:
-            with self.engine.connect() as conn:
-                yield conn
+            with self.engine.connect() as own:
+                yield own
 
-    def _write(self, conn: Connection, writes: list[dict[str, Any]]) -> list[PK]:
-        """Execute the swaps; return the pks whose swap did not apply."""
-        result = conn.execute(self._cas, writes)
-        if conn.dialect.supports_sane_multi_rowcount and result.rowcount == len(writes):
-            return []
-        # Some swaps missed (or the driver cannot tell): look at what is there now.
-        pks = [self._pk_of(w) for w in writes]
-        now = dict(self._read_pks(pks, conn))
-        return [pk for pk, w in zip(pks, writes, strict=True) if now.get(pk) != w["_new"]]
+    def _rows(self, query: Any, conn: Connection | None = None) -> list[tuple[PK, tuple[Any, ...]]]:
+        n = len(self.pk)
+        with self._reader(conn) as c:
+            rows = fetch_raw(c, query)
+        if n == 1:
+            return [((r[0],), r[1:]) for r in rows]
+        return [(r[:n], r[n:]) for r in rows]
 
-    @staticmethod
-    def _pk_of(params: dict[str, Any]) -> PK:
-        return tuple(v for k, v in params.items() if k.startswith("_pk"))
-
-    def _read_after(self, after: PK | None, limit: int) -> list[tuple[PK, Any]]:
-        pk = self.column.pk
-        query = select(*pk, self.column.value).order_by(*pk).limit(limit)
+    def _read_after(self, after: PK | None, limit: int) -> list[tuple[PK, tuple[Any, ...]]]:
+        query = select(*self.pk, *self.values).order_by(*self.pk).limit(limit)
         if after is not None:
-            query = query.where(_after(pk, after))
+            query = query.where(_after(self.pk, after))
         if self.where is not None:
-            query = query.where(self.where)
-        with self._reader() as conn:
-            rows = conn.execute(query).all()
-        n = len(pk)
-        return [(tuple(r[:n]), r[n]) for r in rows]
+            query = query.where(self.where(self.values))
+        return self._rows(query)
 
-    def _read_pks(self, pks: Sequence[PK], conn: Connection | None = None) -> list[tuple[PK, Any]]:
-        pk = self.column.pk
-        if len(pk) == 1:
-            cond: ColumnElement[bool] = pk[0].in_([p[0] for p in pks])
+    def _read_pks(
+        self, pks: Sequence[PK], conn: Connection | None = None
+    ) -> list[tuple[PK, tuple[Any, ...]]]:
+        if len(self.pk) == 1:
+            cond: ColumnElement[bool] = self.pk[0].in_([p[0] for p in pks])
         else:
-            cond = tuple_(*pk).in_(pks)
-        query = select(*pk, self.column.value).where(cond)
-        n = len(pk)
-        if conn is None:
-            with self._reader() as own:
-                rows = own.execute(query).all()
-        else:
-            rows = conn.execute(query).all()
-        return [(tuple(r[:n]), r[n]) for r in rows]
+            cond = tuple_(*self.pk).in_(pks)
+        return self._rows(select(*self.pk, *self.values).where(cond), conn)
+
+
+def group_by_table(columns: Sequence[BoundColumn]) -> list[list[BoundColumn]]:
+    """Configured columns grouped by (table, primary key), in configuration order."""
+    groups: dict[tuple[str, tuple[str, ...]], list[BoundColumn]] = {}
+    for column in columns:
+        groups.setdefault((column.spec.table, column.spec.primary_key), []).append(column)
+    return list(groups.values())
 
 
 def _after(pk: Sequence[Any], after: PK) -> ColumnElement[bool]:

@@ -16,16 +16,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, inspect, not_, select, update
+from sqlalchemy import Column, Connection, and_, func, inspect, not_, or_, select, update
+from sqlalchemy.sql.elements import ColumnElement
 
 from . import backups, jobs, keystore, schema, tokens
 from .columns import BoundColumn
 from .database import write_transaction
+from .encrypt_existing import group_label
 from .errors import InvalidToken, OperationFailed, UnknownKeyVersion
 from .keyring import ACTIVE, DRAINING, DataKey, Keyring
 from .lifecycle import refresh_states
 from .reports import RewriteReport, pk_json
-from .rewrite import CONTENDED, FAILED, PK, ColumnResult, ColumnRewriter, Decide, Pacing
+from .rewrite import (
+    CONTENDED,
+    FAILED,
+    PK,
+    ColumnResult,
+    Decide,
+    OnBatch,
+    Pacing,
+    Swap,
+    TableRewriter,
+    group_by_table,
+)
 from .status import count_column
 from .store import Store
 
@@ -218,80 +231,74 @@ class Rotator:
         progress: dict[str, Any],
         conn: Connection | None,
     ) -> dict[str, _ColumnState]:
+        """Walk every table, then sweep it; checkpoint after every batch."""
         target = ring.active_version
-        states: dict[str, _ColumnState] = {}
+        states = {
+            c.spec.name: _ColumnState.load(progress.get("columns", {}).get(c.spec.name))
+            for c in columns
+        }
+        walks = progress.setdefault("tables", {})
         pacing = Pacing(chunk_time=self.options.chunk_time, max_rate=self.options.max_rate)
-        for column in columns:
-            state = _ColumnState.load(progress["columns"].get(column.spec.name))
-            states[column.spec.name] = state
-            if state.done:
-                continue
-            on_batch = self._on_batch(job, column, state, progress, states)
-            bar = None
-            if self.progress:
-                bar = self.progress(column.spec.name, _count(self.store, column, conn))
-                if state.cursor is not None:
-                    bar(sum(state.counts.values()))
-            rewriter = ColumnRewriter(
-                self.store.engine,
-                column,
-                _decider(ring, column, target, state),
-                pacing=pacing,
-                progress=bar,
-                on_batch=on_batch,
-                conn=conn,
-            )
-            result = rewriter.run(after=state.cursor)
-            state.counts[CONTENDED] += result.counts.get(CONTENDED, 0)
-            state.done = True
-            self._checkpoint(conn, job, progress, states)
-        # The closing sweep: tokens on an older version, written by app processes
-        # that had not yet seen the new version while the walk ran.
-        for column in columns:
-            state = states[column.spec.name]
-            if state.swept:
-                continue
-            on_batch = self._on_batch(job, column, state, progress, states, sweep=True)
-            stale = and_(column.value.like("kt1:%"), not_(column.value.like(f"kt1:{target}:%")))
-            rewriter = ColumnRewriter(
-                self.store.engine,
-                column,
-                _decider(ring, column, target, state),
-                pacing=pacing,
-                on_batch=on_batch,
-                where=stale,
-                conn=conn,
-            )
-            result = rewriter.run()
-            state.counts[CONTENDED] += result.counts.get(CONTENDED, 0)
-            state.swept = True
-            self._checkpoint(conn, job, progress, states)
+        for sweep in (False, True):
+            for group in group_by_table(columns):
+                key = _table_key(group)
+                walk = walks.setdefault(key, {"cursor": None, "done": False, "swept": False})
+                if walk["swept" if sweep else "done"]:
+                    continue
+                bar = None
+                if self.progress and not sweep:
+                    bar = self.progress(group_label(group), _count(self.store, group[0], conn))
+                    if walk["cursor"] is not None:
+                        bar(sum(states[group[0].spec.name].counts.values()))
+                # The closing sweep: tokens on an older version, written by app
+                # processes that had not yet seen the new version.
+                stale = _stale(target) if sweep else None
+                rewriter = TableRewriter(
+                    self.store.engine,
+                    group,
+                    [_decider(ring, c, target, states[c.spec.name]) for c in group],
+                    pacing=pacing,
+                    progress=bar,
+                    where=stale,
+                    conn=conn,
+                    on_batch=self._on_batch(job, walk, states, progress, sweep=sweep),
+                    collect_applied=self.options.backup,
+                )
+                after = tuple(walk["cursor"]) if walk["cursor"] and not sweep else None
+                for result in rewriter.run(after=after):
+                    states[result.column].counts[CONTENDED] += result.counts.get(CONTENDED, 0)
+                walk["swept" if sweep else "done"] = True
+                self._checkpoint(conn, job, progress, states)
         return states
 
     def _on_batch(
         self,
         job: jobs.Job,
-        column: BoundColumn,
-        state: _ColumnState,
-        progress: dict[str, Any],
+        walk: dict[str, Any],
         states: dict[str, _ColumnState],
+        progress: dict[str, Any],
         *,
-        sweep: bool = False,
-    ) -> Callable[[Connection, PK | None, Counter[str], list[dict[str, Any]]], None]:
+        sweep: bool,
+    ) -> OnBatch:
         keep_backup = self.options.backup
 
         def on_batch(
-            conn: Connection, last: PK | None, counts: Counter[str], applied: list[dict[str, Any]]
+            conn: Connection,
+            last: PK | None,
+            counts: dict[str, Counter[str]],
+            applied: list[Swap],
         ) -> None:
             if keep_backup:
-                backups.record(conn, job.id, column, applied)
-            if sweep:
-                # The sweep sees only stale tokens, rows the walk already
-                # counted: what it re-encrypts is reported apart, as swept.
-                state.counts[SWEPT] += counts.get(ROTATED, 0)
-            else:
-                state.counts.update(counts)
-                state.cursor = last
+                backups.record(conn, job.id, applied)
+            for name, batch in counts.items():
+                if sweep:
+                    # The sweep sees only stale tokens, rows the walk already
+                    # counted: what it re-encrypts is reported apart, as swept.
+                    states[name].counts[SWEPT] += batch.get(ROTATED, 0)
+                else:
+                    states[name].counts.update(batch)
+            if not sweep and last is not None:
+                walk["cursor"] = list(last)
             self._checkpoint(conn, job, progress, states)
 
         return on_batch
@@ -375,26 +382,20 @@ class Rotator:
 
 
 class _ColumnState:
-    """A column's place in a job: cursor, counts, failed rows, phase."""
+    """A column's counts and failed rows within a job."""
 
     def __init__(self) -> None:
-        self.cursor: PK | None = None
         self.counts: Counter[str] = Counter()
         self.failed: list[list[Any]] = []
         self._failed_keys: set[str] = set()
-        self.done = False
-        self.swept = False
 
     @classmethod
     def load(cls, data: dict[str, Any] | None) -> _ColumnState:
         state = cls()
         if data:
-            state.cursor = tuple(data["cursor"]) if data.get("cursor") is not None else None
             state.counts = Counter(data.get("counts", {}))
             for pk in data.get("failed", []):
                 state.fail(tuple(pk))
-            state.done = bool(data.get("done"))
-            state.swept = bool(data.get("swept"))
         return state
 
     def fail(self, pk: PK) -> None:
@@ -405,17 +406,15 @@ class _ColumnState:
             self.failed.append(list(pk))
 
     def dump(self) -> dict[str, Any]:
-        return {
-            "cursor": list(self.cursor) if self.cursor is not None else None,
-            "counts": dict(self.counts),
-            "failed": self.failed[:1000],
-            "done": self.done,
-            "swept": self.swept,
-        }
+        return {"counts": dict(self.counts), "failed": self.failed[:1000]}
 
 
 def _decider(ring: Keyring, column: BoundColumn, target: int, state: _ColumnState) -> Decide:
     spec = column.spec
+
+    current = tokens.header(target)
+    fixed = spec.context(()) if spec.bind == "column" else None
+    reencrypt = ring.reencrypt
 
     def decide(pk: PK, value: Any) -> tuple[str, str | None]:
         if value is None or value == "":
@@ -423,20 +422,30 @@ def _decider(ring: Keyring, column: BoundColumn, target: int, state: _ColumnStat
         if not isinstance(value, str):
             state.fail(pk)
             return FAILED, None
-        version = tokens.version_of(value)
-        if version is None:
-            return PLAINTEXT, None
-        if version == target:
+        if value.startswith(current):
             return CURRENT, None
-        context = spec.context(pk)
+        if not value.startswith("kt1:"):
+            return PLAINTEXT, None
         try:
-            plaintext = ring.decrypt(value, context)
+            return ROTATED, reencrypt(value, fixed or spec.context(pk))
         except (InvalidToken, UnknownKeyVersion):
+            if tokens.version_of(value) is None:
+                return PLAINTEXT, None  # text that merely starts with "kt1:"
             state.fail(pk)
             return FAILED, None
-        return ROTATED, ring.encrypt(plaintext, context)
 
     return decide
+
+
+def _stale(target: int) -> Callable[[list[Column[Any]]], ColumnElement[bool]]:
+    def where(values: list[Column[Any]]) -> ColumnElement[bool]:
+        return or_(*(and_(v.like("kt1:%"), not_(v.like(f"kt1:{target}:%"))) for v in values))
+
+    return where
+
+
+def _table_key(group: list[BoundColumn]) -> str:
+    return f"{group[0].spec.table}({','.join(group[0].spec.primary_key)})"
 
 
 def _count(store: Store, column: BoundColumn, conn: Connection | None) -> int:

@@ -32,7 +32,7 @@ _SPARE_BITS = {2: 0x0F, 3: 0x03}
 # decoder rejects, so only the url-safe alphabet gets through.
 TO_STANDARD = bytes.maketrans(b"-_+/=", b"+/!!!")
 PADDING = {0: b"", 2: b"==", 3: b"="}
-_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def header(version: int) -> str:
@@ -63,7 +63,7 @@ def seal(
         raise ValueError("nonce must be 12 bytes")
     prefix = version if isinstance(version, str) else header(version)
     blob = nonce + aead.encrypt(nonce, plaintext, (prefix + context).encode())
-    encoded = binascii.b2a_base64(blob, newline=False).translate(_TO_URLSAFE)
+    encoded = binascii.b2a_base64(blob, newline=False).translate(TO_URLSAFE)
     return prefix + encoded.rstrip(b"=").decode("ascii")
 
 

@@ -1,0 +1,209 @@
+"""Rotation throughput, rotate-kek cost by table size, and peak memory.
+
+Usage: .venv/bin/python bench/rotate.py [--rows 150000] [--big 1000000]
+
+1. `keyturn rotate` on ROWS rows x 2 columns in SQLite, against a bare limit
+   loop on an identical copy of the database: keyset-paged SELECT, AESGCM
+   decrypt + encrypt, executemany UPDATE by primary key, a commit per batch;
+   no compare-and-swap, no checkpoints, no sweep. Goal: at least 0.8x.
+2. `rotate-kek` on 1,000 and BIG rows (goal: the same within noise, < 100 ms).
+3. Peak RSS of a `keyturn rotate` process at ROWS/10 and BIG rows (bounded
+   by the batch, not the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+import keyturn
+from keyturn.cli import cli
+from keyturn.kek import LocalKEK
+from keyturn.lifecycle import rotate_kek
+from keyturn.rotate import RotateOptions, Rotator
+
+CONFIG = """database = "sqlite:///app.db"
+[[columns]]
+table = "secrets"
+column = "a"
+[[columns]]
+table = "secrets"
+column = "b"
+"""
+
+
+def build(workdir: Path, rows: int, columns: int = 2) -> None:
+    """An initialized database with ``rows`` rows of v1 tokens."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(workdir / "app.db")
+    db.execute("CREATE TABLE secrets (id INTEGER PRIMARY KEY, a TEXT, b TEXT)")
+    db.commit()
+    db.close()
+    config = (
+        CONFIG if columns == 2 else CONFIG.split('[[columns]]\ntable = "secrets"\ncolumn = "b"')[0]
+    )
+    (workdir / "keyturn.toml").write_text(config)
+    cli.main(["--config", str(workdir / "keyturn.toml"), "init"], standalone_mode=False)
+    with keyturn.open(workdir / "keyturn.toml") as store:
+        db = sqlite3.connect(workdir / "app.db")
+        for start in range(1, rows + 1, 50_000):
+            batch = [
+                (
+                    i,
+                    store.encrypt(f"sk_live_{i:012d}_abcdefghij", context="secrets.a"),
+                    store.encrypt(f"ghp_{i:012d}_klmnopqrstuv", context="secrets.b"),
+                )
+                for i in range(start, min(start + 50_000, rows + 1))
+            ]
+            db.executemany("INSERT INTO secrets VALUES (?, ?, ?)", batch)
+            db.commit()
+        db.close()
+
+
+def bare_rotate(workdir: Path, old: AESGCM, batch: int = 5000) -> float:
+    """The limit: decrypt + encrypt + executemany UPDATE, nothing else."""
+    new = AESGCM(AESGCM.generate_key(256))
+    started = time.perf_counter()
+    db = sqlite3.connect(workdir / "app.db")
+
+    def turn(token: str, context: str) -> str:
+        payload = token.split(":", 2)[2]
+        blob = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        plain = old.decrypt(blob[:12], blob[12:], ("kt1:1:" + context).encode())
+        nonce = os.urandom(12)
+        out = nonce + new.encrypt(nonce, plain, ("kt1:2:" + context).encode())
+        return "kt1:2:" + base64.urlsafe_b64encode(out).rstrip(b"=").decode()
+
+    last = 0
+    while True:
+        rows = db.execute(
+            "SELECT id, a, b FROM secrets WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
+        ).fetchall()
+        if not rows:
+            break
+        last = rows[-1][0]
+        db.executemany(
+            "UPDATE secrets SET a = ?, b = ? WHERE id = ?",
+            [(turn(a, "secrets.a"), turn(b, "secrets.b"), i) for i, a, b in rows],
+        )
+        db.commit()
+    db.close()
+    return time.perf_counter() - started
+
+
+def keyturn_rotate(workdir: Path, backup: bool) -> float:
+    with keyturn.open(workdir / "keyturn.toml") as store:
+        started = time.perf_counter()
+        report = Rotator(store, RotateOptions(backup=backup)).run()
+        elapsed = time.perf_counter() - started
+    assert report.totals["rotated"] > 0 and report.failed == 0
+    return elapsed
+
+
+def throughput(args: argparse.Namespace, tmp: Path) -> None:
+    base = tmp / "base"
+    build(base, args.rows)
+    with keyturn.open(base / "keyturn.toml") as store:
+        old = AESGCM(store.keyring._keys[1].key)
+    values = args.rows * 2
+    results: dict[str, list[float]] = {
+        "bare loop": [],
+        "keyturn rotate --no-backup": [],
+        "keyturn rotate (backup)": [],
+    }
+    for _ in range(args.rounds):
+        for name in results:
+            run = tmp / "run"
+            shutil.rmtree(run, ignore_errors=True)
+            shutil.copytree(base, run)
+            if name == "bare loop":
+                results[name].append(bare_rotate(run, old))
+            else:
+                results[name].append(keyturn_rotate(run, backup="backup)" in name))
+    bare = min(results["bare loop"])
+    print(f"\n1. rotate {args.rows:,} rows x 2 columns ({values:,} values), best of {args.rounds}")
+    print(f"   {'':<28} {'seconds':>8} {'values/s':>10} {'vs bare':>8}")
+    for name, times in results.items():
+        best = min(times)
+        print(f"   {name:<28} {best:>8.2f} {values / best:>10,.0f} {bare / best:>7.2f}x")
+
+
+def kek_cost(args: argparse.Namespace, tmp: Path) -> None:
+    print("\n2. rotate-kek (rewrap 3 DEK versions), median of 5")
+    for rows in (1_000, args.big):
+        work = tmp / f"kek{rows}"
+        build(work, rows, columns=1)
+        with keyturn.open(work / "keyturn.toml") as store:
+            for _ in range(2):
+                Rotator(store, RotateOptions(backup=False)).run()
+        os.environ["KEYTURN_KEK"] = os.environ["BENCH_KEK"]
+        inside, total = [], []
+        for _ in range(5):
+            with keyturn.open(work / "keyturn.toml") as store:
+                new = LocalKEK(os.urandom(32), "bench")
+                started = time.perf_counter()
+                result = rotate_kek(store, new)
+                total.append((time.perf_counter() - started) * 1000)
+                inside.append(result.milliseconds)
+            os.environ["KEYTURN_KEK"] = new.key_text()
+        os.environ["KEYTURN_KEK"] = os.environ["BENCH_KEK"]
+        print(
+            f"   {rows:>9,} rows: transaction {statistics.median(inside):6.2f} ms, "
+            f"call incl. reload {statistics.median(total):6.2f} ms"
+        )
+        shutil.rmtree(work)
+
+
+def peak_rss(args: argparse.Namespace, tmp: Path) -> None:
+    print("\n3. peak RSS of a `keyturn rotate --yes --no-backup` process")
+    for rows in (args.rows // 10, args.big):
+        work = tmp / f"rss{rows}"
+        build(work, rows, columns=1)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "keyturn", "rotate", "--yes", "--no-backup"],
+            cwd=work,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        started = time.perf_counter()
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - started
+        assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read() if proc.stderr else ""
+        print(
+            f"   {rows:>9,} rows: {usage.ru_maxrss / 1024:6.1f} MiB peak, "
+            f"{elapsed:5.1f} s ({rows / elapsed:,.0f} rows/s)"
+        )
+        shutil.rmtree(work)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=150_000)
+    parser.add_argument("--big", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=["throughput", "kek", "rss"])
+    args = parser.parse_args()
+    os.environ["BENCH_KEK"] = os.environ["KEYTURN_KEK"] = os.urandom(32).hex()
+    print(f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only in (None, "throughput"):
+            throughput(args, Path(tmp))
+        if args.only in (None, "kek"):
+            kek_cost(args, Path(tmp))
+        if args.only in (None, "rss"):
+            peak_rss(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
