@@ -121,7 +121,7 @@ class TableRewriter:
             batch = self._read_after(after, self.pacing.batch_size)
             if not batch:
                 break
-            after = batch[-1][0]
+            after = tuple(batch[-1][: len(self.pk)])
             missed.update(self._process(batch, after, counts, failed))
             if self.progress:
                 self.progress(len(batch))
@@ -147,63 +147,71 @@ class TableRewriter:
 
     def _process(
         self,
-        batch: Sequence[tuple[PK, tuple[Any, ...]]],
+        batch: Sequence[tuple[Any, ...]],
         last: PK | None,
         counts: list[Counter[str]],
         failed: list[list[PK]],
     ) -> dict[PK, tuple[int, ...]]:
         """Decide every value of the batch, write the changes; return the missed rows."""
         categories: list[list[str]] = [[] for _ in self.columns]
-        groups: dict[tuple[int, ...], list[tuple[PK, list[_Change]]]] = {}
+        # Rows to write, grouped by which columns change (a bitmask of indexes).
+        groups: dict[int, list[tuple[PK, list[_Change]]]] = {}
         decides = self.decides
         dry_run = self.dry_run
+        n = len(self.pk)
+        width = len(self.values)
         # The loop allocates a few tuples per value and no reference cycles; with
         # a big batch alive, the cyclic collector's full passes cost as much as
         # the crypto. It is paused for the loop only (well under a second).
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            for pk, values in batch:
-                changes: list[_Change] = []
-                for i, value in enumerate(values):
+            for row in batch:
+                pk = (row[0],) if n == 1 else row[:n]
+                changes: list[_Change] | None = None
+                mask = 0
+                for i in range(width):
+                    value = row[n + i]
                     category, new = decides[i](pk, value)
+                    categories[i].append(category)
                     if category == FAILED:
                         failed[i].append(pk)
-                    if new is None or dry_run:
-                        categories[i].append(category)
-                    else:
+                    elif new is not None and not dry_run:
+                        if changes is None:
+                            changes = []
                         changes.append((i, value, new, category))
-                if changes:
-                    key = (changes[0][0],) if len(changes) == 1 else tuple([c[0] for c in changes])
-                    groups.setdefault(key, []).append((pk, changes))
+                        mask |= 1 << i
+                if changes is not None:
+                    groups.setdefault(mask, []).append((pk, changes))
         finally:
             if gc_was_enabled:
                 gc.enable()
         self._check_width(groups)
+        batch_counts = [Counter(c) for c in categories]
         missed: dict[PK, tuple[int, ...]] = {}
         if groups or (self.on_batch and not dry_run):
             with self._transaction() as conn:
-                applied: list[Swap] = []
-                for indexes, rows in groups.items():
+                for mask, rows in groups.items():
+                    indexes = tuple(i for i in range(width) if mask >> i & 1)
                     for pk in self._write(conn, indexes, rows):
                         missed[pk] = indexes
-                    for pk, changes in rows:
-                        if missed and pk in missed:
-                            continue
-                        for i, old, new, category in changes:
-                            categories[i].append(category)
-                            if self.collect_applied:
-                                applied.append((self.columns[i], pk, old, new))
+                applied: list[Swap] = []
+                if missed or self.collect_applied:
+                    for rows in groups.values():
+                        for pk, changes in rows:
+                            for i, old, new, category in changes:
+                                if pk in missed:
+                                    batch_counts[i][category] -= 1  # counted when applied
+                                elif self.collect_applied:
+                                    applied.append((self.columns[i], pk, old, new))
                 if self.on_batch:
-                    by_name = {
-                        c.spec.name: Counter(categories[i]) for i, c in enumerate(self.columns)
-                    }
+                    by_name = {c.spec.name: batch_counts[i] for i, c in enumerate(self.columns)}
                     self.on_batch(conn, last, by_name, applied)
-        for total, part in zip(counts, categories, strict=True):
+        for total, part in zip(counts, batch_counts, strict=True):
             total.update(part)
         return missed
 
-    def _check_width(self, groups: dict[tuple[int, ...], list[tuple[PK, list[_Change]]]]) -> None:
+    def _check_width(self, groups: dict[int, list[tuple[PK, list[_Change]]]]) -> None:
         if all(c.width is None for c in self.columns):
             return
         for rows in groups.values():
@@ -224,15 +232,16 @@ class TableRewriter:
         statement = self._statements.get(indexes)
         if statement is None:
             statement = self._statements[indexes] = self._compile(indexes, conn)
-        params = [
-            (*pk, *(old for _, old, _, _ in changes), *(new for _, _, new, _ in changes))
-            for pk, changes in rows
-        ]
+        if len(indexes) == 1:
+            params = [(*pk, ch[0][1], ch[0][2]) for pk, ch in rows]
+        else:
+            params = [(*pk, *[c[1] for c in ch], *[c[2] for c in ch]) for pk, ch in rows]
         result = conn.exec_driver_sql(statement.sql, statement.arrange(params))
         if conn.dialect.supports_sane_multi_rowcount and result.rowcount == len(rows):
             return []
         # Some swaps missed (or the driver cannot tell): look at what is there now.
-        now = dict(self._read_pks([pk for pk, _ in rows], conn))
+        n = len(self.pk)
+        now = {r[:n]: r[n:] for r in self._read_pks([pk for pk, _ in rows], conn)}
         return [
             pk
             for pk, changes in rows
@@ -276,15 +285,12 @@ class TableRewriter:
             with self.engine.connect() as own:
                 yield own
 
-    def _rows(self, query: Any, conn: Connection | None = None) -> list[tuple[PK, tuple[Any, ...]]]:
-        n = len(self.pk)
+    def _rows(self, query: Any, conn: Connection | None = None) -> list[tuple[Any, ...]]:
+        """Raw rows: the primary key's columns, then the value columns."""
         with self._reader(conn) as c:
-            rows = fetch_raw(c, query)
-        if n == 1:
-            return [((r[0],), r[1:]) for r in rows]
-        return [(r[:n], r[n:]) for r in rows]
+            return fetch_raw(c, query)
 
-    def _read_after(self, after: PK | None, limit: int) -> list[tuple[PK, tuple[Any, ...]]]:
+    def _read_after(self, after: PK | None, limit: int) -> list[tuple[Any, ...]]:
         query = select(*self.pk, *self.values).order_by(*self.pk).limit(limit)
         if after is not None:
             query = query.where(_after(self.pk, after))
@@ -292,9 +298,7 @@ class TableRewriter:
             query = query.where(self.where(self.values))
         return self._rows(query)
 
-    def _read_pks(
-        self, pks: Sequence[PK], conn: Connection | None = None
-    ) -> list[tuple[PK, tuple[Any, ...]]]:
+    def _read_pks(self, pks: Sequence[PK], conn: Connection | None = None) -> list[tuple[Any, ...]]:
         if len(self.pk) == 1:
             cond: ColumnElement[bool] = self.pk[0].in_([p[0] for p in pks])
         else:
