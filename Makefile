@@ -24,6 +24,7 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) bench/crypto_overhead.py
+	$(PY) bench/rotate.py
 
 clean:
 	rm -rf $(VENV) demo/work .pytest_cache .mypy_cache .ruff_cache
