@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from . import tokens
 from .columns import BoundColumn
@@ -69,9 +69,13 @@ def group_label(group: list[BoundColumn]) -> str:
     return f"{group[0].spec.table}.{{{','.join(c.spec.column for c in group)}}}"
 
 
-def count_rows(store: Store, column: BoundColumn) -> int:
-    with store.engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(column.table)).scalar_one())
+def count_rows(store: Store, column: BoundColumn, conn: Connection | None = None) -> int:
+    """Rows in a column's table (for progress lines), inside ``conn`` if given."""
+    query = select(func.count()).select_from(column.table)
+    if conn is not None:
+        return int(conn.execute(query).scalar_one())
+    with store.engine.connect() as own:
+        return int(own.execute(query).scalar_one())
 
 
 def _decider(store: Store, column: BoundColumn) -> Decide:

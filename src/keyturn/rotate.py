@@ -22,7 +22,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from . import backups, jobs, keystore, schema, tokens
 from .columns import BoundColumn
 from .database import write_transaction
-from .encrypt_existing import group_label
+from .encrypt_existing import count_rows, group_label
 from .errors import InvalidToken, OperationFailed, UnknownKeyVersion
 from .keyring import ACTIVE, DRAINING, DataKey, Keyring
 from .lifecycle import refresh_states
@@ -155,24 +155,36 @@ class Rotator:
 
     def _start(self, columns: list[BoundColumn]) -> jobs.Job:
         """Back up, then mint the new version and the job in one transaction."""
-        backup_path = None
-        job_stub = jobs.new_id()
-        if self.options.backup:
-            path = backups.sqlite_file_copy(self.store.config.database, job_stub)
-            backup_path = str(path) if path else None
+        job_id = jobs.new_id()
+        backup_path = self._file_backup(job_id)
         with write_transaction(self.store.engine) as conn:
-            dek = self._mint(conn)
-            job = jobs.create(
-                conn,
-                KIND,
-                dek.version,
-                self.actor,
-                {"backup": self.options.backup, "columns": [c.spec.name for c in columns]},
-                backup_path,
-                job_id=job_stub,
+            _, job = self._mint_job(
+                conn, job_id, backup_path, {"columns": [c.spec.name for c in columns]}
             )
         self.store.reload()
         return job
+
+    def _file_backup(self, job_id: str) -> str | None:
+        """Copy a SQLite database file before the first write (if backups are on)."""
+        if not self.options.backup:
+            return None
+        path = backups.sqlite_file_copy(self.store.config.database, job_id)
+        return str(path) if path else None
+
+    def _mint_job(
+        self, conn: Connection, job_id: str, backup_path: str | None, options: dict[str, Any]
+    ) -> tuple[DataKey, jobs.Job]:
+        dek = self._mint(conn)
+        job = jobs.create(
+            conn,
+            KIND,
+            dek.version,
+            self.actor,
+            {"backup": self.options.backup, **options},
+            backup_path,
+            job_id=job_id,
+        )
+        return dek, job
 
     def _mint(self, conn: Connection) -> DataKey:
         """Insert version max+1 as active and demote the current active to draining.
@@ -193,21 +205,9 @@ class Rotator:
     def _run_atomic(self, columns: list[BoundColumn], started: float) -> RewriteReport:
         """Everything, minting included, in one transaction: all or nothing."""
         job_id = jobs.new_id()
-        backup_path = None
-        if self.options.backup:
-            path = backups.sqlite_file_copy(self.store.config.database, job_id)
-            backup_path = str(path) if path else None
+        backup_path = self._file_backup(job_id)
         with write_transaction(self.store.engine) as conn:
-            dek = self._mint(conn)
-            job = jobs.create(
-                conn,
-                KIND,
-                dek.version,
-                self.actor,
-                {"backup": self.options.backup, "atomic": True},
-                backup_path,
-                job_id=job_id,
-            )
+            dek, job = self._mint_job(conn, job_id, backup_path, {"atomic": True})
             ring = self.store.keyring.with_active(dek)
             results = self._rotate_columns(columns, ring, job, {"columns": {}}, conn)
             failed = sum(r.counts.get(FAILED, 0) for r in results.values())
@@ -247,7 +247,7 @@ class Rotator:
                     continue
                 bar = None
                 if self.progress and not sweep:
-                    bar = self.progress(group_label(group), _count(self.store, group[0], conn))
+                    bar = self.progress(group_label(group), count_rows(self.store, group[0], conn))
                     if walk["cursor"] is not None:
                         bar(sum(states[group[0].spec.name].counts.values()))
                 # The closing sweep: tokens on an older version, written by app
@@ -446,11 +446,3 @@ def _stale(target: int) -> Callable[[list[Column[Any]]], ColumnElement[bool]]:
 
 def _table_key(group: list[BoundColumn]) -> str:
     return f"{group[0].spec.table}({','.join(group[0].spec.primary_key)})"
-
-
-def _count(store: Store, column: BoundColumn, conn: Connection | None) -> int:
-    query = select(func.count()).select_from(column.table)
-    if conn is not None:
-        return int(conn.execute(query).scalar_one())
-    with store.engine.connect() as own:
-        return int(own.execute(query).scalar_one())
