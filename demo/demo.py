@@ -7,6 +7,7 @@ before and after. Everything lives in demo/work/, recreated on each run.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -128,6 +129,13 @@ def main() -> None:
             rotated = True
     if rotated:
         run("status")
+        jobs = subprocess.run(
+            [sys.executable, "-m", "keyturn", "jobs", "--json"], cwd=WORK, env=ENV,
+            capture_output=True, text=True, check=True,
+        ).stdout
+        job = json.loads(jobs)[-1]["id"]
+        print("\nThe rotation kept a backup, so v1 is still 'draining'. Once it is not needed:")
+        run("prune", job, "--yes")
         run("keys")
     print(f"\nDone. Explore with: cd {WORK} && ../../.venv/bin/keyturn status --json")
 
