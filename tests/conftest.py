@@ -183,3 +183,76 @@ def fill_users(app: App, rows: int) -> dict[int, str | None]:
         conn.executemany("INSERT INTO users VALUES (?, ?, ?)", batch)
     conn.close()
     return values
+
+
+# -- real database servers ----------------------------------------------------
+
+SERVERS = {
+    "postgresql": ("postgresql+psycopg://postgres@127.0.0.1:5432/", 5432, "test"),
+    "mysql": ("mysql+pymysql://root@127.0.0.1:3306/", 3306, "test"),
+}
+
+
+def _reachable(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Database:
+    """A throwaway database on one backend; ``url`` is what keyturn.toml names."""
+
+    kind: str
+    url: str
+
+    def execute(self, *statements: str, **params: Any) -> None:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.url)
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(text(statement), params)
+        engine.dispose()
+
+    def rows(self, query: str, **params: Any) -> list[tuple[Any, ...]]:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.url)
+        with engine.connect() as conn:
+            result = [tuple(r) for r in conn.execute(text(query), params)]
+        engine.dispose()
+        return result
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A fresh, empty database on SQLite, PostgreSQL or MariaDB, dropped afterwards."""
+    kind = request.param
+    if kind == "sqlite":
+        sqlite3.connect(tmp_path / "app.db").close()
+        yield Database(kind, f"sqlite:///{tmp_path / 'app.db'}")
+        return
+    base, port, admin_db = SERVERS[kind]
+    if not _reachable(port):
+        reason = f"{kind} is not reachable on 127.0.0.1:{port}"
+        if os.environ.get("KEYTURN_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason + " and KEYTURN_REQUIRE_SERVICES=1")
+        pytest.skip(reason)
+    from sqlalchemy import create_engine, text
+
+    name = "kt_" + secrets.token_hex(5)
+    admin = create_engine(base + admin_db, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield Database(kind, base + name)
+    finally:
+        with admin.connect() as conn:
+            force = " WITH (FORCE)" if kind == "postgresql" else ""
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
+        admin.dispose()

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from . import schema, tokens
 from .columns import BoundColumn
-from .database import DriverStatement, write_transaction
+from .database import DriverStatement, exact_equals, write_transaction
 from .rewrite import Swap
 
 _HEADER_CHARS = 24
@@ -106,7 +106,7 @@ def restore(engine: Engine, job_id: str, columns: Sequence[BoundColumn]) -> dict
             same_row = [c == bindparam(f"_pk{i}") for i, c in enumerate(col.pk)]
             swap = (
                 update(col.table)
-                .where(*same_row, col.value == bindparam("_new"))
+                .where(*same_row, exact_equals(col.value, bindparam("_new"), conn.dialect))
                 .values({col.value.name: bindparam("_old")})
             )
             for p in params:  # one by one: each swap's own rowcount is needed

@@ -8,7 +8,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, cast, create_engine, event
+from sqlalchemy.dialects.mysql import BINARY as mysql_binary
 from sqlalchemy.engine import make_url
 
 from .errors import ConfigError
@@ -110,3 +111,16 @@ def fetch_raw(conn: Connection, query: Any) -> list[tuple[Any, ...]]:
         return list(cursor.fetchall())
     finally:
         cursor.close()
+
+
+def exact_equals(column: Any, value: Any, dialect: Any) -> Any:
+    """``column = value``, byte for byte, on every backend.
+
+    MySQL's and MariaDB's default collations ignore case and trailing spaces,
+    so a compare-and-swap on ``Password`` would also match ``password `` that
+    the app wrote meanwhile, and overwrite it. Comparing as binary there
+    keeps the swap exact.
+    """
+    if dialect.name in ("mysql", "mariadb"):
+        return cast(column, mysql_binary()) == cast(value, mysql_binary())
+    return column == value

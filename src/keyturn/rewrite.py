@@ -22,7 +22,7 @@ from sqlalchemy import Column, Connection, Engine, and_, bindparam, or_, select,
 from sqlalchemy.sql.elements import ColumnElement
 
 from .columns import BoundColumn, table_of
-from .database import DriverStatement, fetch_raw, write_transaction
+from .database import DriverStatement, exact_equals, fetch_raw, write_transaction
 from .errors import SchemaError
 
 FAILED = "failed"
@@ -256,7 +256,9 @@ class TableRewriter:
         # retried, so the app's newer value is never overwritten with our stale
         # one. A row the app deleted matches nothing and is never brought back.
         same_row = [c == bindparam(f"_pk{j}") for j, c in enumerate(self.pk)]
-        unchanged = [self.values[i] == bindparam(f"_old{i}") for i in indexes]
+        unchanged = [
+            exact_equals(self.values[i], bindparam(f"_old{i}"), conn.dialect) for i in indexes
+        ]
         statement = (
             update(self.table)
             .where(*same_row, *unchanged)

@@ -1,0 +1,157 @@
+"""Core and rotation guarantees on every backend: SQLite, PostgreSQL, MariaDB.
+
+Each test gets its own freshly created database on the real server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import App, Database, assert_no_secret
+
+import keyturn
+
+PK_TYPES = {
+    "int": ("id INTEGER", ["id"]),
+    "text": ("id VARCHAR(40)", ["id"]),
+    "composite": ("tenant VARCHAR(20), id INTEGER", ["tenant", "id"]),
+}
+
+
+def setup_app(
+    database: Database, tmp_path: Path, pk_type: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[App, dict[tuple[Any, ...], str | None]]:
+    columns, pk = PK_TYPES[pk_type]
+    database.execute(f"CREATE TABLE creds ({columns}, api_key VARCHAR(255), oauth TEXT)")
+    expected: dict[tuple[Any, ...], str | None] = {}
+    for i in range(1, 41):
+        key: tuple[Any, ...] = {
+            "int": (i,),
+            "text": (f"user-{i:03d}",),
+            "composite": (f"t{i % 3}", i),
+        }[pk_type]
+        api = None if i % 9 == 0 else ("" if i % 10 == 0 else f"sk_live_{i}_Päss ")
+        oauth = f"ya29.token-{i}"
+        names = ", ".join(pk)
+        marks = ", ".join(f":k{j}" for j in range(len(pk)))
+        database.execute(
+            f"INSERT INTO creds ({names}, api_key, oauth) VALUES ({marks}, :a, :o)",
+            **{f"k{j}": v for j, v in enumerate(key)},
+            a=api,
+            o=oauth,
+        )
+        expected[(*key, "api_key")] = api
+        expected[(*key, "oauth")] = oauth
+    pk_toml = json.dumps(pk)
+    (tmp_path / "keyturn.toml").write_text(
+        f'database = "{database.url}"\n'
+        f'[[columns]]\ntable = "creds"\ncolumn = "api_key"\nprimary_key = {pk_toml}\n'
+        'bind = "row"\n'
+        f'[[columns]]\ntable = "creds"\ncolumn = "oauth"\nprimary_key = {pk_toml}\n'
+    )
+    kek = secrets.token_hex(32)
+    monkeypatch.setenv("KEYTURN_KEK", kek)
+    monkeypatch.chdir(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
+    env["KEYTURN_KEK"] = kek
+    return App(tmp_path, env), expected
+
+
+def read_back(database: Database, pk: list[str]) -> dict[tuple[Any, ...], str | None]:
+    out: dict[tuple[Any, ...], str | None] = {}
+    with keyturn.open() as store:
+        for row in database.rows(f"SELECT {', '.join(pk)}, api_key, oauth FROM creds"):
+            key, api, oauth = tuple(row[: len(pk)]), row[len(pk)], row[len(pk) + 1]
+            ctx = "creds.api_key#" + ",".join(str(v) for v in key)
+            out[(*key, "api_key")] = store.decrypt(api, context=ctx) if api else api
+            out[(*key, "oauth")] = store.decrypt(oauth, context="creds.oauth")
+    return out
+
+
+def snapshot(database: Database) -> list[list[tuple[Any, ...]]]:
+    return [
+        sorted(database.rows(f"SELECT * FROM {t}"), key=repr)
+        for t in ("creds", "keyturn_keys", "keyturn_meta")
+    ]
+
+
+@pytest.mark.parametrize("pk_type", list(PK_TYPES))
+def test_take_over_rotate_restore(
+    database: Database, tmp_path: Path, pk_type: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, expected = setup_app(database, tmp_path, pk_type, monkeypatch)
+    pk = PK_TYPES[pk_type][1]
+    app.cli("init", check=True)
+    report = json.loads(app.cli("encrypt-existing", "--json", check=True).stdout)
+    assert report["encrypted"] == sum(1 for v in expected.values() if v)
+    assert read_back(database, pk) == expected
+    before = database.rows("SELECT * FROM creds")
+    proc = app.cli("rotate", "--yes", "--json", check=True)
+    rotated = json.loads(proc.stdout)
+    assert rotated["new_version"] == 2 and rotated["failed"] == 0
+    assert rotated["rotated"] == report["encrypted"]
+    assert read_back(database, pk) == expected
+    heads = {
+        v.split(":")[1]
+        for row in database.rows("SELECT api_key, oauth FROM creds")
+        for v in row
+        if v
+    }
+    assert heads == {"2"}
+    assert_no_secret(proc.stdout + proc.stderr, *[v for v in expected.values() if v])
+    status = json.loads(app.cli("status", "--json", check=True).stdout)
+    assert {c["column"]: c["by_version"] for c in status["columns"]} == {
+        "creds.api_key": {"2": sum(1 for k, v in expected.items() if v and k[-1] == "api_key")},
+        "creds.oauth": {"2": 40},
+    }
+    app.cli("restore", rotated["job"], "--yes", check=True)
+    assert sorted(database.rows("SELECT * FROM creds"), key=repr) == sorted(before, key=repr)
+    atomic = json.loads(app.cli("rotate", "--yes", "--atomic", "--json", check=True).stdout)
+    assert atomic["new_version"] == 3 and read_back(database, pk) == expected
+
+
+def test_wrong_kek_and_dry_run_change_nothing(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    before = snapshot(database)
+    wrong = App(app.dir, dict(app.env, KEYTURN_KEK=secrets.token_hex(32)))
+    for command in (["rotate", "--yes"], ["encrypt-existing"], ["rotate-kek", "--yes"]):
+        assert wrong.cli(*command).returncode in (2, 3)
+    assert app.cli("rotate", "--dry-run", check=True).returncode == 0
+    assert snapshot(database) == before
+
+
+def test_compare_and_swap_is_exact(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app write differing only in case or trailing space is never overwritten
+    (MySQL/MariaDB collations would call the two equal)."""
+    from keyturn.rewrite import TableRewriter
+
+    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
+    app.cli("init", check=True)
+    database.execute("UPDATE creds SET oauth = 'Secret' WHERE id = 1")
+    database.execute("UPDATE creds SET oauth = 'tail' WHERE id = 2")
+    with keyturn.open() as store:
+        (oauth,) = [c for c in store.bound_columns() if c.spec.name == "creds.oauth"]
+        changed: dict[int, str] = {1: "secret", 2: "tail "}
+
+        def decide(pk: tuple[Any, ...], value: Any) -> tuple[str, str | None]:
+            if pk[0] in changed and value != changed[pk[0]]:
+                # The app rewrites the value between our read and our write.
+                database.execute(
+                    "UPDATE creds SET oauth = :v WHERE id = :i", v=changed[pk[0]], i=pk[0]
+                )
+            return "seen", f"{value}|rewritten"
+
+        TableRewriter(store.engine, [oauth], [decide]).run()
+    rows = dict(database.rows("SELECT id, oauth FROM creds WHERE id IN (1, 2)"))
+    assert rows == {1: "secret|rewritten", 2: "tail |rewritten"}
