@@ -5,6 +5,7 @@ Each test gets its own freshly created database on the real server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -155,3 +156,82 @@ def test_compare_and_swap_is_exact(
         TableRewriter(store.engine, [oauth], [decide]).run()
     rows = dict(database.rows("SELECT id, oauth FROM creds WHERE id IN (1, 2)"))
     assert rows == {1: "secret|rewritten", 2: "tail |rewritten"}
+
+
+def _kill_sessions(database: Database, name: str) -> int:
+    """Kill every other session on the test database, as an operator or a failover would."""
+    if database.kind == "postgresql":
+        rows = database.rows(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = :d AND pid <> pg_backend_pid()",
+            d=name,
+        )
+        return len(rows)
+    ids = database.rows(
+        "SELECT id FROM information_schema.processlist WHERE db = :d AND id <> CONNECTION_ID()",
+        d=name,
+    )
+    for (session,) in ids:
+        with contextlib.suppress(Exception):  # the session may have ended meanwhile
+            database.execute(f"KILL {int(session)}")
+    return len(ids)
+
+
+@pytest.mark.parametrize("database", ["postgresql", "mysql"], indirect=True)
+def test_connection_killed_mid_rotation(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    app, expected = setup_app(database, tmp_path, "int", monkeypatch)
+    values = ", ".join(f"({i}, 'sk_bulk_{i}', 'tok_{i}')" for i in range(1000, 4000))
+    database.execute(f"INSERT INTO creds (id, api_key, oauth) VALUES {values}")
+    for i in range(1000, 4000):
+        expected[(i, "api_key")] = f"sk_bulk_{i}"
+        expected[(i, "oauth")] = f"tok_{i}"
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    name = database.url.rsplit("/", 1)[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "keyturn",
+            "rotate",
+            "--yes",
+            "--max-rate",
+            "1500",
+            "--chunk-time",
+            "0.05",
+        ],
+        cwd=app.dir,
+        env=app.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed = 0
+    for _ in range(4):
+        time.sleep(0.7)
+        if proc.poll() is not None:
+            break
+        killed += _kill_sessions(database, name)
+    _, err = proc.communicate(timeout=120)
+    assert killed, "no session was killed while the rotation ran"
+    if proc.returncode != 0:
+        # A clear one-line error, nothing further written.
+        assert proc.returncode == 1 and err.startswith("keyturn: database error:"), err
+        assert "run `keyturn rotate` again to resume" in err
+        assert err.strip().count("\n") == 0
+    assert read_back(database, ["id"]) == expected  # nothing lost
+    final = json.loads(app.cli("rotate", "--yes", "--json", check=True).stdout)
+    heads = {
+        v.split(":")[1]
+        for row in database.rows("SELECT api_key, oauth FROM creds")
+        for v in row
+        if v
+    }
+    assert heads == {str(final["new_version"])}
+    assert read_back(database, ["id"]) == expected

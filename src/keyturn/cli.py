@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import socket
 import sys
 from dataclasses import asdict
@@ -54,8 +55,14 @@ class _Group(click.Group):
             click.echo(f"keyturn: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except SQLAlchemyError as exc:
-            click.echo(f"keyturn: database error: {_db_message(exc)}", err=True)
+            hint = ""
+            if ctx.invoked_subcommand in _RESUMABLE:
+                hint = f"; run `keyturn {ctx.invoked_subcommand}` again to resume"
+            click.echo(f"keyturn: database error: {_db_message(exc)}{hint}", err=True)
             ctx.exit(1)
+
+
+_RESUMABLE = ("rotate", "encrypt-existing")
 
 
 def _db_message(exc: SQLAlchemyError) -> str:
@@ -544,4 +551,7 @@ def gen_kek(path: Path | None) -> None:
 
 
 def main() -> None:
+    # psycopg warns while tearing down a pipeline on a lost connection; keyturn
+    # reports that error itself, as one line with an exit code.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     cli(prog_name="keyturn")
