@@ -59,7 +59,9 @@ def test_rotate_survives_repeated_sigkill(app: App) -> None:
     rng = random.Random()
     kills = 0
     for _ in range(6):
-        proc = start_rotate(app, "--max-rate", "8000")
+        # 20k rows at 4000 rows/s is 5 s of work: no two sleeps (<= 4 s) can finish it,
+        # so at least two runs are killed mid-way.
+        proc = start_rotate(app, "--max-rate", "4000")
         time.sleep(rng.uniform(0.4, 2.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
