@@ -16,15 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 from sqlalchemy.engine import make_url
 
-from . import schema, tokens
+from . import schema
 from .columns import BoundColumn
 from .database import DriverStatement, exact_equals, write_transaction
 from .rewrite import Swap
-
-_HEADER_CHARS = 24
 
 
 def sqlite_file_copy(url: str, job_id: str) -> Path | None:
@@ -61,17 +59,6 @@ def record(conn: Connection, job_id: str, applied: Sequence[Swap]) -> None:
 
 
 _RECORD = ("job_id", "table_name", "column_name", "pk", "old_token", "new_token")
-
-
-def version_references(conn: Connection) -> Counter[int]:
-    """How many backed-up tokens use each key version."""
-    counts: Counter[int] = Counter()
-    query = select(func.substr(schema.backup.c.old_token, 1, _HEADER_CHARS))
-    for (head,) in conn.execution_options(yield_per=10_000).execute(query):
-        version = tokens.version_of(head) if isinstance(head, str) else None
-        if version is not None:
-            counts[version] += 1
-    return counts
 
 
 def jobs_referencing(conn: Connection, version: int) -> list[str]:

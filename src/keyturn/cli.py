@@ -12,6 +12,7 @@ import json
 import logging
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,11 @@ from .encrypt_existing import encrypt_existing
 from .errors import KeyturnError
 from .kek import LocalKEK, generate_kek_bytes, parse_kek
 from .kek_sources import check_strength, from_env, from_file, resolve_kek, write_key_file
-from .lifecycle import destroy_key, references, refresh_states, rotate_kek
+from .lifecycle import destroy_key, refresh_states, rotate_kek
 from .reports import RewriteReport
 from .rewrite import Pacing
 from .rotate import RotateOptions, Rotator
-from .status import StatusReport, status
+from .status import StatusReport, backup_references, status
 from .store import Store
 
 EXIT_CODES = """\b
@@ -266,8 +267,11 @@ def _status_text(r: StatusReport) -> str:
     return "\n".join(lines)
 
 
-def _confirm(yes: bool, question: str) -> None:
-    """Ask on a terminal; without one, require --yes (exit 2 otherwise)."""
+def _confirm(yes: bool, question: str | Callable[[], str]) -> None:
+    """Ask on a terminal; without one, require --yes (exit 2 otherwise).
+
+    ``question`` may be a function, so that a costly one is built only when asked.
+    """
     if yes:
         return
     if not sys.stdin.isatty():
@@ -277,7 +281,7 @@ def _confirm(yes: bool, question: str) -> None:
             err=True,
         )
         sys.exit(2)
-    click.confirm(question, abort=True)
+    click.confirm(question if isinstance(question, str) else question(), abort=True)
 
 
 _yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -315,14 +319,18 @@ def rotate(
         rotator = Rotator(
             store, options, actor=actor(), progress=None if as_json else progress_factory()
         )
-        if not dry_run:
+
+        def question() -> str:
             plan = Rotator(store, RotateOptions(dry_run=True)).run()
             what = (
                 f"resume job {plan.extra['job']}"
                 if plan.extra.get("resumes_job")
                 else f"mint key v{plan.extra['new_version']}"
             )
-            _confirm(yes, f"{what} and re-encrypt {plan.totals['rotated']} value(s)?")
+            return f"{what} and re-encrypt {plan.totals['rotated']} value(s)?"
+
+        if not dry_run:
+            _confirm(yes, question)
         report = rotator.run()
     if not as_json and not dry_run:
         extra = report.extra
@@ -423,8 +431,9 @@ def keys(ctx: click.Context, as_json: bool) -> None:
     """List data key versions with state, age, and how many values and backups use each."""
     with _open(ctx) as store:
         report = status(store)
-        refs = references(store)
-    rows = [{**asdict(k), "backups": refs.backups.get(k.version, 0)} for k in report.keys]
+        with store.engine.connect() as conn:
+            in_backups = backup_references(conn)
+    rows = [{**asdict(k), "backups": in_backups[k.version]} for k in report.keys]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

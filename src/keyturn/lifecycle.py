@@ -17,7 +17,7 @@ from .errors import KeyManagementError, OperationFailed
 from .kek import KEK
 from .kek_sources import pending_path, write_key_file
 from .keyring import ACTIVE, DESTROYED, DRAINING, RETIRED, wrap_aad
-from .status import count_column
+from .status import backup_references, count_column
 from .store import Store
 
 
@@ -28,9 +28,6 @@ class References:
     rows: dict[int, int]
     backups: dict[int, int]
 
-    def total(self, version: int) -> int:
-        return self.rows.get(version, 0) + self.backups.get(version, 0)
-
 
 def references(store: Store, conn: Connection | None = None) -> References:
     rows: Counter[int] = Counter()
@@ -38,37 +35,36 @@ def references(store: Store, conn: Connection | None = None) -> References:
         rows.update(count_column(store, column, conn).by_version)
     if conn is None:
         with store.engine.connect() as own:
-            in_backups = backups.version_references(own)
+            in_backups = backup_references(own)
     else:
-        in_backups = backups.version_references(conn)
+        in_backups = backup_references(conn)
     return References(dict(rows), dict(in_backups))
 
 
-def in_use(store: Store, conn: Connection, version: int) -> bool:
-    """Whether any configured value or backed-up token uses ``version``.
+def _in_use(conn: Connection, holders: list[Any], version: int) -> bool:
+    """Whether any of ``holders`` (token columns) has a value under ``version``.
 
     Stops at the first match; the database does the scanning.
     """
     prefix = f"kt1:{version}:%"
-    for column in store.bound_columns():
-        hit = select(literal(1)).where(column.value.like(prefix)).limit(1)
+    for holder in holders:
+        hit = select(literal(1)).where(holder.like(prefix)).limit(1)
         if conn.execute(hit).first() is not None:
             return True
-    b = schema.backup.c
-    if inspect(conn).has_table(schema.backup.name):
-        hit = select(literal(1)).where(b.old_token.like(prefix)).limit(1)
-        return conn.execute(hit).first() is not None
     return False
 
 
 def refresh_states(store: Store, conn: Connection) -> dict[int, str]:
     """Retire unused former versions; mark used ones draining. Returns the new states."""
     k = schema.keys.c
+    holders = [column.value for column in store.bound_columns()]
+    if inspect(conn).has_table(schema.backup.name):
+        holders.append(schema.backup.c.old_token)
     states: dict[int, str] = {}
     for meta, _ in keystore.read_versions(conn):
         state = meta.state
         if state in (DRAINING, RETIRED):
-            state = DRAINING if in_use(store, conn, meta.version) else RETIRED
+            state = DRAINING if _in_use(conn, holders, meta.version) else RETIRED
             if state != meta.state:
                 conn.execute(
                     update(schema.keys)
@@ -94,8 +90,8 @@ def destroy_key(store: Store, version: int) -> None:
             raise KeyManagementError(f"key version {version} is already destroyed")
         if state == ACTIVE:
             raise KeyInUse(f"key version {version} is active; rotate first (`keyturn rotate`)")
-        refs = references(store, conn)
-        if refs.total(version):
+        if state == DRAINING:  # refresh_states found something still using it
+            refs = references(store, conn)
             jobs = backups.jobs_referencing(conn, version)
             hint = f"; prune their backups with `keyturn prune {jobs[0]}`" if jobs else ""
             raise KeyInUse(

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, inspect, select
 
-from . import backups, tokens
+from . import schema, tokens
 from .columns import BoundColumn
 from .keyring import ACTIVE, DESTROYED, DRAINING
 from .keystore import utcnow
@@ -69,23 +69,37 @@ class StatusReport:
         return data
 
 
-def count_column(store: Store, column: BoundColumn, conn: Connection | None = None) -> ColumnStatus:
-    """Classify every value of a column by its header alone (no decryption)."""
+def _count_headers(conn: Connection, expression: Any) -> tuple[int, int, int, Counter[int]]:
+    """(rows, empty, plaintext, count by key version) of a text expression's values,
+    classified by their header alone (no decryption)."""
     by_version: Counter[int] = Counter()
     plaintext = empty = rows = 0
-    query = select(func.substr(column.value, 1, _HEADER_CHARS))
+    query = select(func.substr(expression, 1, _HEADER_CHARS))
+    for (head,) in conn.execution_options(yield_per=10_000).execute(query):
+        rows += 1
+        if head is None or head == "":
+            empty += 1
+            continue
+        version = tokens.version_of(head) if isinstance(head, str) else None
+        if version is None:
+            plaintext += 1
+        else:
+            by_version[version] += 1
+    return rows, empty, plaintext, by_version
+
+
+def count_column(store: Store, column: BoundColumn, conn: Connection | None = None) -> ColumnStatus:
+    """Classify every value of a column by its header alone (no decryption)."""
     with nullcontext(conn) if conn is not None else store.engine.connect() as c:
-        for (head,) in c.execution_options(yield_per=10_000).execute(query):
-            rows += 1
-            if head is None or head == "":
-                empty += 1
-                continue
-            version = tokens.version_of(head) if isinstance(head, str) else None
-            if version is None:
-                plaintext += 1
-            else:
-                by_version[version] += 1
+        rows, empty, plaintext, by_version = _count_headers(c, column.value)
     return ColumnStatus(column.spec.name, rows, plaintext, empty, dict(sorted(by_version.items())))
+
+
+def backup_references(conn: Connection) -> Counter[int]:
+    """How many backed-up tokens (keyturn_backup) use each key version."""
+    if not inspect(conn).has_table(schema.backup.name):
+        return Counter()
+    return _count_headers(conn, schema.backup.c.old_token)[3]
 
 
 def _age_days(created: datetime, now: datetime) -> float:
@@ -127,11 +141,7 @@ def status(store: Store) -> StatusReport:
                 f"{col.column}: {col.plaintext} plaintext value(s): run `keyturn encrypt-existing`"
             )
     with store.engine.connect() as conn:
-        in_backups = (
-            backups.version_references(conn)
-            if inspect(conn).has_table("keyturn_backup")
-            else Counter()
-        )
+        in_backups = backup_references(conn)
     for k in keys:
         if k.state == DRAINING:
             warnings.append(
