@@ -55,7 +55,8 @@ class App:
         return rows
 
     def cli(self, *args: str, check: bool = False, **kw: Any) -> subprocess.CompletedProcess[str]:
-        return run_cli(*args, cwd=self.dir, env=self.env, check=check, **kw)
+        kw.setdefault("env", self.env)
+        return run_cli(*args, cwd=self.dir, check=check, **kw)
 
     def write_config(self, text: str) -> None:
         self.config.write_text(text, encoding="utf-8")

@@ -32,7 +32,10 @@ def decrypt_all(app: App, kek_hex: str) -> dict[tuple[str, int], str | None]:
     return out
 
 
-@pytest.mark.parametrize("command", [[], ["init"], ["encrypt-existing"], ["status"], ["gen-kek"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["init"], ["encrypt-existing"], ["status"], ["gen-kek"], ["import-legacy"], ["verify"]],
+)
 def test_help_answers_the_question(app: App, command: list[str]) -> None:
     proc = app.cli(*command, "--help", check=True)
     assert "Usage:" in proc.stdout
@@ -77,6 +80,7 @@ def test_encrypt_existing_status_and_round_trip(
         "plaintext": 0,
         "empty": 2,
         "by_version": {"1": 6},
+        "legacy": 0,
     }
     assert status["keys"][0]["rows"] == 14 and status["keys"][0]["state"] == "active"
     human = app.cli("status", check=True).stdout

@@ -13,16 +13,20 @@ from .errors import (
     InvalidToken,
     KeyManagementError,
     KeyturnError,
+    LegacyKeyError,
     NotInitialized,
     OperationFailed,
     SchemaError,
     UnknownKeyVersion,
     WrongKEK,
 )
+from .import_legacy import import_legacy
 from .keyring import DataKey, KeyVersion
+from .legacy import LegacySpec
 from .reports import RewriteReport
 from .status import ColumnStatus, StatusReport, VersionStatus, status
 from .store import Store, open
+from .verify import verify
 
 __all__ = [
     "ColumnSpec",
@@ -35,6 +39,8 @@ __all__ = [
     "KeyManagementError",
     "KeyVersion",
     "KeyturnError",
+    "LegacyKeyError",
+    "LegacySpec",
     "NotInitialized",
     "OperationFailed",
     "RewriteReport",
@@ -45,7 +51,9 @@ __all__ = [
     "VersionStatus",
     "WrongKEK",
     "encrypt_existing",
+    "import_legacy",
     "load_config",
     "open",
     "status",
+    "verify",
 ]

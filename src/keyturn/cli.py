@@ -28,6 +28,7 @@ from .config import Config, load_config
 from .database import connect, write_transaction
 from .encrypt_existing import encrypt_existing
 from .errors import KeyturnError
+from .import_legacy import import_legacy
 from .kek import LocalKEK, generate_kek_bytes, parse_kek
 from .kek_sources import check_strength, from_env, from_file, resolve_kek, write_key_file
 from .lifecycle import destroy_key, refresh_states, rotate_kek
@@ -36,13 +37,15 @@ from .rewrite import Pacing
 from .rotate import RotateOptions, Rotator
 from .status import StatusReport, backup_references, status
 from .store import Store
+from .verify import verify as verify_all
 
 EXIT_CODES = """\b
 Exit codes:
   0  success
   1  the operation failed (rows failed, database error)
   2  usage, configuration or schema error
-  3  key error: KEK missing, malformed, weak or wrong; unknown key version
+  3  key error: KEK missing, malformed, weak or wrong; unknown key version;
+     legacy key missing or wrong
 """
 
 
@@ -63,7 +66,7 @@ class _Group(click.Group):
             ctx.exit(1)
 
 
-_RESUMABLE = ("rotate", "encrypt-existing")
+_RESUMABLE = ("rotate", "encrypt-existing", "import-legacy")
 
 
 def _db_message(exc: SQLAlchemyError) -> str:
@@ -174,7 +177,12 @@ def _pacing_options(func: Any) -> Any:
     )(func)
 
 
-def _print_rewrite(report: RewriteReport, as_json: bool, verb: str) -> None:
+_LEFT_UNTOUCHED = "they were left untouched. See docs/ROTATION.md, 'Rows that fail'."
+
+
+def _print_rewrite(
+    report: RewriteReport, as_json: bool, verb: str, failure: str = _LEFT_UNTOUCHED
+) -> None:
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:
@@ -188,11 +196,30 @@ def _print_rewrite(report: RewriteReport, as_json: bool, verb: str) -> None:
             click.echo(f"  failed: {row['table']}.{row['column']} at primary key {row['pk']}")
     if report.failed:
         click.echo(
-            f"keyturn: {report.failed} value(s) failed (listed by primary key); they were "
-            "left untouched. See docs/ROTATION.md, 'Rows that fail'.",
+            f"keyturn: {report.failed} value(s) failed (listed by primary key); {failure}",
             err=True,
         )
         sys.exit(1)
+
+
+def _confirm(yes: bool, question: str | Callable[[], str]) -> None:
+    """Ask on a terminal; without one, require --yes (exit 2 otherwise).
+
+    ``question`` may be a function, so that a costly one is built only when asked.
+    """
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        click.echo(
+            "keyturn: error: this command changes data and there is no terminal to confirm "
+            "on; pass --yes to proceed",
+            err=True,
+        )
+        sys.exit(2)
+    click.confirm(question if isinstance(question, str) else question(), abort=True)
+
+
+_yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 
 
 @cli.command("encrypt-existing")
@@ -218,6 +245,89 @@ def encrypt_existing_cmd(
             progress=None if as_json else progress_factory(),
         )
     _print_rewrite(report, as_json, "encrypted")
+
+
+@cli.command("import-legacy")
+@click.option(
+    "--dry-run", is_flag=True, help="Check keys and count what would change; write nothing."
+)
+@click.option(
+    "--include-plaintext",
+    is_flag=True,
+    help="Also encrypt plaintext values found in these columns (otherwise counted and left).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@_yes_option
+@_pacing_options
+@click.pass_context
+def import_legacy_cmd(
+    ctx: click.Context,
+    dry_run: bool,
+    include_plaintext: bool,
+    as_json: bool,
+    yes: bool,
+    chunk_time: float,
+    max_rate: float | None,
+) -> None:
+    """Convert values encrypted by the app's old scheme to keyturn tokens, in place.
+
+    For each column with `legacy = NAME`, decrypts every value in that
+    [[legacy]] layout with its legacy key (from the env vars or files the entry
+    names) and writes it back as a kt1 token under the active key, in batches
+    by compare-and-swap while the app keeps running. First checks each
+    column's legacy key on a sample: a wrong key writes nothing. Safe to
+    interrupt: run it again to finish. Exits 1 if any value failed (listed by
+    primary key, left as it is). See docs/ADOPTING.md.
+    """
+    with _open(ctx) as store:
+        if not dry_run:
+            _confirm(
+                yes,
+                "convert the legacy values of "
+                + ", ".join(c.name for c in store.config.columns if c.legacy)
+                + (" (and their plaintext values)" if include_plaintext else "")
+                + " to keyturn tokens?",
+            )
+        report = import_legacy(
+            store,
+            dry_run=dry_run,
+            include_plaintext=include_plaintext,
+            pacing=Pacing(chunk_time=chunk_time, max_rate=max_rate),
+            progress=None if as_json else progress_factory(),
+        )
+    _print_rewrite(report, as_json, "imported")
+    plaintext = report.totals["plaintext"]
+    if plaintext and not include_plaintext and not as_json:
+        click.echo(
+            f"{plaintext} plaintext value(s) were left as they are: rerun with "
+            "--include-plaintext to encrypt them too"
+        )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.pass_context
+def verify(ctx: click.Context, as_json: bool) -> None:
+    """Decrypt every configured value and report those that fail; print no secret.
+
+    kt1 tokens must open under their key version; legacy values must open with
+    their legacy key where it is present (otherwise counted as
+    legacy_unchecked). Failures are listed by table and primary key. Run it
+    before and after any migration. Exits 1 if any value fails.
+    """
+    with _open(ctx) as store:
+        report = verify_all(store, progress=None if as_json else progress_factory())
+    if not as_json:
+        for column, sources in report.extra["legacy_keys_missing"].items():
+            click.echo(
+                f"{column}: legacy values not checked: key not available from " + ", ".join(sources)
+            )
+    _print_rewrite(
+        report,
+        as_json,
+        "ok",
+        "they do not decrypt with the keys at hand (docs/ROTATION.md, 'Rows that fail').",
+    )
 
 
 @cli.command("status")
@@ -260,31 +370,13 @@ def _status_text(r: StatusReport) -> str:
         versions = ", ".join(f"v{v}: {n}" for v, n in c.by_version.items()) or "-"
         lines.append(
             f"  {c.column:<30} {c.rows} rows; encrypted {versions}; "
-            f"plaintext {c.plaintext}; empty {c.empty}"
+            f"plaintext {c.plaintext}; "
+            + (f"legacy {c.legacy}; " if c.legacy else "")
+            + f"empty {c.empty}"
         )
     for w in r.warnings:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
-
-
-def _confirm(yes: bool, question: str | Callable[[], str]) -> None:
-    """Ask on a terminal; without one, require --yes (exit 2 otherwise).
-
-    ``question`` may be a function, so that a costly one is built only when asked.
-    """
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        click.echo(
-            "keyturn: error: this command changes data and there is no terminal to confirm "
-            "on; pass --yes to proceed",
-            err=True,
-        )
-        sys.exit(2)
-    click.confirm(question if isinstance(question, str) else question(), abort=True)
-
-
-_yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 
 
 @cli.command()

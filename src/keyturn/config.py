@@ -16,12 +16,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigError
+from .legacy import LegacySpec, parse_legacy
 
 CONFIG_NAME = "keyturn.toml"
 CONFIG_ENV = "KEYTURN_CONFIG"
 DEFAULT_CRYPTOPERIOD_DAYS = 730  # NIST SP 800-57 Part 1: up to 2 years for a DEK
-_TOP_KEYS = {"database", "kek", "cryptoperiod_days", "columns"}
-_COLUMN_KEYS = {"table", "column", "primary_key", "bind"}
+_TOP_KEYS = {"database", "kek", "cryptoperiod_days", "columns", "legacy"}
+_COLUMN_KEYS = {"table", "column", "primary_key", "bind", "legacy"}
 BINDS = ("column", "row")
 
 
@@ -33,6 +34,7 @@ class ColumnSpec:
     column: str
     primary_key: tuple[str, ...]
     bind: str = "column"
+    legacy: str | None = None
 
     @property
     def name(self) -> str:
@@ -54,6 +56,11 @@ class Config:
     kek: str | None
     columns: tuple[ColumnSpec, ...]
     cryptoperiod_days: int = DEFAULT_CRYPTOPERIOD_DAYS
+    legacy: tuple[LegacySpec, ...] = ()
+
+    def legacy_for(self, column: ColumnSpec) -> LegacySpec | None:
+        """The ``[[legacy]]`` reader a column names, if any."""
+        return next((s for s in self.legacy if s.name == column.legacy), None)
 
     @property
     def base_dir(self) -> Path:
@@ -111,7 +118,24 @@ def parse_config(data: dict[str, Any], file: Path) -> Config:
         if col.name in seen:
             raise ConfigError(f"{file}: column {col.name} is configured twice")
         seen.add(col.name)
-    return Config(file, _resolve_database(database, file), kek or None, columns, period)
+    raw_legacy = data.get("legacy", [])
+    if not isinstance(raw_legacy, list):
+        raise ConfigError(f"{file}: `legacy` must be an array of tables ([[legacy]])")
+    legacy = tuple(
+        parse_legacy(entry, f"{file}: [[legacy]] entry {i}")
+        for i, entry in enumerate(raw_legacy, 1)
+    )
+    names = [spec.name for spec in legacy]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"{file}: [[legacy]] name {name!r} is used twice")
+    for col in columns:
+        if col.legacy is not None and col.legacy not in names:
+            raise ConfigError(
+                f"{file}: column {col.name} names legacy reader {col.legacy!r}, but no "
+                f"[[legacy]] entry has that name (defined: {', '.join(names) or 'none'})"
+            )
+    return Config(file, _resolve_database(database, file), kek or None, columns, period, legacy)
 
 
 def _parse_column(entry: Any, index: int, file: Path) -> ColumnSpec:
@@ -131,7 +155,10 @@ def _parse_column(entry: Any, index: int, file: Path) -> ColumnSpec:
     bind = entry.get("bind", "column")
     if bind not in BINDS:
         raise ConfigError(f'{where}: `bind` must be "column" or "row"')
-    return ColumnSpec(entry["table"], entry["column"], tuple(pk), bind)
+    legacy = entry.get("legacy")
+    if legacy is not None and (not isinstance(legacy, str) or not legacy):
+        raise ConfigError(f"{where}: `legacy` must be the name of a [[legacy]] entry")
+    return ColumnSpec(entry["table"], entry["column"], tuple(pk), bind, legacy)
 
 
 def _reject_unknown(data: dict[str, Any], allowed: set[str], where: str) -> None:

@@ -23,7 +23,8 @@ from .store import Store
 ENCRYPTED = "encrypted"
 ALREADY = "already_encrypted"
 EMPTY = "skipped_empty"
-CATEGORIES = (ENCRYPTED, ALREADY, EMPTY)
+LEGACY = "skipped_legacy"
+CATEGORIES = (ENCRYPTED, ALREADY, EMPTY, LEGACY)
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
@@ -35,7 +36,8 @@ def encrypt_existing(
     pacing: Pacing | None = None,
     progress: ProgressFactory | None = None,
 ) -> RewriteReport:
-    """Encrypt the plaintext of every configured column; NULL and '' stay as they are."""
+    """Encrypt the plaintext of every configured column; NULL and '' stay as they are,
+    and so do values a column's legacy reader recognises (see ``import_legacy``)."""
     started = time.monotonic()
     columns = store.bound_columns()
     for column in columns:
@@ -80,6 +82,7 @@ def count_rows(store: Store, column: BoundColumn, conn: Connection | None = None
 
 def _decider(store: Store, column: BoundColumn) -> Decide:
     spec = column.spec
+    reader = store.legacy_reader(spec.name)
 
     def decide(pk: PK, value: Any) -> tuple[str, str | None]:
         if value is None or value == "":
@@ -94,6 +97,10 @@ def _decider(store: Store, column: BoundColumn) -> Decide:
                 # Looks like a token but does not open: never guess, leave it.
                 return FAILED, None
             return ALREADY, None
+        if reader is not None and reader.recognises(value):
+            # Already encrypted, by the app's old scheme: encrypting it again would
+            # bury it (the double-encryption bug); `import-legacy` converts it.
+            return LEGACY, None
         return ENCRYPTED, store.encrypt(value, context=context)
 
     return decide
@@ -113,6 +120,9 @@ def _check_width(store: Store, column: BoundColumn) -> None:
         value = conn.execute(longest).scalar()
     if not isinstance(value, str) or tokens.version_of(value) is not None:
         return
+    reader = store.legacy_reader(column.spec.name)
+    if reader is not None and reader.recognises(value):
+        return  # never encrypted by this command
     need = tokens.token_length(store.active_version, len(value.encode()))
     if need > column.width:
         raise SchemaError(

@@ -53,6 +53,10 @@ class InvalidKEK(KeyManagementError):
     """A KEK is malformed, weak, missing, or stored unsafely."""
 
 
+class LegacyKeyError(KeyManagementError):
+    """A legacy reader's key is missing, malformed, or does not open its values."""
+
+
 class ConfigError(KeyturnError):
     """The configuration is missing, malformed or inconsistent."""
 
@@ -77,6 +81,7 @@ __all__ = [
     "InvalidToken",
     "KeyManagementError",
     "KeyturnError",
+    "LegacyKeyError",
     "NotInitialized",
     "OperationFailed",
     "SchemaError",

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import Config
-from .errors import ConfigError, InvalidKEK
+from .errors import ConfigError, InvalidKEK, KeyManagementError, LegacyKeyError
 from .kek import LocalKEK, generate_kek_bytes, parse_kek
+from .legacy import LegacySpec
 
 KEK_ENV = "KEYTURN_KEK"
 KEY_FILE = Path("data") / ".keyturn_kek"
@@ -101,25 +102,55 @@ def from_env(name: str) -> LocalKEK:
 def from_file(path: Path) -> LocalKEK:
     """The KEK in a key file, refused if group or others can read it."""
     source = f"file:{path}"
+    text = _read_private_file(path, "KEK file", InvalidKEK)
+    return LocalKEK(parse_kek(text, source), source)
+
+
+def _read_private_file(path: Path, what: str, error: type[KeyManagementError]) -> str:
+    """A small key file's text, refused if group or others can read it."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        raise InvalidKEK(f"the KEK file {path} does not exist") from None
+        raise error(f"the {what} {path} does not exist") from None
     except OSError as exc:
-        raise InvalidKEK(f"cannot read the KEK file {path}: {exc.strerror}") from None
+        raise error(f"cannot read the {what} {path}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as handle:
         mode = os.fstat(handle.fileno()).st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise InvalidKEK(
-                f"the KEK file {path} is accessible to group or others "
+            raise error(
+                f"the {what} {path} is accessible to group or others "
                 f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {path}`"
             )
         data = handle.read(4096)
     try:
-        text = data.decode("ascii")
+        return data.decode("utf-8").strip()
     except UnicodeDecodeError:
-        text = ""
-    return LocalKEK(parse_kek(text, source), source)
+        return ""
+
+
+def legacy_secrets(spec: LegacySpec, base_dir: Path) -> list[tuple[str, str]]:
+    """``(source, text)`` of a legacy reader's keys, in the order they are tried.
+
+    Called only when a legacy value must be decrypted, so once no legacy value
+    remains the keys can leave the environment.
+    """
+    found = []
+    for name in spec.key_env:
+        value = os.environ.get(name, "")
+        if not value.strip():
+            raise LegacyKeyError(
+                f"legacy reader {spec.name} needs its key in env var {name}, which is not set "
+                "(it is needed while legacy values remain; `keyturn status` counts them)"
+            )
+        found.append((f"env:{name}", value))
+    for raw in spec.key_file:
+        path = Path(raw).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        text = _read_private_file(path, f"legacy key file of reader {spec.name}", LegacyKeyError)
+        if not text:
+            raise LegacyKeyError(f"the legacy key file {path} of reader {spec.name} is empty")
+        found.append((f"file:{path}", text))
+    return found
 
 
 def pending_path(key_file: Path) -> Path:

@@ -25,6 +25,7 @@ from .database import write_transaction
 from .encrypt_existing import count_rows, group_label
 from .errors import InvalidToken, OperationFailed, UnknownKeyVersion
 from .keyring import ACTIVE, DRAINING, DataKey, Keyring
+from .legacy import LegacyReader
 from .lifecycle import refresh_states
 from .reports import RewriteReport, pk_json
 from .rewrite import (
@@ -46,8 +47,9 @@ ROTATED = "rotated"
 CURRENT = "already_current"
 EMPTY = "skipped_empty"
 PLAINTEXT = "skipped_plaintext"
+LEGACY = "skipped_legacy"
 SWEPT = "swept"
-CATEGORIES = (ROTATED, CURRENT, EMPTY, PLAINTEXT, SWEPT)
+CATEGORIES = (ROTATED, CURRENT, EMPTY, PLAINTEXT, LEGACY, SWEPT)
 KIND = "rotate"
 SAMPLE = 20
 
@@ -256,7 +258,16 @@ class Rotator:
                 rewriter = TableRewriter(
                     self.store.engine,
                     group,
-                    [_decider(ring, c, target, states[c.spec.name]) for c in group],
+                    [
+                        _decider(
+                            ring,
+                            c,
+                            target,
+                            states[c.spec.name],
+                            self.store.legacy_reader(c.spec.name),
+                        )
+                        for c in group
+                    ],
                     pacing=pacing,
                     progress=bar,
                     where=stale,
@@ -331,6 +342,7 @@ class Rotator:
                 CURRENT: on_target,
                 EMPTY: seen.empty,
                 PLAINTEXT: seen.plaintext,
+                LEGACY: seen.legacy,
             }
             results.append(ColumnResult(column.spec.name, counts))
         extra = {
@@ -409,7 +421,13 @@ class _ColumnState:
         return {"counts": dict(self.counts), "failed": self.failed[:1000]}
 
 
-def _decider(ring: Keyring, column: BoundColumn, target: int, state: _ColumnState) -> Decide:
+def _decider(
+    ring: Keyring,
+    column: BoundColumn,
+    target: int,
+    state: _ColumnState,
+    reader: LegacyReader | None,
+) -> Decide:
     spec = column.spec
 
     current = tokens.header(target)
@@ -425,7 +443,8 @@ def _decider(ring: Keyring, column: BoundColumn, target: int, state: _ColumnStat
         if value.startswith(current):
             return CURRENT, None
         if not value.startswith("kt1:"):
-            return PLAINTEXT, None
+            legacy = reader is not None and reader.recognises(value)
+            return (LEGACY if legacy else PLAINTEXT), None
         try:
             return ROTATED, reencrypt(value, fixed or spec.context(pk))
         except (InvalidToken, UnknownKeyVersion):

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, inspect, select
+from sqlalchemy import Connection, func, inspect, not_, select
 
 from . import schema, tokens
 from .columns import BoundColumn
@@ -22,13 +22,14 @@ _HEADER_CHARS = 24
 
 @dataclass(frozen=True)
 class ColumnStatus:
-    """Counts of one column's values: by key version, plaintext and empty."""
+    """Counts of one column's values: by key version, plaintext, legacy and empty."""
 
     column: str
     rows: int
     plaintext: int
     empty: int
     by_version: dict[int, int]
+    legacy: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,25 @@ def _count_headers(conn: Connection, expression: Any) -> tuple[int, int, int, Co
 
 
 def count_column(store: Store, column: BoundColumn, conn: Connection | None = None) -> ColumnStatus:
-    """Classify every value of a column by its header alone (no decryption)."""
+    """Classify every value of a column by its header or legacy shape (no decryption)."""
+    reader = store.legacy_reader(column.spec.name)
+    legacy = 0
     with nullcontext(conn) if conn is not None else store.engine.connect() as c:
         rows, empty, plaintext, by_version = _count_headers(c, column.value)
-    return ColumnStatus(column.spec.name, rows, plaintext, empty, dict(sorted(by_version.items())))
+        if reader is not None and plaintext:
+            query = select(column.value).where(
+                column.value.is_not(None), column.value != "", not_(column.value.like("kt1:%"))
+            )
+            for (value,) in c.execution_options(yield_per=10_000).execute(query):
+                legacy += reader.recognises(value)
+    return ColumnStatus(
+        column.spec.name,
+        rows,
+        plaintext - legacy,
+        empty,
+        dict(sorted(by_version.items())),
+        legacy,
+    )
 
 
 def backup_references(conn: Connection) -> Counter[int]:
@@ -139,6 +155,11 @@ def status(store: Store) -> StatusReport:
         if col.plaintext:
             warnings.append(
                 f"{col.column}: {col.plaintext} plaintext value(s): run `keyturn encrypt-existing`"
+            )
+        if col.legacy:
+            warnings.append(
+                f"{col.column}: {col.legacy} legacy value(s) still need their legacy key: run "
+                "`keyturn import-legacy` (docs/ADOPTING.md)"
             )
     with store.engine.connect() as conn:
         in_backups = backup_references(conn)

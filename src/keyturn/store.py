@@ -8,10 +8,12 @@ follow a rotation without restarting.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,16 @@ from . import keystore
 from .columns import BoundColumn, bind_columns
 from .config import Config, load_config
 from .database import connect
-from .errors import NotInitialized, UnknownKeyVersion, WrongKEK
+from .errors import InvalidToken, NotInitialized, UnknownKeyVersion, WrongKEK
 from .kek import KEK, LocalKEK
-from .kek_sources import from_file, pending_path, resolve_kek
+from .kek_sources import from_file, legacy_secrets, pending_path, resolve_kek
 from .keyring import Keyring, KeyVersion
+from .legacy import LegacyReader
+from .tokens import header
 
 REFRESH_SECONDS = 30.0
+REWRAP_EVENT = "keyturn.rewrap_needed"
+log = logging.getLogger("keyturn")
 
 
 class Store:
@@ -51,6 +57,13 @@ class Store:
         self._refresh_seconds = refresh_seconds
         self._next_refresh = time.monotonic() + refresh_seconds
         self._next_miss_reload = 0.0
+        readers = {
+            spec.name: LegacyReader(spec, lambda s: legacy_secrets(s, config.base_dir))
+            for spec in config.legacy
+        }
+        self._legacy = {c.name: readers[c.legacy] for c in config.columns if c.legacy}
+        #: Legacy values decrypted by the read fallback, by column: each one should be re-saved.
+        self.rewrap_needed: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"Store(config={str(self.config.path)!r}, active_version={self.active_version})"
@@ -82,23 +95,62 @@ class Store:
         return self._keyring.encrypt(data, context)
 
     def decrypt_bytes(self, token: str, *, context: str) -> bytes:
-        """Open a token sealed for ``context``. InvalidToken if it fails for any reason."""
+        """Open a token sealed for ``context``. InvalidToken if it fails for any reason.
+
+        On a column with a ``legacy`` reader, a value in that legacy layout is
+        decrypted with the legacy key and logged as ``keyturn.rewrap_needed``.
+        """
         try:
             return self._keyring.decrypt(token, context)
         except UnknownKeyVersion as exc:
             if not self._reload_for(exc.version):
                 raise
             return self._keyring.decrypt(token, context)
+        except InvalidToken:
+            column = context.split("#", 1)[0]
+            reader = self._legacy.get(column)
+            if reader is None or not reader.recognises(token):
+                raise
+        return self._read_legacy(reader, column, token)
 
     def decrypt(self, token: str, *, context: str) -> str:
         """Like :meth:`decrypt_bytes`, decoded as UTF-8."""
-        try:
-            data = self._keyring.decrypt(token, context)
-        except UnknownKeyVersion as exc:
-            if not self._reload_for(exc.version):
-                raise
-            data = self._keyring.decrypt(token, context)
-        return data.decode()
+        return self.decrypt_bytes(token, context=context).decode()
+
+    def legacy_reader(self, column: str) -> LegacyReader | None:
+        """The legacy reader configured for column ``table.column``, if any."""
+        return self._legacy.get(column)
+
+    def needs_rewrap(self, value: str | None) -> bool:
+        """Whether the app should re-save this stored value through :meth:`encrypt`.
+
+        True for a legacy value, a plaintext value, or a token under a key
+        version that is no longer active; False for NULL and ''.
+        """
+        if not value:
+            return False
+        return not value.startswith(header(self._keyring.active_version))
+
+    def _read_legacy(self, reader: LegacyReader, column: str, value: str) -> bytes:
+        plaintext = reader.decrypt(value)
+        self.rewrap_needed[column] += 1
+        table, _, name = column.partition(".")
+        log.warning(
+            "%s table=%s column=%s format=%s reader=%s",
+            REWRAP_EVENT,
+            table,
+            name,
+            reader.spec.format,
+            reader.spec.name,
+            extra={
+                "event": REWRAP_EVENT,
+                "table": table,
+                "column": name,
+                "legacy_format": reader.spec.format,
+                "legacy_reader": reader.spec.name,
+            },
+        )
+        return plaintext
 
     def reload(self) -> None:
         """Re-read and unwrap the keyring (the drift check runs again)."""

@@ -1,0 +1,148 @@
+"""Taking over values an app encrypted with its own scheme, in place.
+
+Each value a column's legacy reader recognises is decrypted with the legacy
+key and written back as a kt1 token under the active DEK, by the same batch
+engine as ``encrypt-existing`` (keyset walk, compare-and-swap), so it runs
+while the app works and a run killed at any point is finished by running it
+again. Before anything is written, each column's legacy key must open a
+sample of its legacy values.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import not_, select
+
+from . import tokens
+from .columns import BoundColumn
+from .encrypt_existing import ProgressFactory, count_rows, group_label
+from .errors import ConfigError, InvalidToken, LegacyKeyError
+from .legacy import LegacyReader
+from .reports import RewriteReport
+from .rewrite import FAILED, PK, Decide, Pacing, TableRewriter, group_by_table
+from .store import Store
+
+IMPORTED = "imported"
+ALREADY = "already_kt1"
+PLAINTEXT = "plaintext"
+EMPTY = "skipped_empty"
+CATEGORIES = (IMPORTED, ALREADY, PLAINTEXT, EMPTY)
+SAMPLE = 20
+
+
+def import_legacy(
+    store: Store,
+    *,
+    dry_run: bool = False,
+    include_plaintext: bool = False,
+    pacing: Pacing | None = None,
+    progress: ProgressFactory | None = None,
+) -> RewriteReport:
+    """Convert every legacy value of the columns that name a legacy reader to kt1.
+
+    Plaintext values in those columns are encrypted only with
+    ``include_plaintext``; otherwise they are counted and left as they are.
+    """
+    started = time.monotonic()
+    columns = [c for c in store.bound_columns() if store.legacy_reader(c.spec.name)]
+    if not columns:
+        raise ConfigError(
+            "no [[columns]] entry names a legacy reader (`legacy = NAME`); nothing to import "
+            "(docs/ADOPTING.md)"
+        )
+    for column in columns:
+        check_legacy_key(store, column)
+    results = []
+    for group in group_by_table(columns):
+        rewriter = TableRewriter(
+            store.engine,
+            group,
+            [_decider(store, column, include_plaintext) for column in group],
+            dry_run=dry_run,
+            pacing=pacing,
+            progress=progress(group_label(group), count_rows(store, group[0]))
+            if progress
+            else None,
+        )
+        results.extend(rewriter.run())
+    return RewriteReport.build(
+        "import-legacy",
+        CATEGORIES,
+        results,
+        dry_run=dry_run,
+        seconds=time.monotonic() - started,
+        extra={"include_plaintext": include_plaintext},
+    )
+
+
+def check_legacy_key(store: Store, column: BoundColumn) -> int:
+    """Refuse unless the column's legacy key opens some of its first legacy values.
+
+    Returns how many were sampled (0: the column holds no legacy value, and no
+    key is needed). A wrong key opens none; a few values that fail among many
+    that open are reported per row by the import instead.
+    """
+    reader = _reader(store, column)
+    value = column.value
+    query = (
+        select(value)
+        .where(value.is_not(None), value != "", not_(value.like("kt1:%")))
+        .order_by(*(column.table.c[n] for n in column.spec.primary_key))
+    )
+    sample: list[str] = []
+    with store.engine.connect() as conn:
+        for (candidate,) in conn.execution_options(yield_per=1000).execute(query):
+            if reader.recognises(candidate):
+                sample.append(candidate)
+                if len(sample) == SAMPLE:
+                    break
+    if not sample:
+        return 0
+    reader.keys()  # LegacyKeyError names the missing variable or file
+    opened = 0
+    for candidate in sample:
+        try:
+            reader.decrypt(candidate)
+        except InvalidToken:
+            continue
+        opened += 1
+    if not opened:
+        raise LegacyKeyError(
+            f"{column.spec.name}: the key(s) of legacy reader {reader.spec.name} "
+            f"({', '.join(reader.spec.key_sources)}) open none of the first {len(sample)} "
+            "legacy values: wrong key, or a layout that differs from [[legacy]] "
+            f"{reader.spec.name}. Nothing was written."
+        )
+    return len(sample)
+
+
+def _reader(store: Store, column: BoundColumn) -> LegacyReader:
+    reader = store.legacy_reader(column.spec.name)
+    assert reader is not None  # only columns with a reader get here
+    return reader
+
+
+def _decider(store: Store, column: BoundColumn, include_plaintext: bool) -> Decide:
+    spec = column.spec
+    reader = _reader(store, column)
+
+    def decide(pk: PK, value: Any) -> tuple[str, str | None]:
+        if value is None or value == "":
+            return EMPTY, None
+        if not isinstance(value, str):
+            return FAILED, None
+        if tokens.version_of(value) is not None:
+            return ALREADY, None
+        if reader.recognises(value):
+            try:
+                plaintext = reader.decrypt(value)
+            except InvalidToken:
+                return FAILED, None  # listed by primary key; the value is left as it is
+            return IMPORTED, store.encrypt(plaintext, context=spec.context(pk))
+        if include_plaintext:
+            return PLAINTEXT, store.encrypt(value, context=spec.context(pk))
+        return PLAINTEXT, None
+
+    return decide

@@ -1,0 +1,379 @@
+"""Adopting existing databases: legacy readers, import-legacy, verify, the read fallback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import App, Database, assert_no_secret
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from legacy_encoders import LAYOUTS, fernet_key, raw_key, trek
+
+import keyturn
+from keyturn import ConfigError, InvalidToken, LegacyKeyError
+from keyturn.legacy import LegacyReader, parse_legacy
+
+OLD = "OLD_ENCRYPTION_KEY"
+
+
+def reader_for(layout: str, *keys: str) -> LegacyReader:
+    body, _, _ = LAYOUTS[layout]
+    spec = parse_legacy(tomllib.loads(f'name = "old"\nkey_env = "{OLD}"\n' + body), "test")
+    return LegacyReader(spec, lambda s: [(f"env:{OLD}", k) for k in keys])
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_reader_opens_what_other_code_wrote(layout: str) -> None:
+    _, encode, make_key = LAYOUTS[layout]
+    key = make_key()
+    reader = reader_for(layout, key)
+
+    @settings(max_examples=30, deadline=None)
+    @given(st.binary(max_size=300))
+    def round_trip(plaintext: bytes) -> None:
+        value = encode(key, plaintext)
+        assert reader.recognises(value)
+        assert reader.decrypt(value) == plaintext
+
+    round_trip()
+    # A kt1 token, plaintext API keys and other layouts are not this layout.
+    assert not reader.recognises("kt1:1:" + "A" * 60)
+    assert not reader.recognises("sk_live_51H8PLAINTEXTzzA")
+    assert not reader.recognises("")
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_every_edit_is_refused_or_not_recognised(layout: str) -> None:
+    _, encode, make_key = LAYOUTS[layout]
+    key = make_key()
+    reader = reader_for(layout, key)
+    value = encode(key, b"sk_live_secret")
+    alphabet = "0123456789abcdefABCDEF+/_-=:$xz"
+    for i in range(len(value)):
+        for ch in random.Random(i).sample(alphabet, 3):
+            edited = value[:i] + ch + value[i + 1 :]
+            if edited == value or not reader.recognises(edited):
+                continue
+            try:
+                opened = reader.decrypt(edited)
+            except InvalidToken:
+                continue
+            # Only an edit that leaves the same bytes (hex case, base64 padding bits) opens.
+            assert opened == b"sk_live_secret"
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_wrong_key_never_decrypts_to_garbage(layout: str) -> None:
+    _, encode, make_key = LAYOUTS[layout]
+    value = encode(make_key(), b"secret")
+    with pytest.raises(InvalidToken):
+        reader_for(layout, make_key()).decrypt(value)
+
+
+def test_previous_key_is_tried_in_order() -> None:
+    new, previous = raw_key(), raw_key()
+    _, encode, _ = LAYOUTS["floh"]
+    both = reader_for("floh", new, previous)
+    assert both.decrypt(encode(new, b"a")) == b"a"
+    assert both.decrypt(encode(previous, b"b")) == b"b"
+    with pytest.raises(InvalidToken):
+        reader_for("floh", new).decrypt(encode(previous, b"b"))
+    f1, f2 = fernet_key(), fernet_key()
+    _, fenc, _ = LAYOUTS["fernet"]
+    assert reader_for("fernet", f1, f2).decrypt(fenc(f2, b"c")) == b"c"
+
+
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        ('format = "aes-gcm"\nkey = "hunter2hunter2"', "keys never go in keyturn.toml"),
+        ('format = "aes-gcm"\nkey_env = "X"\nkdf = "pbkdf2"', "needs `salt`"),
+        ('format = "aes-gcm"\nkey_env = "X"\norder = "ct,iv,tag"', "`order`"),
+        ('format = "fernet"\nkey_env = "X"\niv_len = 16', "do not apply to format fernet"),
+        ('format = "aes-gcm"', "exactly one of `key_env`"),
+        ('format = "rot13"\nkey_env = "X"', "`format`"),
+    ],
+)
+def test_legacy_config_errors(entry: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as info:
+        parse_legacy(tomllib.loads('name = "old"\n' + entry), "keyturn.toml: [[legacy]] entry 1")
+    assert "hunter2" not in str(info.value)
+
+
+# -- a whole app: mixed columns through the CLI -----------------------------------------
+
+
+def legacy_app(
+    app: App, monkeypatch: pytest.MonkeyPatch, layout: str, rows: int = 36
+) -> tuple[dict[int, str | None], str]:
+    """accounts(id, api_key) holding plaintext, legacy values, NULL and ''."""
+    body, encode, make_key = LAYOUTS[layout]
+    key = make_key()
+    expected: dict[int, str | None] = {}
+    with sqlite3.connect(app.db) as conn:
+        conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, api_key TEXT)")
+        for i in range(1, rows + 1):
+            plain: str | None = f"sk_live_{i}_Päss-{os.urandom(4).hex()}"
+            stored = plain
+            if i % 6 == 0:
+                plain = stored = None
+            elif i % 6 == 1:
+                plain = stored = ""
+            elif i % 6 != 2:
+                stored = encode(key, plain.encode())
+            conn.execute("INSERT INTO accounts VALUES (?, ?)", (i, stored))
+            expected[i] = plain
+    conn.close()
+    app.write_config(
+        'database = "sqlite:///app.db"\n\n'
+        f'[[legacy]]\nname = "old"\nkey_env = "{OLD}"\n{body}\n'
+        '[[columns]]\ntable = "accounts"\ncolumn = "api_key"\nlegacy = "old"\n'
+    )
+    app.env[OLD] = key
+    monkeypatch.setenv(OLD, key)
+    return expected, key
+
+
+def counts_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
+def read_all(app: App, plaintext_ok: bool = False) -> dict[int, str | None]:
+    """Every value decrypted (or, with ``plaintext_ok``, left plaintext in the i%6==2 rows)."""
+    with keyturn.open(app.config) as store:
+        return {
+            i: v
+            if not v or (plaintext_ok and i % 6 == 2 and not v.startswith("kt1:"))
+            else store.decrypt(v, context="accounts.api_key")
+            for i, v in app.sql("SELECT id, api_key FROM accounts")
+        }
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_take_over_a_legacy_column(app: App, monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
+    expected, key = legacy_app(app, monkeypatch, layout)
+    plaintext_rows = sum(1 for i in expected if i % 6 == 2)
+    legacy_rows = sum(1 for i in expected if i % 6 in (3, 4, 5))
+    outputs = [app.cli("init", check=True)]
+
+    status = counts_of(app.cli("status", "--json", check=True))["columns"][0]
+    assert (status["legacy"], status["plaintext"]) == (legacy_rows, plaintext_rows)
+
+    # encrypt-existing encrypts the plaintext and never the legacy values.
+    enc = counts_of(app.cli("encrypt-existing", "--json", check=True))
+    assert (enc["encrypted"], enc["skipped_legacy"]) == (plaintext_rows, legacy_rows)
+
+    # A wrong legacy key: exit 3 naming the variable, the file byte-identical.
+    before = app.db.read_bytes()
+    wrong = app.cli("import-legacy", "--yes", env={**app.env, OLD: LAYOUTS[layout][2]()})
+    assert wrong.returncode == 3, wrong.stderr
+    assert "open none of the first" in wrong.stderr and "Nothing was written" in wrong.stderr
+    assert app.db.read_bytes() == before
+    missing = app.cli("import-legacy", "--yes", env={k: v for k, v in app.env.items() if k != OLD})
+    assert missing.returncode == 3 and f"env var {OLD}, which is not set" in missing.stderr
+    plan = counts_of(app.cli("rotate", "--dry-run", "--json", check=True))
+    assert (plan["skipped_legacy"], plan["rotated"]) == (legacy_rows, plaintext_rows)
+    dry = app.cli("import-legacy", "--dry-run", "--json", check=True)
+    assert counts_of(dry)["imported"] == legacy_rows
+    assert app.db.read_bytes() == before
+
+    done = counts_of(app.cli("import-legacy", "--yes", "--json", check=True))
+    assert (done["imported"], done["already_kt1"], done["failed"]) == (
+        legacy_rows,
+        plaintext_rows,
+        0,
+    )
+    assert read_all(app) == expected
+
+    # Once no legacy value remains, the legacy key can leave the environment.
+    app.env.pop(OLD)
+    monkeypatch.delenv(OLD)
+    status = counts_of(app.cli("status", "--json", check=True))["columns"][0]
+    assert status["legacy"] == 0 and status["by_version"] == {"1": legacy_rows + plaintext_rows}
+    outputs.append(app.cli("verify", check=True))
+    assert counts_of(app.cli("verify", "--json", check=True))["ok"] == legacy_rows + plaintext_rows
+    again = counts_of(app.cli("import-legacy", "--yes", "--json", check=True))
+    assert again["imported"] == 0
+    outputs.append(app.cli("rotate", "--yes", check=True))
+    assert read_all(app) == expected
+    for proc in (*outputs, wrong, missing, dry):
+        assert_no_secret(proc.stdout + proc.stderr, key, *(v for v in expected.values() if v))
+
+
+def test_plaintext_is_encrypted_only_when_asked(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected, _ = legacy_app(app, monkeypatch, "trek")
+    app.cli("init", check=True)
+    left = app.cli("import-legacy", "--yes", check=True)
+    assert "--include-plaintext" in left.stdout
+    assert app.sql("SELECT api_key FROM accounts WHERE id = 2") == [(expected[2],)]
+    both = counts_of(app.cli("import-legacy", "--yes", "--include-plaintext", "--json", check=True))
+    assert both["plaintext"] == sum(1 for i in expected if i % 6 == 2) and both["imported"] == 0
+    assert read_all(app) == expected
+    assert app.sql("SELECT count(*) FROM accounts WHERE api_key NOT LIKE 'kt1:%'") == [
+        (sum(1 for v in expected.values() if v is not None and v == ""),)
+    ]
+
+
+def test_verify_lists_failures_by_pk_and_prints_no_secret(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected, key = legacy_app(app, monkeypatch, "trek")
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    # A corrupted kt1 token (id 2) and a legacy value under another key (id 3).
+    token = app.sql("SELECT api_key FROM accounts WHERE id = 2")[0][0]
+    flipped = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
+    other = trek(LAYOUTS["trek"][2](), b"x")
+    app.sql("UPDATE accounts SET api_key = ? WHERE id = 2", (flipped,))
+    app.sql("UPDATE accounts SET api_key = ? WHERE id = 3", (other,))
+    proc = app.cli("verify")
+    assert proc.returncode == 1
+    assert "failed: accounts.api_key at primary key 2" in proc.stdout
+    assert "failed: accounts.api_key at primary key 3" in proc.stdout
+    report = counts_of(app.cli("verify", "--json"))
+    assert report["failed"] == 2 and report["legacy_ok"] == 17 and report["ok"] == 5
+    assert {r["pk"] for r in report["failed_rows"]} == {2, 3}
+    # Without the legacy key, legacy values are counted as unchecked, not failed.
+    no_key = app.cli("verify", "--json", env={k: v for k, v in app.env.items() if k != OLD})
+    assert counts_of(no_key)["legacy_unchecked"] == 18
+    assert_no_secret(
+        proc.stdout + proc.stderr + no_key.stdout, key, *(v for v in expected.values() if v)
+    )
+
+
+def test_store_reads_legacy_values_and_says_to_rewrap(
+    app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    expected, key = legacy_app(app, monkeypatch, "trek")
+    app.cli("init", check=True)
+    caplog.set_level(logging.DEBUG)
+    with keyturn.open(app.config) as store:
+        legacy = app.sql("SELECT api_key FROM accounts WHERE id = 3")[0][0]
+        assert store.decrypt(legacy, context="accounts.api_key") == expected[3]
+        assert store.needs_rewrap(legacy)
+        assert store.rewrap_needed["accounts.api_key"] == 1
+        fresh = store.encrypt(expected[3] or "", context="accounts.api_key")
+        assert not store.needs_rewrap(fresh) and not store.needs_rewrap(None)
+        assert store.decrypt(fresh, context="accounts.api_key") == expected[3]
+        # The reader belongs to its column: elsewhere a legacy value is just invalid.
+        with pytest.raises(InvalidToken):
+            store.decrypt(legacy, context="users.secret")
+        monkeypatch.delenv(OLD)
+    events = [r for r in caplog.records if getattr(r, "event", None) == "keyturn.rewrap_needed"]
+    assert len(events) == 1
+    assert (events[0].table, events[0].column, events[0].legacy_format) == (  # type: ignore[attr-defined]
+        "accounts",
+        "api_key",
+        "aes-gcm",
+    )
+    assert_no_secret(caplog.text, key, *(v for v in expected.values() if v))
+    # Without the key, a legacy value fails with a message naming the variable.
+    with keyturn.open(app.config) as store:
+        with pytest.raises(LegacyKeyError, match=OLD):
+            store.decrypt(legacy, context="accounts.api_key")
+        assert store.decrypt(fresh, context="accounts.api_key") == expected[3]
+
+
+def test_import_legacy_survives_sigkill(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected, _ = legacy_app(app, monkeypatch, "trek", rows=12_000)
+    app.cli("init", check=True)
+    legacy_rows = sum(1 for i in expected if i % 6 in (3, 4, 5))
+    kills = 0
+    rng = random.Random()
+    for _ in range(4):
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "keyturn",
+                "import-legacy",
+                "--yes",
+                "--chunk-time",
+                "0.02",
+                "--max-rate",
+                "8000",
+            ],
+            cwd=app.dir,
+            env=app.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.5, 1.2))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    final = counts_of(app.cli("import-legacy", "--yes", "--json", check=True))
+    assert final["failed"] == 0
+    assert kills >= 1, "no run was killed mid-way"
+    assert app.sql("SELECT count(*) FROM accounts WHERE api_key LIKE 'kt1:%'") == [(legacy_rows,)]
+    # Every row exactly once: one decryption gives back the original plaintext.
+    assert read_all(app, plaintext_ok=True) == expected
+
+
+@pytest.mark.parametrize("pk_type", ["text", "composite"])
+def test_import_and_verify_on_every_backend(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pk_type: str
+) -> None:
+    from conftest import base_env, run_cli
+
+    key = fernet_key()
+    _, encode, _ = LAYOUTS["fernet"]
+    pk_sql, pk = {
+        "text": ("name VARCHAR(40)", ["name"]),
+        "composite": ("tenant VARCHAR(20), name VARCHAR(40)", ["tenant", "name"]),
+    }[pk_type]
+    database.execute(f"CREATE TABLE hooks ({pk_sql}, secret TEXT, PRIMARY KEY ({', '.join(pk)}))")
+    expected: dict[tuple[str, ...], str] = {}
+    for i in range(30):
+        k = (f"hook-{i:02d}",) if pk_type == "text" else (f"t{i % 3}", f"hook-{i:02d}")
+        plain = f"whsec_{i}_{os.urandom(4).hex()}"
+        expected[k] = plain
+        stored = plain if i % 5 == 0 else encode(key, plain.encode())
+        cols = ", ".join(pk)
+        marks = ", ".join(f":k{j}" for j in range(len(pk)))
+        database.execute(
+            f"INSERT INTO hooks ({cols}, secret) VALUES ({marks}, :s)",
+            **{f"k{j}": v for j, v in enumerate(k)},
+            s=stored,
+        )
+    (tmp_path / "keyturn.toml").write_text(
+        f'database = "{database.url}"\n'
+        f'[[legacy]]\nname = "django"\nformat = "fernet"\nkey_env = "{OLD}"\n'
+        f'[[columns]]\ntable = "hooks"\ncolumn = "secret"\nprimary_key = {json.dumps(pk)}\n'
+        'bind = "row"\nlegacy = "django"\n'
+    )
+    env = {**base_env(), "KEYTURN_KEK": os.urandom(32).hex(), OLD: key}
+    monkeypatch.setenv("KEYTURN_KEK", env["KEYTURN_KEK"])
+    run_cli("init", cwd=tmp_path, env=env, check=True)
+    report = json.loads(
+        run_cli(
+            "import-legacy",
+            "--yes",
+            "--include-plaintext",
+            "--json",
+            cwd=tmp_path,
+            env=env,
+            check=True,
+        ).stdout
+    )
+    assert (report["imported"], report["plaintext"], report["failed"]) == (24, 6, 0)
+    verified = json.loads(run_cli("verify", "--json", cwd=tmp_path, env=env, check=True).stdout)
+    assert verified["ok"] == 30
+    with keyturn.open(tmp_path / "keyturn.toml") as store:
+        for *k, value in database.rows(f"SELECT {', '.join(pk)}, secret FROM hooks"):
+            context = "hooks.secret#" + ",".join(k)
+            assert store.decrypt(value, context=context) == expected[tuple(k)]
