@@ -377,3 +377,26 @@ def test_import_and_verify_on_every_backend(
         for *k, value in database.rows(f"SELECT {', '.join(pk)}, secret FROM hooks"):
             context = "hooks.secret#" + ",".join(k)
             assert store.decrypt(value, context=context) == expected[tuple(k)]
+
+
+def test_legacy_key_file_must_be_private(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected, key = legacy_app(app, monkeypatch, "floh")
+    app.env.pop(OLD)
+    monkeypatch.delenv(OLD)
+    key_file = app.dir / "secrets" / "old.key"
+    key_file.parent.mkdir()
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o644)
+    app.write_config(
+        app.config.read_text().replace(f'key_env = "{OLD}"', 'key_file = "secrets/old.key"')
+    )
+    app.cli("init", check=True)
+    loose = app.cli("import-legacy", "--yes")
+    assert loose.returncode == 3 and "chmod 600" in loose.stderr
+    key_file.chmod(0o600)
+    report = counts_of(
+        app.cli("import-legacy", "--yes", "--include-plaintext", "--json", check=True)
+    )
+    assert report["failed"] == 0 and report["imported"] == 18
+    assert read_all(app) == expected
+    assert_no_secret(loose.stdout + loose.stderr, key)
