@@ -31,12 +31,13 @@ from .errors import KeyturnError
 from .import_legacy import import_legacy
 from .kek import LocalKEK, generate_kek_bytes, parse_kek
 from .kek_sources import check_strength, from_env, from_file, resolve_kek, write_key_file
-from .lifecycle import destroy_key, refresh_states, rotate_kek
+from .lifecycle import destroy_key, refresh_states, rotate_kek, rotate_transit_kek
 from .reports import RewriteReport
 from .rewrite import Pacing
 from .rotate import RotateOptions, Rotator
 from .status import StatusReport, backup_references, status
 from .store import Store
+from .transit import is_transit
 from .verify import verify as verify_all
 
 EXIT_CODES = """\b
@@ -475,6 +476,12 @@ def _new_kek(env_name: str | None, file: Path | None) -> LocalKEK:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Read the new KEK from this key file (mode 0600).",
 )
+@click.option(
+    "--retire-kms-versions",
+    is_flag=True,
+    help="Transit KEK only: afterwards raise the Transit key's min_decryption_version, so "
+    "older KMS key versions stop decrypting (only if no one else uses that key).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @_yes_option
 @click.pass_context
@@ -482,6 +489,7 @@ def rotate_kek_cmd(
     ctx: click.Context,
     new_kek_env: str | None,
     new_kek_file: Path | None,
+    retire_kms_versions: bool,
     as_json: bool,
     yes: bool,
 ) -> None:
@@ -492,7 +500,35 @@ def rotate_kek_cmd(
     never from a command-line value. If the current KEK is a key file, it is
     replaced atomically after the commit; if it is an env var, update that
     variable before restarting the app. Afterwards the old KEK opens nothing.
+
+    With a Transit KEK (`kek = "transit://…"`), takes no new key: rotates the
+    Transit key inside OpenBao/Vault and rewraps each data key with Transit's
+    rewrap; --retire-kms-versions then archives the older Transit versions.
     """
+    config = _config(ctx)
+    if config.kek and is_transit(config.kek):
+        if new_kek_env or new_kek_file:
+            raise click.UsageError(
+                "the KEK is a Transit key: rotate-kek rotates it inside the KMS and takes no "
+                "--new-kek-env/--new-kek-file"
+            )
+        with _open(ctx) as store:
+            _confirm(yes, f"rotate Transit key {store.kek.kek_id} and rewrap every data key?")
+            result = rotate_transit_kek(store, retire_old_versions=retire_kms_versions)
+        retired = (
+            f"; Transit versions below {result.kms_min_decryption_version} no longer decrypt"
+            if result.kms_min_decryption_version
+            else ""
+        )
+        _emit(
+            as_json,
+            result.to_dict(),
+            f"rewrapped {result.versions} data key(s) under Transit key version "
+            f"{result.kms_key_version} in {result.milliseconds:.1f} ms{retired}",
+        )
+        return
+    if retire_kms_versions:
+        raise click.UsageError("--retire-kms-versions applies only to a Transit KEK")
     new = _new_kek(new_kek_env, new_kek_file)
     with _open(ctx) as store:
         old_source = store.kek.source

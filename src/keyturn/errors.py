@@ -53,6 +53,10 @@ class InvalidKEK(KeyManagementError):
     """A KEK is malformed, weak, missing, or stored unsafely."""
 
 
+class KMSError(KeyManagementError):
+    """The KMS holding the KEK is unreachable, sealed, or refuses the request (fail closed)."""
+
+
 class LegacyKeyError(KeyManagementError):
     """A legacy reader's key is missing, malformed, or does not open its values."""
 
@@ -79,6 +83,7 @@ __all__ = [
     "ConfigError",
     "InvalidKEK",
     "InvalidToken",
+    "KMSError",
     "KeyManagementError",
     "KeyturnError",
     "LegacyKeyError",

@@ -19,6 +19,7 @@ from .kek_sources import pending_path, write_key_file
 from .keyring import ACTIVE, DESTROYED, DRAINING, RETIRED, wrap_aad
 from .status import backup_references, count_column
 from .store import Store
+from .transit import TransitKEK
 
 
 @dataclass(frozen=True)
@@ -117,15 +118,21 @@ class KekRotation:
     new_kek_id: str
     milliseconds: float
     key_file: str | None
+    kms_key_version: int | None = None
+    kms_min_decryption_version: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "rewrapped_versions": self.versions,
             "old_kek_id": self.old_kek_id,
             "new_kek_id": self.new_kek_id,
             "milliseconds": self.milliseconds,
             "key_file_replaced": self.key_file,
         }
+        if self.kms_key_version is not None:
+            data["kms_key_version"] = self.kms_key_version
+            data["kms_min_decryption_version"] = self.kms_min_decryption_version
+        return data
 
 
 def rotate_kek(store: Store, new: KEK, *, replace_key_file: bool = True) -> KekRotation:
@@ -183,3 +190,46 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def rotate_transit_kek(store: Store, *, retire_old_versions: bool = False) -> KekRotation:
+    """Rotate a Transit KEK inside the KMS and rewrap every DEK under its new version.
+
+    Transit's rewrap re-encrypts each wrapped DEK without the DEK leaving the
+    KMS; the database takes the new wrappings in one transaction, by
+    compare-and-swap. Killed at any instant, the old wrappings still open
+    (older Transit versions keep decrypting) until ``retire_old_versions``
+    raises the key's ``min_decryption_version``, which happens only after the
+    commit and archives every older version of the Transit key.
+    """
+    kek = store.kek
+    if not isinstance(kek, TransitKEK):
+        raise KeyManagementError("the KEK is not a Transit key; give the new KEK to rotate-kek")
+    started = time.perf_counter()
+    version = kek.rotate()
+    with store.engine.connect() as conn:
+        rows = [(m, w) for m, w in keystore.read_versions(conn) if w and m.state != DESTROYED]
+    # KMS calls happen outside the transaction; the swap below notices a
+    # keyring changed meanwhile (another rotate-kek) and writes nothing.
+    rewrapped = [(meta, old, kek.rewrap(old)) for meta, old in rows]
+    k = schema.keys.c
+    with write_transaction(store.engine) as conn:
+        for meta, old, new in rewrapped:
+            result = conn.execute(
+                update(schema.keys)
+                .where(k.version == meta.version, k.wrapped_dek == old)
+                .values(wrapped_dek=new, kek_id=kek.kek_id)
+            )
+            if result.rowcount != 1:
+                raise OperationFailed(
+                    f"key v{meta.version} changed while rotate-kek ran; nothing was written, "
+                    "run it again"
+                )
+        keystore.load(conn, kek)
+    elapsed = (time.perf_counter() - started) * 1000
+    minimum = None
+    if retire_old_versions:
+        kek.set_min_decryption_version(version)
+        minimum = version
+    store.reload()
+    return KekRotation(len(rows), kek.kek_id, kek.kek_id, round(elapsed, 2), None, version, minimum)

@@ -24,7 +24,7 @@ from .columns import BoundColumn, bind_columns
 from .config import Config, load_config
 from .database import connect
 from .errors import InvalidToken, NotInitialized, UnknownKeyVersion, WrongKEK
-from .kek import KEK, LocalKEK
+from .kek import KEK
 from .kek_sources import from_file, legacy_secrets, pending_path, resolve_kek
 from .keyring import Keyring, KeyVersion
 from .legacy import LegacyReader
@@ -190,7 +190,7 @@ class Store:
             self.reload()
 
 
-def load_keyring(conn: Connection, kek: LocalKEK) -> tuple[LocalKEK, keystore.LoadedKeyring]:
+def load_keyring(conn: Connection, kek: KEK) -> tuple[KEK, keystore.LoadedKeyring]:
     """Load the keyring, finishing a ``rotate-kek`` that was killed after its commit.
 
     rotate-kek stages the new key file as ``<file>.pending`` before it commits;
