@@ -158,6 +158,44 @@ def test_compare_and_swap_is_exact(
     assert rows == {1: "secret|rewritten", 2: "tail |rewritten"}
 
 
+@pytest.mark.parametrize("pk_type", list(PK_TYPES))
+def test_bulk_swap_never_resurrects_or_overwrites(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pk_type: str
+) -> None:
+    """Many rows per UPDATE (PostgreSQL VALUES join, MariaDB derived-table join): a row
+    the app changed between our read and our write is retried from its new value,
+    a row it deleted is never brought back, and every other row is swapped once."""
+    from keyturn.rewrite import TableRewriter
+
+    app, expected = setup_app(database, tmp_path, pk_type, monkeypatch)
+    app.cli("init", check=True)
+    _, pk = PK_TYPES[pk_type]
+    keys = sorted({k[:-1] for k in expected}, key=repr)
+    changed, deleted = keys[4], keys[9]
+    where = " AND ".join(f"{c} = :k{j}" for j, c in enumerate(pk))
+    params = {f"k{j}": v for j, v in enumerate(changed)}
+    gone = {f"k{j}": v for j, v in enumerate(deleted)}
+    with keyturn.open() as store:
+        (oauth,) = [c for c in store.bound_columns() if c.spec.name == "creds.oauth"]
+
+        def decide(key: tuple[Any, ...], value: Any) -> tuple[str, str | None]:
+            if tuple(key) == changed and value != "app-wrote":
+                database.execute(f"UPDATE creds SET oauth = 'app-wrote' WHERE {where}", **params)
+                database.execute(f"DELETE FROM creds WHERE {where.replace(':k', ':g')}",
+                                 **{k.replace("k", "g"): v for k, v in gone.items()})  # fmt: skip
+            return "seen", f"{value}|rewritten"
+
+        results = TableRewriter(store.engine, [oauth], [decide]).run()
+    rows = {
+        tuple(r[:-1]): r[-1] for r in database.rows(f"SELECT {', '.join(pk)}, oauth FROM creds")
+    }
+    assert deleted not in rows, "a row deleted meanwhile was brought back"
+    assert rows.pop(changed) == "app-wrote|rewritten", "the app's write was overwritten"
+    assert all(v.endswith("|rewritten") and v.count("|") == 1 for v in rows.values())
+    assert len(rows) == len(keys) - 2
+    assert results[0].counts.get("contended", 0) == 0
+
+
 def _kill_sessions(database: Database, name: str) -> int:
     """Kill every other session on the test database, as an operator or a failover would."""
     if database.kind == "postgresql":

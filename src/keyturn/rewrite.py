@@ -27,6 +27,7 @@ from .errors import SchemaError
 
 FAILED = "failed"
 CONTENDED = "contended"
+_BULK_DIALECTS = ("postgresql", "mysql", "mariadb")
 
 PK = tuple[Any, ...]
 # decide(pk, current value) -> (category, new value or None to leave it alone)
@@ -79,6 +80,9 @@ _Change = tuple[int, Any, str, str]
 class TableRewriter:
     """Rewrites the configured columns of one table, batch by batch, by compare-and-swap."""
 
+    #: Many rows per UPDATE statement on PostgreSQL and MariaDB/MySQL (False: executemany).
+    bulk = True
+
     def __init__(
         self,
         engine: Engine,
@@ -110,6 +114,7 @@ class TableRewriter:
         self.pk = [self.table.c[n] for n in self.columns[0].spec.primary_key]
         self.values = [self.table.c[c.spec.column] for c in self.columns]
         self._statements: dict[tuple[int, ...], DriverStatement] = {}
+        self._bulk_statements: dict[tuple[tuple[int, ...], int], str] = {}
 
     def run(self, after: PK | None = None) -> list[ColumnResult]:
         """Walk the table from just after ``after`` to the end, then retry missed rows."""
@@ -229,16 +234,20 @@ class TableRewriter:
         self, conn: Connection, indexes: tuple[int, ...], rows: list[tuple[PK, list[_Change]]]
     ) -> list[PK]:
         """Swap the columns ``indexes`` of ``rows``; return the pks whose swap missed."""
-        statement = self._statements.get(indexes)
-        if statement is None:
-            statement = self._statements[indexes] = self._compile(indexes, conn)
         if len(indexes) == 1:
             params = [(*pk, ch[0][1], ch[0][2]) for pk, ch in rows]
         else:
             params = [(*pk, *[c[1] for c in ch], *[c[2] for c in ch]) for pk, ch in rows]
-        result = conn.exec_driver_sql(statement.sql, statement.arrange(params))
-        if conn.dialect.supports_sane_multi_rowcount and result.rowcount == len(rows):
-            return []
+        if self.bulk and conn.dialect.name in _BULK_DIALECTS and len(rows) > 1:
+            if self._bulk_write(conn, indexes, params) == len(rows):
+                return []
+        else:
+            statement = self._statements.get(indexes)
+            if statement is None:
+                statement = self._statements[indexes] = self._compile(indexes, conn)
+            result = conn.exec_driver_sql(statement.sql, statement.arrange(params))
+            if conn.dialect.supports_sane_multi_rowcount and result.rowcount == len(rows):
+                return []
         # Some swaps missed (or the driver cannot tell): look at what is there now.
         n = len(self.pk)
         now = {r[:n]: r[n:] for r in self._read_pks([pk for pk, _ in rows], conn)}
@@ -247,6 +256,73 @@ class TableRewriter:
             for pk, changes in rows
             if pk not in now or any(now[pk][i] != new for i, _, new, _ in changes)
         ]
+
+    def _bulk_write(
+        self, conn: Connection, indexes: tuple[int, ...], params: list[tuple[Any, ...]]
+    ) -> int:
+        """The same compare-and-swap as :meth:`_compile`, many rows per statement.
+
+        PostgreSQL: ``UPDATE … FROM (VALUES …) v WHERE t.pk = v.k AND t.col = v.old``;
+        MariaDB/MySQL: ``UPDATE t JOIN (SELECT … UNION ALL …) v ON … SET …`` (PyMySQL's
+        executemany sends an UPDATE row by row). A deleted row joins nothing, so it
+        is never brought back. Returns how many rows were swapped.
+        """
+        width = len(params[0])
+        per_statement = max(1, min(1000, 30_000 // width))
+        swapped = 0
+        for start in range(0, len(params), per_statement):
+            chunk = params[start : start + per_statement]
+            sql = self._bulk_sql(conn, indexes, len(chunk))
+            flat = [value for row in chunk for value in row]
+            swapped += conn.exec_driver_sql(sql, tuple(flat)).rowcount
+        return swapped
+
+    def _bulk_sql(self, conn: Connection, indexes: tuple[int, ...], count: int) -> str:
+        key = (indexes, count)
+        sql = self._bulk_statements.get(key)
+        if sql is not None:
+            return sql
+        dialect = conn.dialect
+        quote = dialect.identifier_preparer.quote
+        table = dialect.identifier_preparer.format_table(self.table)
+        keys = [f"k{j}" for j in range(len(self.pk))]
+        olds = [f"o{i}" for i in indexes]
+        news = [f"n{i}" for i in indexes]
+        names = keys + olds + news
+        typed = [c.type.compile(dialect) for c in self.pk] + [
+            self.values[i].type.compile(dialect) for i in indexes
+        ] * 2
+        same_row = [f"t.{quote(c.name)} = v.{k}" for c, k in zip(self.pk, keys, strict=True)]
+        if dialect.name == "postgresql":
+            # The first row's casts type the VALUES columns; the rest follow them.
+            first = "(" + ", ".join(f"CAST(%s AS {t})" for t in typed) + ")"
+            row = "(" + ", ".join(["%s"] * len(names)) + ")"
+            unchanged = [f"t.{quote(self.values[i].name)} = v.o{i}" for i in indexes]
+            sql = (
+                f"UPDATE {table} AS t SET "
+                + ", ".join(f"{quote(self.values[i].name)} = v.n{i}" for i in indexes)
+                + f" FROM (VALUES {', '.join([first] + [row] * (count - 1))})"
+                + f" AS v({', '.join(names)}) WHERE "
+                + " AND ".join(same_row + unchanged)
+            )
+        else:
+            first = "SELECT " + ", ".join(f"%s AS {n}" for n in names)
+            row = "SELECT " + ", ".join(["%s"] * len(names))
+            unchanged = [
+                f"CAST(t.{quote(self.values[i].name)} AS BINARY) = CAST(v.o{i} AS BINARY)"
+                for i in indexes
+            ]
+            sql = (
+                f"UPDATE {table} AS t JOIN ({' UNION ALL '.join([first] + [row] * (count - 1))})"
+                + " AS v ON "
+                + " AND ".join(same_row + unchanged)
+                + " SET "
+                + ", ".join(f"t.{quote(self.values[i].name)} = v.n{i}" for i in indexes)
+            )
+        if len(self._bulk_statements) > 64:
+            self._bulk_statements.clear()
+        self._bulk_statements[key] = sql
+        return sql
 
     def _compile(self, indexes: tuple[int, ...], conn: Connection) -> DriverStatement:
         # The compare-and-swap: a row is written only if every column we change
