@@ -1,0 +1,205 @@
+"""Rotation throughput on PostgreSQL and MariaDB, side by side with two baselines.
+
+Usage: .venv/bin/python bench/rotate_servers.py [--rows 200000] [--backends postgresql,mysql]
+
+For each backend, on identical fresh copies of a table of ROWS kt1 tokens:
+  keyturn     `Rotator` (one worker): keyset walk, CAS bulk writes, checkpoints, sweep
+  per-row     keyturn's engine with bulk writes off (driver executemany)
+  (a) seeds   the seeds' script: SELECT all, then one UPDATE per row, one transaction
+  (b) bare    the fastest bare loop with the same driver: keyset SELECT, AESGCM,
+              one multi-row UPDATE per batch (no swap check, no checkpoint)
+Goals (issue 5): keyturn >= 5x (a) and >= 0.8x (b). Prints rows/s and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import create_engine, text
+
+import keyturn
+from keyturn.cli import cli
+from keyturn.rewrite import TableRewriter
+from keyturn.rotate import RotateOptions, Rotator
+
+SERVERS = {
+    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/",
+    "mysql": "mysql+pymysql://root@127.0.0.1:3306/",
+}
+ADMIN_DB = "test"
+BATCH = 2000
+
+
+def make_db(kind: str) -> str:
+    name = "ktbench_" + secrets.token_hex(4)
+    admin = create_engine(SERVERS[kind] + ADMIN_DB, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return name
+
+
+def drop_db(kind: str, name: str) -> None:
+    admin = create_engine(SERVERS[kind] + ADMIN_DB, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        force = " WITH (FORCE)" if kind == "postgresql" else ""
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
+    admin.dispose()
+
+
+def build(kind: str, rows: int, workdir: Path) -> tuple[str, Path]:
+    """A fresh database with ``rows`` v1 tokens, its keyturn.toml, initialized."""
+    name = make_db(kind)
+    url = SERVERS[kind] + name
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE secrets (id INTEGER PRIMARY KEY, a VARCHAR(255))"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "keyturn.toml"
+    config.write_text(
+        f'database = "{url}"\n[[columns]]\ntable = "secrets"\ncolumn = "a"\nprimary_key = "id"\n'
+    )
+    cli.main(["--config", str(config), "init"], standalone_mode=False)
+    with keyturn.open(config) as store, engine.begin() as conn:
+        for start in range(1, rows + 1, 10_000):
+            batch = [
+                {
+                    "i": i,
+                    "a": store.encrypt(f"secret-{i}-{os.urandom(6).hex()}", context="secrets.a"),
+                }
+                for i in range(start, min(rows, start + 9_999) + 1)
+            ]
+            conn.execute(text("INSERT INTO secrets VALUES (:i, :a)"), batch)
+    engine.dispose()
+    return name, config
+
+
+def run_keyturn(config: Path, bulk: bool) -> float:
+    TableRewriter.bulk = bulk
+    try:
+        with keyturn.open(config) as store:
+            started = time.perf_counter()
+            Rotator(store, RotateOptions(backup=False, chunk_time=0.5)).run()
+            return time.perf_counter() - started
+    finally:
+        TableRewriter.bulk = True
+
+
+def _keys(config: Path) -> tuple[Any, AESGCM, str]:
+    with keyturn.open(config) as store:
+        ring = store.keyring
+        old = ring._keys[ring.active_version]  # the bench reads the raw DEK on purpose
+        return store.config.database, AESGCM(old.key), f"kt1:{ring.active_version}:"
+
+
+def run_seeds_script(config: Path) -> float:
+    """(a) SELECT everything, then one UPDATE per row inside one transaction."""
+    url, aead, _ = _keys(config)
+    new = AESGCM(AESGCM.generate_key(256))
+    engine = create_engine(url)
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        rows = conn.execute(text("SELECT id, a FROM secrets")).all()
+        for pk, token in rows:
+            plain = _open(aead, token)
+            conn.execute(
+                text("UPDATE secrets SET a = :a WHERE id = :i"), {"a": _seal(new, plain), "i": pk}
+            )
+    engine.dispose()
+    return time.perf_counter() - started
+
+
+def run_bare_bulk(config: Path, kind: str) -> float:
+    """(b) keyset SELECT, AESGCM, one multi-row UPDATE per batch; nothing else."""
+    url, aead, _ = _keys(config)
+    new = AESGCM(AESGCM.generate_key(256))
+    engine = create_engine(url)
+    started = time.perf_counter()
+    last = 0
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        while True:
+            cur = raw.cursor()
+            cur.execute(
+                "SELECT id, a FROM secrets WHERE id > %s ORDER BY id LIMIT %s", (last, BATCH)
+            )
+            batch = cur.fetchall()
+            if not batch:
+                break
+            params: list[Any] = []
+            for pk, token in batch:
+                params += [pk, _seal(new, _open(aead, token))]
+            if kind == "postgresql":
+                values = ", ".join(["(%s::integer, %s::text)"] + ["(%s, %s)"] * (len(batch) - 1))
+                sql = (
+                    f"UPDATE secrets AS t SET a = v.a FROM (VALUES {values}) AS v(id, a) "
+                    "WHERE t.id = v.id"
+                )
+            else:
+                values = " UNION ALL ".join(
+                    ["SELECT %s AS id, %s AS a"] + ["SELECT %s, %s"] * (len(batch) - 1)
+                )
+                sql = f"UPDATE secrets AS t JOIN ({values}) AS v ON t.id = v.id SET t.a = v.a"
+            cur.execute(sql, params)
+            raw.commit()
+            last = batch[-1][0]
+    engine.dispose()
+    return time.perf_counter() - started
+
+
+def _open(aead: AESGCM, token: str) -> bytes:
+    version, _, body = token[4:].partition(":")
+    blob = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    return aead.decrypt(blob[:12], blob[12:], f"kt1:{version}:secrets.a".encode())
+
+
+def _seal(aead: AESGCM, plain: bytes) -> str:
+    nonce = os.urandom(12)
+    blob = nonce + aead.encrypt(nonce, plain, b"kt1:9:secrets.a")
+    return "kt1:9:" + base64.urlsafe_b64encode(blob).decode().rstrip("=")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--backends", default="postgresql,mysql")
+    args = parser.parse_args()
+    os.environ.setdefault("KEYTURN_KEK", secrets.token_hex(32))
+    print(f"{args.rows} rows x 1 column, one worker, backup off")
+    print(f"{'backend':<11} {'run':<9} {'seconds':>8} {'rows/s':>9}")
+    for kind in args.backends.split(","):
+        results: dict[str, float] = {}
+        runs = [
+            ("keyturn", lambda c: run_keyturn(c, True)),
+            ("per-row", lambda c: run_keyturn(c, False)),
+            ("(a)seeds", run_seeds_script),
+            ("(b)bare", lambda c, kind=kind: run_bare_bulk(c, kind)),
+        ]
+        for label, run in runs:
+            with tempfile.TemporaryDirectory() as tmp:
+                name, config = build(kind, args.rows, Path(tmp))
+                try:
+                    results[label] = run(config)
+                finally:
+                    drop_db(kind, name)
+            print(
+                f"{kind:<11} {label:<9} {results[label]:>8.2f} {args.rows / results[label]:>9.0f}"
+            )
+        k = results["keyturn"]
+        print(
+            f"{kind:<11} keyturn vs per-row {results['per-row'] / k:.2f}x, "
+            f"vs (a) {results['(a)seeds'] / k:.2f}x (goal >= 5x), "
+            f"vs (b) {results['(b)bare'] / k:.2f}x (goal >= 0.8x)"
+        )
+
+
+if __name__ == "__main__":
+    main()
