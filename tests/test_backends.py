@@ -162,7 +162,7 @@ def test_compare_and_swap_is_exact(
 def test_bulk_swap_never_resurrects_or_overwrites(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pk_type: str
 ) -> None:
-    """Many rows per UPDATE (PostgreSQL VALUES join, MariaDB derived-table join): a row
+    """The compare-and-swap write path on each backend (MariaDB: many rows per UPDATE): a row
     the app changed between our read and our write is retried from its new value,
     a row it deleted is never brought back, and every other row is swapped once."""
     from keyturn.rewrite import TableRewriter

@@ -27,7 +27,9 @@ from .errors import SchemaError
 
 FAILED = "failed"
 CONTENDED = "contended"
-_BULK_DIALECTS = ("postgresql", "mysql", "mariadb")
+# PyMySQL's executemany sends an UPDATE row by row; psycopg's pipelines it and
+# measured faster than a VALUES join at 200k rows (docs/PERFORMANCE.md).
+_BULK_DIALECTS = ("mysql", "mariadb")
 
 PK = tuple[Any, ...]
 # decide(pk, current value) -> (category, new value or None to leave it alone)
@@ -80,7 +82,7 @@ _Change = tuple[int, Any, str, str]
 class TableRewriter:
     """Rewrites the configured columns of one table, batch by batch, by compare-and-swap."""
 
-    #: Many rows per UPDATE statement on PostgreSQL and MariaDB/MySQL (False: executemany).
+    #: Many rows per UPDATE statement on MariaDB/MySQL (False: the driver's executemany).
     bulk = True
 
     def __init__(
@@ -262,10 +264,9 @@ class TableRewriter:
     ) -> int:
         """The same compare-and-swap as :meth:`_compile`, many rows per statement.
 
-        PostgreSQL: ``UPDATE … FROM (VALUES …) v WHERE t.pk = v.k AND t.col = v.old``;
-        MariaDB/MySQL: ``UPDATE t JOIN (SELECT … UNION ALL …) v ON … SET …`` (PyMySQL's
-        executemany sends an UPDATE row by row). A deleted row joins nothing, so it
-        is never brought back. Returns how many rows were swapped.
+        MariaDB/MySQL: ``UPDATE t JOIN (SELECT … UNION ALL …) v ON t.pk = v.k AND
+        t.col = v.old SET …``. A deleted row joins nothing, so it is never brought
+        back. Returns how many rows were swapped.
         """
         width = len(params[0])
         per_statement = max(1, min(1000, 30_000 // width))
@@ -289,36 +290,20 @@ class TableRewriter:
         olds = [f"o{i}" for i in indexes]
         news = [f"n{i}" for i in indexes]
         names = keys + olds + news
-        typed = [c.type.compile(dialect) for c in self.pk] + [
-            self.values[i].type.compile(dialect) for i in indexes
-        ] * 2
         same_row = [f"t.{quote(c.name)} = v.{k}" for c, k in zip(self.pk, keys, strict=True)]
-        if dialect.name == "postgresql":
-            # The first row's casts type the VALUES columns; the rest follow them.
-            first = "(" + ", ".join(f"CAST(%s AS {t})" for t in typed) + ")"
-            row = "(" + ", ".join(["%s"] * len(names)) + ")"
-            unchanged = [f"t.{quote(self.values[i].name)} = v.o{i}" for i in indexes]
-            sql = (
-                f"UPDATE {table} AS t SET "
-                + ", ".join(f"{quote(self.values[i].name)} = v.n{i}" for i in indexes)
-                + f" FROM (VALUES {', '.join([first] + [row] * (count - 1))})"
-                + f" AS v({', '.join(names)}) WHERE "
-                + " AND ".join(same_row + unchanged)
-            )
-        else:
-            first = "SELECT " + ", ".join(f"%s AS {n}" for n in names)
-            row = "SELECT " + ", ".join(["%s"] * len(names))
-            unchanged = [
-                f"CAST(t.{quote(self.values[i].name)} AS BINARY) = CAST(v.o{i} AS BINARY)"
-                for i in indexes
-            ]
-            sql = (
-                f"UPDATE {table} AS t JOIN ({' UNION ALL '.join([first] + [row] * (count - 1))})"
-                + " AS v ON "
-                + " AND ".join(same_row + unchanged)
-                + " SET "
-                + ", ".join(f"t.{quote(self.values[i].name)} = v.n{i}" for i in indexes)
-            )
+        first = "SELECT " + ", ".join(f"%s AS {n}" for n in names)
+        row = "SELECT " + ", ".join(["%s"] * len(names))
+        unchanged = [
+            f"CAST(t.{quote(self.values[i].name)} AS BINARY) = CAST(v.o{i} AS BINARY)"
+            for i in indexes
+        ]
+        sql = (
+            f"UPDATE {table} AS t JOIN ({' UNION ALL '.join([first] + [row] * (count - 1))})"
+            + " AS v ON "
+            + " AND ".join(same_row + unchanged)
+            + " SET "
+            + ", ".join(f"t.{quote(self.values[i].name)} = v.n{i}" for i in indexes)
+        )
         if len(self._bulk_statements) > 64:
             self._bulk_statements.clear()
         self._bulk_statements[key] = sql
