@@ -384,6 +384,33 @@ def _status_text(r: StatusReport) -> str:
 @click.option("--dry-run", is_flag=True, help="Report what would be done; write nothing at all.")
 @click.option("--atomic", is_flag=True, help="Do everything in one transaction (small databases).")
 @click.option("--no-backup", is_flag=True, help="Skip the backup file and per-row backup.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=64),
+    default=1,
+    show_default=True,
+    help="Processes re-encrypting disjoint primary-key ranges in parallel (leased chunks).",
+)
+@click.option(
+    "--join",
+    is_flag=True,
+    help="Work on the chunks of a parallel rotation started elsewhere, then exit.",
+)
+@click.option(
+    "--rows-per-chunk",
+    type=click.IntRange(min=10),
+    default=10_000,
+    show_default=True,
+    help="With --workers: rows per leased chunk.",
+)
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="With --workers/--join: how long a killed worker's chunk waits before another "
+    "worker takes it over.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @_yes_option
 @_pacing_options
@@ -393,6 +420,10 @@ def rotate(
     dry_run: bool,
     atomic: bool,
     no_backup: bool,
+    workers: int,
+    join: bool,
+    rows_per_chunk: int,
+    lease_seconds: float,
     as_json: bool,
     yes: bool,
     chunk_time: float,
@@ -406,9 +437,29 @@ def rotate(
     sample decrypts, and (unless --no-backup) copies a SQLite database file
     and keeps each replaced token in keyturn_backup for `keyturn restore JOB`.
     Old versions are retired once nothing uses them. Exits 1 if any row failed.
+
+    Parallel: --workers N splits each table into primary-key chunks leased in
+    the database; `keyturn rotate --join` on another host works on the same
+    job. --max-rate applies per worker. A killed worker's chunk is taken over
+    after --lease-seconds; a killed coordinator's job is resumed by
+    `keyturn rotate`.
     """
+    if atomic and (workers > 1 or join):
+        raise click.UsageError("--atomic runs in one transaction; it cannot use --workers/--join")
+    if join and dry_run:
+        raise click.UsageError("--join works on a running job; --dry-run writes nothing")
     with _open(ctx) as store:
-        options = RotateOptions(dry_run, atomic, not no_backup, chunk_time, max_rate)
+        options = RotateOptions(
+            dry_run,
+            atomic,
+            not no_backup,
+            chunk_time,
+            max_rate,
+            workers=workers,
+            join=join,
+            rows_per_chunk=rows_per_chunk,
+            lease_seconds=lease_seconds,
+        )
         rotator = Rotator(
             store, options, actor=actor(), progress=None if as_json else progress_factory()
         )
@@ -422,9 +473,12 @@ def rotate(
             )
             return f"{what} and re-encrypt {plan.totals['rotated']} value(s)?"
 
-        if not dry_run:
+        if not dry_run and not join:
             _confirm(yes, question)
         report = rotator.run()
+    if join:
+        _print_rewrite(report, as_json, "rotated")
+        return
     if not as_json and not dry_run:
         extra = report.extra
         click.echo(

@@ -147,6 +147,22 @@ def all_jobs(conn: Connection) -> list[Job]:
     return [_row_to_job(r) for r in rows]
 
 
+def dead_here(owner: str | None) -> bool:
+    """Whether ``owner`` (host:pid) is a process on this host that no longer exists."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def owner_alive(job: Job, now: datetime | None = None) -> bool:
     """Whether the job's owner may still be working on it."""
     if not job.owner or job.owner == me():
@@ -187,6 +203,13 @@ def checkpoint(conn: Connection, job_id: str, progress: dict[str, Any]) -> None:
         update(schema.jobs)
         .where(schema.jobs.c.id == job_id)
         .values(progress=json.dumps(progress), updated_at=now, heartbeat_at=now)
+    )
+
+
+def heartbeat(conn: Connection, job_id: str) -> None:
+    """Tell other processes the job's owner is alive (between checkpoints)."""
+    conn.execute(
+        update(schema.jobs).where(schema.jobs.c.id == job_id).values(heartbeat_at=utcnow())
     )
 
 

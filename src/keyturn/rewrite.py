@@ -18,7 +18,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Column, Connection, Engine, and_, bindparam, or_, select, tuple_, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    not_,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from .columns import BoundColumn, table_of
@@ -98,10 +109,13 @@ class TableRewriter:
         where: Callable[[list[Column[Any]]], ColumnElement[bool]] | None = None,
         conn: Connection | None = None,
         collect_applied: bool = False,
+        until: PK | None = None,
     ) -> None:
         """``where(value columns)`` limits the walk to matching rows; ``conn`` runs
         every batch inside that connection's transaction (``--atomic``);
-        ``collect_applied`` hands ``on_batch`` every applied swap (for backups)."""
+        ``collect_applied`` hands ``on_batch`` every applied swap (for backups);
+        ``until`` ends the walk at that primary key, inclusive (a chunk)."""
+        self.until = until
         self.collect_applied = collect_applied
         self.engine = engine
         self.columns = list(columns)
@@ -356,7 +370,9 @@ class TableRewriter:
     def _read_after(self, after: PK | None, limit: int) -> list[tuple[Any, ...]]:
         query = select(*self.pk, *self.values).order_by(*self.pk).limit(limit)
         if after is not None:
-            query = query.where(_after(self.pk, after))
+            query = query.where(after_key(self.pk, after))
+        if self.until is not None:
+            query = query.where(not_(after_key(self.pk, self.until)))
         if self.where is not None:
             query = query.where(self.where(self.values))
         return self._rows(query)
@@ -377,7 +393,7 @@ def group_by_table(columns: Sequence[BoundColumn]) -> list[list[BoundColumn]]:
     return list(groups.values())
 
 
-def _after(pk: Sequence[Any], after: PK) -> ColumnElement[bool]:
+def after_key(pk: Sequence[Any], after: PK) -> ColumnElement[bool]:
     """Keyset condition ``(pk...) > (after...)`` spelled portably."""
     if len(pk) == 1:
         result: ColumnElement[bool] = pk[0] > after[0]

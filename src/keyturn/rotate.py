@@ -10,16 +10,18 @@ processes wrote with an older key while the rotation ran.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Column, Connection, and_, func, inspect, not_, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
-from . import backups, jobs, keystore, schema, tokens
+from . import backups, chunks, jobs, keystore, schema, tokens
 from .columns import BoundColumn
 from .database import write_transaction
 from .encrypt_existing import count_rows, group_label
@@ -52,6 +54,7 @@ SWEPT = "swept"
 CATEGORIES = (ROTATED, CURRENT, EMPTY, PLAINTEXT, LEGACY, SWEPT)
 KIND = "rotate"
 SAMPLE = 20
+CHUNKED = "chunks"
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
@@ -69,6 +72,13 @@ class RotateOptions:
     backup: bool = True
     chunk_time: float = 0.5
     max_rate: float | None = None
+    #: Processes re-encrypting disjoint primary-key ranges (chunks) in parallel.
+    workers: int = 1
+    #: Work on the chunks of the unfinished parallel job, then exit (another host).
+    join: bool = False
+    rows_per_chunk: int = 10_000
+    #: How long a killed worker's chunk stays leased before another takes it.
+    lease_seconds: float = float(jobs.LEASE_SECONDS)
 
 
 class Rotator:
@@ -130,6 +140,8 @@ class Rotator:
             )
         if self.options.atomic:
             return self._run_atomic(columns, started)
+        if self.options.join:
+            return self._join(columns, job, started)
         resumed = job is not None
         if job is None:
             job = self._start(columns)
@@ -147,6 +159,8 @@ class Rotator:
         progress: dict[str, Any] = job.progress or {"columns": {}}
         # If anything below raises, the job stays `running`; its owner (this
         # process) is then dead or gone, so the next `keyturn rotate` resumes it.
+        if progress.get("mode") == CHUNKED:
+            self._run_chunks(columns, ring, job, progress)
         results = self._rotate_columns(columns, ring, job, progress, None)
         with write_transaction(self.store.engine) as conn:
             states = refresh_states(self.store, conn)
@@ -159,12 +173,186 @@ class Rotator:
         """Back up, then mint the new version and the job in one transaction."""
         job_id = jobs.new_id()
         backup_path = self._file_backup(job_id)
+        workers = self.options.workers
         with write_transaction(self.store.engine) as conn:
             _, job = self._mint_job(
-                conn, job_id, backup_path, {"columns": [c.spec.name for c in columns]}
+                conn,
+                job_id,
+                backup_path,
+                {"columns": [c.spec.name for c in columns], "workers": workers},
             )
+            if workers > 1:
+                job = replace(job, progress={"mode": CHUNKED, "columns": {}})
+                jobs.checkpoint(conn, job.id, job.progress)
         self.store.reload()
         return job
+
+    # -- parallel: leased chunks ------------------------------------------------
+
+    def _run_chunks(
+        self, columns: list[BoundColumn], ring: Keyring, job: jobs.Job, progress: dict[str, Any]
+    ) -> None:
+        """Plan the chunks (once), work on them with N-1 helper processes until all
+        are done, then hand the closing sweep to the sequential code, once."""
+        if progress.get("sweeping"):
+            return
+        groups = {_table_key(g): g for g in group_by_table(columns)}
+        with write_transaction(self.store.engine) as conn:
+            if not chunks.is_planned(conn, job.id):
+                for key, group in groups.items():
+                    pk = [group[0].table.c[n] for n in group[0].spec.primary_key]
+                    chunks.plan(conn, job.id, key, pk, self.options.rows_per_chunk)
+        helpers = [self._spawn_helper() for _ in range(self.options.workers - 1)]
+        try:
+            self._work_chunks(groups, ring, job, coordinator=True)
+        finally:
+            for helper in helpers:
+                if helper.wait() != 0:
+                    print(
+                        f"keyturn: warning: a helper worker exited with {helper.returncode}; "
+                        "its chunks were taken over",
+                        file=sys.stderr,
+                    )
+        merged = {name: _ColumnState() for name in (c.spec.name for c in columns)}
+        with self.store.engine.connect() as conn:
+            for tally in chunks.all_counts(conn, job.id):
+                for name, data in tally.items():
+                    merged[name].merge(_ColumnState.load(data))
+        progress["columns"] = {name: state.dump() for name, state in merged.items()}
+        progress["tables"] = {key: {"cursor": None, "done": True, "swept": False} for key in groups}
+        progress["sweeping"] = True
+        with write_transaction(self.store.engine) as conn:
+            jobs.checkpoint(conn, job.id, progress)
+
+    def _spawn_helper(self) -> subprocess.Popen[bytes]:
+        o = self.options
+        command = [
+            sys.executable, "-m", "keyturn", "--config", str(self.store.config.path),
+            "rotate", "--join", "--yes", "--json", "--chunk-time", str(o.chunk_time),
+            "--lease-seconds", str(o.lease_seconds),
+        ]  # fmt: skip
+        if o.max_rate:
+            command += ["--max-rate", str(o.max_rate)]
+        if not o.backup:
+            command.append("--no-backup")
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL)
+
+    def _join(
+        self, columns: list[BoundColumn], job: jobs.Job | None, started: float
+    ) -> RewriteReport:
+        """Work on another process's parallel job until no chunk is left to take."""
+        if job is None or (job.progress or {}).get("mode") != CHUNKED:
+            raise OperationFailed(
+                "no parallel rotation to join: start one with `keyturn rotate --workers N`"
+                + (f" (job {job.id} runs without --workers)" if job else "")
+            )
+        deadline = time.monotonic() + 60
+        while True:  # the starting process plans the chunks right after minting
+            with self.store.engine.connect() as conn:
+                if chunks.is_planned(conn, job.id):
+                    break
+            if time.monotonic() > deadline:
+                raise OperationFailed(f"job {job.id} has no chunks planned yet; try again")
+            time.sleep(0.2)
+        self.store.reload()
+        ring = self.store.keyring
+        groups = {_table_key(g): g for g in group_by_table(columns)}
+        mine = self._work_chunks(groups, ring, job, coordinator=False)
+        results = [
+            ColumnResult(name, {**s.counts, FAILED: len(s.failed)}, tuple(map(tuple, s.failed)))
+            for name, s in mine.items()
+        ]
+        return RewriteReport.build(
+            "rotate",
+            CATEGORIES,
+            results,
+            dry_run=False,
+            seconds=time.monotonic() - started,
+            extra={"job": job.id, "new_version": job.target_version, "joined": True},
+        )
+
+    def _work_chunks(
+        self,
+        groups: dict[str, list[BoundColumn]],
+        ring: Keyring,
+        job: jobs.Job,
+        *,
+        coordinator: bool,
+    ) -> dict[str, _ColumnState]:
+        """Claim and rotate chunks until none is left. The coordinator also waits for
+        chunks other workers hold, taking over any whose lease expires."""
+        owner = jobs.me()
+        lease = self.options.lease_seconds
+        pacing = Pacing(chunk_time=self.options.chunk_time, max_rate=self.options.max_rate)
+        mine: dict[str, _ColumnState] = {
+            c.spec.name: _ColumnState() for group in groups.values() for c in group
+        }
+        while True:
+            with write_transaction(self.store.engine) as conn:
+                chunk = chunks.claim(conn, job.id, owner, lease)
+                if coordinator:
+                    jobs.heartbeat(conn, job.id)
+            if chunk is None:
+                if not coordinator:
+                    return mine
+                with self.store.engine.connect() as conn:
+                    if chunks.remaining(conn, job.id) == 0:
+                        return mine
+                time.sleep(min(1.0, lease / 4))
+                continue
+            done = self._work_chunk(groups[chunk.table_key], chunk, ring, job, owner, pacing)
+            for name, state in done.items():
+                mine[name].merge(state)
+
+    def _work_chunk(
+        self,
+        group: list[BoundColumn],
+        chunk: chunks.Chunk,
+        ring: Keyring,
+        job: jobs.Job,
+        owner: str,
+        pacing: Pacing,
+    ) -> dict[str, _ColumnState]:
+        """Rotate one chunk from its cursor to its end; checkpoint it with each batch."""
+        target = ring.active_version
+        states = {c.spec.name: _ColumnState.load(chunk.counts.get(c.spec.name)) for c in group}
+        before = {name: _ColumnState.load(state.dump()) for name, state in states.items()}
+        lease = self.options.lease_seconds
+        keep_backup = self.options.backup
+
+        def on_batch(
+            conn: Connection, last: PK | None, counts: dict[str, Counter[str]], applied: list[Swap]
+        ) -> None:
+            if keep_backup:
+                backups.record(conn, job.id, applied)
+            for name, batch in counts.items():
+                states[name].counts.update(batch)
+            dumped = {name: state.dump() for name, state in states.items()}
+            chunks.checkpoint(conn, chunk, owner, lease, cursor=last, counts=dumped)
+
+        rewriter = TableRewriter(
+            self.store.engine,
+            group,
+            [
+                _decider(
+                    ring, c, target, states[c.spec.name], self.store.legacy_reader(c.spec.name)
+                )
+                for c in group
+            ],
+            pacing=pacing,
+            on_batch=on_batch,
+            collect_applied=keep_backup,
+            until=chunk.hi,
+        )
+        try:
+            for result in rewriter.run(after=chunk.cursor or chunk.lo):
+                states[result.column].counts[CONTENDED] += result.counts.get(CONTENDED, 0)
+            with write_transaction(self.store.engine) as conn:
+                dumped = {name: state.dump() for name, state in states.items()}
+                chunks.checkpoint(conn, chunk, owner, lease, cursor=None, counts=dumped, done=True)
+        except chunks.LeaseLost:
+            pass  # our lease expired and another worker continues this chunk
+        return {name: state.minus(before[name]) for name, state in states.items()}
 
     def _file_backup(self, job_id: str) -> str | None:
         """Copy a SQLite database file before the first write (if backups are on)."""
@@ -419,6 +607,20 @@ class _ColumnState:
 
     def dump(self) -> dict[str, Any]:
         return {"counts": dict(self.counts), "failed": self.failed[:1000]}
+
+    def merge(self, other: _ColumnState) -> None:
+        self.counts.update(other.counts)
+        for pk in other.failed:
+            self.fail(tuple(pk))
+
+    def minus(self, before: _ColumnState) -> _ColumnState:
+        """What was added since ``before`` (a chunk's work by this worker)."""
+        delta = _ColumnState()
+        delta.counts = self.counts - before.counts
+        for pk in self.failed:
+            if repr(list(pk)) not in before._failed_keys:
+                delta.fail(tuple(pk))
+        return delta
 
 
 def _decider(

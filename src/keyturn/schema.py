@@ -71,6 +71,25 @@ jobs = Table(
     Column("backup_path", Text, nullable=True),
 )
 
+# A parallel rotation's primary-key ranges (chunks), leased to workers: a worker
+# holds a chunk while ``lease_until`` is in the future and renews it with every
+# batch; a killed worker's chunk is taken over once its lease has expired, and
+# continues from ``cursor``. ``counts`` is the chunk's per-column tally (JSON).
+chunks = Table(
+    "keyturn_chunks",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("table_key", String(255), primary_key=True),
+    Column("chunk_no", Integer, primary_key=True, autoincrement=False),
+    Column("lo", Text, nullable=True),  # JSON primary key, exclusive; NULL: the start
+    Column("hi", Text, nullable=True),  # JSON primary key, inclusive; NULL: the end
+    Column("state", String(16), nullable=False),  # pending | running | done
+    Column("owner", String(255), nullable=True),
+    Column("lease_until", DateTime, nullable=True),
+    Column("cursor", Text, nullable=True),
+    Column("counts", Text, nullable=False, default="{}"),
+)
+
 # The previous token of each row a job changed (ciphertext only), and the token
 # it wrote, so a restore is itself a compare-and-swap.
 backup = Table(

@@ -1,0 +1,175 @@
+"""Parallel rotation: `--workers N`, `--join` from another process, killed workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import App, Database, base_env, run_cli
+
+import keyturn
+
+ROWS = 3000
+
+
+def parallel_app(database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> App:
+    """``secrets(id, a, b)`` with ROWS rows, taken over by keyturn (tokens on v1)."""
+    database.execute("CREATE TABLE secrets (id INTEGER PRIMARY KEY, a VARCHAR(255), b TEXT)")
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database.url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO secrets VALUES (:i, :a, :b)"),
+            [
+                {"i": i, "a": f"sk_{i}", "b": None if i % 10 == 0 else f"tok_{i}"}
+                for i in range(1, ROWS + 1)
+            ],
+        )
+    engine.dispose()
+    (tmp_path / "keyturn.toml").write_text(
+        f'database = "{database.url}"\n'
+        '[[columns]]\ntable = "secrets"\ncolumn = "a"\n'
+        '[[columns]]\ntable = "secrets"\ncolumn = "b"\nbind = "row"\n'
+    )
+    env = {**base_env(), "KEYTURN_KEK": os.urandom(32).hex()}
+    monkeypatch.setenv("KEYTURN_KEK", env["KEYTURN_KEK"])
+    app = App(tmp_path, env)
+    run_cli("init", cwd=tmp_path, env=env, check=True)
+    run_cli("encrypt-existing", cwd=tmp_path, env=env, check=True)
+    return app
+
+
+def check_all_rotated(app: App, database: Database, version: int) -> None:
+    """Every value decrypts to its original, under ``version`` only."""
+    with keyturn.open(app.config) as store:
+        for i, a, b in database.rows("SELECT id, a, b FROM secrets"):
+            assert a.startswith(f"kt1:{version}:")
+            assert store.decrypt(a, context="secrets.a") == f"sk_{i}"
+            if i % 10 == 0:
+                assert b is None
+            else:
+                assert b.startswith(f"kt1:{version}:")
+                assert store.decrypt(b, context=f"secrets.b#{i}") == f"tok_{i}"
+
+
+def chunk_rows(database: Database) -> list[tuple[Any, ...]]:
+    return database.rows("SELECT state, owner FROM keyturn_chunks")
+
+
+def test_workers_split_the_table(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = parallel_app(database, tmp_path, monkeypatch)
+    proc = app.cli(
+        "rotate", "--yes", "--json", "--workers", "2", "--rows-per-chunk", "200",
+        "--max-rate", "1000", check=True,
+    )  # fmt: skip
+    report = json.loads(proc.stdout)
+    tokens = ROWS + ROWS - ROWS // 10
+    assert (report["rotated"], report["failed"], report["new_version"]) == (tokens, 0, 2)
+    assert report["columns"]["secrets.b"]["skipped_empty"] == ROWS // 10
+    rows = chunk_rows(database)
+    assert len(rows) == ROWS // 200 + 1 and {s for s, _ in rows} == {"done"}
+    assert len({owner for _, owner in rows}) == 2, "both workers took chunks"
+    check_all_rotated(app, database, 2)
+    assert database.rows("SELECT state FROM keyturn_jobs") == [("succeeded",)]
+
+
+def _start(app: App, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "keyturn", *args],
+        cwd=app.dir,
+        env=app.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(predicate: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+def test_join_from_another_process(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = parallel_app(database, tmp_path, monkeypatch)
+    assert app.cli("rotate", "--join").returncode == 1  # nothing to join yet
+    coordinator = _start(
+        app, "rotate", "--yes", "--json", "--workers", "2", "--rows-per-chunk", "100",
+        "--max-rate", "500",
+    )  # fmt: skip
+    _wait_for(lambda: _has_chunks(database))
+    joined = app.cli("rotate", "--join", "--json", "--max-rate", "500")
+    assert joined.returncode == 0, joined.stderr
+    out, err = coordinator.communicate(timeout=120)
+    assert coordinator.returncode == 0, err
+    mine, total = json.loads(joined.stdout), json.loads(out)
+    assert mine["joined"] is True and mine["rotated"] > 0
+    assert total["rotated"] == ROWS + ROWS - ROWS // 10, "every token counted exactly once"
+    assert len({owner for _, owner in chunk_rows(database)}) == 3
+    check_all_rotated(app, database, 2)
+
+
+def _has_chunks(database: Database) -> bool:
+    try:
+        return bool(database.rows("SELECT count(*) FROM keyturn_chunks")[0][0])
+    except Exception:  # the table is created with the job
+        return False
+
+
+def _helper_pids(app: App) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--join" in cmd and str(app.config).encode() in cmd:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_killed_worker_loses_nothing(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL a helper mid-chunk: its lease expires, the coordinator finishes its chunk;
+    then SIGKILL the coordinator: the next `keyturn rotate` resumes the same job."""
+    app = parallel_app(database, tmp_path, monkeypatch)
+    coordinator = _start(
+        app, "rotate", "--yes", "--json", "--workers", "2", "--rows-per-chunk", "400",
+        "--lease-seconds", "2", "--max-rate", "800", "--chunk-time", "0.05",
+    )  # fmt: skip
+    _wait_for(lambda: bool(_helper_pids(app)))
+    time.sleep(1.0)
+    for pid in _helper_pids(app):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(1.5)
+    coordinator.send_signal(signal.SIGKILL)
+    coordinator.wait()
+    states = {s for s, _ in chunk_rows(database)}
+    assert "running" in states or "pending" in states, "the run ended before the kills"
+    # Every value still decrypts right now, on one version or the other.
+    with keyturn.open(app.config) as store:
+        for i, a, _ in database.rows("SELECT id, a, b FROM secrets"):
+            assert store.decrypt(a, context="secrets.a") == f"sk_{i}"
+    final = app.cli("rotate", "--yes", "--json", "--lease-seconds", "2")
+    assert final.returncode == 0, final.stderr
+    report = json.loads(final.stdout)
+    assert report["resumed"] is True and report["new_version"] == 2, "no new version minted"
+    assert report["rotated"] + report["swept"] >= ROWS + ROWS - ROWS // 10 - 1
+    assert {s for s, _ in chunk_rows(database)} == {"done"}
+    check_all_rotated(app, database, 2)
