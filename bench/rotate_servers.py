@@ -4,6 +4,7 @@ Usage: .venv/bin/python bench/rotate_servers.py [--rows 200000] [--backends post
 
 For each backend, on identical fresh copies of a table of ROWS kt1 tokens:
   keyturn     `Rotator` (one worker): keyset walk, CAS bulk writes, checkpoints, sweep
+  2workers    the same with --workers 2 (leased chunks; one helper process)
   per-row     keyturn's engine with bulk writes off (driver executemany)
   (a) seeds   the seeds' script: SELECT all, then one UPDATE per row, one transaction
   (b) bare    the fastest bare loop with the same driver: keyset SELECT, AESGCM,
@@ -82,12 +83,12 @@ def build(kind: str, rows: int, workdir: Path) -> tuple[str, Path]:
     return name, config
 
 
-def run_keyturn(config: Path, bulk: bool) -> float:
+def run_keyturn(config: Path, bulk: bool, workers: int = 1) -> float:
     TableRewriter.bulk = bulk
     try:
         with keyturn.open(config) as store:
             started = time.perf_counter()
-            Rotator(store, RotateOptions(backup=False, chunk_time=0.5)).run()
+            Rotator(store, RotateOptions(backup=False, chunk_time=0.5, workers=workers)).run()
             return time.perf_counter() - started
     finally:
         TableRewriter.bulk = True
@@ -179,6 +180,7 @@ def main() -> None:
         results: dict[str, float] = {}
         runs = [
             ("keyturn", lambda c: run_keyturn(c, True)),
+            ("2workers", lambda c: run_keyturn(c, True, workers=2)),
             ("per-row", lambda c: run_keyturn(c, False)),
             ("(a)seeds", run_seeds_script),
             ("(b)bare", lambda c, kind=kind: run_bare_bulk(c, kind)),
@@ -194,6 +196,7 @@ def main() -> None:
                 f"{kind:<11} {label:<9} {results[label]:>8.2f} {args.rows / results[label]:>9.0f}"
             )
         k = results["keyturn"]
+        print(f"{kind:<11} 2 workers vs 1: {k / results['2workers']:.2f}x")
         print(
             f"{kind:<11} keyturn vs per-row {results['per-row'] / k:.2f}x, "
             f"vs (a) {results['(a)seeds'] / k:.2f}x (goal >= 5x), "

@@ -173,3 +173,33 @@ def test_killed_worker_loses_nothing(
     assert report["rotated"] + report["swept"] >= ROWS + ROWS - ROWS // 10 - 1
     assert {s for s, _ in chunk_rows(database)} == {"done"}
     check_all_rotated(app, database, 2)
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_uuid_primary_key(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A native UUID key: keyset walk, chunk bounds (stored as JSON text), swaps."""
+    import uuid
+
+    database.execute("CREATE TABLE hooks (id UUID PRIMARY KEY, secret TEXT)")
+    values = {uuid.uuid4(): f"whsec_{i}" for i in range(600)}
+    for key, secret in values.items():
+        database.execute("INSERT INTO hooks VALUES (:k, :s)", k=key, s=secret)
+    (tmp_path / "keyturn.toml").write_text(
+        f'database = "{database.url}"\n'
+        '[[columns]]\ntable = "hooks"\ncolumn = "secret"\nbind = "row"\n'
+    )
+    env = {**base_env(), "KEYTURN_KEK": os.urandom(32).hex()}
+    monkeypatch.setenv("KEYTURN_KEK", env["KEYTURN_KEK"])
+    for args in (["init"], ["encrypt-existing"]):
+        run_cli(*args, cwd=tmp_path, env=env, check=True)
+    proc = run_cli(
+        "rotate", "--yes", "--json", "--workers", "2", "--rows-per-chunk", "50",
+        cwd=tmp_path, env=env, check=True,
+    )  # fmt: skip
+    assert json.loads(proc.stdout)["rotated"] == 600
+    with keyturn.open(tmp_path / "keyturn.toml") as store:
+        for key, token in database.rows("SELECT id, secret FROM hooks"):
+            assert token.startswith("kt1:2:")
+            assert store.decrypt(token, context=f"hooks.secret#{key}") == values[key]

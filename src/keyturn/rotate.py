@@ -287,11 +287,14 @@ class Rotator:
         mine: dict[str, _ColumnState] = {
             c.spec.name: _ColumnState() for group in groups.values() for c in group
         }
+        bar = self._chunk_bar(groups, job) if coordinator else None
         while True:
             with write_transaction(self.store.engine) as conn:
                 chunk = chunks.claim(conn, job.id, owner, lease)
                 if coordinator:
                     jobs.heartbeat(conn, job.id)
+            if bar is not None:
+                bar()
             if chunk is None:
                 if not coordinator:
                     return mine
@@ -303,6 +306,30 @@ class Rotator:
             done = self._work_chunk(groups[chunk.table_key], chunk, ring, job, owner, pacing)
             for name, state in done.items():
                 mine[name].merge(state)
+
+    def _chunk_bar(
+        self, groups: dict[str, list[BoundColumn]], job: jobs.Job
+    ) -> Callable[[], None] | None:
+        """A progress bar over all workers' rows, updated from the chunks' tallies."""
+        if self.progress is None:
+            return None
+        total = sum(count_rows(self.store, group[0]) for group in groups.values())
+        label = f"{len(groups)} table(s), {self.options.workers} worker(s)"
+        advance = self.progress(label, total)
+        shown = 0
+
+        def update() -> None:
+            nonlocal shown
+            with self.store.engine.connect() as conn:
+                done = sum(
+                    max((sum(c.get("counts", {}).values()) for c in tally.values()), default=0)
+                    for tally in chunks.all_counts(conn, job.id)
+                )
+            if done > shown:
+                advance(done - shown)
+                shown = done
+
+        return update
 
     def _work_chunk(
         self,
