@@ -17,7 +17,7 @@ from . import tokens
 from .columns import BoundColumn
 from .errors import InvalidToken, SchemaError, UnknownKeyVersion
 from .reports import RewriteReport
-from .rewrite import FAILED, PK, Decide, Pacing, TableRewriter, group_by_table
+from .rewrite import FAILED, PK, ColumnResult, Decide, Pacing, TableRewriter, group_by_table
 from .store import Store
 
 ENCRYPTED = "encrypted"
@@ -42,19 +42,14 @@ def encrypt_existing(
     columns = store.bound_columns()
     for column in columns:
         _check_width(store, column)
-    results = []
-    for group in group_by_table(columns):
-        rewriter = TableRewriter(
-            store.engine,
-            group,
-            [_decider(store, column) for column in group],
-            dry_run=dry_run,
-            pacing=pacing,
-            progress=progress(group_label(group), count_rows(store, group[0]))
-            if progress
-            else None,
-        )
-        results.extend(rewriter.run())
+    results = rewrite_columns(
+        store,
+        columns,
+        lambda column: _decider(store, column),
+        dry_run=dry_run,
+        pacing=pacing,
+        progress=progress,
+    )
     return RewriteReport.build(
         "encrypt-existing",
         CATEGORIES,
@@ -62,6 +57,32 @@ def encrypt_existing(
         dry_run=dry_run,
         seconds=time.monotonic() - started,
     )
+
+
+def rewrite_columns(
+    store: Store,
+    columns: list[BoundColumn],
+    decider: Callable[[BoundColumn], Decide],
+    *,
+    dry_run: bool = False,
+    pacing: Pacing | None = None,
+    progress: ProgressFactory | None = None,
+) -> list[ColumnResult]:
+    """One batch-engine pass per table over ``columns``, with ``decider(column)``."""
+    results = []
+    for group in group_by_table(columns):
+        rewriter = TableRewriter(
+            store.engine,
+            group,
+            [decider(column) for column in group],
+            dry_run=dry_run,
+            pacing=pacing,
+            progress=progress(group_label(group), count_rows(store, group[0]))
+            if progress
+            else None,
+        )
+        results.extend(rewriter.run())
+    return results
 
 
 def group_label(group: list[BoundColumn]) -> str:

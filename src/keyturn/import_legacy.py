@@ -17,11 +17,11 @@ from sqlalchemy import not_, select
 
 from . import tokens
 from .columns import BoundColumn
-from .encrypt_existing import ProgressFactory, count_rows, group_label
+from .encrypt_existing import ProgressFactory, rewrite_columns
 from .errors import ConfigError, InvalidToken, LegacyKeyError
 from .legacy import LegacyReader
 from .reports import RewriteReport
-from .rewrite import FAILED, PK, Decide, Pacing, TableRewriter, group_by_table
+from .rewrite import FAILED, PK, Decide, Pacing
 from .store import Store
 
 IMPORTED = "imported"
@@ -54,19 +54,14 @@ def import_legacy(
         )
     for column in columns:
         check_legacy_key(store, column)
-    results = []
-    for group in group_by_table(columns):
-        rewriter = TableRewriter(
-            store.engine,
-            group,
-            [_decider(store, column, include_plaintext) for column in group],
-            dry_run=dry_run,
-            pacing=pacing,
-            progress=progress(group_label(group), count_rows(store, group[0]))
-            if progress
-            else None,
-        )
-        results.extend(rewriter.run())
+    results = rewrite_columns(
+        store,
+        columns,
+        lambda column: _decider(store, column, include_plaintext),
+        dry_run=dry_run,
+        pacing=pacing,
+        progress=progress,
+    )
     return RewriteReport.build(
         "import-legacy",
         CATEGORIES,

@@ -341,7 +341,6 @@ class Rotator:
         pacing: Pacing,
     ) -> dict[str, _ColumnState]:
         """Rotate one chunk from its cursor to its end; checkpoint it with each batch."""
-        target = ring.active_version
         states = {c.spec.name: _ColumnState.load(chunk.counts.get(c.spec.name)) for c in group}
         before = {name: _ColumnState.load(state.dump()) for name, state in states.items()}
         lease = self.options.lease_seconds
@@ -360,12 +359,7 @@ class Rotator:
         rewriter = TableRewriter(
             self.store.engine,
             group,
-            [
-                _decider(
-                    ring, c, target, states[c.spec.name], self.store.legacy_reader(c.spec.name)
-                )
-                for c in group
-            ],
+            self._deciders(ring, group, states),
             pacing=pacing,
             on_batch=on_batch,
             collect_applied=keep_backup,
@@ -473,16 +467,7 @@ class Rotator:
                 rewriter = TableRewriter(
                     self.store.engine,
                     group,
-                    [
-                        _decider(
-                            ring,
-                            c,
-                            target,
-                            states[c.spec.name],
-                            self.store.legacy_reader(c.spec.name),
-                        )
-                        for c in group
-                    ],
+                    self._deciders(ring, group, states),
                     pacing=pacing,
                     progress=bar,
                     where=stale,
@@ -496,6 +481,21 @@ class Rotator:
                 walk["swept" if sweep else "done"] = True
                 self._checkpoint(conn, job, progress, states)
         return states
+
+    def _deciders(
+        self, ring: Keyring, group: list[BoundColumn], states: dict[str, _ColumnState]
+    ) -> list[Decide]:
+        """Per column of ``group``: re-encrypt onto the ring's active version."""
+        return [
+            _decider(
+                ring,
+                c,
+                ring.active_version,
+                states[c.spec.name],
+                self.store.legacy_reader(c.spec.name),
+            )
+            for c in group
+        ]
 
     def _on_batch(
         self,

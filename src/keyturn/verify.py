@@ -12,10 +12,10 @@ from typing import Any
 
 from . import tokens
 from .columns import BoundColumn
-from .encrypt_existing import ProgressFactory, count_rows, group_label
+from .encrypt_existing import ProgressFactory, rewrite_columns
 from .errors import InvalidToken, UnknownKeyVersion
 from .reports import RewriteReport
-from .rewrite import FAILED, PK, Decide, TableRewriter, group_by_table
+from .rewrite import FAILED, PK, Decide
 from .store import Store
 
 OK = "ok"
@@ -36,18 +36,13 @@ def verify(store: Store, *, progress: ProgressFactory | None = None) -> RewriteR
         reader = store.legacy_reader(column.spec.name)
         if reader is not None and not reader.has_keys():
             missing_keys[column.spec.name] = list(reader.spec.key_sources)
-    results = []
-    for group in group_by_table(columns):
-        rewriter = TableRewriter(
-            store.engine,
-            group,
-            [_decider(store, c, c.spec.name not in missing_keys) for c in group],
-            dry_run=True,
-            progress=progress(group_label(group), count_rows(store, group[0]))
-            if progress
-            else None,
-        )
-        results.extend(rewriter.run())
+    results = rewrite_columns(
+        store,
+        columns,
+        lambda column: _decider(store, column, column.spec.name not in missing_keys),
+        dry_run=True,
+        progress=progress,
+    )
     return RewriteReport.build(
         "verify",
         CATEGORIES,
