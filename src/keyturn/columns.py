@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Connection, MetaData, String, Table, inspect
+from sqlalchemy import Column, Connection, MetaData, Select, String, Table, inspect, not_, select
 from sqlalchemy.types import NullType
 
 from . import tokens
@@ -32,6 +32,11 @@ class BoundColumn:
     @property
     def value(self) -> Column[Any]:
         return self.table.c[self.spec.column]
+
+    def non_token_values(self) -> Select[tuple[Any]]:
+        """The column's non-empty values that are not kt1 tokens (plaintext or legacy)."""
+        value = self.value
+        return select(value).where(value.is_not(None), value != "", not_(value.like("kt1:%")))
 
 
 def bind_columns(conn: Connection, specs: Sequence[ColumnSpec]) -> list[BoundColumn]:

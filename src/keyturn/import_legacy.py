@@ -13,8 +13,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import not_, select
-
 from . import tokens
 from .columns import BoundColumn
 from .encrypt_existing import ProgressFactory, rewrite_columns
@@ -80,12 +78,7 @@ def check_legacy_key(store: Store, column: BoundColumn) -> int:
     that open are reported per row by the import instead.
     """
     reader = _reader(store, column)
-    value = column.value
-    query = (
-        select(value)
-        .where(value.is_not(None), value != "", not_(value.like("kt1:%")))
-        .order_by(*(column.table.c[n] for n in column.spec.primary_key))
-    )
+    query = column.non_token_values().order_by(*column.pk)
     sample: list[str] = []
     with store.engine.connect() as conn:
         for (candidate,) in conn.execution_options(yield_per=1000).execute(query):

@@ -98,6 +98,24 @@ def read_versions(conn: Connection) -> list[tuple[KeyVersion, str | None]]:
     return [(KeyVersion(r[0], r[1], r[2], r[3], r[4], r[5]), r[6]) for r in rows]
 
 
+def wrapped_only(
+    rows: list[tuple[KeyVersion, str | None]],
+) -> list[tuple[KeyVersion, str]]:
+    """Of ``read_versions`` rows, those still holding a wrapped DEK (not destroyed)."""
+    return [(m, w) for m, w in rows if w is not None and m.state != DESTROYED]
+
+
+def swap_wrapping(conn: Connection, version: int, old: str, new: str, kek_id: str) -> bool:
+    """Replace a version's wrapped DEK if it is still ``old``; False if it changed."""
+    k = schema.keys.c
+    result = conn.execute(
+        update(schema.keys)
+        .where(k.version == version, k.wrapped_dek == old)
+        .values(wrapped_dek=new, kek_id=kek_id)
+    )
+    return bool(result.rowcount == 1)
+
+
 def load(conn: Connection, kek: KEK) -> LoadedKeyring:
     """Unwrap every non-destroyed DEK; WrongKEK if the KEK opens any of them not."""
     if not inspect(conn).has_table(schema.keys.name):
@@ -110,9 +128,7 @@ def load(conn: Connection, kek: KEK) -> LoadedKeyring:
             f"keyturn_keys has {len(active)} active versions; exactly one is required"
         )
     keys: dict[int, DataKey] = {}
-    for meta, wrapped in rows:
-        if meta.state == DESTROYED or wrapped is None:
-            continue
+    for meta, wrapped in wrapped_only(rows):
         try:
             keys[meta.version] = DataKey(
                 meta.version, kek.unwrap(wrapped, wrap_aad(kid, meta.version))

@@ -115,11 +115,10 @@ def parse_legacy(entry: Any, where: str) -> LegacySpec:
     fields: dict[str, Any] = {"key_env": key_env, "key_file": key_file}
     for key in sorted(set(entry) & _TYPED):
         kind = int if key in _INTS else str
-        if key in entry:
-            value = entry[key]
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise ConfigError(f"{where}: `{key}` must be a {kind.__name__}")
-            fields[key] = value
+        value = entry[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(f"{where}: `{key}` must be a {kind.__name__}")
+        fields[key] = value
     spec = LegacySpec(name, fmt, **fields)
     _check(spec, entry, where)
     return spec

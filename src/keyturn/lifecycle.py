@@ -156,20 +156,13 @@ def rotate_kek(store: Store, new: KEK, *, replace_key_file: bool = True) -> KekR
         staged.unlink(missing_ok=True)
         write_key_file(staged, key_text())
     started = time.perf_counter()
-    k = schema.keys.c
     with write_transaction(store.engine) as conn:
         kid = keystore.keyring_id(conn)
-        rows = keystore.read_versions(conn)
+        rows = keystore.wrapped_only(keystore.read_versions(conn))
         for meta, wrapped in rows:
-            if wrapped is None or meta.state == DESTROYED:
-                continue
             aad = wrap_aad(kid, meta.version)
             dek = old.unwrap(wrapped, aad)
-            conn.execute(
-                update(schema.keys)
-                .where(k.version == meta.version, k.wrapped_dek == wrapped)
-                .values(wrapped_dek=new.wrap(dek, aad), kek_id=new.kek_id)
-            )
+            keystore.swap_wrapping(conn, meta.version, wrapped, new.wrap(dek, aad), new.kek_id)
         # Check before committing that the new KEK opens everything.
         keystore.load(conn, new)
     elapsed = (time.perf_counter() - started) * 1000
@@ -178,7 +171,7 @@ def rotate_kek(store: Store, new: KEK, *, replace_key_file: bool = True) -> KekR
         _fsync_dir(key_file.parent)
     store.kek = new
     store.reload()
-    count = sum(1 for m, w in rows if w is not None and m.state != DESTROYED)
+    count = len(rows)
     return KekRotation(
         count, old.kek_id, new.kek_id, round(elapsed, 2), str(key_file) if staged else None
     )
@@ -208,19 +201,13 @@ def rotate_transit_kek(store: Store, *, retire_old_versions: bool = False) -> Ke
     started = time.perf_counter()
     version = kek.rotate()
     with store.engine.connect() as conn:
-        rows = [(m, w) for m, w in keystore.read_versions(conn) if w and m.state != DESTROYED]
+        rows = keystore.wrapped_only(keystore.read_versions(conn))
     # KMS calls happen outside the transaction; the swap below notices a
     # keyring changed meanwhile (another rotate-kek) and writes nothing.
     rewrapped = [(meta, old, kek.rewrap(old)) for meta, old in rows]
-    k = schema.keys.c
     with write_transaction(store.engine) as conn:
         for meta, old, new in rewrapped:
-            result = conn.execute(
-                update(schema.keys)
-                .where(k.version == meta.version, k.wrapped_dek == old)
-                .values(wrapped_dek=new, kek_id=kek.kek_id)
-            )
-            if result.rowcount != 1:
+            if not keystore.swap_wrapping(conn, meta.version, old, new, kek.kek_id):
                 raise OperationFailed(
                     f"key v{meta.version} changed while rotate-kek ran; nothing was written, "
                     "run it again"

@@ -200,8 +200,7 @@ class Rotator:
         with write_transaction(self.store.engine) as conn:
             if not chunks.is_planned(conn, job.id):
                 for key, group in groups.items():
-                    pk = [group[0].table.c[n] for n in group[0].spec.primary_key]
-                    chunks.plan(conn, job.id, key, pk, self.options.rows_per_chunk)
+                    chunks.plan(conn, job.id, key, group[0].pk, self.options.rows_per_chunk)
         helpers = [self._spawn_helper() for _ in range(self.options.workers - 1)]
         try:
             self._work_chunks(groups, ring, job, coordinator=True)
@@ -258,10 +257,7 @@ class Rotator:
         ring = self.store.keyring
         groups = {_table_key(g): g for g in group_by_table(columns)}
         mine = self._work_chunks(groups, ring, job, coordinator=False)
-        results = [
-            ColumnResult(name, {**s.counts, FAILED: len(s.failed)}, tuple(map(tuple, s.failed)))
-            for name, s in mine.items()
-        ]
+        results = [state.result(name) for name, state in mine.items()]
         return RewriteReport.build(
             "rotate",
             CATEGORIES,
@@ -346,6 +342,9 @@ class Rotator:
         lease = self.options.lease_seconds
         keep_backup = self.options.backup
 
+        def tally() -> dict[str, Any]:
+            return {name: state.dump() for name, state in states.items()}
+
         def on_batch(
             conn: Connection, last: PK | None, counts: dict[str, Counter[str]], applied: list[Swap]
         ) -> None:
@@ -353,8 +352,7 @@ class Rotator:
                 backups.record(conn, job.id, applied)
             for name, batch in counts.items():
                 states[name].counts.update(batch)
-            dumped = {name: state.dump() for name, state in states.items()}
-            chunks.checkpoint(conn, chunk, owner, lease, cursor=last, counts=dumped)
+            chunks.checkpoint(conn, chunk, owner, lease, cursor=last, counts=tally())
 
         rewriter = TableRewriter(
             self.store.engine,
@@ -369,8 +367,7 @@ class Rotator:
             for result in rewriter.run(after=chunk.cursor or chunk.lo):
                 states[result.column].counts[CONTENDED] += result.counts.get(CONTENDED, 0)
             with write_transaction(self.store.engine) as conn:
-                dumped = {name: state.dump() for name, state in states.items()}
-                chunks.checkpoint(conn, chunk, owner, lease, cursor=None, counts=dumped, done=True)
+                chunks.checkpoint(conn, chunk, owner, lease, cursor=None, counts=tally(), done=True)
         except chunks.LeaseLost:
             pass  # our lease expired and another worker continues this chunk
         return {name: state.minus(before[name]) for name, state in states.items()}
@@ -583,12 +580,7 @@ class Rotator:
         *,
         resumed: bool,
     ) -> RewriteReport:
-        results = [
-            ColumnResult(
-                name, {**s.counts, FAILED: len(s.failed)}, tuple(tuple(pk) for pk in s.failed)
-            )
-            for name, s in states.items()
-        ]
+        results = [state.result(name) for name, state in states.items()]
         draining = sorted(v for v, st in key_states.items() if st == DRAINING)
         extra = {
             "job": job.id,
@@ -634,6 +626,12 @@ class _ColumnState:
 
     def dump(self) -> dict[str, Any]:
         return {"counts": dict(self.counts), "failed": self.failed[:1000]}
+
+    def result(self, name: str) -> ColumnResult:
+        """The column's counts for a report; failed rows are counted once each."""
+        return ColumnResult(
+            name, {**self.counts, FAILED: len(self.failed)}, tuple(map(tuple, self.failed))
+        )
 
     def merge(self, other: _ColumnState) -> None:
         self.counts.update(other.counts)

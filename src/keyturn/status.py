@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, inspect, not_, select
+from sqlalchemy import Connection, func, inspect, select
 
 from . import schema, tokens
 from .columns import BoundColumn
@@ -96,9 +96,7 @@ def count_column(store: Store, column: BoundColumn, conn: Connection | None = No
     with nullcontext(conn) if conn is not None else store.engine.connect() as c:
         rows, empty, plaintext, by_version = _count_headers(c, column.value)
         if reader is not None and plaintext:
-            query = select(column.value).where(
-                column.value.is_not(None), column.value != "", not_(column.value.like("kt1:%"))
-            )
+            query = column.non_token_values()
             for (value,) in c.execution_options(yield_per=10_000).execute(query):
                 legacy += reader.recognises(value)
     return ColumnStatus(
