@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +63,35 @@ class App:
 
     def write_config(self, text: str) -> None:
         self.config.write_text(text, encoding="utf-8")
+
+    def start(self, *args: str, output: int = subprocess.PIPE) -> subprocess.Popen[str]:
+        """``keyturn ARGS`` running in the background (stdout and stderr to ``output``)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "keyturn", *args],
+            cwd=self.dir,
+            env=self.env,
+            stdout=output,
+            stderr=output,
+            text=True,
+        )
+
+    def kill_at_random(
+        self, *args: str, runs: int, window: tuple[float, float], finished: Any = None
+    ) -> int:
+        """Run ``keyturn ARGS`` up to ``runs`` times, SIGKILLing each at a random
+        moment in ``window`` seconds; stop early once ``finished()``. Returns the kills."""
+        rng = random.Random()
+        kills = 0
+        for _ in range(runs):
+            proc = self.start(*args, output=subprocess.DEVNULL)
+            time.sleep(rng.uniform(*window))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait()
+            if finished is not None and finished():
+                break
+        return kills
 
 
 def run_cli(

@@ -219,8 +219,6 @@ def _kill_sessions(database: Database, name: str) -> int:
 def test_connection_killed_mid_rotation(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import subprocess
-    import sys
     import time
 
     app, expected = setup_app(database, tmp_path, "int", monkeypatch)
@@ -232,24 +230,7 @@ def test_connection_killed_mid_rotation(
     app.cli("init", check=True)
     app.cli("encrypt-existing", check=True)
     name = database.url.rsplit("/", 1)[1]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "keyturn",
-            "rotate",
-            "--yes",
-            "--max-rate",
-            "1500",
-            "--chunk-time",
-            "0.05",
-        ],
-        cwd=app.dir,
-        env=app.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = app.start("rotate", "--yes", "--max-rate", "1500", "--chunk-time", "0.05")
     killed = 0
     for _ in range(4):
         time.sleep(0.7)

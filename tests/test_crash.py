@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
-import signal
-import subprocess
-import sys
-import time
 
 from conftest import App, fill_users, users_only
 
@@ -20,33 +15,13 @@ def test_encrypt_existing_survives_sigkill(app: App) -> None:
     users_only(app)
     values = fill_users(app, ROWS)
     app.cli("init", check=True)
-    rng = random.Random()
-    kills = 0
-    for _ in range(5):
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "keyturn",
-                "encrypt-existing",
-                "--chunk-time",
-                "0.02",
-                "--max-rate",
-                "15000",
-            ],
-            cwd=app.dir,
-            env=app.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(rng.uniform(0.4, 1.6))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
-        done = app.sql("SELECT count(*) FROM users WHERE secret LIKE 'kt1:%'")[0][0]
-        if done == ROWS - ROWS // 97:
-            break
+    kills = app.kill_at_random(
+        "encrypt-existing", "--chunk-time", "0.02", "--max-rate", "15000",
+        runs=5,
+        window=(0.4, 1.6),
+        finished=lambda: app.sql("SELECT count(*) FROM users WHERE secret LIKE 'kt1:%'")[0][0]
+        == ROWS - ROWS // 97,
+    )  # fmt: skip
     final = app.cli("encrypt-existing", "--json", check=True)
     report = json.loads(final.stdout)
     assert report["encrypted"] + report["already_encrypted"] == ROWS - ROWS // 97

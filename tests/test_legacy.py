@@ -6,11 +6,8 @@ import json
 import logging
 import os
 import random
-import signal
 import sqlite3
 import subprocess
-import sys
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -291,31 +288,11 @@ def test_import_legacy_survives_sigkill(app: App, monkeypatch: pytest.MonkeyPatc
     expected, _ = legacy_app(app, monkeypatch, "trek", rows=12_000)
     app.cli("init", check=True)
     legacy_rows = sum(1 for i in expected if i % 6 in (3, 4, 5))
-    kills = 0
-    rng = random.Random()
-    for _ in range(4):
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "keyturn",
-                "import-legacy",
-                "--yes",
-                "--chunk-time",
-                "0.02",
-                "--max-rate",
-                "8000",
-            ],
-            cwd=app.dir,
-            env=app.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(rng.uniform(0.5, 1.2))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    kills = app.kill_at_random(
+        "import-legacy", "--yes", "--chunk-time", "0.02", "--max-rate", "8000",
+        runs=4,
+        window=(0.5, 1.2),
+    )  # fmt: skip
     final = counts_of(app.cli("import-legacy", "--yes", "--json", check=True))
     assert final["failed"] == 0
     assert kills >= 1, "no run was killed mid-way"

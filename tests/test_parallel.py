@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -83,17 +81,6 @@ def test_workers_split_the_table(
     assert database.rows("SELECT state FROM keyturn_jobs") == [("succeeded",)]
 
 
-def _start(app: App, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "keyturn", *args],
-        cwd=app.dir,
-        env=app.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _wait_for(predicate: Any, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -107,8 +94,8 @@ def test_join_from_another_process(
 ) -> None:
     app = parallel_app(database, tmp_path, monkeypatch)
     assert app.cli("rotate", "--join").returncode == 1  # nothing to join yet
-    coordinator = _start(
-        app, "rotate", "--yes", "--json", "--workers", "2", "--rows-per-chunk", "100",
+    coordinator = app.start(
+        "rotate", "--yes", "--json", "--workers", "2", "--rows-per-chunk", "100",
         "--max-rate", "500",
     )  # fmt: skip
     _wait_for(lambda: _has_chunks(database))
@@ -149,8 +136,8 @@ def test_killed_worker_loses_nothing(
     """SIGKILL a helper mid-chunk: its lease expires, the coordinator finishes its chunk;
     then SIGKILL the coordinator: the next `keyturn rotate` resumes the same job."""
     app = parallel_app(database, tmp_path, monkeypatch)
-    coordinator = _start(
-        app, "rotate", "--yes", "--json", "--workers", "2", "--rows-per-chunk", "400",
+    coordinator = app.start(
+        "rotate", "--yes", "--json", "--workers", "2", "--rows-per-chunk", "400",
         "--lease-seconds", "2", "--max-rate", "800", "--chunk-time", "0.05",
     )  # fmt: skip
     _wait_for(lambda: bool(_helper_pids(app)))
