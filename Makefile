@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,postgres,mysql,vault]'
+	$(PY) -m pip install --quiet -e '.[test,postgres,mysql,vault,server]'
 	touch $(STAMP)
 
 demo: $(STAMP)

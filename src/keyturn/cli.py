@@ -12,7 +12,8 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import click
 from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import backups, jobs, keystore
+from . import api_tokens, audit, backups, jobs, keystore
 from ._progress import progress_factory
 from .columns import bind_columns
 from .config import Config, load_config
@@ -32,7 +33,7 @@ from .import_legacy import import_legacy
 from .kek import LocalKEK, generate_kek_bytes, parse_kek
 from .kek_sources import check_strength, from_env, from_file, resolve_kek, write_key_file
 from .lifecycle import destroy_key, refresh_states, rotate_kek, rotate_transit_kek
-from .reports import RewriteReport
+from .reports import RewriteReport, audit_summary
 from .rewrite import Pacing
 from .rotate import RotateOptions, Rotator
 from .status import StatusReport, backup_references, status
@@ -115,6 +116,18 @@ def _open(ctx: click.Context) -> Store:
     from .store import open as open_store
 
     return open_store(ctx.obj)
+
+
+@contextmanager
+def _audited(
+    store: Store, action: str, enabled: bool = True, **details: Any
+) -> Iterator[dict[str, Any]]:
+    """Audit a CLI operation (started, then succeeded or failed); dry runs are not."""
+    if not enabled:
+        yield {}
+        return
+    with store.audit.operation(actor(), action, details) as outcome:
+        yield outcome
 
 
 def _emit(as_json: bool, data: dict[str, Any], human: str) -> None:
@@ -238,13 +251,14 @@ def encrypt_existing_cmd(
     counted, never encrypted twice. Safe to interrupt: run it again to finish.
     Exits 1 if any value failed (e.g. looks like a token but does not decrypt).
     """
-    with _open(ctx) as store:
+    with _open(ctx) as store, _audited(store, "encrypt-existing", not dry_run) as outcome:
         report = encrypt_existing(
             store,
             dry_run=dry_run,
             pacing=Pacing(chunk_time=chunk_time, max_rate=max_rate),
             progress=None if as_json else progress_factory(),
         )
+        outcome.update(audit_summary(report))
     _print_rewrite(report, as_json, "encrypted")
 
 
@@ -289,13 +303,15 @@ def import_legacy_cmd(
                 + (" (and their plaintext values)" if include_plaintext else "")
                 + " to keyturn tokens?",
             )
-        report = import_legacy(
-            store,
-            dry_run=dry_run,
-            include_plaintext=include_plaintext,
-            pacing=Pacing(chunk_time=chunk_time, max_rate=max_rate),
-            progress=None if as_json else progress_factory(),
-        )
+        with _audited(store, "import-legacy", not dry_run) as outcome:
+            report = import_legacy(
+                store,
+                dry_run=dry_run,
+                include_plaintext=include_plaintext,
+                pacing=Pacing(chunk_time=chunk_time, max_rate=max_rate),
+                progress=None if as_json else progress_factory(),
+            )
+            outcome.update(audit_summary(report))
     _print_rewrite(report, as_json, "imported")
     plaintext = report.totals["plaintext"]
     if plaintext and not include_plaintext and not as_json:
@@ -475,7 +491,9 @@ def rotate(
 
         if not dry_run and not join:
             _confirm(yes, question)
-        report = rotator.run()
+        with _audited(store, "rotate", not dry_run and not join) as outcome:
+            report = rotator.run()
+            outcome.update(audit_summary(report))
     if join:
         _print_rewrite(report, as_json, "rotated")
         return
@@ -568,7 +586,9 @@ def rotate_kek_cmd(
             )
         with _open(ctx) as store:
             _confirm(yes, f"rotate Transit key {store.kek.kek_id} and rewrap every data key?")
-            result = rotate_transit_kek(store, retire_old_versions=retire_kms_versions)
+            with _audited(store, "rotate-kek") as outcome:
+                result = rotate_transit_kek(store, retire_old_versions=retire_kms_versions)
+                outcome.update(result.to_dict())
         retired = (
             f"; Transit versions below {result.kms_min_decryption_version} no longer decrypt"
             if result.kms_min_decryption_version
@@ -587,7 +607,9 @@ def rotate_kek_cmd(
     with _open(ctx) as store:
         old_source = store.kek.source
         _confirm(yes, f"rewrap every data key under the new KEK ({new.kek_id})?")
-        result = rotate_kek(store, new)
+        with _audited(store, "rotate-kek") as outcome:
+            result = rotate_kek(store, new)
+            outcome.update(result.to_dict())
     data = {**result.to_dict(), "old_kek_source": old_source}
     hint = ""
     if result.key_file:
@@ -639,7 +661,9 @@ def destroy_key_cmd(ctx: click.Context, version: int, yes: bool) -> None:
     """
     with _open(ctx) as store:
         _confirm(yes, f"destroy key v{version}? This cannot be undone")
-        destroy_key(store, version)
+        with _audited(store, "destroy-key") as outcome:
+            outcome["version"] = version
+            destroy_key(store, version)
     click.echo(f"key v{version} destroyed")
 
 
@@ -658,10 +682,12 @@ def restore(ctx: click.Context, job_id: str, yes: bool, as_json: bool) -> None:
         with store.engine.connect() as conn:
             job = jobs.get(conn, job_id)
         _confirm(yes, f"restore the tokens job {job.id} replaced?")
-        counts = backups.restore(store.engine, job.id, store.bound_columns())
-        with write_transaction(store.engine) as conn:
-            jobs.finish(conn, job.id, jobs.RESTORED)
-            refresh_states(store, conn)
+        with _audited(store, "restore", job=job.id) as outcome:
+            counts = backups.restore(store.engine, job.id, store.bound_columns())
+            with write_transaction(store.engine) as conn:
+                jobs.finish(conn, job.id, jobs.RESTORED)
+                refresh_states(store, conn)
+            outcome.update(counts)
     _emit(
         as_json,
         {"job": job.id, **counts},
@@ -686,6 +712,7 @@ def prune(ctx: click.Context, job_id: str, yes: bool) -> None:
         with write_transaction(store.engine) as conn:
             dropped = backups.prune(conn, job.id)
             states = refresh_states(store, conn)
+            store.audit.append(conn, actor(), "prune", {"job": job.id, "dropped": dropped})
         removed = ""
         if job.backup_path and Path(job.backup_path).exists():
             Path(job.backup_path).unlink()
@@ -739,6 +766,161 @@ def gen_kek(path: Path | None) -> None:
         click.echo(f"keyturn: error: {path} exists; it was left as it is", err=True)
         sys.exit(2)
     click.echo(f"wrote a new KEK to {path} (mode 0600)")
+
+
+@cli.group()
+def token() -> None:
+    """Bearer tokens for the admin HTTP API (`keyturn serve`).
+
+    Scopes: read (status, jobs, audit), rotate (also start a rotation), admin
+    (also rotate-kek). Only a hash of each token is stored.
+    """
+
+
+@token.command("create")
+@click.option("--name", required=True, help="A name for the token, e.g. the person or system.")
+@click.option(
+    "--scope",
+    type=click.Choice(api_tokens.SCOPES),
+    default="read",
+    show_default=True,
+    help="What the token may do; each scope includes the ones before it.",
+)
+@click.pass_context
+def token_create(ctx: click.Context, name: str, scope: str) -> None:
+    """Create a token and print it alone on stdout, once; it cannot be shown again."""
+    with _open(ctx) as store:
+        value = api_tokens.create(store.audit, name, scope, actor())
+    click.echo(value)
+    click.echo(
+        f"keyturn: created {scope} token {name!r}; it is shown once, store it now "
+        f"(`keyturn token revoke {name}` disables it)",
+        err=True,
+    )
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the tokens as JSON.")
+@click.pass_context
+def token_list(ctx: click.Context, as_json: bool) -> None:
+    """List tokens by name, scope and state (never the tokens themselves)."""
+    with _open(ctx) as store:
+        store.audit.ensure_tables()
+        with store.engine.connect() as conn:
+            found = api_tokens.all_tokens(conn)
+    if as_json:
+        click.echo(json.dumps([t.to_dict() for t in found], indent=2))
+        return
+    for t in found:
+        state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "live"
+        click.echo(f"{t.name:<24} {t.scope:<7} {state:<24} created {t.created_at:%Y-%m-%d} "
+                   f"by {t.created_by}")
+    if not found:
+        click.echo("no tokens yet: `keyturn token create --name NAME`")
+
+
+@token.command("revoke")
+@click.argument("name")
+@click.pass_context
+def token_revoke(ctx: click.Context, name: str) -> None:
+    """Revoke a token at once: requests carrying it get 401 from then on."""
+    with _open(ctx) as store:
+        api_tokens.revoke(store.audit, name, actor())
+    click.echo(f"token {name!r} revoked")
+
+
+@cli.group("audit")
+def audit_group() -> None:
+    """The tamper-evident audit log of every operation (keyturn_audit).
+
+    Entries are chained with an HMAC under a key only the KEK opens, and a
+    MAC'd head records the count and the last link. Keep `keyturn audit head`
+    outside the database to also detect a rollback of the whole database.
+    """
+
+
+@audit_group.command("verify")
+@click.option(
+    "--head",
+    "head_file",
+    type=click.File("r"),
+    help="A head printed earlier by `keyturn audit head` (a file, or - for stdin): also "
+    "check that the log still holds everything it recorded.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.pass_context
+def audit_verify(ctx: click.Context, head_file: Any, as_json: bool) -> None:
+    """Check every entry's link and the head; exit 1 naming each problem found."""
+    with _open(ctx) as store:
+        external = audit.Head.from_text(head_file.read()) if head_file else None
+        check = store.audit.verify(external)
+    if as_json:
+        click.echo(json.dumps(check.to_dict(), indent=2))
+    elif check.ok:
+        against = "; matches the head given" if check.checked_external_head else ""
+        click.echo(f"audit log ok: {check.entries} entries, every link and the head check out"
+                   f"{against}")
+    else:
+        for problem in check.problems:
+            click.echo(f"audit: {problem}")
+    if not check.ok:
+        click.echo(
+            f"keyturn: the audit log fails its check ({len(check.problems)} problem(s)); "
+            "see SECURITY.md, 'If the audit log fails its check'",
+            err=True,
+        )
+        sys.exit(1)
+
+
+@audit_group.command("head")
+@click.pass_context
+def audit_head(ctx: click.Context) -> None:
+    """Print the signed head (count and last link) as one line, to keep outside the DB."""
+    with _open(ctx) as store:
+        click.echo(store.audit.head().to_text())
+
+
+@audit_group.command("list")
+@click.option("--after", type=click.IntRange(min=0), default=0, help="Entries after this seq.")
+@click.option("--limit", type=click.IntRange(min=1, max=10_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+@click.pass_context
+def audit_list(ctx: click.Context, after: int, limit: int, as_json: bool) -> None:
+    """List audit entries, oldest first (run `audit verify` to check them)."""
+    with _open(ctx) as store:
+        entries = store.audit.entries(after=after, limit=limit)
+    if as_json:
+        click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
+        return
+    for e in entries:
+        details = ", ".join(f"{k}={json.dumps(v)}" for k, v in e.details.items())
+        click.echo(f"{e.seq:>6}  {e.at[:19]}  {e.actor:<28} {e.action:<17} {details}")
+    if not entries:
+        click.echo("no audit entries")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8077, show_default=True)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int) -> None:
+    """Serve the admin HTTP API (/v1/admin/...) and page (/admin/encryption).
+
+    Requests need a bearer token from `keyturn token create`. Serve it on
+    loopback or behind a TLS-terminating proxy; the API docs are at
+    /openapi.json. Requires the `server` extra (pip install 'keyturn[server]').
+    """
+    try:
+        import uvicorn
+
+        from .server import create_app
+    except ImportError:
+        raise click.UsageError(
+            "the admin server needs Starlette and uvicorn: pip install 'keyturn[server]'"
+        ) from None
+    app = create_app(ctx.obj)
+    click.echo(f"keyturn: serving the admin API on http://{host}:{port}", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
 def main() -> None:

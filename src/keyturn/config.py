@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from .legacy import LegacySpec, parse_legacy
 CONFIG_NAME = "keyturn.toml"
 CONFIG_ENV = "KEYTURN_CONFIG"
 DEFAULT_CRYPTOPERIOD_DAYS = 730  # NIST SP 800-57 Part 1: up to 2 years for a DEK
-_TOP_KEYS = {"database", "kek", "cryptoperiod_days", "columns", "legacy"}
+_TOP_KEYS = {"database", "kek", "cryptoperiod_days", "columns", "legacy", "server"}
+_SERVER_KEYS = {"new_kek_env", "new_kek_file"}
 _COLUMN_KEYS = {"table", "column", "primary_key", "bind", "legacy"}
 BINDS = ("column", "row")
 
@@ -48,6 +49,17 @@ class ColumnSpec:
 
 
 @dataclass(frozen=True)
+class ServerSpec:
+    """``[server]``: where ``POST /v1/admin/encryption/rotate-kek`` takes the new KEK from.
+
+    Neither set: the endpoint is disabled (a Transit KEK needs no new key).
+    """
+
+    new_kek_env: str | None = None
+    new_kek_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """A parsed configuration; ``database`` is the resolved SQLAlchemy URL."""
 
@@ -57,6 +69,7 @@ class Config:
     columns: tuple[ColumnSpec, ...]
     cryptoperiod_days: int = DEFAULT_CRYPTOPERIOD_DAYS
     legacy: tuple[LegacySpec, ...] = ()
+    server: ServerSpec = field(default_factory=lambda: ServerSpec())
 
     def legacy_for(self, column: ColumnSpec) -> LegacySpec | None:
         """The ``[[legacy]]`` reader a column names, if any."""
@@ -135,7 +148,23 @@ def parse_config(data: dict[str, Any], file: Path) -> Config:
                 f"{file}: column {col.name} names legacy reader {col.legacy!r}, but no "
                 f"[[legacy]] entry has that name (defined: {', '.join(names) or 'none'})"
             )
-    return Config(file, _resolve_database(database, file), kek or None, columns, period, legacy)
+    server = _parse_server(data.get("server", {}), file)
+    return Config(
+        file, _resolve_database(database, file), kek or None, columns, period, legacy, server
+    )
+
+
+def _parse_server(entry: Any, file: Path) -> ServerSpec:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{file}: `server` must be a table ([server])")
+    _reject_unknown(entry, _SERVER_KEYS, f"{file}: [server]")
+    env, path = entry.get("new_kek_env"), entry.get("new_kek_file")
+    for key, value in (("new_kek_env", env), ("new_kek_file", path)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{file}: [server] `{key}` must be a non-empty string")
+    if env and path:
+        raise ConfigError(f"{file}: [server] give one of `new_kek_env` and `new_kek_file`")
+    return ServerSpec(env, (file.parent / path) if path else None)
 
 
 def _parse_column(entry: Any, index: int, file: Path) -> ColumnSpec:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, Engine, inspect, select, update
 
 from . import schema
+from .audit import AuditLog
 from .database import write_transaction
 from .errors import KeyturnError, NotInitialized, WrongKEK
 from .kek import KEK
@@ -68,7 +69,11 @@ def initialize(engine: Engine, kek: KEK, created_by: str) -> tuple[bool, LoadedK
             [{"name": "keyring_id", "value": kid}, {"name": "format", "value": "kt1"}],
         )
         insert_version(conn, kek, kid, DataKey.generate(1), ACTIVE, created_by)
-        return True, load(conn, kek)
+        loaded = load(conn, kek)
+        log = AuditLog(engine, kek, kid)
+        log.create_key(conn)
+        log.append(conn, created_by, "init", {"active_version": 1, "kek_id": kek.kek_id})
+        return True, loaded
 
 
 def insert_version(

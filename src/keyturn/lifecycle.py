@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, inspect, literal, select, update
 
-from . import backups, keystore, schema
+from . import audit, backups, keystore, schema
 from .database import write_transaction
 from .errors import KeyManagementError, OperationFailed
 from .kek import KEK
@@ -163,6 +163,7 @@ def rotate_kek(store: Store, new: KEK, *, replace_key_file: bool = True) -> KekR
             aad = wrap_aad(kid, meta.version)
             dek = old.unwrap(wrapped, aad)
             keystore.swap_wrapping(conn, meta.version, wrapped, new.wrap(dek, aad), new.kek_id)
+        audit.rewrap_key(conn, old, new, kid)
         # Check before committing that the new KEK opens everything.
         keystore.load(conn, new)
     elapsed = (time.perf_counter() - started) * 1000
@@ -202,10 +203,14 @@ def rotate_transit_kek(store: Store, *, retire_old_versions: bool = False) -> Ke
     version = kek.rotate()
     with store.engine.connect() as conn:
         rows = keystore.wrapped_only(keystore.read_versions(conn))
+        audit_key = audit.wrapped_key(conn)
     # KMS calls happen outside the transaction; the swap below notices a
     # keyring changed meanwhile (another rotate-kek) and writes nothing.
     rewrapped = [(meta, old, kek.rewrap(old)) for meta, old in rows]
+    new_audit_key = kek.rewrap(audit_key) if audit_key is not None else None
     with write_transaction(store.engine) as conn:
+        if new_audit_key is not None:
+            audit.set_wrapped_key(conn, new_audit_key)
         for meta, old, new in rewrapped:
             if not keystore.swap_wrapping(conn, meta.version, old, new, kek.kek_id):
                 raise OperationFailed(

@@ -67,3 +67,12 @@ class RewriteReport:
             "failed_rows": list(self.failed_rows),
             "seconds": self.seconds,
         }
+
+
+def audit_summary(report: RewriteReport) -> dict[str, Any]:
+    """What the audit log keeps of a report: totals, job and version; no primary keys."""
+    data: dict[str, Any] = {"totals": report.totals}
+    for key in ("job", "new_version", "resumed"):
+        if key in report.extra:
+            data[key] = report.extra[key]
+    return data

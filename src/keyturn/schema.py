@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     CheckConstraint,
     Column,
     DateTime,
@@ -102,4 +103,30 @@ backup = Table(
     Column("pk", Text, nullable=False),  # JSON list of the primary key's values
     Column("old_token", Text, nullable=False),
     Column("new_token", Text, nullable=False),
+)
+
+# The tamper-evident audit log: each entry's ``mac`` is an HMAC over its fields
+# and the previous entry's mac, under a key only a KEK holder has (audit.py).
+# ``at`` is ISO text so the MAC'd value survives every backend unchanged.
+audit = Table(
+    "keyturn_audit",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", String(32), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("details", JSON, nullable=False),
+    Column("mac", String(64), nullable=False),
+)
+
+# Bearer tokens of the admin HTTP API: only a SHA-256 of each token is kept.
+api_tokens = Table(
+    "keyturn_api_tokens",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("scope", String(16), nullable=False),
+    Column("token_hash", String(64), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("created_by", String(255), nullable=False),
+    Column("revoked_at", DateTime, nullable=True),
 )

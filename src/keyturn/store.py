@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from . import keystore
+from .audit import AuditLog
 from .columns import BoundColumn, bind_columns
 from .config import Config, load_config
 from .database import connect
@@ -64,6 +65,7 @@ class Store:
         self._legacy = {c.name: readers[c.legacy] for c in config.columns if c.legacy}
         #: Legacy values decrypted by the read fallback, by column: each one should be re-saved.
         self.rewrap_needed: Counter[str] = Counter()
+        self._audit: AuditLog | None = None
 
     def __repr__(self) -> str:
         return f"Store(config={str(self.config.path)!r}, active_version={self.active_version})"
@@ -73,6 +75,13 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def audit(self) -> AuditLog:
+        """The keyring's tamper-evident audit log (``keyturn_audit``)."""
+        if self._audit is None or self._audit.kek is not self.kek:
+            self._audit = AuditLog(self.engine, self.kek, self.keyring_id)
+        return self._audit
 
     @property
     def keyring(self) -> Keyring:

@@ -1,0 +1,134 @@
+"""Bearer tokens of the admin HTTP API, kept in ``keyturn_api_tokens`` as SHA-256 hashes.
+
+A token is 32 random bytes (``kta_`` + base64url), shown once at creation. The
+hash needs no salt or stretching: the token is random, not a password. Checks
+compare the presented token's hash with every live token's in constant time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from . import schema
+from .audit import AuditLog
+from .database import write_transaction
+from .errors import ConfigError
+from .keystore import utcnow
+
+PREFIX = "kta_"
+SCOPES = ("read", "rotate", "admin")  # each includes the ones before it
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+
+class TokenError(ConfigError):
+    """A token name is invalid, taken, or unknown."""
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """A token's record; never the token itself."""
+
+    name: str
+    scope: str
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+
+    def allows(self, scope: str) -> bool:
+        return SCOPES.index(self.scope) >= SCOPES.index(scope)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "scope": self.scope,
+            "created_at": self.created_at.isoformat() + "Z",
+            "created_by": self.created_by,
+            "revoked_at": self.revoked_at.isoformat() + "Z" if self.revoked_at else None,
+        }
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise TokenError(
+            "a token name is 1-64 letters, digits, '_', '.', '@' or '-', starting with a "
+            "letter or digit"
+        )
+
+
+def create(log: AuditLog, name: str, scope: str, actor: str) -> str:
+    """Create a token (a revoked one's name may be reused); return it, once."""
+    _check_name(name)
+    if scope not in SCOPES:
+        raise TokenError(f"scope must be one of {', '.join(SCOPES)}")
+    token = PREFIX + base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
+    t = schema.api_tokens.c
+    log.ensure_tables()
+    with write_transaction(log.engine) as conn:
+        existing = conn.execute(select(t.revoked_at).where(t.name == name)).first()
+        if existing is not None and existing[0] is None:
+            raise TokenError(f"a token named {name!r} exists; revoke it first or pick another name")
+        if existing is not None:
+            conn.execute(schema.api_tokens.delete().where(t.name == name))
+        conn.execute(
+            schema.api_tokens.insert().values(
+                name=name,
+                scope=scope,
+                token_hash=token_hash(token),
+                created_at=utcnow(),
+                created_by=actor[:255],
+                revoked_at=None,
+            )
+        )
+        log.append(conn, actor, "token.create", {"name": name, "scope": scope})
+    return token
+
+
+def revoke(log: AuditLog, name: str, actor: str) -> None:
+    t = schema.api_tokens.c
+    log.ensure_tables()
+    with write_transaction(log.engine) as conn:
+        done = conn.execute(
+            update(schema.api_tokens)
+            .where(t.name == name, t.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        if done.rowcount != 1:
+            raise TokenError(f"no live token is named {name!r} (`keyturn token list` shows them)")
+        log.append(conn, actor, "token.revoke", {"name": name})
+
+
+def all_tokens(conn: Connection) -> list[ApiToken]:
+    t = schema.api_tokens.c
+    rows = conn.execute(
+        select(t.name, t.scope, t.created_at, t.created_by, t.revoked_at).order_by(t.name)
+    ).all()
+    return [ApiToken(*r) for r in rows]
+
+
+def authenticate(conn: Connection, presented: str) -> ApiToken | None:
+    """The live token matching ``presented``, or None; constant time in the token."""
+    digest = token_hash(presented)
+    t = schema.api_tokens.c
+    rows = conn.execute(
+        select(t.name, t.scope, t.created_at, t.created_by, t.revoked_at, t.token_hash).where(
+            t.revoked_at.is_(None)
+        )
+    ).all()
+    found: ApiToken | None = None
+    for r in rows:  # no early exit: every live hash is compared
+        if hmac.compare_digest(digest, r[5]):
+            found = ApiToken(r[0], r[1], r[2], r[3], r[4])
+    return found
