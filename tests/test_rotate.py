@@ -153,7 +153,7 @@ def test_atomic_rolls_back_completely_on_failure(app: App) -> None:
         app.sql("SELECT * FROM integrations"),
         app.sql("SELECT * FROM keyturn_keys"),
     )
-    before = digest(app.db)
+    audit_before = app.sql("SELECT max(seq) FROM keyturn_audit")[0][0]
     proc = app.cli("rotate", "--yes", "--atomic", "--no-backup")
     assert proc.returncode == 1 and "rolled back" in proc.stderr
     assert (
@@ -161,8 +161,13 @@ def test_atomic_rolls_back_completely_on_failure(app: App) -> None:
         app.sql("SELECT * FROM integrations"),
         app.sql("SELECT * FROM keyturn_keys"),
     ) == snapshot
-    assert digest(app.db) == before
     assert app.sql("SELECT count(*) FROM keyturn_jobs") == [(0,)]
+    # What remains is the audit log's record of the attempt, and only that.
+    outcomes = app.sql(
+        "SELECT action, json_extract(details, '$.outcome') FROM keyturn_audit WHERE seq > ?",
+        (audit_before,),
+    )
+    assert outcomes == [("rotate", "started"), ("rotate", "failed")]
 
 
 def test_atomic_success(app: App, expected: dict[tuple[str, int], str | None]) -> None:

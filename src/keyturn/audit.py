@@ -150,6 +150,20 @@ def _derive(secret: bytes) -> _Keys:
     return _Keys(hkdf(b"keyturn audit entries v1"), hkdf(b"keyturn audit head v1"))
 
 
+class Operation(dict[str, Any]):
+    """An audited operation's outcome details; ``begin()`` writes its ``started`` entry."""
+
+    def __init__(self, log: AuditLog, actor: str, action: str, base: dict[str, Any]) -> None:
+        super().__init__()
+        self.log, self.actor, self.action, self.base = log, actor, action, base
+        self.begun = False
+
+    def begin(self) -> None:
+        if not self.begun:
+            self.log.record(self.actor, self.action, {**self.base, "outcome": "started"})
+            self.begun = True
+
+
 class AuditLog:
     """The audit log of one keyring, opened with its KEK."""
 
@@ -277,24 +291,36 @@ class AuditLog:
 
     @contextmanager
     def operation(
-        self, actor: str, action: str, details: dict[str, Any] | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Audit a multi-transaction operation: a ``started`` entry before it runs
-        (if that cannot be written, the operation does not run), then
-        ``succeeded`` with what the body puts in the yielded dict, or ``failed``."""
-        base = dict(details or {})
-        self.record(actor, action, {**base, "outcome": "started"})
-        outcome: dict[str, Any] = {}
+        self,
+        actor: str,
+        action: str,
+        details: dict[str, Any] | None = None,
+        *,
+        deferred: bool = False,
+    ) -> Iterator[Operation]:
+        """Audit a multi-transaction operation: a ``started`` entry before it writes
+        (if that cannot be written, the operation does not run), then ``succeeded``
+        with what the body puts in the yielded dict, or ``failed``.
+
+        With ``deferred``, ``started`` is written when the body calls
+        ``begin()`` (after its read-only checks), so a refused check leaves the
+        database untouched, audit log included.
+        """
+        op = Operation(self, actor, action, dict(details or {}))
+        if not deferred:
+            op.begin()
         try:
-            yield outcome
+            yield op
         except BaseException as exc:
-            # If this entry cannot be written either, the operation's own error is
-            # the one to report; its ``started`` entry stays without an outcome.
-            with suppress(AuditError):
-                failed = {**base, "outcome": "failed", "error": type(exc).__name__}
-                self.record(actor, action, failed)
+            if op.begun:
+                # If this entry cannot be written either, the operation's own error
+                # is the one to report; its ``started`` entry stays without outcome.
+                with suppress(AuditError):
+                    failed = {**op.base, "outcome": "failed", "error": type(exc).__name__}
+                    self.record(actor, action, failed)
             raise
-        self.record(actor, action, {**base, **outcome, "outcome": "succeeded"})
+        if op.begun:  # a deferred operation that never began (a dry run) wrote nothing
+            self.record(actor, action, {**op.base, **op, "outcome": "succeeded"})
 
     # -- reading ----------------------------------------------------------------
 

@@ -12,8 +12,8 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -118,16 +118,12 @@ def _open(ctx: click.Context) -> Store:
     return open_store(ctx.obj)
 
 
-@contextmanager
 def _audited(
-    store: Store, action: str, enabled: bool = True, **details: Any
-) -> Iterator[dict[str, Any]]:
-    """Audit a CLI operation (started, then succeeded or failed); dry runs are not."""
-    if not enabled:
-        yield {}
-        return
-    with store.audit.operation(actor(), action, details) as outcome:
-        yield outcome
+    store: Store, action: str, deferred: bool = False, **details: Any
+) -> AbstractContextManager[audit.Operation]:
+    """Audit a CLI operation: started, then succeeded or failed. A ``deferred`` one
+    is started by its ``before_write`` hook, after its checks; dry runs never are."""
+    return store.audit.operation(actor(), action, details, deferred=deferred)
 
 
 def _emit(as_json: bool, data: dict[str, Any], human: str) -> None:
@@ -251,12 +247,13 @@ def encrypt_existing_cmd(
     counted, never encrypted twice. Safe to interrupt: run it again to finish.
     Exits 1 if any value failed (e.g. looks like a token but does not decrypt).
     """
-    with _open(ctx) as store, _audited(store, "encrypt-existing", not dry_run) as outcome:
+    with _open(ctx) as store, _audited(store, "encrypt-existing", deferred=True) as outcome:
         report = encrypt_existing(
             store,
             dry_run=dry_run,
             pacing=Pacing(chunk_time=chunk_time, max_rate=max_rate),
             progress=None if as_json else progress_factory(),
+            before_write=outcome.begin,
         )
         outcome.update(audit_summary(report))
     _print_rewrite(report, as_json, "encrypted")
@@ -303,13 +300,14 @@ def import_legacy_cmd(
                 + (" (and their plaintext values)" if include_plaintext else "")
                 + " to keyturn tokens?",
             )
-        with _audited(store, "import-legacy", not dry_run) as outcome:
+        with _audited(store, "import-legacy", deferred=True) as outcome:
             report = import_legacy(
                 store,
                 dry_run=dry_run,
                 include_plaintext=include_plaintext,
                 pacing=Pacing(chunk_time=chunk_time, max_rate=max_rate),
                 progress=None if as_json else progress_factory(),
+                before_write=outcome.begin,
             )
             outcome.update(audit_summary(report))
     _print_rewrite(report, as_json, "imported")
@@ -491,7 +489,9 @@ def rotate(
 
         if not dry_run and not join:
             _confirm(yes, question)
-        with _audited(store, "rotate", not dry_run and not join) as outcome:
+        with _audited(store, "rotate", deferred=True) as outcome:
+            if not join:  # the coordinator's entries cover its helpers
+                rotator.before_write = outcome.begin
             report = rotator.run()
             outcome.update(audit_summary(report))
     if join:
@@ -661,9 +661,7 @@ def destroy_key_cmd(ctx: click.Context, version: int, yes: bool) -> None:
     """
     with _open(ctx) as store:
         _confirm(yes, f"destroy key v{version}? This cannot be undone")
-        with _audited(store, "destroy-key") as outcome:
-            outcome["version"] = version
-            destroy_key(store, version)
+        destroy_key(store, version, actor())
     click.echo(f"key v{version} destroyed")
 
 

@@ -35,9 +35,11 @@ def encrypt_existing(
     dry_run: bool = False,
     pacing: Pacing | None = None,
     progress: ProgressFactory | None = None,
+    before_write: Callable[[], None] | None = None,
 ) -> RewriteReport:
     """Encrypt the plaintext of every configured column; NULL and '' stay as they are,
-    and so do values a column's legacy reader recognises (see ``import_legacy``)."""
+    and so do values a column's legacy reader recognises (see ``import_legacy``).
+    ``before_write`` runs after the checks, before the first write (the audit entry)."""
     started = time.monotonic()
     columns = store.bound_columns()
     for column in columns:
@@ -49,6 +51,7 @@ def encrypt_existing(
         dry_run=dry_run,
         pacing=pacing,
         progress=progress,
+        before_write=before_write,
     )
     return RewriteReport.build(
         "encrypt-existing",
@@ -67,8 +70,11 @@ def rewrite_columns(
     dry_run: bool = False,
     pacing: Pacing | None = None,
     progress: ProgressFactory | None = None,
+    before_write: Callable[[], None] | None = None,
 ) -> list[ColumnResult]:
     """One batch-engine pass per table over ``columns``, with ``decider(column)``."""
+    if before_write is not None and not dry_run:
+        before_write()
     results = []
     for group in group_by_table(columns):
         rewriter = TableRewriter(

@@ -11,6 +11,7 @@ sample of its legacy values.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import tokens
@@ -37,11 +38,13 @@ def import_legacy(
     include_plaintext: bool = False,
     pacing: Pacing | None = None,
     progress: ProgressFactory | None = None,
+    before_write: Callable[[], None] | None = None,
 ) -> RewriteReport:
     """Convert every legacy value of the columns that name a legacy reader to kt1.
 
     Plaintext values in those columns are encrypted only with
     ``include_plaintext``; otherwise they are counted and left as they are.
+    ``before_write`` runs after the key checks, before the first write.
     """
     started = time.monotonic()
     columns = [c for c in store.bound_columns() if store.legacy_reader(c.spec.name)]
@@ -59,6 +62,7 @@ def import_legacy(
         dry_run=dry_run,
         pacing=pacing,
         progress=progress,
+        before_write=before_write,
     )
     return RewriteReport.build(
         "import-legacy",

@@ -80,8 +80,11 @@ class KeyInUse(KeyManagementError):
     """A key version cannot be destroyed while something still uses it."""
 
 
-def destroy_key(store: Store, version: int) -> None:
-    """Erase a retired DEK's wrapped bytes; refuse while any row or backup uses it."""
+def destroy_key(store: Store, version: int, actor: str = "library") -> None:
+    """Erase a retired DEK's wrapped bytes; refuse while any row or backup uses it.
+
+    Audited in the same transaction: a refusal writes nothing, and a destroy
+    whose audit entry cannot be written does not happen."""
     with write_transaction(store.engine) as conn:
         states = refresh_states(store, conn)
         state = states.get(version)
@@ -106,6 +109,7 @@ def destroy_key(store: Store, version: int) -> None:
             .where(k.version == version, k.state == RETIRED)
             .values(state=DESTROYED, wrapped_dek=None)
         )
+        store.audit.append(conn, actor, "destroy-key", {"version": version})
     store.reload()
 
 

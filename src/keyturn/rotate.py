@@ -91,11 +91,14 @@ class Rotator:
         *,
         actor: str = "library",
         progress: ProgressFactory | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.options = options or RotateOptions()
         self.actor = actor
         self.progress = progress
+        #: Runs after the preflight, before the first write (the audit entry).
+        self.before_write = before_write
 
     # -- checks ---------------------------------------------------------------
 
@@ -138,6 +141,8 @@ class Rotator:
             raise OperationFailed(
                 f"job {job.id} is unfinished; resume it with `keyturn rotate` (without --atomic)"
             )
+        if self.before_write is not None:
+            self.before_write()
         if self.options.atomic:
             return self._run_atomic(columns, started)
         if self.options.join:

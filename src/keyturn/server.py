@@ -155,9 +155,15 @@ class _Service:
             return advance
 
         try:
-            with self.store.audit.operation(job.actor, "rotate", {"http_job": job.id}) as out:
+            with self.store.audit.operation(
+                job.actor, "rotate", {"http_job": job.id}, deferred=True
+            ) as out:
                 report = Rotator(
-                    self.store, self._rotate_options, actor=job.actor, progress=progress
+                    self.store,
+                    self._rotate_options,
+                    actor=job.actor,
+                    progress=progress,
+                    before_write=out.begin,
                 ).run()
                 out.update(audit_summary(report))
         except KeyturnError as exc:
@@ -268,7 +274,8 @@ def create_app(
                 presented = presented.strip() if kind.lower() == "bearer" else ""
             token = service.authenticate(presented)
             if token is None:
-                service.limiter.fail(client)
+                if presented:  # a guess; a request with no credentials is not
+                    service.limiter.fail(client)
                 return _error(
                     401,
                     "a valid bearer token is required (`keyturn token create`)",

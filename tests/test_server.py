@@ -1,0 +1,330 @@
+"""The admin HTTP API and page, served by a real `keyturn serve` process on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PLAINTEXTS, App, assert_no_secret, fill_users
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: Any
+    text: str
+
+
+@dataclass
+class Server:
+    base: str
+    proc: subprocess.Popen[str]
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        request = urllib.request.Request(self.base + path, method=method, headers=headers or {})
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, hdrs, raw = response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as exc:
+            status, hdrs, raw = exc.code, dict(exc.headers), exc.read()
+        text = raw.decode()
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        return Reply(status, {k.lower(): v for k, v in hdrs.items()}, body, text)
+
+    def wait_job(self, job_id: str, token: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.call("GET", f"/v1/admin/encryption/jobs/{job_id}", token).body
+            if job["state"] in ("succeeded", "failed"):
+                return dict(job)
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} did not finish")
+
+
+def serve(app: App) -> Iterator[Server]:
+    port = free_port()
+    proc = app.start("serve", "--port", str(port))
+    server = Server(f"http://127.0.0.1:{port}", proc)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if server.call("GET", "/healthz").status == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out, err = proc.communicate(timeout=5)
+            raise AssertionError(f"keyturn serve did not start: {err}")
+        time.sleep(0.1)
+    try:
+        yield server
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+        assert_no_secret(out + err, app.env["KEYTURN_KEK"])
+
+
+def token(app: App, name: str, scope: str = "read") -> str:
+    proc = app.cli("token", "create", "--name", name, "--scope", scope, check=True)
+    value = proc.stdout.strip()
+    assert value.startswith("kta_") and "\n" not in value
+    assert value not in proc.stderr
+    return value
+
+
+@pytest.fixture
+def server(app: App) -> Iterator[Server]:
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    yield from serve(app)
+
+
+def test_auth_matrix(app: App, server: Server) -> None:
+    reader, rotator, admin = token(app, "reader"), token(app, "ci", "rotate"), token(app, "root",
+                                                                                      "admin")
+    revoked = token(app, "gone", "admin")
+    app.cli("token", "revoke", "gone", check=True)
+    status = "/v1/admin/encryption"
+    for presented in (None, "", "kta_" + secrets.token_urlsafe(32), revoked, reader + "x"):
+        reply = server.call("GET", status, presented)
+        assert reply.status == 401, presented
+        assert reply.body == {"error": reply.body["error"]} and "token" in reply.body["error"]
+        assert reply.headers["www-authenticate"] == "Bearer"
+    wrong_scheme = server.call("GET", status, headers={"Authorization": f"Basic {reader}"})
+    assert wrong_scheme.status == 401
+    for good in (reader, rotator, admin):
+        assert server.call("GET", status, good).status == 200
+    # Wrong scope: 403, and nothing started.
+    assert server.call("POST", "/v1/admin/encryption/rotate", reader).status == 403
+    assert server.call("POST", "/v1/admin/encryption/rotate-kek", rotator).status == 403
+    assert server.call("GET", "/v1/admin/audit", reader).status == 200
+    assert server.call("GET", "/healthz").body == {"status": "ok", "database": True}
+    # The status endpoint serves what `keyturn status --json` prints.
+    cli_status = json.loads(app.cli("status", "--json", check=True).stdout)
+    api_status = server.call("GET", status, reader).body
+    for report in (cli_status, api_status):
+        for key in report["keys"]:
+            key.pop("age_days")
+        report.pop("active_age_days")
+    assert api_status == cli_status
+    tokens = app.sql("SELECT name, token_hash FROM keyturn_api_tokens")
+    assert all(reader not in h and len(h) == 64 for _, h in tokens)
+
+
+def test_repeated_failures_get_429_with_retry_after(app: App, server: Server) -> None:
+    good = token(app, "reader")
+    for _ in range(5):
+        assert server.call("GET", "/v1/admin/encryption", "kta_wrong").status == 401
+    blocked = server.call("GET", "/v1/admin/encryption", good)
+    assert blocked.status == 429
+    assert 1 <= int(blocked.headers["retry-after"]) <= 60
+    assert "error" in blocked.body
+    assert server.call("GET", "/healthz").status == 200  # no auth, not limited
+
+
+def test_rotate_job_lifecycle_409_and_audit(app: App) -> None:
+    fill_users(app, 20_000)
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    for server in serve(app):
+        ops = token(app, "ops", "rotate")
+        started = server.call("POST", "/v1/admin/encryption/rotate", ops)
+        assert started.status == 202
+        job_id = started.body["id"]
+        assert started.headers["location"] == f"/v1/admin/encryption/jobs/{job_id}"
+        second = server.call("POST", "/v1/admin/encryption/rotate", ops)
+        assert second.status == 409 and "running" in second.body["error"]
+        job = server.wait_job(job_id, ops)
+        assert job["state"] == "succeeded", job
+        report = job["report"]
+        assert report["new_version"] == 2 and report["failed"] == 0
+        assert report["rotated"] == sum(1 for _ in app.sql("SELECT id FROM users WHERE secret "
+                                                           "LIKE 'kt1:%'"))
+        assert job["progress"]["done"] == job["progress"]["total"] == 20_000
+        assert app.sql("SELECT count(*) FROM users WHERE secret LIKE 'kt1:2:%'")[0][0] > 19_000
+        # The rotation is in the audit log under the token's name, and verifies.
+        entries = server.call("GET", "/v1/admin/audit?after=0&limit=2", ops).body
+        assert len(entries["entries"]) == 2 and entries["next_after"] == 2
+        rest = server.call("GET", "/v1/admin/audit?after=2", ops).body["entries"]
+        mine = [e for e in rest if e["actor"] == "token:ops"]
+        assert [e["details"]["outcome"] for e in mine] == ["started", "succeeded"]
+        assert mine[1]["details"]["new_version"] == 2
+        assert app.cli("audit", "verify").returncode == 0
+        assert server.call("GET", "/v1/admin/encryption/jobs/nope", ops).status == 404
+        # A rotation running from the CLI also blocks one over HTTP.
+        cli = app.start("rotate", "--yes", "--max-rate", "2000", output=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while not app.sql("SELECT 1 FROM keyturn_jobs WHERE state = 'running'"):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            blocked = server.call("POST", "/v1/admin/encryption/rotate", ops)
+            assert blocked.status == 409 and "rotation job" in blocked.body["error"]
+        finally:
+            cli.terminate()
+            cli.wait()
+        # The job the CLI started is visible through the API by its id.
+        db_job = app.sql("SELECT id FROM keyturn_jobs WHERE state = 'running'")[0][0]
+        seen = server.call("GET", f"/v1/admin/encryption/jobs/{db_job}", ops).body
+        assert seen["id"] == db_job and seen["state"] == "running"
+
+
+def test_rotate_kek_only_from_the_configured_source(app: App, tmp_path: Path) -> None:
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    root = token(app, "root", "admin")
+    for server in serve(app):  # not configured: refused
+        reply = server.call("POST", "/v1/admin/encryption/rotate-kek", root)
+        assert reply.status == 403 and "[server]" in reply.body["error"]
+    new_kek = secrets.token_hex(32)
+    app.write_config(app.config.read_text() + '\n[server]\nnew_kek_env = "NEW_KEK"\n')
+    app.env["NEW_KEK"] = new_kek
+    for server in serve(app):
+        reply = server.call("POST", "/v1/admin/encryption/rotate-kek", root)
+        assert reply.status == 200, reply.text
+        assert reply.body["rewrapped_versions"] == 1
+        assert new_kek not in reply.text
+        again = server.call("POST", "/v1/admin/encryption/rotate-kek", root)
+        assert again.status == 409 and "same as the current" in again.body["error"]
+        assert server.call("GET", "/v1/admin/encryption", root).status == 200
+    assert app.cli("status").returncode == 3  # the old KEK no longer opens the keyring
+    app.env["KEYTURN_KEK"] = new_kek
+    assert app.cli("audit", "verify").returncode == 0
+    entries = json.loads(app.cli("audit", "list", "--json", check=True).stdout)
+    kek_entries = [(e["actor"], e["details"]["outcome"]) for e in entries
+                   if e["action"] == "rotate-kek"]
+    assert kek_entries == [("token:root", "started"), ("token:root", "succeeded"),
+                           ("token:root", "started"), ("token:root", "failed")]
+
+
+def test_openapi_schema_lists_every_endpoint(server: Server) -> None:
+    schema = server.call("GET", "/openapi.json").body
+    assert schema["openapi"].startswith("3.")
+    assert set(schema["paths"]) == {
+        "/healthz",
+        "/v1/admin/encryption",
+        "/v1/admin/encryption/rotate",
+        "/v1/admin/encryption/jobs/{job_id}",
+        "/v1/admin/encryption/rotate-kek",
+        "/v1/admin/audit",
+    }
+
+
+def test_page_csrf_and_cookie_rules(app: App, server: Server) -> None:
+    ops = token(app, "ops", "rotate")
+    page = server.call("GET", "/admin/encryption")
+    assert page.status == 200 and "Sign in" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    cookie = f"keyturn_session={ops}; keyturn_csrf=abc123"
+    # Signed in by cookie, but a POST without the CSRF header is refused.
+    refused = server.call("POST", "/admin/api/rotate", headers={"Cookie": cookie})
+    assert refused.status == 403 and "CSRF" in refused.body["error"]
+    wrong = server.call("POST", "/admin/api/rotate",
+                        headers={"Cookie": cookie, "X-CSRF-Token": "abc124"})
+    assert wrong.status == 403
+    assert app.sql("SELECT count(*) FROM keyturn_keys") == [(1,)]
+    # The bearer API does not accept the cookie.
+    assert server.call("GET", "/v1/admin/encryption", headers={"Cookie": cookie}).status == 401
+    dashboard = server.call("GET", "/admin/encryption", headers={"Cookie": cookie})
+    assert "Rotate data key" in dashboard.text
+    assert_no_secret(dashboard.text, app.env["KEYTURN_KEK"], ops)
+    wrapped = app.sql("SELECT wrapped_dek FROM keyturn_keys")[0][0]
+    assert wrapped not in dashboard.text
+
+
+def _chrome() -> Any:
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        reason = "Debian chromium and chromium-driver are not installed"
+        if os.environ.get("KEYTURN_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason + " and KEYTURN_REQUIRE_SERVICES=1")
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-quic", "--no-first-run", "--disable-component-update",
+                 "--disable-sync", "--window-size=1200,1000"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+
+def test_admin_page_in_headless_chromium(app: App, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    fill_users(app, 5_000)
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    ops = token(app, "ops", "rotate")
+    for server in serve(app):
+        driver = _chrome()
+        try:
+            wait = WebDriverWait(driver, 30)
+            driver.get(server.base + "/admin/encryption")
+            driver.find_element(By.ID, "token").send_keys("kta_not-a-token")
+            driver.find_element(By.CSS_SELECTOR, "#sign-in button").click()
+            wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".error")))
+            assert "not valid" in driver.find_element(By.CSS_SELECTOR, ".error").text
+            driver.find_element(By.ID, "token").send_keys(ops)
+            driver.find_element(By.CSS_SELECTOR, "#sign-in button").click()
+            wait.until(ec.presence_of_element_located((By.ID, "card-active")))
+            assert "v1" in driver.find_element(By.ID, "card-active").text
+            assert "v1: " in driver.find_element(By.ID, "card-versions").text
+            session = next(c for c in driver.get_cookies() if c["name"] == "keyturn_session")
+            assert session["httpOnly"] is True and session["sameSite"] == "Strict"
+            assert driver.execute_script("return document.cookie") == ""  # nothing readable
+            history = driver.find_element(By.ID, "history").text
+            assert "active" in history and "How this works" in driver.page_source
+            driver.find_element(By.ID, "rotate").click()
+            wait.until(ec.alert_is_present())
+            alert = driver.switch_to.alert
+            assert "v2" in alert.text
+            alert.accept()
+            wait.until(ec.presence_of_element_located((By.ID, "finished")))
+            finished = driver.find_element(By.ID, "finished").text
+            assert "succeeded" in finished and "key v2 is active" in finished, finished
+            assert "v2" in driver.find_element(By.ID, "card-active").text
+            driver.save_screenshot(str(tmp_path / "admin-page.png"))
+            assert (tmp_path / "admin-page.png").stat().st_size > 10_000
+            if os.environ.get("ADMIN_PAGE_SCREENSHOT"):
+                shutil.copy(tmp_path / "admin-page.png", os.environ["ADMIN_PAGE_SCREENSHOT"])
+            page = driver.page_source
+            assert_no_secret(page, app.env["KEYTURN_KEK"], ops, *PLAINTEXTS)
+        finally:
+            driver.quit()
+    assert app.sql("SELECT count(*) FROM users WHERE secret LIKE 'kt1:2:%'")[0][0] > 4_900
