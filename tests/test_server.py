@@ -328,3 +328,24 @@ def test_admin_page_in_headless_chromium(app: App, tmp_path: Path) -> None:
         finally:
             driver.quit()
     assert app.sql("SELECT count(*) FROM users WHERE secret LIKE 'kt1:2:%'")[0][0] > 4_900
+
+
+def test_token_commands_and_a_server_that_cannot_open_the_keyring(app: App) -> None:
+    app.cli("init", check=True)
+    value = token(app, "ops", "rotate")
+    taken = app.cli("token", "create", "--name", "ops")
+    assert taken.returncode == 2 and "exists" in taken.stderr and taken.stdout == ""
+    bad_name = app.cli("token", "create", "--name", "no spaces")
+    assert bad_name.returncode == 2
+    listed = app.cli("token", "list", check=True).stdout
+    assert "ops" in listed and "rotate" in listed and "live" in listed
+    assert value not in listed and value not in app.cli("token", "list", "--json").stdout
+    assert app.cli("token", "revoke", "nobody").returncode == 2
+    app.cli("token", "revoke", "ops", check=True)
+    assert "revoked" in app.cli("token", "list", check=True).stdout
+    assert token(app, "ops", "read") != value  # a revoked name can be reused
+    # Fail closed: with the wrong KEK the server does not start.
+    env = {**app.env, "KEYTURN_KEK": secrets.token_hex(32)}
+    proc = app.cli("serve", "--port", str(free_port()), env=env, timeout=30)
+    assert proc.returncode == 3 and "does not open" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
