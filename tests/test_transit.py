@@ -152,6 +152,11 @@ def test_transit_kek_end_to_end(
     )
     assert report["kms_key_version"] == 3 and report["kms_min_decryption_version"] == 3
     assert all(w.startswith("vault:v3:") for w in wrapped(app))
+    # The audit key was rewrapped too: the log still verifies with only v3 decrypting.
+    audit_key = app.sql("SELECT value FROM keyturn_meta WHERE name = 'audit_key'")[0][0]
+    assert audit_key.startswith("vault:v3:")
+    verified = app.cli("audit", "verify", check=True)
+    assert "entries, every link" in verified.stdout
     # The retired Transit versions no longer open the old wrappings.
     app.sql("UPDATE keyturn_keys SET wrapped_dek = ? WHERE version = 1", (old[0],))
     refused = app.cli("status")

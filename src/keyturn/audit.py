@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Engine, func, inspect, select
 
 from . import schema
 from .database import write_transaction
-from .errors import KeyManagementError, KeyturnError
+from .errors import KeyturnError, WrongKEK
 from .kek import KEK
 
 KEY_NAME = "audit_key"
@@ -186,7 +186,7 @@ class AuditLog:
                 return None
             try:
                 self._keys = _derive(self.kek.unwrap(wrapped, key_aad(self.keyring_id)))
-            except KeyManagementError:
+            except WrongKEK:
                 raise AuditError(
                     "the audit key does not open with this KEK (keyturn_meta.audit_key was "
                     "changed or comes from another keyring); run `keyturn audit verify`"

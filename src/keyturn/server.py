@@ -83,13 +83,14 @@ class _HttpJob:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        done = sum(c["done"] for c in self.columns.values())
-        total = sum(c["total"] for c in self.columns.values())
+        columns = {k: dict(v) for k, v in dict(self.columns).items()}  # the worker adds to it
+        done = sum(c["done"] for c in columns.values())
+        total = sum(c["total"] for c in columns.values())
         return {
             "id": self.id,
             "state": self.state,
             "started_by": self.actor,
-            "progress": {"done": done, "total": total, "columns": self.columns},
+            "progress": {"done": done, "total": total, "columns": columns},
             "report": self.report,
             "error": self.error,
         }
