@@ -145,11 +145,14 @@ def run_bare_bulk(config: Path, kind: str) -> float:
                     "WHERE t.id = v.id"
                 )
             else:
-                values = " UNION ALL ".join(
-                    ["SELECT %s AS id, %s AS a"] + ["SELECT %s, %s"] * (len(batch) - 1)
-                )
+                # Literals rendered inline (ints, and tokens that need no escaping),
+                # as keyturn does: PyMySQL's per-value escaping is the slow part.
+                pairs = zip(params[::2], params[1::2], strict=True)
+                rows_sql = [f"SELECT {pk}, '{token}'" for pk, token in pairs]
+                rows_sql[0] = rows_sql[0].replace(",", " AS id,", 1) + " AS a"
+                values = " UNION ALL ".join(rows_sql)
                 sql = f"UPDATE secrets AS t JOIN ({values}) AS v ON t.id = v.id SET t.a = v.a"
-            cur.execute(sql, params)
+            cur.execute(sql, params if kind == "postgresql" else None)
             raw.commit()
             last = batch[-1][0]
     engine.dispose()

@@ -21,6 +21,8 @@ PK_TYPES = {
     "int": ("id INTEGER", ["id"]),
     "text": ("id VARCHAR(40)", ["id"]),
     "composite": ("tenant VARCHAR(20), id INTEGER", ["tenant", "id"]),
+    # Keys the MariaDB bulk swap must bind rather than inline: quotes, backslash, %s.
+    "odd": ("id VARCHAR(40)", ["id"]),
 }
 
 
@@ -35,6 +37,7 @@ def setup_app(
             "int": (i,),
             "text": (f"user-{i:03d}",),
             "composite": (f"t{i % 3}", i),
+            "odd": (f"o'b\\r%s\"-ü{i:03d}",),
         }[pk_type]
         api = None if i % 9 == 0 else ("" if i % 10 == 0 else f"sk_live_{i}_Päss ")
         oauth = f"ya29.token-{i}"
