@@ -925,4 +925,8 @@ def main() -> None:
     # psycopg warns while tearing down a pipeline on a lost connection; keyturn
     # reports that error itself, as one line with an exit code.
     logging.getLogger("psycopg").setLevel(logging.ERROR)
+    # When the server ends a session, the pool's rollback of that dead connection
+    # fails too and is logged with a traceback ("Exception during reset"); the
+    # error that matters is the one keyturn reports.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     cli(prog_name="keyturn")

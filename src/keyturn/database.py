@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, cast, create_engine, event
 from sqlalchemy.dialects.mysql import BINARY as mysql_binary
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from .errors import ConfigError
 
@@ -105,12 +106,39 @@ def fetch_raw(conn: Connection, query: Any) -> list[tuple[Any, ...]]:
     args: Any = params
     if compiled.positional:
         args = tuple(params[name] for name in compiled.positiontup)
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
+    with driver_cursor(conn, compiled.string) as cursor:
         cursor.execute(compiled.string, args)
         return list(cursor.fetchall())
+
+
+@contextmanager
+def driver_cursor(conn: Connection, statement: str) -> Iterator[Any]:
+    """A DBAPI cursor on ``conn``'s connection whose errors arrive as SQLAlchemy's.
+
+    Like ``Connection.execute``: a driver error becomes a ``DBAPIError`` (no
+    parameters shown), and a lost connection is invalidated, not reused.
+    """
+    dbapi_conn = conn.connection.dbapi_connection
+    cursor = dbapi_conn.cursor()  # type: ignore[union-attr]
+    base = conn.dialect.loaded_dbapi.Error
+    try:
+        yield cursor
+    except base as exc:
+        lost = conn.dialect.is_disconnect(exc, dbapi_conn, cursor)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            statement,
+            None,
+            exc,
+            base,
+            hide_parameters=True,
+            connection_invalidated=lost,
+            dialect=conn.dialect,
+        ) from exc
     finally:
-        cursor.close()
+        with suppress(Exception):  # closing a cursor on a lost connection may fail too
+            cursor.close()
 
 
 def exact_equals(column: Any, value: Any, dialect: Any) -> Any:

@@ -34,7 +34,13 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from .columns import BoundColumn, table_of
-from .database import DriverStatement, exact_equals, fetch_raw, write_transaction
+from .database import (
+    DriverStatement,
+    driver_cursor,
+    exact_equals,
+    fetch_raw,
+    write_transaction,
+)
 from .errors import SchemaError
 
 FAILED = "failed"
@@ -289,21 +295,16 @@ class TableRewriter:
         width = len(params[0])
         per_statement = max(1, min(1000, 30_000 // width))
         swapped = 0
-        dbapi = conn.connection.dbapi_connection
-        assert dbapi is not None
-        cursor = dbapi.cursor()
-        try:
-            for start in range(0, len(params), per_statement):
-                chunk = params[start : start + per_statement]
-                sql = self._bulk_sql(conn, indexes, len(chunk))
-                # Tokens and ints are put in the statement as they are: PyMySQL's
-                # per-value escaping cost more than the statement itself
-                # (bench/rotate_servers.py). Anything else is bound as usual.
-                parts, bound = _inline_literals(v for row in chunk for v in row)
+        for start in range(0, len(params), per_statement):
+            chunk = params[start : start + per_statement]
+            sql = self._bulk_sql(conn, indexes, len(chunk))
+            # Tokens and ints are put in the statement as they are: PyMySQL's
+            # per-value escaping cost more than the statement itself
+            # (bench/rotate_servers.py). Anything else is bound as usual.
+            parts, bound = _inline_literals(v for row in chunk for v in row)
+            with driver_cursor(conn, sql) as cursor:
                 cursor.execute(sql % parts, bound or None)
                 swapped += cursor.rowcount
-        finally:
-            cursor.close()
         return swapped
 
     def _bulk_sql(self, conn: Connection, indexes: tuple[int, ...], count: int) -> str:
