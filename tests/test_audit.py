@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import App, Database, assert_no_secret
+from conftest import App, Database, assert_no_secret, base_env, run_cli
 
 
 def audit_rows(app: App) -> list[dict[str, Any]]:
@@ -89,6 +89,28 @@ def test_refusals_and_dry_runs_write_no_entry_and_a_destroy_is_recorded(app: App
         ("prune", {"job": job, "dropped": rows[before]["details"]["dropped"]}),
         ("destroy-key", {"version": 1}),
     ]
+    assert verify(app)[0] == 0
+
+
+def test_a_database_from_before_the_audit_log_gets_one_on_first_use(app: App) -> None:
+    """keyturn_audit and keyturn_api_tokens are created by the first operation that
+    needs them, including those that write their entry in their own transaction."""
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    app.cli("rotate", "--yes", check=True)
+    job = json.loads(app.cli("jobs", "--json", check=True).stdout)[0]["id"]
+    tamper(
+        app,
+        "DROP TABLE keyturn_audit",
+        "DROP TABLE keyturn_api_tokens",
+        "DELETE FROM keyturn_meta WHERE name LIKE 'audit_%'",
+    )
+    assert "no tokens yet" in app.cli("token", "list", check=True).stdout
+    tables = {r[0] for r in app.sql("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "keyturn_api_tokens" not in tables  # listing does not create anything
+    app.cli("prune", job, "--yes", check=True)
+    app.cli("destroy-key", "1", "--yes", check=True)
+    assert [(r["seq"], r["action"]) for r in audit_rows(app)] == [(1, "prune"), (2, "destroy-key")]
     assert verify(app)[0] == 0
 
 
@@ -212,8 +234,6 @@ def test_a_tampered_head_blocks_further_operations(app: App) -> None:
 def test_audit_log_on_every_backend(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conftest import base_env, run_cli
-
     database.execute("CREATE TABLE creds (id INTEGER PRIMARY KEY, api_key VARCHAR(255))")
     database.execute("INSERT INTO creds VALUES (1, 'sk_live_a'), (2, 'sk_live_b')")
     (tmp_path / "keyturn.toml").write_text(

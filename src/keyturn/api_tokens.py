@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, inspect, select, update
 
 from . import schema
 from .audit import AuditLog
-from .database import write_transaction
 from .errors import ConfigError
 from .keystore import utcnow
 
@@ -75,8 +74,7 @@ def create(log: AuditLog, name: str, scope: str, actor: str) -> str:
         raise TokenError(f"scope must be one of {', '.join(SCOPES)}")
     token = PREFIX + base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
     t = schema.api_tokens.c
-    log.ensure_tables()
-    with write_transaction(log.engine) as conn:
+    with log.transaction() as conn:
         existing = conn.execute(select(t.revoked_at).where(t.name == name)).first()
         if existing is not None and existing[0] is None:
             raise TokenError(f"a token named {name!r} exists; revoke it first or pick another name")
@@ -98,8 +96,7 @@ def create(log: AuditLog, name: str, scope: str, actor: str) -> str:
 
 def revoke(log: AuditLog, name: str, actor: str) -> None:
     t = schema.api_tokens.c
-    log.ensure_tables()
-    with write_transaction(log.engine) as conn:
+    with log.transaction() as conn:
         done = conn.execute(
             update(schema.api_tokens)
             .where(t.name == name, t.revoked_at.is_(None))
@@ -111,6 +108,9 @@ def revoke(log: AuditLog, name: str, actor: str) -> None:
 
 
 def all_tokens(conn: Connection) -> list[ApiToken]:
+    """Every token's record, live and revoked; none before the first is created."""
+    if not inspect(conn).has_table(schema.api_tokens.name):
+        return []
     t = schema.api_tokens.c
     rows = conn.execute(
         select(t.name, t.scope, t.created_at, t.created_by, t.revoked_at).order_by(t.name)
@@ -120,6 +120,8 @@ def all_tokens(conn: Connection) -> list[ApiToken]:
 
 def authenticate(conn: Connection, presented: str) -> ApiToken | None:
     """The live token matching ``presented``, or None; constant time in the token."""
+    if not inspect(conn).has_table(schema.api_tokens.name):
+        return None
     digest = token_hash(presented)
     t = schema.api_tokens.c
     rows = conn.execute(

@@ -172,6 +172,7 @@ class AuditLog:
         self.kek = kek
         self.keyring_id = keyring_id
         self._keys: _Keys | None = None
+        self._tables_ready = False
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -232,14 +233,29 @@ class AuditLog:
 
     def ensure_tables(self) -> None:
         """Create the audit tables in a database initialized by an older keyturn."""
+        if self._tables_ready:
+            return
         with self.engine.connect() as conn:
             missing = not inspect(conn).has_table(schema.audit.name)
         if missing:
             with write_transaction(self.engine) as conn:
                 schema.metadata.create_all(conn, tables=[schema.audit, schema.api_tokens])
+        self._tables_ready = True
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction in which :meth:`append` can be called.
+
+        The tables are created first, in a transaction of their own: DDL cannot
+        share the operation's transaction (MySQL commits it implicitly).
+        """
+        self.ensure_tables()
+        with write_transaction(self.engine) as conn:
+            yield conn
 
     def append(self, conn: Connection, actor: str, action: str, details: dict[str, Any]) -> Entry:
-        """Append an entry in the caller's write transaction (it commits or not with it).
+        """Append an entry in the caller's write transaction (it commits or not with it);
+        open that transaction with :meth:`transaction`, so the tables exist.
 
         The new entry links to the signed head, not to whatever the table's last
         row is now, so deleted newest entries stay visible as a gap.
@@ -277,9 +293,8 @@ class AuditLog:
 
     def record(self, actor: str, action: str, details: dict[str, Any]) -> Entry:
         """Append an entry in a transaction of its own."""
-        self.ensure_tables()
         try:
-            with self._lock, write_transaction(self.engine) as conn:
+            with self._lock, self.transaction() as conn:
                 return self.append(conn, actor, action, details)
         except AuditError:
             raise

@@ -707,7 +707,7 @@ def prune(ctx: click.Context, job_id: str, yes: bool) -> None:
         with store.engine.connect() as conn:
             job = jobs.get(conn, job_id)
         _confirm(yes, f"drop the backups of job {job.id}? `restore {job.id}` will no longer work")
-        with write_transaction(store.engine) as conn:
+        with store.audit.transaction() as conn:
             dropped = backups.prune(conn, job.id)
             states = refresh_states(store, conn)
             store.audit.append(conn, actor(), "prune", {"job": job.id, "dropped": dropped})
@@ -802,10 +802,8 @@ def token_create(ctx: click.Context, name: str, scope: str) -> None:
 @click.pass_context
 def token_list(ctx: click.Context, as_json: bool) -> None:
     """List tokens by name, scope and state (never the tokens themselves)."""
-    with _open(ctx) as store:
-        store.audit.ensure_tables()
-        with store.engine.connect() as conn:
-            found = api_tokens.all_tokens(conn)
+    with _open(ctx) as store, store.engine.connect() as conn:
+        found = api_tokens.all_tokens(conn)
     if as_json:
         click.echo(json.dumps([t.to_dict() for t in found], indent=2))
         return

@@ -85,7 +85,7 @@ def destroy_key(store: Store, version: int, actor: str = "library") -> None:
 
     Audited in the same transaction: a refusal writes nothing, and a destroy
     whose audit entry cannot be written does not happen."""
-    with write_transaction(store.engine) as conn:
+    with store.audit.transaction() as conn:
         states = refresh_states(store, conn)
         state = states.get(version)
         if state is None:

@@ -112,17 +112,22 @@ class _Service:
         if not presented:
             return None
         with self.store.engine.connect() as conn:
-            if not inspect(conn).has_table("keyturn_api_tokens"):
-                return None
             return api_tokens.authenticate(conn, presented)
 
     # -- rotations ------------------------------------------------------------------
 
+    def _running_here(self) -> str | None:
+        """Why a rotation from this server blocks another; the caller holds the lock."""
+        if any(j.state in (QUEUED, RUNNING) for j in self.jobs.values()):
+            return "a rotation started from this server is running"
+        return None
+
     def busy(self) -> str | None:
         """Why a rotation cannot start now, or None."""
         with self._lock:
-            if any(j.state in (QUEUED, RUNNING) for j in self.jobs.values()):
-                return "a rotation started from this server is running"
+            here = self._running_here()
+        if here:
+            return here
         with self.store.engine.connect() as conn:
             if inspect(conn).has_table("keyturn_jobs"):
                 job = jobs.unfinished(conn, KIND)
@@ -135,9 +140,10 @@ class _Service:
         reason = self.busy()
         if reason:
             return reason
-        with self._lock:
-            if any(j.state in (QUEUED, RUNNING) for j in self.jobs.values()):
-                return "a rotation started from this server is running"
+        with self._lock:  # checked again: another request may have started one meanwhile
+            here = self._running_here()
+            if here:
+                return here
             job = _HttpJob(uuid.uuid4().hex, actor)
             self.jobs[job.id] = job
         threading.Thread(target=self._rotate, args=(job,), daemon=True).start()
@@ -198,7 +204,8 @@ class _Service:
         }
 
     def rotate_kek(self, actor: str) -> dict[str, Any]:
-        """Rotate the KEK from the source the config names (never from a request)."""
+        """Rotate the KEK from the source the config names (never from a request);
+        only where :meth:`rotate_kek_enabled`."""
         spec = self.store.config.server
         with self.store.audit.operation(actor, "rotate-kek") as out:
             if isinstance(self.store.kek, TransitKEK):
@@ -206,13 +213,9 @@ class _Service:
             else:
                 if spec.new_kek_env:
                     new = from_env(spec.new_kek_env)
-                elif spec.new_kek_file:
-                    new = from_file(spec.new_kek_file)
                 else:
-                    raise KeyManagementError(
-                        "rotate-kek is not enabled on this server: set [server] new_kek_env "
-                        "or new_kek_file in keyturn.toml"
-                    )
+                    assert spec.new_kek_file is not None  # rotate_kek_enabled()
+                    new = from_file(spec.new_kek_file)
                 check_strength(new)
                 result = rotate_kek(self.store, new)
             out.update(result.to_dict())
