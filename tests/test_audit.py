@@ -123,36 +123,54 @@ def tamper(app: App, *statements: str) -> None:
 
 TAMPERING = {
     "edited details": (
-        ["UPDATE keyturn_audit SET details = '{\"name\": \"mallory\", \"scope\": \"admin\"}' "
-         "WHERE seq = 6"],
+        [
+            'UPDATE keyturn_audit SET details = \'{"name": "mallory", "scope": "admin"}\' '
+            "WHERE seq = 6"
+        ],
         "entry 6 fails its MAC",
     ),
-    "edited actor": (["UPDATE keyturn_audit SET actor = 'cli:someone-else' WHERE seq = 2"],
-                     "entry 2 fails its MAC"),
+    "edited actor": (
+        ["UPDATE keyturn_audit SET actor = 'cli:someone-else' WHERE seq = 2"],
+        "entry 2 fails its MAC",
+    ),
     "inserted at the end": (
-        ["INSERT INTO keyturn_audit VALUES (7, '2026-01-01T00:00:00.000000Z', 'cli:x', "
-         "'destroy-key', '{}', '" + "ab" * 32 + "')"],
+        [
+            "INSERT INTO keyturn_audit VALUES (7, '2026-01-01T00:00:00.000000Z', 'cli:x', "
+            "'destroy-key', '{}', '" + "ab" * 32 + "')"
+        ],
         "entry 7 fails its MAC",
     ),
     "reordered": (
-        ["UPDATE keyturn_audit SET seq = 100 WHERE seq = 3",
-         "UPDATE keyturn_audit SET seq = 3 WHERE seq = 4",
-         "UPDATE keyturn_audit SET seq = 4 WHERE seq = 100"],
+        [
+            "UPDATE keyturn_audit SET seq = 100 WHERE seq = 3",
+            "UPDATE keyturn_audit SET seq = 3 WHERE seq = 4",
+            "UPDATE keyturn_audit SET seq = 4 WHERE seq = 100",
+        ],
         "entry 3 fails its MAC",
     ),
-    "deleted in the middle": (["DELETE FROM keyturn_audit WHERE seq = 3"],
-                              "entries 3..3 are missing"),
-    "deleted newest": (["DELETE FROM keyturn_audit WHERE seq >= 5"],
-                       "the newest entries were deleted"),
+    "deleted in the middle": (
+        ["DELETE FROM keyturn_audit WHERE seq = 3"],
+        "entries 3..3 are missing",
+    ),
+    "deleted newest": (
+        ["DELETE FROM keyturn_audit WHERE seq >= 5"],
+        "the newest entries were deleted",
+    ),
     "head edited": (
-        ["UPDATE keyturn_meta SET value = replace(value, '\"count\":6', '\"count\":4') "
-         "WHERE name = 'audit_head'"],
+        [
+            "UPDATE keyturn_meta SET value = replace(value, '\"count\":6', '\"count\":4') "
+            "WHERE name = 'audit_head'"
+        ],
         "the audit head fails its MAC",
     ),
-    "head deleted": (["DELETE FROM keyturn_meta WHERE name = 'audit_head'"],
-                     "the audit head is missing"),
-    "audit key deleted": (["DELETE FROM keyturn_meta WHERE name = 'audit_key'"],
-                          "the audit key is missing"),
+    "head deleted": (
+        ["DELETE FROM keyturn_meta WHERE name = 'audit_head'"],
+        "the audit head is missing",
+    ),
+    "audit key deleted": (
+        ["DELETE FROM keyturn_meta WHERE name = 'audit_key'"],
+        "the audit key is missing",
+    ),
 }
 
 
@@ -223,8 +241,11 @@ def test_an_operation_whose_entry_cannot_be_written_fails_and_writes_nothing(app
 
 def test_a_tampered_head_blocks_further_operations(app: App) -> None:
     busy_app(app)
-    tamper(app, "UPDATE keyturn_meta SET value = replace(value, '\"count\":6', '\"count\":9') "
-                "WHERE name = 'audit_head'")
+    tamper(
+        app,
+        "UPDATE keyturn_meta SET value = replace(value, '\"count\":6', '\"count\":9') "
+        "WHERE name = 'audit_head'",
+    )
     proc = app.cli("rotate", "--yes")
     assert proc.returncode == 1
     assert "audit head fails its check" in proc.stderr
@@ -245,8 +266,12 @@ def test_audit_log_on_every_backend(
     def cli(*args: str) -> Any:
         return run_cli(*args, cwd=tmp_path, env=env)
 
-    for args in (("init",), ("encrypt-existing",), ("rotate", "--yes"),
-                 ("token", "create", "--name", "ops")):
+    for args in (
+        ("init",),
+        ("encrypt-existing",),
+        ("rotate", "--yes"),
+        ("token", "create", "--name", "ops"),
+    ):
         assert cli(*args).returncode == 0
     ok = cli("audit", "verify")
     assert ok.returncode == 0 and "6 entries" in ok.stdout, ok.stdout + ok.stderr

@@ -112,8 +112,11 @@ def server(app: App) -> Iterator[Server]:
 
 
 def test_auth_matrix(app: App, server: Server) -> None:
-    reader, rotator, admin = token(app, "reader"), token(app, "ci", "rotate"), token(app, "root",
-                                                                                      "admin")
+    reader, rotator, admin = (
+        token(app, "reader"),
+        token(app, "ci", "rotate"),
+        token(app, "root", "admin"),
+    )
     revoked = token(app, "gone", "admin")
     app.cli("token", "revoke", "gone", check=True)
     status = "/v1/admin/encryption"
@@ -170,8 +173,9 @@ def test_rotate_job_lifecycle_409_and_audit(app: App) -> None:
         assert job["state"] == "succeeded", job
         report = job["report"]
         assert report["new_version"] == 2 and report["failed"] == 0
-        assert report["rotated"] == sum(1 for _ in app.sql("SELECT id FROM users WHERE secret "
-                                                           "LIKE 'kt1:%'"))
+        assert report["rotated"] == sum(
+            1 for _ in app.sql("SELECT id FROM users WHERE secret LIKE 'kt1:%'")
+        )
         assert job["progress"]["done"] == job["progress"]["total"] == 20_000
         assert app.sql("SELECT count(*) FROM users WHERE secret LIKE 'kt1:2:%'")[0][0] > 19_000
         # The rotation is in the audit log under the token's name, and verifies.
@@ -223,10 +227,15 @@ def test_rotate_kek_only_from_the_configured_source(app: App, tmp_path: Path) ->
     app.env["KEYTURN_KEK"] = new_kek
     assert app.cli("audit", "verify").returncode == 0
     entries = json.loads(app.cli("audit", "list", "--json", check=True).stdout)
-    kek_entries = [(e["actor"], e["details"]["outcome"]) for e in entries
-                   if e["action"] == "rotate-kek"]
-    assert kek_entries == [("token:root", "started"), ("token:root", "succeeded"),
-                           ("token:root", "started"), ("token:root", "failed")]
+    kek_entries = [
+        (e["actor"], e["details"]["outcome"]) for e in entries if e["action"] == "rotate-kek"
+    ]
+    assert kek_entries == [
+        ("token:root", "started"),
+        ("token:root", "succeeded"),
+        ("token:root", "started"),
+        ("token:root", "failed"),
+    ]
 
 
 def test_openapi_schema_lists_every_endpoint(server: Server) -> None:
@@ -251,8 +260,9 @@ def test_page_csrf_and_cookie_rules(app: App, server: Server) -> None:
     # Signed in by cookie, but a POST without the CSRF header is refused.
     refused = server.call("POST", "/admin/api/rotate", headers={"Cookie": cookie})
     assert refused.status == 403 and "CSRF" in refused.body["error"]
-    wrong = server.call("POST", "/admin/api/rotate",
-                        headers={"Cookie": cookie, "X-CSRF-Token": "abc124"})
+    wrong = server.call(
+        "POST", "/admin/api/rotate", headers={"Cookie": cookie, "X-CSRF-Token": "abc124"}
+    )
     assert wrong.status == 403
     assert app.sql("SELECT count(*) FROM keyturn_keys") == [(1,)]
     # The bearer API does not accept the cookie.
@@ -275,9 +285,17 @@ def _chrome() -> Any:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-quic", "--no-first-run", "--disable-component-update",
-                 "--disable-sync", "--window-size=1200,1000"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,1000",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 

@@ -809,8 +809,10 @@ def token_list(ctx: click.Context, as_json: bool) -> None:
         return
     for t in found:
         state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "live"
-        click.echo(f"{t.name:<24} {t.scope:<7} {state:<24} created {t.created_at:%Y-%m-%d} "
-                   f"by {t.created_by}")
+        click.echo(
+            f"{t.name:<24} {t.scope:<7} {state:<24} created {t.created_at:%Y-%m-%d} "
+            f"by {t.created_by}"
+        )
     if not found:
         click.echo("no tokens yet: `keyturn token create --name NAME`")
 
@@ -854,8 +856,9 @@ def audit_verify(ctx: click.Context, head_file: Any, as_json: bool) -> None:
         click.echo(json.dumps(check.to_dict(), indent=2))
     elif check.ok:
         against = "; matches the head given" if check.checked_external_head else ""
-        click.echo(f"audit log ok: {check.entries} entries, every link and the head check out"
-                   f"{against}")
+        click.echo(
+            f"audit log ok: {check.entries} entries, every link and the head check out{against}"
+        )
     else:
         for problem in check.problems:
             click.echo(f"audit: {problem}")
