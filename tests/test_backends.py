@@ -138,7 +138,7 @@ def test_compare_and_swap_is_exact(
 ) -> None:
     """An app write differing only in case or trailing space is never overwritten
     (MySQL/MariaDB collations would call the two equal)."""
-    from keyturn.rewrite import TableRewriter
+    from keyturn.rewrite import TableRewriter, each_value
 
     app, _ = setup_app(database, tmp_path, "int", monkeypatch)
     app.cli("init", check=True)
@@ -156,7 +156,7 @@ def test_compare_and_swap_is_exact(
                 )
             return "seen", f"{value}|rewritten"
 
-        TableRewriter(store.engine, [oauth], [decide]).run()
+        TableRewriter(store.engine, [oauth], [each_value(decide)]).run()
     rows = dict(database.rows("SELECT id, oauth FROM creds WHERE id IN (1, 2)"))
     assert rows == {1: "secret|rewritten", 2: "tail |rewritten"}
 
@@ -168,7 +168,7 @@ def test_bulk_swap_never_resurrects_or_overwrites(
     """The compare-and-swap write path on each backend (MariaDB: many rows per UPDATE): a row
     the app changed between our read and our write is retried from its new value,
     a row it deleted is never brought back, and every other row is swapped once."""
-    from keyturn.rewrite import TableRewriter
+    from keyturn.rewrite import TableRewriter, each_value
 
     app, expected = setup_app(database, tmp_path, pk_type, monkeypatch)
     app.cli("init", check=True)
@@ -188,7 +188,7 @@ def test_bulk_swap_never_resurrects_or_overwrites(
                                  **{k.replace("k", "g"): v for k, v in gone.items()})  # fmt: skip
             return "seen", f"{value}|rewritten"
 
-        results = TableRewriter(store.engine, [oauth], [decide]).run()
+        results = TableRewriter(store.engine, [oauth], [each_value(decide)]).run()
     rows = {
         tuple(r[:-1]): r[-1] for r in database.rows(f"SELECT {', '.join(pk)}, oauth FROM creds")
     }

@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 from conftest import App, assert_no_secret
+from cryptography.fernet import Fernet
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Column, Integer, MetaData, Table
 
 import keyturn
+from keyturn.columns import BoundColumn
+from keyturn.config import ColumnSpec
+from keyturn.keyring import DataKey, Keyring
+from keyturn.legacy import FERNET, LegacyReader, LegacySpec
 
 
 def digest(path: Path) -> str:
@@ -296,7 +304,7 @@ def test_rotate_kek_refuses_without_a_source_or_tty(app: App) -> None:
 
 def test_a_missed_swap_is_retried_not_overwritten(app: App) -> None:
     """The compare-and-swap path when the app writes between our read and our write."""
-    from keyturn.rewrite import TableRewriter
+    from keyturn.rewrite import TableRewriter, each_value
 
     ready(app)
     with keyturn.open(app.config) as store:
@@ -312,9 +320,60 @@ def test_a_missed_swap_is_retried_not_overwritten(app: App) -> None:
                 app.sql("DELETE FROM users WHERE id = 3")
             return "rewritten", "kt1:1:x" + str(pk[0])
 
-        results = TableRewriter(store.engine, [users], [decide]).run()
+        results = TableRewriter(store.engine, [users], [each_value(decide)]).run()
     rows = dict(app.sql("SELECT id, secret FROM users"))
     assert 3 not in rows, "a row deleted meanwhile was brought back"
     assert rows[2] == "kt1:1:x2", "row 2 was retried from the app's value"
     assert rows[1] == "kt1:1:x1"
     assert results[0].counts.get("contended", 0) == 0
+
+
+_OLD, _NEW = DataKey.generate(1), DataKey.generate(2)
+_FERNET = Fernet(Fernet.generate_key()).encrypt(b"legacy").decode()
+_KINDS = {
+    # kind: (value for the row with primary key pk under binding context ctx, category)
+    "older": (lambda ctx: Keyring({1: _OLD}, 1).encrypt(b"s3cret", ctx), "rotated"),
+    "current": (lambda ctx: Keyring({2: _NEW}, 2).encrypt(b"s3cret", ctx), "already_current"),
+    "empty": (lambda ctx: "", "skipped_empty"),
+    "null": (lambda ctx: None, "skipped_empty"),
+    "plaintext": (lambda ctx: "hunter2", "skipped_plaintext"),
+    "kt1 text": (lambda ctx: "kt1:not a token", "skipped_plaintext"),
+    "legacy": (lambda ctx: _FERNET, "skipped_legacy"),
+    "moved": (lambda ctx: Keyring({1: _OLD}, 1).encrypt(b"s3cret", "other.col"), "failed"),
+    "unknown": (lambda ctx: Keyring({7: DataKey.generate(7)}, 7).encrypt(b"x", ctx), "failed"),
+    "bytes": (lambda ctx: b"raw", "failed"),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(sorted(_KINDS)), max_size=24),
+    bind=st.sampled_from(["column", "row"]),
+)
+def test_the_batch_decider_classifies_every_kind_of_value(kinds: list[str], bind: str) -> None:
+    """Rotation decides a whole batch at once: only older tokens that open are
+    re-encrypted, to tokens that open under the new version in the same place;
+    every other value is counted as one at a time would be, and left alone."""
+    from keyturn.rotate import _ColumnState, _decider
+
+    spec = ColumnSpec("users", "secret", ("id",), bind=bind)
+    table = Table("users", MetaData(), Column("id", Integer, primary_key=True), Column("secret"))
+    reader = LegacyReader(LegacySpec("old", FERNET), lambda _: [])
+    ring = Keyring({1: _OLD, 2: _NEW}, 2)
+    state = _ColumnState()
+    decide = _decider(ring, BoundColumn(spec, table, None), 2, state, reader)
+    pks = [(j,) for j in range(len(kinds))]
+    values = [_KINDS[k][0](spec.context(pk)) for k, pk in zip(kinds, pks, strict=True)]
+    categories, news = decide(pks, values)
+    assert categories == [_KINDS[k][1] for k in kinds]
+    for pk, kind, new in zip(pks, kinds, news, strict=True):
+        if kind == "older":
+            assert new is not None and new.startswith("kt1:2:")
+            assert ring.decrypt(new, spec.context(pk)) == b"s3cret"
+        else:
+            assert new is None
+    fresh = [new for new in news if new is not None]
+    assert len({new[6:22] for new in fresh}) == len(fresh), "a nonce was used twice"
+    assert sorted(map(tuple, state.failed)) == [
+        pk for pk, k in zip(pks, kinds, strict=True) if _KINDS[k][1] == "failed"
+    ]

@@ -49,15 +49,18 @@ def record(conn: Connection, job_id: str, applied: Sequence[Swap]) -> None:
     if not applied:
         return
     insert = schema.backup.insert().values({name: bindparam(name) for name in _RECORD})
-    DriverStatement(insert, conn.dialect, list(_RECORD)).executemany(
-        conn,
-        [
-            (job_id, c.spec.table, c.spec.column, json.dumps(list(pk), default=str), old, new)
-            for c, pk, old, new in applied
-        ],
-    )
+    keys: dict[tuple[Any, ...], str] = {}  # a row's key is spelled once for all its columns
+    rows = []
+    for column, pk, old, new in applied:
+        key = keys.get(pk)
+        if key is None:
+            key = keys[pk] = _pk_json(list(pk))
+        rows.append((job_id, column.spec.table, column.spec.column, key, old, new))
+    DriverStatement(insert, conn.dialect, list(_RECORD)).executemany(conn, rows)
 
 
+# One encoder for every key (json.dumps with an argument builds a new one per call).
+_pk_json = json.JSONEncoder(default=str).encode
 _RECORD = ("job_id", "table_name", "column_name", "pk", "old_token", "new_token")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from operator import itemgetter
 from pathlib import Path
@@ -89,6 +89,12 @@ class DriverStatement:
             return list(map(itemgetter(*order), rows))
         names = self._names
         return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def from_columns(self, columns: Sequence[Sequence[Any]]) -> list[Any]:
+        """The same for values given column by column, in ``names`` order."""
+        if self._order is not None:
+            return list(zip(*(columns[k] for k in self._order), strict=True))
+        return self.arrange(list(zip(*columns, strict=True)))
 
     def executemany(self, conn: Connection, rows: list[tuple[Any, ...]]) -> Any:
         return conn.exec_driver_sql(self.sql, self.arrange(rows))

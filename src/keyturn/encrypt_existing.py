@@ -17,7 +17,16 @@ from . import tokens
 from .columns import BoundColumn
 from .errors import InvalidToken, SchemaError, UnknownKeyVersion
 from .reports import RewriteReport
-from .rewrite import FAILED, PK, ColumnResult, Decide, Pacing, TableRewriter, group_by_table
+from .rewrite import (
+    FAILED,
+    PK,
+    ColumnResult,
+    Decide,
+    Pacing,
+    TableRewriter,
+    each_value,
+    group_by_table,
+)
 from .store import Store
 
 ENCRYPTED = "encrypted"
@@ -80,7 +89,7 @@ def rewrite_columns(
         rewriter = TableRewriter(
             store.engine,
             group,
-            [decider(column) for column in group],
+            [each_value(decider(column)) for column in group],
             dry_run=dry_run,
             pacing=pacing,
             progress=progress(group_label(group), count_rows(store, group[0]))

@@ -55,6 +55,9 @@ _PLAIN_TEXT = re.compile(r"[A-Za-z0-9:_.-]*", re.ASCII)
 PK = tuple[Any, ...]
 # decide(pk, current value) -> (category, new value or None to leave it alone)
 Decide = Callable[[PK, Any], tuple[str, str | None]]
+# The same for one column of a whole batch: (primary keys, values) -> (the
+# categories, the new values or None), in the batch's order.
+DecideBatch = Callable[[Sequence[PK], Sequence[Any]], tuple[list[str], list[str | None]]]
 # A swap that applied: (column, primary key, value read, value written).
 Swap = tuple[BoundColumn, PK, Any, str]
 # on_batch(conn, last pk or None outside the walk, counts of this batch by
@@ -96,10 +99,6 @@ class Pacing:
                 time.sleep(ahead)
 
 
-# A row's planned change: (column index, value read, value to write, category).
-_Change = tuple[int, Any, str, str]
-
-
 class TableRewriter:
     """Rewrites the configured columns of one table, batch by batch, by compare-and-swap."""
 
@@ -110,7 +109,7 @@ class TableRewriter:
         self,
         engine: Engine,
         columns: Sequence[BoundColumn],
-        decides: Sequence[Decide],
+        decides: Sequence[DecideBatch],
         *,
         dry_run: bool = False,
         pacing: Pacing | None = None,
@@ -184,57 +183,58 @@ class TableRewriter:
         failed: list[list[PK]],
     ) -> dict[PK, tuple[int, ...]]:
         """Decide every value of the batch, write the changes; return the missed rows."""
-        categories: list[list[str]] = [[] for _ in self.columns]
-        # Rows to write, grouped by which columns change (a bitmask of indexes).
-        groups: dict[int, list[tuple[PK, list[_Change]]]] = {}
-        decides = self.decides
-        dry_run = self.dry_run
+        if not batch:
+            return {}
         n = len(self.pk)
-        width = len(self.values)
-        # The loop allocates a few tuples per value and no reference cycles; with
+        # The batch by column: the primary key's parts, then the values.
+        fields = list(zip(*batch, strict=True))
+        pks: list[PK] = list(zip(*fields[:n], strict=True))
+        olds = fields[n:]
+        # Deciding allocates a few objects per value and no reference cycles; with
         # a big batch alive, the cyclic collector's full passes cost as much as
-        # the crypto. It is paused for the loop only (well under a second).
+        # the crypto. It is paused for the deciding only (well under a second).
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            for row in batch:
-                pk = (row[0],) if n == 1 else row[:n]
-                changes: list[_Change] | None = None
-                mask = 0
-                for i in range(width):
-                    value = row[n + i]
-                    category, new = decides[i](pk, value)
-                    categories[i].append(category)
-                    if category == FAILED:
-                        failed[i].append(pk)
-                    elif new is not None and not dry_run:
-                        if changes is None:
-                            changes = []
-                        changes.append((i, value, new, category))
-                        mask |= 1 << i
-                if changes is not None:
-                    groups.setdefault(mask, []).append((pk, changes))
+            decided = [decide(pks, olds[i]) for i, decide in enumerate(self.decides)]
         finally:
             if gc_was_enabled:
                 gc.enable()
-        self._check_width(groups)
+        categories = [c for c, _ in decided]
+        news = [new for _, new in decided]
         batch_counts = [Counter(c) for c in categories]
+        for i, part in enumerate(batch_counts):
+            if part[FAILED]:
+                failing = zip(pks, categories[i], strict=True)
+                failed[i].extend(pk for pk, c in failing if c == FAILED)
+        groups = {} if self.dry_run else _group_changes(news, len(pks))
+        self._check_width(news)
         missed: dict[PK, tuple[int, ...]] = {}
-        if groups or (self.on_batch and not dry_run):
+        if groups or (self.on_batch and not self.dry_run):
             with self._transaction() as conn:
                 for mask, rows in groups.items():
-                    indexes = tuple(i for i in range(width) if mask >> i & 1)
-                    for pk in self._write(conn, indexes, rows):
-                        missed[pk] = indexes
+                    indexes = _bits(mask)
+                    written: list[Sequence[Any]] = [*fields[:n], *[olds[i] for i in indexes]]
+                    written += [news[i] for i in indexes]
+                    if len(rows) < len(pks):
+                        written = [[column[j] for j in rows] for column in written]
+                    for at in self._write(conn, indexes, written):
+                        missed[pks[rows[at]]] = indexes
+                if missed:
+                    for mask, rows in groups.items():
+                        indexes = _bits(mask)
+                        for j in rows:
+                            if pks[j] in missed:  # counted when applied, on the retry
+                                for i in indexes:
+                                    batch_counts[i][categories[i][j]] -= 1
                 applied: list[Swap] = []
-                if missed or self.collect_applied:
-                    for rows in groups.values():
-                        for pk, changes in rows:
-                            for i, old, new, category in changes:
-                                if pk in missed:
-                                    batch_counts[i][category] -= 1  # counted when applied
-                                elif self.collect_applied:
-                                    applied.append((self.columns[i], pk, old, new))
+                if self.collect_applied:
+                    for mask, rows in groups.items():
+                        kept = [j for j in rows if pks[j] not in missed] if missed else rows
+                        for i in _bits(mask):
+                            column, old = self.columns[i], olds[i]
+                            new: Sequence[Any] = news[i]  # not None in the rows kept
+                            applied += [(column, pks[j], old[j], new[j]) for j in kept]
                 if self.on_batch:
                     by_name = {c.spec.name: batch_counts[i] for i, c in enumerate(self.columns)}
                     self.on_batch(conn, last, by_name, applied)
@@ -242,45 +242,43 @@ class TableRewriter:
             total.update(part)
         return missed
 
-    def _check_width(self, groups: dict[int, list[tuple[PK, list[_Change]]]]) -> None:
-        if all(c.width is None for c in self.columns):
-            return
-        for rows in groups.values():
-            for _, changes in rows:
-                for i, _, new, _ in changes:
-                    width = self.columns[i].width
-                    if width is not None and len(new) > width:
-                        raise SchemaError(
-                            f"[[columns]] {self.columns[i].spec.name}: a token would exceed "
-                            f"the column's {width} characters; widen the column "
-                            "(docs/FORMAT.md, 'Column width')"
-                        )
+    def _check_width(self, news: list[list[str | None]]) -> None:
+        for column, new in zip(self.columns, news, strict=True):
+            width = column.width
+            if width is not None and any(v is not None and len(v) > width for v in new):
+                raise SchemaError(
+                    f"[[columns]] {column.spec.name}: a token would exceed "
+                    f"the column's {width} characters; widen the column "
+                    "(docs/FORMAT.md, 'Column width')"
+                )
 
     def _write(
-        self, conn: Connection, indexes: tuple[int, ...], rows: list[tuple[PK, list[_Change]]]
-    ) -> list[PK]:
-        """Swap the columns ``indexes`` of ``rows``; return the pks whose swap missed."""
-        if len(indexes) == 1:
-            params = [(*pk, ch[0][1], ch[0][2]) for pk, ch in rows]
-        else:
-            params = [(*pk, *[c[1] for c in ch], *[c[2] for c in ch]) for pk, ch in rows]
-        if self.bulk and conn.dialect.name in _BULK_DIALECTS and len(rows) > 1:
-            if self._bulk_write(conn, indexes, params) == len(rows):
+        self, conn: Connection, indexes: tuple[int, ...], written: Sequence[Sequence[Any]]
+    ) -> list[int]:
+        """Swap the columns ``indexes``; ``written`` holds, column by column, the
+        primary key parts, the values read and the values to write. Returns the
+        positions of the rows whose swap missed."""
+        count = len(written[0])
+        if self.bulk and conn.dialect.name in _BULK_DIALECTS and count > 1:
+            if self._bulk_write(conn, indexes, list(zip(*written, strict=True))) == count:
                 return []
         else:
             statement = self._statements.get(indexes)
             if statement is None:
                 statement = self._statements[indexes] = self._compile(indexes, conn)
-            result = conn.exec_driver_sql(statement.sql, statement.arrange(params))
-            if conn.dialect.supports_sane_multi_rowcount and result.rowcount == len(rows):
+            result = conn.exec_driver_sql(statement.sql, statement.from_columns(written))
+            if conn.dialect.supports_sane_multi_rowcount and result.rowcount == count:
                 return []
         # Some swaps missed (or the driver cannot tell): look at what is there now.
         n = len(self.pk)
-        now = {r[:n]: r[n:] for r in self._read_pks([pk for pk, _ in rows], conn)}
+        pks: list[PK] = list(zip(*written[:n], strict=True))
+        now = {r[:n]: r[n:] for r in self._read_pks(pks, conn)}
+        news = written[n + len(indexes) :]
         return [
-            pk
-            for pk, changes in rows
-            if pk not in now or any(now[pk][i] != new for i, _, new, _ in changes)
+            at
+            for at, pk in enumerate(pks)
+            if pk not in now
+            or any(now[pk][i] != new[at] for i, new in zip(indexes, news, strict=True))
         ]
 
     def _bulk_write(
@@ -399,6 +397,43 @@ class TableRewriter:
         else:
             cond = tuple_(*self.pk).in_(pks)
         return self._rows(select(*self.pk, *self.values).where(cond), conn)
+
+
+def each_value(decide: Decide) -> DecideBatch:
+    """A batch decider that calls ``decide`` on one value at a time."""
+
+    def decide_batch(
+        pks: Sequence[PK], values: Sequence[Any]
+    ) -> tuple[list[str], list[str | None]]:
+        categories: list[str] = []
+        news: list[str | None] = []
+        for pk, value in zip(pks, values, strict=True):
+            category, new = decide(pk, value)
+            categories.append(category)
+            news.append(new)
+        return categories, news
+
+    return decide_batch
+
+
+def _bits(mask: int) -> tuple[int, ...]:
+    """The column indexes set in a bitmask."""
+    return tuple(i for i in range(mask.bit_length()) if mask >> i & 1)
+
+
+def _group_changes(news: list[list[str | None]], rows: int) -> dict[int, list[int]]:
+    """The rows to write, grouped by which columns change (a bitmask of indexes)."""
+    if all(None not in column for column in news):
+        return {(1 << len(news)) - 1: list(range(rows))} if rows else {}
+    masks = [0] * rows
+    for i, column in enumerate(news):
+        bit = 1 << i
+        masks = [m | bit if v is not None else m for m, v in zip(masks, column, strict=True)]
+    groups: dict[int, list[int]] = {}
+    for j, mask in enumerate(masks):
+        if mask:
+            groups.setdefault(mask, []).append(j)
+    return groups
 
 
 def group_by_table(columns: Sequence[BoundColumn]) -> list[list[BoundColumn]]:

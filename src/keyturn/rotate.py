@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -35,7 +35,7 @@ from .rewrite import (
     FAILED,
     PK,
     ColumnResult,
-    Decide,
+    DecideBatch,
     OnBatch,
     Pacing,
     Swap,
@@ -486,7 +486,7 @@ class Rotator:
 
     def _deciders(
         self, ring: Keyring, group: list[BoundColumn], states: dict[str, _ColumnState]
-    ) -> list[Decide]:
+    ) -> list[DecideBatch]:
         """Per column of ``group``: re-encrypt onto the ring's active version."""
         return [
             _decider(
@@ -659,31 +659,45 @@ def _decider(
     target: int,
     state: _ColumnState,
     reader: LegacyReader | None,
-) -> Decide:
+) -> DecideBatch:
     spec = column.spec
-
     current = tokens.header(target)
     fixed = spec.context(()) if spec.bind == "column" else None
-    reencrypt = ring.reencrypt
 
-    def decide(pk: PK, value: Any) -> tuple[str, str | None]:
+    def classify(pk: PK, value: Any) -> str:
+        """The category of a value that is not re-encrypted."""
         if value is None or value == "":
-            return EMPTY, None
+            return EMPTY
         if not isinstance(value, str):
             state.fail(pk)
-            return FAILED, None
+            return FAILED
         if value.startswith(current):
-            return CURRENT, None
+            return CURRENT
         if not value.startswith("kt1:"):
-            legacy = reader is not None and reader.recognises(value)
-            return (LEGACY if legacy else PLAINTEXT), None
-        try:
-            return ROTATED, reencrypt(value, fixed or spec.context(pk))
-        except (InvalidToken, UnknownKeyVersion):
-            if tokens.version_of(value) is None:
-                return PLAINTEXT, None  # text that merely starts with "kt1:"
-            state.fail(pk)
-            return FAILED, None
+            return LEGACY if reader is not None and reader.recognises(value) else PLAINTEXT
+        if tokens.version_of(value) is None:
+            return PLAINTEXT  # text that merely starts with "kt1:"
+        state.fail(pk)  # a token that does not decrypt
+        return FAILED
+
+    def decide(pks: Sequence[PK], values: Sequence[Any]) -> tuple[list[str], list[str | None]]:
+        todo = [
+            j
+            for j, v in enumerate(values)
+            if type(v) is str and v.startswith("kt1:") and not v.startswith(current)
+        ]
+        contexts = [fixed] * len(todo) if fixed else [spec.context(pks[j]) for j in todo]
+        fresh = ring.reencrypt_many([values[j] for j in todo], contexts)
+        if len(todo) == len(values) and None not in fresh:
+            return [ROTATED] * len(values), fresh  # the walk's usual batch
+        news: list[str | None] = [None] * len(values)
+        for j, new in zip(todo, fresh, strict=True):
+            news[j] = new
+        categories = [
+            ROTATED if new is not None else classify(pk, value)
+            for pk, value, new in zip(pks, values, news, strict=True)
+        ]
+        return categories, news
 
     return decide
 
