@@ -139,7 +139,7 @@ class TableRewriter:
         self.pk = [self.table.c[n] for n in self.columns[0].spec.primary_key]
         self.values = [self.table.c[c.spec.column] for c in self.columns]
         self._statements: dict[tuple[int, ...], DriverStatement] = {}
-        self._bulk_statements: dict[tuple[tuple[int, ...], int], str] = {}
+        self._bulk_statements: dict[tuple[int, ...], tuple[str, str, str, str]] = {}
 
     def run(self, after: PK | None = None) -> list[ColumnResult]:
         """Walk the table from just after ``after`` to the end, then retry missed rows."""
@@ -260,7 +260,7 @@ class TableRewriter:
         positions of the rows whose swap missed."""
         count = len(written[0])
         if self.bulk and conn.dialect.name in _BULK_DIALECTS and count > 1:
-            if self._bulk_write(conn, indexes, list(zip(*written, strict=True))) == count:
+            if self._bulk_write(conn, indexes, written) == count:
                 return []
         else:
             statement = self._statements.get(indexes)
@@ -282,7 +282,7 @@ class TableRewriter:
         ]
 
     def _bulk_write(
-        self, conn: Connection, indexes: tuple[int, ...], params: list[tuple[Any, ...]]
+        self, conn: Connection, indexes: tuple[int, ...], written: Sequence[Sequence[Any]]
     ) -> int:
         """The same compare-and-swap as :meth:`_compile`, many rows per statement.
 
@@ -290,52 +290,50 @@ class TableRewriter:
         t.col = v.old SET …``. A deleted row joins nothing, so it is never brought
         back. Returns how many rows were swapped.
         """
-        width = len(params[0])
-        per_statement = max(1, min(1000, 30_000 // width))
+        head, first, row, tail = self._bulk_sql(conn, indexes)
+        count = len(written[0])
+        per_statement = max(1, min(1000, 30_000 // len(written)))
         swapped = 0
-        for start in range(0, len(params), per_statement):
-            chunk = params[start : start + per_statement]
-            sql = self._bulk_sql(conn, indexes, len(chunk))
+        for start in range(0, count, per_statement):
+            chunk = [column[start : start + per_statement] for column in written]
             # Tokens and ints are put in the statement as they are: PyMySQL's
             # per-value escaping cost more than the statement itself
             # (bench/rotate_servers.py). Anything else is bound as usual.
-            parts, bound = _inline_literals(v for row in chunk for v in row)
+            parts, bound = _literals(chunk)
+            rows = [first.format(*[p[0] for p in parts])]
+            rows += map(row.format, *[p[1:] for p in parts])
+            sql = head + " UNION ALL ".join(rows) + tail
             with driver_cursor(conn, sql) as cursor:
-                cursor.execute(sql % parts, bound or None)
+                cursor.execute(sql, bound or None)
                 swapped += cursor.rowcount
         return swapped
 
-    def _bulk_sql(self, conn: Connection, indexes: tuple[int, ...], count: int) -> str:
-        """The bulk swap statement for ``count`` rows, with ``%s`` for each literal."""
-        key = (indexes, count)
-        sql = self._bulk_statements.get(key)
-        if sql is not None:
-            return sql
+    def _bulk_sql(self, conn: Connection, indexes: tuple[int, ...]) -> tuple[str, str, str, str]:
+        """The bulk swap statement in pieces: the text before the rows, the first row
+        and any other row (``{}`` for each value), and the text after the rows."""
+        pieces = self._bulk_statements.get(indexes)
+        if pieces is not None:
+            return pieces
         dialect = conn.dialect
         quote = dialect.identifier_preparer.quote
         table = dialect.identifier_preparer.format_table(self.table)
         keys = [f"k{j}" for j in range(len(self.pk))]
-        olds = [f"o{i}" for i in indexes]
-        news = [f"n{i}" for i in indexes]
-        names = keys + olds + news
+        names = keys + [f"o{i}" for i in indexes] + [f"n{i}" for i in indexes]
         same_row = [f"t.{quote(c.name)} = v.{k}" for c, k in zip(self.pk, keys, strict=True)]
-        first = "SELECT " + ", ".join(f"%s AS {n}" for n in names)
-        row = "SELECT " + ", ".join(["%s"] * len(names))
         unchanged = [
             f"CAST(t.{quote(self.values[i].name)} AS BINARY) = CAST(v.o{i} AS BINARY)"
             for i in indexes
         ]
-        sql = (
-            f"UPDATE {table} AS t JOIN ({' UNION ALL '.join([first] + [row] * (count - 1))})"
-            + " AS v ON "
+        pieces = self._bulk_statements[indexes] = (
+            f"UPDATE {table} AS t JOIN (",
+            "SELECT " + ", ".join(f"{{}} AS {n}" for n in names),
+            "SELECT " + ", ".join(["{}"] * len(names)),
+            ") AS v ON "
             + " AND ".join(same_row + unchanged)
             + " SET "
-            + ", ".join(f"t.{quote(self.values[i].name)} = v.n{i}" for i in indexes)
+            + ", ".join(f"t.{quote(self.values[i].name)} = v.n{i}" for i in indexes),
         )
-        if len(self._bulk_statements) > 64:
-            self._bulk_statements.clear()
-        self._bulk_statements[key] = sql
-        return sql
+        return pieces
 
     def _compile(self, indexes: tuple[int, ...], conn: Connection) -> DriverStatement:
         # The compare-and-swap: a row is written only if every column we change
@@ -456,20 +454,34 @@ def after_key(pk: Sequence[Any], after: PK) -> ColumnElement[bool]:
     return or_(*clauses)
 
 
-def _inline_literals(values: Iterator[Any]) -> tuple[tuple[str, ...], list[Any]]:
-    """Each value as an inline SQL literal if it is an int or plain ASCII text (a
-    token), else as a ``%s`` placeholder; returns the parts and the values left
-    for the driver to bind (and escape)."""
-    plain = _PLAIN_TEXT.fullmatch
-    parts: list[str] = []
-    bound: list[Any] = []
-    for value in values:
-        kind = type(value)
-        if kind is int:
-            parts.append(str(value))
-        elif kind is str and plain(value):
-            parts.append(f"'{value}'")
+def _literals(columns: Sequence[Sequence[Any]]) -> tuple[list[list[str]], list[Any]]:
+    """Each value as an SQL literal if it is an int or plain ASCII text (a token),
+    else as a ``%s`` placeholder. Returns the parts, column by column, and the
+    values left for the driver to bind (and escape), in statement order."""
+    parts: list[list[str]] = []
+    mixed = False
+    for values in columns:
+        if all(type(v) is int for v in values):
+            parts.append(list(map(str, values)))
+        elif all(type(v) is str for v in values) and _PLAIN_TEXT.fullmatch("".join(values)):
+            # The plain class is per character: the joined text is plain if each value is.
+            parts.append([f"'{v}'" for v in values])
         else:
-            parts.append("%s")
-            bound.append(value)
-    return tuple(parts), bound
+            parts.append([_literal(v) for v in values])
+            mixed = True
+    if not mixed:
+        return parts, []
+    bound = []
+    for j in range(len(columns[0])):  # the driver fills the placeholders row by row
+        for values, rendered in zip(columns, parts, strict=True):
+            if rendered[j] == "%s":
+                bound.append(values[j])
+    return parts, bound
+
+
+def _literal(value: Any) -> str:
+    if type(value) is int:
+        return str(value)
+    if type(value) is str and _PLAIN_TEXT.fullmatch(value):
+        return f"'{value}'"
+    return "%s"
