@@ -15,8 +15,11 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sqlalchemy import (
@@ -48,6 +51,10 @@ CONTENDED = "contended"
 # PyMySQL's executemany sends an UPDATE row by row; psycopg's pipelines it and
 # measured faster than a VALUES join at 200k rows (docs/PERFORMANCE.md).
 _BULK_DIALECTS = ("mysql", "mariadb")
+# Where a batch is written while the next is read and decided. Not SQLite: in its
+# rollback journal our next read holds off the previous batch's commit, and the
+# busy handler sleeps (measured slower, docs/PERFORMANCE.md).
+_PIPELINED = ("postgresql", "mysql", "mariadb")
 # Text that is a valid SQL string literal once single-quoted, in every sql_mode:
 # kt1 tokens and plain identifiers. Anything else goes through the driver's escaping.
 _PLAIN_TEXT = re.compile(r"[A-Za-z0-9:_.-]*", re.ASCII)
@@ -104,6 +111,9 @@ class TableRewriter:
 
     #: Many rows per UPDATE statement on MariaDB/MySQL (False: the driver's executemany).
     bulk = True
+    #: Those rows as a table value constructor where the server has one (MariaDB
+    #: 10.3.3+): parsed faster than a SELECT per row (False: SELECT … UNION ALL).
+    values_rows = True
 
     def __init__(
         self,
@@ -139,23 +149,26 @@ class TableRewriter:
         self.pk = [self.table.c[n] for n in self.columns[0].spec.primary_key]
         self.values = [self.table.c[c.spec.column] for c in self.columns]
         self._statements: dict[tuple[int, ...], DriverStatement] = {}
-        self._bulk_statements: dict[tuple[int, ...], tuple[str, str, str, str]] = {}
+        self._bulk_statements: dict[tuple[int, ...], _BulkStatement] = {}
 
     def run(self, after: PK | None = None) -> list[ColumnResult]:
         """Walk the table from just after ``after`` to the end, then retry missed rows."""
         counts = [Counter[str]() for _ in self.columns]
         failed: list[list[PK]] = [[] for _ in self.columns]
         missed: dict[PK, tuple[int, ...]] = {}
-        while True:
-            started = time.monotonic()
-            batch = self._read_after(after, self.pacing.batch_size)
-            if not batch:
-                break
-            after = tuple(batch[-1][: len(self.pk)])
-            missed.update(self._process(batch, after, counts, failed))
-            if self.progress:
-                self.progress(len(batch))
-            self.pacing.after_batch(len(batch), time.monotonic() - started)
+        pipelined = (
+            self.conn is None and not self.dry_run and self.engine.dialect.name in _PIPELINED
+        )
+        with _Pipeline(pipelined) as pipeline:
+            while True:
+                started = time.monotonic()
+                batch = self._read_after(after, self.pacing.batch_size)
+                if not batch:
+                    break
+                after = tuple(batch[-1][: len(self.pk)])
+                decided = self._decide(batch, failed)
+                pipeline.submit(partial(self._settle, decided, after, counts, missed))
+                self.pacing.after_batch(len(batch), time.monotonic() - started)
         # Rows whose swap missed were changed by the application between our read
         # and our write. Re-read and retry them; a row deleted meanwhile is gone
         # from the re-read and so is never brought back.
@@ -166,7 +179,8 @@ class TableRewriter:
             missed = {}
             for start in range(0, len(retry), 500):
                 current = self._read_pks(retry[start : start + 500])
-                missed.update(self._process(current, None, counts, failed))
+                if current:
+                    self._settle(self._decide(current, failed), None, counts, missed)
         for indexes in missed.values():
             for i in indexes:
                 counts[i][CONTENDED] += 1
@@ -175,16 +189,8 @@ class TableRewriter:
             for i, c in enumerate(self.columns)
         ]
 
-    def _process(
-        self,
-        batch: Sequence[tuple[Any, ...]],
-        last: PK | None,
-        counts: list[Counter[str]],
-        failed: list[list[PK]],
-    ) -> dict[PK, tuple[int, ...]]:
-        """Decide every value of the batch, write the changes; return the missed rows."""
-        if not batch:
-            return {}
+    def _decide(self, batch: Sequence[tuple[Any, ...]], failed: list[list[PK]]) -> _Decided:
+        """Decide every value of a (non-empty) batch; note the rows that failed."""
         n = len(self.pk)
         # The batch by column: the primary key's parts, then the values.
         fields = list(zip(*batch, strict=True))
@@ -202,45 +208,59 @@ class TableRewriter:
                 gc.enable()
         categories = [c for c, _ in decided]
         news = [new for _, new in decided]
-        batch_counts = [Counter(c) for c in categories]
-        for i, part in enumerate(batch_counts):
+        counts = [Counter(c) for c in categories]
+        for i, part in enumerate(counts):
             if part[FAILED]:
                 failing = zip(pks, categories[i], strict=True)
                 failed[i].extend(pk for pk, c in failing if c == FAILED)
-        groups = {} if self.dry_run else _group_changes(news, len(pks))
         self._check_width(news)
-        missed: dict[PK, tuple[int, ...]] = {}
+        groups = {} if self.dry_run else _group_changes(news, len(pks))
+        return _Decided(pks, fields[:n], olds, categories, news, counts, groups)
+
+    def _settle(
+        self,
+        batch: _Decided,
+        last: PK | None,
+        counts: list[Counter[str]],
+        missed: dict[PK, tuple[int, ...]],
+    ) -> None:
+        """Write a decided batch in one transaction (with ``on_batch``); add its
+        counts to ``counts`` and the rows whose swap missed to ``missed``."""
+        pks, olds, news, groups = batch.pks, batch.olds, batch.news, batch.groups
+        missing: dict[PK, tuple[int, ...]] = {}
         if groups or (self.on_batch and not self.dry_run):
             with self._transaction() as conn:
                 for mask, rows in groups.items():
                     indexes = _bits(mask)
-                    written: list[Sequence[Any]] = [*fields[:n], *[olds[i] for i in indexes]]
+                    written: list[Sequence[Any]] = [*batch.keys, *[olds[i] for i in indexes]]
                     written += [news[i] for i in indexes]
                     if len(rows) < len(pks):
                         written = [[column[j] for j in rows] for column in written]
                     for at in self._write(conn, indexes, written):
-                        missed[pks[rows[at]]] = indexes
-                if missed:
+                        missing[pks[rows[at]]] = indexes
+                if missing:
                     for mask, rows in groups.items():
                         indexes = _bits(mask)
                         for j in rows:
-                            if pks[j] in missed:  # counted when applied, on the retry
+                            if pks[j] in missing:  # counted when applied, on the retry
                                 for i in indexes:
-                                    batch_counts[i][categories[i][j]] -= 1
+                                    batch.counts[i][batch.categories[i][j]] -= 1
                 applied: list[Swap] = []
                 if self.collect_applied:
                     for mask, rows in groups.items():
-                        kept = [j for j in rows if pks[j] not in missed] if missed else rows
+                        kept = [j for j in rows if pks[j] not in missing] if missing else rows
                         for i in _bits(mask):
                             column, old = self.columns[i], olds[i]
                             new: Sequence[Any] = news[i]  # not None in the rows kept
                             applied += [(column, pks[j], old[j], new[j]) for j in kept]
                 if self.on_batch:
-                    by_name = {c.spec.name: batch_counts[i] for i, c in enumerate(self.columns)}
+                    by_name = {c.spec.name: batch.counts[i] for i, c in enumerate(self.columns)}
                     self.on_batch(conn, last, by_name, applied)
-        for total, part in zip(counts, batch_counts, strict=True):
+        for total, part in zip(counts, batch.counts, strict=True):
             total.update(part)
-        return missed
+        missed.update(missing)
+        if self.progress and last is not None:
+            self.progress(len(pks))
 
     def _check_width(self, news: list[list[str | None]]) -> None:
         for column, new in zip(self.columns, news, strict=True):
@@ -286,11 +306,13 @@ class TableRewriter:
     ) -> int:
         """The same compare-and-swap as :meth:`_compile`, many rows per statement.
 
-        MariaDB/MySQL: ``UPDATE t JOIN (SELECT … UNION ALL …) v ON t.pk = v.k AND
-        t.col = v.old SET …``. A deleted row joins nothing, so it is never brought
-        back. Returns how many rows were swapped.
+        MariaDB/MySQL: ``UPDATE t JOIN (<rows>) v ON t.pk = v.k AND t.col = v.old
+        SET …``. A deleted row joins nothing, so it is never brought back.
+        Returns how many rows were swapped.
         """
-        head, first, row, tail = self._bulk_sql(conn, indexes)
+        statement = self._bulk_statements.get(indexes)
+        if statement is None:
+            statement = self._bulk_statements[indexes] = self._bulk_sql(conn, indexes)
         count = len(written[0])
         per_statement = max(1, min(1000, 30_000 // len(written)))
         swapped = 0
@@ -300,20 +322,13 @@ class TableRewriter:
             # per-value escaping cost more than the statement itself
             # (bench/rotate_servers.py). Anything else is bound as usual.
             parts, bound = _literals(chunk)
-            rows = [first.format(*[p[0] for p in parts])]
-            rows += map(row.format, *[p[1:] for p in parts])
-            sql = head + " UNION ALL ".join(rows) + tail
+            sql = statement.render(parts)
             with driver_cursor(conn, sql) as cursor:
                 cursor.execute(sql, bound or None)
                 swapped += cursor.rowcount
         return swapped
 
-    def _bulk_sql(self, conn: Connection, indexes: tuple[int, ...]) -> tuple[str, str, str, str]:
-        """The bulk swap statement in pieces: the text before the rows, the first row
-        and any other row (``{}`` for each value), and the text after the rows."""
-        pieces = self._bulk_statements.get(indexes)
-        if pieces is not None:
-            return pieces
+    def _bulk_sql(self, conn: Connection, indexes: tuple[int, ...]) -> _BulkStatement:
         dialect = conn.dialect
         quote = dialect.identifier_preparer.quote
         table = dialect.identifier_preparer.format_table(self.table)
@@ -324,16 +339,19 @@ class TableRewriter:
             f"CAST(t.{quote(self.values[i].name)} AS BINARY) = CAST(v.o{i} AS BINARY)"
             for i in indexes
         ]
-        pieces = self._bulk_statements[indexes] = (
-            f"UPDATE {table} AS t JOIN (",
-            "SELECT " + ", ".join(f"{{}} AS {n}" for n in names),
-            "SELECT " + ", ".join(["{}"] * len(names)),
+        head = f"UPDATE {table} AS t JOIN ("
+        first = "SELECT " + ", ".join(f"{{}} AS {n}" for n in names)
+        tail = (
             ") AS v ON "
             + " AND ".join(same_row + unchanged)
             + " SET "
-            + ", ".join(f"t.{quote(self.values[i].name)} = v.n{i}" for i in indexes),
+            + ", ".join(f"t.{quote(self.values[i].name)} = v.n{i}" for i in indexes)
         )
-        return pieces
+        if self.values_rows and _has_table_values(dialect):
+            row = "(" + ", ".join(["{}"] * len(names)) + ")"
+            return _BulkStatement(head, first, " UNION ALL VALUES ", row, ", ", tail)
+        row = "SELECT " + ", ".join(["{}"] * len(names))
+        return _BulkStatement(head, first, " UNION ALL ", row, " UNION ALL ", tail)
 
     def _compile(self, indexes: tuple[int, ...], conn: Connection) -> DriverStatement:
         # The compare-and-swap: a row is written only if every column we change
@@ -395,6 +413,81 @@ class TableRewriter:
         else:
             cond = tuple_(*self.pk).in_(pks)
         return self._rows(select(*self.pk, *self.values).where(cond), conn)
+
+
+@dataclass(frozen=True)
+class _BulkStatement:
+    """A bulk swap statement in pieces: the first row names the columns (with
+    ``{}`` for each value), the other rows follow it."""
+
+    head: str
+    first: str
+    then: str
+    row: str
+    between: str
+    tail: str
+
+    def render(self, parts: list[list[str]]) -> str:
+        """The statement for these rows' literal parts, given column by column."""
+        rows = self.between.join(map(self.row.format, *[p[1:] for p in parts]))
+        first = self.first.format(*[p[0] for p in parts])
+        return self.head + first + (self.then + rows if rows else "") + self.tail
+
+
+@dataclass
+class _Decided:
+    """A batch, decided column by column: what it holds, what to write, the counts."""
+
+    pks: list[PK]
+    keys: Sequence[Sequence[Any]]  # the primary key's parts, column by column
+    olds: Sequence[Sequence[Any]]
+    categories: list[list[str]]
+    news: list[list[str | None]]
+    counts: list[Counter[str]]
+    groups: dict[int, list[int]]  # rows to write, by which columns change (a bitmask)
+
+
+class _Pipeline:
+    """Writes each batch on one background thread while the next batch is read and
+    decided, so a database server's work overlaps ours. Batches are still written
+    one at a time, in order; a write's error is raised at the next ``submit``.
+    Disabled, it writes inline."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="keyturn-write") if enabled else None
+        self._pending: Future[None] | None = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self.wait()
+        if self._pool is None:
+            write()
+        else:
+            self._pending = self._pool.submit(write)
+
+    def wait(self) -> None:
+        """Until the batch being written is committed (or has failed: raised here)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> _Pipeline:
+        return self
+
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        try:
+            if error is None:
+                self.wait()
+            elif self._pending is not None:
+                wait_for([self._pending])  # let it commit or roll back; ours is the error
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+
+def _has_table_values(dialect: Any) -> bool:
+    """Whether ``SELECT … UNION ALL VALUES (…), (…)`` parses (MariaDB 10.3.3+)."""
+    version = dialect.server_version_info or ()
+    return bool(getattr(dialect, "is_mariadb", False)) and tuple(version[:3]) >= (10, 3, 3)
 
 
 def each_value(decide: Decide) -> DecideBatch:
