@@ -215,7 +215,15 @@ class TableRewriter:
                 failed[i].extend(pk for pk, c in failing if c == FAILED)
         self._check_width(news)
         groups = {} if self.dry_run else _group_changes(news, len(pks))
-        return _Decided(pks, fields[:n], olds, categories, news, counts, groups)
+        writes = []
+        for mask, rows in groups.items():
+            indexes = _bits(mask)
+            written: list[Sequence[Any]] = [*fields[:n], *[olds[i] for i in indexes]]
+            written += [news[i] for i in indexes]
+            if len(rows) < len(pks):
+                written = [[column[j] for j in rows] for column in written]
+            writes.append(self._prepare(indexes, rows, written))
+        return _Decided(pks, olds, categories, news, counts, writes)
 
     def _settle(
         self,
@@ -226,30 +234,25 @@ class TableRewriter:
     ) -> None:
         """Write a decided batch in one transaction (with ``on_batch``); add its
         counts to ``counts`` and the rows whose swap missed to ``missed``."""
-        pks, olds, news, groups = batch.pks, batch.olds, batch.news, batch.groups
+        pks, olds, news = batch.pks, batch.olds, batch.news
         missing: dict[PK, tuple[int, ...]] = {}
-        if groups or (self.on_batch and not self.dry_run):
+        if batch.writes or (self.on_batch and not self.dry_run):
             with self._transaction() as conn:
-                for mask, rows in groups.items():
-                    indexes = _bits(mask)
-                    written: list[Sequence[Any]] = [*batch.keys, *[olds[i] for i in indexes]]
-                    written += [news[i] for i in indexes]
-                    if len(rows) < len(pks):
-                        written = [[column[j] for j in rows] for column in written]
-                    for at in self._write(conn, indexes, written):
-                        missing[pks[rows[at]]] = indexes
+                for write in batch.writes:
+                    for at in self._write(conn, write):
+                        missing[pks[write.rows[at]]] = write.indexes
                 if missing:
-                    for mask, rows in groups.items():
-                        indexes = _bits(mask)
-                        for j in rows:
+                    for write in batch.writes:
+                        for j in write.rows:
                             if pks[j] in missing:  # counted when applied, on the retry
-                                for i in indexes:
+                                for i in write.indexes:
                                     batch.counts[i][batch.categories[i][j]] -= 1
                 applied: list[Swap] = []
                 if self.collect_applied:
-                    for mask, rows in groups.items():
+                    for write in batch.writes:
+                        rows = write.rows
                         kept = [j for j in rows if pks[j] not in missing] if missing else rows
-                        for i in _bits(mask):
+                        for i in write.indexes:
                             column, old = self.columns[i], olds[i]
                             new: Sequence[Any] = news[i]  # not None in the rows kept
                             applied += [(column, pks[j], old[j], new[j]) for j in kept]
@@ -272,64 +275,64 @@ class TableRewriter:
                     "(docs/FORMAT.md, 'Column width')"
                 )
 
-    def _write(
-        self, conn: Connection, indexes: tuple[int, ...], written: Sequence[Sequence[Any]]
-    ) -> list[int]:
-        """Swap the columns ``indexes``; ``written`` holds, column by column, the
-        primary key parts, the values read and the values to write. Returns the
-        positions of the rows whose swap missed."""
-        count = len(written[0])
-        if self.bulk and conn.dialect.name in _BULK_DIALECTS and count > 1:
-            if self._bulk_write(conn, indexes, written) == count:
-                return []
-        else:
+    def _prepare(
+        self, indexes: tuple[int, ...], rows: list[int], written: list[Sequence[Any]]
+    ) -> _Write:
+        """The statements that swap the columns ``indexes`` of these rows; ``written``
+        holds, column by column, the primary key's parts, the values read and the
+        values to write. Built before the transaction (and off the writing thread)."""
+        dialect = self.engine.dialect
+        if not (self.bulk and dialect.name in _BULK_DIALECTS and len(rows) > 1):
             statement = self._statements.get(indexes)
             if statement is None:
-                statement = self._statements[indexes] = self._compile(indexes, conn)
-            result = conn.exec_driver_sql(statement.sql, statement.from_columns(written))
-            if conn.dialect.supports_sane_multi_rowcount and result.rowcount == count:
-                return []
+                statement = self._statements[indexes] = self._compile(indexes, dialect)
+            sql = [(statement.sql, statement.from_columns(written))]
+            return _Write(indexes, rows, written, sql, many=True)
+        # MariaDB/MySQL: many rows per UPDATE statement. Tokens and ints are put in
+        # the statement as they are: PyMySQL's per-value escaping cost more than
+        # the statement itself (bench/rotate_servers.py). Anything else is bound.
+        bulk = self._bulk_statements.get(indexes)
+        if bulk is None:
+            bulk = self._bulk_statements[indexes] = self._bulk_sql(dialect, indexes)
+        per_statement = max(1, min(1000, 30_000 // len(written)))
+        statements = []
+        for start in range(0, len(rows), per_statement):
+            parts, bound = _literals([column[start : start + per_statement] for column in written])
+            statements.append((bulk.render(parts), bound or None))
+        return _Write(indexes, rows, written, statements, many=False)
+
+    def _write(self, conn: Connection, write: _Write) -> list[int]:
+        """Run a prepared swap; return the positions (in ``write.rows``) of the rows
+        whose swap missed."""
+        count = len(write.rows)
+        if write.many:
+            ((sql, params),) = write.statements
+            result = conn.exec_driver_sql(sql, params)
+            swapped = result.rowcount if conn.dialect.supports_sane_multi_rowcount else -1
+        else:
+            swapped = 0
+            for sql, bound in write.statements:
+                with driver_cursor(conn, sql) as cursor:
+                    cursor.execute(sql, bound)
+                    swapped += cursor.rowcount
+        if swapped == count:
+            return []
         # Some swaps missed (or the driver cannot tell): look at what is there now.
         n = len(self.pk)
+        written = write.written
         pks: list[PK] = list(zip(*written[:n], strict=True))
         now = {r[:n]: r[n:] for r in self._read_pks(pks, conn)}
-        news = written[n + len(indexes) :]
+        news = written[n + len(write.indexes) :]
         return [
             at
             for at, pk in enumerate(pks)
             if pk not in now
-            or any(now[pk][i] != new[at] for i, new in zip(indexes, news, strict=True))
+            or any(now[pk][i] != new[at] for i, new in zip(write.indexes, news, strict=True))
         ]
 
-    def _bulk_write(
-        self, conn: Connection, indexes: tuple[int, ...], written: Sequence[Sequence[Any]]
-    ) -> int:
-        """The same compare-and-swap as :meth:`_compile`, many rows per statement.
-
-        MariaDB/MySQL: ``UPDATE t JOIN (<rows>) v ON t.pk = v.k AND t.col = v.old
-        SET …``. A deleted row joins nothing, so it is never brought back.
-        Returns how many rows were swapped.
-        """
-        statement = self._bulk_statements.get(indexes)
-        if statement is None:
-            statement = self._bulk_statements[indexes] = self._bulk_sql(conn, indexes)
-        count = len(written[0])
-        per_statement = max(1, min(1000, 30_000 // len(written)))
-        swapped = 0
-        for start in range(0, count, per_statement):
-            chunk = [column[start : start + per_statement] for column in written]
-            # Tokens and ints are put in the statement as they are: PyMySQL's
-            # per-value escaping cost more than the statement itself
-            # (bench/rotate_servers.py). Anything else is bound as usual.
-            parts, bound = _literals(chunk)
-            sql = statement.render(parts)
-            with driver_cursor(conn, sql) as cursor:
-                cursor.execute(sql, bound or None)
-                swapped += cursor.rowcount
-        return swapped
-
-    def _bulk_sql(self, conn: Connection, indexes: tuple[int, ...]) -> _BulkStatement:
-        dialect = conn.dialect
+    def _bulk_sql(self, dialect: Any, indexes: tuple[int, ...]) -> _BulkStatement:
+        """MariaDB/MySQL: ``UPDATE t JOIN (<rows>) v ON t.pk = v.k AND t.col = v.old
+        SET …``. A deleted row joins nothing, so it is never brought back."""
         quote = dialect.identifier_preparer.quote
         table = dialect.identifier_preparer.format_table(self.table)
         keys = [f"k{j}" for j in range(len(self.pk))]
@@ -353,7 +356,7 @@ class TableRewriter:
         row = "SELECT " + ", ".join(["{}"] * len(names))
         return _BulkStatement(head, first, " UNION ALL ", row, " UNION ALL ", tail)
 
-    def _compile(self, indexes: tuple[int, ...], conn: Connection) -> DriverStatement:
+    def _compile(self, indexes: tuple[int, ...], dialect: Any) -> DriverStatement:
         # The compare-and-swap: a row is written only if every column we change
         # still holds the value we read. If the app changed one meanwhile (a new
         # secret, or a token written with an older key by a process that has not
@@ -361,9 +364,7 @@ class TableRewriter:
         # retried, so the app's newer value is never overwritten with our stale
         # one. A row the app deleted matches nothing and is never brought back.
         same_row = [c == bindparam(f"_pk{j}") for j, c in enumerate(self.pk)]
-        unchanged = [
-            exact_equals(self.values[i], bindparam(f"_old{i}"), conn.dialect) for i in indexes
-        ]
+        unchanged = [exact_equals(self.values[i], bindparam(f"_old{i}"), dialect) for i in indexes]
         statement = (
             update(self.table)
             .where(*same_row, *unchanged)
@@ -374,7 +375,7 @@ class TableRewriter:
             + [f"_old{i}" for i in indexes]
             + [f"_new{i}" for i in indexes]
         )
-        return DriverStatement(statement, conn.dialect, names)
+        return DriverStatement(statement, dialect, names)
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -439,12 +440,22 @@ class _Decided:
     """A batch, decided column by column: what it holds, what to write, the counts."""
 
     pks: list[PK]
-    keys: Sequence[Sequence[Any]]  # the primary key's parts, column by column
     olds: Sequence[Sequence[Any]]
     categories: list[list[str]]
     news: list[list[str | None]]
     counts: list[Counter[str]]
-    groups: dict[int, list[int]]  # rows to write, by which columns change (a bitmask)
+    writes: list[_Write]
+
+
+@dataclass(frozen=True)
+class _Write:
+    """Some of a batch's rows, with the same columns to change, ready to send."""
+
+    indexes: tuple[int, ...]  # the columns that change
+    rows: list[int]  # positions in the batch
+    written: Sequence[Sequence[Any]]  # primary key parts, values read, values to write
+    statements: list[tuple[str, Any]]  # (SQL, parameters) to execute
+    many: bool  # one statement run with the driver's executemany
 
 
 class _Pipeline:
