@@ -130,8 +130,12 @@ def main() -> None:
     if rotated:
         run("status")
         jobs = subprocess.run(
-            [sys.executable, "-m", "keyturn", "jobs", "--json"], cwd=WORK, env=ENV,
-            capture_output=True, text=True, check=True,
+            [sys.executable, "-m", "keyturn", "jobs", "--json"],
+            cwd=WORK,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         job = json.loads(jobs)[-1]["id"]
         print("\nThe rotation kept a backup, so v1 is still 'draining'. Once it is not needed:")

@@ -109,10 +109,11 @@ class Keyring:
         return tokens.seal(key.aead, key.header, context, plaintext, nonce)
 
     def reencrypt_many(self, tokens_: Sequence[str], contexts: Sequence[str]) -> list[str | None]:
-        """:meth:`reencrypt` for a batch, with one nonce draw for all of it.
+        """Decrypt each token and seal its plaintext under the active version, with
+        one nonce draw for the whole batch; the plaintexts never leave here.
 
-        None stands for a token that did not decrypt; :meth:`reencrypt` on it
-        raises the reason. The rotation loop spends most of its time here.
+        None stands for a token that did not decrypt (:meth:`decrypt` on it
+        raises the reason). The rotation loop spends most of its time here.
         """
         key = self._active
         header = key.header

@@ -684,9 +684,12 @@ def _decider(
         todo = [
             j
             for j, v in enumerate(values)
-            if type(v) is str and v.startswith("kt1:") and not v.startswith(current)
+            if isinstance(v, str) and v.startswith("kt1:") and not v.startswith(current)
         ]
-        contexts = [fixed] * len(todo) if fixed else [spec.context(pks[j]) for j in todo]
+        if fixed is not None:
+            contexts = [fixed] * len(todo)
+        else:
+            contexts = [spec.context(pks[j]) for j in todo]
         fresh = ring.reencrypt_many([values[j] for j in todo], contexts)
         if len(todo) == len(values) and None not in fresh:
             return [ROTATED] * len(values), fresh  # the walk's usual batch
