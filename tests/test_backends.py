@@ -269,3 +269,31 @@ def test_connection_killed_mid_rotation(
     }
     assert heads == {str(final["new_version"])}
     assert read_back(database, ["id"]) == expected
+
+
+def test_long_values_are_swapped_in_statements_the_server_accepts(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """300 secrets of 40 KB: a MariaDB bulk swap of 1,000 such rows would be ~28 MB,
+    over the server's 16 MiB max_allowed_packet; statements are cut by size too."""
+    from sqlalchemy import create_engine, text
+
+    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
+    app.write_config(
+        f'database = "{database.url}"\n[[columns]]\ntable = "blobs"\ncolumn = "secret"\n'
+    )
+    database.execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, secret TEXT)")
+    secret = {i: f"{i}-" + secrets.token_urlsafe(30_000) for i in range(1, 301)}
+    engine = create_engine(database.url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO blobs VALUES (:i, :s)"), [{"i": i, "s": s} for i, s in secret.items()]
+        )
+    engine.dispose()
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    app.cli("rotate", "--yes", check=True)
+    with keyturn.open(app.config) as store:
+        rows = database.rows("SELECT id, secret FROM blobs")
+        assert all(t.startswith("kt1:2:") for _, t in rows)
+        assert {i: store.decrypt(t, context="blobs.secret") for i, t in rows} == secret

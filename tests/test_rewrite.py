@@ -1,4 +1,5 @@
-"""The batch engine's write pipeline (server backends write a batch while the next is decided)."""
+"""The batch engine's write pipeline (server backends write a batch while the next is
+decided) and how a MariaDB batch is cut into statements."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import time
 from functools import partial
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from keyturn.rewrite import _Pipeline
+from keyturn.rewrite import _Pipeline, _spans
 
 
 @pytest.mark.parametrize("enabled", [True, False])
@@ -52,3 +55,22 @@ def test_an_error_while_deciding_waits_for_the_write_in_flight() -> None:
         pipeline.submit(slow_write)
         raise ValueError("bad batch")
     assert done.is_set()
+
+
+@given(
+    widths=st.lists(st.integers(0, 50), min_size=1, max_size=60),
+    rows=st.integers(1, 10),
+    chars=st.integers(1, 200),
+)
+def test_statements_cover_every_row_once_within_their_limits(
+    widths: list[int], rows: int, chars: int
+) -> None:
+    keys = list(range(len(widths)))
+    values = ["x" * w for w in widths]
+    spans = _spans([keys, values], rows, chars)
+    assert [i for start, stop in spans for i in range(start, stop)] == keys
+    for start, stop in spans:
+        assert 1 <= stop - start <= rows
+        # 20 characters counted for each key: an int's longest literal.
+        size = sum(20 + w for w in widths[start:stop])
+        assert size <= chars or stop - start == 1, "only a lone row may be over the limit"

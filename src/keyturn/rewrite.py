@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import re
 import time
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +21,7 @@ from concurrent.futures import wait as wait_for
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import accumulate
 from typing import Any
 
 from sqlalchemy import (
@@ -58,6 +60,14 @@ _PIPELINED = ("postgresql", "mysql", "mariadb")
 # Text that is a valid SQL string literal once single-quoted, in every sql_mode:
 # kt1 tokens and plain identifiers. Anything else goes through the driver's escaping.
 _PLAIN_TEXT = re.compile(r"[A-Za-z0-9:_.-]*", re.ASCII)
+# A MariaDB/MySQL bulk swap holds at most this many rows and about this much value
+# text: fewer, larger statements mean fewer round trips for the writing thread
+# (5,000 rows measured faster than 1,000 and 10,000), and the text stays well
+# under max_allowed_packet (4 MiB by default on MySQL 5.7, 16 MiB on MariaDB)
+# even when the values are long.
+_STATEMENT_ROWS = 5_000
+_STATEMENT_VALUES = 30_000
+_STATEMENT_CHARS = 2 * 1024 * 1024
 
 PK = tuple[Any, ...]
 # decide(pk, current value) -> (category, new value or None to leave it alone)
@@ -98,7 +108,10 @@ class Pacing:
         self._rows += rows
         if seconds > 0 and rows >= self.batch_size:
             ideal = self.batch_size * self.chunk_time / seconds
-            size = (self.batch_size + ideal) / 2
+            # At most double: on a pipelined backend a batch is read and decided
+            # while the one before is written, so a sudden jump leaves the writer
+            # idle; and the first big batch's row locks come gradually.
+            size = min((self.batch_size + ideal) / 2, 2 * self.batch_size)
             self.batch_size = int(min(self.max_batch, max(self.min_batch, size)))
         if self.max_rate:
             ahead = self._rows / self.max_rate - (time.monotonic() - self._started)
@@ -294,10 +307,10 @@ class TableRewriter:
         bulk = self._bulk_statements.get(indexes)
         if bulk is None:
             bulk = self._bulk_statements[indexes] = self._bulk_sql(dialect, indexes)
-        per_statement = max(1, min(1000, 30_000 // len(written)))
+        per_statement = max(1, min(_STATEMENT_ROWS, _STATEMENT_VALUES // len(written)))
         statements = []
-        for start in range(0, len(rows), per_statement):
-            parts, bound = _literals([column[start : start + per_statement] for column in written])
+        for start, stop in _spans(written, per_statement, _STATEMENT_CHARS):
+            parts, bound = _literals([column[start:stop] for column in written])
             statements.append((bulk.render(parts), bound or None))
         return _Write(indexes, rows, written, statements, many=False)
 
@@ -556,6 +569,27 @@ def after_key(pk: Sequence[Any], after: PK) -> ColumnElement[bool]:
         eq = [pk[j] == after[j] for j in range(i)]
         clauses.append(and_(*eq, pk[i] > after[i]))
     return or_(*clauses)
+
+
+def _spans(columns: Sequence[Sequence[Any]], rows: int, chars: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges of at most ``rows`` rows and, unless one row alone is
+    longer, ``chars`` characters of values; ``columns`` holds the values by column."""
+    widths = [
+        list(map(len, values)) if all(type(v) is str for v in values) else list(map(_width, values))
+        for values in columns
+    ]
+    ends = list(accumulate(map(sum, zip(*widths, strict=True))))
+    spans = []
+    start, done, total = 0, 0, len(ends)
+    while start < total:
+        stop = max(start + 1, bisect_right(ends, done + chars, start, min(total, start + rows)))
+        spans.append((start, stop))
+        start, done = stop, ends[stop - 1]
+    return spans
+
+
+def _width(value: Any) -> int:
+    return len(value) if isinstance(value, str | bytes) else 20
 
 
 def _literals(columns: Sequence[Sequence[Any]]) -> tuple[list[list[str]], list[Any]]:
