@@ -21,7 +21,7 @@ from concurrent.futures import wait as wait_for
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import accumulate
+from itertools import accumulate, islice
 from typing import Any
 
 from sqlalchemy import (
@@ -299,8 +299,8 @@ class TableRewriter:
             statement = self._statements.get(indexes)
             if statement is None:
                 statement = self._statements[indexes] = self._compile(indexes, dialect)
-            sql = [(statement.sql, statement.from_columns(written))]
-            return _Write(indexes, rows, written, sql, many=True)
+            many = [(statement.sql, statement.from_columns(written))]
+            return _Write(indexes, rows, written, many, many=True)
         # MariaDB/MySQL: many rows per UPDATE statement. Tokens and ints are put in
         # the statement as they are: PyMySQL's per-value escaping cost more than
         # the statement itself (bench/rotate_servers.py). Anything else is bound.
@@ -308,10 +308,10 @@ class TableRewriter:
         if bulk is None:
             bulk = self._bulk_statements[indexes] = self._bulk_sql(dialect, indexes)
         per_statement = max(1, min(_STATEMENT_ROWS, _STATEMENT_VALUES // len(written)))
-        statements = []
+        statements: list[tuple[str, Any]] = []
         for start, stop in _spans(written, per_statement, _STATEMENT_CHARS):
-            parts, bound = _literals([column[start:stop] for column in written])
-            statements.append((bulk.render(parts), bound or None))
+            text, bound = bulk.render([column[start:stop] for column in written])
+            statements.append((text, bound or None))
         return _Write(indexes, rows, written, statements, many=False)
 
     def _write(self, conn: Connection, write: _Write) -> list[int]:
@@ -441,11 +441,40 @@ class _BulkStatement:
     between: str
     tail: str
 
-    def render(self, parts: list[list[str]]) -> str:
-        """The statement for these rows' literal parts, given column by column."""
-        rows = self.between.join(map(self.row.format, *[p[1:] for p in parts]))
-        first = self.first.format(*[p[0] for p in parts])
-        return self.head + first + (self.then + rows if rows else "") + self.tail
+    def render(self, columns: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+        """The statement for these rows (values given column by column), and the
+        values left for the driver to bind and escape, in statement order.
+
+        Ints and plain ASCII text (every token) are written in the statement as
+        they are; anything else becomes a ``%s`` placeholder."""
+        slots: list[str] = []  # per column: how a value is written in a row
+        values: list[Sequence[Any]] = []
+        mixed = False
+        for column in columns:
+            kinds = set(map(type, column))
+            if kinds == {int}:
+                slots.append("{}")
+                values.append(column)
+            elif kinds == {str} and _PLAIN_TEXT.fullmatch("".join(column)):
+                # The plain class is per character: the joined text is plain if each value is.
+                slots.append("'{}'")
+                values.append(column)
+            else:
+                slots.append("{}")
+                values.append([_literal(v) for v in column])
+                mixed = True
+        first = self.first.format(*slots).format(*[v[0] for v in values])
+        row = self.row.format(*slots).format
+        rows = self.between.join(map(row, *[islice(v, 1, None) for v in values]))
+        sql = self.head + first + (self.then + rows if rows else "") + self.tail
+        if not mixed:
+            return sql, []
+        bound = []
+        for j in range(len(columns[0])):  # the driver fills the placeholders row by row
+            for column, written in zip(columns, values, strict=True):
+                if written[j] == "%s":
+                    bound.append(column[j])
+        return sql, bound
 
 
 @dataclass
@@ -574,13 +603,13 @@ def after_key(pk: Sequence[Any], after: PK) -> ColumnElement[bool]:
 def _spans(columns: Sequence[Sequence[Any]], rows: int, chars: int) -> list[tuple[int, int]]:
     """Consecutive row ranges of at most ``rows`` rows and, unless one row alone is
     longer, ``chars`` characters of values; ``columns`` holds the values by column."""
-    widths = [
-        list(map(len, values)) if all(type(v) is str for v in values) else list(map(_width, values))
-        for values in columns
-    ]
+    total = len(columns[0])
+    widths = [_widths(values) for values in columns]
+    if sum(map(max, widths)) * rows <= chars:  # the usual case: no row is long
+        return [(start, min(total, start + rows)) for start in range(0, total, rows)]
     ends = list(accumulate(map(sum, zip(*widths, strict=True))))
     spans = []
-    start, done, total = 0, 0, len(ends)
+    start, done = 0, 0
     while start < total:
         stop = max(start + 1, bisect_right(ends, done + chars, start, min(total, start + rows)))
         spans.append((start, stop))
@@ -588,36 +617,18 @@ def _spans(columns: Sequence[Sequence[Any]], rows: int, chars: int) -> list[tupl
     return spans
 
 
-def _width(value: Any) -> int:
-    return len(value) if isinstance(value, str | bytes) else 20
-
-
-def _literals(columns: Sequence[Sequence[Any]]) -> tuple[list[list[str]], list[Any]]:
-    """Each value as an SQL literal if it is an int or plain ASCII text (a token),
-    else as a ``%s`` placeholder. Returns the parts, column by column, and the
-    values left for the driver to bind (and escape), in statement order."""
-    parts: list[list[str]] = []
-    mixed = False
-    for values in columns:
-        if all(type(v) is int for v in values):
-            parts.append(list(map(str, values)))
-        elif all(type(v) is str for v in values) and _PLAIN_TEXT.fullmatch("".join(values)):
-            # The plain class is per character: the joined text is plain if each value is.
-            parts.append([f"'{v}'" for v in values])
-        else:
-            parts.append([_literal(v) for v in values])
-            mixed = True
-    if not mixed:
-        return parts, []
-    bound = []
-    for j in range(len(columns[0])):  # the driver fills the placeholders row by row
-        for values, rendered in zip(columns, parts, strict=True):
-            if rendered[j] == "%s":
-                bound.append(values[j])
-    return parts, bound
+def _widths(values: Sequence[Any]) -> list[int]:
+    """About how many characters each value takes in a statement (an int: at most 20)."""
+    kinds = set(map(type, values))
+    if kinds == {str}:
+        return list(map(len, values))
+    if kinds == {int}:
+        return [20] * len(values)
+    return [len(v) if isinstance(v, str | bytes) else 20 for v in values]
 
 
 def _literal(value: Any) -> str:
+    """A value as written in a bulk swap's row: a literal, or the driver's placeholder."""
     if type(value) is int:
         return str(value)
     if type(value) is str and _PLAIN_TEXT.fullmatch(value):
