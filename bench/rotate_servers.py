@@ -40,7 +40,10 @@ SERVERS = {
     "mysql": "mysql+pymysql://root@127.0.0.1:3306/",
 }
 ADMIN_DB = "test"
-BATCH = 2000
+# Rows per bare-loop batch (one UPDATE each): 5,000 measured faster than 2,000 on
+# both servers (PostgreSQL piped 3.90 s against 5.38 s; MariaDB 1.84 s against
+# 1.91 s) and no slower than 10,000, so the baseline stays the fastest we found.
+BATCH = 5000
 
 
 def make_db(kind: str) -> str:
@@ -156,10 +159,11 @@ def run_bare_bulk(config: Path, kind: str, pipelined: bool = False) -> float:
             for pk, token in batch:
                 params += [pk, _seal(new, _open(aead, token))]
             if kind == "postgresql":
-                values = ", ".join(["(%s::integer, %s::text)"] + ["(%s, %s)"] * (len(batch) - 1))
+                # Arrays joined with unnest: 2.19 s of statements for 200,000 rows
+                # against 3.35 s as a VALUES list (same batches, measured alone).
                 sql = (
-                    f"UPDATE secrets AS t SET a = v.a FROM (VALUES {values}) AS v(id, a) "
-                    "WHERE t.id = v.id"
+                    "UPDATE secrets AS t SET a = v.a "
+                    "FROM unnest(%s::integer[], %s::text[]) AS v(id, a) WHERE t.id = v.id"
                 )
             else:
                 # Literals rendered inline (ints, and tokens that need no escaping)
@@ -170,7 +174,7 @@ def run_bare_bulk(config: Path, kind: str, pipelined: bool = False) -> float:
                 rest = ", ".join(f"({pk}, '{token}')" for pk, token in pairs[1:])
                 values = first + (" UNION ALL VALUES " + rest if rest else "")
                 sql = f"UPDATE secrets AS t JOIN ({values}) AS v ON t.id = v.id SET t.a = v.a"
-            bound = params if kind == "postgresql" else None
+            bound = [params[::2], params[1::2]] if kind == "postgresql" else None
             if pending is not None:
                 pending.result()
             if pool is None:
