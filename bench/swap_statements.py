@@ -1,0 +1,166 @@
+"""What the compare-and-swap costs the database server, statements alone.
+
+Usage: .venv/bin/python bench/swap_statements.py [--rows 200000] [--per-statement 5000]
+       [--backends postgresql,mysql] [--rounds 2]
+
+Rewrites ROWS random kt1-shaped tokens in a fresh table, PER_STATEMENT rows per
+statement and a commit per statement, with no crypto and no reads: only the
+write statements, so the forms can be compared as the server sees them.
+
+  MariaDB      CAS (keyturn's: VALUES join, binary compare of the old token),
+               the same carrying the old token but not comparing it, and the
+               bare VALUES join (new token only).
+  PostgreSQL   CAS by executemany (keyturn's), CAS with arrays (unnest, and
+               unnest with ``pk = ANY``), bare unnest and bare VALUES joins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pymysql
+
+Form = Callable[[Any, list[str], list[str], int, int], int]
+
+
+def tokens(version: int, n: int) -> list[str]:
+    """Random strings shaped like kt1 tokens of a 30-byte secret."""
+    return [
+        f"kt1:{version}:" + base64.urlsafe_b64encode(os.urandom(58)).decode().rstrip("=")
+        for _ in range(n)
+    ]
+
+
+def mariadb_values(cas: bool, compare: bool) -> Form:
+    def run(cur: Any, olds: list[str], news: list[str], lo: int, hi: int) -> int:
+        if cas:
+            first = f"SELECT {lo} AS k, '{olds[lo]}' AS o, '{news[lo]}' AS n"
+            rows = ", ".join(f"({i}, '{olds[i]}', '{news[i]}')" for i in range(lo + 1, hi))
+        else:
+            first = f"SELECT {lo} AS k, '{news[lo]}' AS n"
+            rows = ", ".join(f"({i}, '{news[i]}')" for i in range(lo + 1, hi))
+        on = "t.id = v.k"
+        if compare:
+            on += " AND CAST(t.a AS BINARY) = CAST(v.o AS BINARY)"
+        return int(
+            cur.execute(
+                f"UPDATE swap_bench AS t JOIN ({first} UNION ALL VALUES {rows}) AS v "
+                f"ON {on} SET t.a = v.n"
+            )
+        )
+
+    return run
+
+
+def pg_executemany(cur: Any, olds: list[str], news: list[str], lo: int, hi: int) -> int:
+    cur.executemany(
+        "UPDATE swap_bench SET a = %s WHERE id = %s AND a = %s",
+        [(news[i], i, olds[i]) for i in range(lo, hi)],
+    )
+    return hi - lo  # executemany's rowcount is the last statement's
+
+
+def pg_unnest(cas: bool, any_key: bool = False) -> Form:
+    def run(cur: Any, olds: list[str], news: list[str], lo: int, hi: int) -> int:
+        keys = list(range(lo, hi))
+        if cas:
+            arrays = "%s::integer[], %s::text[], %s::text[]) AS v(k, o, n)"
+            where = "t.id = v.k AND t.a = v.o"
+            params: list[Any] = [keys, olds[lo:hi], news[lo:hi]]
+            if any_key:
+                where = "t.id = ANY(%s::integer[]) AND " + where
+                params.append(keys)
+        else:
+            arrays = "%s::integer[], %s::text[]) AS v(k, n)"
+            where = "t.id = v.k"
+            params = [keys, news[lo:hi]]
+        cur.execute(
+            f"UPDATE swap_bench AS t SET a = v.n FROM unnest({arrays} WHERE {where}", params
+        )
+        return int(cur.rowcount)
+
+    return run
+
+
+def pg_values(cur: Any, olds: list[str], news: list[str], lo: int, hi: int) -> int:
+    rows = ", ".join(["(%s::integer, %s::text)"] + ["(%s, %s)"] * (hi - lo - 1))
+    cur.execute(
+        f"UPDATE swap_bench AS t SET a = v.n FROM (VALUES {rows}) AS v(k, n) WHERE t.id = v.k",
+        [x for i in range(lo, hi) for x in (i, news[i])],
+    )
+    return int(cur.rowcount)
+
+
+def fill(kind: str, conn: Any, olds: list[str]) -> None:
+    with conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS swap_bench")
+        cur.execute("CREATE TABLE swap_bench (id INTEGER PRIMARY KEY, a VARCHAR(255))")
+        mark = "%s"
+        for start in range(0, len(olds), 10_000):
+            cur.executemany(
+                f"INSERT INTO swap_bench VALUES ({mark}, {mark})",
+                [(i, olds[i]) for i in range(start, min(len(olds), start + 10_000))],
+            )
+    conn.commit()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--per-statement", type=int, default=5_000)
+    parser.add_argument("--backends", default="postgresql,mysql")
+    parser.add_argument("--rounds", type=int, default=2, help="best of this many runs each")
+    args = parser.parse_args()
+    olds, news = tokens(1, args.rows), tokens(2, args.rows)
+    forms: dict[str, dict[str, Form]] = {
+        "mysql": {
+            "CAS (keyturn)": mariadb_values(cas=True, compare=True),
+            "old token carried, not compared": mariadb_values(cas=True, compare=False),
+            "bare VALUES join": mariadb_values(cas=False, compare=False),
+        },
+        "postgresql": {
+            "CAS executemany (keyturn)": pg_executemany,
+            "CAS unnest": pg_unnest(cas=True),
+            "CAS unnest + pk = ANY": pg_unnest(cas=True, any_key=True),
+            "bare unnest": pg_unnest(cas=False),
+            "bare VALUES join": pg_values,
+        },
+    }
+    print(f"{args.rows} rows, {args.per_statement} per statement, best of {args.rounds}")
+    for kind in args.backends.split(","):
+        if kind == "mysql":
+            conn: Any = pymysql.connect(host="127.0.0.1", user="root", database="test")
+        else:
+            conn = psycopg.connect("host=127.0.0.1 user=postgres dbname=test")
+        times: dict[str, list[float]] = {name: [] for name in forms[kind]}
+        for _ in range(args.rounds):
+            for name, form in forms[kind].items():
+                fill(kind, conn, olds)
+                started = time.perf_counter()
+                swapped = 0
+                with conn.cursor() as cur:
+                    for lo in range(0, args.rows, args.per_statement):
+                        swapped += form(
+                            cur, olds, news, lo, min(args.rows, lo + args.per_statement)
+                        )
+                        conn.commit()
+                times[name].append(time.perf_counter() - started)
+                assert swapped == args.rows, (name, swapped)
+        with conn.cursor() as cur:
+            cur.execute("DROP TABLE swap_bench")
+        conn.commit()
+        conn.close()
+        base = min(times[next(iter(times))])
+        for name, measured in times.items():
+            best = min(measured)
+            print(f"{kind:<11} {name:<34} {best:6.2f} s  {best / base:5.2f}x of the first")
+
+
+if __name__ == "__main__":
+    main()
