@@ -60,11 +60,11 @@ _PIPELINED = ("postgresql", "mysql", "mariadb")
 # Text that is a valid SQL string literal once single-quoted, in every sql_mode:
 # kt1 tokens and plain identifiers. Anything else goes through the driver's escaping.
 _PLAIN_TEXT = re.compile(r"[A-Za-z0-9:_.-]*", re.ASCII)
-# A MariaDB/MySQL bulk swap holds at most this many rows and about this much value
-# text: fewer, larger statements mean fewer round trips for the writing thread
-# (5,000 rows measured faster than 1,000 and 10,000), and the text stays well
-# under max_allowed_packet (4 MiB by default on MySQL 5.7, 16 MiB on MariaDB)
-# even when the values are long.
+# A MariaDB/MySQL bulk swap holds at most this many rows, values and (about)
+# characters of values: fewer, larger statements mean fewer round trips for the
+# writing thread (5,000 rows measured faster than 1,000 and 10,000), and the text
+# stays well under max_allowed_packet (4 MiB by default on MySQL 5.7, 16 MiB on
+# MariaDB) even when the values are long.
 _STATEMENT_ROWS = 5_000
 _STATEMENT_VALUES = 30_000
 _STATEMENT_CHARS = 2 * 1024 * 1024
