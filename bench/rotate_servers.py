@@ -40,10 +40,13 @@ SERVERS = {
     "mysql": "mysql+pymysql://root@127.0.0.1:3306/",
 }
 ADMIN_DB = "test"
-# Rows per bare-loop batch (one UPDATE each): 5,000 measured faster than 2,000 on
-# both servers (PostgreSQL piped 3.90 s against 5.38 s; MariaDB 1.84 s against
-# 1.91 s) and no slower than 10,000, so the baseline stays the fastest we found.
-BATCH = 5000
+# Rows per bare-loop batch (one UPDATE each), so the baseline stays the fastest we
+# found: on MariaDB 5,000 (1.84 s against 1.91 s with 2,000; 10,000 no faster);
+# on PostgreSQL 20,000, read in index order (piped 2.50-2.67 s against
+# 2.67-2.78 s with 5,000 rows, which the planner already reads by the index).
+BATCH = {"postgresql": 20_000, "mysql": 5_000}
+NESTED_LOOPS = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+INDEX_ORDER = "SET LOCAL enable_sort = off"
 
 
 def make_db(kind: str) -> str:
@@ -140,6 +143,8 @@ def run_bare_bulk(config: Path, kind: str, pipelined: bool = False) -> float:
         assert read is not None and write is not None
 
         def update(sql: str, params: list[Any] | None) -> None:
+            if kind == "postgresql":
+                write.cursor().execute(NESTED_LOOPS)
             write.cursor().execute(sql, params)
             write.commit()
 
@@ -147,8 +152,10 @@ def run_bare_bulk(config: Path, kind: str, pipelined: bool = False) -> float:
         pending: Future[None] | None = None
         while True:
             cur = read.cursor()
+            if kind == "postgresql":
+                cur.execute(INDEX_ORDER)
             cur.execute(
-                "SELECT id, a FROM secrets WHERE id > %s ORDER BY id LIMIT %s", (last, BATCH)
+                "SELECT id, a FROM secrets WHERE id > %s ORDER BY id LIMIT %s", (last, BATCH[kind])
             )
             batch = cur.fetchall()
             read.commit()
@@ -159,8 +166,12 @@ def run_bare_bulk(config: Path, kind: str, pipelined: bool = False) -> float:
             for pk, token in batch:
                 params += [pk, _seal(new, _open(aead, token))]
             if kind == "postgresql":
-                # Arrays joined with unnest: 2.19 s of statements for 200,000 rows
-                # against 3.35 s as a VALUES list (same batches, measured alone).
+                # Arrays joined with unnest, sent as array literals (one text value
+                # each; psycopg adapts a list element by element, far slower), and
+                # joined by nested loops (the planner hashes the whole table).
+                # 200,000 rows, piped: 2.86 s, against 3.85 s with the planner's
+                # join and 5.64 s with lists (bench/swap_statements.py for the
+                # statements alone).
                 sql = (
                     "UPDATE secrets AS t SET a = v.a "
                     "FROM unnest(%s::integer[], %s::text[]) AS v(id, a) WHERE t.id = v.id"
@@ -174,7 +185,10 @@ def run_bare_bulk(config: Path, kind: str, pipelined: bool = False) -> float:
                 rest = ", ".join(f"({pk}, '{token}')" for pk, token in pairs[1:])
                 values = first + (" UNION ALL VALUES " + rest if rest else "")
                 sql = f"UPDATE secrets AS t JOIN ({values}) AS v ON t.id = v.id SET t.a = v.a"
-            bound = [params[::2], params[1::2]] if kind == "postgresql" else None
+            bound = None
+            if kind == "postgresql":  # tokens hold no quote or backslash to escape
+                bound = ["{" + ",".join(map(str, params[::2])) + "}"]
+                bound.append('{"' + '","'.join(params[1::2]) + '"}')
             if pending is not None:
                 pending.result()
             if pool is None:

@@ -10,8 +10,10 @@ write statements, so the forms can be compared as the server sees them.
   MariaDB      CAS (keyturn's: VALUES join, binary compare of the old token),
                the same carrying the old token but not comparing it, and the
                bare VALUES join (new token only).
-  PostgreSQL   CAS by executemany (keyturn's), CAS with arrays (unnest, and
-               unnest with ``pk = ANY``), bare unnest and bare VALUES joins.
+  PostgreSQL   CAS with arrays sent as literals, nested loops only (keyturn's),
+               CAS by executemany, CAS with arrays (unnest, and unnest with
+               ``pk = ANY``), bare unnest (arrays, and literals with nested
+               loops) and bare VALUES joins.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 
 import psycopg
 import pymysql
+
+from keyturn.rewrite import _NESTED_LOOPS, _array_literal
 
 Form = Callable[[Any, list[str], list[str], int, int], int]
 
@@ -66,9 +70,12 @@ def pg_executemany(cur: Any, olds: list[str], news: list[str], lo: int, hi: int)
     return hi - lo  # executemany's rowcount is the last statement's
 
 
-def pg_unnest(cas: bool, any_key: bool = False) -> Form:
+def pg_unnest(cas: bool, any_key: bool = False, literals: bool = False) -> Form:
+    """``literals``: arrays sent as PostgreSQL array literals (one text value each,
+    as keyturn sends them), and nested-loop joins only, as keyturn plans them."""
+
     def run(cur: Any, olds: list[str], news: list[str], lo: int, hi: int) -> int:
-        keys = list(range(lo, hi))
+        keys: Any = list(range(lo, hi))
         if cas:
             arrays = "%s::integer[], %s::text[], %s::text[]) AS v(k, o, n)"
             where = "t.id = v.k AND t.a = v.o"
@@ -80,6 +87,9 @@ def pg_unnest(cas: bool, any_key: bool = False) -> Form:
             arrays = "%s::integer[], %s::text[]) AS v(k, n)"
             where = "t.id = v.k"
             params = [keys, news[lo:hi]]
+        if literals:
+            cur.execute(_NESTED_LOOPS)
+            params = [_array_literal(values) for values in params]
         cur.execute(
             f"UPDATE swap_bench AS t SET a = v.n FROM unnest({arrays} WHERE {where}", params
         )
@@ -125,10 +135,12 @@ def main() -> None:
             "bare VALUES join": mariadb_values(cas=False, compare=False),
         },
         "postgresql": {
-            "CAS executemany (keyturn)": pg_executemany,
+            "CAS unnest, literals (keyturn)": pg_unnest(cas=True, literals=True),
+            "CAS executemany": pg_executemany,
             "CAS unnest": pg_unnest(cas=True),
             "CAS unnest + pk = ANY": pg_unnest(cas=True, any_key=True),
             "bare unnest": pg_unnest(cas=False),
+            "bare unnest, literals": pg_unnest(cas=False, literals=True),
             "bare VALUES join": pg_values,
         },
     }

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from conftest import App, Database, assert_no_secret
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import keyturn
 
@@ -200,7 +202,12 @@ def test_bulk_swap_never_resurrects_or_overwrites(
                                  **{k.replace("k", "g"): v for k, v in gone.items()})  # fmt: skip
             return "seen", f"{value}|rewritten"
 
-        results = TableRewriter(store.engine, [oauth], [each_value(decide)]).run()
+        rewriter = TableRewriter(store.engine, [oauth], [each_value(decide)])
+        prepared = spy_on(monkeypatch, rewriter, "_prepare")
+        results = rewriter.run()
+    if database.kind == "postgresql":  # the arrays path, not the driver's executemany
+        batches = [write for write in prepared if len(write.rows) > 1]
+        assert batches and not any(write.many for write in batches)
     rows = {
         tuple(r[:-1]): r[-1] for r in database.rows(f"SELECT {', '.join(pk)}, oauth FROM creds")
     }
@@ -209,6 +216,56 @@ def test_bulk_swap_never_resurrects_or_overwrites(
     assert all(v.endswith("|rewritten") and v.count("|") == 1 for v in rows.values())
     assert len(rows) == len(keys) - 2
     assert results[0].counts.get("contended", 0) == 0
+
+
+def spy_on(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str) -> list[Any]:
+    """Record what ``obj.name(...)`` returns, calling through."""
+    returned: list[Any] = []
+    method = getattr(obj, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        returned.append(method(*args, **kwargs))
+        return returned[-1]
+
+    monkeypatch.setattr(obj, name, spy)
+    return returned
+
+
+# Any text PostgreSQL stores (no NUL), and the array literal's special characters.
+_PG_TEXT = st.sampled_from(["NULL", "null", "", " "]) | st.text(
+    alphabet=st.sampled_from('",{}\\ \t\nNUL')
+    | st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
+)
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_postgresql_array_literals_read_back_as_written(database: Database) -> None:
+    """The PostgreSQL swap sends its rows as array literals: each value, whatever it
+    holds (quotes, braces, backslashes, "NULL", empty, spaces), arrives unchanged."""
+    from sqlalchemy import create_engine, text
+
+    from keyturn.rewrite import _array_literal
+
+    engine = create_engine(database.url)
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        values=st.lists(_PG_TEXT, min_size=1)
+        | st.lists(st.uuids(), min_size=1)
+        | st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1)
+    )
+    def round_trip(values: list[Any]) -> None:
+        kind = {str: "text", int: "bigint"}.get(type(values[0]), "uuid")
+        with engine.connect() as conn:
+            back = conn.execute(text(f"SELECT CAST(:a AS {kind}[])"), {"a": _array_literal(values)})
+            assert back.scalar_one() == values
+
+    try:
+        round_trip()
+        assert _array_literal([1, "mixed"]) is None  # other types: the driver's executemany
+        assert _array_literal([1.5]) is None
+    finally:
+        engine.dispose()
 
 
 def _kill_sessions(database: Database, name: str) -> int:

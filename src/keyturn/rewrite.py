@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import accumulate, islice
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy import (
     Column,
@@ -50,9 +51,13 @@ from .errors import SchemaError
 
 FAILED = "failed"
 CONTENDED = "contended"
-# PyMySQL's executemany sends an UPDATE row by row; psycopg's pipelines it and
-# measured faster than a VALUES join at 200k rows (docs/PERFORMANCE.md).
+# PyMySQL's executemany sends an UPDATE row by row: MariaDB/MySQL get one UPDATE
+# joined with a list of rows instead.
 _BULK_DIALECTS = ("mysql", "mariadb")
+# psycopg pipelines executemany, but adapts each row's parameters in Python,
+# which the deciding thread then waits for; PostgreSQL gets an UPDATE joined
+# with unnest() of arrays sent as array literals (docs/PERFORMANCE.md).
+_ARRAY_DIALECTS = ("postgresql",)
 # Where a batch is written while the next is read and decided. Not SQLite: in its
 # rollback journal our next read holds off the previous batch's commit, and the
 # busy handler sleeps (measured slower, docs/PERFORMANCE.md).
@@ -68,6 +73,10 @@ _PLAIN_TEXT = re.compile(r"[A-Za-z0-9:_.-]*", re.ASCII)
 _STATEMENT_ROWS = 5_000
 _STATEMENT_VALUES = 30_000
 _STATEMENT_CHARS = 2 * 1024 * 1024
+# A PostgreSQL swap has no packet limit to respect: a whole batch is one
+# statement unless its values are long.
+_ARRAY_ROWS = 20_000
+_ARRAY_CHARS = 16 * 1024 * 1024
 
 PK = tuple[Any, ...]
 # decide(pk, current value) -> (category, new value or None to leave it alone)
@@ -163,6 +172,7 @@ class TableRewriter:
         self.values = [self.table.c[c.spec.column] for c in self.columns]
         self._statements: dict[tuple[int, ...], DriverStatement] = {}
         self._bulk_statements: dict[tuple[int, ...], _BulkStatement] = {}
+        self._array_statements: dict[tuple[int, ...], str] = {}
 
     def run(self, after: PK | None = None) -> list[ColumnResult]:
         """Walk the table from just after ``after`` to the end, then retry missed rows."""
@@ -204,21 +214,16 @@ class TableRewriter:
 
     def _decide(self, batch: Sequence[tuple[Any, ...]], failed: list[list[PK]]) -> _Decided:
         """Decide every value of a (non-empty) batch; note the rows that failed."""
+        with _gc_paused():
+            return self._decide_paused(batch, failed)
+
+    def _decide_paused(self, batch: Sequence[tuple[Any, ...]], failed: list[list[PK]]) -> _Decided:
         n = len(self.pk)
         # The batch by column: the primary key's parts, then the values.
         fields = list(zip(*batch, strict=True))
         pks: list[PK] = list(zip(*fields[:n], strict=True))
         olds = fields[n:]
-        # Deciding allocates a few objects per value and no reference cycles; with
-        # a big batch alive, the cyclic collector's full passes cost as much as
-        # the crypto. It is paused for the deciding only (well under a second).
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            decided = [decide(pks, olds[i]) for i, decide in enumerate(self.decides)]
-        finally:
-            if gc_was_enabled:
-                gc.enable()
+        decided = [decide(pks, olds[i]) for i, decide in enumerate(self.decides)]
         categories = [c for c, _ in decided]
         news = [new for _, new in decided]
         counts = [Counter(c) for c in categories]
@@ -295,7 +300,12 @@ class TableRewriter:
         holds, column by column, the primary key's parts, the values read and the
         values to write. Built before the transaction (and off the writing thread)."""
         dialect = self.engine.dialect
-        if not (self.bulk and dialect.name in _BULK_DIALECTS and len(rows) > 1):
+        many_rows = self.bulk and len(rows) > 1
+        if many_rows and dialect.name in _ARRAY_DIALECTS:
+            arrays = self._prepare_arrays(indexes, rows, written)
+            if arrays is not None:
+                return arrays
+        if not (many_rows and dialect.name in _BULK_DIALECTS):
             statement = self._statements.get(indexes)
             if statement is None:
                 statement = self._statements[indexes] = self._compile(indexes, dialect)
@@ -314,6 +324,45 @@ class TableRewriter:
             statements.append((text, bound or None))
         return _Write(indexes, rows, written, statements, many=False)
 
+    def _prepare_arrays(
+        self, indexes: tuple[int, ...], rows: list[int], written: list[Sequence[Any]]
+    ) -> _Write | None:
+        """PostgreSQL: the swap as ``UPDATE … FROM unnest(arrays)``, or None if a
+        primary key holds a type not written as an array literal here."""
+        sql = self._array_statements.get(indexes)
+        if sql is None:
+            sql = self._array_statements[indexes] = self._array_sql(self.engine.dialect, indexes)
+        statements: list[tuple[str, Any]] = []
+        for start, stop in _spans(written, _ARRAY_ROWS, _ARRAY_CHARS):
+            arrays = [_array_literal(column[start:stop]) for column in written]
+            if None in arrays:
+                return None
+            statements.append((sql, arrays))
+        return _Write(indexes, rows, written, statements, many=False, setup=_NESTED_LOOPS)
+
+    def _array_sql(self, dialect: Any, indexes: tuple[int, ...]) -> str:
+        """``UPDATE t SET col = v.n FROM unnest(%s::pk type[], …, %s::text[], …) AS
+        v(k…, o…, n…) WHERE t.pk = v.k AND t.col = v.o``: a deleted row joins
+        nothing, so it is never brought back."""
+        preparer = dialect.identifier_preparer
+
+        def quote(name: str) -> str:  # a % in a name would read as a placeholder
+            return str(preparer.quote(name)).replace("%", "%%")
+
+        table = preparer.format_table(self.table).replace("%", "%%")
+        keys = [f"k{j}" for j in range(len(self.pk))]
+        names = keys + [f"o{i}" for i in indexes] + [f"n{i}" for i in indexes]
+        arrays = [f"%s::{c.type.compile(dialect=dialect)}[]" for c in self.pk]
+        arrays += ["%s::text[]"] * (2 * len(indexes))
+        same_row = [f"t.{quote(c.name)} = v.{k}" for c, k in zip(self.pk, keys, strict=True)]
+        unchanged = [f"t.{quote(self.values[i].name)} = v.o{i}" for i in indexes]
+        sets = [f"{quote(self.values[i].name)} = v.n{i}" for i in indexes]
+        return (
+            f"UPDATE {table} AS t SET {', '.join(sets)} "
+            f"FROM unnest({', '.join(arrays)}) AS v({', '.join(names)}) "
+            f"WHERE {' AND '.join(same_row + unchanged)}"
+        )
+
     def _write(self, conn: Connection, write: _Write) -> list[int]:
         """Run a prepared swap; return the positions (in ``write.rows``) of the rows
         whose swap missed."""
@@ -323,6 +372,8 @@ class TableRewriter:
             result = conn.exec_driver_sql(sql, params)
             swapped = result.rowcount if conn.dialect.supports_sane_multi_rowcount else -1
         else:
+            if write.setup:
+                _run_setup(conn, write.setup)
             swapped = 0
             for sql, bound in write.statements:
                 with driver_cursor(conn, sql) as cursor:
@@ -406,9 +457,14 @@ class TableRewriter:
             with self.engine.connect() as own:
                 yield own
 
-    def _rows(self, query: Any, conn: Connection | None = None) -> list[tuple[Any, ...]]:
-        """Raw rows: the primary key's columns, then the value columns."""
+    def _rows(
+        self, query: Any, conn: Connection | None = None, setup: str | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Raw rows: the primary key's columns, then the value columns; ``setup``
+        runs first on PostgreSQL."""
         with self._reader(conn) as c:
+            if setup and c.dialect.name == "postgresql":
+                _run_setup(c, setup)
             return fetch_raw(c, query)
 
     def _read_after(self, after: PK | None, limit: int) -> list[tuple[Any, ...]]:
@@ -419,7 +475,7 @@ class TableRewriter:
             query = query.where(not_(after_key(self.pk, self.until)))
         if self.where is not None:
             query = query.where(self.where(self.values))
-        return self._rows(query)
+        return self._rows(query, setup=_INDEX_ORDER)
 
     def _read_pks(self, pks: Sequence[PK], conn: Connection | None = None) -> list[tuple[Any, ...]]:
         if len(self.pk) == 1:
@@ -498,6 +554,7 @@ class _Write:
     written: Sequence[Sequence[Any]]  # primary key parts, values read, values to write
     statements: list[tuple[str, Any]]  # (SQL, parameters) to execute
     many: bool  # one statement run with the driver's executemany
+    setup: str | None = None  # run first, without parameters (planner settings)
 
 
 class _Pipeline:
@@ -535,6 +592,20 @@ class _Pipeline:
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Deciding a batch allocates a few objects per value and no reference cycles;
+    with a big batch alive, the cyclic collector's passes cost as much as the
+    crypto (bench/rotate.py). Paused for one batch (well under a second)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _has_table_values(dialect: Any) -> bool:
@@ -625,6 +696,44 @@ def _widths(values: Sequence[Any]) -> list[int]:
     if kinds == {int}:
         return [20] * len(values)
     return [len(v) if isinstance(v, str | bytes) else 20 for v in values]
+
+
+# PostgreSQL planner settings for the rest of one transaction. Without them, on
+# a table of a few hundred thousand rows (and more so one never analyzed), the
+# planner costs index lookups as disk reads and picks whole-table plans:
+# - a swap of a few thousand rows is a nested loop of primary-key lookups, not a
+#   hash of the whole table (6x slower per statement);
+# - a keyset read of 20,000 rows walks the primary key's index in order, not a
+#   (parallel) scan of the whole table and a sort spilled to disk (10x slower).
+# (docs/PERFORMANCE.md)
+_NESTED_LOOPS = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+_INDEX_ORDER = "SET LOCAL enable_sort = off"
+
+
+def _run_setup(conn: Connection, sql: str) -> None:
+    with driver_cursor(conn, sql) as cursor:
+        cursor.execute(sql)  # no parameters: several statements in one
+
+
+def _array_literal(values: Sequence[Any]) -> str | None:
+    """PostgreSQL's text form of an array of ints, text or UUIDs (None for other
+    types): psycopg adapts a list of text element by element, 40x slower."""
+    kinds = set(map(type, values))
+    if kinds == {int}:
+        return "{" + str(list(values))[1:-1] + "}"  # "1, 2": spaces are allowed
+    if kinds == {str}:
+        # Every element double-quoted ("" and "NULL" stay text); the usual case,
+        # tokens, holds no quote or backslash to escape.
+        body = '","'.join(values)
+        if body.count('"') == 2 * (len(values) - 1) and "\\" not in body:
+            return '{"' + body + '"}'
+    if kinds <= {str, UUID}:
+        return "{" + ",".join(_array_element(str(v)) for v in values) + "}"
+    return None
+
+
+def _array_element(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _literal(value: Any) -> str:
