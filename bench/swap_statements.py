@@ -10,10 +10,10 @@ write statements, so the forms can be compared as the server sees them.
   MariaDB      CAS (keyturn's: VALUES join, binary compare of the old token),
                the same carrying the old token but not comparing it, and the
                bare VALUES join (new token only).
-  PostgreSQL   CAS with arrays sent as literals, nested loops only (keyturn's),
-               CAS by executemany, CAS with arrays (unnest, and unnest with
-               ``pk = ANY``), bare unnest (arrays, and literals with nested
-               loops) and bare VALUES joins.
+  PostgreSQL   CAS with arrays each sent as one text, nested loops only
+               (keyturn's), CAS by executemany, CAS with arrays as lists
+               (unnest, and unnest with ``pk = ANY``), bare unnest (lists, and
+               texts with nested loops) and bare VALUES joins.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 import pymysql
 
-from keyturn.rewrite import _NESTED_LOOPS, _array_literal
+from keyturn.rewrite import _NESTED_LOOPS, _pg_array
 
 Form = Callable[[Any, list[str], list[str], int, int], int]
 
@@ -70,28 +70,29 @@ def pg_executemany(cur: Any, olds: list[str], news: list[str], lo: int, hi: int)
     return hi - lo  # executemany's rowcount is the last statement's
 
 
-def pg_unnest(cas: bool, any_key: bool = False, literals: bool = False) -> Form:
-    """``literals``: arrays sent as PostgreSQL array literals (one text value each,
-    as keyturn sends them), and nested-loop joins only, as keyturn plans them."""
+def pg_unnest(cas: bool, any_key: bool = False, texts: bool = False) -> Form:
+    """``texts``: each array sent as one text, as keyturn sends them (ints as an
+    array literal, tokens joined by commas and split by the server), and
+    nested-loop joins only, as keyturn plans them."""
 
     def run(cur: Any, olds: list[str], news: list[str], lo: int, hi: int) -> int:
         keys: Any = list(range(lo, hi))
-        if cas:
-            arrays = "%s::integer[], %s::text[], %s::text[]) AS v(k, o, n)"
-            where = "t.id = v.k AND t.a = v.o"
-            params: list[Any] = [keys, olds[lo:hi], news[lo:hi]]
-            if any_key:
-                where = "t.id = ANY(%s::integer[]) AND " + where
-                params.append(keys)
-        else:
-            arrays = "%s::integer[], %s::text[]) AS v(k, n)"
-            where = "t.id = v.k"
-            params = [keys, news[lo:hi]]
-        if literals:
+        names = "k, o, n" if cas else "k, n"
+        where = "t.id = v.k AND t.a = v.o" if cas else "t.id = v.k"
+        params: list[Any] = [keys, olds[lo:hi], news[lo:hi]] if cas else [keys, news[lo:hi]]
+        kinds = ["integer"] + ["text"] * (len(params) - 1)
+        arrays = ", ".join(f"%s::{kind}[]" for kind in kinds)
+        if texts:
             cur.execute(_NESTED_LOOPS)
-            params = [_array_literal(values) for values in params]
+            sent = [_pg_array(values, kind) for values, kind in zip(params, kinds, strict=True)]
+            arrays = ", ".join(sql for sql, _ in filter(None, sent))
+            params = [text for _, text in filter(None, sent)]
+        if any_key:
+            where = "t.id = ANY(%s::integer[]) AND " + where
+            params.append(keys)
         cur.execute(
-            f"UPDATE swap_bench AS t SET a = v.n FROM unnest({arrays} WHERE {where}", params
+            f"UPDATE swap_bench AS t SET a = v.n FROM unnest({arrays}) AS v({names}) WHERE {where}",
+            params,
         )
         return int(cur.rowcount)
 
@@ -135,12 +136,12 @@ def main() -> None:
             "bare VALUES join": mariadb_values(cas=False, compare=False),
         },
         "postgresql": {
-            "CAS unnest, literals (keyturn)": pg_unnest(cas=True, literals=True),
+            "CAS unnest, texts (keyturn)": pg_unnest(cas=True, texts=True),
             "CAS executemany": pg_executemany,
             "CAS unnest": pg_unnest(cas=True),
             "CAS unnest + pk = ANY": pg_unnest(cas=True, any_key=True),
             "bare unnest": pg_unnest(cas=False),
-            "bare unnest, literals": pg_unnest(cas=False, literals=True),
+            "bare unnest, texts": pg_unnest(cas=False, texts=True),
             "bare VALUES join": pg_values,
         },
     }

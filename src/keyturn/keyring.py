@@ -118,20 +118,32 @@ class Keyring:
         key = self._active
         header = key.header
         seal = key.aead.encrypt
-        decrypt = self.decrypt
+        by_text = self._by_text
         nonces = os.urandom(tokens.NONCE_LEN * len(tokens_))
+        # (version, context) -> the AADs to open and to seal with: a batch has
+        # few versions and, usually, one context.
+        aads: dict[tuple[int, str], tuple[bytes, bytes]] = {}
         out: list[str | None] = []
         append = out.append
         end = 0
         for token, context in zip(tokens_, contexts, strict=True):
             start, end = end, end + tokens.NONCE_LEN
+            parts = token.split(":", 2) if isinstance(token, str) else ()
+            old = by_text.get(parts[1]) if len(parts) == 3 else None
+            if old is None or parts[0] != tokens.MAGIC:
+                append(None)
+                continue
+            pair = aads.get((old.version, context))
+            if pair is None:
+                pair = (old.header + context).encode(), (header + context).encode()
+                aads[old.version, context] = pair
             try:
-                plaintext = decrypt(token, context)
-            except (InvalidToken, UnknownKeyVersion):
+                plaintext = _open(old, parts[2], pair[0])
+            except InvalidToken:
                 append(None)
                 continue
             nonce = nonces[start:end]
-            blob = nonce + seal(nonce, plaintext, (header + context).encode())
+            blob = nonce + seal(nonce, plaintext, pair[1])
             encoded = binascii.b2a_base64(blob, newline=False).translate(tokens.TO_URLSAFE)
             append(header + encoded.rstrip(b"=").decode("ascii"))
         return out
@@ -144,19 +156,23 @@ class Keyring:
             version, _ = tokens.parse(token)  # InvalidToken if malformed
             detail = "it was destroyed" if version in self._destroyed else ""
             raise UnknownKeyVersion(version, detail)
-        # tokens.decode_payload and tokens.open_with_aad, inlined: this is the
-        # hot path of every read (bench/crypto_overhead.py).
-        payload = parts[2]
-        rem = len(payload) % 4
-        if rem == 1 or (rem and tokens.spare_bits_set(payload, rem)):
+        return _open(key, parts[2], (key.header + context).encode())
+
+
+def _open(key: DataKey, payload: str, aad: bytes) -> bytes:
+    """Decrypt a token's payload (what follows its header) under ``key``:
+    ``tokens.decode_payload`` and ``tokens.open_with_aad`` in one, as this is the
+    hot path of every read and of rotation (bench/crypto_overhead.py)."""
+    rem = len(payload) % 4
+    if rem == 1 or (rem and tokens.spare_bits_set(payload, rem)):
+        raise InvalidToken()
+    try:
+        blob = a2b_base64(
+            payload.encode("ascii").translate(tokens.TO_STANDARD) + tokens.PADDING[rem],
+            strict_mode=True,
+        )
+        if len(blob) < tokens.OVERHEAD:
             raise InvalidToken()
-        try:
-            blob = a2b_base64(
-                payload.encode("ascii").translate(tokens.TO_STANDARD) + tokens.PADDING[rem],
-                strict_mode=True,
-            )
-            if len(blob) < tokens.OVERHEAD:
-                raise InvalidToken()
-            return key.aead.decrypt(blob[:12], blob[12:], (key.header + context).encode())
-        except (UnicodeEncodeError, binascii.Error, InvalidTag):
-            raise InvalidToken() from None
+        return key.aead.decrypt(blob[:12], blob[12:], aad)
+    except (UnicodeEncodeError, binascii.Error, InvalidTag):
+        raise InvalidToken() from None
