@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import App, Database, assert_no_secret
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import keyturn
@@ -251,6 +251,8 @@ def test_postgresql_arrays_read_back_as_written(database: Database) -> None:
     forms = set()
 
     @settings(max_examples=300, deadline=None)
+    @example(values=["kt1:1:AbC-_", "o'b\\r%s\"-ü"])  # split by the server
+    @example(values=["a,b", ""])  # an array literal
     @given(
         values=st.lists(_PG_TEXT, min_size=1)
         | st.lists(st.uuids(), min_size=1)

@@ -56,7 +56,7 @@ CONTENDED = "contended"
 _BULK_DIALECTS = ("mysql", "mariadb")
 # psycopg pipelines executemany, but adapts each row's parameters in Python,
 # which the deciding thread then waits for; PostgreSQL gets an UPDATE joined
-# with unnest() of arrays sent as array literals (docs/PERFORMANCE.md).
+# with unnest() of arrays, each sent as one text (docs/PERFORMANCE.md).
 _ARRAY_DIALECTS = ("postgresql",)
 # Where a batch is written while the next is read and decided. Not SQLite: in its
 # rollback journal our next read holds off the previous batch's commit, and the
@@ -727,24 +727,17 @@ def _pg_array(values: Sequence[Any], kind: str) -> tuple[str, str] | None:
     makes it from one bound text, and that text. Ints, text and UUIDs only (None
     for other types): psycopg adapts a list element by element, 40x slower."""
     kinds = set(map(type, values))
+    if kinds == {int}:
+        return f"%s::{kind}[]", "{" + str(list(values))[1:-1] + "}"  # "{1, 2}" parses
     if kinds == {str}:
         body = ",".join(values)
         if body and body.count(",") == len(values) - 1:
             # No value holds a comma (tokens never do): split by the server, which
             # parses it 3x faster than an array literal (docs/PERFORMANCE.md).
             return f"string_to_array(%s, ',')::{kind}[]", body
-    literal = _array_literal(values, kinds)
-    return None if literal is None else (f"%s::{kind}[]", literal)
-
-
-def _array_literal(values: Sequence[Any], kinds: set[type] | None = None) -> str | None:
-    """PostgreSQL's text form of an array of ints, text or UUIDs (None for other
-    types): every element of text double-quoted, so "" and "NULL" stay text."""
-    kinds = set(map(type, values)) if kinds is None else kinds
-    if kinds == {int}:
-        return "{" + str(list(values))[1:-1] + "}"  # "1, 2": spaces are allowed
     if kinds <= {str, UUID}:
-        return "{" + ",".join(_array_element(str(v)) for v in values) + "}"
+        # An array literal with every element quoted, so "" and "NULL" stay text.
+        return f"%s::{kind}[]", "{" + ",".join(_array_element(str(v)) for v in values) + "}"
     return None
 
 
