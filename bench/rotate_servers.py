@@ -32,7 +32,7 @@ from sqlalchemy import create_engine, text
 
 import keyturn
 from keyturn.cli import cli
-from keyturn.rewrite import TableRewriter
+from keyturn.rewrite import _INDEX_ORDER, _NESTED_LOOPS, TableRewriter
 from keyturn.rotate import RotateOptions, Rotator
 
 SERVERS = {
@@ -45,8 +45,6 @@ ADMIN_DB = "test"
 # on PostgreSQL 20,000, read in index order (piped 2.50-2.67 s against
 # 2.67-2.78 s with 5,000 rows, which the planner already reads by the index).
 BATCH = {"postgresql": 20_000, "mysql": 5_000}
-NESTED_LOOPS = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
-INDEX_ORDER = "SET LOCAL enable_sort = off"
 
 
 def make_db(kind: str) -> str:
@@ -144,7 +142,7 @@ def run_bare_bulk(config: Path, kind: str, pipelined: bool = False) -> float:
 
         def update(sql: str, params: list[Any] | None) -> None:
             if kind == "postgresql":
-                write.cursor().execute(NESTED_LOOPS)
+                write.cursor().execute(_NESTED_LOOPS)
             write.cursor().execute(sql, params)
             write.commit()
 
@@ -153,7 +151,7 @@ def run_bare_bulk(config: Path, kind: str, pipelined: bool = False) -> float:
         while True:
             cur = read.cursor()
             if kind == "postgresql":
-                cur.execute(INDEX_ORDER)
+                cur.execute(_INDEX_ORDER)
             cur.execute(
                 "SELECT id, a FROM secrets WHERE id > %s ORDER BY id LIMIT %s", (last, BATCH[kind])
             )

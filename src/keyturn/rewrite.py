@@ -466,9 +466,9 @@ class TableRewriter:
         self, query: Any, conn: Connection | None = None, setup: str | None = None
     ) -> list[tuple[Any, ...]]:
         """Raw rows: the primary key's columns, then the value columns; ``setup``
-        runs first on PostgreSQL."""
+        (statements without parameters) runs first, in the same transaction."""
         with self._reader(conn) as c:
-            if setup and c.dialect.name == "postgresql":
+            if setup:
                 _run_setup(c, setup)
             return fetch_raw(c, query)
 
@@ -480,7 +480,8 @@ class TableRewriter:
             query = query.where(not_(after_key(self.pk, self.until)))
         if self.where is not None:
             query = query.where(self.where(self.values))
-        return self._rows(query, setup=_INDEX_ORDER)
+        postgresql = self.engine.dialect.name in _ARRAY_DIALECTS
+        return self._rows(query, setup=_INDEX_ORDER if postgresql else None)
 
     def _read_pks(self, pks: Sequence[PK], conn: Connection | None = None) -> list[tuple[Any, ...]]:
         if len(self.pk) == 1:
