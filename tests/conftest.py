@@ -117,7 +117,16 @@ def run_cli(
     return proc
 
 
-CONFIG = """\
+# The app contract's grace is kept short so tests can retire and destroy a
+# version right after the rotation that replaced it (the default is 90 s).
+APPS = """
+[apps]
+refresh_seconds = 0.1
+write_margin_seconds = 0.1
+"""
+
+CONFIG = (
+    """\
 database = "sqlite:///app.db"
 
 [[columns]]
@@ -131,6 +140,8 @@ column = "token"
 primary_key = "id"
 bind = "row"
 """
+    + APPS
+)
 
 
 def make_app_db(path: Path, rows: int = 8) -> dict[tuple[str, int], str | None]:

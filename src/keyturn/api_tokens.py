@@ -20,8 +20,8 @@ from sqlalchemy import Connection, inspect, select, update
 
 from . import schema
 from .audit import AuditLog
+from .database import utcnow
 from .errors import ConfigError
-from .keystore import utcnow
 
 PREFIX = "kta_"
 SCOPES = ("read", "rotate", "admin")  # each includes the ones before it

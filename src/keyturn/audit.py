@@ -260,7 +260,12 @@ class AuditLog:
         The new entry links to the signed head, not to whatever the table's last
         row is now, so deleted newest entries stay visible as a gap.
         """
-        keys = self._load_keys(conn) or self.create_key(conn)
+        keys = self._load_keys(conn)
+        if keys is None:  # a keyring from before the audit log: wrap a key for it now
+            from .keystore import check_kek  # keystore imports this module
+
+            check_kek(conn, self.kek)
+            keys = self.create_key(conn)
         row = conn.execute(
             select(schema.meta.c.value).where(schema.meta.c.name == HEAD_NAME).with_for_update()
         ).first()

@@ -7,8 +7,10 @@ back by compare-and-swap, so a value the app wrote after the job is kept.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import sqlite3
 import time
 from collections import Counter
@@ -24,13 +26,26 @@ from .columns import BoundColumn
 from .database import DriverStatement, exact_equals, write_transaction
 from .rewrite import Swap
 
+_JOB_ID = re.compile(r"[0-9a-f]{12}")
+_FILE_STAMP = re.compile(r"\d{8}T\d{6}Z")
 
-def sqlite_file_copy(url: str, job_id: str) -> Path | None:
-    """A consistent copy of a SQLite database (SQLite's backup API), mode 0600."""
+
+def _sqlite_path(url: str) -> Path | None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database:
         return None
-    source = Path(parsed.database)
+    return Path(parsed.database)
+
+
+def sqlite_file_copy(url: str, job_id: str) -> Path | None:
+    """A consistent copy of a SQLite database (SQLite's backup API), mode 0600.
+
+    Named ``<db>.keyturn-<job>-<UTC stamp>.bak`` beside the database: that name,
+    not any path stored in the database, is how prune finds it again.
+    """
+    source = _sqlite_path(url)
+    if source is None:
+        return None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = source.with_name(f"{source.name}.keyturn-{job_id}-{stamp}.bak")
     os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -42,6 +57,21 @@ def sqlite_file_copy(url: str, job_id: str) -> Path | None:
         dst.close()
         src.close()
     return target
+
+
+def file_copies(url: str, job_id: str) -> list[Path]:
+    """The database file copies keyturn made for ``job_id``, found by their names
+    beside the database: regular files only, never a link."""
+    source = _sqlite_path(url)
+    if source is None or not _JOB_ID.fullmatch(job_id):
+        return []
+    prefix = f"{source.name}.keyturn-{job_id}-"
+    found = []
+    for path in source.parent.glob(glob.escape(prefix) + "*.bak"):
+        stamp = path.name[len(prefix) : -len(".bak")]
+        if _FILE_STAMP.fullmatch(stamp) and path.is_file() and not path.is_symlink():
+            found.append(path)
+    return sorted(found)
 
 
 def record(conn: Connection, job_id: str, applied: Sequence[Swap]) -> None:

@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import Column, Connection, and_, func, or_, select, update
 
 from . import schema
+from .database import utcnow
 from .jobs import dead_here
-from .keystore import utcnow
 from .rewrite import PK, after_key
 
 PENDING = "pending"

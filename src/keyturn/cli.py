@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok; 1 the operation failed (e.g. some rows failed, database
 error); 2 usage, configuration or schema error; 3 key error (wrong, missing,
-malformed or weak KEK; unknown key version).
+malformed or weak KEK; unknown key version); 4 the keyring is locked by another
+keyturn operation (nothing was written).
 """
 
 from __future__ import annotations
@@ -22,17 +23,23 @@ import click
 from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import api_tokens, audit, backups, jobs, keystore
+from . import api_tokens, audit, jobs, keystore
 from ._progress import progress_factory
 from .columns import bind_columns
 from .config import Config, load_config
-from .database import connect, write_transaction
+from .database import connect
 from .encrypt_existing import encrypt_existing
 from .errors import KeyturnError
 from .import_legacy import import_legacy
 from .kek import LocalKEK, generate_kek_bytes, parse_kek
 from .kek_sources import check_strength, from_env, from_file, resolve_kek, write_key_file
-from .lifecycle import destroy_key, refresh_states, rotate_kek, rotate_transit_kek
+from .lifecycle import (
+    destroy_key,
+    prune_job,
+    restore_job,
+    rotate_kek,
+    rotate_transit_kek,
+)
 from .reports import RewriteReport, audit_summary
 from .rewrite import Pacing
 from .rotate import RotateOptions, Rotator
@@ -48,6 +55,8 @@ Exit codes:
   2  usage, configuration or schema error
   3  key error: KEK missing, malformed, weak or wrong; unknown key version;
      legacy key missing or wrong
+  4  busy: another keyturn operation holds the keyring lock (it is named);
+     nothing was written. Retry, or pass --wait SECONDS
 """
 
 
@@ -130,10 +139,22 @@ def _emit(as_json: bool, data: dict[str, Any], human: str) -> None:
     click.echo(json.dumps(data, indent=2, default=str) if as_json else human)
 
 
+_yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+_wait_option = click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="SECONDS",
+    help="If another keyturn operation holds the keyring lock, wait up to this long for "
+    "it instead of refusing at once (exit 4).",
+)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_wait_option
 @click.pass_context
-def init(ctx: click.Context, as_json: bool) -> None:
+def init(ctx: click.Context, as_json: bool, wait: float) -> None:
     """Create keyturn's tables and data key v1 in the database.
 
     Idempotent: on an initialized database it checks the KEK and changes nothing.
@@ -147,7 +168,7 @@ def init(ctx: click.Context, as_json: bool) -> None:
             bind_columns(conn, config.columns)
             exists = keystore.is_initialized(conn)
         kek = resolve_kek(config, allow_generate=not exists)
-        created, loaded = keystore.initialize(engine, kek, actor())
+        created, loaded = keystore.initialize(engine, kek, actor(), wait=wait)
     finally:
         engine.dispose()
     active = loaded.keyring.active_version
@@ -227,9 +248,6 @@ def _confirm(yes: bool, question: str | Callable[[], str]) -> None:
         )
         sys.exit(2)
     click.confirm(question if isinstance(question, str) else question(), abort=True)
-
-
-_yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 
 
 @cli.command("encrypt-existing")
@@ -427,6 +445,7 @@ def _status_text(r: StatusReport) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @_yes_option
+@_wait_option
 @_pacing_options
 @click.pass_context
 def rotate(
@@ -440,6 +459,7 @@ def rotate(
     lease_seconds: float,
     as_json: bool,
     yes: bool,
+    wait: float,
     chunk_time: float,
     max_rate: float | None,
 ) -> None:
@@ -457,6 +477,9 @@ def rotate(
     job. --max-rate applies per worker. A killed worker's chunk is taken over
     after --lease-seconds; a killed coordinator's job is resumed by
     `keyturn rotate`.
+
+    Holds the keyring lock while it runs: rotate-kek, destroy-key, prune,
+    restore and a second rotate refuse meanwhile (exit 4), or queue with --wait.
     """
     if atomic and (workers > 1 or join):
         raise click.UsageError("--atomic runs in one transaction; it cannot use --workers/--join")
@@ -473,6 +496,7 @@ def rotate(
             join=join,
             rows_per_chunk=rows_per_chunk,
             lease_seconds=lease_seconds,
+            wait=wait,
         )
         rotator = Rotator(
             store, options, actor=actor(), progress=None if as_json else progress_factory()
@@ -556,6 +580,7 @@ def _new_kek(env_name: str | None, file: Path | None) -> LocalKEK:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @_yes_option
+@_wait_option
 @click.pass_context
 def rotate_kek_cmd(
     ctx: click.Context,
@@ -564,6 +589,7 @@ def rotate_kek_cmd(
     retire_kms_versions: bool,
     as_json: bool,
     yes: bool,
+    wait: float,
 ) -> None:
     """Rewrap every data key under a new KEK, in one transaction.
 
@@ -586,8 +612,13 @@ def rotate_kek_cmd(
             )
         with _open(ctx) as store:
             _confirm(yes, f"rotate Transit key {store.kek.kek_id} and rewrap every data key?")
-            with _audited(store, "rotate-kek") as outcome:
-                result = rotate_transit_kek(store, retire_old_versions=retire_kms_versions)
+            with _audited(store, "rotate-kek", deferred=True) as outcome:
+                result = rotate_transit_kek(
+                    store,
+                    retire_old_versions=retire_kms_versions,
+                    wait=wait,
+                    before_write=outcome.begin,
+                )
                 outcome.update(result.to_dict())
         retired = (
             f"; Transit versions below {result.kms_min_decryption_version} no longer decrypt"
@@ -607,8 +638,8 @@ def rotate_kek_cmd(
     with _open(ctx) as store:
         old_source = store.kek.source
         _confirm(yes, f"rewrap every data key under the new KEK ({new.kek_id})?")
-        with _audited(store, "rotate-kek") as outcome:
-            result = rotate_kek(store, new)
+        with _audited(store, "rotate-kek", deferred=True) as outcome:
+            result = rotate_kek(store, new, wait=wait, before_write=outcome.begin)
             outcome.update(result.to_dict())
     data = {**result.to_dict(), "old_kek_source": old_source}
     hint = ""
@@ -652,25 +683,30 @@ def keys(ctx: click.Context, as_json: bool) -> None:
 @cli.command("destroy-key")
 @click.argument("version", type=click.IntRange(min=1))
 @_yes_option
+@_wait_option
 @click.pass_context
-def destroy_key_cmd(ctx: click.Context, version: int, yes: bool) -> None:
+def destroy_key_cmd(ctx: click.Context, version: int, yes: bool, wait: float) -> None:
     """Erase a retired data key for good. Refuses while any value or backup uses it.
 
-    Values encrypted under a destroyed version can never be decrypted again.
-    Make sure no table outside keyturn.toml holds tokens of this version.
+    Also refuses until app processes can no longer seal under it: the version
+    must have stopped being active longer ago than the app contract's refresh
+    interval plus write margin ([apps] in keyturn.toml); the refusal says from
+    when it is allowed. Values encrypted under a destroyed version can never be
+    decrypted again. Make sure no table outside keyturn.toml holds its tokens.
     """
     with _open(ctx) as store:
         _confirm(yes, f"destroy key v{version}? This cannot be undone")
-        destroy_key(store, version, actor())
+        destroy_key(store, version, actor(), wait=wait)
     click.echo(f"key v{version} destroyed")
 
 
 @cli.command()
 @click.argument("job_id", metavar="JOB")
 @_yes_option
+@_wait_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def restore(ctx: click.Context, job_id: str, yes: bool, as_json: bool) -> None:
+def restore(ctx: click.Context, job_id: str, yes: bool, wait: float, as_json: bool) -> None:
     """Put back the tokens a rotation job replaced (from keyturn_backup).
 
     A row is restored only if it still holds the token the job wrote; a value
@@ -680,11 +716,8 @@ def restore(ctx: click.Context, job_id: str, yes: bool, as_json: bool) -> None:
         with store.engine.connect() as conn:
             job = jobs.get(conn, job_id)
         _confirm(yes, f"restore the tokens job {job.id} replaced?")
-        with _audited(store, "restore", job=job.id) as outcome:
-            counts = backups.restore(store.engine, job.id, store.bound_columns())
-            with write_transaction(store.engine) as conn:
-                jobs.finish(conn, job.id, jobs.RESTORED)
-                refresh_states(store, conn)
+        with _audited(store, "restore", deferred=True, job=job.id) as outcome:
+            counts = restore_job(store, job.id, wait=wait, before_write=outcome.begin)
             outcome.update(counts)
     _emit(
         as_json,
@@ -697,26 +730,34 @@ def restore(ctx: click.Context, job_id: str, yes: bool, as_json: bool) -> None:
 @cli.command()
 @click.argument("job_id", metavar="JOB")
 @_yes_option
+@_wait_option
 @click.pass_context
-def prune(ctx: click.Context, job_id: str, yes: bool) -> None:
+def prune(ctx: click.Context, job_id: str, yes: bool, wait: float) -> None:
     """Drop a job's backups: its rows in keyturn_backup and its database file copy.
 
-    Afterwards old key versions that nothing else uses become retired.
+    The file copy is found by keyturn's own name for it beside the database
+    (`<db>.keyturn-JOB-<time>.bak`); a path the database names that is not such
+    a file is reported and left alone. Afterwards old key versions that nothing
+    else uses become retired (once the [apps] grace has passed).
     """
     with _open(ctx) as store:
         with store.engine.connect() as conn:
             job = jobs.get(conn, job_id)
         _confirm(yes, f"drop the backups of job {job.id}? `restore {job.id}` will no longer work")
-        with store.audit.transaction() as conn:
-            dropped = backups.prune(conn, job.id)
-            states = refresh_states(store, conn)
-            store.audit.append(conn, actor(), "prune", {"job": job.id, "dropped": dropped})
-        removed = ""
-        if job.backup_path and Path(job.backup_path).exists():
-            Path(job.backup_path).unlink()
-            removed = f"; removed {job.backup_path}"
-    retired = ", ".join(f"v{v}" for v, st in states.items() if st == "retired") or "none"
-    click.echo(f"job {job.id}: dropped {dropped} backed-up token(s){removed}; retired: {retired}")
+        result = prune_job(store, job.id, actor(), wait=wait)
+    removed = "".join(f"; removed {path}" for path in result.removed_files)
+    retired = ", ".join(f"v{v}" for v in result.newly_retired) or "none"
+    click.echo(
+        f"job {job.id}: dropped {result.dropped} backed-up token(s){removed}; "
+        f"newly retired: {retired}"
+    )
+    for path in result.refused_files:
+        click.echo(
+            f"keyturn: warning: job {job.id} names {path} as its backup file, but that is not "
+            "a file keyturn made for this job beside the database; it was left alone "
+            "(keyturn_jobs.backup_path may have been edited)",
+            err=True,
+        )
 
 
 @cli.command("jobs")

@@ -21,8 +21,9 @@ from .legacy import LegacySpec, parse_legacy
 CONFIG_NAME = "keyturn.toml"
 CONFIG_ENV = "KEYTURN_CONFIG"
 DEFAULT_CRYPTOPERIOD_DAYS = 730  # NIST SP 800-57 Part 1: up to 2 years for a DEK
-_TOP_KEYS = {"database", "kek", "cryptoperiod_days", "columns", "legacy", "server"}
+_TOP_KEYS = {"database", "kek", "cryptoperiod_days", "columns", "legacy", "server", "apps"}
 _SERVER_KEYS = {"new_kek_env", "new_kek_file"}
+_APPS_KEYS = {"refresh_seconds", "write_margin_seconds"}
 _COLUMN_KEYS = {"table", "column", "primary_key", "bind", "legacy"}
 BINDS = ("column", "row")
 
@@ -60,6 +61,24 @@ class ServerSpec:
 
 
 @dataclass(frozen=True)
+class AppContract:
+    """``[apps]``: what every app process using a Store promises, and keyturn relies on.
+
+    A Store re-reads the active key version at least every ``refresh_seconds``
+    and commits what it sealed within ``write_margin_seconds``; so a version
+    that stopped being active at T has no new values after
+    T + :attr:`grace_seconds`, and only then may it be retired or destroyed.
+    """
+
+    refresh_seconds: float = 30.0
+    write_margin_seconds: float = 60.0
+
+    @property
+    def grace_seconds(self) -> float:
+        return self.refresh_seconds + self.write_margin_seconds
+
+
+@dataclass(frozen=True)
 class Config:
     """A parsed configuration; ``database`` is the resolved SQLAlchemy URL."""
 
@@ -70,6 +89,7 @@ class Config:
     cryptoperiod_days: int = DEFAULT_CRYPTOPERIOD_DAYS
     legacy: tuple[LegacySpec, ...] = ()
     server: ServerSpec = field(default_factory=lambda: ServerSpec())
+    apps: AppContract = field(default_factory=lambda: AppContract())
 
     def legacy_for(self, column: ColumnSpec) -> LegacySpec | None:
         """The ``[[legacy]]`` reader a column names, if any."""
@@ -149,9 +169,22 @@ def parse_config(data: dict[str, Any], file: Path) -> Config:
                 f"[[legacy]] entry has that name (defined: {', '.join(names) or 'none'})"
             )
     server = _parse_server(data.get("server", {}), file)
+    apps = _parse_apps(data.get("apps", {}), file)
     return Config(
-        file, _resolve_database(database, file), kek or None, columns, period, legacy, server
+        file, _resolve_database(database, file), kek or None, columns, period, legacy, server, apps
     )
+
+
+def _parse_apps(entry: Any, file: Path) -> AppContract:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{file}: `apps` must be a table ([apps])")
+    _reject_unknown(entry, _APPS_KEYS, f"{file}: [apps]")
+    values: dict[str, float] = {}
+    for key, value in entry.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 86400:
+            raise ConfigError(f"{file}: [apps] `{key}` must be a number of seconds, 0 < s <= 86400")
+        values[key] = float(value)
+    return AppContract(**values)
 
 
 def _parse_server(entry: Any, file: Path) -> ServerSpec:

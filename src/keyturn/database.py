@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from .errors import ConfigError
+
+
+def utcnow() -> datetime:
+    """Naive UTC, as stored in DateTime columns on every backend."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def connect(url: str) -> Engine:

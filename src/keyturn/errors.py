@@ -3,7 +3,7 @@
 Every error keyturn raises derives from :class:`KeyturnError`. Messages never
 carry key material or plaintext. ``exit_code`` is what the CLI exits with
 (also listed in ``keyturn --help``): 1 operation failed, 2 usage/config/schema error,
-3 key error.
+3 key error, 4 the keyring is locked by another operation.
 """
 
 from __future__ import annotations
@@ -79,12 +79,32 @@ class OperationFailed(KeyturnError):
     """An operation ran but could not complete (some rows failed, a database error)."""
 
 
+class KeyringBusy(KeyturnError):
+    """Another keyturn operation holds the keyring lock; nothing was written.
+
+    ``holder`` names it (operation, job, owner ``host:pid``, since) where the
+    lock row says, for an HTTP 409 or a script to show.
+    """
+
+    exit_code = 4
+
+    def __init__(self, message: str, holder: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class KEKChanged(WrongKEK):
+    """The keyring was rewrapped under another KEK while this process held the old one."""
+
+
 __all__ = [
     "ConfigError",
     "InvalidKEK",
     "InvalidToken",
+    "KEKChanged",
     "KMSError",
     "KeyManagementError",
+    "KeyringBusy",
     "KeyturnError",
     "LegacyKeyError",
     "NotInitialized",

@@ -10,8 +10,6 @@ rotation is resumed.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,8 +18,9 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from . import schema
+from .database import utcnow
 from .errors import ConfigError, OperationFailed
-from .keystore import utcnow
+from .locking import local_owner_state, me
 
 RUNNING, SUCCEEDED, FAILED, RESTORED = "running", "succeeded", "failed", "restored"
 LEASE_SECONDS = 60
@@ -66,11 +65,6 @@ class Job:
             "backup_path": self.backup_path,
             "report": self.report,
         }
-
-
-def me() -> str:
-    """This process as a job owner: ``host:pid``."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _row_to_job(row: Any) -> Job:
@@ -148,34 +142,18 @@ def all_jobs(conn: Connection) -> list[Job]:
 
 
 def dead_here(owner: str | None) -> bool:
-    """Whether ``owner`` (host:pid) is a process on this host that no longer exists."""
-    if not owner:
-        return False
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    """Whether ``owner`` (host:pid) is a process on this host that no longer runs
+    (gone, or a zombie its parent has not reaped)."""
+    return local_owner_state(owner) is False
 
 
 def owner_alive(job: Job, now: datetime | None = None) -> bool:
     """Whether the job's owner may still be working on it."""
     if not job.owner or job.owner == me():
         return False
-    host, _, pid = job.owner.rpartition(":")
-    if host == socket.gethostname() and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    local = local_owner_state(job.owner)
+    if local is not None:
+        return local
     beat = job.heartbeat_at or job.updated_at
     return (now or utcnow()) - beat < timedelta(seconds=LEASE_SECONDS)
 

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, inspect, select, update
+from sqlalchemy import Connection, Engine, func, inspect, select, update
 
 from . import schema
 from .audit import AuditLog
-from .database import write_transaction
-from .errors import KeyturnError, NotInitialized, WrongKEK
+from .database import utcnow, write_transaction
+from .errors import KEKChanged, KeyturnError, NotInitialized, WrongKEK
 from .kek import KEK
 from .keyring import ACTIVE, DESTROYED, RETIRED, DataKey, Keyring, KeyVersion, wrap_aad
+from .locking import KeyringLock
 
 
 class CorruptKeyring(KeyturnError):
@@ -35,11 +35,6 @@ class LoadedKeyring:
     versions: tuple[KeyVersion, ...]
 
 
-def utcnow() -> datetime:
-    """Naive UTC, as stored in DateTime columns on every backend."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def is_initialized(conn: Connection) -> bool:
     if not inspect(conn).has_table(schema.keys.name):
         return False
@@ -55,12 +50,20 @@ def keyring_id(conn: Connection) -> str:
     return str(row[0])
 
 
-def initialize(engine: Engine, kek: KEK, created_by: str) -> tuple[bool, LoadedKeyring]:
-    """Create keyturn's tables and DEK v1; return (created, keyring). Idempotent."""
-    with write_transaction(engine) as conn:
-        if is_initialized(conn):
-            loaded = load(conn, kek)  # the KEK check comes before any write
-            schema.metadata.create_all(conn)  # tables added by newer keyturn versions
+def initialize(
+    engine: Engine, kek: KEK, created_by: str, *, wait: float = 0.0
+) -> tuple[bool, LoadedKeyring]:
+    """Create keyturn's tables and DEK v1; return (created, keyring). Idempotent.
+
+    Creating holds the keyring lock, so two inits at once make one keyring.
+    """
+    with engine.connect() as conn:
+        exists = is_initialized(conn)
+    if exists:
+        return _check_initialized(engine, kek)
+    with KeyringLock(engine, "init").acquire(wait), write_transaction(engine) as conn:
+        if is_initialized(conn):  # another init finished while we waited
+            loaded = load(conn, kek)
             return False, loaded
         schema.metadata.create_all(conn)
         kid = uuid.uuid4().hex
@@ -74,6 +77,13 @@ def initialize(engine: Engine, kek: KEK, created_by: str) -> tuple[bool, LoadedK
         log.create_key(conn)
         log.append(conn, created_by, "init", {"active_version": 1, "kek_id": kek.kek_id})
         return True, loaded
+
+
+def _check_initialized(engine: Engine, kek: KEK) -> tuple[bool, LoadedKeyring]:
+    with write_transaction(engine) as conn:
+        loaded = load(conn, kek)  # the KEK check comes before any write
+        schema.metadata.create_all(conn)  # tables added by newer keyturn versions
+        return False, loaded
 
 
 def insert_version(
@@ -142,10 +152,46 @@ def load(conn: Connection, kek: KEK) -> LoadedKeyring:
             raise WrongKEK(
                 f"the KEK from {kek.source} (id {kek.kek_id}) does not open key version "
                 f"{meta.version}, which was wrapped by KEK {meta.kek_id}; check the KEK "
-                "configuration (docs/KEYS.md). Nothing was written."
+                "configuration (docs/KEYS.md)"
             ) from None
     destroyed = frozenset(v.version for v, _ in rows if v.state == DESTROYED)
     return LoadedKeyring(kid, Keyring(keys, active[0], destroyed), tuple(v for v, _ in rows))
+
+
+def lock_keyring(conn: Connection) -> None:
+    """Serialize transactions that write wrappings: lock the keyring's meta row.
+
+    Every transaction that wraps a key (a mint, rotate-kek, a new audit key)
+    takes it first, so at each commit every wrapping opens under one KEK.
+    """
+    conn.execute(
+        select(schema.meta.c.value).where(schema.meta.c.name == "keyring_id").with_for_update()
+    ).first()
+
+
+def check_kek(conn: Connection, kek: KEK) -> None:
+    """Inside a transaction that will wrap with ``kek``: KEKChanged unless ``kek``
+    opens the keyring as it is now (the active version, read under a lock)."""
+    k = schema.keys.c
+    lock_keyring(conn)
+    row = conn.execute(
+        select(k.version, k.wrapped_dek).where(k.state == ACTIVE).with_for_update()
+    ).first()
+    if row is None or row[1] is None:
+        raise CorruptKeyring("keyturn_keys has no active version with a wrapped key")
+    try:
+        kek.unwrap(row[1], wrap_aad(keyring_id(conn), row[0]))
+    except WrongKEK:
+        raise KEKChanged(
+            f"the keyring is no longer wrapped by the KEK this process holds ({kek.kek_id}): "
+            "rotate-kek ran meanwhile; this step was rolled back. Run the command again with "
+            "the current KEK"
+        ) from None
+
+
+def newest_version(conn: Connection) -> int | None:
+    """The highest version in the keyring (any state), read from the primary key."""
+    return conn.execute(select(func.max(schema.keys.c.version))).scalar()
 
 
 def active_version(conn: Connection) -> int | None:

@@ -23,12 +23,13 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from . import backups, chunks, jobs, keystore, schema, tokens
 from .columns import BoundColumn
-from .database import write_transaction
+from .database import utcnow, write_transaction
 from .encrypt_existing import count_rows, group_label
 from .errors import InvalidToken, OperationFailed, UnknownKeyVersion
 from .keyring import ACTIVE, DRAINING, DataKey, Keyring
 from .legacy import LegacyReader
 from .lifecycle import refresh_states
+from .locking import KeyringLock, me
 from .reports import RewriteReport, pk_json
 from .rewrite import (
     CONTENDED,
@@ -79,6 +80,8 @@ class RotateOptions:
     rows_per_chunk: int = 10_000
     #: How long a killed worker's chunk stays leased before another takes it.
     lease_seconds: float = float(jobs.LEASE_SECONDS)
+    #: How long to wait for the keyring lock if another operation holds it.
+    wait: float = 0.0
 
 
 class Rotator:
@@ -92,6 +95,7 @@ class Rotator:
         actor: str = "library",
         progress: ProgressFactory | None = None,
         before_write: Callable[[], None] | None = None,
+        lock: KeyringLock | None = None,
     ) -> None:
         self.store = store
         self.options = options or RotateOptions()
@@ -99,6 +103,8 @@ class Rotator:
         self.progress = progress
         #: Runs after the preflight, before the first write (the audit entry).
         self.before_write = before_write
+        #: The keyring lock, if the caller took it already; run() releases it.
+        self.lock = lock
 
     # -- checks ---------------------------------------------------------------
 
@@ -131,29 +137,54 @@ class Rotator:
     # -- the run --------------------------------------------------------------
 
     def run(self) -> RewriteReport:
+        """Rotate (or resume, or join, or dry-run). Everything but a dry run and
+        ``--join`` holds the keyring lock from the first write to the end."""
         started = time.monotonic()
-        columns = self.preflight()
+        try:
+            columns = self.preflight()
+            if self.options.dry_run or self.options.join:
+                return self._run_unlocked(columns, started)
+            if self.lock is None:
+                self.lock = KeyringLock(self.store.engine, KIND).acquire(self.options.wait)
+            self.store.reload()  # under the lock: the KEK and versions as they are now
+            return self._run_locked(columns, started, self.lock)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _unfinished(self) -> jobs.Job | None:
         with self.store.engine.connect() as conn:
-            job = jobs.unfinished(conn, KIND) if inspect(conn).has_table("keyturn_jobs") else None
+            if not inspect(conn).has_table("keyturn_jobs"):
+                return None
+            return jobs.unfinished(conn, KIND)
+
+    def _run_unlocked(self, columns: list[BoundColumn], started: float) -> RewriteReport:
+        job = self._unfinished()
         if self.options.dry_run:
             return self._dry_run(columns, job, started)
+        return self._join(columns, job, started)
+
+    def _run_locked(
+        self, columns: list[BoundColumn], started: float, lock: KeyringLock
+    ) -> RewriteReport:
+        job = self._unfinished()
         if job is not None and self.options.atomic:
             raise OperationFailed(
                 f"job {job.id} is unfinished; resume it with `keyturn rotate` (without --atomic)"
             )
+        if job is not None:
+            with write_transaction(self.store.engine) as conn:
+                jobs.claim(conn, job)  # refuses if a live --join worker still owns it
         if self.before_write is not None:
             self.before_write()
         if self.options.atomic:
             return self._run_atomic(columns, started)
-        if self.options.join:
-            return self._join(columns, job, started)
         resumed = job is not None
         if job is None:
             job = self._start(columns)
         else:
-            with write_transaction(self.store.engine) as conn:
-                jobs.claim(conn, job)
             self.store.reload()
+        lock.set_job(job.id)
         assert job.target_version is not None
         ring = self.store.keyring
         if ring.active_version != job.target_version:
@@ -208,7 +239,7 @@ class Rotator:
                     chunks.plan(conn, job.id, key, group[0].pk, self.options.rows_per_chunk)
         helpers = [self._spawn_helper() for _ in range(self.options.workers - 1)]
         try:
-            self._work_chunks(groups, ring, job, coordinator=True)
+            self._work_chunks(groups, ring, job, coordinator=True, helpers=helpers)
         finally:
             for helper in helpers:
                 if helper.wait() != 0:
@@ -279,10 +310,12 @@ class Rotator:
         job: jobs.Job,
         *,
         coordinator: bool,
+        helpers: Sequence[subprocess.Popen[bytes]] = (),
     ) -> dict[str, _ColumnState]:
         """Claim and rotate chunks until none is left. The coordinator also waits for
-        chunks other workers hold, taking over any whose lease expires."""
-        owner = jobs.me()
+        chunks other workers hold, taking over any whose lease expires, and reaps
+        its helpers as they exit, so a dead helper's chunk is taken over at once."""
+        owner = me()
         lease = self.options.lease_seconds
         pacing = Pacing(chunk_time=self.options.chunk_time, max_rate=self.options.max_rate)
         mine: dict[str, _ColumnState] = {
@@ -290,6 +323,8 @@ class Rotator:
         }
         bar = self._chunk_bar(groups, job) if coordinator else None
         while True:
+            for helper in helpers:
+                helper.poll()  # reaps an exited helper: no zombie that looks alive
             with write_transaction(self.store.engine) as conn:
                 chunk = chunks.claim(conn, job.id, owner, lease)
                 if coordinator:
@@ -406,6 +441,7 @@ class Rotator:
         lets only one of them commit.
         """
         schema.metadata.create_all(conn)  # tables newer keyturn versions added
+        keystore.check_kek(conn, self.store.kek)  # the keyring is wrapped by our KEK now
         k = schema.keys.c
         top = conn.execute(select(func.max(k.version))).scalar_one()
         dek = DataKey.generate(int(top) + 1)
@@ -430,6 +466,12 @@ class Rotator:
                     "rolled back and nothing changed. Run `keyturn verify` or see "
                     "docs/ROTATION.md, 'Rows that fail'."
                 )
+            # The version becomes active at this commit, not at the mint: the
+            # grace of the version it replaces counts from here.
+            k = schema.keys.c
+            conn.execute(
+                update(schema.keys).where(k.version == dek.version).values(created_at=utcnow())
+            )
             states = refresh_states(self.store, conn)
             report = self._report(results, job, states, started, resumed=False)
             jobs.finish(conn, job.id, jobs.SUCCEEDED, report.to_dict())

@@ -130,3 +130,17 @@ api_tokens = Table(
     Column("created_by", String(255), nullable=False),
     Column("revoked_at", DateTime, nullable=True),
 )
+
+# The keyring lock's holder (locking.py): one keyturn operation that changes
+# keys, jobs or backups at a time. On PostgreSQL and MariaDB the lock itself is
+# a session lock and this row only names the holder; on SQLite the row is the lock.
+lock = Table(
+    "keyturn_lock",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("operation", String(32), nullable=True),
+    Column("job_id", String(32), nullable=True),
+    Column("owner", String(255), nullable=True),  # host:pid
+    Column("since", DateTime, nullable=True),
+    Column("heartbeat_at", DateTime, nullable=True),
+)

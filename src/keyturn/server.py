@@ -31,9 +31,10 @@ from starlette.routing import Route
 
 from . import _admin_page, api_tokens, jobs
 from .api_tokens import ApiToken
-from .errors import KeyManagementError, KeyturnError
+from .errors import KeyManagementError, KeyringBusy, KeyturnError
 from .kek_sources import check_strength, from_env, from_file
 from .lifecycle import rotate_kek, rotate_transit_kek
+from .locking import KeyringLock
 from .reports import audit_summary
 from .rotate import KIND, RotateOptions, Rotator
 from .status import status
@@ -135,8 +136,9 @@ class _Service:
                     return f"rotation job {job.id} is running ({job.owner})"
         return None
 
-    def start_rotation(self, actor: str) -> _HttpJob | str:
-        """Queue a rotation in a background thread; the reason it is refused otherwise."""
+    def start_rotation(self, actor: str) -> _HttpJob | KeyringBusy | str:
+        """Queue a rotation in a background thread, holding the keyring lock from
+        here; the reason it is refused otherwise."""
         reason = self.busy()
         if reason:
             return reason
@@ -144,12 +146,16 @@ class _Service:
             here = self._running_here()
             if here:
                 return here
+            try:
+                lock = KeyringLock(self.store.engine, KIND).acquire()
+            except KeyringBusy as exc:
+                return exc
             job = _HttpJob(uuid.uuid4().hex, actor)
             self.jobs[job.id] = job
-        threading.Thread(target=self._rotate, args=(job,), daemon=True).start()
+        threading.Thread(target=self._rotate, args=(job, lock), daemon=True).start()
         return job
 
-    def _rotate(self, job: _HttpJob) -> None:
+    def _rotate(self, job: _HttpJob, lock: KeyringLock) -> None:
         job.state = RUNNING
 
         def progress(label: str, total: int) -> Callable[[int], None]:
@@ -171,6 +177,7 @@ class _Service:
                     actor=job.actor,
                     progress=progress,
                     before_write=out.begin,
+                    lock=lock,
                 ).run()
                 out.update(audit_summary(report))
         except KeyturnError as exc:
@@ -207,9 +214,9 @@ class _Service:
         """Rotate the KEK from the source the config names (never from a request);
         only where :meth:`rotate_kek_enabled`."""
         spec = self.store.config.server
-        with self.store.audit.operation(actor, "rotate-kek") as out:
+        with self.store.audit.operation(actor, "rotate-kek", deferred=True) as out:
             if isinstance(self.store.kek, TransitKEK):
-                result = rotate_transit_kek(self.store)
+                result = rotate_transit_kek(self.store, before_write=out.begin)
             else:
                 if spec.new_kek_env:
                     new = from_env(spec.new_kek_env)
@@ -217,7 +224,7 @@ class _Service:
                     assert spec.new_kek_file is not None  # rotate_kek_enabled()
                     new = from_file(spec.new_kek_file)
                 check_strength(new)
-                result = rotate_kek(self.store, new)
+                result = rotate_kek(self.store, new, before_write=out.begin)
             out.update(result.to_dict())
         return result.to_dict()
 
@@ -228,6 +235,11 @@ class _Service:
 
 def _error(status_code: int, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status_code, headers=headers or None)
+
+
+def _busy(exc: KeyringBusy) -> JSONResponse:
+    """409 naming what holds the keyring lock, as the CLI's exit 4 does."""
+    return JSONResponse({"error": str(exc), "holder": exc.holder}, status_code=409)
 
 
 def _client(request: Request) -> str:
@@ -309,6 +321,8 @@ def create_app(
 
     def rotate(_: Request, token: ApiToken) -> Response:
         job = service.start_rotation(f"token:{token.name}")
+        if isinstance(job, KeyringBusy):
+            return _busy(job)
         if isinstance(job, str):
             return _error(409, f"{job}; wait for it to finish")
         return JSONResponse(
@@ -333,6 +347,8 @@ def create_app(
             return _error(409, f"{reason}; wait for it to finish")
         try:
             return JSONResponse(service.rotate_kek(f"token:{token.name}"))
+        except KeyringBusy as exc:
+            return _busy(exc)
         except KeyturnError as exc:
             return _error(409 if isinstance(exc, KeyManagementError) else 500, str(exc))
 

@@ -12,8 +12,8 @@ from sqlalchemy import Connection, func, inspect, select
 
 from . import schema, tokens
 from .columns import BoundColumn
+from .database import utcnow
 from .keyring import ACTIVE, DESTROYED, DRAINING
-from .keystore import utcnow
 from .store import Store
 
 # Long enough for any header ("kt1:2147483647:") plus one payload character.

@@ -2,8 +2,11 @@
 
 A Store caches the unwrapped DEKs. It reloads the keyring when a token names a
 version newer than any it holds (another process rotated) and re-reads the
-active version at most every ``refresh_seconds``, so application processes
-follow a rotation without restarting.
+active version at least every ``refresh_seconds`` before it seals, so
+application processes follow a rotation without restarting. That interval is
+part of the app contract (``[apps]`` in keyturn.toml, docs/ROTATION.md):
+keyturn retires and destroys a version only after every Store must have
+stopped sealing under it.
 """
 
 from __future__ import annotations
@@ -24,14 +27,26 @@ from .audit import AuditLog
 from .columns import BoundColumn, bind_columns
 from .config import Config, load_config
 from .database import connect
-from .errors import InvalidToken, NotInitialized, UnknownKeyVersion, WrongKEK
+from .errors import (
+    ConfigError,
+    InvalidToken,
+    KEKChanged,
+    KeyManagementError,
+    NotInitialized,
+    OperationFailed,
+    UnknownKeyVersion,
+    WrongKEK,
+)
 from .kek import KEK
 from .kek_sources import from_file, legacy_secrets, pending_path, resolve_kek
 from .keyring import Keyring, KeyVersion
 from .legacy import LegacyReader
 from .tokens import header
 
-REFRESH_SECONDS = 30.0
+#: The least time between two look-ups of the newest version for tokens naming an
+#: unknown one: forged headers cost at most 20 cheap queries a second, and a
+#: genuine new version waits at most this long, never refused.
+PROBE_SECONDS = 0.05
 REWRAP_EVENT = "keyturn.rewrap_needed"
 log = logging.getLogger("keyturn")
 
@@ -46,8 +61,17 @@ class Store:
         kek: KEK,
         loaded: keystore.LoadedKeyring,
         *,
-        refresh_seconds: float = REFRESH_SECONDS,
+        refresh_seconds: float | None = None,
     ) -> None:
+        contract = config.apps.refresh_seconds
+        if refresh_seconds is None:
+            refresh_seconds = contract
+        if not 0 <= refresh_seconds <= contract:
+            raise ConfigError(
+                f"refresh_seconds={refresh_seconds} breaks the app contract: a Store must "
+                f"re-read the active key at least every {contract:g} s ([apps] refresh_seconds "
+                "in keyturn.toml, which `destroy-key` relies on)"
+            )
         self.config = config
         self.engine = engine
         self.kek = kek
@@ -56,8 +80,10 @@ class Store:
         self._versions = loaded.versions
         self._lock = threading.Lock()
         self._refresh_seconds = refresh_seconds
-        self._next_refresh = time.monotonic() + refresh_seconds
-        self._next_miss_reload = 0.0
+        self._confirmed = time.monotonic()
+        self._next_refresh = self._confirmed + refresh_seconds
+        self._next_probe = 0.0
+        self._probe_lock = threading.Lock()
         readers = {
             spec.name: LegacyReader(spec, lambda s: legacy_secrets(s, config.base_dir))
             for spec in config.legacy
@@ -97,7 +123,12 @@ class Store:
         return self._versions
 
     def encrypt(self, plaintext: str | bytes, *, context: str) -> str:
-        """Seal ``plaintext`` under the active DEK, bound to ``context``."""
+        """Seal ``plaintext`` under the active DEK, bound to ``context``.
+
+        Seals only under a version confirmed active within the contract's
+        refresh interval; if the database cannot confirm it for longer than
+        that, raises OperationFailed rather than seal under a retired version.
+        """
         if time.monotonic() >= self._next_refresh:
             self._refresh_active()
         data = plaintext.encode() if isinstance(plaintext, str) else plaintext
@@ -162,13 +193,33 @@ class Store:
         return plaintext
 
     def reload(self) -> None:
-        """Re-read and unwrap the keyring (the drift check runs again)."""
+        """Re-read and unwrap the keyring (the drift check runs again).
+
+        If the keyring was rewrapped under a new KEK (rotate-kek), the KEK is
+        resolved again from the configuration (a replaced key file); if that
+        does not open it either, KEKChanged: restart with the current KEK.
+        """
         with self.engine.connect() as conn:
-            loaded = keystore.load(conn, self.kek)
+            try:
+                loaded = keystore.load(conn, self.kek)
+            except WrongKEK:
+                kek, loaded = self._current_kek(conn)
+                self.kek = kek
         with self._lock:
             self._keyring = loaded.keyring
             self._versions = loaded.versions
-            self._next_refresh = time.monotonic() + self._refresh_seconds
+            self._confirmed = time.monotonic()
+            self._next_refresh = self._confirmed + self._refresh_seconds
+
+    def _current_kek(self, conn: Connection) -> tuple[KEK, keystore.LoadedKeyring]:
+        try:
+            return load_keyring(conn, resolve_kek(self.config))
+        except KeyManagementError:
+            raise KEKChanged(
+                f"the keyring is no longer wrapped by this process's KEK ({self.kek.kek_id}) "
+                "and the configured KEK source does not open it either: rotate-kek ran; "
+                "restart this process with the current KEK (docs/KEYS.md)"
+            ) from None
 
     def bound_columns(self) -> list[BoundColumn]:
         """The configured columns, checked against the live schema."""
@@ -179,24 +230,43 @@ class Store:
         self.engine.dispose()
 
     def _reload_for(self, version: int) -> bool:
-        # Only a version newer than all we hold can have appeared since we
-        # loaded; and reload at most once a second, so forged headers cannot
-        # turn decrypt into a flood of keyring queries.
-        if version <= max(self._keyring.versions) or time.monotonic() < self._next_miss_reload:
-            return False
-        self._next_miss_reload = time.monotonic() + 1.0
-        self.reload()
-        return version in self._keyring.versions
+        """Reload if ``version`` exists now. Only a version newer than all we hold
+        can have appeared since we loaded. Look-ups of the newest version are
+        spaced by PROBE_SECONDS (waiting, not refusing), so forged headers
+        cannot flood the database and a genuine new version is always found."""
+        with self._probe_lock:
+            if version in self._keyring.versions:
+                return True  # another thread reloaded meanwhile
+            if version <= max(self._keyring.versions):
+                return False
+            wait = self._next_probe - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._next_probe = time.monotonic() + PROBE_SECONDS
+            with self.engine.connect() as conn:
+                newest = keystore.newest_version(conn)
+            if newest is None or version > newest:
+                return False
+            self.reload()
+            return version in self._keyring.versions
 
     def _refresh_active(self) -> None:
         self._next_refresh = time.monotonic() + self._refresh_seconds
         try:
             with self.engine.connect() as conn:
                 active = keystore.active_version(conn)
-        except Exception:  # the database is briefly unreachable: keep the keys we have
-            return
+        except Exception as exc:  # the database is briefly unreachable
+            if time.monotonic() - self._confirmed <= self.config.apps.refresh_seconds:
+                return  # keep sealing under the version confirmed moments ago
+            raise OperationFailed(
+                "cannot confirm the active key version: the database has been unreachable "
+                f"for over {self.config.apps.refresh_seconds:g} s ([apps] refresh_seconds); "
+                f"not sealing under a version that may have been retired ({type(exc).__name__})"
+            ) from None
         if active is not None and active != self._keyring.active_version:
             self.reload()
+        else:
+            self._confirmed = time.monotonic()
 
 
 def load_keyring(conn: Connection, kek: KEK) -> tuple[KEK, keystore.LoadedKeyring]:
