@@ -230,12 +230,8 @@ def test_rotate_kek_only_from_the_configured_source(app: App, tmp_path: Path) ->
     kek_entries = [
         (e["actor"], e["details"]["outcome"]) for e in entries if e["action"] == "rotate-kek"
     ]
-    assert kek_entries == [
-        ("token:root", "started"),
-        ("token:root", "succeeded"),
-        ("token:root", "started"),
-        ("token:root", "failed"),
-    ]
+    # The refused second call (same KEK) wrote nothing, audit log included.
+    assert kek_entries == [("token:root", "started"), ("token:root", "succeeded")]
 
 
 def test_openapi_schema_lists_every_endpoint(server: Server) -> None:
@@ -367,3 +363,35 @@ def test_token_commands_and_a_server_that_cannot_open_the_keyring(app: App) -> N
     proc = app.cli("serve", "--port", str(free_port()), env=env, timeout=30)
     assert proc.returncode == 3 and "does not open" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_held_keyring_lock_gets_409_naming_its_holder(app: App) -> None:
+    """CLI+HTTP at once: the lock, not a check beside the mint, decides."""
+    from sqlalchemy import create_engine
+
+    from keyturn.locking import KeyringLock
+
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    app.write_config(app.config.read_text() + '\n[server]\nnew_kek_env = "NEW_KEK"\n')
+    app.env["NEW_KEK"] = secrets.token_hex(32)
+    root = token(app, "root", "admin")
+    for server in serve(app):
+        engine = create_engine(f"sqlite:///{app.db}")
+        lock = KeyringLock(engine, "destroy-key").acquire()
+        try:
+            for path in ("/v1/admin/encryption/rotate", "/v1/admin/encryption/rotate-kek"):
+                reply = server.call("POST", path, root)
+                assert reply.status == 409, reply.text
+                assert "locked by destroy-key by " in reply.body["error"]
+                holder = reply.body["holder"]
+                assert holder["operation"] == "destroy-key" and holder["owner"].endswith(
+                    f":{os.getpid()}"
+                )
+        finally:
+            lock.release()
+            engine.dispose()
+        started = server.call("POST", "/v1/admin/encryption/rotate", root)
+        assert started.status == 202
+        assert server.wait_job(started.body["id"], root)["state"] == "succeeded"
+    assert app.sql("SELECT version FROM keyturn_keys ORDER BY version") == [(1,), (2,)]

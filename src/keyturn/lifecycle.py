@@ -6,6 +6,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
@@ -231,7 +232,8 @@ def _rotate_kek_locked(store: Store, new: KEK, replace_key_file: bool) -> KekRot
         keystore.load(conn, new)
     elapsed = (time.perf_counter() - started) * 1000
     if staged is not None and key_file is not None:
-        os.replace(staged, key_file)
+        with suppress(FileNotFoundError):  # a process opening the keyring moved it already
+            os.replace(staged, key_file)
         _fsync_dir(key_file.parent)
     store.kek = new
     store.reload()

@@ -287,7 +287,10 @@ def load_keyring(conn: Connection, kek: KEK) -> tuple[KEK, keystore.LoadedKeyrin
             raise
         candidate = from_file(staged)
         loaded = keystore.load(conn, candidate)  # WrongKEK again if it does not open either
-        os.replace(staged, key_file)
+        try:
+            os.replace(staged, key_file)
+        except FileNotFoundError:  # rotate-kek itself (or another process) just moved it
+            return from_file(key_file), loaded
         print(
             f"keyturn: warning: finished an interrupted rotate-kek: {key_file} now holds "
             "the new KEK",
