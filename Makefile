@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench soak clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# The concurrency model (tests/test_model.py) on long schedules, outside the suite.
+soak: $(STAMP)
+	KEYTURN_MODEL_STEPS=$${KEYTURN_MODEL_STEPS:-150} $(PY) -m pytest -q tests/test_model.py
 
 bench: $(STAMP)
 	$(PY) bench/crypto_overhead.py

@@ -70,3 +70,21 @@ def test_missing_config_says_how_to_point_at_one(
 def test_config_repr_hides_the_database_password(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, 'database = "postgresql://u:hunter2@127.0.0.1/db"\n'))
     assert "hunter2" not in repr(config)
+
+
+def test_the_app_contract_as_rotation_md_shows_it(tmp_path: Path) -> None:
+    doc = (Path(__file__).parents[1] / "docs" / "ROTATION.md").read_text()
+    snippet = doc.split("## The app-process contract", 1)[1].split("```toml\n", 1)[1]
+    snippet = snippet.split("```", 1)[0]
+    apps = load_config(write(tmp_path, GOOD + snippet)).apps
+    assert (apps.refresh_seconds, apps.write_margin_seconds, apps.grace_seconds) == (30, 60, 90)
+    assert load_config(write(tmp_path, GOOD)).apps == apps, "the snippet shows the defaults"
+
+
+@pytest.mark.parametrize(
+    "apps",
+    ["[apps]\nrefresh_seconds = 0", '[apps]\nrefresh_seconds = "30"', "[apps]\nevery = 3"],
+)
+def test_a_bad_app_contract_is_refused(tmp_path: Path, apps: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[apps\]"):
+        load_config(write(tmp_path, GOOD + apps))

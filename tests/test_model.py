@@ -198,7 +198,7 @@ def check_invariants(app: App, database: Database, journals: list[Path]) -> None
             assert version_of(old) in store.keyring.versions, "a backup names a lost version"
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(max(900, STEPS * 20))
 def test_random_interleavings_lose_nothing(database: Database, tmp_path: Path) -> None:
     seed = int(os.environ.get("KEYTURN_MODEL_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
