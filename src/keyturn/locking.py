@@ -20,6 +20,7 @@ import os
 import socket
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -157,7 +158,7 @@ class KeyringLock:
         self.engine = engine
         self.operation = operation
         self.job = job
-        self.owner = me()
+        self.owner = me()[:255]
         self._session: Connection | None = None
         self._held = False
         self._stop = threading.Event()
@@ -220,7 +221,7 @@ class KeyringLock:
         values = {
             "operation": self.operation,
             "job_id": self.job,
-            "owner": self.owner[:255],
+            "owner": self.owner,
             "since": now,
             "heartbeat_at": now,
         }
@@ -229,29 +230,25 @@ class KeyringLock:
             return
         conn.execute(schema.lock.insert().values(name=LOCK_NAME, **values))
 
-    def set_job(self, job: str) -> None:
-        """Name the job the holder works on (a rotation learns it after minting)."""
-        self.job = job
+    def _update_row(self, **values: Any) -> None:
+        """Change the lock row, if it still names this holder."""
         lk = schema.lock.c
         with write_transaction(self.engine) as conn:
             conn.execute(
                 update(schema.lock)
-                .where(lk.name == LOCK_NAME, lk.owner == self.owner[:255])
-                .values(job_id=job)
+                .where(lk.name == LOCK_NAME, lk.owner == self.owner)
+                .values(**values)
             )
 
+    def set_job(self, job: str) -> None:
+        """Name the job the holder works on (a rotation learns it after minting)."""
+        self.job = job
+        self._update_row(job_id=job)
+
     def _heartbeat(self) -> None:
-        lk = schema.lock.c
         while not self._stop.wait(HEARTBEAT_SECONDS):
-            try:
-                with write_transaction(self.engine) as conn:
-                    conn.execute(
-                        update(schema.lock)
-                        .where(lk.name == LOCK_NAME, lk.owner == self.owner[:255])
-                        .values(heartbeat_at=utcnow())
-                    )
-            except SQLAlchemyError:  # the next beat tries again; the lock is the row
-                pass
+            with suppress(SQLAlchemyError):  # the next beat tries again; the lock is the row
+                self._update_row(heartbeat_at=utcnow())
 
     def release(self) -> None:
         """Clear the row and drop the lock; safe to call twice."""
@@ -260,16 +257,9 @@ class KeyringLock:
             self._beat.join()
             self._beat = None
         if self._held or self._session is not None:
-            lk = schema.lock.c
-            try:
-                with write_transaction(self.engine) as conn:
-                    conn.execute(
-                        update(schema.lock)
-                        .where(lk.name == LOCK_NAME, lk.owner == self.owner[:255])
-                        .values(operation=None, job_id=None, owner=None, since=None)
-                    )
-            except SQLAlchemyError:
-                pass  # a stale row names a dead holder; the next taker overwrites it
+            # If this fails, the row names a dead holder; the next taker overwrites it.
+            with suppress(SQLAlchemyError):
+                self._update_row(operation=None, job_id=None, owner=None, since=None)
         self._held = False
         session, self._session = self._session, None
         if session is not None:
