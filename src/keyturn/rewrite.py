@@ -321,7 +321,9 @@ class TableRewriter:
         statements: list[tuple[str, Any]] = []
         for start, stop in _spans(written, per_statement, _STATEMENT_CHARS):
             text, bound = bulk.render([column[start:stop] for column in written])
-            statements.append((text, bound or None))
+            # Always with parameters, even none: the driver then reads the
+            # preparer's %% in a name as %, as it does for a statement with values.
+            statements.append((text, tuple(bound)))
         return _Write(indexes, rows, written, statements, many=False)
 
     def _prepare_arrays(
@@ -351,12 +353,11 @@ class TableRewriter:
         t.pk = v.k AND t.col = v.o``, in pieces: the text before the arrays, the
         type of each array, the text after. A deleted row joins nothing, so it
         is never brought back."""
+        # The preparer escapes a % in a name already (%%), as the driver's
+        # placeholders need: the statement is always run with parameters.
         preparer = dialect.identifier_preparer
-
-        def quote(name: str) -> str:  # a % in a name would read as a placeholder
-            return str(preparer.quote(name)).replace("%", "%%")
-
-        table = preparer.format_table(self.table).replace("%", "%%")
+        quote = preparer.quote
+        table = preparer.format_table(self.table)
         keys = [f"k{j}" for j in range(len(self.pk))]
         names = keys + [f"o{i}" for i in indexes] + [f"n{i}" for i in indexes]
         types = [str(c.type.compile(dialect=dialect)) for c in self.pk]
