@@ -3,14 +3,19 @@ by a test."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
+import traceback
 from pathlib import Path
 
 import pytest
 from conftest import App, Database, base_env
 
 import keyturn
+from keyturn.encrypt_existing import encrypt_existing
+from keyturn.rewrite import Pacing
 
 
 def odd_names_app(database: Database, tmp_path: Path) -> App:
@@ -20,9 +25,7 @@ def odd_names_app(database: Database, tmp_path: Path) -> App:
         f"CREATE TABLE {q}pct%t{q} ({q}i%d{q} INTEGER PRIMARY KEY, {q}se%c ret{q} TEXT)"
     )
     for i in range(1, 51):
-        database.execute(
-            f"INSERT INTO {q}pct%t{q} VALUES (:i, :v)", i=i, v=f"sk_{i}_%s%%"
-        )
+        database.execute(f"INSERT INTO {q}pct%t{q} VALUES (:i, :v)", i=i, v=f"sk_{i}_%s%%")
     (tmp_path / "keyturn.toml").write_text(
         f'database = "{database.url}"\n'
         '[[columns]]\ntable = "pct%t"\ncolumn = "se%c ret"\nprimary_key = "i%d"\nbind = "row"\n'
@@ -48,3 +51,117 @@ def test_percent_in_table_and_column_names(database: Database, tmp_path: Path) -
                 assert store.decrypt(v, context=f"pct%t.se%c ret#{i}") == f"sk_{i}_%s%%"
     finally:
         del os.environ["KEYTURN_KEK"]
+
+
+def _chain_text(exc: BaseException) -> str:
+    """Everything an error tracker could show of an exception: each exception in its
+    chain, str, repr, args, attributes, and the formatted traceback."""
+    parts = ["".join(traceback.format_exception(exc))]
+    seen: BaseException | None = exc
+    while seen is not None:
+        parts += [str(seen), repr(seen), repr(seen.args), repr(vars(seen))]
+        seen = seen.__cause__ or seen.__context__
+    return "\n".join(parts)
+
+
+# A database that refuses row 4000 mid-batch, as a full disk would.
+TRIGGERS = {
+    "sqlite": [
+        "CREATE TRIGGER refuse BEFORE UPDATE ON creds WHEN NEW.id = 4000 "
+        "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN IF NEW.id = 4000 THEN "
+        "RAISE EXCEPTION 'disk I/O error'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER refuse BEFORE UPDATE ON creds FOR EACH ROW EXECUTE FUNCTION refuse()",
+    ],
+    "mysql": [
+        "CREATE TRIGGER refuse BEFORE UPDATE ON creds FOR EACH ROW IF NEW.id = 4000 THEN "
+        "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'disk I/O error'; END IF"
+    ],
+}
+# A batch that hangs at row 4000, so the session is surely mid-UPDATE when killed.
+SLOW = {
+    "postgresql": [
+        "CREATE FUNCTION slow() RETURNS trigger AS $$ BEGIN IF NEW.id = 4000 THEN "
+        "PERFORM pg_sleep(3); END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER slow BEFORE UPDATE ON creds FOR EACH ROW EXECUTE FUNCTION slow()",
+    ],
+    "mysql": [
+        "CREATE TRIGGER slow BEFORE UPDATE ON creds FOR EACH ROW IF NEW.id = 4000 THEN "
+        "DO SLEEP(3); END IF"
+    ],
+}
+
+
+def _active_updates(database: Database, name: str) -> int:
+    """Kill the sessions of the test database stuck in a statement (the slow trigger)."""
+    if database.kind == "postgresql":
+        return len(
+            database.rows(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d "
+                "AND state = 'active' AND query LIKE 'UPDATE%' AND pid <> pg_backend_pid() "
+                "AND now() - query_start > interval '0.5 seconds'",
+                d=name,
+            )
+        )
+    ids = database.rows(
+        "SELECT id FROM information_schema.processlist WHERE db = :d "
+        "AND command = 'Query' AND time_ms > 500 AND id <> CONNECTION_ID()",
+        d=name,
+    )
+    for (session,) in ids:
+        with contextlib.suppress(Exception):  # it may have ended meanwhile
+            database.execute(f"KILL {int(session)}")
+    return len(ids)
+
+
+@pytest.mark.parametrize("how", ["trigger", "kill"])
+def test_a_database_error_mid_batch_carries_no_plaintext(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The database fails mid-UPDATE of encrypt-existing (MariaDB writes plain ASCII
+    values into the statement; every driver keeps the parameters on its error):
+    nothing of the values may leave in the exception, its chain or its traceback."""
+    if how == "kill" and database.kind == "sqlite":
+        pytest.skip("SQLite has no session to kill; the trigger variant covers it")
+    database.execute("CREATE TABLE creds (id INTEGER PRIMARY KEY, api_key TEXT)")
+    planted = [f"sk_live_{i}_PLANTEDzq{i * 7919}" for i in range(1, 6001)]
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database.url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO creds VALUES (:i, :v)"),
+            [{"i": i, "v": v} for i, v in enumerate(planted, 1)],
+        )
+    engine.dispose()
+    database.execute(*(TRIGGERS if how == "trigger" else SLOW)[database.kind])
+    (tmp_path / "keyturn.toml").write_text(
+        f'database = "{database.url}"\n[[columns]]\ntable = "creds"\ncolumn = "api_key"\n'
+    )
+    kek = os.urandom(32).hex()
+    monkeypatch.setenv("KEYTURN_KEK", kek)
+    App(tmp_path, {**base_env(), "KEYTURN_KEK": kek}).cli("init", check=True)
+    name = database.url.rsplit("/", 1)[1]
+    stop = threading.Event()
+
+    def killer() -> None:
+        while not stop.wait(0.05):
+            if _active_updates(database, name):
+                return
+
+    with keyturn.open(tmp_path / "keyturn.toml") as store:
+        if how == "kill":
+            threading.Thread(target=killer, daemon=True).start()
+        try:
+            with pytest.raises(keyturn.DatabaseError) as caught:
+                encrypt_existing(store, pacing=Pacing(chunk_time=0.05, max_rate=2000))
+        finally:
+            stop.set()
+    message = str(caught.value)
+    assert message.startswith("database error: ") and "\n" not in message
+    shown = _chain_text(caught.value)
+    leaked = [p for p in planted if p in shown]
+    assert not leaked, f"{len(leaked)} plaintexts in the exception"
+    assert "PLANTED" not in shown and kek not in shown

@@ -9,6 +9,7 @@ from .config import ColumnSpec, Config, load_config
 from .encrypt_existing import encrypt_existing
 from .errors import (
     ConfigError,
+    DatabaseError,
     InvalidKEK,
     InvalidToken,
     KEKChanged,
@@ -36,6 +37,7 @@ __all__ = [
     "ColumnStatus",
     "Config",
     "ConfigError",
+    "DatabaseError",
     "DataKey",
     "InvalidKEK",
     "InvalidToken",

@@ -27,9 +27,9 @@ from . import api_tokens, audit, jobs, keystore
 from ._progress import progress_factory
 from .columns import bind_columns
 from .config import Config, load_config
-from .database import connect
+from .database import connect, database_error
 from .encrypt_existing import encrypt_existing
-from .errors import KeyturnError
+from .errors import DatabaseError, KeyturnError
 from .import_legacy import import_legacy
 from .kek import LocalKEK, generate_kek_bytes, parse_kek
 from .kek_sources import check_strength, from_env, from_file, resolve_kek, write_key_file
@@ -66,25 +66,24 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except DatabaseError as exc:
+            self._database_error(ctx, exc)
         except KeyturnError as exc:
             click.echo(f"keyturn: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except SQLAlchemyError as exc:
-            hint = ""
-            if ctx.invoked_subcommand in _RESUMABLE:
-                hint = f"; run `keyturn {ctx.invoked_subcommand}` again to resume"
-            click.echo(f"keyturn: database error: {_db_message(exc)}{hint}", err=True)
-            ctx.exit(1)
+            self._database_error(ctx, database_error(exc))
+
+    @staticmethod
+    def _database_error(ctx: click.Context, exc: DatabaseError) -> None:
+        hint = ""
+        if ctx.invoked_subcommand in _RESUMABLE:
+            hint = f"; run `keyturn {ctx.invoked_subcommand}` again to resume"
+        click.echo(f"keyturn: {exc}{hint}", err=True)
+        ctx.exit(exc.exit_code)
 
 
 _RESUMABLE = ("rotate", "encrypt-existing", "import-legacy")
-
-
-def _db_message(exc: SQLAlchemyError) -> str:
-    # The engine hides bound parameters; show the driver's own first line only.
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__) + "; nothing further was written"
 
 
 def actor() -> str:

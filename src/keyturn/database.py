@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from sqlalchemy.dialects.mysql import BINARY as mysql_binary
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from .errors import ConfigError
+from .errors import ConfigError, DatabaseError
 
 
 def utcnow() -> datetime:
@@ -140,7 +141,7 @@ def driver_cursor(conn: Connection, statement: str) -> Iterator[Any]:
         if lost:
             conn.invalidate(exc)
         raise DBAPIError.instance(
-            statement,
+            _described(statement),
             None,
             exc,
             base,
@@ -151,6 +152,26 @@ def driver_cursor(conn: Connection, statement: str) -> Iterator[Any]:
     finally:
         with suppress(Exception):  # closing a cursor on a lost connection may fail too
             cursor.close()
+
+
+def _described(statement: str) -> str:
+    """A statement for an error: its start, never the values a swap may inline."""
+    return statement.split("(", 1)[0][:120].rstrip() + " … (values not shown)"
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\bnear\b.*", re.DOTALL)
+
+
+def database_error(exc: Exception) -> DatabaseError:
+    """keyturn's error for a database failure: the driver's first line, quoted text
+    and a syntax error's context removed (they can quote a statement's values)."""
+    orig = getattr(exc, "orig", None)
+    lines = str(orig if orig is not None else exc).strip().splitlines()
+    first = _QUOTED.sub("'…'", lines[0]) if lines else type(exc).__name__
+    return DatabaseError(
+        f"database error: {first}; nothing further was written",
+        connection_invalidated=bool(getattr(exc, "connection_invalidated", False)),
+    )
 
 
 def exact_equals(column: Any, value: Any, dialect: Any) -> Any:

@@ -79,6 +79,20 @@ class OperationFailed(KeyturnError):
     """An operation ran but could not complete (some rows failed, a database error)."""
 
 
+class DatabaseError(OperationFailed):
+    """The database failed mid-operation (a lost connection, a lock timeout, a full disk).
+
+    The message is the driver's first line with quoted text removed, and the
+    driver's exception is not chained: a statement keyturn built may hold
+    values, and none may leave keyturn in an exception. Batches already
+    committed stay; running the operation again resumes it.
+    """
+
+    def __init__(self, message: str, *, connection_invalidated: bool = False) -> None:
+        super().__init__(message)
+        self.connection_invalidated = connection_invalidated
+
+
 class KeyringBusy(KeyturnError):
     """Another keyturn operation holds the keyring lock; nothing was written.
 
@@ -99,6 +113,7 @@ class KEKChanged(WrongKEK):
 
 __all__ = [
     "ConfigError",
+    "DatabaseError",
     "InvalidKEK",
     "InvalidToken",
     "KEKChanged",

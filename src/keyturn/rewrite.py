@@ -37,11 +37,13 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
 from .columns import BoundColumn, table_of
 from .database import (
     DriverStatement,
+    database_error,
     driver_cursor,
     exact_equals,
     fetch_raw,
@@ -175,7 +177,17 @@ class TableRewriter:
         self._array_statements: dict[tuple[int, ...], tuple[str, list[str], str]] = {}
 
     def run(self, after: PK | None = None) -> list[ColumnResult]:
-        """Walk the table from just after ``after`` to the end, then retry missed rows."""
+        """Walk the table from just after ``after`` to the end, then retry missed rows.
+
+        A database failure leaves as keyturn's DatabaseError, never as the
+        driver's exception: the swap statements may hold the values they write."""
+        try:
+            return self._run(after)
+        except DBAPIError as exc:
+            error = database_error(exc)
+        raise error  # outside the except: no __context__ holding the statement's values
+
+    def _run(self, after: PK | None) -> list[ColumnResult]:
         counts = [Counter[str]() for _ in self.columns]
         failed: list[list[PK]] = [[] for _ in self.columns]
         missed: dict[PK, tuple[int, ...]] = {}
