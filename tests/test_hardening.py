@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import traceback
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import App, Database, base_env
 
 import keyturn
 from keyturn.encrypt_existing import encrypt_existing
+from keyturn.import_legacy import check_legacy_key
 from keyturn.rewrite import Pacing
 
 
@@ -165,3 +168,39 @@ def test_a_database_error_mid_batch_carries_no_plaintext(
     leaked = [p for p in planted if p in shown]
     assert not leaked, f"{len(leaked)} plaintexts in the exception"
     assert "PLANTED" not in shown and kek not in shown
+
+
+def test_reading_operations_log_no_plaintext_at_any_level(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """With every logger at DEBUG (SQLAlchemy logs each row it builds), status,
+    verify, a dry run and the legacy checks must not show a plaintext value."""
+    from legacy_encoders import LAYOUTS, fernet_key
+
+    key = fernet_key()
+    _, encode, _ = LAYOUTS["fernet"]
+    database.execute("CREATE TABLE hooks (id INTEGER PRIMARY KEY, secret TEXT)")
+    planted = [f"whsec_{i}_PLANTEDqx{i * 31}" for i in range(1, 41)]
+    for i, plain in enumerate(planted, 1):
+        stored = plain if i % 2 else encode(key, plain.encode())
+        database.execute("INSERT INTO hooks VALUES (:i, :s)", i=i, s=stored)
+    (tmp_path / "keyturn.toml").write_text(
+        f'database = "{database.url}"\n'
+        '[[legacy]]\nname = "old"\nformat = "fernet"\nkey_env = "OLD_FERNET_KEY"\n'
+        '[[columns]]\ntable = "hooks"\ncolumn = "secret"\nlegacy = "old"\n'
+    )
+    kek = os.urandom(32).hex()
+    monkeypatch.setenv("KEYTURN_KEK", kek)
+    monkeypatch.setenv("OLD_FERNET_KEY", key)
+    App(tmp_path, {**base_env(), "KEYTURN_KEK": kek}).cli("init", check=True)
+    caplog.set_level(logging.DEBUG)  # the root logger: every library's records
+    caplog.set_level(logging.DEBUG, logger="sqlalchemy")  # which sets itself to WARN
+    with keyturn.open(tmp_path / "keyturn.toml") as store:
+        report = keyturn.status(store)
+        assert report.columns[0].plaintext == 20 and report.columns[0].legacy == 20
+        assert keyturn.verify(store).totals["legacy_ok"] == 20
+        assert encrypt_existing(store, dry_run=True).totals["encrypted"] == 20
+        check_legacy_key(store, store.bound_columns()[0])
+    assert "sqlalchemy.engine" in caplog.text, "the engine did log at DEBUG"
+    shown = caplog.text + "".join(repr(r.__dict__) for r in caplog.records)
+    assert "PLANTED" not in shown and key not in shown and kek not in shown

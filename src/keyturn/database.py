@@ -111,8 +111,23 @@ def fetch_raw(conn: Connection, query: Any) -> list[tuple[Any, ...]]:
     """Run a SELECT built with SQLAlchemy on the driver's cursor; plain tuples back.
 
     For the rewrite loop's keyset reads, where building Row objects cost as
-    much as the query. It shares ``conn``'s DBAPI connection and transaction.
+    much as the query (and no logger sees the values). It shares ``conn``'s
+    DBAPI connection and transaction.
     """
+    with _executed(conn, query) as cursor:
+        return list(cursor.fetchall())
+
+
+def stream_raw(conn: Connection, query: Any, size: int = 10_000) -> Iterator[tuple[Any, ...]]:
+    """Like :func:`fetch_raw`, a page at a time. For values that may be plaintext:
+    on the driver's cursor no logger sees them (SQLAlchemy logs rows at DEBUG)."""
+    with _executed(conn, query) as cursor:
+        while page := cursor.fetchmany(size):
+            yield from page
+
+
+@contextmanager
+def _executed(conn: Connection, query: Any) -> Iterator[Any]:
     # render_postcompile expands IN lists into one placeholder per value.
     compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     params = compiled.construct_params()
@@ -121,7 +136,7 @@ def fetch_raw(conn: Connection, query: Any) -> list[tuple[Any, ...]]:
         args = tuple(params[name] for name in compiled.positiontup)
     with driver_cursor(conn, compiled.string) as cursor:
         cursor.execute(compiled.string, args)
-        return list(cursor.fetchall())
+        yield cursor
 
 
 @contextmanager

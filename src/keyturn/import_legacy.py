@@ -16,6 +16,7 @@ from typing import Any
 
 from . import tokens
 from .columns import BoundColumn
+from .database import stream_raw
 from .encrypt_existing import ProgressFactory, rewrite_columns
 from .errors import ConfigError, InvalidToken, LegacyKeyError
 from .legacy import LegacyReader
@@ -85,7 +86,7 @@ def check_legacy_key(store: Store, column: BoundColumn) -> int:
     query = column.non_token_values().order_by(*column.pk)
     sample: list[str] = []
     with store.engine.connect() as conn:
-        for (candidate,) in conn.execution_options(yield_per=1000).execute(query):
+        for (candidate,) in stream_raw(conn, query, 1000):
             if reader.recognises(candidate):
                 sample.append(candidate)
                 if len(sample) == SAMPLE:

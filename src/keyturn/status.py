@@ -8,16 +8,13 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, inspect, select
+from sqlalchemy import Connection, case, func, inspect, or_, select
 
 from . import schema, tokens
 from .columns import BoundColumn
-from .database import utcnow
+from .database import stream_raw, utcnow
 from .keyring import ACTIVE, DESTROYED, DRAINING
 from .store import Store
-
-# Long enough for any header ("kt1:2147483647:") plus one payload character.
-_HEADER_CHARS = 24
 
 
 @dataclass(frozen=True)
@@ -72,21 +69,42 @@ class StatusReport:
 
 def _count_headers(conn: Connection, expression: Any) -> tuple[int, int, int, Counter[int]]:
     """(rows, empty, plaintext, count by key version) of a text expression's values,
-    classified by their header alone (no decryption)."""
+    counted by the database from their headers: no value is read into Python."""
+    table = expression.table
+    empty = or_(expression.is_(None), expression == "")
+    token = expression.like("kt1:%")
+    totals = select(
+        func.count(),
+        func.coalesce(func.sum(case((empty, 1), else_=0)), 0),
+        func.coalesce(func.sum(case((or_(empty, token), 0), else_=1)), 0),
+    ).select_from(table)
+    rows, empty_n, plaintext = (int(n) for n in conn.execute(totals).one())
+    # The version is the text between "kt1:" and the next colon; a token also
+    # needs a payload after it.
+    colon = _find(conn.dialect.name, func.substr(expression, 5), ":")
+    version = case((colon > 0, func.substr(expression, 5, colon - 1)), else_="")
+    payload = func.length(expression) > colon + 4
+    per_version = (
+        select(version, payload, func.count())
+        .select_from(table)
+        .where(token)
+        .group_by(version, payload)
+    )
     by_version: Counter[int] = Counter()
-    plaintext = empty = rows = 0
-    query = select(func.substr(expression, 1, _HEADER_CHARS))
-    for (head,) in conn.execution_options(yield_per=10_000).execute(query):
-        rows += 1
-        if head is None or head == "":
-            empty += 1
-            continue
-        version = tokens.version_of(head) if isinstance(head, str) else None
-        if version is None:
-            plaintext += 1
+    for text, has_payload, n in conn.execute(per_version):
+        parsed = tokens.version_of(f"kt1:{text}:" + ("x" if has_payload else ""))
+        if parsed is None:
+            plaintext += int(n)  # text that merely starts with "kt1:"
         else:
-            by_version[version] += 1
-    return rows, empty, plaintext, by_version
+            by_version[parsed] += int(n)
+    return rows, empty_n, plaintext, by_version
+
+
+def _find(dialect: str, haystack: Any, needle: str) -> Any:
+    """The 1-based position of ``needle`` in ``haystack`` (0 if absent), in SQL."""
+    if dialect == "postgresql":
+        return func.strpos(haystack, needle)
+    return func.instr(haystack, needle)
 
 
 def count_column(store: Store, column: BoundColumn, conn: Connection | None = None) -> ColumnStatus:
@@ -96,8 +114,7 @@ def count_column(store: Store, column: BoundColumn, conn: Connection | None = No
     with nullcontext(conn) if conn is not None else store.engine.connect() as c:
         rows, empty, plaintext, by_version = _count_headers(c, column.value)
         if reader is not None and plaintext:
-            query = column.non_token_values()
-            for (value,) in c.execution_options(yield_per=10_000).execute(query):
+            for (value,) in stream_raw(c, column.non_token_values()):
                 legacy += reader.recognises(value)
     return ColumnStatus(
         column.spec.name,
