@@ -395,3 +395,40 @@ def test_a_held_keyring_lock_gets_409_naming_its_holder(app: App) -> None:
         assert started.status == 202
         assert server.wait_job(started.body["id"], root)["state"] == "succeeded"
     assert app.sql("SELECT version FROM keyturn_keys ORDER BY version") == [(1,), (2,)]
+
+
+def test_a_token_record_forged_or_edited_by_sql_is_refused_and_audited(app: App) -> None:
+    """With write access to the database only, inserting a row with the SHA-256 of a
+    chosen token (scope admin), or raising a token's scope, or un-revoking one,
+    gives nothing."""
+    import hashlib
+
+    app.cli("init", check=True)
+    reader = token(app, "reader", "read")
+    revoked = token(app, "gone", "admin")
+    app.cli("token", "revoke", "gone", check=True)
+    chosen = "kta_" + "A" * 43
+    app.sql(
+        "INSERT INTO keyturn_api_tokens (name, scope, token_hash, created_at, created_by) "
+        "VALUES ('evil', 'admin', ?, '2026-01-01 00:00:00', 'cli:x')",
+        (hashlib.sha256(chosen.encode()).hexdigest(),),
+    )
+    for server in serve(app):
+        assert server.call("GET", "/v1/admin/encryption", reader).status == 200
+        assert server.call("POST", "/v1/admin/encryption/rotate", reader).status == 403
+        app.sql("UPDATE keyturn_api_tokens SET scope = 'admin' WHERE name = 'reader'")
+        app.sql("UPDATE keyturn_api_tokens SET revoked_at = NULL WHERE name = 'gone'")
+        for forged in (chosen, reader, revoked):
+            reply = server.call("POST", "/v1/admin/encryption/rotate", forged)
+            assert reply.status == 401, reply.text
+        assert server.call("GET", "/v1/admin/encryption", chosen).status == 401
+    assert app.sql("SELECT version FROM keyturn_keys") == [(1,)]
+    refused = [
+        e["details"]["name"]
+        for e in json.loads(app.cli("audit", "list", "--json", check=True).stdout)
+        if e["action"] == "token.refused"
+    ]
+    assert set(refused) == {"evil", "reader", "gone"}
+    listed = app.cli("token", "list")
+    assert "REFUSED" in listed.stdout and "not made with the KEK" in listed.stderr
+    assert app.cli("audit", "verify").returncode == 0

@@ -3,6 +3,12 @@
 A token is 32 random bytes (``kta_`` + base64url), shown once at creation. The
 hash needs no salt or stretching: the token is random, not a password. Checks
 compare the presented token's hash with every live token's in constant time.
+
+Each record carries a MAC over its keyring, name, scope and hash under a key
+derived from the audit key, which only a KEK holder can open: a row inserted
+or edited (a scope raised) with SQL access alone is refused, and the refusal
+is audited. Revoking clears the MAC, so un-revoking a row by SQL does not
+bring the token back.
 """
 
 from __future__ import annotations
@@ -34,13 +40,14 @@ class TokenError(ConfigError):
 
 @dataclass(frozen=True)
 class ApiToken:
-    """A token's record; never the token itself."""
+    """A token's record; never the token itself. ``genuine``: its MAC checks out."""
 
     name: str
     scope: str
     created_at: datetime
     created_by: str
     revoked_at: datetime | None
+    genuine: bool = True
 
     def allows(self, scope: str) -> bool:
         return SCOPES.index(self.scope) >= SCOPES.index(scope)
@@ -52,6 +59,7 @@ class ApiToken:
             "created_at": self.created_at.isoformat() + "Z",
             "created_by": self.created_by,
             "revoked_at": self.revoked_at.isoformat() + "Z" if self.revoked_at else None,
+            "genuine": self.genuine,
         }
 
 
@@ -80,14 +88,16 @@ def create(log: AuditLog, name: str, scope: str, actor: str) -> str:
             raise TokenError(f"a token named {name!r} exists; revoke it first or pick another name")
         if existing is not None:
             conn.execute(schema.api_tokens.delete().where(t.name == name))
+        digest = token_hash(token)
         conn.execute(
             schema.api_tokens.insert().values(
                 name=name,
                 scope=scope,
-                token_hash=token_hash(token),
+                token_hash=digest,
                 created_at=utcnow(),
                 created_by=actor[:255],
                 revoked_at=None,
+                mac=log.record_mac(conn, _fields(name, scope, digest), create=True),
             )
         )
         log.append(conn, actor, "token.create", {"name": name, "scope": scope})
@@ -100,37 +110,77 @@ def revoke(log: AuditLog, name: str, actor: str) -> None:
         done = conn.execute(
             update(schema.api_tokens)
             .where(t.name == name, t.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
+            .values(revoked_at=utcnow(), mac=None)
         )
         if done.rowcount != 1:
             raise TokenError(f"no live token is named {name!r} (`keyturn token list` shows them)")
         log.append(conn, actor, "token.revoke", {"name": name})
 
 
-def all_tokens(conn: Connection) -> list[ApiToken]:
-    """Every token's record, live and revoked; none before the first is created."""
-    if not inspect(conn).has_table(schema.api_tokens.name):
+def _fields(name: str, scope: str, digest: str) -> list[Any]:
+    return ["api-token", name, scope, digest]
+
+
+def _genuine(log: AuditLog, conn: Connection, name: str, scope: str, digest: str, mac: Any) -> bool:
+    expected = log.record_mac(conn, _fields(name, scope, digest))
+    return bool(expected and isinstance(mac, str) and hmac.compare_digest(expected, mac))
+
+
+def _has_tokens(log: AuditLog) -> bool:
+    """Whether the tokens table exists (brought up to date if it does)."""
+    with log.engine.connect() as conn:
+        if not inspect(conn).has_table(schema.api_tokens.name):
+            return False
+    log.ensure_tables()
+    return True
+
+
+def all_tokens(log: AuditLog) -> list[ApiToken]:
+    """Every token's record, live and revoked, each checked; none before the first."""
+    if not _has_tokens(log):
         return []
-    t = schema.api_tokens.c
-    rows = conn.execute(
-        select(t.name, t.scope, t.created_at, t.created_by, t.revoked_at).order_by(t.name)
-    ).all()
-    return [ApiToken(*r) for r in rows]
+    with log.engine.connect() as conn:
+        t = schema.api_tokens.c
+        rows = conn.execute(select(*_COLUMNS, t.token_hash, t.mac).order_by(t.name)).all()
+        return [
+            ApiToken(*r[:5], r[4] is not None or _genuine(log, conn, r[0], r[1], r[5], r[6]))
+            for r in rows
+        ]
 
 
-def authenticate(conn: Connection, presented: str) -> ApiToken | None:
-    """The live token matching ``presented``, or None; constant time in the token."""
-    if not inspect(conn).has_table(schema.api_tokens.name):
+def authenticate(log: AuditLog, presented: str) -> ApiToken | None:
+    """The live, genuine token matching ``presented``, or None; constant time in the
+    token. A match on a record without a valid MAC (forged or edited by SQL) is
+    refused and audited."""
+    if not _has_tokens(log):
         return None
-    digest = token_hash(presented)
-    t = schema.api_tokens.c
-    rows = conn.execute(
-        select(t.name, t.scope, t.created_at, t.created_by, t.revoked_at, t.token_hash).where(
-            t.revoked_at.is_(None)
+    with log.engine.connect() as conn:
+        digest = token_hash(presented)
+        t = schema.api_tokens.c
+        rows = conn.execute(
+            select(*_COLUMNS, t.token_hash, t.mac).where(t.revoked_at.is_(None))
+        ).all()
+        found: ApiToken | None = None
+        forged: str | None = None
+        for r in rows:  # no early exit: every live hash is compared
+            if hmac.compare_digest(digest, r[5]):
+                if _genuine(log, conn, r[0], r[1], r[5], r[6]):
+                    found = ApiToken(*r[:5])
+                else:
+                    forged = r[0]
+    if found is None and forged is not None:
+        log.record(
+            f"token:{forged}",
+            "token.refused",
+            {"name": forged, "reason": "its record was not made with the KEK (forged or edited)"},
         )
-    ).all()
-    found: ApiToken | None = None
-    for r in rows:  # no early exit: every live hash is compared
-        if hmac.compare_digest(digest, r[5]):
-            found = ApiToken(r[0], r[1], r[2], r[3], r[4])
     return found
+
+
+_COLUMNS = (
+    schema.api_tokens.c.name,
+    schema.api_tokens.c.scope,
+    schema.api_tokens.c.created_at,
+    schema.api_tokens.c.created_by,
+    schema.api_tokens.c.revoked_at,
+)

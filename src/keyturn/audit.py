@@ -138,6 +138,7 @@ class AuditCheck:
 class _Keys:
     entries: bytes = field(repr=False)
     head: bytes = field(repr=False)
+    tokens: bytes = field(repr=False)
 
     def __repr__(self) -> str:
         return "_Keys(<redacted>)"
@@ -147,7 +148,11 @@ def _derive(secret: bytes) -> _Keys:
     def hkdf(info: bytes) -> bytes:
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
 
-    return _Keys(hkdf(b"keyturn audit entries v1"), hkdf(b"keyturn audit head v1"))
+    return _Keys(
+        hkdf(b"keyturn audit entries v1"),
+        hkdf(b"keyturn audit head v1"),
+        hkdf(b"keyturn api token records v1"),
+    )
 
 
 class Operation(dict[str, Any]):
@@ -208,6 +213,27 @@ class AuditLog:
         self._keys = keys
         return keys
 
+    def _keys_for_writing(self, conn: Connection) -> _Keys:
+        keys = self._load_keys(conn)
+        if keys is None:  # a keyring from before the audit log: wrap a key for it now
+            from .keystore import check_kek  # keystore imports this module
+
+            check_kek(conn, self.kek)
+            keys = self.create_key(conn)
+        return keys
+
+    def record_mac(
+        self, conn: Connection, fields: list[Any], *, create: bool = False
+    ) -> str | None:
+        """A MAC over another table's record (an API token's) under a key derived
+        from the audit key: only a KEK holder can make one. None if this keyring
+        has no audit key yet (and ``create`` is off)."""
+        keys = self._keys_for_writing(conn) if create else self._load_keys(conn)
+        if keys is None:
+            return None
+        message = _canonical([self.keyring_id, *fields])
+        return hmac.new(keys.tokens, message, hashlib.sha256).hexdigest()
+
     def _sign(self, keys: _Keys, count: int, last: str) -> Head:
         mac = hmac.new(keys.head, _canonical([self.keyring_id, "head", count, last]), "sha256")
         return Head(self.keyring_id, count, last, mac.hexdigest())
@@ -232,14 +258,23 @@ class AuditLog:
     # -- writing ----------------------------------------------------------------
 
     def ensure_tables(self) -> None:
-        """Create the audit tables in a database initialized by an older keyturn."""
+        """Create the audit tables in a database initialized by an older keyturn,
+        and add the token records' ``mac`` column where it is missing."""
         if self._tables_ready:
             return
         with self.engine.connect() as conn:
-            missing = not inspect(conn).has_table(schema.audit.name)
+            inspector = inspect(conn)
+            missing = not inspector.has_table(schema.audit.name)
+            old_tokens = not missing and "mac" not in {
+                c["name"] for c in inspector.get_columns(schema.api_tokens.name)
+            }
         if missing:
             with write_transaction(self.engine) as conn:
                 schema.metadata.create_all(conn, tables=[schema.audit, schema.api_tokens])
+        if old_tokens:  # their records have no MAC: they are refused until re-created
+            with write_transaction(self.engine) as conn:
+                table = self.engine.dialect.identifier_preparer.format_table(schema.api_tokens)
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN mac VARCHAR(64)")
         self._tables_ready = True
 
     @contextmanager
@@ -260,12 +295,7 @@ class AuditLog:
         The new entry links to the signed head, not to whatever the table's last
         row is now, so deleted newest entries stay visible as a gap.
         """
-        keys = self._load_keys(conn)
-        if keys is None:  # a keyring from before the audit log: wrap a key for it now
-            from .keystore import check_kek  # keystore imports this module
-
-            check_kek(conn, self.kek)
-            keys = self.create_key(conn)
+        keys = self._keys_for_writing(conn)
         row = conn.execute(
             select(schema.meta.c.value).where(schema.meta.c.name == HEAD_NAME).with_for_update()
         ).first()

@@ -842,19 +842,28 @@ def token_create(ctx: click.Context, name: str, scope: str) -> None:
 @click.pass_context
 def token_list(ctx: click.Context, as_json: bool) -> None:
     """List tokens by name, scope and state (never the tokens themselves)."""
-    with _open(ctx) as store, store.engine.connect() as conn:
-        found = api_tokens.all_tokens(conn)
+    with _open(ctx) as store:
+        found = api_tokens.all_tokens(store.audit)
     if as_json:
         click.echo(json.dumps([t.to_dict() for t in found], indent=2))
         return
     for t in found:
         state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "live"
+        if not t.genuine:
+            state = "REFUSED: not made by keyturn"
         click.echo(
             f"{t.name:<24} {t.scope:<7} {state:<24} created {t.created_at:%Y-%m-%d} "
             f"by {t.created_by}"
         )
     if not found:
         click.echo("no tokens yet: `keyturn token create --name NAME`")
+    if any(not t.genuine for t in found):
+        click.echo(
+            "keyturn: warning: a token record marked REFUSED was not made with the KEK "
+            "(inserted or edited by SQL, or created before keyturn signed tokens): it "
+            "cannot authenticate; revoke it, and re-create it if it is yours",
+            err=True,
+        )
 
 
 @token.command("revoke")

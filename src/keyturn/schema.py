@@ -119,7 +119,9 @@ audit = Table(
     Column("mac", String(64), nullable=False),
 )
 
-# Bearer tokens of the admin HTTP API: only a SHA-256 of each token is kept.
+# Bearer tokens of the admin HTTP API: only a SHA-256 of each token is kept,
+# with a MAC over the record under a key derived from the audit key (a row
+# inserted by anyone without the KEK is refused); NULL once revoked.
 api_tokens = Table(
     "keyturn_api_tokens",
     metadata,
@@ -129,6 +131,7 @@ api_tokens = Table(
     Column("created_at", DateTime, nullable=False),
     Column("created_by", String(255), nullable=False),
     Column("revoked_at", DateTime, nullable=True),
+    Column("mac", String(64), nullable=True),
 )
 
 # The keyring lock's holder (locking.py): one keyturn operation that changes

@@ -112,8 +112,7 @@ class _Service:
     def authenticate(self, presented: str | None) -> ApiToken | None:
         if not presented:
             return None
-        with self.store.engine.connect() as conn:
-            return api_tokens.authenticate(conn, presented)
+        return api_tokens.authenticate(self.store.audit, presented)
 
     # -- rotations ------------------------------------------------------------------
 
