@@ -204,3 +204,20 @@ def test_reading_operations_log_no_plaintext_at_any_level(
     assert "sqlalchemy.engine" in caplog.text, "the engine did log at DEBUG"
     shown = caplog.text + "".join(repr(r.__dict__) for r in caplog.records)
     assert "PLANTED" not in shown and key not in shown and kek not in shown
+
+
+def test_a_long_actor_is_bounded_once_before_it_is_macd_or_stored(
+    database: Database, tmp_path: Path
+) -> None:
+    """A 270-character LOGNAME: audit verify raised a false alarm (SQLite) and rotate
+    died after its 'started' entry (PostgreSQL: created_by overflowed)."""
+    app = odd_names_app(database, tmp_path)
+    app.env["LOGNAME"] = app.env["USER"] = "u" * 270
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    proc = app.cli("rotate", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    verify = app.cli("audit", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    actors = {e["actor"] for e in json.loads(app.cli("audit", "list", "--json").stdout)}
+    assert all(len(a) == 255 for a in actors), actors

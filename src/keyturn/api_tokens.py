@@ -26,7 +26,7 @@ from sqlalchemy import Connection, inspect, select, update
 
 from . import schema
 from .audit import AuditLog
-from .database import utcnow
+from .database import bound_actor, utcnow
 from .errors import ConfigError
 
 PREFIX = "kta_"
@@ -95,7 +95,7 @@ def create(log: AuditLog, name: str, scope: str, actor: str) -> str:
                 scope=scope,
                 token_hash=digest,
                 created_at=utcnow(),
-                created_by=actor[:255],
+                created_by=bound_actor(actor),
                 revoked_at=None,
                 mac=log.record_mac(conn, _fields(name, scope, digest), create=True),
             )

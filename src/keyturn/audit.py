@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Connection, Engine, func, inspect, select
 
 from . import schema
-from .database import write_transaction
+from .database import bound_actor, write_transaction
 from .errors import KeyturnError, WrongKEK
 from .kek import KEK
 
@@ -311,11 +311,12 @@ class AuditLog:
                 "(SECURITY.md, 'If the audit log fails its check')"
             )
         details = json.loads(json.dumps(details, default=str))
+        actor = bound_actor(actor)
         seq, at = head.count + 1, now_text()
         mac = self._entry_mac(keys, seq, at, actor, action, details, head.last)
         conn.execute(
             schema.audit.insert().values(
-                seq=seq, at=at, actor=actor[:255], action=action, details=details, mac=mac
+                seq=seq, at=at, actor=actor, action=action, details=details, mac=mac
             )
         )
         new_head = self._sign(keys, seq, mac)

@@ -17,6 +17,15 @@ from sqlalchemy.exc import DBAPIError
 
 from .errors import ConfigError, DatabaseError
 
+#: The width of every ``created_by`` / ``actor`` column.
+ACTOR_CHARS = 255
+
+
+def bound_actor(actor: str) -> str:
+    """An actor as stored: cut once to its columns' width, before it is MAC'd or stored
+    (a 270-character LOGNAME made the stored and the MAC'd actor differ)."""
+    return actor[:ACTOR_CHARS]
+
 
 def utcnow() -> datetime:
     """Naive UTC, as stored in DateTime columns on every backend."""

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from . import schema
-from .database import utcnow
+from .database import bound_actor, utcnow
 from .errors import ConfigError, OperationFailed
 from .locking import local_owner_state, me
 
@@ -109,7 +109,7 @@ def create(
             target_version=target_version,
             created_at=now,
             updated_at=now,
-            created_by=created_by,
+            created_by=bound_actor(created_by),
             owner=me(),
             heartbeat_at=now,
             options=json.dumps(options),

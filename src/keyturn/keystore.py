@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine, func, inspect, select, update
 
 from . import schema
 from .audit import AuditLog
-from .database import utcnow, write_transaction
+from .database import bound_actor, utcnow, write_transaction
 from .errors import KEKChanged, KeyturnError, NotInitialized, WrongKEK
 from .kek import KEK
 from .keyring import ACTIVE, DESTROYED, RETIRED, DataKey, Keyring, KeyVersion, wrap_aad
@@ -96,7 +96,7 @@ def insert_version(
             state=state,
             created_at=utcnow(),
             retired_at=None,
-            created_by=created_by,
+            created_by=bound_actor(created_by),
             kek_id=kek.kek_id,
         )
     )
