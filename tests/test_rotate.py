@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import App, assert_no_secret
+from conftest import App, assert_no_secret, fill_users, users_only
 from cryptography.fernet import Fernet
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -385,3 +385,27 @@ def test_the_batch_decider_classifies_every_kind_of_value(kinds: list[str], bind
     assert sorted(map(tuple, state.failed)) == [
         pk for pk, k in zip(pks, kinds, strict=True) if _KINDS[k][1] == "failed"
     ]
+
+
+def test_the_draining_hint_names_the_jobs_that_hold_the_version(app: App) -> None:
+    """After a second rotation, v1's backups belong to the first job: the hint names it."""
+    ready(app)
+    first = json.loads(app.cli("rotate", "--yes", "--json", check=True).stdout)["job"]
+    time.sleep(0.3)
+    second = app.cli("rotate", "--yes", check=True).stdout
+    job2 = second.split()[1].rstrip(":")
+    assert f"key v1 stays draining: the backups of job(s) {first} hold" in second
+    assert f"key v2 stays draining: the backups of job(s) {job2} hold" in second
+    report = json.loads(app.cli("rotate", "--yes", "--json", "--no-backup", check=True).stdout)
+    assert report["draining"]["3"]["backup_jobs"] == [] and report["draining"]["3"]["grace_until"]
+
+
+def test_a_rotation_with_failed_rows_is_a_failed_job(app: App) -> None:
+    users_only(app)
+    fill_users(app, 100)
+    ready(app)
+    app.sql("UPDATE users SET secret = 'kt1:1:' || ? WHERE id = 50", ("B" * 40,))
+    proc = app.cli("rotate", "--yes", "--json")
+    assert proc.returncode == 1 and json.loads(proc.stdout)["failed"] == 1
+    assert app.sql("SELECT state FROM keyturn_jobs") == [("failed",)]
+    assert "failed" in app.cli("jobs", check=True).stdout

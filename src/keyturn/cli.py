@@ -528,12 +528,8 @@ def rotate(
         )
         if extra.get("backup_file"):
             click.echo(f"backup of the database file: {extra['backup_file']}")
-        for version in extra.get("still_in_use", []):
-            click.echo(
-                f"key v{version} stays draining: values or backed-up tokens still use it "
-                f"(`keyturn keys` shows which; `keyturn prune {extra['job']}` drops this "
-                "job's backup once you no longer need `keyturn restore`)"
-            )
+        for version, why in extra.get("draining", {}).items():
+            click.echo(f"key v{version} stays draining: {_draining_hint(why)}")
     elif not as_json:
         click.echo(
             f"would mint key v{report.extra['new_version']}"
@@ -541,6 +537,23 @@ def rotate(
             else f"would resume job {report.extra['job']}"
         )
     _print_rewrite(report, as_json, "rotated")
+
+
+def _draining_hint(why: dict[str, Any]) -> str:
+    """What keeps a version draining after a rotation, and what to run about it."""
+    held = why.get("backup_jobs") or []
+    if held:
+        return (
+            f"the backups of job(s) {', '.join(held)} hold its tokens (`keyturn prune "
+            f"{held[0]}` drops one once you no longer need `keyturn restore`)"
+        )
+    until = why.get("grace_until")
+    if until:
+        return (
+            f"app processes may seal under it until {until[:19].replace('T', ' ')}Z "
+            "([apps] in keyturn.toml); it retires after that once nothing uses it"
+        )
+    return "values still use it (`keyturn keys` shows how many; `keyturn rotate` again)"
 
 
 def _new_kek(env_name: str | None, file: Path | None) -> LocalKEK:

@@ -28,7 +28,7 @@ from .encrypt_existing import count_rows, group_label
 from .errors import InvalidToken, OperationFailed, UnknownKeyVersion
 from .keyring import ACTIVE, DRAINING, DataKey, Keyring
 from .legacy import LegacyReader
-from .lifecycle import refresh_states
+from .lifecycle import grace_ends, refresh_states
 from .locking import KeyringLock, me
 from .reports import RewriteReport, pk_json
 from .rewrite import (
@@ -200,8 +200,8 @@ class Rotator:
         results = self._rotate_columns(columns, ring, job, progress, None)
         with write_transaction(self.store.engine) as conn:
             states = refresh_states(self.store, conn)
-            report = self._report(results, job, states, started, resumed=resumed)
-            jobs.finish(conn, job.id, jobs.SUCCEEDED, report.to_dict())
+            report = self._report(conn, results, job, states, started, resumed=resumed)
+            jobs.finish(conn, job.id, _outcome(report), report.to_dict())
         self.store.reload()
         return report
 
@@ -473,8 +473,8 @@ class Rotator:
                 update(schema.keys).where(k.version == dek.version).values(created_at=utcnow())
             )
             states = refresh_states(self.store, conn)
-            report = self._report(results, job, states, started, resumed=False)
-            jobs.finish(conn, job.id, jobs.SUCCEEDED, report.to_dict())
+            report = self._report(conn, results, job, states, started, resumed=False)
+            jobs.finish(conn, job.id, _outcome(report), report.to_dict())
         self.store.reload()
         return report
 
@@ -620,6 +620,7 @@ class Rotator:
 
     def _report(
         self,
+        conn: Connection,
         states: dict[str, _ColumnState],
         job: jobs.Job,
         key_states: dict[int, str],
@@ -629,6 +630,8 @@ class Rotator:
     ) -> RewriteReport:
         results = [state.result(name) for name, state in states.items()]
         draining = sorted(v for v, st in key_states.items() if st == DRAINING)
+        versions = [meta for meta, _ in keystore.read_versions(conn)]
+        grace, now = grace_ends(self.store, versions), utcnow()
         extra = {
             "job": job.id,
             "new_version": job.target_version,
@@ -636,6 +639,15 @@ class Rotator:
             "backup_file": job.backup_path,
             "key_states": {str(v): s for v, s in key_states.items()},
             "still_in_use": draining,
+            # Per draining version: the jobs whose backups hold its tokens (prune
+            # those), and until when app processes may still seal under it.
+            "draining": {
+                str(v): {
+                    "backup_jobs": backups.jobs_referencing(conn, v),
+                    "grace_until": grace[v].isoformat() + "Z" if grace[v] > now else None,
+                }
+                for v in draining
+            },
         }
         return RewriteReport.build(
             "rotate",
@@ -693,6 +705,11 @@ class _ColumnState:
             if repr(list(pk)) not in before._failed_keys:
                 delta.fail(tuple(pk))
         return delta
+
+
+def _outcome(report: RewriteReport) -> str:
+    """A finished job's state: failed if any row failed (the CLI exits 1 for it)."""
+    return jobs.FAILED if report.failed else jobs.SUCCEEDED
 
 
 def _decider(
