@@ -246,6 +246,13 @@ def test_verify_lists_failures_by_pk_and_prints_no_secret(
     # Without the legacy key, legacy values are counted as unchecked, not failed.
     no_key = app.cli("verify", "--json", env={k: v for k, v in app.env.items() if k != OLD})
     assert counts_of(no_key)["legacy_unchecked"] == 18
+    assert no_key.returncode == 1  # the failed rows come first
+    app.sql("UPDATE accounts SET api_key = NULL WHERE id IN (2, 3)")
+    unchecked = app.cli("verify", env={k: v for k, v in app.env.items() if k != OLD})
+    assert unchecked.returncode == 3 and "were not checked" in unchecked.stderr
+    assert f"legacy values not checked: legacy reader old needs its key in env var {OLD}" in (
+        unchecked.stdout
+    )
     assert_no_secret(
         proc.stdout + proc.stderr + no_key.stdout, key, *(v for v in expected.values() if v)
     )

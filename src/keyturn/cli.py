@@ -344,22 +344,29 @@ def verify(ctx: click.Context, as_json: bool) -> None:
 
     kt1 tokens must open under their key version; legacy values must open with
     their legacy key where it is present (otherwise counted as
-    legacy_unchecked). Failures are listed by table and primary key. Run it
-    before and after any migration. Exits 1 if any value fails.
+    legacy_unchecked, and the exit code is 3: a verify that checked less than
+    everything is not a success). Failures are listed by table and primary key.
+    Run it before and after any migration. Exits 1 if any value fails.
     """
     with _open(ctx) as store:
         report = verify_all(store, progress=None if as_json else progress_factory())
     if not as_json:
-        for column, sources in report.extra["legacy_keys_missing"].items():
-            click.echo(
-                f"{column}: legacy values not checked: key not available from " + ", ".join(sources)
-            )
+        for column, why in report.extra["legacy_keys_missing"].items():
+            click.echo(f"{column}: legacy values not checked: {why}")
     _print_rewrite(
         report,
         as_json,
         "ok",
         "they do not decrypt with the keys at hand (docs/ROTATION.md, 'Rows that fail').",
     )
+    unchecked = report.totals.get("legacy_unchecked", 0)
+    if unchecked:
+        click.echo(
+            f"keyturn: {unchecked} legacy value(s) were not checked: their legacy key is "
+            "missing or malformed (named above); verify checked less than everything",
+            err=True,
+        )
+        sys.exit(3)
 
 
 @cli.command("status")

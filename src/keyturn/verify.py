@@ -13,7 +13,7 @@ from typing import Any
 from . import tokens
 from .columns import BoundColumn
 from .encrypt_existing import ProgressFactory, rewrite_columns
-from .errors import InvalidToken, UnknownKeyVersion
+from .errors import InvalidToken, LegacyKeyError, UnknownKeyVersion
 from .reports import RewriteReport
 from .rewrite import FAILED, PK, Decide
 from .store import Store
@@ -31,11 +31,14 @@ def verify(store: Store, *, progress: ProgressFactory | None = None) -> RewriteR
     started = time.monotonic()
     store.reload()
     columns = store.bound_columns()
-    missing_keys: dict[str, list[str]] = {}
+    missing_keys: dict[str, str] = {}  # column: why its legacy key cannot be used
     for column in columns:
         reader = store.legacy_reader(column.spec.name)
-        if reader is not None and not reader.has_keys():
-            missing_keys[column.spec.name] = list(reader.spec.key_sources)
+        if reader is not None:
+            try:
+                reader.keys()
+            except LegacyKeyError as exc:
+                missing_keys[column.spec.name] = str(exc)
     results = rewrite_columns(
         store,
         columns,
