@@ -269,6 +269,9 @@ def test_store_reads_legacy_values_and_says_to_rewrap(
         assert store.decrypt(legacy, context="accounts.api_key") == expected[3]
         assert store.needs_rewrap(legacy)
         assert store.rewrap_needed["accounts.api_key"] == 1
+        for _ in range(438):  # one line per column a minute, not one per value read
+            store.decrypt(legacy, context="accounts.api_key")
+        assert store.rewrap_needed["accounts.api_key"] == 439
         fresh = store.encrypt(expected[3] or "", context="accounts.api_key")
         assert not store.needs_rewrap(fresh) and not store.needs_rewrap(None)
         assert store.decrypt(fresh, context="accounts.api_key") == expected[3]

@@ -48,6 +48,8 @@ from .tokens import header
 #: genuine new version waits at most this long, never refused.
 PROBE_SECONDS = 0.05
 REWRAP_EVENT = "keyturn.rewrap_needed"
+#: At most one rewrap_needed line per column in this long (the counter stays exact).
+REWRAP_LOG_SECONDS = 60.0
 log = logging.getLogger("keyturn")
 
 
@@ -91,6 +93,8 @@ class Store:
         self._legacy = {c.name: readers[c.legacy] for c in config.columns if c.legacy}
         #: Legacy values decrypted by the read fallback, by column: each one should be re-saved.
         self.rewrap_needed: Counter[str] = Counter()
+        self._rewrap_reported: Counter[str] = Counter()
+        self._rewrap_logged: dict[str, float] = {}
         self._audit: AuditLog | None = None
 
     def __repr__(self) -> str:
@@ -172,22 +176,33 @@ class Store:
         return not value.startswith(header(self._keyring.active_version))
 
     def _read_legacy(self, reader: LegacyReader, column: str, value: str) -> bytes:
+        """Decrypt a legacy value; counted exactly, logged at most once a minute per
+        column (with the count since the last line), not once per value."""
         plaintext = reader.decrypt(value)
-        self.rewrap_needed[column] += 1
+        with self._lock:
+            self.rewrap_needed[column] += 1
+            now = time.monotonic()
+            if now < self._rewrap_logged.get(column, 0.0):
+                return plaintext
+            self._rewrap_logged[column] = now + REWRAP_LOG_SECONDS
+            since = self.rewrap_needed[column] - self._rewrap_reported[column]
+            self._rewrap_reported[column] = self.rewrap_needed[column]
         table, _, name = column.partition(".")
         log.warning(
-            "%s table=%s column=%s format=%s reader=%s",
+            "%s table=%s column=%s format=%s reader=%s values=%d",
             REWRAP_EVENT,
             table,
             name,
             reader.spec.format,
             reader.spec.name,
+            since,
             extra={
                 "event": REWRAP_EVENT,
                 "table": table,
                 "column": name,
                 "legacy_format": reader.spec.format,
                 "legacy_reader": reader.spec.name,
+                "values": since,
             },
         )
         return plaintext
