@@ -300,3 +300,16 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
             force = " WITH (FORCE)" if kind == "postgresql" else ""
             conn.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
         admin.dispose()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """A skipped browser test is easy to miss among dots: say it in a banner."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if any("chromium" in str(getattr(r, "longrepr", "")) for r in skipped):
+        terminalreporter.write_sep(
+            "!",
+            "THE ADMIN PAGE BROWSER TEST DID NOT RUN: apt-get install chromium "
+            "chromium-driver (CI installs them)",
+            red=True,
+            bold=True,
+        )

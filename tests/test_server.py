@@ -20,6 +20,10 @@ import pytest
 from conftest import PLAINTEXTS, App, assert_no_secret, fill_users
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+BROWSER_MISSING = (
+    "Debian chromium and chromium-driver are not installed "
+    "(apt-get install chromium chromium-driver)"
+)
 
 
 def free_port() -> int:
@@ -40,6 +44,7 @@ class Reply:
 class Server:
     base: str
     proc: subprocess.Popen[str]
+    output: str = ""  # stdout and stderr, once it has stopped
 
     def call(
         self,
@@ -93,6 +98,7 @@ def serve(app: App) -> Iterator[Server]:
     finally:
         proc.terminate()
         out, err = proc.communicate(timeout=10)
+        server.output = out + err
         assert_no_secret(out + err, app.env["KEYTURN_KEK"])
 
 
@@ -272,7 +278,7 @@ def test_page_csrf_and_cookie_rules(app: App, server: Server) -> None:
 
 def _chrome() -> Any:
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        reason = "Debian chromium and chromium-driver are not installed"
+        reason = BROWSER_MISSING
         if os.environ.get("KEYTURN_REQUIRE_SERVICES") == "1":
             pytest.fail(reason + " and KEYTURN_REQUIRE_SERVICES=1")
         pytest.skip(reason)
@@ -432,3 +438,21 @@ def test_a_token_record_forged_or_edited_by_sql_is_refused_and_audited(app: App)
     listed = app.cli("token", "list")
     assert "REFUSED" in listed.stdout and "not made with the KEK" in listed.stderr
     assert app.cli("audit", "verify").returncode == 0
+
+
+def test_requests_are_logged_and_unknown_routes_answer_json(app: App) -> None:
+    app.cli("init", check=True)
+    ops = token(app, "ops", "rotate")
+    for server in serve(app):
+        assert server.call("GET", "/v1/admin/encryption", ops).status == 200
+        assert server.call("GET", "/v1/admin/encryption?secret=x", "kta_wrong").status == 401
+        missing = server.call("GET", "/v1/nope", ops)
+        assert missing.status == 404 and "no such endpoint" in missing.body["error"]
+        wrong_method = server.call("DELETE", "/v1/admin/encryption", ops)
+        assert wrong_method.status == 405 and wrong_method.body["error"] == "method not allowed"
+    lines = server.output.splitlines()
+    assert any("GET /v1/admin/encryption 200 " in x and x.endswith("token=ops") for x in lines)
+    assert any("GET /v1/admin/encryption 401 " in x for x in lines)
+    assert any("GET /v1/nope 404 " in x for x in lines)
+    assert ops not in server.output and "kta_wrong" not in server.output
+    assert "secret=x" not in server.output, "the query string is not logged"

@@ -976,7 +976,9 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
 
     Requests need a bearer token from `keyturn token create`. Serve it on
     loopback or behind a TLS-terminating proxy; the API docs are at
-    /openapi.json. Requires the `server` extra (pip install 'keyturn[server]').
+    /openapi.json. Logs one line per request on stderr (method, path, status,
+    time, the token's name; never a token) and each refused sign-in.
+    Requires the `server` extra (pip install 'keyturn[server]').
     """
     try:
         import uvicorn
@@ -987,6 +989,11 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
             "the admin server needs Starlette and uvicorn: pip install 'keyturn[server]'"
         ) from None
     app = create_app(ctx.obj)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s keyturn: %(message)s"))
+    server_log = logging.getLogger("keyturn.server")
+    server_log.addHandler(handler)
+    server_log.setLevel(logging.INFO)
     click.echo(f"keyturn: serving the admin API on http://{host}:{port}", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 

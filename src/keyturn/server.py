@@ -11,6 +11,7 @@ audited under the token's name.
 from __future__ import annotations
 
 import hmac
+import logging
 import math
 import os
 import secrets
@@ -25,12 +26,15 @@ from typing import Any
 
 from sqlalchemy import inspect, text
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import _admin_page, api_tokens, jobs
 from .api_tokens import ApiToken
+from .database import database_error
 from .errors import KeyManagementError, KeyringBusy, KeyturnError
 from .kek_sources import check_strength, from_env, from_file
 from .lifecycle import rotate_kek, rotate_transit_kek
@@ -42,6 +46,7 @@ from .store import Store
 from .store import open as open_store
 from .transit import TransitKEK
 
+log = logging.getLogger("keyturn.server")
 SESSION_COOKIE = "keyturn_session"
 CSRF_COOKIE = "keyturn_csrf"
 SESSION_SECONDS = 8 * 3600
@@ -181,9 +186,13 @@ class _Service:
                 out.update(audit_summary(report))
         except KeyturnError as exc:
             job.error, job.state = str(exc), FAILED
+            log.error("rotation %s failed: %s", job.id, exc)
             return
         except Exception as exc:  # a database error: its driver text may hold values
             job.error, job.state = f"{type(exc).__name__}; see the server log", FAILED
+            # The driver's first line, quoted text removed; never the traceback,
+            # whose exception may carry the statement's values.
+            log.error("rotation %s failed: %s", job.id, database_error(exc))
             return
         job.report = report.to_dict()
         job.state = FAILED if report.failed else SUCCEEDED
@@ -296,6 +305,7 @@ def create_app(
                     "a valid bearer token is required (`keyturn token create`)",
                     **({} if cookie else {"WWW-Authenticate": "Bearer"}),
                 )
+            request.state.token_name = token.name
             if not token.allows(scope):
                 return _error(
                     403, f"token {token.name!r} has scope {token.scope!r}; this needs {scope!r}"
@@ -392,12 +402,15 @@ def create_app(
         client = _client(request)
         back = RedirectResponse("/admin/encryption", status_code=303)
         if service.limiter.retry_after(client):
+            log.warning("sign-in refused client=%s: too many failures", client)
             return RedirectResponse("/admin/encryption?error=locked", status_code=303)
         if not _csrf_ok(request, str(form.get("csrf", ""))):
+            log.warning("sign-in refused client=%s: missing or wrong CSRF token", client)
             return RedirectResponse("/admin/encryption?error=csrf", status_code=303)
         presented = str(form.get("token", "")).strip()
         if service.authenticate(presented) is None:
             service.limiter.fail(client)
+            log.warning("sign-in refused client=%s: no live token matches", client)
             return RedirectResponse("/admin/encryption?error=token", status_code=303)
         _set_cookie(request, back, SESSION_COOKIE, presented, max_age=SESSION_SECONDS)
         return back
@@ -442,9 +455,53 @@ def create_app(
         if store is None:  # a store passed in belongs to the caller
             service.store.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def not_found(request: Request, exc: Exception) -> Response:
+        code = getattr(exc, "status_code", 404)
+        message = "method not allowed" if code == 405 else "no such endpoint (see /openapi.json)"
+        return _error(code, message)
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(_RequestLog)],
+        exception_handlers={404: not_found, 405: not_found},
+    )
     app.state.keyturn = service
     return app
+
+
+class _RequestLog:
+    """One line per request on the ``keyturn.server`` logger: method, path (never
+    the query), status, milliseconds, and the token's name if one was accepted."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            token = scope.get("state", {}).get("token_name")
+            log.info(
+                "%s %s %d %.1fms%s",
+                scope["method"],
+                scope["path"],
+                status,
+                (time.perf_counter() - started) * 1000,
+                f" token={token}" if token else "",
+            )
 
 
 def _csrf_ok(request: Request, presented: str | None) -> bool:
