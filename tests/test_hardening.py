@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 import threading
 import traceback
 from pathlib import Path
@@ -221,3 +222,62 @@ def test_a_long_actor_is_bounded_once_before_it_is_macd_or_stored(
     assert verify.returncode == 0, verify.stdout + verify.stderr
     actors = {e["actor"] for e in json.loads(app.cli("audit", "list", "--json").stdout)}
     assert all(len(a) == 255 for a in actors), actors
+
+
+def test_rotate_refuses_before_writing_when_a_longer_version_would_overflow(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokens grow by a character at v10: a column that fits v1..v9 tokens exactly
+    must be refused by the preflight of the rotation to v10, not overflow mid-walk."""
+    from keyturn import tokens
+    from keyturn.rotate import RotateOptions, Rotator
+
+    width = tokens.token_length(9, 20)
+    with sqlite3.connect(app.db) as conn:
+        conn.execute(f"CREATE TABLE narrow (id INTEGER PRIMARY KEY, secret VARCHAR({width}))")
+        conn.executemany("INSERT INTO narrow VALUES (?, ?)", [(i, "x" * 20) for i in range(50)])
+    conn.close()
+    app.write_config(
+        'database = "sqlite:///app.db"\n[[columns]]\ntable = "narrow"\ncolumn = "secret"\n'
+    )
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    with keyturn.open() as store:
+        for _ in range(8):
+            Rotator(store, RotateOptions(backup=False)).run()
+        assert store.active_version == 9
+    before = app.sql("SELECT * FROM narrow ORDER BY id")
+    proc = app.cli("rotate", "--yes")
+    assert proc.returncode == 2, proc.stderr
+    assert "re-encrypting under key v10 needs a" in proc.stderr
+    assert "Nothing was written" in proc.stderr
+    assert app.sql("SELECT max(version) FROM keyturn_keys") == [(9,)]
+    assert app.sql("SELECT * FROM narrow ORDER BY id") == before
+    assert app.sql("SELECT count(*) FROM keyturn_jobs WHERE state = 'running'") == [(0,)]
+
+
+def test_import_legacy_checks_widths_before_its_first_write(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from legacy_encoders import LAYOUTS, fernet_key
+
+    key = fernet_key()
+    _, encode, _ = LAYOUTS["fernet"]
+    with sqlite3.connect(app.db) as conn:
+        conn.execute("CREATE TABLE hooks (id INTEGER PRIMARY KEY, secret VARCHAR(255))")
+        rows = [(i, encode(key, b"s" * 40)) for i in range(1, 31)]
+        rows.append((31, "p" * 200))  # plaintext whose token needs 310 characters
+        conn.executemany("INSERT INTO hooks VALUES (?, ?)", rows)
+    conn.close()
+    app.write_config(
+        'database = "sqlite:///app.db"\n'
+        '[[legacy]]\nname = "old"\nformat = "fernet"\nkey_env = "OLD_FERNET_KEY"\n'
+        '[[columns]]\ntable = "hooks"\ncolumn = "secret"\nlegacy = "old"\n'
+    )
+    app.env["OLD_FERNET_KEY"] = key
+    app.cli("init", check=True)
+    before = app.sql("SELECT * FROM hooks ORDER BY id")
+    proc = app.cli("import-legacy", "--yes", "--include-plaintext")
+    assert proc.returncode == 2 and "the longest value needs a" in proc.stderr, proc.stderr
+    assert app.sql("SELECT * FROM hooks ORDER BY id") == before
+    assert app.cli("import-legacy", "--yes").returncode == 0  # without the long plaintext

@@ -38,6 +38,16 @@ class BoundColumn:
         value = self.value
         return select(value).where(value.is_not(None), value != "", not_(value.like("kt1:%")))
 
+    def check_fits(self, need: int, what: str) -> None:
+        """SchemaError, before anything is written, if a ``need``-character token does
+        not fit the column's declared width."""
+        if self.width is not None and need > self.width:
+            raise SchemaError(
+                f"[[columns]] {self.spec.name}: {what} needs a {need}-character token but "
+                f"the column holds {self.width}; widen it first (docs/FORMAT.md, "
+                "'Column width'). Nothing was written."
+            )
+
 
 def bind_columns(conn: Connection, specs: Sequence[ColumnSpec]) -> list[BoundColumn]:
     """Check each configured column exists and can hold tokens; SchemaError otherwise."""

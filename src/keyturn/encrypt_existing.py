@@ -15,7 +15,8 @@ from sqlalchemy import Connection, func, select
 
 from . import tokens
 from .columns import BoundColumn
-from .errors import InvalidToken, SchemaError, UnknownKeyVersion
+from .database import stream_raw
+from .errors import InvalidToken, UnknownKeyVersion
 from .reports import RewriteReport
 from .rewrite import (
     FAILED,
@@ -143,26 +144,15 @@ def _decider(store: Store, column: BoundColumn) -> Decide:
 
 
 def _check_width(store: Store, column: BoundColumn) -> None:
-    """Refuse before writing anything if the longest value's token cannot fit."""
+    """Refuse before writing anything if the longest plaintext's token cannot fit.
+
+    Reads the non-token values on the driver's cursor (no logger sees them)."""
     if column.width is None:
         return
-    longest = (
-        select(column.value)
-        .where(column.value.is_not(None))
-        .order_by(func.length(column.value).desc())
-        .limit(1)
-    )
-    with store.engine.connect() as conn:
-        value = conn.execute(longest).scalar()
-    if not isinstance(value, str) or tokens.version_of(value) is not None:
-        return
     reader = store.legacy_reader(column.spec.name)
-    if reader is not None and reader.recognises(value):
-        return  # never encrypted by this command
-    need = tokens.token_length(store.active_version, len(value.encode()))
-    if need > column.width:
-        raise SchemaError(
-            f"[[columns]] {column.spec.name}: the longest value needs a {need}-character "
-            f"token but the column holds {column.width}; widen it before encrypting "
-            "(docs/FORMAT.md, 'Column width'). Nothing was written."
-        )
+    longest = 0
+    with store.engine.connect() as conn:
+        for (value,) in stream_raw(conn, column.non_token_values()):
+            if isinstance(value, str) and not (reader is not None and reader.recognises(value)):
+                longest = max(longest, len(value.encode()))
+    column.check_fits(tokens.token_length(store.active_version, longest), "the longest value")

@@ -56,6 +56,7 @@ def import_legacy(
         )
     for column in columns:
         check_legacy_key(store, column)
+        _check_width(store, column, include_plaintext)
     results = rewrite_columns(
         store,
         columns,
@@ -109,6 +110,29 @@ def check_legacy_key(store: Store, column: BoundColumn) -> int:
             f"{reader.spec.name}. Nothing was written."
         )
     return len(sample)
+
+
+def _check_width(store: Store, column: BoundColumn, include_plaintext: bool) -> None:
+    """Refuse before the first write if the longest value this import would write
+    does not fit: legacy values are decrypted to know their length (on the
+    driver's cursor, no logger sees them); one that fails is left for the import
+    to report."""
+    if column.width is None:
+        return
+    reader = _reader(store, column)
+    longest = 0
+    with store.engine.connect() as conn:
+        for (value,) in stream_raw(conn, column.non_token_values()):
+            if not isinstance(value, str):
+                continue
+            if reader.recognises(value):
+                try:
+                    longest = max(longest, len(reader.decrypt(value)))
+                except InvalidToken:
+                    continue
+            elif include_plaintext:
+                longest = max(longest, len(value.encode()))
+    column.check_fits(tokens.token_length(store.active_version, longest), "the longest value")
 
 
 def _reader(store: Store, column: BoundColumn) -> LegacyReader:

@@ -43,7 +43,7 @@ from .rewrite import (
     TableRewriter,
     group_by_table,
 )
-from .status import count_column
+from .status import count_column, longest_tokens
 from .store import Store
 
 ROTATED = "rotated"
@@ -113,9 +113,26 @@ class Rotator:
         column decrypts. Reads only."""
         self.store.reload()  # the drift check: WrongKEK if any DEK does not unwrap
         columns = self.store.bound_columns()
+        job = self._unfinished()
+        target = job.target_version if job and job.target_version else None
+        target = target or max(v.version for v in self.store.versions) + 1
         for column in columns:
             self._sample(column)
+            self._check_width(column, target)
         return columns
+
+    def _check_width(self, column: BoundColumn, target: int) -> None:
+        """Every re-encrypted token must fit: a token grows by a character when the
+        version gains a digit (v9 to v10)."""
+        if column.width is None:
+            return
+        with self.store.engine.connect() as conn:
+            longest = longest_tokens(conn, column)
+        need = max(
+            (n - len(tokens.header(v)) + len(tokens.header(target)) for v, n in longest.items()),
+            default=0,
+        )
+        column.check_fits(need, f"re-encrypting under key v{target}")
 
     def _sample(self, column: BoundColumn) -> None:
         value, pk = column.value, column.pk

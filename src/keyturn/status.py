@@ -79,11 +79,8 @@ def _count_headers(conn: Connection, expression: Any) -> tuple[int, int, int, Co
         func.coalesce(func.sum(case((or_(empty, token), 0), else_=1)), 0),
     ).select_from(table)
     rows, empty_n, plaintext = (int(n) for n in conn.execute(totals).one())
-    # The version is the text between "kt1:" and the next colon; a token also
-    # needs a payload after it.
-    colon = _find(conn.dialect.name, func.substr(expression, 5), ":")
-    version = case((colon > 0, func.substr(expression, 5, colon - 1)), else_="")
-    payload = func.length(expression) > colon + 4
+    version, colon = version_text(conn, expression)
+    payload = func.length(expression) > colon + 4  # a token needs one after its header
     per_version = (
         select(version, payload, func.count())
         .select_from(table)
@@ -98,6 +95,29 @@ def _count_headers(conn: Connection, expression: Any) -> tuple[int, int, int, Co
         else:
             by_version[parsed] += int(n)
     return rows, empty_n, plaintext, by_version
+
+
+def version_text(conn: Connection, expression: Any) -> tuple[Any, Any]:
+    """SQL for a kt1 value's version, the text between "kt1:" and the next colon
+    ('' if there is none), and that colon's position after "kt1:"."""
+    colon = _find(conn.dialect.name, func.substr(expression, 5), ":")
+    return case((colon > 0, func.substr(expression, 5, colon - 1)), else_=""), colon
+
+
+def longest_tokens(conn: Connection, column: BoundColumn) -> dict[int, int]:
+    """The longest token's length per key version, counted by the database."""
+    version, _ = version_text(conn, column.value)
+    query = (
+        select(version, func.max(func.length(column.value)))
+        .where(column.value.like("kt1:%"))
+        .group_by(version)
+    )
+    out: dict[int, int] = {}
+    for text, longest in conn.execute(query):
+        parsed = tokens.version_of(f"kt1:{text}:x")
+        if parsed is not None:
+            out[parsed] = int(longest)
+    return out
 
 
 def _find(dialect: str, haystack: Any, needle: str) -> Any:
