@@ -197,10 +197,15 @@ def test_group_readable_key_file_is_refused(app: App) -> None:
             "table 'nope' does not exist",
         ),
         ('database = "sqlite:///app.db"\nkek = "vault:x"\n', 2, "env:NAME"),
+        ('database = "foo://x/y"\n', 2, "unknown kind of database 'foo'"),
+        ('database = "postgresql+pg8000://x/y"\n', 2, "pip install 'keyturn[postgres]'"),
+        ('database = "sqlite:///app.db"\n# caf\xe9\n', 2, "not UTF-8 text"),
+        ('database = "sqlite:///app.db"\nkek = "file:data"\n', 3, "is not a regular file"),
     ],
 )
 def test_config_errors_exit_2_with_one_line(app: App, config: str, code: int, match: str) -> None:
-    app.write_config(config)
+    app.config.write_bytes(config.encode("latin-1"))
+    (app.dir / "data").mkdir(mode=0o700)  # a directory where a key file is named
     before = digest(app.db)
     proc = app.cli("init")
     assert proc.returncode == code, proc.stderr

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, cast, create_engine, event
 from sqlalchemy.dialects.mysql import BINARY as mysql_binary
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 
 from .errors import ConfigError, DatabaseError
 
@@ -39,14 +39,30 @@ def connect(url: str) -> Engine:
     busy timeout, so batches are atomic and wait for the app's locks.
     """
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        db = parsed.database
-        if db and db != ":memory:" and not Path(db).is_file():
-            raise ConfigError(f"the SQLite database {db} does not exist")
-        engine = create_engine(url, hide_parameters=True, connect_args={"timeout": 30})
-        _sqlite_transactions(engine)
-        return engine
-    return create_engine(url, hide_parameters=True, pool_pre_ping=True)
+    backend = parsed.get_backend_name()
+    try:
+        if backend == "sqlite":
+            db = parsed.database
+            if db and db != ":memory:" and not Path(db).is_file():
+                raise ConfigError(f"the SQLite database {db} does not exist")
+            engine = create_engine(url, hide_parameters=True, connect_args={"timeout": 30})
+            _sqlite_transactions(engine)
+            return engine
+        return create_engine(url, hide_parameters=True, pool_pre_ping=True)
+    except NoSuchModuleError:
+        raise ConfigError(
+            f"`database`: unknown kind of database {backend!r}; keyturn supports sqlite://, "
+            "postgresql+psycopg:// and mysql+pymysql:// (MariaDB, MySQL)"
+        ) from None
+    except ImportError as exc:
+        extra = _EXTRAS.get(backend)
+        hint = f"pip install 'keyturn[{extra}]'" if extra else "install its driver"
+        raise ConfigError(
+            f"`database`: the driver for {backend} is not installed ({exc.name}): {hint}"
+        ) from None
+
+
+_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
 
 
 def _sqlite_transactions(engine: Engine) -> None:

@@ -124,8 +124,11 @@ def _read_private_file(path: Path, what: str, error: type[KeyManagementError]) -
         raise error(f"the {what} {path} does not exist") from None
     except OSError as exc:
         raise error(f"cannot read the {what} {path}: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise error(f"the {what} {path} is not a regular file (a directory?)")
     with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(handle.fileno()).st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise error(
                 f"the {what} {path} is accessible to group or others "
