@@ -281,3 +281,27 @@ def test_import_legacy_checks_widths_before_its_first_write(
     assert proc.returncode == 2 and "the longest value needs a" in proc.stderr, proc.stderr
     assert app.sql("SELECT * FROM hooks ORDER BY id") == before
     assert app.cli("import-legacy", "--yes").returncode == 0  # without the long plaintext
+
+
+def test_rows_edited_by_hand_are_reported_not_crashed_on(app: App) -> None:
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    job = json.loads(app.cli("rotate", "--yes", "--json", check=True).stdout)["job"]
+    app.sql("UPDATE keyturn_audit SET details = '[1, 2]' WHERE seq = 2")
+    app.sql("UPDATE keyturn_audit SET at = X'0102' WHERE seq = 3")
+    audit = app.cli("audit", "verify")
+    assert audit.returncode == 1 and "Traceback" not in audit.stderr
+    assert "entry 2 fails its MAC" in audit.stdout and "entry 3 fails its MAC" in audit.stdout
+    assert app.cli("audit", "list").returncode == 0
+    app.sql("UPDATE keyturn_keys SET created_at = 'garbage' WHERE version = 1")
+    status = app.cli("status")
+    assert status.returncode == 3 and status.stderr.count("\n") == 1
+    assert "created_at of version 1 is not a date" in status.stderr
+    app.sql("UPDATE keyturn_keys SET created_at = '2026-01-01 00:00:00' WHERE version = 1")
+    app.sql("UPDATE keyturn_jobs SET progress = '{bad', report = '[', created_at = 'x'")
+    app.sql("UPDATE keyturn_backup SET pk = 'nope' WHERE id = 1")
+    listed = json.loads(app.cli("jobs", "--json", check=True).stdout)
+    assert listed[0]["report"] == {"corrupt": "the stored report is not JSON"}
+    restored = json.loads(app.cli("restore", job, "--yes", "--json", check=True).stdout)
+    assert restored["skipped_corrupt"] == 1 and restored["restored"] > 0
+    assert app.cli("rotate", "--yes").returncode == 0

@@ -193,6 +193,8 @@ def test_rotate_job_lifecycle_409_and_audit(app: App) -> None:
         assert mine[1]["details"]["new_version"] == 2
         assert app.cli("audit", "verify").returncode == 0
         assert server.call("GET", "/v1/admin/encryption/jobs/nope", ops).status == 404
+        huge = server.call("GET", "/v1/admin/audit?after=99999999999999999999999", ops)
+        assert huge.status == 200 and huge.body["entries"] == []
         # A rotation running from the CLI also blocks one over HTTP.
         cli = app.start("rotate", "--yes", "--max-rate", "2000", output=subprocess.DEVNULL)
         try:

@@ -401,7 +401,10 @@ class AuditLog:
                 .order_by(a.seq)
                 .limit(limit)
             ).all()
-        return [Entry(r[0], r[1], r[2], r[3], _details(r[4]), r[5]) for r in rows]
+        return [
+            Entry(r[0], _text(r[1]), _text(r[2]), _text(r[3]), _details(r[4]), _text(r[5]))
+            for r in rows
+        ]
 
     def count(self) -> int:
         with self.engine.connect() as conn:
@@ -504,6 +507,20 @@ def _meta(conn: Connection, name: str) -> str | None:
 
 
 def _details(value: Any) -> dict[str, Any]:
+    """An entry's details as stored; anything but a JSON object (a row edited by
+    hand) is shown as such, and then fails its MAC: tampering, not a crash."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
     if isinstance(value, str):  # a backend returned the JSON text
-        value = json.loads(value)
-    return dict(value)
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {"corrupt": "details are not JSON"}
+    if not isinstance(value, dict):
+        return {"corrupt": f"details are a JSON {type(value).__name__}, not an object"}
+    return value
+
+
+def _text(value: Any) -> str:
+    """A text column as stored; another type (a BLOB written by hand) as its repr."""
+    return value if isinstance(value, str) else repr(value)

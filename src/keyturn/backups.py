@@ -115,8 +115,12 @@ def restore(engine: Engine, job_id: str, columns: Sequence[BoundColumn]) -> dict
         ).all()
         groups: dict[str, list[dict[str, Any]]] = {}
         for table, column, pk, old, new in rows:
+            key = _stored_pk(pk)
+            if key is None:  # a row edited by hand: reported, never guessed at
+                counts["skipped_corrupt"] += 1
+                continue
             groups.setdefault(f"{table}.{column}", []).append(
-                {**{f"_pk{i}": v for i, v in enumerate(json.loads(pk))}, "_old": old, "_new": new}
+                {**{f"_pk{i}": v for i, v in enumerate(key)}, "_old": old, "_new": new}
             )
         for name, params in groups.items():
             col = by_name.get(name)
@@ -138,7 +142,17 @@ def restore(engine: Engine, job_id: str, columns: Sequence[BoundColumn]) -> dict
         "restored": counts["restored"],
         "changed_since": counts["changed_since"],
         "skipped_unconfigured": counts["skipped_unconfigured"],
+        "skipped_corrupt": counts["skipped_corrupt"],
     }
+
+
+def _stored_pk(text: Any) -> list[Any] | None:
+    """A backed-up row's primary key (a JSON list), or None if it is not one."""
+    try:
+        key = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    return key if isinstance(key, list) and key else None
 
 
 def prune(conn: Connection, job_id: str) -> int:

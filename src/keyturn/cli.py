@@ -742,7 +742,13 @@ def restore(ctx: click.Context, job_id: str, yes: bool, wait: float, as_json: bo
         as_json,
         {"job": job.id, **counts},
         f"job {job.id}: restored {counts['restored']} value(s); "
-        f"{counts['changed_since']} changed since and were kept",
+        f"{counts['changed_since']} changed since and were kept"
+        + (
+            f"; {counts['skipped_corrupt']} backed-up row(s) were unreadable (edited) and "
+            "were skipped"
+            if counts["skipped_corrupt"]
+            else ""
+        ),
     )
 
 

@@ -10,7 +10,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, cast, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, String, cast, create_engine, event, type_coerce
 from sqlalchemy.dialects.mysql import BINARY as mysql_binary
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError
@@ -30,6 +30,26 @@ def bound_actor(actor: str) -> str:
 def utcnow() -> datetime:
     """Naive UTC, as stored in DateTime columns on every backend."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def raw_columns(table: Any) -> list[Any]:
+    """A table's columns for a SELECT, its DateTime ones as the driver returns them: a
+    value SQLite holds that is not a date (a row edited by hand) then reaches
+    :func:`stored_datetime` instead of failing inside SQLAlchemy."""
+    return [
+        type_coerce(c, String).label(c.name) if isinstance(c.type, DateTime) else c
+        for c in table.columns
+    ]
+
+
+def stored_datetime(value: Any) -> datetime | None:
+    """A DateTime column's value from :func:`raw_columns`; None if it is not a date."""
+    if isinstance(value, datetime) or value is None:
+        return value
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
 
 
 def connect(url: str) -> Engine:

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from . import schema
-from .database import bound_actor, utcnow
+from .database import bound_actor, raw_columns, stored_datetime, utcnow
 from .errors import ConfigError, OperationFailed
 from .locking import local_owner_state, me
 
@@ -68,21 +68,44 @@ class Job:
 
 
 def _row_to_job(row: Any) -> Job:
+    """A job as stored. A field edited into something unreadable is read as empty
+    (progress: the walk restarts, harmlessly, by compare-and-swap) and the
+    report says it was corrupt: a damaged row is reported, never a crash."""
+    never = datetime(1970, 1, 1)
+    created = stored_datetime(row.created_at) or never
+    report = _json(row.report, None)
     return Job(
         row.id,
         row.kind,
         row.state,
         row.target_version,
-        row.created_at,
-        row.updated_at,
+        created,
+        stored_datetime(row.updated_at) or created,
         row.created_by,
         row.owner,
-        row.heartbeat_at,
-        json.loads(row.options or "{}"),
-        json.loads(row.progress or "{}"),
-        json.loads(row.report) if row.report else None,
+        stored_datetime(row.heartbeat_at),
+        _json(row.options, {}) or {},
+        _json(row.progress, {}) or {},
+        report if report is not _CORRUPT else {"corrupt": "the stored report is not JSON"},
         row.backup_path,
     )
+
+
+_CORRUPT = object()
+
+
+def _json(text: Any, empty: Any) -> Any:
+    """A JSON field of a job row; ``empty`` if NULL, _CORRUPT (or {} where a dict is
+    needed) if it does not parse as the object it should be."""
+    if not text:
+        return empty
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return _CORRUPT if empty is None else {}
+    if not isinstance(value, dict):
+        return _CORRUPT if empty is None else {}
+    return value
 
 
 def new_id() -> str:
@@ -121,7 +144,7 @@ def create(
 
 
 def get(conn: Connection, job_id: str) -> Job:
-    row = conn.execute(select(schema.jobs).where(schema.jobs.c.id == job_id)).first()
+    row = conn.execute(select(*raw_columns(schema.jobs)).where(schema.jobs.c.id == job_id)).first()
     if row is None:
         raise JobNotFound(f"no job {job_id!r}; `keyturn jobs` lists them")
     return _row_to_job(row)
@@ -131,13 +154,15 @@ def unfinished(conn: Connection, kind: str) -> Job | None:
     """The running job of this kind, if one was started and not finished."""
     j = schema.jobs.c
     row = conn.execute(
-        select(schema.jobs).where(j.kind == kind, j.state == RUNNING).order_by(j.created_at)
+        select(*raw_columns(schema.jobs))
+        .where(j.kind == kind, j.state == RUNNING)
+        .order_by(j.created_at)
     ).first()
     return _row_to_job(row) if row is not None else None
 
 
 def all_jobs(conn: Connection) -> list[Job]:
-    rows = conn.execute(select(schema.jobs).order_by(schema.jobs.c.created_at)).all()
+    rows = conn.execute(select(*raw_columns(schema.jobs)).order_by(schema.jobs.c.created_at)).all()
     return [_row_to_job(r) for r in rows]
 
 

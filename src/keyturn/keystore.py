@@ -13,7 +13,13 @@ from sqlalchemy import Connection, Engine, func, inspect, select, update
 
 from . import schema
 from .audit import AuditLog
-from .database import bound_actor, utcnow, write_transaction
+from .database import (
+    bound_actor,
+    raw_columns,
+    stored_datetime,
+    utcnow,
+    write_transaction,
+)
 from .errors import KEKChanged, KeyturnError, NotInitialized, WrongKEK
 from .kek import KEK
 from .keyring import ACTIVE, DESTROYED, RETIRED, DataKey, Keyring, KeyVersion, wrap_aad
@@ -104,13 +110,20 @@ def insert_version(
 
 def read_versions(conn: Connection) -> list[tuple[KeyVersion, str | None]]:
     """Every version's metadata with its wrapped DEK, oldest first."""
-    k = schema.keys.c
-    rows = conn.execute(
-        select(
-            k.version, k.state, k.created_at, k.retired_at, k.created_by, k.kek_id, k.wrapped_dek
-        ).order_by(k.version)
-    ).all()
-    return [(KeyVersion(r[0], r[1], r[2], r[3], r[4], r[5]), r[6]) for r in rows]
+    rows = conn.execute(select(*raw_columns(schema.keys)).order_by(schema.keys.c.version)).all()
+    out = []
+    for r in rows:
+        created = stored_datetime(r.created_at)
+        if created is None:
+            raise CorruptKeyring(
+                f"keyturn_keys.created_at of version {r.version} is not a date "
+                f"(the row was edited); restore it from a backup"
+            )
+        meta = KeyVersion(
+            r.version, r.state, created, stored_datetime(r.retired_at), r.created_by, r.kek_id
+        )
+        out.append((meta, r.wrapped_dek))
+    return out
 
 
 def wrapped_only(

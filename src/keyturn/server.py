@@ -363,7 +363,8 @@ def create_app(
 
     def audit_route(request: Request, _: ApiToken) -> Response:
         try:
-            after = max(0, int(request.query_params.get("after", "0")))
+            # seq is a 32-bit integer column: a larger ``after`` simply has no entries.
+            after = min(max(0, int(request.query_params.get("after", "0"))), 2**31 - 1)
             limit = min(1000, max(1, int(request.query_params.get("limit", "100"))))
         except ValueError:
             return _error(400, "after and limit must be integers")
