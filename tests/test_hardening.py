@@ -305,3 +305,32 @@ def test_rows_edited_by_hand_are_reported_not_crashed_on(app: App) -> None:
     restored = json.loads(app.cli("restore", job, "--yes", "--json", check=True).stdout)
     assert restored["skipped_corrupt"] == 1 and restored["restored"] > 0
     assert app.cli("rotate", "--yes").returncode == 0
+
+
+def test_small_things_a_new_user_tripped_on(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    app.cli("init", check=True)
+    # token create --output: a 0600 file, the token not on stdout.
+    made = app.cli("token", "create", "--name", "ops", "--output", "ops.token", check=True)
+    path = app.dir / "ops.token"
+    assert made.stdout == "" and (path.stat().st_mode & 0o777) == 0o600
+    assert path.read_text().strip().startswith("kta_")
+    again = app.cli("token", "create", "--name", "ops2", "--output", "ops.token")
+    assert again.returncode == 2 and "exists" in again.stderr
+    # rotate-kek checks the current KEK before it asks for (or reads) the new one.
+    wrong = App(app.dir, dict(app.env, KEYTURN_KEK=os.urandom(32).hex())).cli("rotate-kek")
+    assert wrong.returncode == 3 and "does not open" in wrong.stderr
+    # after rotate-kek --new-kek-file, the copy left behind is pointed out.
+    env = {k: v for k, v in app.env.items() if k != "KEYTURN_KEK"}
+    (app.dir / "kek").write_text(app.env["KEYTURN_KEK"])
+    (app.dir / "kek").chmod(0o600)
+    app.write_config(
+        app.config.read_text().replace("[[columns]]", 'kek = "file:kek"\n[[columns]]', 1)
+    )
+    (app.dir / "new.kek").write_text(os.urandom(32).hex())
+    (app.dir / "new.kek").chmod(0o600)
+    done = App(app.dir, env).cli("rotate-kek", "--new-kek-file", "new.kek", "--yes", check=True)
+    assert "new.kek is a second copy of it" in done.stdout
+    # the library's error does not tell a Python caller to pass a command-line flag.
+    monkeypatch.chdir(app.dir.parent)
+    with pytest.raises(keyturn.ConfigError, match=r"keyturn.open\(PATH\)"):
+        keyturn.open()

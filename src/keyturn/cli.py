@@ -653,8 +653,8 @@ def rotate_kek_cmd(
         return
     if retire_kms_versions:
         raise click.UsageError("--retire-kms-versions applies only to a Transit KEK")
-    new = _new_kek(new_kek_env, new_kek_file)
-    with _open(ctx) as store:
+    with _open(ctx) as store:  # the current KEK is checked before the new one is asked for
+        new = _new_kek(new_kek_env, new_kek_file)
         old_source = store.kek.source
         _confirm(yes, f"rewrap every data key under the new KEK ({new.kek_id})?")
         with _audited(store, "rotate-kek", deferred=True) as outcome:
@@ -664,6 +664,11 @@ def rotate_kek_cmd(
     hint = ""
     if result.key_file:
         hint = f"{result.key_file} now holds the new KEK"
+        if new_kek_file is not None:
+            hint += (
+                f"; {new_kek_file} is a second copy of it: keep it only as a backup kept "
+                "apart from the database, else delete it"
+            )
     elif old_source.startswith("env:"):
         hint = (
             f"update the env var {old_source[4:]} to the new KEK before restarting the "
@@ -850,14 +855,27 @@ def token() -> None:
     show_default=True,
     help="What the token may do; each scope includes the ones before it.",
 )
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the token to this new file with mode 0600 instead of stdout (a shell "
+    "redirect would make a 0644 file). An existing file is never overwritten.",
+)
 @click.pass_context
-def token_create(ctx: click.Context, name: str, scope: str) -> None:
+def token_create(ctx: click.Context, name: str, scope: str, output: Path | None) -> None:
     """Create a token and print it alone on stdout, once; it cannot be shown again."""
+    if output is not None and output.exists():
+        raise click.UsageError(f"{output} exists; it was left as it is")
     with _open(ctx) as store:
         value = api_tokens.create(store.audit, name, scope, actor())
-    click.echo(value)
+    where = "it is shown once, store it now"
+    if output is None:
+        click.echo(value)
+    else:
+        write_key_file(output, value)
+        where = f"written to {output} (mode 0600)"
     click.echo(
-        f"keyturn: created {scope} token {name!r}; it is shown once, store it now "
+        f"keyturn: created {scope} token {name!r}; {where} "
         f"(`keyturn token revoke {name}` disables it)",
         err=True,
     )

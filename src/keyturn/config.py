@@ -112,7 +112,8 @@ def find_config(path: str | os.PathLike[str] | None = None) -> Path:
     if not candidate.is_file():
         if path is None:
             raise ConfigError(
-                f"no {CONFIG_NAME} in {Path.cwd()}; pass --config PATH or set {CONFIG_ENV}"
+                f"no {CONFIG_NAME} in {Path.cwd()}; give its path (keyturn.open(PATH), or "
+                f"--config PATH on the command line) or set {CONFIG_ENV}"
             )
         raise ConfigError(f"config file {candidate} does not exist")
     return candidate.resolve()
