@@ -24,7 +24,7 @@ DEFAULT_CRYPTOPERIOD_DAYS = 730  # NIST SP 800-57 Part 1: up to 2 years for a DE
 _TOP_KEYS = {"database", "kek", "cryptoperiod_days", "columns", "legacy", "server", "apps"}
 _SERVER_KEYS = {"new_kek_env", "new_kek_file"}
 _APPS_KEYS = {"refresh_seconds", "write_margin_seconds"}
-_COLUMN_KEYS = {"table", "column", "primary_key", "bind", "legacy"}
+_COLUMN_KEYS = {"table", "column", "primary_key", "bind", "legacy", "read_plaintext"}
 BINDS = ("column", "row")
 
 
@@ -37,6 +37,8 @@ class ColumnSpec:
     primary_key: tuple[str, ...]
     bind: str = "column"
     legacy: str | None = None
+    #: Migration mode: Store.decrypt returns a value that is not a kt1 token as it is.
+    read_plaintext: bool = False
 
     @property
     def name(self) -> str:
@@ -223,7 +225,10 @@ def _parse_column(entry: Any, index: int, file: Path) -> ColumnSpec:
     legacy = entry.get("legacy")
     if legacy is not None and (not isinstance(legacy, str) or not legacy):
         raise ConfigError(f"{where}: `legacy` must be the name of a [[legacy]] entry")
-    return ColumnSpec(entry["table"], entry["column"], tuple(pk), bind, legacy)
+    read_plaintext = entry.get("read_plaintext", False)
+    if not isinstance(read_plaintext, bool):
+        raise ConfigError(f"{where}: `read_plaintext` must be true or false")
+    return ColumnSpec(entry["table"], entry["column"], tuple(pk), bind, legacy, read_plaintext)
 
 
 def _reject_unknown(data: dict[str, Any], allowed: set[str], where: str) -> None:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import Connection, Engine
 
@@ -91,7 +91,8 @@ class Store:
             for spec in config.legacy
         }
         self._legacy = {c.name: readers[c.legacy] for c in config.columns if c.legacy}
-        #: Legacy values decrypted by the read fallback, by column: each one should be re-saved.
+        self._plaintext_columns = frozenset(c.name for c in config.columns if c.read_plaintext)
+        #: Legacy and plaintext values read by the fallbacks, by column: each should be re-saved.
         self.rewrap_needed: Counter[str] = Counter()
         self._rewrap_reported: Counter[str] = Counter()
         self._rewrap_logged: dict[str, float] = {}
@@ -126,24 +127,47 @@ class Store:
         """Metadata of every key version as of the last (re)load."""
         return self._versions
 
-    def encrypt(self, plaintext: str | bytes, *, context: str) -> str:
-        """Seal ``plaintext`` under the active DEK, bound to ``context``.
+    @overload
+    def encrypt(self, plaintext: str | bytes, *, context: str) -> str: ...
+    @overload
+    def encrypt(self, plaintext: None, *, context: str) -> None: ...
+
+    def encrypt(self, plaintext: str | bytes | None, *, context: str) -> str | None:
+        """Seal ``plaintext`` under the active DEK, bound to ``context``; None stays
+        None (a NULL column stays NULL).
 
         Seals only under a version confirmed active within the contract's
         refresh interval; if the database cannot confirm it for longer than
         that, raises OperationFailed rather than seal under a retired version.
         """
+        if plaintext is None:
+            return None
+        if not isinstance(plaintext, str | bytes):
+            raise TypeError(f"encrypt takes str or bytes, not {type(plaintext).__name__}")
         if time.monotonic() >= self._next_refresh:
             self._refresh_active()
         data = plaintext.encode() if isinstance(plaintext, str) else plaintext
         return self._keyring.encrypt(data, context)
 
-    def decrypt_bytes(self, token: str, *, context: str) -> bytes:
-        """Open a token sealed for ``context``. InvalidToken if it fails for any reason.
+    @overload
+    def decrypt_bytes(self, token: str, *, context: str) -> bytes: ...
+    @overload
+    def decrypt_bytes(self, token: None, *, context: str) -> None: ...
+
+    def decrypt_bytes(self, token: str | None, *, context: str) -> bytes | None:
+        """Open a token sealed for ``context``. InvalidToken if it fails for any reason;
+        None (NULL) stays None, and '' (an empty column) stays empty.
 
         On a column with a ``legacy`` reader, a value in that legacy layout is
-        decrypted with the legacy key and logged as ``keyturn.rewrap_needed``.
+        decrypted with the legacy key; on a column with ``read_plaintext = true``
+        (a migration mode, off by default), a value that is not a kt1 token is
+        returned as it is. Both are counted in :attr:`rewrap_needed` and logged
+        as ``keyturn.rewrap_needed``.
         """
+        if token is None or token == "":
+            return None if token is None else b""
+        if not isinstance(token, str):
+            raise TypeError(f"decrypt takes a str token, not {type(token).__name__}")
         try:
             return self._keyring.decrypt(token, context)
         except UnknownKeyVersion as exc:
@@ -153,12 +177,24 @@ class Store:
         except InvalidToken:
             column = context.split("#", 1)[0]
             reader = self._legacy.get(column)
-            if reader is None or not reader.recognises(token):
-                raise
-        return self._read_legacy(reader, column, token)
+            if reader is not None and reader.recognises(token):
+                plaintext = reader.decrypt(token)
+                self._note_rewrap(column, reader.spec.format, reader.spec.name)
+                return plaintext
+            if column in self._plaintext_columns and not token.startswith("kt1:"):
+                self._note_rewrap(column, "plaintext", "read_plaintext")
+                return token.encode()
+            raise
 
-    def decrypt(self, token: str, *, context: str) -> str:
+    @overload
+    def decrypt(self, token: str, *, context: str) -> str: ...
+    @overload
+    def decrypt(self, token: None, *, context: str) -> None: ...
+
+    def decrypt(self, token: str | None, *, context: str) -> str | None:
         """Like :meth:`decrypt_bytes`, decoded as UTF-8."""
+        if token is None:
+            return None
         return self.decrypt_bytes(token, context=context).decode()
 
     def legacy_reader(self, column: str) -> LegacyReader | None:
@@ -175,15 +211,14 @@ class Store:
             return False
         return not value.startswith(header(self._keyring.active_version))
 
-    def _read_legacy(self, reader: LegacyReader, column: str, value: str) -> bytes:
-        """Decrypt a legacy value; counted exactly, logged at most once a minute per
+    def _note_rewrap(self, column: str, kind: str, reader: str) -> None:
+        """Count a legacy or plaintext read exactly; log it at most once a minute per
         column (with the count since the last line), not once per value."""
-        plaintext = reader.decrypt(value)
         with self._lock:
             self.rewrap_needed[column] += 1
             now = time.monotonic()
             if now < self._rewrap_logged.get(column, 0.0):
-                return plaintext
+                return
             self._rewrap_logged[column] = now + REWRAP_LOG_SECONDS
             since = self.rewrap_needed[column] - self._rewrap_reported[column]
             self._rewrap_reported[column] = self.rewrap_needed[column]
@@ -193,19 +228,18 @@ class Store:
             REWRAP_EVENT,
             table,
             name,
-            reader.spec.format,
-            reader.spec.name,
+            kind,
+            reader,
             since,
             extra={
                 "event": REWRAP_EVENT,
                 "table": table,
                 "column": name,
-                "legacy_format": reader.spec.format,
-                "legacy_reader": reader.spec.name,
+                "legacy_format": kind,
+                "legacy_reader": reader,
                 "values": since,
             },
         )
-        return plaintext
 
     def reload(self) -> None:
         """Re-read and unwrap the keyring (the drift check runs again).
