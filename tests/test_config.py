@@ -88,3 +88,10 @@ def test_the_app_contract_as_rotation_md_shows_it(tmp_path: Path) -> None:
 def test_a_bad_app_contract_is_refused(tmp_path: Path, apps: str) -> None:
     with pytest.raises(ConfigError, match=r"\[apps\]"):
         load_config(write(tmp_path, GOOD + apps))
+
+
+def test_trusted_proxies(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD + '[server]\ntrusted_proxies = ["10.0.0.0/8"]\n'))
+    assert [str(n) for n in config.server.trusted_proxies] == ["10.0.0.0/8"]
+    with pytest.raises(ConfigError, match="trusted_proxies"):
+        load_config(write(tmp_path, GOOD + '[server]\ntrusted_proxies = ["nope"]\n'))

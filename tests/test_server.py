@@ -458,3 +458,49 @@ def test_requests_are_logged_and_unknown_routes_answer_json(app: App) -> None:
     assert any("GET /v1/nope 404 " in x for x in lines)
     assert ops not in server.output and "kta_wrong" not in server.output
     assert "secret=x" not in server.output, "the query string is not logged"
+
+
+def test_forwarded_headers_are_believed_only_from_trusted_proxies(app: App) -> None:
+    """uvicorn believed X-Forwarded-For from 127.0.0.1: 200 guesses with a rotating
+    header got no 429, and any chosen address could be locked out."""
+    app.cli("init", check=True)
+    good = token(app, "reader")
+    for server in serve(app):
+        for i in range(5):
+            spoof = {"X-Forwarded-For": f"203.0.113.{i}"}
+            assert server.call("GET", "/v1/admin/encryption", "kta_x", spoof).status == 401
+        blocked = server.call("GET", "/v1/admin/encryption", good, {"X-Forwarded-For": "1.2.3.4"})
+        assert blocked.status == 429, "the header changed nothing: the peer is the client"
+
+
+def test_the_failure_limiter_is_bounded_and_has_a_global_backstop() -> None:
+    from types import SimpleNamespace
+
+    from keyturn.server import _client, _FailureLimiter
+
+    limiter = _FailureLimiter(limit=5, window=60, max_clients=100)
+    for i in range(1000):
+        limiter.fail(f"198.51.100.{i % 250}:{i}")
+    assert len(limiter) == 100, "the table is bounded"
+    assert limiter.backstop() > 0, "1000 failures from anywhere: a backstop"
+    assert limiter.retry_after("203.0.113.9") == 0, "which never locks out a valid token"
+    fresh = _FailureLimiter(limit=5, window=60)
+    for _ in range(4):
+        fresh.fail("a")
+    assert fresh.retry_after("a") == 0 and fresh.retry_after("b") == 0
+    fresh.fail("a")
+    assert fresh.retry_after("a") > 0 and fresh.retry_after("b") == 0
+
+    from ipaddress import ip_network
+
+    trusted = (ip_network("127.0.0.1/32"), ip_network("10.0.0.0/8"))
+
+    def request(peer: str, forwarded: str) -> Any:
+        return SimpleNamespace(
+            client=SimpleNamespace(host=peer), headers={"x-forwarded-for": forwarded}
+        )
+
+    assert _client(request("127.0.0.1", "198.51.100.7, 10.1.2.3"), trusted) == "198.51.100.7"
+    assert _client(request("127.0.0.1", "1.1.1.1, 198.51.100.7"), trusted) == "198.51.100.7"
+    assert _client(request("192.0.2.5", "198.51.100.7"), trusted) == "192.0.2.5"
+    assert _client(request("127.0.0.1", "198.51.100.7"), ()) == "127.0.0.1"

@@ -1019,7 +1019,11 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     server_log.addHandler(handler)
     server_log.setLevel(logging.INFO)
     click.echo(f"keyturn: serving the admin API on http://{host}:{port}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # uvicorn would believe X-Forwarded-For from 127.0.0.1; keyturn believes it only
+    # from [server] trusted_proxies.
+    uvicorn.run(
+        app, host=host, port=port, log_level="warning", access_log=False, proxy_headers=False
+    )
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ CONFIG_NAME = "keyturn.toml"
 CONFIG_ENV = "KEYTURN_CONFIG"
 DEFAULT_CRYPTOPERIOD_DAYS = 730  # NIST SP 800-57 Part 1: up to 2 years for a DEK
 _TOP_KEYS = {"database", "kek", "cryptoperiod_days", "columns", "legacy", "server", "apps"}
-_SERVER_KEYS = {"new_kek_env", "new_kek_file"}
+_SERVER_KEYS = {"new_kek_env", "new_kek_file", "trusted_proxies"}
 _APPS_KEYS = {"refresh_seconds", "write_margin_seconds"}
 _COLUMN_KEYS = {"table", "column", "primary_key", "bind", "legacy", "read_plaintext"}
 BINDS = ("column", "row")
@@ -60,6 +61,8 @@ class ServerSpec:
 
     new_kek_env: str | None = None
     new_kek_file: Path | None = None
+    #: Proxies (addresses or networks) whose X-Forwarded-For is believed; none by default.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,17 @@ def _parse_server(entry: Any, file: Path) -> ServerSpec:
             raise ConfigError(f"{file}: [server] `{key}` must be a non-empty string")
     if env and path:
         raise ConfigError(f"{file}: [server] give one of `new_kek_env` and `new_kek_file`")
-    return ServerSpec(env, (file.parent / path) if path else None)
+    proxies = entry.get("trusted_proxies", [])
+    try:
+        if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
+            raise ValueError
+        networks = tuple(ip_network(p, strict=False) for p in proxies)
+    except ValueError:
+        raise ConfigError(
+            f"{file}: [server] `trusted_proxies` must be a list of addresses or networks, "
+            'e.g. ["127.0.0.1", "10.0.0.0/8"]'
+        ) from None
+    return ServerSpec(env, (file.parent / path) if path else None, networks)
 
 
 def _parse_column(entry: Any, index: int, file: Path) -> ColumnSpec:

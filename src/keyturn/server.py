@@ -18,10 +18,11 @@ import secrets
 import threading
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import Any
 
 from sqlalchemy import inspect, text
@@ -54,27 +55,59 @@ QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 
 
 class _FailureLimiter:
-    """Counts failed authentications per client; too many in the window → 429."""
+    """Counts failed authentications per client; too many in the window → 429.
 
-    def __init__(self, limit: int, window: float) -> None:
-        self.limit, self.window = limit, window
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+    Bounded: at most ``max_clients`` are remembered (the least recently failing
+    are forgotten first). Beyond that, all clients together may fail at most
+    ``limit * GLOBAL_FACTOR`` times a window (:meth:`backstop`), so addresses
+    that keep changing cannot guess without end either; the backstop answers
+    only failed attempts, so a flood cannot lock out a valid token.
+    """
+
+    GLOBAL_FACTOR = 20
+
+    def __init__(self, limit: int, window: float, max_clients: int = 10_000) -> None:
+        self.limit, self.window, self.max_clients = limit, window, max_clients
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._all: deque[float] = deque()
         self._lock = threading.Lock()
 
     def retry_after(self, client: str) -> int:
         """Seconds the client must wait, or 0 if it may try."""
         now = time.monotonic()
         with self._lock:
-            seen = self._failures[client]
-            while seen and seen[0] <= now - self.window:
-                seen.popleft()
-            if len(seen) < self.limit:
+            seen = self._failures.get(client)
+            if seen is None:
                 return 0
-            return max(1, math.ceil(seen[0] + self.window - now))
+            wait = self._wait(seen, self.limit, now)
+            if not seen:
+                del self._failures[client]
+            return wait
+
+    def backstop(self) -> int:
+        """Seconds before another failed attempt from anywhere is answered with 401."""
+        with self._lock:
+            return self._wait(self._all, self.limit * self.GLOBAL_FACTOR, time.monotonic())
+
+    def _wait(self, seen: deque[float], limit: int, now: float) -> int:
+        while seen and seen[0] <= now - self.window:
+            seen.popleft()
+        if len(seen) < limit:
+            return 0
+        return max(1, math.ceil(seen[0] + self.window - now))
 
     def fail(self, client: str) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._failures[client].append(time.monotonic())
+            self._all.append(now)
+            seen = self._failures.pop(client, None) or deque()
+            seen.append(now)
+            self._failures[client] = seen  # the most recent last
+            while len(self._failures) > self.max_clients:
+                self._failures.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._failures)
 
 
 @dataclass
@@ -250,8 +283,25 @@ def _busy(exc: KeyringBusy) -> JSONResponse:
     return JSONResponse({"error": str(exc), "holder": exc.holder}, status_code=409)
 
 
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+def _client(request: Request, trusted: tuple[Any, ...]) -> str:
+    """The client's address: the peer's, or, if the peer is a trusted proxy, the
+    nearest address in X-Forwarded-For that is not a trusted proxy itself."""
+    peer = request.client.host if request.client else "unknown"
+    if not trusted or not _in(peer, trusted):
+        return peer
+    forwarded = [a.strip() for a in request.headers.get("x-forwarded-for", "").split(",")]
+    for address in reversed([a for a in forwarded if a]):
+        if not _in(address, trusted):
+            return address
+    return peer
+
+
+def _in(address: str, networks: tuple[Any, ...]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 Handler = Callable[[Request, ApiToken], Response]
@@ -278,7 +328,7 @@ def create_app(
         """Rate limit, authenticate (bearer, or the page's cookie + CSRF) and check scope."""
 
         def endpoint(request: Request) -> Response:
-            client = _client(request)
+            client = _client(request, service.store.config.server.trusted_proxies)
             wait = service.limiter.retry_after(client)
             if wait:
                 return _error(
@@ -300,6 +350,13 @@ def create_app(
             if token is None:
                 if presented:  # a guess; a request with no credentials is not
                     service.limiter.fail(client)
+                    backstop = service.limiter.backstop()
+                    if backstop:
+                        return _error(
+                            429,
+                            "too many failed authentications; retry later",
+                            **{"Retry-After": str(backstop)},
+                        )
                 return _error(
                     401,
                     "a valid bearer token is required (`keyturn token create`)",
@@ -400,7 +457,7 @@ def create_app(
 
     async def sign_in(request: Request) -> Response:
         form = await request.form()
-        client = _client(request)
+        client = _client(request, service.store.config.server.trusted_proxies)
         back = RedirectResponse("/admin/encryption", status_code=303)
         if service.limiter.retry_after(client):
             log.warning("sign-in refused client=%s: too many failures", client)
