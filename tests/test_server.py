@@ -504,3 +504,38 @@ def test_the_failure_limiter_is_bounded_and_has_a_global_backstop() -> None:
     assert _client(request("127.0.0.1", "1.1.1.1, 198.51.100.7"), trusted) == "198.51.100.7"
     assert _client(request("192.0.2.5", "198.51.100.7"), trusted) == "192.0.2.5"
     assert _client(request("127.0.0.1", "198.51.100.7"), ()) == "127.0.0.1"
+
+
+def test_a_refused_token_is_throttled_by_its_name_from_any_address(app: App) -> None:
+    """Behind a trusted proxy, each guess may come from another address: a token that
+    matches a revoked or forged record is throttled by that record's name too, and a
+    forged one is audited only until then."""
+    import hashlib
+
+    app.cli("init", check=True)
+    app.write_config(app.config.read_text() + '\n[server]\ntrusted_proxies = ["127.0.0.1"]\n')
+    revoked = token(app, "gone", "admin")
+    app.cli("token", "revoke", "gone", check=True)
+    chosen = "kta_" + "B" * 43
+    app.sql(
+        "INSERT INTO keyturn_api_tokens (name, scope, token_hash, created_at, created_by) "
+        "VALUES ('evil', 'admin', ?, '2026-01-01 00:00:00', 'cli:x')",
+        (hashlib.sha256(chosen.encode()).hexdigest(),),
+    )
+    reader = token(app, "reader")
+    for server in serve(app):
+        for presented in (revoked, chosen):
+            codes = [
+                server.call(
+                    "GET", "/v1/admin/encryption", presented, {"X-Forwarded-For": f"198.51.100.{i}"}
+                ).status
+                for i in range(8)
+            ]
+            assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}, codes
+        assert server.call("GET", "/v1/admin/encryption", reader).status == 200
+    refused = [
+        e
+        for e in json.loads(app.cli("audit", "list", "--json", check=True).stdout)
+        if e["action"] == "token.refused"
+    ]
+    assert len(refused) == 5 and {e["details"]["name"] for e in refused} == {"evil"}

@@ -148,33 +148,44 @@ def all_tokens(log: AuditLog) -> list[ApiToken]:
         ]
 
 
-def authenticate(log: AuditLog, presented: str) -> ApiToken | None:
-    """The live, genuine token matching ``presented``, or None; constant time in the
-    token. A match on a record without a valid MAC (forged or edited by SQL) is
-    refused and audited."""
+@dataclass(frozen=True)
+class Verdict:
+    """What a presented token is: a live genuine token, or refused. ``refused`` names
+    the record it matched if there is one (revoked, or ``forged``: its MAC fails)."""
+
+    token: ApiToken | None
+    refused: str | None = None
+    forged: bool = False
+
+
+def authenticate(log: AuditLog, presented: str) -> Verdict:
+    """Check ``presented`` against every record, in constant time in the token (no
+    early exit). Only a live record with a valid MAC authenticates."""
     if not _has_tokens(log):
-        return None
+        return Verdict(None)
     with log.engine.connect() as conn:
         digest = token_hash(presented)
         t = schema.api_tokens.c
-        rows = conn.execute(
-            select(*_COLUMNS, t.token_hash, t.mac).where(t.revoked_at.is_(None))
-        ).all()
-        found: ApiToken | None = None
-        forged: str | None = None
-        for r in rows:  # no early exit: every live hash is compared
+        rows = conn.execute(select(*_COLUMNS, t.token_hash, t.mac)).all()
+        verdict = Verdict(None)
+        for r in rows:
             if hmac.compare_digest(digest, r[5]):
-                if _genuine(log, conn, r[0], r[1], r[5], r[6]):
-                    found = ApiToken(*r[:5])
+                if r[4] is not None:
+                    verdict = Verdict(None, r[0])  # revoked
+                elif _genuine(log, conn, r[0], r[1], r[5], r[6]):
+                    verdict = Verdict(ApiToken(*r[:5]))
                 else:
-                    forged = r[0]
-    if found is None and forged is not None:
-        log.record(
-            f"token:{forged}",
-            "token.refused",
-            {"name": forged, "reason": "its record was not made with the KEK (forged or edited)"},
-        )
-    return found
+                    verdict = Verdict(None, r[0], forged=True)
+    return verdict
+
+
+def record_refusal(log: AuditLog, name: str) -> None:
+    """Audit a token refused because its record was not made with the KEK."""
+    log.record(
+        f"token:{name}",
+        "token.refused",
+        {"name": name, "reason": "its record was not made with the KEK (forged or edited)"},
+    )
 
 
 _COLUMNS = (

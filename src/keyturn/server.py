@@ -148,9 +148,27 @@ class _Service:
     # -- authentication -----------------------------------------------------------
 
     def authenticate(self, presented: str | None) -> ApiToken | None:
+        return self.check(presented)[0]
+
+    def check(self, presented: str | None) -> tuple[ApiToken | None, int]:
+        """The token, or None and how long a failed attempt must now wait (0: answer
+        401). A token matching a revoked or forged record is also throttled by that
+        record's name, whatever address it comes from; a forged one is audited
+        until then."""
         if not presented:
-            return None
-        return api_tokens.authenticate(self.store.audit, presented)
+            return None, 0
+        verdict = api_tokens.authenticate(self.store.audit, presented)
+        if verdict.token is not None:
+            return verdict.token, 0
+        wait = self.limiter.backstop()
+        if verdict.refused is not None:
+            key = f"token:{verdict.refused}"
+            named = self.limiter.retry_after(key)
+            if verdict.forged and not named:
+                api_tokens.record_refusal(self.store.audit, verdict.refused)
+            self.limiter.fail(key)
+            wait = max(wait, named)
+        return None, wait
 
     # -- rotations ------------------------------------------------------------------
 
@@ -346,17 +364,17 @@ def create_app(
                 header = request.headers.get("authorization", "")
                 kind, _, presented = header.partition(" ")
                 presented = presented.strip() if kind.lower() == "bearer" else ""
-            token = service.authenticate(presented)
+            token, throttled = service.check(presented)
             if token is None:
                 if presented:  # a guess; a request with no credentials is not
                     service.limiter.fail(client)
-                    backstop = service.limiter.backstop()
-                    if backstop:
-                        return _error(
-                            429,
-                            "too many failed authentications; retry later",
-                            **{"Retry-After": str(backstop)},
-                        )
+                    throttled = max(throttled, service.limiter.backstop())
+                if throttled:
+                    return _error(
+                        429,
+                        "too many failed authentications; retry later",
+                        **{"Retry-After": str(throttled)},
+                    )
                 return _error(
                     401,
                     "a valid bearer token is required (`keyturn token create`)",
