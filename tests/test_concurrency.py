@@ -253,3 +253,38 @@ def test_forged_versions_cannot_flood_the_database(app: App) -> None:
 
 def test_keyring_busy_is_exported_with_exit_code_4() -> None:
     assert KeyringBusy("x").exit_code == 4
+
+
+@pytest.mark.parametrize("database", ["postgresql", "mysql"], indirect=True)
+def test_a_rotation_that_loses_its_lock_session_stops_and_resumes(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the lock's own session ends (a failover, an operator's kill): the server
+    released the lock, so the rotation must stop before its next batch commits."""
+    import hashlib
+
+    app = parallel_app(database, tmp_path, monkeypatch)
+    proc = app.start("rotate", "--yes", "--max-rate", "1000", "--chunk-time", "0.05")
+    name = database.url.rsplit("/", 1)[1]
+    if database.kind == "postgresql":
+        query = (
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
+            f"(SELECT oid FROM pg_database WHERE datname = '{name}')"
+        )
+    else:
+        lock = "keyturn:" + hashlib.sha256(name.encode()).hexdigest()[:40]
+        query = f"SELECT IS_USED_LOCK('{lock}') FROM DUAL"
+    _wait_for(lambda: len(versions(database)) == 2 and bool(database.rows(query)))
+    time.sleep(0.5)
+    (session,) = database.rows(query)[0]
+    assert session is not None
+    if database.kind == "postgresql":
+        database.rows(f"SELECT pg_terminate_backend({int(session)})")
+    else:
+        database.execute(f"KILL {int(session)}")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 4 and "the keyring lock was lost" in err, err
+    final = app.cli("rotate", "--yes", "--json")
+    assert final.returncode == 0, final.stderr
+    assert json.loads(final.stdout)["resumed"] is True
+    check_all_rotated(app, database, 2)

@@ -240,6 +240,28 @@ class KeyringLock:
                 .values(**values)
             )
 
+    def verify(self) -> None:
+        """KeyringBusy unless this process still holds the lock: its lock session is
+        alive (a session lock lasts as long as its session), or, on SQLite, the row
+        still names it. Called before each checkpoint of a long operation."""
+        lost = KeyringBusy(
+            f"{self.operation} stopped: the keyring lock was lost (its database session "
+            "ended); the last batch was rolled back. Run it again to resume"
+        )
+        if self._session is not None:
+            try:
+                self._session.execute(text("SELECT 1"))
+                self._session.commit()
+            except SQLAlchemyError:
+                raise lost from None
+            return
+        if not self._held:
+            raise lost
+        with self.engine.connect() as conn:
+            holder = read_holder(conn)
+        if holder is None or holder.owner != self.owner:
+            raise lost
+
     def set_job(self, job: str) -> None:
         """Name the job the holder works on (a rotation learns it after minting)."""
         self.job = job

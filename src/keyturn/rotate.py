@@ -340,6 +340,8 @@ class Rotator:
         }
         bar = self._chunk_bar(groups, job) if coordinator else None
         while True:
+            if coordinator and self.lock is not None:
+                self.lock.verify()
             for helper in helpers:
                 helper.poll()  # reaps an exited helper: no zombie that looks alive
             with write_transaction(self.store.engine) as conn:
@@ -598,6 +600,8 @@ class Rotator:
         states: dict[str, _ColumnState],
     ) -> None:
         progress["columns"] = {name: s.dump() for name, s in states.items()}
+        if self.lock is not None:
+            self.lock.verify()  # inside the batch's transaction: a lost lock rolls it back
         if conn is not None:
             jobs.checkpoint(conn, job.id, progress)
         else:
