@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 WORK = Path(__file__).resolve().parent / "work"
@@ -35,6 +36,13 @@ bind = "row"          # a token copied to another row will not decrypt
 table = "integrations"
 column = "oauth_token"
 primary_key = "id"
+
+# The app contract (docs/ROTATION.md): app processes re-read the active key at
+# least this often. Short here so the demo's old key retires within seconds;
+# the defaults are 30 and 60.
+[apps]
+refresh_seconds = 1
+write_margin_seconds = 1
 """
 
 
@@ -138,7 +146,11 @@ def main() -> None:
             check=True,
         ).stdout
         job = json.loads(jobs)[-1]["id"]
-        print("\nThe rotation kept a backup, so v1 is still 'draining'. Once it is not needed:")
+        print(
+            "\nThe rotation kept a backup, so v1 is still 'draining'; app processes may also"
+            "\nseal under it for the [apps] grace (2 s here). Once neither holds:"
+        )
+        time.sleep(2)
         run("prune", job, "--yes")
         run("keys")
     print(f"\nDone. Explore with: cd {WORK} && ../../.venv/bin/keyturn status --json")
