@@ -409,3 +409,13 @@ def test_a_rotation_with_failed_rows_is_a_failed_job(app: App) -> None:
     assert proc.returncode == 1 and json.loads(proc.stdout)["failed"] == 1
     assert app.sql("SELECT state FROM keyturn_jobs") == [("failed",)]
     assert "failed" in app.cli("jobs", check=True).stdout
+
+
+def test_status_says_why_an_unused_version_still_drains(app: App) -> None:
+    app.write_config(
+        app.config.read_text().replace("refresh_seconds = 0.1", "refresh_seconds = 30")
+    )
+    ready(app)
+    app.cli("rotate", "--yes", "--no-backup", check=True)
+    warning = json.loads(app.cli("status", "--json", check=True).stdout)["warnings"]
+    assert any("nothing uses it, but app processes may seal under it until" in w for w in warning)

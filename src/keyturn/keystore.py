@@ -7,7 +7,10 @@ keyring is found when the store opens, not at the first read of an old row.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import pairwise
 
 from sqlalchemy import Connection, Engine, func, inspect, select, update
 
@@ -106,6 +109,17 @@ def insert_version(
             kek_id=kek.kek_id,
         )
     )
+
+
+def grace_ends(grace_seconds: float, versions: Sequence[KeyVersion]) -> dict[int, datetime]:
+    """For each former version: until when app processes may still seal under it.
+
+    A version stops being active when the next one is minted (its
+    ``created_at``); add the app contract's grace (``[apps]``).
+    """
+    grace = timedelta(seconds=grace_seconds)
+    ordered = sorted(versions, key=lambda v: v.version)
+    return {v.version: nxt.created_at + grace for v, nxt in pairwise(ordered)}
 
 
 def read_versions(conn: Connection) -> list[tuple[KeyVersion, str | None]]:

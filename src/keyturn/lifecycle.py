@@ -8,8 +8,6 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,8 @@ from .database import utcnow, write_transaction
 from .errors import KeyManagementError, OperationFailed
 from .kek import KEK
 from .kek_sources import pending_path, write_key_file
-from .keyring import ACTIVE, DESTROYED, DRAINING, RETIRED, KeyVersion, wrap_aad
+from .keyring import ACTIVE, DESTROYED, DRAINING, RETIRED, wrap_aad
+from .keystore import grace_ends
 from .locking import KeyringLock
 from .status import backup_references, count_column
 from .store import Store
@@ -60,17 +59,6 @@ def _in_use(conn: Connection, holders: list[Any], version: int) -> bool:
     return False
 
 
-def grace_ends(store: Store, versions: list[KeyVersion]) -> dict[int, datetime]:
-    """For each former version: until when app processes may still seal under it.
-
-    A version stops being active when the next one is minted (its
-    ``created_at``); add the app contract's grace (``[apps]``).
-    """
-    grace = timedelta(seconds=store.config.apps.grace_seconds)
-    ordered = sorted(versions, key=lambda v: v.version)
-    return {v.version: nxt.created_at + grace for v, nxt in pairwise(ordered)}
-
-
 def refresh_states(store: Store, conn: Connection, *, write: bool = True) -> dict[int, str]:
     """Retire former versions nothing uses once their grace has passed; mark the others
     draining. Returns the states (written unless ``write`` is False)."""
@@ -80,7 +68,7 @@ def refresh_states(store: Store, conn: Connection, *, write: bool = True) -> dic
         holders.append(schema.backup.c.old_token)
     states: dict[int, str] = {}
     versions = [meta for meta, _ in keystore.read_versions(conn)]
-    ends = grace_ends(store, versions)
+    ends = grace_ends(store.config.apps.grace_seconds, versions)
     now = utcnow()
     for meta in versions:
         state = meta.state
@@ -115,7 +103,8 @@ def _check_destroyable(store: Store, conn: Connection, version: int, *, write: b
         raise KeyInUse(f"key version {version} is active; rotate first (`keyturn rotate`)")
     if state != DRAINING:
         return
-    ends = grace_ends(store, [meta for meta, _ in keystore.read_versions(conn)])
+    versions = [meta for meta, _ in keystore.read_versions(conn)]
+    ends = grace_ends(store.config.apps.grace_seconds, versions)
     if utcnow() < ends[version]:
         apps = store.config.apps
         raise KeyInUse(

@@ -27,8 +27,9 @@ from .database import utcnow, write_transaction
 from .encrypt_existing import count_rows, group_label
 from .errors import InvalidToken, OperationFailed, UnknownKeyVersion
 from .keyring import ACTIVE, DRAINING, DataKey, Keyring
+from .keystore import grace_ends
 from .legacy import LegacyReader
-from .lifecycle import grace_ends, refresh_states
+from .lifecycle import refresh_states
 from .locking import KeyringLock, me
 from .reports import RewriteReport, pk_json
 from .rewrite import (
@@ -652,7 +653,7 @@ class Rotator:
         results = [state.result(name) for name, state in states.items()]
         draining = sorted(v for v, st in key_states.items() if st == DRAINING)
         versions = [meta for meta, _ in keystore.read_versions(conn)]
-        grace, now = grace_ends(self.store, versions), utcnow()
+        grace, now = grace_ends(self.store.config.apps.grace_seconds, versions), utcnow()
         extra = {
             "job": job.id,
             "new_version": job.target_version,

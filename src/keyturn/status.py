@@ -14,6 +14,7 @@ from . import schema, tokens
 from .columns import BoundColumn
 from .database import stream_raw, utcnow
 from .keyring import ACTIVE, DESTROYED, DRAINING
+from .keystore import grace_ends
 from .store import Store
 
 
@@ -198,8 +199,19 @@ def status(store: Store) -> StatusReport:
             )
     with store.engine.connect() as conn:
         in_backups = backup_references(conn)
+    ends = grace_ends(store.config.apps.grace_seconds, store.versions)
     for k in keys:
-        if k.state == DRAINING:
+        if k.state == DRAINING and not k.rows and not in_backups[k.version]:
+            until = ends.get(k.version)
+            warnings.append(
+                f"key v{k.version} is draining: nothing uses it, but app processes may seal "
+                f"under it until {until:%Y-%m-%d %H:%M:%S}Z (the [apps] grace); it retires "
+                "at the next prune, restore, rotate or destroy-key after that"
+                if until and until > now
+                else f"key v{k.version} is draining but nothing uses it any more: it retires "
+                "at the next prune, restore, rotate or destroy-key"
+            )
+        elif k.state == DRAINING:
             warnings.append(
                 f"key v{k.version} is draining: {k.rows} value(s) and {in_backups[k.version]} "
                 "backed-up token(s) still use it, so it is not retired yet (`keyturn rotate` "
