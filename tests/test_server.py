@@ -405,14 +405,11 @@ def test_a_held_keyring_lock_gets_409_naming_its_holder(app: App) -> None:
     assert app.sql("SELECT version FROM keyturn_keys ORDER BY version") == [(1,), (2,)]
 
 
-def test_a_token_record_forged_or_edited_by_sql_is_refused_and_audited(app: App) -> None:
-    """With write access to the database only, inserting a row with the SHA-256 of a
-    chosen token (scope admin), or raising a token's scope, or un-revoking one,
-    gives nothing."""
+def revoked_and_forged(app: App) -> tuple[str, str]:
+    """A revoked admin token 'gone', and a chosen token 'evil' whose record an attacker
+    with SQL access alone inserted (scope admin, the SHA-256 of the token)."""
     import hashlib
 
-    app.cli("init", check=True)
-    reader = token(app, "reader", "read")
     revoked = token(app, "gone", "admin")
     app.cli("token", "revoke", "gone", check=True)
     chosen = "kta_" + "A" * 43
@@ -421,6 +418,16 @@ def test_a_token_record_forged_or_edited_by_sql_is_refused_and_audited(app: App)
         "VALUES ('evil', 'admin', ?, '2026-01-01 00:00:00', 'cli:x')",
         (hashlib.sha256(chosen.encode()).hexdigest(),),
     )
+    return revoked, chosen
+
+
+def test_a_token_record_forged_or_edited_by_sql_is_refused_and_audited(app: App) -> None:
+    """With write access to the database only, inserting a row with the SHA-256 of a
+    chosen token (scope admin), or raising a token's scope, or un-revoking one,
+    gives nothing."""
+    app.cli("init", check=True)
+    reader = token(app, "reader", "read")
+    revoked, chosen = revoked_and_forged(app)
     for server in serve(app):
         assert server.call("GET", "/v1/admin/encryption", reader).status == 200
         assert server.call("POST", "/v1/admin/encryption/rotate", reader).status == 403
@@ -510,18 +517,9 @@ def test_a_refused_token_is_throttled_by_its_name_from_any_address(app: App) -> 
     """Behind a trusted proxy, each guess may come from another address: a token that
     matches a revoked or forged record is throttled by that record's name too, and a
     forged one is audited only until then."""
-    import hashlib
-
     app.cli("init", check=True)
     app.write_config(app.config.read_text() + '\n[server]\ntrusted_proxies = ["127.0.0.1"]\n')
-    revoked = token(app, "gone", "admin")
-    app.cli("token", "revoke", "gone", check=True)
-    chosen = "kta_" + "B" * 43
-    app.sql(
-        "INSERT INTO keyturn_api_tokens (name, scope, token_hash, created_at, created_by) "
-        "VALUES ('evil', 'admin', ?, '2026-01-01 00:00:00', 'cli:x')",
-        (hashlib.sha256(chosen.encode()).hexdigest(),),
-    )
+    revoked, chosen = revoked_and_forged(app)
     reader = token(app, "reader")
     for server in serve(app):
         for presented in (revoked, chosen):
