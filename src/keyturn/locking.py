@@ -240,10 +240,12 @@ class KeyringLock:
                 .values(**values)
             )
 
-    def verify(self) -> None:
+    def verify(self, conn: Connection | None = None) -> None:
         """KeyringBusy unless this process still holds the lock: its lock session is
         alive (a session lock lasts as long as its session), or, on SQLite, the row
-        still names it. Called before each checkpoint of a long operation."""
+        still names it, read on ``conn`` if given: inside a batch's transaction on
+        SQLite another connection could wait for that very transaction. Called
+        before each checkpoint of a long operation."""
         lost = KeyringBusy(
             f"{self.operation} stopped: the keyring lock was lost (its database session "
             "ended); the last batch was rolled back. Run it again to resume"
@@ -257,7 +259,10 @@ class KeyringLock:
             return
         if not self._held:
             raise lost
-        with self.engine.connect() as conn:
+        if conn is None:
+            with self.engine.connect() as own:
+                holder = read_holder(own)
+        else:
             holder = read_holder(conn)
         if holder is None or holder.owner != self.owner:
             raise lost

@@ -601,12 +601,15 @@ class Rotator:
         states: dict[str, _ColumnState],
     ) -> None:
         progress["columns"] = {name: s.dump() for name, s in states.items()}
-        if self.lock is not None:
-            self.lock.verify()  # inside the batch's transaction: a lost lock rolls it back
+        # Inside the batch's transaction: a lost lock rolls the batch back.
         if conn is not None:
+            if self.lock is not None:
+                self.lock.verify(conn)
             jobs.checkpoint(conn, job.id, progress)
         else:
             with write_transaction(self.store.engine) as own:
+                if self.lock is not None:
+                    self.lock.verify(own)
                 jobs.checkpoint(own, job.id, progress)
 
     def _dry_run(
