@@ -166,6 +166,13 @@ def make_app_db(path: Path, rows: int = 8) -> dict[tuple[str, int], str | None]:
     return expected
 
 
+def key_file(path: Path) -> Path:
+    """A new random 256-bit KEK in a key file with mode 0600, as keyturn requires."""
+    path.write_text(os.urandom(32).hex())
+    path.chmod(0o600)
+    return path
+
+
 def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
     env["PYTHONUNBUFFERED"] = "1"

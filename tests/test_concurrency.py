@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import App, Database
+from conftest import App, Database, key_file
 from sqlalchemy import create_engine, event
 from test_parallel import ROWS, _helper_pids, _wait_for, check_all_rotated, parallel_app
 
@@ -43,8 +43,7 @@ def test_a_held_lock_refuses_every_keyring_writer_and_names_its_holder(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = parallel_app(database, tmp_path, monkeypatch)
-    (tmp_path / "new.kek").write_text(os.urandom(32).hex())
-    (tmp_path / "new.kek").chmod(0o600)
+    key_file(tmp_path / "new.kek")
     entries = audit_count(database)
     engine = create_engine(database.url)
     lock = KeyringLock(engine, "rotate", "0123456789ab").acquire()
@@ -122,8 +121,7 @@ def test_rotate_kek_during_a_rotation_is_refused_and_the_keyring_stays_whole(
 ) -> None:
     """The reproduction: rotate-kek 0.3-1 s after a rotation started split the keyring."""
     app = parallel_app(database, tmp_path, monkeypatch)
-    (tmp_path / "new.kek").write_text(os.urandom(32).hex())
-    (tmp_path / "new.kek").chmod(0o600)
+    key_file(tmp_path / "new.kek")
     rotation = app.start("rotate", "--yes", "--json", "--max-rate", "3000")
     _wait_for(lambda: len(versions(database)) == 2)
     kek = app.cli("rotate-kek", "--new-kek-file", "new.kek", "--yes")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import App, Database, base_env
+from conftest import App, Database, base_env, key_file
 
 import keyturn
 from keyturn.encrypt_existing import encrypt_existing
@@ -326,8 +326,7 @@ def test_small_things_a_new_user_tripped_on(app: App, monkeypatch: pytest.Monkey
     app.write_config(
         app.config.read_text().replace("[[columns]]", 'kek = "file:kek"\n[[columns]]', 1)
     )
-    (app.dir / "new.kek").write_text(os.urandom(32).hex())
-    (app.dir / "new.kek").chmod(0o600)
+    key_file(app.dir / "new.kek")
     done = App(app.dir, env).cli("rotate-kek", "--new-kek-file", "new.kek", "--yes", check=True)
     assert "new.kek is a second copy of it" in done.stdout
     # the library's error does not tell a Python caller to pass a command-line flag.

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import App, Database, base_env
+from conftest import App, Database, base_env, key_file
 
 import keyturn
 from keyturn.tokens import version_of
@@ -54,9 +54,7 @@ def model_app(database: Database, tmp_path: Path) -> App:
             [{"i": i, "v": f"init-{i}"} for i in range(1, ROWS + 1)],
         )
     engine.dispose()
-    kek = tmp_path / "kek"
-    kek.write_text(os.urandom(32).hex())
-    kek.chmod(0o600)
+    key_file(tmp_path / "kek")
     (tmp_path / "keyturn.toml").write_text(
         f'database = "{database.url}"\nkek = "file:kek"\n'
         '[[columns]]\ntable = "app_secrets"\ncolumn = "value"\nbind = "row"\n'
@@ -90,9 +88,7 @@ class Scheduler:
                     "--lease-seconds", "3", *rate]  # fmt: skip
         if name == "rotate-kek":
             self.keks += 1
-            new = self.app.dir / f"new{self.keks}.kek"
-            new.write_text(os.urandom(32).hex())
-            new.chmod(0o600)
+            new = key_file(self.app.dir / f"new{self.keks}.kek")
             return ["rotate-kek", "--new-kek-file", new.name, "--yes"]
         if name == "destroy-key":
             versions = [v for (v,) in self.database.rows("SELECT version FROM keyturn_keys")]

@@ -46,24 +46,23 @@ def me() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _start_time(pid: int) -> float | None:
-    """When process ``pid`` started (epoch seconds), or None where /proc cannot say."""
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command name, or None where unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _start_time(fields: list[bytes]) -> float | None:
+    """When the process started (epoch seconds), from its stat fields and the boot time."""
+    try:
         with open("/proc/stat", "rb") as f:
             boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
         return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError, StopIteration):
         return None
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 def local_owner_state(owner: str | None, since: datetime | None = None) -> bool | None:
@@ -82,10 +81,13 @@ def local_owner_state(owner: str | None, since: datetime | None = None) -> bool 
         return False
     except PermissionError:
         return True
-    if _zombie(pid):
-        return False
+    fields = _stat(pid)
+    if fields is None:
+        return True  # no /proc to ask: the process exists
+    if fields[:1] == [b"Z"]:
+        return False  # a zombie its parent has not reaped
     if since is not None:
-        started = _start_time(pid)
+        started = _start_time(fields)
         # A process that started after ``since`` (naive UTC) cannot have taken the lock then.
         if started is not None and started > since.replace(tzinfo=UTC).timestamp() + 1.0:
             return False
@@ -166,10 +168,6 @@ class KeyringLock:
 
     def __repr__(self) -> str:
         return f"KeyringLock(operation={self.operation!r}, held={self._held})"
-
-    @property
-    def held(self) -> bool:
-        return self._held
 
     def acquire(self, wait: float = 0.0) -> KeyringLock:
         _ensure_table(self.engine)
