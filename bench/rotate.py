@@ -28,10 +28,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import keyturn
+from keyturn._core.kek import LocalKEK
 from keyturn.cli import cli
-from keyturn.kek import LocalKEK
-from keyturn.lifecycle import rotate_kek
-from keyturn.rotate import RotateOptions, Rotator
+from keyturn.ops.lifecycle import rotate_kek
+from keyturn.ops.rotate import RotateOptions, Rotator
 
 CONFIG = """database = "sqlite:///app.db"
 [[columns]]

@@ -32,8 +32,8 @@ from sqlalchemy import create_engine, text
 
 import keyturn
 from keyturn.cli import cli
-from keyturn.rewrite import _INDEX_ORDER, _NESTED_LOOPS, TableRewriter
-from keyturn.rotate import RotateOptions, Rotator
+from keyturn.engine.walk import _INDEX_ORDER, _NESTED_LOOPS, TableRewriter
+from keyturn.ops.rotate import RotateOptions, Rotator
 
 SERVERS = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/",

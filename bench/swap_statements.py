@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 import pymysql
 
-from keyturn.rewrite import _NESTED_LOOPS, _pg_array
+from keyturn.engine.walk import _NESTED_LOOPS, _pg_array
 
 Form = Callable[[Any, list[str], list[str], int, int], int]
 

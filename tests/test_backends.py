@@ -140,7 +140,7 @@ def test_compare_and_swap_is_exact(
 ) -> None:
     """An app write differing only in case or trailing space is never overwritten
     (MySQL/MariaDB collations would call the two equal)."""
-    from keyturn.rewrite import TableRewriter, each_value
+    from keyturn.engine.walk import TableRewriter, each_value
 
     app, _ = setup_app(database, tmp_path, "int", monkeypatch)
     app.cli("init", check=True)
@@ -177,7 +177,7 @@ def test_bulk_swap_never_resurrects_or_overwrites(
     a row it deleted is never brought back, and every other row is swapped once.
     On MariaDB both ways of sending the rows: a VALUES list, and SELECT … UNION ALL
     (what MySQL gets)."""
-    from keyturn.rewrite import TableRewriter, each_value
+    from keyturn.engine.walk import TableRewriter, each_value
 
     if rows_as == "selects":
         if database.kind != "mysql":
@@ -245,7 +245,7 @@ def test_postgresql_arrays_read_back_as_written(database: Database) -> None:
     braces, backslashes, "NULL", empty, spaces), arrives unchanged."""
     from sqlalchemy import create_engine
 
-    from keyturn.rewrite import _pg_array
+    from keyturn.engine.walk import _pg_array
 
     engine = create_engine(database.url)
     forms = set()

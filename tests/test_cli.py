@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import App, assert_no_secret
 
-from keyturn.keyring import DataKey, Keyring
+from keyturn._core.keyring import DataKey, Keyring
 
 
 def digest(*paths: Path) -> list[str]:

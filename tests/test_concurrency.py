@@ -24,11 +24,11 @@ from test_parallel import ROWS, _helper_pids, _wait_for, check_all_rotated, para
 
 import keyturn
 from keyturn import KEKChanged, KeyringBusy, UnknownKeyVersion
-from keyturn.database import write_transaction
-from keyturn.kek import LocalKEK
-from keyturn.lifecycle import rotate_kek
-from keyturn.locking import KeyringLock
-from keyturn.rotate import Rotator
+from keyturn._core.kek import LocalKEK
+from keyturn.db.database import write_transaction
+from keyturn.db.locking import KeyringLock
+from keyturn.ops.lifecycle import rotate_kek
+from keyturn.ops.rotate import Rotator
 
 
 def versions(database: Database) -> list[int]:
@@ -76,7 +76,7 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     from sqlalchemy import create_engine
-    from keyturn.locking import KeyringLock
+    from keyturn.db.locking import KeyringLock
     KeyringLock(create_engine(sys.argv[1]), "rotate").acquire()
     print("held", flush=True)
     time.sleep(120)

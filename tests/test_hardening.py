@@ -17,9 +17,9 @@ import pytest
 from conftest import App, Database, base_env, key_file
 
 import keyturn
-from keyturn.encrypt_existing import encrypt_existing
-from keyturn.import_legacy import check_legacy_key
-from keyturn.rewrite import Pacing
+from keyturn.engine.walk import Pacing
+from keyturn.ops.encrypt_existing import encrypt_existing
+from keyturn.ops.import_legacy import check_legacy_key
 
 
 def odd_names_app(database: Database, tmp_path: Path) -> App:
@@ -229,8 +229,8 @@ def test_rotate_refuses_before_writing_when_a_longer_version_would_overflow(
 ) -> None:
     """Tokens grow by a character at v10: a column that fits v1..v9 tokens exactly
     must be refused by the preflight of the rotation to v10, not overflow mid-walk."""
-    from keyturn import tokens
-    from keyturn.rotate import RotateOptions, Rotator
+    from keyturn._core import tokens
+    from keyturn.ops.rotate import RotateOptions, Rotator
 
     width = tokens.token_length(9, 20)
     with sqlite3.connect(app.db) as conn:

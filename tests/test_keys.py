@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from keyturn import InvalidKEK, WrongKEK
+from keyturn._core.kek import LocalKEK, parse_kek, weakness
+from keyturn._core.keyring import DataKey, wrap_aad
 from keyturn.config import parse_config
-from keyturn.kek import LocalKEK, parse_kek, weakness
-from keyturn.kek_sources import from_file, resolve_kek
-from keyturn.keyring import DataKey, wrap_aad
+from keyturn.kek.sources import from_file, resolve_kek
 
 KEY = secrets.token_bytes(32)
 

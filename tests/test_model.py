@@ -36,7 +36,7 @@ import pytest
 from conftest import App, Database, base_env, key_file
 
 import keyturn
-from keyturn.tokens import version_of
+from keyturn._core.tokens import version_of
 
 ROWS = 300
 APP = Path(__file__).with_name("model_app.py")

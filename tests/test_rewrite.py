@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyturn.rewrite import _Pipeline, _spans
+from keyturn.engine.walk import _Pipeline, _spans
 
 
 @pytest.mark.parametrize("enabled", [True, False])

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from sqlalchemy import Column, Integer, MetaData, Table
 
 import keyturn
-from keyturn.columns import BoundColumn
+from keyturn._core.keyring import DataKey, Keyring
 from keyturn.config import ColumnSpec
-from keyturn.keyring import DataKey, Keyring
+from keyturn.db.columns import BoundColumn
 from keyturn.legacy import FERNET, LegacyReader, LegacySpec
 
 
@@ -310,7 +310,7 @@ def test_rotate_kek_refuses_without_a_source_or_tty(app: App) -> None:
 
 def test_a_missed_swap_is_retried_not_overwritten(app: App) -> None:
     """The compare-and-swap path when the app writes between our read and our write."""
-    from keyturn.rewrite import TableRewriter, each_value
+    from keyturn.engine.walk import TableRewriter, each_value
 
     ready(app)
     with keyturn.open(app.config) as store:
@@ -362,7 +362,7 @@ def test_the_batch_decider_classifies_every_kind_of_value(kinds: list[str], bind
     """Rotation decides a whole batch at once: only older tokens that open are
     re-encrypted, to tokens that open under the new version in the same place;
     every other value is counted as one at a time would be, and left alone."""
-    from keyturn.rotate import _ColumnState, _decider
+    from keyturn.ops.rotate import _ColumnState, _decider
 
     spec = ColumnSpec("users", "secret", ("id",), bind=bind)
     table = Table("users", MetaData(), Column("id", Integer, primary_key=True), Column("secret"))

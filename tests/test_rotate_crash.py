@@ -15,8 +15,9 @@ import pytest
 from conftest import App, fill_users, users_only
 
 import keyturn
-from keyturn import WrongKEK, lifecycle
-from keyturn.kek import LocalKEK
+from keyturn import WrongKEK
+from keyturn._core.kek import LocalKEK
+from keyturn.ops import lifecycle
 
 ROWS = 20_000
 

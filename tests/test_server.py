@@ -377,7 +377,7 @@ def test_a_held_keyring_lock_gets_409_naming_its_holder(app: App) -> None:
     """CLI+HTTP at once: the lock, not a check beside the mint, decides."""
     from sqlalchemy import create_engine
 
-    from keyturn.locking import KeyringLock
+    from keyturn.db.locking import KeyringLock
 
     app.cli("init", check=True)
     app.cli("encrypt-existing", check=True)
@@ -483,7 +483,7 @@ def test_forwarded_headers_are_believed_only_from_trusted_proxies(app: App) -> N
 def test_the_failure_limiter_is_bounded_and_has_a_global_backstop() -> None:
     from types import SimpleNamespace
 
-    from keyturn.server import _client, _FailureLimiter
+    from keyturn.server.app import _client, _FailureLimiter
 
     limiter = _FailureLimiter(limit=5, window=60, max_clients=100)
     for i in range(1000):

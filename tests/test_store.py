@@ -17,9 +17,9 @@ from keyturn import (
     SchemaError,
     UnknownKeyVersion,
     WrongKEK,
-    keystore,
 )
-from keyturn.keyring import ACTIVE, RETIRED, DataKey
+from keyturn._core.keyring import ACTIVE, RETIRED, DataKey
+from keyturn.keys import keystore
 
 
 def init(app: App) -> None:

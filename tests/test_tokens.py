@@ -11,8 +11,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyturn import InvalidToken, UnknownKeyVersion, tokens
-from keyturn.keyring import DataKey, Keyring
+from keyturn import InvalidToken, UnknownKeyVersion
+from keyturn._core import tokens
+from keyturn._core.keyring import DataKey, Keyring
 
 KEY = DataKey(3, bytes(range(32)))
 RING = Keyring({3: KEY}, 3)

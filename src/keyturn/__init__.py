@@ -5,9 +5,9 @@ The public surface; everything else is private by module.
 
 from __future__ import annotations
 
-from .config import ColumnSpec, Config, load_config
-from .encrypt_existing import encrypt_existing
-from .errors import (
+from keyturn._core.keyring import DataKey, KeyVersion
+from keyturn.config import ColumnSpec, Config, load_config
+from keyturn.errors import (
     ConfigError,
     DatabaseError,
     InvalidKEK,
@@ -24,13 +24,13 @@ from .errors import (
     UnknownKeyVersion,
     WrongKEK,
 )
-from .import_legacy import import_legacy
-from .keyring import DataKey, KeyVersion
-from .legacy import LegacySpec
-from .reports import RewriteReport
-from .status import ColumnStatus, StatusReport, VersionStatus, status
-from .store import Store, open
-from .verify import verify
+from keyturn.legacy import LegacySpec
+from keyturn.ops.encrypt_existing import encrypt_existing
+from keyturn.ops.import_legacy import import_legacy
+from keyturn.ops.reports import RewriteReport
+from keyturn.ops.status import ColumnStatus, StatusReport, VersionStatus, status
+from keyturn.ops.verify import verify
+from keyturn.store import Store, open
 
 __all__ = [
     "ColumnSpec",

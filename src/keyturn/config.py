@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from .errors import ConfigError
-from .legacy import LegacySpec, parse_legacy
+from keyturn.errors import ConfigError
+from keyturn.legacy import LegacySpec, parse_legacy
 
 CONFIG_NAME = "keyturn.toml"
 CONFIG_ENV = "KEYTURN_CONFIG"

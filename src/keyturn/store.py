@@ -22,12 +22,13 @@ from typing import Any, overload
 
 from sqlalchemy import Connection, Engine
 
-from . import keystore
-from .audit import AuditLog
-from .columns import BoundColumn, bind_columns
-from .config import Config, load_config
-from .database import connect
-from .errors import (
+from keyturn._core.kek import KEK
+from keyturn._core.keyring import Keyring, KeyVersion
+from keyturn._core.tokens import header
+from keyturn.config import Config, load_config
+from keyturn.db.columns import BoundColumn, bind_columns
+from keyturn.db.database import connect
+from keyturn.errors import (
     ConfigError,
     InvalidToken,
     KEKChanged,
@@ -37,11 +38,10 @@ from .errors import (
     UnknownKeyVersion,
     WrongKEK,
 )
-from .kek import KEK
-from .kek_sources import from_file, legacy_secrets, pending_path, resolve_kek
-from .keyring import Keyring, KeyVersion
-from .legacy import LegacyReader
-from .tokens import header
+from keyturn.kek.sources import from_file, legacy_secrets, pending_path, resolve_kek
+from keyturn.keys import keystore
+from keyturn.keys.audit import AuditLog
+from keyturn.legacy import LegacyReader
 
 #: The least time between two look-ups of the newest version for tokens naming an
 #: unknown one: forged headers cost at most 20 cheap queries a second, and a

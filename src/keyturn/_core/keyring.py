@@ -1,0 +1,178 @@
+"""Envelope keyring maths: data keys, their metadata, and token dispatch. Pure.
+
+A keyring is a set of versioned 256-bit data keys (DEKs), exactly one of them
+active for encryption. DEKs are stored wrapped under the KEK with an AAD that
+binds each to its version and to this keyring's id, so a wrapped DEK copied to
+another version slot, or to another database's keyring, fails to unwrap.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+from binascii import a2b_base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from keyturn._core import tokens
+from keyturn.errors import InvalidToken, UnknownKeyVersion
+
+DEK_BYTES = 32
+# active: encrypts and decrypts (exactly one). draining: a former active
+# version that values or backups still use; decrypts only. retired: no longer
+# used by anything; still decrypts until destroyed. destroyed: key erased.
+ACTIVE, DRAINING, RETIRED, DESTROYED = "active", "draining", "retired", "destroyed"
+STATES = (ACTIVE, DRAINING, RETIRED, DESTROYED)
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    """One row of ``keyturn_keys``, without the wrapped key."""
+
+    version: int
+    state: str
+    created_at: datetime
+    retired_at: datetime | None
+    created_by: str
+    kek_id: str | None
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """An unwrapped DEK. Its repr never shows the key."""
+
+    version: int
+    key: bytes = field(repr=False)
+    aead: AESGCM = field(init=False, repr=False, compare=False)
+    header: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.key) != DEK_BYTES:
+            raise ValueError("a data key is 32 bytes")
+        object.__setattr__(self, "aead", AESGCM(self.key))
+        object.__setattr__(self, "header", tokens.header(self.version))
+
+    def __repr__(self) -> str:
+        return f"DataKey(version={self.version}, key=<redacted>)"
+
+    @classmethod
+    def generate(cls, version: int) -> DataKey:
+        return cls(version, os.urandom(DEK_BYTES))
+
+
+def wrap_aad(keyring_id: str, version: int) -> bytes:
+    """AAD binding a wrapped DEK to its version and keyring."""
+    return f"keyturn-dek:v1:{keyring_id}:{version}".encode()
+
+
+class Keyring:
+    """Unwrapped DEKs by version, with the active one used for encryption."""
+
+    __slots__ = ("_active", "_by_text", "_destroyed", "_keys")
+
+    def __init__(
+        self,
+        keys: Mapping[int, DataKey],
+        active: int,
+        destroyed: frozenset[int] = frozenset(),
+    ) -> None:
+        if active not in keys:
+            raise ValueError("the active version must be among the keys")
+        self._keys = dict(keys)
+        # Keyed by the canonical decimal text, so a token's header is looked up
+        # without parsing; a miss falls back to the strict parser.
+        self._by_text = {str(v): k for v, k in keys.items()}
+        self._active = keys[active]
+        self._destroyed = destroyed
+
+    def __repr__(self) -> str:
+        return f"Keyring(versions={sorted(self._keys)}, active={self._active.version})"
+
+    @property
+    def active_version(self) -> int:
+        return self._active.version
+
+    @property
+    def versions(self) -> frozenset[int]:
+        return frozenset(self._keys)
+
+    def with_active(self, key: DataKey) -> Keyring:
+        """A copy of this keyring with ``key`` added as the active version."""
+        return Keyring({**self._keys, key.version: key}, key.version, self._destroyed)
+
+    def encrypt(self, plaintext: bytes, context: str, nonce: bytes | None = None) -> str:
+        key = self._active
+        return tokens.seal(key.aead, key.header, context, plaintext, nonce)
+
+    def reencrypt_many(self, tokens_: Sequence[str], contexts: Sequence[str]) -> list[str | None]:
+        """Decrypt each token and seal its plaintext under the active version, with
+        one nonce draw for the whole batch; the plaintexts never leave here.
+
+        None stands for a token that did not decrypt (:meth:`decrypt` on it
+        raises the reason). The rotation loop spends most of its time here.
+        """
+        key = self._active
+        header = key.header
+        seal = key.aead.encrypt
+        by_text = self._by_text
+        nonces = os.urandom(tokens.NONCE_LEN * len(tokens_))
+        # (version, context) -> the AADs to open and to seal with: a batch has
+        # few versions and, usually, one context.
+        aads: dict[tuple[int, str], tuple[bytes, bytes]] = {}
+        out: list[str | None] = []
+        append = out.append
+        end = 0
+        for token, context in zip(tokens_, contexts, strict=True):
+            start, end = end, end + tokens.NONCE_LEN
+            parts = token.split(":", 2) if isinstance(token, str) else ()
+            old = by_text.get(parts[1]) if len(parts) == 3 else None
+            if old is None or parts[0] != tokens.MAGIC:
+                append(None)
+                continue
+            pair = aads.get((old.version, context))
+            if pair is None:
+                pair = (old.header + context).encode(), (header + context).encode()
+                aads[old.version, context] = pair
+            try:
+                plaintext = _open(old, parts[2], pair[0])
+            except InvalidToken:
+                append(None)
+                continue
+            nonce = nonces[start:end]
+            blob = nonce + seal(nonce, plaintext, pair[1])
+            encoded = binascii.b2a_base64(blob, newline=False).translate(tokens.TO_URLSAFE)
+            append(header + encoded.rstrip(b"=").decode("ascii"))
+        return out
+
+    def decrypt(self, token: str, context: str) -> bytes:
+        """Decrypt a token; UnknownKeyVersion if its version is not held."""
+        parts = token.split(":", 2) if isinstance(token, str) else ()
+        key = self._by_text.get(parts[1]) if len(parts) == 3 else None
+        if key is None or parts[0] != tokens.MAGIC:
+            version, _ = tokens.parse(token)  # InvalidToken if malformed
+            detail = "it was destroyed" if version in self._destroyed else ""
+            raise UnknownKeyVersion(version, detail)
+        return _open(key, parts[2], (key.header + context).encode())
+
+
+def _open(key: DataKey, payload: str, aad: bytes) -> bytes:
+    """Decrypt a token's payload (what follows its header) under ``key``:
+    ``tokens.decode_payload`` and ``tokens.open_with_aad`` in one, as this is the
+    hot path of every read and of rotation (bench/crypto_overhead.py)."""
+    rem = len(payload) % 4
+    if rem == 1 or (rem and tokens.spare_bits_set(payload, rem)):
+        raise InvalidToken()
+    try:
+        blob = a2b_base64(
+            payload.encode("ascii").translate(tokens.TO_STANDARD) + tokens.PADDING[rem],
+            strict_mode=True,
+        )
+        if len(blob) < tokens.OVERHEAD:
+            raise InvalidToken()
+        return key.aead.decrypt(blob[:12], blob[12:], aad)
+    except (UnicodeEncodeError, binascii.Error, InvalidTag):
+        raise InvalidToken() from None

@@ -1,0 +1,1 @@
+"""The rewrite engine: the online table walk, pacing, jobs, chunks and backups."""

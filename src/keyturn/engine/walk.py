@@ -1,0 +1,773 @@
+"""The batch engine that rewrites a table's secret columns in place, online.
+
+Rows are read in primary-key order by keyset pagination (never OFFSET), every
+configured column of a table in the same walk; crypto happens outside any
+transaction; each batch is written in one short transaction by
+compare-and-swap, so a value the application changed or deleted meanwhile is
+never overwritten or brought back. Both ``encrypt-existing`` and ``rotate``
+are a ``decide`` function per column handed to :class:`TableRewriter`.
+"""
+
+from __future__ import annotations
+
+import gc
+import string
+import time
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import accumulate, chain, islice
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    not_,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.elements import ColumnElement
+
+from keyturn.db.columns import BoundColumn, table_of
+from keyturn.db.database import (
+    DriverStatement,
+    database_error,
+    driver_cursor,
+    exact_equals,
+    fetch_raw,
+    write_transaction,
+)
+from keyturn.errors import SchemaError
+
+FAILED = "failed"
+CONTENDED = "contended"
+# PyMySQL's executemany sends an UPDATE row by row: MariaDB/MySQL get one UPDATE
+# joined with a list of rows instead.
+_BULK_DIALECTS = ("mysql", "mariadb")
+# psycopg pipelines executemany, but adapts each row's parameters in Python,
+# which the deciding thread then waits for; PostgreSQL gets an UPDATE joined
+# with unnest() of arrays, each sent as one text (docs/PERFORMANCE.md).
+_ARRAY_DIALECTS = ("postgresql",)
+# Where a batch is written while the next is read and decided. Not SQLite: in its
+# rollback journal our next read holds off the previous batch's commit, and the
+# busy handler sleeps (measured slower, docs/PERFORMANCE.md).
+_PIPELINED = ("postgresql", "mysql", "mariadb")
+# Text that is a valid SQL string literal once single-quoted, in every sql_mode:
+# kt1 tokens and plain identifiers. Anything else goes through the driver's escaping.
+_PLAIN_CHARS = (string.ascii_letters + string.digits + ":_.-").encode()
+# A MariaDB/MySQL bulk swap holds at most this many rows, values and (about)
+# characters of values: fewer, larger statements mean fewer round trips for the
+# writing thread (5,000 rows measured faster than 1,000 and 10,000), and the text
+# stays well under max_allowed_packet (4 MiB by default on MySQL 5.7, 16 MiB on
+# MariaDB) even when the values are long.
+_STATEMENT_ROWS = 5_000
+_STATEMENT_VALUES = 30_000
+_STATEMENT_CHARS = 2 * 1024 * 1024
+# A PostgreSQL swap has no packet limit to respect: a whole batch is one
+# statement unless its values are long.
+_ARRAY_ROWS = 20_000
+_ARRAY_CHARS = 16 * 1024 * 1024
+
+PK = tuple[Any, ...]
+# decide(pk, current value) -> (category, new value or None to leave it alone)
+Decide = Callable[[PK, Any], tuple[str, str | None]]
+# The same for one column of a whole batch: (primary keys, values) -> (the
+# categories, the new values or None), in the batch's order.
+DecideBatch = Callable[[Sequence[PK], Sequence[Any]], tuple[list[str], list[str | None]]]
+# A swap that applied: (column, primary key, value read, value written).
+Swap = tuple[BoundColumn, PK, Any, str]
+# on_batch(conn, last pk or None outside the walk, counts of this batch by
+# column name, the swaps that applied): runs inside the batch's transaction,
+# e.g. to checkpoint a job and back up old tokens atomically with the rows.
+OnBatch = Callable[[Connection, PK | None, dict[str, Counter[str]], list[Swap]], None]
+
+
+@dataclass(frozen=True)
+class ColumnResult:
+    """What happened to one column: counts by category and the rows that failed."""
+
+    column: str
+    counts: dict[str, int]
+    failed_pks: tuple[PK, ...] = ()
+
+
+@dataclass
+class Pacing:
+    """Batch sizing: adapt to ``chunk_time`` seconds a batch, at most ``max_rate`` rows/s."""
+
+    chunk_time: float = 0.5
+    max_rate: float | None = None
+    batch_size: int = 200
+    min_batch: int = 10
+    max_batch: int = 20_000
+    _started: float = field(default_factory=time.monotonic)
+    _rows: int = 0
+
+    def after_batch(self, rows: int, seconds: float) -> None:
+        self._rows += rows
+        if seconds > 0 and rows >= self.batch_size:
+            ideal = self.batch_size * self.chunk_time / seconds
+            # At most double: on a pipelined backend a batch is read and decided
+            # while the one before is written, so a sudden jump leaves the writer
+            # idle; and the first big batch's row locks come gradually.
+            size = min((self.batch_size + ideal) / 2, 2 * self.batch_size)
+            self.batch_size = int(min(self.max_batch, max(self.min_batch, size)))
+        if self.max_rate:
+            ahead = self._rows / self.max_rate - (time.monotonic() - self._started)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+class TableRewriter:
+    """Rewrites the configured columns of one table, batch by batch, by compare-and-swap."""
+
+    #: Many rows per UPDATE statement on MariaDB/MySQL (False: the driver's executemany).
+    bulk = True
+    #: Those rows as a table value constructor where the server has one (MariaDB
+    #: 10.3.3+): parsed faster than a SELECT per row (False: SELECT … UNION ALL).
+    values_rows = True
+
+    def __init__(
+        self,
+        engine: Engine,
+        columns: Sequence[BoundColumn],
+        decides: Sequence[DecideBatch],
+        *,
+        dry_run: bool = False,
+        pacing: Pacing | None = None,
+        progress: Callable[[int], None] | None = None,
+        on_batch: OnBatch | None = None,
+        where: Callable[[list[Column[Any]]], ColumnElement[bool]] | None = None,
+        conn: Connection | None = None,
+        collect_applied: bool = False,
+        until: PK | None = None,
+    ) -> None:
+        """``where(value columns)`` limits the walk to matching rows; ``conn`` runs
+        every batch inside that connection's transaction (``--atomic``);
+        ``collect_applied`` hands ``on_batch`` every applied swap (for backups);
+        ``until`` ends the walk at that primary key, inclusive (a chunk)."""
+        self.until = until
+        self.collect_applied = collect_applied
+        self.engine = engine
+        self.columns = list(columns)
+        self.decides = list(decides)
+        self.dry_run = dry_run
+        self.pacing = pacing or Pacing()
+        self.progress = progress
+        self.on_batch = on_batch
+        self.where = where
+        self.conn = conn
+        self.table = table_of(self.columns)
+        self.pk = [self.table.c[n] for n in self.columns[0].spec.primary_key]
+        self.values = [self.table.c[c.spec.column] for c in self.columns]
+        self._statements: dict[tuple[int, ...], DriverStatement] = {}
+        self._bulk_statements: dict[tuple[int, ...], _BulkStatement] = {}
+        self._array_statements: dict[tuple[int, ...], tuple[str, list[str], str]] = {}
+
+    def run(self, after: PK | None = None) -> list[ColumnResult]:
+        """Walk the table from just after ``after`` to the end, then retry missed rows.
+
+        A database failure leaves as keyturn's DatabaseError, never as the
+        driver's exception: the swap statements may hold the values they write."""
+        try:
+            return self._run(after)
+        except DBAPIError as exc:
+            error = database_error(exc)
+        raise error  # outside the except: no __context__ holding the statement's values
+
+    def _run(self, after: PK | None) -> list[ColumnResult]:
+        counts = [Counter[str]() for _ in self.columns]
+        failed: list[list[PK]] = [[] for _ in self.columns]
+        missed: dict[PK, tuple[int, ...]] = {}
+        pipelined = (
+            self.conn is None and not self.dry_run and self.engine.dialect.name in _PIPELINED
+        )
+        with _Pipeline(pipelined) as pipeline:
+            while True:
+                started = time.monotonic()
+                batch = self._read_after(after, self.pacing.batch_size)
+                if not batch:
+                    break
+                after = tuple(batch[-1][: len(self.pk)])
+                decided = self._decide(batch, failed)
+                pipeline.submit(partial(self._settle, decided, after, counts, missed))
+                self.pacing.after_batch(len(batch), time.monotonic() - started)
+        # Rows whose swap missed were changed by the application between our read
+        # and our write. Re-read and retry them; a row deleted meanwhile is gone
+        # from the re-read and so is never brought back.
+        for _ in range(3):
+            if not missed:
+                break
+            retry = list(missed)
+            missed = {}
+            for start in range(0, len(retry), 500):
+                current = self._read_pks(retry[start : start + 500])
+                if current:
+                    self._settle(self._decide(current, failed), None, counts, missed)
+        for indexes in missed.values():
+            for i in indexes:
+                counts[i][CONTENDED] += 1
+        return [
+            ColumnResult(c.spec.name, dict(counts[i]), tuple(failed[i]))
+            for i, c in enumerate(self.columns)
+        ]
+
+    def _decide(self, batch: Sequence[tuple[Any, ...]], failed: list[list[PK]]) -> _Decided:
+        """Decide every value of a (non-empty) batch; note the rows that failed."""
+        with _gc_paused():
+            return self._decide_paused(batch, failed)
+
+    def _decide_paused(self, batch: Sequence[tuple[Any, ...]], failed: list[list[PK]]) -> _Decided:
+        n = len(self.pk)
+        # The batch by column: the primary key's parts, then the values.
+        fields = list(zip(*batch, strict=True))
+        pks: list[PK] = list(zip(*fields[:n], strict=True))
+        olds = fields[n:]
+        decided = [decide(pks, olds[i]) for i, decide in enumerate(self.decides)]
+        categories = [c for c, _ in decided]
+        news = [new for _, new in decided]
+        counts = [Counter(c) for c in categories]
+        for i, part in enumerate(counts):
+            if part[FAILED]:
+                failing = zip(pks, categories[i], strict=True)
+                failed[i].extend(pk for pk, c in failing if c == FAILED)
+        self._check_width(news)
+        groups = {} if self.dry_run else _group_changes(news, len(pks))
+        writes = []
+        for mask, rows in groups.items():
+            indexes = _bits(mask)
+            written: list[Sequence[Any]] = [*fields[:n], *[olds[i] for i in indexes]]
+            written += [news[i] for i in indexes]
+            if len(rows) < len(pks):
+                written = [[column[j] for j in rows] for column in written]
+            writes.append(self._prepare(indexes, rows, written))
+        return _Decided(pks, olds, categories, news, counts, writes)
+
+    def _settle(
+        self,
+        batch: _Decided,
+        last: PK | None,
+        counts: list[Counter[str]],
+        missed: dict[PK, tuple[int, ...]],
+    ) -> None:
+        """Write a decided batch in one transaction (with ``on_batch``); add its
+        counts to ``counts`` and the rows whose swap missed to ``missed``."""
+        pks, olds, news = batch.pks, batch.olds, batch.news
+        missing: dict[PK, tuple[int, ...]] = {}
+        if batch.writes or (self.on_batch and not self.dry_run):
+            with self._transaction() as conn:
+                for write in batch.writes:
+                    for at in self._write(conn, write):
+                        missing[pks[write.rows[at]]] = write.indexes
+                if missing:
+                    for write in batch.writes:
+                        for j in write.rows:
+                            if pks[j] in missing:  # counted when applied, on the retry
+                                for i in write.indexes:
+                                    batch.counts[i][batch.categories[i][j]] -= 1
+                applied: list[Swap] = []
+                if self.collect_applied:
+                    for write in batch.writes:
+                        rows = write.rows
+                        kept = [j for j in rows if pks[j] not in missing] if missing else rows
+                        for i in write.indexes:
+                            column, old = self.columns[i], olds[i]
+                            new: Sequence[Any] = news[i]  # not None in the rows kept
+                            applied += [(column, pks[j], old[j], new[j]) for j in kept]
+                if self.on_batch:
+                    by_name = {c.spec.name: batch.counts[i] for i, c in enumerate(self.columns)}
+                    self.on_batch(conn, last, by_name, applied)
+        for total, part in zip(counts, batch.counts, strict=True):
+            total.update(part)
+        missed.update(missing)
+        if self.progress and last is not None:
+            self.progress(len(pks))
+
+    def _check_width(self, news: list[list[str | None]]) -> None:
+        for column, new in zip(self.columns, news, strict=True):
+            width = column.width
+            if width is not None and any(v is not None and len(v) > width for v in new):
+                raise SchemaError(
+                    f"[[columns]] {column.spec.name}: a token would exceed "
+                    f"the column's {width} characters; widen the column "
+                    "(docs/FORMAT.md, 'Column width')"
+                )
+
+    def _prepare(
+        self, indexes: tuple[int, ...], rows: list[int], written: list[Sequence[Any]]
+    ) -> _Write:
+        """The statements that swap the columns ``indexes`` of these rows; ``written``
+        holds, column by column, the primary key's parts, the values read and the
+        values to write. Built before the transaction (and off the writing thread)."""
+        dialect = self.engine.dialect
+        many_rows = self.bulk and len(rows) > 1
+        if many_rows and dialect.name in _ARRAY_DIALECTS:
+            arrays = self._prepare_arrays(indexes, rows, written)
+            if arrays is not None:
+                return arrays
+        if not (many_rows and dialect.name in _BULK_DIALECTS):
+            statement = self._statements.get(indexes)
+            if statement is None:
+                statement = self._statements[indexes] = self._compile(indexes, dialect)
+            many = [(statement.sql, statement.from_columns(written))]
+            return _Write(indexes, rows, written, many, many=True)
+        # MariaDB/MySQL: many rows per UPDATE statement. Tokens and ints are put in
+        # the statement as they are: PyMySQL's per-value escaping cost more than
+        # the statement itself (bench/rotate_servers.py). Anything else is bound.
+        bulk = self._bulk_statements.get(indexes)
+        if bulk is None:
+            bulk = self._bulk_statements[indexes] = self._bulk_sql(dialect, indexes)
+        per_statement = max(1, min(_STATEMENT_ROWS, _STATEMENT_VALUES // len(written)))
+        statements: list[tuple[str, Any]] = []
+        for start, stop in _spans(written, per_statement, _STATEMENT_CHARS):
+            text, bound = bulk.render([column[start:stop] for column in written])
+            # Always with parameters, even none: the driver then reads the
+            # preparer's %% in a name as %, as it does for a statement with values.
+            statements.append((text, tuple(bound)))
+        return _Write(indexes, rows, written, statements, many=False)
+
+    def _prepare_arrays(
+        self, indexes: tuple[int, ...], rows: list[int], written: list[Sequence[Any]]
+    ) -> _Write | None:
+        """PostgreSQL: the swap as ``UPDATE … FROM unnest(arrays)``, or None if a
+        primary key holds a type not sent as an array here."""
+        statement = self._array_statements.get(indexes)
+        if statement is None:
+            statement = self._array_sql(self.engine.dialect, indexes)
+            self._array_statements[indexes] = statement
+        head, types, tail = statement
+        statements: list[tuple[str, Any]] = []
+        for start, stop in _spans(written, _ARRAY_ROWS, _ARRAY_CHARS):
+            exprs, texts = [], []
+            for column, kind in zip(written, types, strict=True):
+                array = _pg_array(column[start:stop], kind)
+                if array is None:
+                    return None
+                exprs.append(array[0])
+                texts.append(array[1])
+            statements.append((head + ", ".join(exprs) + tail, texts))
+        return _Write(indexes, rows, written, statements, many=False, setup=_NESTED_LOOPS)
+
+    def _array_sql(self, dialect: Any, indexes: tuple[int, ...]) -> tuple[str, list[str], str]:
+        """``UPDATE t SET col = v.n FROM unnest(<arrays>) AS v(k…, o…, n…) WHERE
+        t.pk = v.k AND t.col = v.o``, in pieces: the text before the arrays, the
+        type of each array, the text after. A deleted row joins nothing, so it
+        is never brought back."""
+        # The preparer escapes a % in a name already (%%), as the driver's
+        # placeholders need: the statement is always run with parameters.
+        preparer = dialect.identifier_preparer
+        quote = preparer.quote
+        table = preparer.format_table(self.table)
+        keys = [f"k{j}" for j in range(len(self.pk))]
+        names = keys + [f"o{i}" for i in indexes] + [f"n{i}" for i in indexes]
+        types = [str(c.type.compile(dialect=dialect)) for c in self.pk]
+        types += ["text"] * (2 * len(indexes))
+        same_row = [f"t.{quote(c.name)} = v.{k}" for c, k in zip(self.pk, keys, strict=True)]
+        unchanged = [f"t.{quote(self.values[i].name)} = v.o{i}" for i in indexes]
+        sets = [f"{quote(self.values[i].name)} = v.n{i}" for i in indexes]
+        head = f"UPDATE {table} AS t SET {', '.join(sets)} FROM unnest("
+        tail = f") AS v({', '.join(names)}) WHERE {' AND '.join(same_row + unchanged)}"
+        return head, types, tail
+
+    def _write(self, conn: Connection, write: _Write) -> list[int]:
+        """Run a prepared swap; return the positions (in ``write.rows``) of the rows
+        whose swap missed."""
+        count = len(write.rows)
+        if write.many:
+            ((sql, params),) = write.statements
+            result = conn.exec_driver_sql(sql, params)
+            swapped = result.rowcount if conn.dialect.supports_sane_multi_rowcount else -1
+        else:
+            if write.setup:
+                _run_setup(conn, write.setup)
+            swapped = 0
+            for sql, bound in write.statements:
+                with driver_cursor(conn, sql) as cursor:
+                    cursor.execute(sql, bound)
+                    swapped += cursor.rowcount
+        if swapped == count:
+            return []
+        # Some swaps missed (or the driver cannot tell): look at what is there now.
+        n = len(self.pk)
+        written = write.written
+        pks: list[PK] = list(zip(*written[:n], strict=True))
+        now = {r[:n]: r[n:] for r in self._read_pks(pks, conn)}
+        news = written[n + len(write.indexes) :]
+        return [
+            at
+            for at, pk in enumerate(pks)
+            if pk not in now
+            or any(now[pk][i] != new[at] for i, new in zip(write.indexes, news, strict=True))
+        ]
+
+    def _bulk_sql(self, dialect: Any, indexes: tuple[int, ...]) -> _BulkStatement:
+        """MariaDB/MySQL: ``UPDATE t JOIN (<rows>) v ON t.pk = v.k AND t.col = v.old
+        SET …``. A deleted row joins nothing, so it is never brought back."""
+        quote = dialect.identifier_preparer.quote
+        table = dialect.identifier_preparer.format_table(self.table)
+        keys = [f"k{j}" for j in range(len(self.pk))]
+        names = keys + [f"o{i}" for i in indexes] + [f"n{i}" for i in indexes]
+        same_row = [f"t.{quote(c.name)} = v.{k}" for c, k in zip(self.pk, keys, strict=True)]
+        unchanged = [
+            f"CAST(t.{quote(self.values[i].name)} AS BINARY) = CAST(v.o{i} AS BINARY)"
+            for i in indexes
+        ]
+        head = f"UPDATE {table} AS t JOIN ("
+        first = "SELECT " + ", ".join(f"{{}} AS {n}" for n in names)
+        tail = (
+            ") AS v ON "
+            + " AND ".join(same_row + unchanged)
+            + " SET "
+            + ", ".join(f"t.{quote(self.values[i].name)} = v.n{i}" for i in indexes)
+        )
+        if self.values_rows and _has_table_values(dialect):
+            row = "(" + ", ".join(["{}"] * len(names)) + ")"
+            return _BulkStatement(head, first, " UNION ALL VALUES ", row, ", ", tail)
+        row = "SELECT " + ", ".join(["{}"] * len(names))
+        return _BulkStatement(head, first, " UNION ALL ", row, " UNION ALL ", tail)
+
+    def _compile(self, indexes: tuple[int, ...], dialect: Any) -> DriverStatement:
+        # The compare-and-swap: a row is written only if every column we change
+        # still holds the value we read. If the app changed one meanwhile (a new
+        # secret, or a token written with an older key by a process that has not
+        # yet seen the rotation), the swap misses and the row is re-read and
+        # retried, so the app's newer value is never overwritten with our stale
+        # one. A row the app deleted matches nothing and is never brought back.
+        same_row = [c == bindparam(f"_pk{j}") for j, c in enumerate(self.pk)]
+        unchanged = [exact_equals(self.values[i], bindparam(f"_old{i}"), dialect) for i in indexes]
+        statement = (
+            update(self.table)
+            .where(*same_row, *unchanged)
+            .values({self.values[i].name: bindparam(f"_new{i}") for i in indexes})
+        )
+        names = (
+            [f"_pk{j}" for j in range(len(self.pk))]
+            + [f"_old{i}" for i in indexes]
+            + [f"_new{i}" for i in indexes]
+        )
+        return DriverStatement(statement, dialect, names)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        if self.conn is not None:
+            yield self.conn
+        else:
+            with write_transaction(self.engine) as conn:
+                yield conn
+
+    @contextmanager
+    def _reader(self, conn: Connection | None = None) -> Iterator[Connection]:
+        if conn is not None or self.conn is not None:
+            yield conn or self.conn  # type: ignore[misc]
+        else:
+            with self.engine.connect() as own:
+                yield own
+
+    def _rows(
+        self, query: Any, conn: Connection | None = None, setup: str | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Raw rows: the primary key's columns, then the value columns; ``setup``
+        (statements without parameters) runs first, in the same transaction."""
+        with self._reader(conn) as c:
+            if setup:
+                _run_setup(c, setup)
+            return fetch_raw(c, query)
+
+    def _read_after(self, after: PK | None, limit: int) -> list[tuple[Any, ...]]:
+        query = select(*self.pk, *self.values).order_by(*self.pk).limit(limit)
+        if after is not None:
+            query = query.where(after_key(self.pk, after))
+        if self.until is not None:
+            query = query.where(not_(after_key(self.pk, self.until)))
+        if self.where is not None:
+            query = query.where(self.where(self.values))
+        postgresql = self.engine.dialect.name in _ARRAY_DIALECTS
+        return self._rows(query, setup=_INDEX_ORDER if postgresql else None)
+
+    def _read_pks(self, pks: Sequence[PK], conn: Connection | None = None) -> list[tuple[Any, ...]]:
+        if len(self.pk) == 1:
+            cond: ColumnElement[bool] = self.pk[0].in_([p[0] for p in pks])
+        else:
+            cond = tuple_(*self.pk).in_(pks)
+        return self._rows(select(*self.pk, *self.values).where(cond), conn)
+
+
+@dataclass(frozen=True)
+class _BulkStatement:
+    """A bulk swap statement in pieces: the first row names the columns (with
+    ``{}`` for each value's slot), the other rows follow it."""
+
+    head: str
+    first: str
+    then: str
+    row: str
+    between: str
+    tail: str
+
+    def render(self, columns: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+        """The statement for these rows (values given column by column), and the
+        values left for the driver to bind and escape, in statement order.
+
+        Ints and plain ASCII text (every token) are written in the statement as
+        they are; anything else becomes a ``%s`` placeholder."""
+        slots: list[str] = []  # per column: how a value is written in a row
+        values: list[Sequence[Any]] = []
+        mixed = False
+        for column in columns:
+            kinds = set(map(type, column))
+            if kinds == {int}:
+                slots.append("%s")
+                values.append(column)
+            elif kinds == {str} and _plain("".join(column)):
+                # The plain class is per character: the joined text is plain if each value is.
+                slots.append("'%s'")
+                values.append(column)
+            else:
+                slots.append("%s")
+                values.append([_literal(v) for v in column])
+                mixed = True
+        first = self.first.format(*slots) % tuple(v[0] for v in values)
+        # Every other row in one formatting operation (2.7x faster than a call per row).
+        count = len(columns[0]) - 1
+        rest = chain.from_iterable(zip(*[islice(v, 1, None) for v in values], strict=True))
+        rows = self.between.join([self.row.format(*slots)] * count) % tuple(rest)
+        sql = self.head + first + (self.then + rows if rows else "") + self.tail
+        if not mixed:
+            return sql, []
+        bound = []
+        for j in range(len(columns[0])):  # the driver fills the placeholders row by row
+            for column, written in zip(columns, values, strict=True):
+                if written[j] == "%s":
+                    bound.append(column[j])
+        return sql, bound
+
+
+@dataclass
+class _Decided:
+    """A batch, decided column by column: what it holds, what to write, the counts."""
+
+    pks: list[PK]
+    olds: Sequence[Sequence[Any]]
+    categories: list[list[str]]
+    news: list[list[str | None]]
+    counts: list[Counter[str]]
+    writes: list[_Write]
+
+
+@dataclass(frozen=True)
+class _Write:
+    """Some of a batch's rows, with the same columns to change, ready to send."""
+
+    indexes: tuple[int, ...]  # the columns that change
+    rows: list[int]  # positions in the batch
+    written: Sequence[Sequence[Any]]  # primary key parts, values read, values to write
+    statements: list[tuple[str, Any]]  # (SQL, parameters) to execute
+    many: bool  # one statement run with the driver's executemany
+    setup: str | None = None  # run first, without parameters (planner settings)
+
+
+class _Pipeline:
+    """Writes each batch on one background thread while the next batch is read and
+    decided, so a database server's work overlaps ours. Batches are still written
+    one at a time, in order; a write's error is raised at the next ``submit``.
+    Disabled, it writes inline."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="keyturn-write") if enabled else None
+        self._pending: Future[None] | None = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self.wait()
+        if self._pool is None:
+            write()
+        else:
+            self._pending = self._pool.submit(write)
+
+    def wait(self) -> None:
+        """Until the batch being written is committed (or has failed: raised here)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> _Pipeline:
+        return self
+
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        try:
+            if error is None:
+                self.wait()
+            elif self._pending is not None:
+                wait_for([self._pending])  # let it commit or roll back; ours is the error
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Deciding a batch allocates a few objects per value and no reference cycles;
+    with a big batch alive, the cyclic collector's passes cost as much as the
+    crypto (bench/rotate.py). Paused for one batch (well under a second)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _has_table_values(dialect: Any) -> bool:
+    """Whether ``SELECT … UNION ALL VALUES (…), (…)`` parses (MariaDB 10.3.3+)."""
+    version = dialect.server_version_info or ()
+    return bool(getattr(dialect, "is_mariadb", False)) and tuple(version[:3]) >= (10, 3, 3)
+
+
+def each_value(decide: Decide) -> DecideBatch:
+    """A batch decider that calls ``decide`` on one value at a time."""
+
+    def decide_batch(
+        pks: Sequence[PK], values: Sequence[Any]
+    ) -> tuple[list[str], list[str | None]]:
+        categories: list[str] = []
+        news: list[str | None] = []
+        for pk, value in zip(pks, values, strict=True):
+            category, new = decide(pk, value)
+            categories.append(category)
+            news.append(new)
+        return categories, news
+
+    return decide_batch
+
+
+def _bits(mask: int) -> tuple[int, ...]:
+    """The column indexes set in a bitmask."""
+    return tuple(i for i in range(mask.bit_length()) if mask >> i & 1)
+
+
+def _group_changes(news: list[list[str | None]], rows: int) -> dict[int, list[int]]:
+    """The rows to write, grouped by which columns change (a bitmask of indexes)."""
+    if all(None not in column for column in news):
+        return {(1 << len(news)) - 1: list(range(rows))} if rows else {}
+    masks = [0] * rows
+    for i, column in enumerate(news):
+        bit = 1 << i
+        masks = [m | bit if v is not None else m for m, v in zip(masks, column, strict=True)]
+    groups: dict[int, list[int]] = {}
+    for j, mask in enumerate(masks):
+        if mask:
+            groups.setdefault(mask, []).append(j)
+    return groups
+
+
+def group_by_table(columns: Sequence[BoundColumn]) -> list[list[BoundColumn]]:
+    """Configured columns grouped by (table, primary key), in configuration order."""
+    groups: dict[tuple[str, tuple[str, ...]], list[BoundColumn]] = {}
+    for column in columns:
+        groups.setdefault((column.spec.table, column.spec.primary_key), []).append(column)
+    return list(groups.values())
+
+
+def after_key(pk: Sequence[Any], after: PK) -> ColumnElement[bool]:
+    """Keyset condition ``(pk...) > (after...)`` spelled portably."""
+    if len(pk) == 1:
+        result: ColumnElement[bool] = pk[0] > after[0]
+        return result
+    clauses = []
+    for i in range(len(pk)):
+        eq = [pk[j] == after[j] for j in range(i)]
+        clauses.append(and_(*eq, pk[i] > after[i]))
+    return or_(*clauses)
+
+
+def _spans(columns: Sequence[Sequence[Any]], rows: int, chars: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges of at most ``rows`` rows and, unless one row alone is
+    longer, ``chars`` characters of values; ``columns`` holds the values by column."""
+    total = len(columns[0])
+    widths = [_widths(values) for values in columns]
+    if sum(map(max, widths)) * rows <= chars:  # the usual case: no row is long
+        return [(start, min(total, start + rows)) for start in range(0, total, rows)]
+    ends = list(accumulate(map(sum, zip(*widths, strict=True))))
+    spans = []
+    start, done = 0, 0
+    while start < total:
+        stop = max(start + 1, bisect_right(ends, done + chars, start, min(total, start + rows)))
+        spans.append((start, stop))
+        start, done = stop, ends[stop - 1]
+    return spans
+
+
+def _widths(values: Sequence[Any]) -> list[int]:
+    """About how many characters each value takes in a statement (an int: at most 20)."""
+    kinds = set(map(type, values))
+    if kinds == {str}:
+        return list(map(len, values))
+    if kinds == {int}:
+        return [20] * len(values)
+    return [len(v) if isinstance(v, str | bytes) else 20 for v in values]
+
+
+# PostgreSQL planner settings for the rest of one transaction. Without them, on
+# a table of a few hundred thousand rows (and more so one never analyzed), the
+# planner costs index lookups as disk reads and picks whole-table plans:
+# - a swap of a few thousand rows is a nested loop of primary-key lookups, not a
+#   hash of the whole table (6x slower per statement);
+# - a keyset read of 20,000 rows walks the primary key's index in order, not a
+#   (parallel) scan of the whole table and a sort spilled to disk (10x slower).
+# (docs/PERFORMANCE.md)
+_NESTED_LOOPS = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+_INDEX_ORDER = "SET LOCAL enable_sort = off"
+
+
+def _run_setup(conn: Connection, sql: str) -> None:
+    with driver_cursor(conn, sql) as cursor:
+        cursor.execute(sql)  # no parameters: several statements in one
+
+
+def _pg_array(values: Sequence[Any], kind: str) -> tuple[str, str] | None:
+    """One column of a PostgreSQL swap as an array of type ``kind``: the SQL that
+    makes it from one bound text, and that text. Ints, text and UUIDs only (None
+    for other types): psycopg adapts a list element by element, 40x slower."""
+    kinds = set(map(type, values))
+    if kinds == {int}:
+        return f"%s::{kind}[]", "{" + str(list(values))[1:-1] + "}"  # "{1, 2}" parses
+    if kinds == {str}:
+        body = ",".join(values)
+        if body and body.count(",") == len(values) - 1:
+            # No value holds a comma (tokens never do): split by the server, which
+            # parses it 3x faster than an array literal (docs/PERFORMANCE.md).
+            return f"string_to_array(%s, ',')::{kind}[]", body
+    if kinds <= {str, UUID}:
+        # An array literal with every element quoted, so "" and "NULL" stay text.
+        return f"%s::{kind}[]", "{" + ",".join(_array_element(str(v)) for v in values) + "}"
+    return None
+
+
+def _array_element(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _plain(text: str) -> bool:
+    """Whether ``text`` holds only ``[A-Za-z0-9:_.-]`` (twice as fast as a regex)."""
+    return text.isascii() and not text.encode("ascii").translate(None, _PLAIN_CHARS)
+
+
+def _literal(value: Any) -> str:
+    """A value as written in a bulk swap's row: a literal, or the driver's placeholder."""
+    if type(value) is int:
+        return str(value)
+    if type(value) is str and _plain(value):
+        return f"'{value}'"
+    return "%s"

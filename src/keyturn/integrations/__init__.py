@@ -1,0 +1,1 @@
+"""Integrations with application frameworks (ORM fields); each one a module here."""

@@ -1,0 +1,1 @@
+"""KEK providers: where the key-encryption key comes from (env var, key file, Transit)."""

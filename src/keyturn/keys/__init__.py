@@ -1,0 +1,1 @@
+"""Keys kept in the database: the keyring's wrapped DEKs and the audit log's key and log."""

@@ -1,0 +1,1 @@
+"""Operations: one library function per thing an operator does; the CLI and server call these."""

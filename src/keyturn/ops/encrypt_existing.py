@@ -1,0 +1,158 @@
+"""Encrypting a column's existing plaintext values in place.
+
+Idempotent by construction: values that are already kt1 tokens are checked
+(they must decrypt) and counted, never re-encrypted, and every write is a
+compare-and-swap, so a run killed at any point is finished by running it again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from keyturn._core import tokens
+from keyturn.db.columns import BoundColumn
+from keyturn.db.database import stream_raw
+from keyturn.engine.walk import (
+    FAILED,
+    PK,
+    ColumnResult,
+    Decide,
+    Pacing,
+    TableRewriter,
+    each_value,
+    group_by_table,
+)
+from keyturn.errors import InvalidToken, UnknownKeyVersion
+from keyturn.ops.reports import RewriteReport
+from keyturn.store import Store
+
+ENCRYPTED = "encrypted"
+ALREADY = "already_encrypted"
+EMPTY = "skipped_empty"
+LEGACY = "skipped_legacy"
+CATEGORIES = (ENCRYPTED, ALREADY, EMPTY, LEGACY)
+
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+def encrypt_existing(
+    store: Store,
+    *,
+    dry_run: bool = False,
+    pacing: Pacing | None = None,
+    progress: ProgressFactory | None = None,
+    before_write: Callable[[], None] | None = None,
+) -> RewriteReport:
+    """Encrypt the plaintext of every configured column; NULL and '' stay as they are,
+    and so do values a column's legacy reader recognises (see ``import_legacy``).
+    ``before_write`` runs after the checks, before the first write (the audit entry)."""
+    started = time.monotonic()
+    columns = store.bound_columns()
+    for column in columns:
+        _check_width(store, column)
+    results = rewrite_columns(
+        store,
+        columns,
+        lambda column: _decider(store, column),
+        dry_run=dry_run,
+        pacing=pacing,
+        progress=progress,
+        before_write=before_write,
+    )
+    return RewriteReport.build(
+        "encrypt-existing",
+        CATEGORIES,
+        results,
+        dry_run=dry_run,
+        seconds=time.monotonic() - started,
+    )
+
+
+def rewrite_columns(
+    store: Store,
+    columns: list[BoundColumn],
+    decider: Callable[[BoundColumn], Decide],
+    *,
+    dry_run: bool = False,
+    pacing: Pacing | None = None,
+    progress: ProgressFactory | None = None,
+    before_write: Callable[[], None] | None = None,
+) -> list[ColumnResult]:
+    """One batch-engine pass per table over ``columns``, with ``decider(column)``."""
+    if before_write is not None and not dry_run:
+        before_write()
+    results = []
+    for group in group_by_table(columns):
+        rewriter = TableRewriter(
+            store.engine,
+            group,
+            [each_value(decider(column)) for column in group],
+            dry_run=dry_run,
+            pacing=pacing,
+            progress=progress(group_label(group), count_rows(store, group[0]))
+            if progress
+            else None,
+        )
+        results.extend(rewriter.run())
+    return results
+
+
+def group_label(group: list[BoundColumn]) -> str:
+    """``users.secret`` or ``users.{a,b}`` for a progress line."""
+    if len(group) == 1:
+        return group[0].spec.name
+    return f"{group[0].spec.table}.{{{','.join(c.spec.column for c in group)}}}"
+
+
+def count_rows(store: Store, column: BoundColumn, conn: Connection | None = None) -> int:
+    """Rows in a column's table (for progress lines), inside ``conn`` if given."""
+    query = select(func.count()).select_from(column.table)
+    if conn is not None:
+        return int(conn.execute(query).scalar_one())
+    with store.engine.connect() as own:
+        return int(own.execute(query).scalar_one())
+
+
+def _decider(store: Store, column: BoundColumn) -> Decide:
+    spec = column.spec
+    reader = store.legacy_reader(spec.name)
+
+    def decide(pk: PK, value: Any) -> tuple[str, str | None]:
+        if value is None or value == "":
+            return EMPTY, None
+        if not isinstance(value, str):
+            return FAILED, None
+        context = spec.context(pk)
+        if tokens.version_of(value) is not None:
+            try:
+                store.decrypt_bytes(value, context=context)
+            except (InvalidToken, UnknownKeyVersion):
+                # Looks like a token but does not open: never guess, leave it.
+                return FAILED, None
+            return ALREADY, None
+        if reader is not None and reader.recognises(value):
+            # Already encrypted, by the app's old scheme: encrypting it again would
+            # bury it (the double-encryption bug); `import-legacy` converts it.
+            return LEGACY, None
+        return ENCRYPTED, store.encrypt(value, context=context)
+
+    return decide
+
+
+def _check_width(store: Store, column: BoundColumn) -> None:
+    """Refuse before writing anything if the longest plaintext's token cannot fit.
+
+    Reads the non-token values on the driver's cursor (no logger sees them)."""
+    if column.width is None:
+        return
+    reader = store.legacy_reader(column.spec.name)
+    longest = 0
+    with store.engine.connect() as conn:
+        for (value,) in stream_raw(conn, column.non_token_values()):
+            if isinstance(value, str) and not (reader is not None and reader.recognises(value)):
+                longest = max(longest, len(value.encode()))
+    column.check_fits(tokens.token_length(store.active_version, longest), "the longest value")

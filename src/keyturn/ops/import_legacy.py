@@ -1,0 +1,165 @@
+"""Taking over values an app encrypted with its own scheme, in place.
+
+Each value a column's legacy reader recognises is decrypted with the legacy
+key and written back as a kt1 token under the active DEK, by the same batch
+engine as ``encrypt-existing`` (keyset walk, compare-and-swap), so it runs
+while the app works and a run killed at any point is finished by running it
+again. Before anything is written, each column's legacy key must open a
+sample of its legacy values.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from keyturn._core import tokens
+from keyturn.db.columns import BoundColumn
+from keyturn.db.database import stream_raw
+from keyturn.engine.walk import FAILED, PK, Decide, Pacing
+from keyturn.errors import ConfigError, InvalidToken, LegacyKeyError
+from keyturn.legacy import LegacyReader
+from keyturn.ops.encrypt_existing import ProgressFactory, rewrite_columns
+from keyturn.ops.reports import RewriteReport
+from keyturn.store import Store
+
+IMPORTED = "imported"
+ALREADY = "already_kt1"
+PLAINTEXT = "plaintext"
+EMPTY = "skipped_empty"
+CATEGORIES = (IMPORTED, ALREADY, PLAINTEXT, EMPTY)
+SAMPLE = 20
+
+
+def import_legacy(
+    store: Store,
+    *,
+    dry_run: bool = False,
+    include_plaintext: bool = False,
+    pacing: Pacing | None = None,
+    progress: ProgressFactory | None = None,
+    before_write: Callable[[], None] | None = None,
+) -> RewriteReport:
+    """Convert every legacy value of the columns that name a legacy reader to kt1.
+
+    Plaintext values in those columns are encrypted only with
+    ``include_plaintext``; otherwise they are counted and left as they are.
+    ``before_write`` runs after the key checks, before the first write.
+    """
+    started = time.monotonic()
+    columns = [c for c in store.bound_columns() if store.legacy_reader(c.spec.name)]
+    if not columns:
+        raise ConfigError(
+            "no [[columns]] entry names a legacy reader (`legacy = NAME`); nothing to import "
+            "(docs/ADOPTING.md)"
+        )
+    for column in columns:
+        check_legacy_key(store, column)
+        _check_width(store, column, include_plaintext)
+    results = rewrite_columns(
+        store,
+        columns,
+        lambda column: _decider(store, column, include_plaintext),
+        dry_run=dry_run,
+        pacing=pacing,
+        progress=progress,
+        before_write=before_write,
+    )
+    return RewriteReport.build(
+        "import-legacy",
+        CATEGORIES,
+        results,
+        dry_run=dry_run,
+        seconds=time.monotonic() - started,
+        extra={"include_plaintext": include_plaintext},
+    )
+
+
+def check_legacy_key(store: Store, column: BoundColumn) -> int:
+    """Refuse unless the column's legacy key opens some of its first legacy values.
+
+    Returns how many were sampled (0: the column holds no legacy value, and no
+    key is needed). A wrong key opens none; a few values that fail among many
+    that open are reported per row by the import instead.
+    """
+    reader = _reader(store, column)
+    query = column.non_token_values().order_by(*column.pk)
+    sample: list[str] = []
+    with store.engine.connect() as conn:
+        for (candidate,) in stream_raw(conn, query, 1000):
+            if reader.recognises(candidate):
+                sample.append(candidate)
+                if len(sample) == SAMPLE:
+                    break
+    if not sample:
+        return 0
+    reader.keys()  # LegacyKeyError names the missing variable or file
+    opened = 0
+    for candidate in sample:
+        try:
+            reader.decrypt(candidate)
+        except InvalidToken:
+            continue
+        opened += 1
+    if not opened:
+        raise LegacyKeyError(
+            f"{column.spec.name}: the key(s) of legacy reader {reader.spec.name} "
+            f"({', '.join(reader.spec.key_sources)}) open none of the first {len(sample)} "
+            "legacy values: wrong key, or a layout that differs from [[legacy]] "
+            f"{reader.spec.name}. Nothing was written."
+        )
+    return len(sample)
+
+
+def _check_width(store: Store, column: BoundColumn, include_plaintext: bool) -> None:
+    """Refuse before the first write if the longest value this import would write
+    does not fit: legacy values are decrypted to know their length (on the
+    driver's cursor, no logger sees them); one that fails is left for the import
+    to report."""
+    if column.width is None:
+        return
+    reader = _reader(store, column)
+    longest = 0
+    with store.engine.connect() as conn:
+        for (value,) in stream_raw(conn, column.non_token_values()):
+            if not isinstance(value, str):
+                continue
+            if reader.recognises(value):
+                try:
+                    longest = max(longest, len(reader.decrypt(value)))
+                except InvalidToken:
+                    continue
+            elif include_plaintext:
+                longest = max(longest, len(value.encode()))
+    column.check_fits(tokens.token_length(store.active_version, longest), "the longest value")
+
+
+def _reader(store: Store, column: BoundColumn) -> LegacyReader:
+    reader = store.legacy_reader(column.spec.name)
+    assert reader is not None  # only columns with a reader get here
+    return reader
+
+
+def _decider(store: Store, column: BoundColumn, include_plaintext: bool) -> Decide:
+    spec = column.spec
+    reader = _reader(store, column)
+
+    def decide(pk: PK, value: Any) -> tuple[str, str | None]:
+        if value is None or value == "":
+            return EMPTY, None
+        if not isinstance(value, str):
+            return FAILED, None
+        if tokens.version_of(value) is not None:
+            return ALREADY, None
+        if reader.recognises(value):
+            try:
+                plaintext = reader.decrypt(value)
+            except InvalidToken:
+                return FAILED, None  # listed by primary key; the value is left as it is
+            return IMPORTED, store.encrypt(plaintext, context=spec.context(pk))
+        if include_plaintext:
+            return PLAINTEXT, store.encrypt(value, context=spec.context(pk))
+        return PLAINTEXT, None
+
+    return decide

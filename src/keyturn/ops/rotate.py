@@ -1,0 +1,803 @@
+"""Online DEK rotation: mint a version, re-encrypt every older token, retire what is unused.
+
+The :class:`Rotator` walks each configured column with the batch engine
+(keyset pagination, crypto outside the transaction, compare-and-swap writes),
+checkpointing the job and backing up old tokens in each batch's transaction.
+Killed at any instant, it resumes from the last checkpoint: no new version is
+minted for an unfinished job. A closing sweep re-encrypts tokens that app
+processes wrote with an older key while the rotation ran.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sqlalchemy import Column, Connection, and_, func, inspect, not_, or_, select, update
+from sqlalchemy.sql.elements import ColumnElement
+
+from keyturn._core import tokens
+from keyturn._core.keyring import ACTIVE, DRAINING, DataKey, Keyring
+from keyturn.db import schema
+from keyturn.db.columns import BoundColumn
+from keyturn.db.database import utcnow, write_transaction
+from keyturn.db.locking import KeyringLock, me
+from keyturn.engine import backups, chunks, jobs
+from keyturn.engine.walk import (
+    CONTENDED,
+    FAILED,
+    PK,
+    ColumnResult,
+    DecideBatch,
+    OnBatch,
+    Pacing,
+    Swap,
+    TableRewriter,
+    group_by_table,
+)
+from keyturn.errors import InvalidToken, OperationFailed, UnknownKeyVersion
+from keyturn.keys import keystore
+from keyturn.keys.keystore import grace_ends
+from keyturn.legacy import LegacyReader
+from keyturn.ops.encrypt_existing import count_rows, group_label
+from keyturn.ops.lifecycle import refresh_states
+from keyturn.ops.reports import RewriteReport, pk_json
+from keyturn.ops.status import count_column, longest_tokens
+from keyturn.store import Store
+
+ROTATED = "rotated"
+CURRENT = "already_current"
+EMPTY = "skipped_empty"
+PLAINTEXT = "skipped_plaintext"
+LEGACY = "skipped_legacy"
+SWEPT = "swept"
+CATEGORIES = (ROTATED, CURRENT, EMPTY, PLAINTEXT, LEGACY, SWEPT)
+KIND = "rotate"
+SAMPLE = 20
+CHUNKED = "chunks"
+
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+class PreflightFailed(OperationFailed):
+    """A check before rotating failed; nothing was written."""
+
+
+@dataclass(frozen=True)
+class RotateOptions:
+    """How to rotate. ``atomic`` runs everything in one transaction."""
+
+    dry_run: bool = False
+    atomic: bool = False
+    backup: bool = True
+    chunk_time: float = 0.5
+    max_rate: float | None = None
+    #: Processes re-encrypting disjoint primary-key ranges (chunks) in parallel.
+    workers: int = 1
+    #: Work on the chunks of the unfinished parallel job, then exit (another host).
+    join: bool = False
+    rows_per_chunk: int = 10_000
+    #: How long a killed worker's chunk stays leased before another takes it.
+    lease_seconds: float = float(jobs.LEASE_SECONDS)
+    #: How long to wait for the keyring lock if another operation holds it.
+    wait: float = 0.0
+
+
+class Rotator:
+    """Rotates the data key of one store's database."""
+
+    def __init__(
+        self,
+        store: Store,
+        options: RotateOptions | None = None,
+        *,
+        actor: str = "library",
+        progress: ProgressFactory | None = None,
+        before_write: Callable[[], None] | None = None,
+        lock: KeyringLock | None = None,
+    ) -> None:
+        self.store = store
+        self.options = options or RotateOptions()
+        self.actor = actor
+        self.progress = progress
+        #: Runs after the preflight, before the first write (the audit entry).
+        self.before_write = before_write
+        #: The keyring lock, if the caller took it already; run() releases it.
+        self.lock = lock
+
+    # -- checks ---------------------------------------------------------------
+
+    def preflight(self) -> list[BoundColumn]:
+        """Tables and columns exist, the KEK opens the keyring, a sample of each
+        column decrypts. Reads only."""
+        self.store.reload()  # the drift check: WrongKEK if any DEK does not unwrap
+        columns = self.store.bound_columns()
+        job = self._unfinished()
+        target = job.target_version if job and job.target_version else None
+        target = target or max(v.version for v in self.store.versions) + 1
+        for column in columns:
+            self._sample(column)
+            self._check_width(column, target)
+        return columns
+
+    def _check_width(self, column: BoundColumn, target: int) -> None:
+        """Every re-encrypted token must fit: a token grows by a character when the
+        version gains a digit (v9 to v10)."""
+        if column.width is None:
+            return
+        with self.store.engine.connect() as conn:
+            longest = longest_tokens(conn, column)
+        need = max(
+            (n - len(tokens.header(v)) + len(tokens.header(target)) for v, n in longest.items()),
+            default=0,
+        )
+        column.check_fits(need, f"re-encrypting under key v{target}")
+
+    def _sample(self, column: BoundColumn) -> None:
+        value, pk = column.value, column.pk
+        query = select(*pk, value).where(value.like("kt1:%")).order_by(*pk).limit(SAMPLE)
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        n = len(pk)
+        for row in rows:
+            key = tuple(row[:n])
+            try:
+                self.store.decrypt_bytes(row[n], context=column.spec.context(key))
+            except (InvalidToken, UnknownKeyVersion) as exc:
+                raise PreflightFailed(
+                    f"preflight: {column.spec.name} at primary key {pk_json(key)} does not "
+                    f"decrypt ({type(exc).__name__}); fix or clear that value, or check the "
+                    "column's `bind` setting. Nothing was written."
+                ) from None
+
+    # -- the run --------------------------------------------------------------
+
+    def run(self) -> RewriteReport:
+        """Rotate (or resume, or join, or dry-run). Everything but a dry run and
+        ``--join`` holds the keyring lock from the first write to the end."""
+        started = time.monotonic()
+        try:
+            columns = self.preflight()
+            if self.options.dry_run or self.options.join:
+                return self._run_unlocked(columns, started)
+            if self.lock is None:
+                self.lock = KeyringLock(self.store.engine, KIND).acquire(self.options.wait)
+            self.store.reload()  # under the lock: the KEK and versions as they are now
+            return self._run_locked(columns, started, self.lock)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _unfinished(self) -> jobs.Job | None:
+        with self.store.engine.connect() as conn:
+            if not inspect(conn).has_table("keyturn_jobs"):
+                return None
+            return jobs.unfinished(conn, KIND)
+
+    def _run_unlocked(self, columns: list[BoundColumn], started: float) -> RewriteReport:
+        job = self._unfinished()
+        if self.options.dry_run:
+            return self._dry_run(columns, job, started)
+        return self._join(columns, job, started)
+
+    def _run_locked(
+        self, columns: list[BoundColumn], started: float, lock: KeyringLock
+    ) -> RewriteReport:
+        job = self._unfinished()
+        if job is not None and self.options.atomic:
+            raise OperationFailed(
+                f"job {job.id} is unfinished; resume it with `keyturn rotate` (without --atomic)"
+            )
+        if job is not None:
+            with write_transaction(self.store.engine) as conn:
+                jobs.claim(conn, job)  # refuses if a live --join worker still owns it
+        if self.before_write is not None:
+            self.before_write()
+        if self.options.atomic:
+            return self._run_atomic(columns, started)
+        resumed = job is not None
+        if job is None:
+            job = self._start(columns)
+        else:
+            self.store.reload()
+        lock.set_job(job.id)
+        assert job.target_version is not None
+        ring = self.store.keyring
+        if ring.active_version != job.target_version:
+            raise OperationFailed(
+                f"job {job.id} targets key v{job.target_version} but v{ring.active_version} "
+                "is active; see docs/ROTATION.md, 'A rotation that failed or was killed'"
+            )
+        progress: dict[str, Any] = job.progress or {"columns": {}}
+        # If anything below raises, the job stays `running`; its owner (this
+        # process) is then dead or gone, so the next `keyturn rotate` resumes it.
+        if progress.get("mode") == CHUNKED:
+            self._run_chunks(columns, ring, job, progress)
+        results = self._rotate_columns(columns, ring, job, progress, None)
+        with write_transaction(self.store.engine) as conn:
+            states = refresh_states(self.store, conn)
+            report = self._report(conn, results, job, states, started, resumed=resumed)
+            jobs.finish(conn, job.id, _outcome(report), report.to_dict())
+        self.store.reload()
+        return report
+
+    def _start(self, columns: list[BoundColumn]) -> jobs.Job:
+        """Back up, then mint the new version and the job in one transaction."""
+        job_id = jobs.new_id()
+        backup_path = self._file_backup(job_id)
+        workers = self.options.workers
+        with write_transaction(self.store.engine) as conn:
+            _, job = self._mint_job(
+                conn,
+                job_id,
+                backup_path,
+                {"columns": [c.spec.name for c in columns], "workers": workers},
+            )
+            if workers > 1:
+                job = replace(job, progress={"mode": CHUNKED, "columns": {}})
+                jobs.checkpoint(conn, job.id, job.progress)
+        self.store.reload()
+        return job
+
+    # -- parallel: leased chunks ------------------------------------------------
+
+    def _run_chunks(
+        self, columns: list[BoundColumn], ring: Keyring, job: jobs.Job, progress: dict[str, Any]
+    ) -> None:
+        """Plan the chunks (once), work on them with N-1 helper processes until all
+        are done, then hand the closing sweep to the sequential code, once."""
+        if progress.get("sweeping"):
+            return
+        groups = {_table_key(g): g for g in group_by_table(columns)}
+        with write_transaction(self.store.engine) as conn:
+            if not chunks.is_planned(conn, job.id):
+                for key, group in groups.items():
+                    chunks.plan(conn, job.id, key, group[0].pk, self.options.rows_per_chunk)
+        helpers = [self._spawn_helper() for _ in range(self.options.workers - 1)]
+        try:
+            self._work_chunks(groups, ring, job, coordinator=True, helpers=helpers)
+        finally:
+            for helper in helpers:
+                if helper.wait() != 0:
+                    print(
+                        f"keyturn: warning: a helper worker exited with {helper.returncode}; "
+                        "its chunks were taken over",
+                        file=sys.stderr,
+                    )
+        merged = {name: _ColumnState() for name in (c.spec.name for c in columns)}
+        with self.store.engine.connect() as conn:
+            for tally in chunks.all_counts(conn, job.id):
+                for name, data in tally.items():
+                    merged[name].merge(_ColumnState.load(data))
+        progress["columns"] = {name: state.dump() for name, state in merged.items()}
+        progress["tables"] = {key: {"cursor": None, "done": True, "swept": False} for key in groups}
+        progress["sweeping"] = True
+        with write_transaction(self.store.engine) as conn:
+            jobs.checkpoint(conn, job.id, progress)
+
+    def _spawn_helper(self) -> subprocess.Popen[bytes]:
+        o = self.options
+        command = [
+            sys.executable, "-m", "keyturn", "--config", str(self.store.config.path),
+            "rotate", "--join", "--yes", "--json", "--chunk-time", str(o.chunk_time),
+            "--lease-seconds", str(o.lease_seconds),
+        ]  # fmt: skip
+        if o.max_rate:
+            command += ["--max-rate", str(o.max_rate)]
+        if not o.backup:
+            command.append("--no-backup")
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL)
+
+    def _join(
+        self, columns: list[BoundColumn], job: jobs.Job | None, started: float
+    ) -> RewriteReport:
+        """Work on another process's parallel job until no chunk is left to take."""
+        if job is None or (job.progress or {}).get("mode") != CHUNKED:
+            raise OperationFailed(
+                "no parallel rotation to join: start one with `keyturn rotate --workers N`"
+                + (f" (job {job.id} runs without --workers)" if job else "")
+            )
+        deadline = time.monotonic() + 60
+        while True:  # the starting process plans the chunks right after minting
+            with self.store.engine.connect() as conn:
+                if chunks.is_planned(conn, job.id):
+                    break
+            if time.monotonic() > deadline:
+                raise OperationFailed(f"job {job.id} has no chunks planned yet; try again")
+            time.sleep(0.2)
+        self.store.reload()
+        ring = self.store.keyring
+        groups = {_table_key(g): g for g in group_by_table(columns)}
+        mine = self._work_chunks(groups, ring, job, coordinator=False)
+        results = [state.result(name) for name, state in mine.items()]
+        return RewriteReport.build(
+            "rotate",
+            CATEGORIES,
+            results,
+            dry_run=False,
+            seconds=time.monotonic() - started,
+            extra={"job": job.id, "new_version": job.target_version, "joined": True},
+        )
+
+    def _work_chunks(
+        self,
+        groups: dict[str, list[BoundColumn]],
+        ring: Keyring,
+        job: jobs.Job,
+        *,
+        coordinator: bool,
+        helpers: Sequence[subprocess.Popen[bytes]] = (),
+    ) -> dict[str, _ColumnState]:
+        """Claim and rotate chunks until none is left. The coordinator also waits for
+        chunks other workers hold, taking over any whose lease expires, and reaps
+        its helpers as they exit, so a dead helper's chunk is taken over at once."""
+        owner = me()
+        lease = self.options.lease_seconds
+        pacing = Pacing(chunk_time=self.options.chunk_time, max_rate=self.options.max_rate)
+        mine: dict[str, _ColumnState] = {
+            c.spec.name: _ColumnState() for group in groups.values() for c in group
+        }
+        bar = self._chunk_bar(groups, job) if coordinator else None
+        while True:
+            if coordinator and self.lock is not None:
+                self.lock.verify()
+            for helper in helpers:
+                helper.poll()  # reaps an exited helper: no zombie that looks alive
+            with write_transaction(self.store.engine) as conn:
+                chunk = chunks.claim(conn, job.id, owner, lease)
+                if coordinator:
+                    jobs.heartbeat(conn, job.id)
+            if bar is not None:
+                bar()
+            if chunk is None:
+                if not coordinator:
+                    return mine
+                with self.store.engine.connect() as conn:
+                    if chunks.remaining(conn, job.id) == 0:
+                        return mine
+                time.sleep(min(1.0, lease / 4))
+                continue
+            done = self._work_chunk(groups[chunk.table_key], chunk, ring, job, owner, pacing)
+            for name, state in done.items():
+                mine[name].merge(state)
+
+    def _chunk_bar(
+        self, groups: dict[str, list[BoundColumn]], job: jobs.Job
+    ) -> Callable[[], None] | None:
+        """A progress bar over all workers' rows, updated from the chunks' tallies."""
+        if self.progress is None:
+            return None
+        total = sum(count_rows(self.store, group[0]) for group in groups.values())
+        label = f"{len(groups)} table(s), {self.options.workers} worker(s)"
+        advance = self.progress(label, total)
+        shown = 0
+
+        def update() -> None:
+            nonlocal shown
+            with self.store.engine.connect() as conn:
+                done = sum(
+                    max((sum(c.get("counts", {}).values()) for c in tally.values()), default=0)
+                    for tally in chunks.all_counts(conn, job.id)
+                )
+            if done > shown:
+                advance(done - shown)
+                shown = done
+
+        return update
+
+    def _work_chunk(
+        self,
+        group: list[BoundColumn],
+        chunk: chunks.Chunk,
+        ring: Keyring,
+        job: jobs.Job,
+        owner: str,
+        pacing: Pacing,
+    ) -> dict[str, _ColumnState]:
+        """Rotate one chunk from its cursor to its end; checkpoint it with each batch."""
+        states = {c.spec.name: _ColumnState.load(chunk.counts.get(c.spec.name)) for c in group}
+        before = {name: _ColumnState.load(state.dump()) for name, state in states.items()}
+        lease = self.options.lease_seconds
+        keep_backup = self.options.backup
+
+        def tally() -> dict[str, Any]:
+            return {name: state.dump() for name, state in states.items()}
+
+        def on_batch(
+            conn: Connection, last: PK | None, counts: dict[str, Counter[str]], applied: list[Swap]
+        ) -> None:
+            if keep_backup:
+                backups.record(conn, job.id, applied)
+            for name, batch in counts.items():
+                states[name].counts.update(batch)
+            chunks.checkpoint(conn, chunk, owner, lease, cursor=last, counts=tally())
+
+        rewriter = TableRewriter(
+            self.store.engine,
+            group,
+            self._deciders(ring, group, states),
+            pacing=pacing,
+            on_batch=on_batch,
+            collect_applied=keep_backup,
+            until=chunk.hi,
+        )
+        try:
+            for result in rewriter.run(after=chunk.cursor or chunk.lo):
+                states[result.column].counts[CONTENDED] += result.counts.get(CONTENDED, 0)
+            with write_transaction(self.store.engine) as conn:
+                chunks.checkpoint(conn, chunk, owner, lease, cursor=None, counts=tally(), done=True)
+        except chunks.LeaseLost:
+            pass  # our lease expired and another worker continues this chunk
+        return {name: state.minus(before[name]) for name, state in states.items()}
+
+    def _file_backup(self, job_id: str) -> str | None:
+        """Copy a SQLite database file before the first write (if backups are on)."""
+        if not self.options.backup:
+            return None
+        path = backups.sqlite_file_copy(self.store.config.database, job_id)
+        return str(path) if path else None
+
+    def _mint_job(
+        self, conn: Connection, job_id: str, backup_path: str | None, options: dict[str, Any]
+    ) -> tuple[DataKey, jobs.Job]:
+        dek = self._mint(conn)
+        job = jobs.create(
+            conn,
+            KIND,
+            dek.version,
+            self.actor,
+            {"backup": self.options.backup, **options},
+            backup_path,
+            job_id=job_id,
+        )
+        return dek, job
+
+    def _mint(self, conn: Connection) -> DataKey:
+        """Insert version max+1 as active and demote the current active to draining.
+
+        Two rotations started at once both pick max+1; the version's primary key
+        lets only one of them commit.
+        """
+        schema.metadata.create_all(conn)  # tables newer keyturn versions added
+        keystore.check_kek(conn, self.store.kek)  # the keyring is wrapped by our KEK now
+        k = schema.keys.c
+        top = conn.execute(select(func.max(k.version))).scalar_one()
+        dek = DataKey.generate(int(top) + 1)
+        conn.execute(update(schema.keys).where(k.state == ACTIVE).values(state=DRAINING))
+        keystore.insert_version(
+            conn, self.store.kek, self.store.keyring_id, dek, ACTIVE, self.actor
+        )
+        return dek
+
+    def _run_atomic(self, columns: list[BoundColumn], started: float) -> RewriteReport:
+        """Everything, minting included, in one transaction: all or nothing."""
+        job_id = jobs.new_id()
+        backup_path = self._file_backup(job_id)
+        with write_transaction(self.store.engine) as conn:
+            dek, job = self._mint_job(conn, job_id, backup_path, {"atomic": True})
+            ring = self.store.keyring.with_active(dek)
+            results = self._rotate_columns(columns, ring, job, {"columns": {}}, conn)
+            failed = sum(r.counts.get(FAILED, 0) for r in results.values())
+            if failed:
+                raise OperationFailed(
+                    f"--atomic: {failed} value(s) failed to decrypt; the whole rotation was "
+                    "rolled back and nothing changed. Run `keyturn verify` or see "
+                    "docs/ROTATION.md, 'Rows that fail'."
+                )
+            # The version becomes active at this commit, not at the mint: the
+            # grace of the version it replaces counts from here.
+            k = schema.keys.c
+            conn.execute(
+                update(schema.keys).where(k.version == dek.version).values(created_at=utcnow())
+            )
+            states = refresh_states(self.store, conn)
+            report = self._report(conn, results, job, states, started, resumed=False)
+            jobs.finish(conn, job.id, _outcome(report), report.to_dict())
+        self.store.reload()
+        return report
+
+    def _rotate_columns(
+        self,
+        columns: list[BoundColumn],
+        ring: Keyring,
+        job: jobs.Job,
+        progress: dict[str, Any],
+        conn: Connection | None,
+    ) -> dict[str, _ColumnState]:
+        """Walk every table, then sweep it; checkpoint after every batch."""
+        target = ring.active_version
+        states = {
+            c.spec.name: _ColumnState.load(progress.get("columns", {}).get(c.spec.name))
+            for c in columns
+        }
+        walks = progress.setdefault("tables", {})
+        pacing = Pacing(chunk_time=self.options.chunk_time, max_rate=self.options.max_rate)
+        for sweep in (False, True):
+            for group in group_by_table(columns):
+                key = _table_key(group)
+                walk = walks.setdefault(key, {"cursor": None, "done": False, "swept": False})
+                if walk["swept" if sweep else "done"]:
+                    continue
+                bar = None
+                if self.progress and not sweep:
+                    bar = self.progress(group_label(group), count_rows(self.store, group[0], conn))
+                    if walk["cursor"] is not None:
+                        bar(sum(states[group[0].spec.name].counts.values()))
+                # The closing sweep: tokens on an older version, written by app
+                # processes that had not yet seen the new version.
+                stale = _stale(target) if sweep else None
+                rewriter = TableRewriter(
+                    self.store.engine,
+                    group,
+                    self._deciders(ring, group, states),
+                    pacing=pacing,
+                    progress=bar,
+                    where=stale,
+                    conn=conn,
+                    on_batch=self._on_batch(job, walk, states, progress, sweep=sweep),
+                    collect_applied=self.options.backup,
+                )
+                after = tuple(walk["cursor"]) if walk["cursor"] and not sweep else None
+                for result in rewriter.run(after=after):
+                    states[result.column].counts[CONTENDED] += result.counts.get(CONTENDED, 0)
+                walk["swept" if sweep else "done"] = True
+                self._checkpoint(conn, job, progress, states)
+        return states
+
+    def _deciders(
+        self, ring: Keyring, group: list[BoundColumn], states: dict[str, _ColumnState]
+    ) -> list[DecideBatch]:
+        """Per column of ``group``: re-encrypt onto the ring's active version."""
+        return [
+            _decider(
+                ring,
+                c,
+                ring.active_version,
+                states[c.spec.name],
+                self.store.legacy_reader(c.spec.name),
+            )
+            for c in group
+        ]
+
+    def _on_batch(
+        self,
+        job: jobs.Job,
+        walk: dict[str, Any],
+        states: dict[str, _ColumnState],
+        progress: dict[str, Any],
+        *,
+        sweep: bool,
+    ) -> OnBatch:
+        keep_backup = self.options.backup
+
+        def on_batch(
+            conn: Connection,
+            last: PK | None,
+            counts: dict[str, Counter[str]],
+            applied: list[Swap],
+        ) -> None:
+            if keep_backup:
+                backups.record(conn, job.id, applied)
+            for name, batch in counts.items():
+                if sweep:
+                    # The sweep sees only stale tokens, rows the walk already
+                    # counted: what it re-encrypts is reported apart, as swept.
+                    states[name].counts[SWEPT] += batch.get(ROTATED, 0)
+                else:
+                    states[name].counts.update(batch)
+            if not sweep and last is not None:
+                walk["cursor"] = list(last)
+            self._checkpoint(conn, job, progress, states)
+
+        return on_batch
+
+    def _checkpoint(
+        self,
+        conn: Connection | None,
+        job: jobs.Job,
+        progress: dict[str, Any],
+        states: dict[str, _ColumnState],
+    ) -> None:
+        progress["columns"] = {name: s.dump() for name, s in states.items()}
+        # Inside the batch's transaction: a lost lock rolls the batch back.
+        if conn is not None:
+            if self.lock is not None:
+                self.lock.verify(conn)
+            jobs.checkpoint(conn, job.id, progress)
+        else:
+            with write_transaction(self.store.engine) as own:
+                if self.lock is not None:
+                    self.lock.verify(own)
+                jobs.checkpoint(own, job.id, progress)
+
+    def _dry_run(
+        self, columns: list[BoundColumn], job: jobs.Job | None, started: float
+    ) -> RewriteReport:
+        top = max(v.version for v in self.store.versions)
+        target = job.target_version if job and job.target_version else top + 1
+        results = []
+        for column in columns:
+            seen = count_column(self.store, column)
+            on_target = seen.by_version.get(target, 0)
+            counts = {
+                ROTATED: sum(seen.by_version.values()) - on_target,
+                CURRENT: on_target,
+                EMPTY: seen.empty,
+                PLAINTEXT: seen.plaintext,
+                LEGACY: seen.legacy,
+            }
+            results.append(ColumnResult(column.spec.name, counts))
+        extra = {
+            "job": job.id if job else None,
+            "new_version": target,
+            "resumes_job": job is not None,
+        }
+        return RewriteReport.build(
+            "rotate",
+            CATEGORIES,
+            results,
+            dry_run=True,
+            seconds=time.monotonic() - started,
+            extra=extra,
+        )
+
+    def _report(
+        self,
+        conn: Connection,
+        states: dict[str, _ColumnState],
+        job: jobs.Job,
+        key_states: dict[int, str],
+        started: float,
+        *,
+        resumed: bool,
+    ) -> RewriteReport:
+        results = [state.result(name) for name, state in states.items()]
+        draining = sorted(v for v, st in key_states.items() if st == DRAINING)
+        versions = [meta for meta, _ in keystore.read_versions(conn)]
+        grace, now = grace_ends(self.store.config.apps.grace_seconds, versions), utcnow()
+        extra = {
+            "job": job.id,
+            "new_version": job.target_version,
+            "resumed": resumed,
+            "backup_file": job.backup_path,
+            "key_states": {str(v): s for v, s in key_states.items()},
+            "still_in_use": draining,
+            # Per draining version: the jobs whose backups hold its tokens (prune
+            # those), and until when app processes may still seal under it.
+            "draining": {
+                str(v): {
+                    "backup_jobs": backups.jobs_referencing(conn, v),
+                    "grace_until": grace[v].isoformat() + "Z" if grace[v] > now else None,
+                }
+                for v in draining
+            },
+        }
+        return RewriteReport.build(
+            "rotate",
+            CATEGORIES,
+            results,
+            dry_run=False,
+            seconds=time.monotonic() - started,
+            extra=extra,
+        )
+
+
+class _ColumnState:
+    """A column's counts and failed rows within a job."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.failed: list[list[Any]] = []
+        self._failed_keys: set[str] = set()
+
+    @classmethod
+    def load(cls, data: dict[str, Any] | None) -> _ColumnState:
+        state = cls()
+        if data:
+            state.counts = Counter(data.get("counts", {}))
+            for pk in data.get("failed", []):
+                state.fail(tuple(pk))
+        return state
+
+    def fail(self, pk: PK) -> None:
+        """Remember a row that failed, once, however often it is seen."""
+        key = repr(list(pk))
+        if key not in self._failed_keys:
+            self._failed_keys.add(key)
+            self.failed.append(list(pk))
+
+    def dump(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "failed": self.failed[:1000]}
+
+    def result(self, name: str) -> ColumnResult:
+        """The column's counts for a report; failed rows are counted once each."""
+        return ColumnResult(
+            name, {**self.counts, FAILED: len(self.failed)}, tuple(map(tuple, self.failed))
+        )
+
+    def merge(self, other: _ColumnState) -> None:
+        self.counts.update(other.counts)
+        for pk in other.failed:
+            self.fail(tuple(pk))
+
+    def minus(self, before: _ColumnState) -> _ColumnState:
+        """What was added since ``before`` (a chunk's work by this worker)."""
+        delta = _ColumnState()
+        delta.counts = self.counts - before.counts
+        for pk in self.failed:
+            if repr(list(pk)) not in before._failed_keys:
+                delta.fail(tuple(pk))
+        return delta
+
+
+def _outcome(report: RewriteReport) -> str:
+    """A finished job's state: failed if any row failed (the CLI exits 1 for it)."""
+    return jobs.FAILED if report.failed else jobs.SUCCEEDED
+
+
+def _decider(
+    ring: Keyring,
+    column: BoundColumn,
+    target: int,
+    state: _ColumnState,
+    reader: LegacyReader | None,
+) -> DecideBatch:
+    spec = column.spec
+    current = tokens.header(target)
+    fixed = spec.context(()) if spec.bind == "column" else None
+
+    def classify(pk: PK, value: Any) -> str:
+        """The category of a value that is not re-encrypted."""
+        if value is None or value == "":
+            return EMPTY
+        if not isinstance(value, str):
+            state.fail(pk)
+            return FAILED
+        if value.startswith(current):
+            return CURRENT
+        if not value.startswith("kt1:"):
+            return LEGACY if reader is not None and reader.recognises(value) else PLAINTEXT
+        if tokens.version_of(value) is None:
+            return PLAINTEXT  # text that merely starts with "kt1:"
+        state.fail(pk)  # a token that does not decrypt
+        return FAILED
+
+    def decide(pks: Sequence[PK], values: Sequence[Any]) -> tuple[list[str], list[str | None]]:
+        todo = [
+            j
+            for j, v in enumerate(values)
+            if isinstance(v, str) and v.startswith("kt1:") and not v.startswith(current)
+        ]
+        if fixed is not None:
+            contexts = [fixed] * len(todo)
+        else:
+            contexts = [spec.context(pks[j]) for j in todo]
+        fresh = ring.reencrypt_many([values[j] for j in todo], contexts)
+        if len(todo) == len(values) and None not in fresh:
+            return [ROTATED] * len(values), fresh  # the walk's usual batch
+        news: list[str | None] = [None] * len(values)
+        for j, new in zip(todo, fresh, strict=True):
+            news[j] = new
+        categories = [
+            ROTATED if new is not None else classify(pk, value)
+            for pk, value, new in zip(pks, values, news, strict=True)
+        ]
+        return categories, news
+
+    return decide
+
+
+def _stale(target: int) -> Callable[[list[Column[Any]]], ColumnElement[bool]]:
+    def where(values: list[Column[Any]]) -> ColumnElement[bool]:
+        return or_(*(and_(v.like("kt1:%"), not_(v.like(f"kt1:{target}:%"))) for v in values))
+
+    return where
+
+
+def _table_key(group: list[BoundColumn]) -> str:
+    return f"{group[0].spec.table}({','.join(group[0].spec.primary_key)})"

@@ -1,0 +1,238 @@
+"""What ``keyturn status`` reports: keys, their use per column, and warnings."""
+
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, case, func, inspect, or_, select
+
+from keyturn._core import tokens
+from keyturn._core.keyring import ACTIVE, DESTROYED, DRAINING
+from keyturn.db import schema
+from keyturn.db.columns import BoundColumn
+from keyturn.db.database import stream_raw, utcnow
+from keyturn.keys.keystore import grace_ends
+from keyturn.store import Store
+
+
+@dataclass(frozen=True)
+class ColumnStatus:
+    """Counts of one column's values: by key version, plaintext, legacy and empty."""
+
+    column: str
+    rows: int
+    plaintext: int
+    empty: int
+    by_version: dict[int, int]
+    legacy: int = 0
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """A key version with its age and how many configured values use it."""
+
+    version: int
+    state: str
+    created_at: str
+    retired_at: str | None
+    created_by: str
+    kek_id: str | None
+    age_days: float
+    rows: int
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """Everything ``status`` prints; never a key or a secret."""
+
+    keyring_id: str
+    active_version: int
+    kek_source: str
+    kek_id: str
+    cryptoperiod_days: int
+    active_age_days: float
+    keys: tuple[VersionStatus, ...]
+    columns: tuple[ColumnStatus, ...]
+    warnings: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for col in data["columns"]:
+            col["by_version"] = {str(v): n for v, n in col["by_version"].items()}
+        data["keys"] = list(data["keys"])
+        data["columns"] = list(data["columns"])
+        data["warnings"] = list(data["warnings"])
+        return data
+
+
+def _count_headers(conn: Connection, expression: Any) -> tuple[int, int, int, Counter[int]]:
+    """(rows, empty, plaintext, count by key version) of a text expression's values,
+    counted by the database from their headers: no value is read into Python."""
+    table = expression.table
+    empty = or_(expression.is_(None), expression == "")
+    token = expression.like("kt1:%")
+    totals = select(
+        func.count(),
+        func.coalesce(func.sum(case((empty, 1), else_=0)), 0),
+        func.coalesce(func.sum(case((or_(empty, token), 0), else_=1)), 0),
+    ).select_from(table)
+    rows, empty_n, plaintext = (int(n) for n in conn.execute(totals).one())
+    version, colon = version_text(conn, expression)
+    payload = func.length(expression) > colon + 4  # a token needs one after its header
+    per_version = (
+        select(version, payload, func.count())
+        .select_from(table)
+        .where(token)
+        .group_by(version, payload)
+    )
+    by_version: Counter[int] = Counter()
+    for text, has_payload, n in conn.execute(per_version):
+        parsed = tokens.version_of(f"kt1:{text}:" + ("x" if has_payload else ""))
+        if parsed is None:
+            plaintext += int(n)  # text that merely starts with "kt1:"
+        else:
+            by_version[parsed] += int(n)
+    return rows, empty_n, plaintext, by_version
+
+
+def version_text(conn: Connection, expression: Any) -> tuple[Any, Any]:
+    """SQL for a kt1 value's version, the text between "kt1:" and the next colon
+    ('' if there is none), and that colon's position after "kt1:"."""
+    colon = _find(conn.dialect.name, func.substr(expression, 5), ":")
+    return case((colon > 0, func.substr(expression, 5, colon - 1)), else_=""), colon
+
+
+def longest_tokens(conn: Connection, column: BoundColumn) -> dict[int, int]:
+    """The longest token's length per key version, counted by the database."""
+    version, _ = version_text(conn, column.value)
+    query = (
+        select(version, func.max(func.length(column.value)))
+        .where(column.value.like("kt1:%"))
+        .group_by(version)
+    )
+    out: dict[int, int] = {}
+    for text, longest in conn.execute(query):
+        parsed = tokens.version_of(f"kt1:{text}:x")
+        if parsed is not None:
+            out[parsed] = int(longest)
+    return out
+
+
+def _find(dialect: str, haystack: Any, needle: str) -> Any:
+    """The 1-based position of ``needle`` in ``haystack`` (0 if absent), in SQL."""
+    if dialect == "postgresql":
+        return func.strpos(haystack, needle)
+    return func.instr(haystack, needle)
+
+
+def count_column(store: Store, column: BoundColumn, conn: Connection | None = None) -> ColumnStatus:
+    """Classify every value of a column by its header or legacy shape (no decryption)."""
+    reader = store.legacy_reader(column.spec.name)
+    legacy = 0
+    with nullcontext(conn) if conn is not None else store.engine.connect() as c:
+        rows, empty, plaintext, by_version = _count_headers(c, column.value)
+        if reader is not None and plaintext:
+            for (value,) in stream_raw(c, column.non_token_values()):
+                legacy += reader.recognises(value)
+    return ColumnStatus(
+        column.spec.name,
+        rows,
+        plaintext - legacy,
+        empty,
+        dict(sorted(by_version.items())),
+        legacy,
+    )
+
+
+def backup_references(conn: Connection) -> Counter[int]:
+    """How many backed-up tokens (keyturn_backup) use each key version."""
+    if not inspect(conn).has_table(schema.backup.name):
+        return Counter()
+    return _count_headers(conn, schema.backup.c.old_token)[3]
+
+
+def _age_days(created: datetime, now: datetime) -> float:
+    return round((now - created).total_seconds() / 86400, 1)
+
+
+def status(store: Store) -> StatusReport:
+    """Read the keyring and count every configured column."""
+    store.reload()
+    columns = tuple(count_column(store, c) for c in store.bound_columns())
+    in_use: Counter[int] = Counter()
+    for col in columns:
+        in_use.update(col.by_version)
+    now = utcnow()
+    keys = tuple(
+        VersionStatus(
+            v.version,
+            v.state,
+            v.created_at.isoformat() + "Z",
+            v.retired_at.isoformat() + "Z" if v.retired_at else None,
+            v.created_by,
+            v.kek_id,
+            _age_days(v.created_at, now),
+            in_use.get(v.version, 0),
+        )
+        for v in store.versions
+    )
+    active = next(k for k in keys if k.state == ACTIVE)
+    period = store.config.cryptoperiod_days
+    warnings = []
+    if active.age_days > period:
+        warnings.append(
+            f"active key v{active.version} is {active.age_days:.0f} days old, past the "
+            f"{period}-day cryptoperiod: run `keyturn rotate`"
+        )
+    for col in columns:
+        if col.plaintext:
+            warnings.append(
+                f"{col.column}: {col.plaintext} plaintext value(s): run `keyturn encrypt-existing`"
+            )
+        if col.legacy:
+            warnings.append(
+                f"{col.column}: {col.legacy} legacy value(s) still need their legacy key: run "
+                "`keyturn import-legacy` (docs/ADOPTING.md)"
+            )
+    with store.engine.connect() as conn:
+        in_backups = backup_references(conn)
+    ends = grace_ends(store.config.apps.grace_seconds, store.versions)
+    for k in keys:
+        if k.state == DRAINING and not k.rows and not in_backups[k.version]:
+            until = ends.get(k.version)
+            warnings.append(
+                f"key v{k.version} is draining: nothing uses it, but app processes may seal "
+                f"under it until {until:%Y-%m-%d %H:%M:%S}Z (the [apps] grace); it retires "
+                "at the next prune, restore, rotate or destroy-key after that"
+                if until and until > now
+                else f"key v{k.version} is draining but nothing uses it any more: it retires "
+                "at the next prune, restore, rotate or destroy-key"
+            )
+        elif k.state == DRAINING:
+            warnings.append(
+                f"key v{k.version} is draining: {k.rows} value(s) and {in_backups[k.version]} "
+                "backed-up token(s) still use it, so it is not retired yet (`keyturn rotate` "
+                "moves values off it; `keyturn prune JOB` drops a job's backups)"
+            )
+    known = {k.version: k.state for k in keys}
+    for version, n in sorted(in_use.items()):
+        if known.get(version, DESTROYED) == DESTROYED:
+            warnings.append(
+                f"{n} value(s) use key v{version}, which this keyring does not hold: they cannot "
+                "be decrypted (restore the keyring from a backup, docs/ROTATION.md)"
+            )
+    return StatusReport(
+        store.keyring_id,
+        active.version,
+        store.kek.source,
+        store.kek.kek_id,
+        period,
+        active.age_days,
+        keys,
+        columns,
+        tuple(warnings),
+    )
