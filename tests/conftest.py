@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ class App:
         return rows
 
     def cli(self, *args: str, check: bool = False, **kw: Any) -> subprocess.CompletedProcess[str]:
+        """``keyturn ARGS`` run in this directory (in this process; see :func:`run_cli`)."""
         kw.setdefault("env", self.env)
         return run_cli(*args, cwd=self.dir, check=check, **kw)
 
@@ -101,20 +103,56 @@ def run_cli(
     check: bool = False,
     timeout: float = 120,
     input: str | None = None,
+    process: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "keyturn", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL if input is None else None,
-        input=input,
-    )
+    """``keyturn ARGS`` in ``cwd`` with exactly ``env``: in this process through click's
+    runner unless ``process`` (a process boundary under test) or KEYTURN_TEST_PROCESSES=1."""
+    if process or os.environ.get("KEYTURN_TEST_PROCESSES") == "1":
+        proc = subprocess.run(
+            [sys.executable, "-m", "keyturn", *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL if input is None else None,
+            input=input,
+        )
+    else:
+        proc = _run_in_process(list(args), cwd, env, input)
     if check and proc.returncode != 0:
         raise AssertionError(f"keyturn {args} exited {proc.returncode}: {proc.stderr}")
     return proc
+
+
+def _run_in_process(
+    args: list[str], cwd: Path, env: dict[str, str], input: str | None
+) -> subprocess.CompletedProcess[str]:
+    """What ``python -m keyturn ARGS`` would print and exit with, without starting Python.
+
+    The environment and working directory are swapped for the call, as a new
+    process would see them; an uncaught exception ends as Python's would, with
+    a traceback on stderr and exit code 1, so leak checks still see it."""
+    from click.testing import CliRunner
+
+    from keyturn.cli import cli, quiet_driver_logs
+
+    quiet_driver_logs()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(cli, args, input=input, prog_name="keyturn")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+    stderr, code = result.stderr, result.exit_code
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+        code = 1
+    return subprocess.CompletedProcess(["keyturn", *args], code, result.stdout, stderr)
 
 
 # The app contract's grace is kept short so tests can retire and destroy a
@@ -124,6 +162,12 @@ APPS = """
 refresh_seconds = 0.1
 write_margin_seconds = 0.1
 """
+
+
+def after_grace() -> None:
+    """Waits out the [apps] grace above, after which a replaced version may be destroyed."""
+    time.sleep(0.25)
+
 
 CONFIG = (
     """\

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import App, Database, assert_no_secret, base_env, run_cli
+from conftest import App, Database, after_grace, assert_no_secret, base_env, run_cli
 
 
 def audit_rows(app: App) -> list[dict[str, Any]]:
@@ -83,6 +83,7 @@ def test_refusals_and_dry_runs_write_no_entry_and_a_destroy_is_recorded(app: App
     assert len(audit_rows(app)) == before
     job = json.loads(app.cli("jobs", "--json", check=True).stdout)[0]["id"]
     app.cli("prune", job, "--yes", check=True)
+    after_grace()
     app.cli("destroy-key", "1", "--yes", check=True)
     rows = audit_rows(app)
     assert [(r["action"], r["details"]) for r in rows[before:]] == [
@@ -109,6 +110,7 @@ def test_a_database_from_before_the_audit_log_gets_one_on_first_use(app: App) ->
     tables = {r[0] for r in app.sql("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "keyturn_api_tokens" not in tables  # listing does not create anything
     app.cli("prune", job, "--yes", check=True)
+    after_grace()
     app.cli("destroy-key", "1", "--yes", check=True)
     assert [(r["seq"], r["action"]) for r in audit_rows(app)] == [(1, "prune"), (2, "destroy-key")]
     assert verify(app)[0] == 0

@@ -250,7 +250,9 @@ def test_forged_versions_cannot_flood_the_database(app: App) -> None:
 
 
 def test_keyring_busy_is_exported_with_exit_code_4() -> None:
-    assert KeyringBusy("x").exit_code == 4
+    from keyturn.cli import exit_code
+
+    assert exit_code(KeyringBusy("x")) == 4
 
 
 @pytest.mark.parametrize("database", ["postgresql", "mysql"], indirect=True)

@@ -1,9 +1,9 @@
-"""keyturn's exception hierarchy.
+"""keyturn's exception hierarchy: every error the library raises, in one module.
 
-Every error keyturn raises derives from :class:`KeyturnError`. Messages never
-carry key material or plaintext. ``exit_code`` is what the CLI exits with
-(also listed in ``keyturn --help``): 1 operation failed, 2 usage/config/schema error,
-3 key error, 4 the keyring is locked by another operation.
+Every error derives from :class:`KeyturnError`, and messages never carry key
+material or plaintext. The shells map the four families to what they speak:
+``keyturn.cli.exit_code`` (1 operation failed, 2 configuration, 3 key error,
+4 busy) and the admin API's HTTP statuses.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 class KeyturnError(Exception):
     """Base class of every keyturn error."""
-
-    exit_code = 1
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self)!r})"
@@ -24,16 +22,12 @@ class InvalidToken(KeyturnError):
     Deliberately carries no detail: which check failed is of use to an attacker.
     """
 
-    exit_code = 1
-
     def __init__(self) -> None:
         super().__init__("invalid token")
 
 
 class KeyManagementError(KeyturnError):
     """Base of key problems an operator can act on (exit code 3)."""
-
-    exit_code = 3
 
 
 class UnknownKeyVersion(KeyManagementError):
@@ -62,9 +56,7 @@ class LegacyKeyError(KeyManagementError):
 
 
 class ConfigError(KeyturnError):
-    """The configuration is missing, malformed or inconsistent."""
-
-    exit_code = 2
+    """The configuration is missing, malformed or inconsistent (exit code 2)."""
 
 
 class SchemaError(ConfigError):
@@ -97,10 +89,8 @@ class KeyringBusy(KeyturnError):
     """Another keyturn operation holds the keyring lock; nothing was written.
 
     ``holder`` names it (operation, job, owner ``host:pid``, since) where the
-    lock row says, for an HTTP 409 or a script to show.
+    lock row says, for an HTTP 409 or a script to show (exit code 4).
     """
-
-    exit_code = 4
 
     def __init__(self, message: str, holder: dict[str, object] | None = None) -> None:
         super().__init__(message)
@@ -111,20 +101,65 @@ class KEKChanged(WrongKEK):
     """The keyring was rewrapped under another KEK while this process held the old one."""
 
 
+class CorruptKeyring(KeyManagementError):
+    """``keyturn_keys`` breaks an invariant (e.g. no or several active versions)."""
+
+
+class KeyInUse(KeyManagementError):
+    """A key version cannot be destroyed while something still uses it."""
+
+
+class TokenError(ConfigError):
+    """An admin API token's name is invalid, taken, or unknown."""
+
+
+class JobNotFound(ConfigError):
+    """No job has that id."""
+
+
+class JobInProgress(OperationFailed):
+    """Another live process is working on the job."""
+
+
+class PreflightFailed(OperationFailed):
+    """A check before rotating failed; nothing was written."""
+
+
+class LeaseLost(OperationFailed):
+    """Another worker took this chunk over (our lease had expired): stop working on it."""
+
+
+class AuditError(KeyturnError):
+    """The audit log cannot be written or read: the operation is refused."""
+
+
+class AuditHeadInvalid(AuditError):
+    """The stored audit head fails its MAC; entries cannot be appended safely."""
+
+
 __all__ = [
+    "AuditError",
+    "AuditHeadInvalid",
     "ConfigError",
+    "CorruptKeyring",
     "DatabaseError",
     "InvalidKEK",
     "InvalidToken",
+    "JobInProgress",
+    "JobNotFound",
     "KEKChanged",
     "KMSError",
+    "KeyInUse",
     "KeyManagementError",
     "KeyringBusy",
     "KeyturnError",
+    "LeaseLost",
     "LegacyKeyError",
     "NotInitialized",
     "OperationFailed",
+    "PreflightFailed",
     "SchemaError",
+    "TokenError",
     "UnknownKeyVersion",
     "WrongKEK",
 ]

@@ -30,6 +30,7 @@ from keyturn.db.columns import BoundColumn, bind_columns
 from keyturn.db.database import connect
 from keyturn.errors import (
     ConfigError,
+    CorruptKeyring,
     InvalidToken,
     KEKChanged,
     KeyManagementError,
@@ -263,6 +264,8 @@ class Store:
     def _current_kek(self, conn: Connection) -> tuple[KEK, keystore.LoadedKeyring]:
         try:
             return load_keyring(conn, resolve_kek(self.config))
+        except CorruptKeyring:
+            raise
         except KeyManagementError:
             raise KEKChanged(
                 f"the keyring is no longer wrapped by this process's KEK ({self.kek.kek_id}) "

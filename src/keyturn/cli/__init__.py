@@ -30,7 +30,13 @@ from keyturn.db.columns import bind_columns
 from keyturn.db.database import connect, database_error
 from keyturn.engine import jobs
 from keyturn.engine.walk import Pacing
-from keyturn.errors import DatabaseError, KeyturnError
+from keyturn.errors import (
+    ConfigError,
+    DatabaseError,
+    KeyManagementError,
+    KeyringBusy,
+    KeyturnError,
+)
 from keyturn.kek.sources import (
     check_strength,
     from_env,
@@ -68,6 +74,20 @@ Exit codes:
 """
 
 
+# The four families of errors, most specific first (keep in step with EXIT_CODES).
+_EXIT_CODES: tuple[tuple[type[KeyturnError], int], ...] = (
+    (KeyringBusy, 4),
+    (KeyManagementError, 3),
+    (ConfigError, 2),
+    (KeyturnError, 1),
+)
+
+
+def exit_code(exc: KeyturnError) -> int:
+    """The documented exit code for a keyturn error (see EXIT_CODES)."""
+    return next(code for cls, code in _EXIT_CODES if isinstance(exc, cls))
+
+
 class _Group(click.Group):
     """Turns keyturn's errors into one line on stderr and a documented exit code."""
 
@@ -78,7 +98,7 @@ class _Group(click.Group):
             self._database_error(ctx, exc)
         except KeyturnError as exc:
             click.echo(f"keyturn: error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+            ctx.exit(exit_code(exc))
         except SQLAlchemyError as exc:
             self._database_error(ctx, database_error(exc))
 
@@ -88,7 +108,7 @@ class _Group(click.Group):
         if ctx.invoked_subcommand in _RESUMABLE:
             hint = f"; run `keyturn {ctx.invoked_subcommand}` again to resume"
         click.echo(f"keyturn: {exc}{hint}", err=True)
-        ctx.exit(exc.exit_code)
+        ctx.exit(exit_code(exc))
 
 
 _RESUMABLE = ("rotate", "encrypt-existing", "import-legacy")
@@ -1034,12 +1054,15 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     )
 
 
-def main() -> None:
-    # psycopg warns while tearing down a pipeline on a lost connection; keyturn
-    # reports that error itself, as one line with an exit code.
+def quiet_driver_logs() -> None:
+    """Silences drivers' own reports of an error keyturn reports as one line."""
+    # psycopg warns while tearing down a pipeline on a lost connection.
     logging.getLogger("psycopg").setLevel(logging.ERROR)
     # When the server ends a session, the pool's rollback of that dead connection
-    # fails too and is logged with a traceback ("Exception during reset"); the
-    # error that matters is the one keyturn reports.
+    # fails too and is logged with a traceback ("Exception during reset").
     logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
+
+
+def main() -> None:
+    quiet_driver_logs()
     cli(prog_name="keyturn")

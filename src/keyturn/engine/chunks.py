@@ -22,14 +22,11 @@ from keyturn.db import schema
 from keyturn.db.database import utcnow
 from keyturn.engine.jobs import dead_here
 from keyturn.engine.walk import PK, after_key
+from keyturn.errors import LeaseLost
 
 PENDING = "pending"
 RUNNING = "running"
 DONE = "done"
-
-
-class LeaseLost(Exception):
-    """Another worker took this chunk over (our lease had expired): stop working on it."""
 
 
 @dataclass(frozen=True)

@@ -20,18 +20,10 @@ from sqlalchemy import Connection, select, update
 from keyturn.db import schema
 from keyturn.db.database import bound_actor, raw_columns, stored_datetime, utcnow
 from keyturn.db.locking import local_owner_state, me
-from keyturn.errors import ConfigError, OperationFailed
+from keyturn.errors import JobInProgress, JobNotFound
 
 RUNNING, SUCCEEDED, FAILED, RESTORED = "running", "succeeded", "failed", "restored"
 LEASE_SECONDS = 60
-
-
-class JobNotFound(ConfigError):
-    """No job has that id."""
-
-
-class JobInProgress(OperationFailed):
-    """Another live process is working on the job."""
 
 
 @dataclass(frozen=True)

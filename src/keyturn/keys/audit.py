@@ -30,20 +30,10 @@ from sqlalchemy import Connection, Engine, func, inspect, select
 from keyturn._core.kek import KEK
 from keyturn.db import schema
 from keyturn.db.database import bound_actor, write_transaction
-from keyturn.errors import KeyturnError, WrongKEK
+from keyturn.errors import AuditError, AuditHeadInvalid, WrongKEK
 
 KEY_NAME = "audit_key"
 HEAD_NAME = "audit_head"
-
-
-class AuditError(KeyturnError):
-    """The audit log cannot be written or read: the operation is refused."""
-
-    exit_code = 1
-
-
-class AuditHeadInvalid(AuditError):
-    """The stored audit head fails its MAC; entries cannot be appended safely."""
 
 
 def key_aad(keyring_id: str) -> bytes:

@@ -25,14 +25,8 @@ from keyturn.db.database import (
     write_transaction,
 )
 from keyturn.db.locking import KeyringLock
-from keyturn.errors import KEKChanged, KeyturnError, NotInitialized, WrongKEK
+from keyturn.errors import CorruptKeyring, KEKChanged, NotInitialized, WrongKEK
 from keyturn.keys.audit import AuditLog
-
-
-class CorruptKeyring(KeyturnError):
-    """``keyturn_keys`` breaks an invariant (e.g. no or several active versions)."""
-
-    exit_code = 3
 
 
 @dataclass(frozen=True)

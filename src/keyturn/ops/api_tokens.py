@@ -26,16 +26,12 @@ from sqlalchemy import Connection, inspect, select, update
 
 from keyturn.db import schema
 from keyturn.db.database import bound_actor, utcnow
-from keyturn.errors import ConfigError
+from keyturn.errors import TokenError
 from keyturn.keys.audit import AuditLog
 
 PREFIX = "kta_"
 SCOPES = ("read", "rotate", "admin")  # each includes the ones before it
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-
-
-class TokenError(ConfigError):
-    """A token name is invalid, taken, or unknown."""
 
 
 @dataclass(frozen=True)

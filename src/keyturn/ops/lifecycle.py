@@ -19,7 +19,7 @@ from keyturn.db import schema
 from keyturn.db.database import utcnow, write_transaction
 from keyturn.db.locking import KeyringLock
 from keyturn.engine import backups, jobs
-from keyturn.errors import KeyManagementError, OperationFailed
+from keyturn.errors import KeyInUse, KeyManagementError, OperationFailed
 from keyturn.kek.sources import pending_path, write_key_file
 from keyturn.kek.transit import TransitKEK
 from keyturn.keys import audit, keystore
@@ -86,10 +86,6 @@ def refresh_states(store: Store, conn: Connection, *, write: bool = True) -> dic
                 )
         states[meta.version] = state
     return states
-
-
-class KeyInUse(KeyManagementError):
-    """A key version cannot be destroyed while something still uses it."""
 
 
 def _check_destroyable(store: Store, conn: Connection, version: int, *, write: bool) -> None:

@@ -40,7 +40,13 @@ from keyturn.engine.walk import (
     TableRewriter,
     group_by_table,
 )
-from keyturn.errors import InvalidToken, OperationFailed, UnknownKeyVersion
+from keyturn.errors import (
+    InvalidToken,
+    LeaseLost,
+    OperationFailed,
+    PreflightFailed,
+    UnknownKeyVersion,
+)
 from keyturn.keys import keystore
 from keyturn.keys.keystore import grace_ends
 from keyturn.legacy import LegacyReader
@@ -62,10 +68,6 @@ SAMPLE = 20
 CHUNKED = "chunks"
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
-
-
-class PreflightFailed(OperationFailed):
-    """A check before rotating failed; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -431,7 +433,7 @@ class Rotator:
                 states[result.column].counts[CONTENDED] += result.counts.get(CONTENDED, 0)
             with write_transaction(self.store.engine) as conn:
                 chunks.checkpoint(conn, chunk, owner, lease, cursor=None, counts=tally(), done=True)
-        except chunks.LeaseLost:
+        except LeaseLost:
             pass  # our lease expired and another worker continues this chunk
         return {name: state.minus(before[name]) for name, state in states.items()}
 

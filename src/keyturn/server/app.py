@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keyturn.db.database import database_error
 from keyturn.db.locking import KeyringLock
 from keyturn.engine import jobs
-from keyturn.errors import KeyManagementError, KeyringBusy, KeyturnError
+from keyturn.errors import JobNotFound, KeyManagementError, KeyringBusy, KeyturnError
 from keyturn.kek.sources import check_strength, from_env, from_file
 from keyturn.kek.transit import TransitKEK
 from keyturn.ops import api_tokens
@@ -259,7 +259,7 @@ class _Service:
                 return None
             try:
                 db_job = jobs.get(conn, job_id)
-            except jobs.JobNotFound:
+            except JobNotFound:
                 return None
         state = {jobs.RUNNING: RUNNING, jobs.FAILED: FAILED}.get(db_job.state, SUCCEEDED)
         return {
