@@ -135,7 +135,8 @@ def _run_in_process(
     a traceback on stderr and exit code 1, so leak checks still see it."""
     from click.testing import CliRunner
 
-    from keyturn.cli import cli, quiet_driver_logs
+    from keyturn.cli import cli
+    from keyturn.db.database import quiet_driver_logs
 
     quiet_driver_logs()
     saved_env, saved_cwd = dict(os.environ), os.getcwd()

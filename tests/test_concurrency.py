@@ -210,9 +210,9 @@ def test_a_killed_helper_on_this_host_is_taken_over_at_once(
         "rotate", "--yes", "--json", "--workers", "2", "--rows-per-chunk", "400",
         "--max-rate", "1500", "--chunk-time", "0.05",
     )  # fmt: skip
-    _wait_for(lambda: bool(_helper_pids(app)))
+    _wait_for(lambda: bool(_helper_pids(coordinator.pid)))
     time.sleep(0.8)
-    for pid in _helper_pids(app):
+    for pid in _helper_pids(coordinator.pid):
         os.kill(pid, signal.SIGKILL)
     out, err = coordinator.communicate(timeout=120)
     assert coordinator.returncode == 0, err

@@ -117,15 +117,18 @@ def _has_chunks(database: Database) -> bool:
         return False
 
 
-def _helper_pids(app: App) -> list[int]:
+def _helper_pids(parent: int) -> list[int]:
+    """The rotate helpers the coordinator ``parent`` started (its child processes)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+                stat = (entry / "stat").read_text()
+                cmd = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"--join" in cmd and str(app.config).encode() in cmd:
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == parent and b"keyturn.ops.rotate_helper" in cmd:
                 pids.append(int(entry.name))
     return pids
 
@@ -140,9 +143,9 @@ def test_killed_worker_loses_nothing(
         "rotate", "--yes", "--json", "--workers", "2", "--rows-per-chunk", "400",
         "--lease-seconds", "2", "--max-rate", "800", "--chunk-time", "0.05",
     )  # fmt: skip
-    _wait_for(lambda: bool(_helper_pids(app)))
+    _wait_for(lambda: bool(_helper_pids(coordinator.pid)))
     time.sleep(1.0)
-    for pid in _helper_pids(app):
+    for pid in _helper_pids(coordinator.pid):
         os.kill(pid, signal.SIGKILL)
     time.sleep(1.5)
     coordinator.send_signal(signal.SIGKILL)

@@ -27,7 +27,7 @@ from keyturn._core.kek import LocalKEK, generate_kek_bytes, parse_kek
 from keyturn.cli.progress import progress_factory
 from keyturn.config import Config, load_config
 from keyturn.db.columns import bind_columns
-from keyturn.db.database import connect, database_error
+from keyturn.db.database import connect, database_error, quiet_driver_logs
 from keyturn.engine import jobs
 from keyturn.engine.walk import Pacing
 from keyturn.errors import (
@@ -1052,15 +1052,6 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     uvicorn.run(
         app, host=host, port=port, log_level="warning", access_log=False, proxy_headers=False
     )
-
-
-def quiet_driver_logs() -> None:
-    """Silences drivers' own reports of an error keyturn reports as one line."""
-    # psycopg warns while tearing down a pipeline on a lost connection.
-    logging.getLogger("psycopg").setLevel(logging.ERROR)
-    # When the server ends a session, the pool's rollback of that dead connection
-    # fails too and is logged with a traceback ("Exception during reset").
-    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -245,3 +246,12 @@ def exact_equals(column: Any, value: Any, dialect: Any) -> Any:
     if dialect.name in ("mysql", "mariadb"):
         return cast(column, mysql_binary()) == cast(value, mysql_binary())
     return column == value
+
+
+def quiet_driver_logs() -> None:
+    """Silences drivers' own reports of an error keyturn reports as one line."""
+    # psycopg warns while tearing down a pipeline on a lost connection.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
+    # When the server ends a session, the pool's rollback of that dead connection
+    # fails too and is logged with a traceback ("Exception during reset").
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)

@@ -260,7 +260,10 @@ class Rotator:
             if not chunks.is_planned(conn, job.id):
                 for key, group in groups.items():
                     chunks.plan(conn, job.id, key, group[0].pk, self.options.rows_per_chunk)
-        helpers = [self._spawn_helper() for _ in range(self.options.workers - 1)]
+        from keyturn.ops.rotate_helper import spawn
+
+        config_path = self.store.config.path
+        helpers = [spawn(config_path, self.options) for _ in range(self.options.workers - 1)]
         try:
             self._work_chunks(groups, ring, job, coordinator=True, helpers=helpers)
         finally:
@@ -281,19 +284,6 @@ class Rotator:
         progress["sweeping"] = True
         with write_transaction(self.store.engine) as conn:
             jobs.checkpoint(conn, job.id, progress)
-
-    def _spawn_helper(self) -> subprocess.Popen[bytes]:
-        o = self.options
-        command = [
-            sys.executable, "-m", "keyturn", "--config", str(self.store.config.path),
-            "rotate", "--join", "--yes", "--json", "--chunk-time", str(o.chunk_time),
-            "--lease-seconds", str(o.lease_seconds),
-        ]  # fmt: skip
-        if o.max_rate:
-            command += ["--max-rate", str(o.max_rate)]
-        if not o.backup:
-            command.append("--no-backup")
-        return subprocess.Popen(command, stdout=subprocess.DEVNULL)
 
     def _join(
         self, columns: list[BoundColumn], job: jobs.Job | None, started: float
