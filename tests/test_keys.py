@@ -13,7 +13,8 @@ from keyturn import InvalidKEK, WrongKEK
 from keyturn._core.kek import LocalKEK, parse_kek, weakness
 from keyturn._core.keyring import DataKey, wrap_aad
 from keyturn.config import parse_config
-from keyturn.kek.sources import from_file, resolve_kek
+from keyturn.kek import resolve_kek
+from keyturn.kek.local import from_file
 
 KEY = secrets.token_bytes(32)
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
-from conftest import App, assert_no_secret, fill_users, users_only
+from conftest import App, after_grace, assert_no_secret, fill_users, users_only
 from cryptography.fernet import Fernet
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -73,6 +72,7 @@ def test_rotate_reencrypts_everything_and_keeps_values(
         i: v for i, v in before.items() if v
     }
     assert_no_secret(proc.stdout + proc.stderr, app.env["KEYTURN_KEK"])
+    after_grace()
     app.cli("prune", report["job"], "--yes", check=True)
     assert key_states(app) == {1: "retired", 2: "active"}
     assert not Path(report["backup_file"]).exists()
@@ -81,7 +81,7 @@ def test_rotate_reencrypts_everything_and_keeps_values(
     # Nothing uses v2, but app processes may seal under it for the [apps] grace
     # (0.2 s here) after v3 became active: it drains until then.
     assert key_states(app) == {1: "retired", 2: "draining", 3: "active"}
-    time.sleep(0.3)
+    after_grace()
     app.cli("destroy-key", "2", "--yes", check=True)
     assert key_states(app) == {1: "retired", 2: "destroyed", 3: "active"}
     assert values(app) == expected
@@ -218,6 +218,7 @@ def test_destroy_key_refuses_while_used(app: App) -> None:
     proc = app.cli("destroy-key", "1", "--yes")
     assert proc.returncode == 3 and "active" in proc.stderr
     job = json.loads(app.cli("rotate", "--yes", "--json", check=True).stdout)["job"]
+    after_grace()  # so the backup, not the [apps] grace, is what keeps v1
     before = digest(app.db)
     proc = app.cli("destroy-key", "1", "--yes")
     assert proc.returncode == 3 and f"keyturn prune {job}" in proc.stderr
@@ -391,7 +392,7 @@ def test_the_draining_hint_names_the_jobs_that_hold_the_version(app: App) -> Non
     """After a second rotation, v1's backups belong to the first job: the hint names it."""
     ready(app)
     first = json.loads(app.cli("rotate", "--yes", "--json", check=True).stdout)["job"]
-    time.sleep(0.3)
+    after_grace()
     second = app.cli("rotate", "--yes", check=True).stdout
     job2 = second.split()[1].rstrip(":")
     assert f"key v1 stays draining: the backups of job(s) {first} hold" in second

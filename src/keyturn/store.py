@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any, overload
 
 from sqlalchemy import Connection, Engine
@@ -39,10 +38,11 @@ from keyturn.errors import (
     UnknownKeyVersion,
     WrongKEK,
 )
-from keyturn.kek.sources import from_file, legacy_secrets, pending_path, resolve_kek
+from keyturn.kek import resolve_kek
+from keyturn.kek.local import from_file, key_file, pending_path
 from keyturn.keys import keystore
 from keyturn.keys.audit import AuditLog
-from keyturn.legacy import LegacyReader
+from keyturn.legacy import LegacyReader, legacy_secrets
 
 #: The least time between two look-ups of the newest version for tokens naming an
 #: unknown one: forged headers cost at most 20 cheap queries a second, and a
@@ -331,24 +331,24 @@ def load_keyring(conn: Connection, kek: KEK) -> tuple[KEK, keystore.LoadedKeyrin
     try:
         return kek, keystore.load(conn, kek)
     except WrongKEK:
-        if not kek.source.startswith("file:"):
+        current = key_file(kek)
+        if current is None:
             raise
-        key_file = Path(kek.source[5:])
-        staged = pending_path(key_file)
+        staged = pending_path(current)
         if not staged.exists():
             raise
         candidate = from_file(staged)
         loaded = keystore.load(conn, candidate)  # WrongKEK again if it does not open either
         try:
-            os.replace(staged, key_file)
+            os.replace(staged, current)
         except FileNotFoundError:  # rotate-kek itself (or another process) just moved it
-            return from_file(key_file), loaded
+            return from_file(current), loaded
         print(
-            f"keyturn: warning: finished an interrupted rotate-kek: {key_file} now holds "
+            f"keyturn: warning: finished an interrupted rotate-kek: {current} now holds "
             "the new KEK",
             file=sys.stderr,
         )
-        return from_file(key_file), loaded
+        return from_file(current), loaded
 
 
 def open(config_path: str | os.PathLike[str] | None = None, **options: Any) -> Store:

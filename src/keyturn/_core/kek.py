@@ -3,7 +3,8 @@
 A KEK wraps data keys (DEKs); it never touches the database. Only an identifier
 derived one-way from it (``kek_id``) is stored beside each wrapped DEK, so an
 operator can tell which KEK a keyring expects without the key being revealed.
-Pure: parsing and wrapping only; where a KEK comes from is ``kek_sources``.
+Pure: parsing and wrapping only; where a KEK comes from is the ``keyturn.kek``
+providers' business.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import binascii
 import hashlib
 import hmac
 import os
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -26,6 +28,18 @@ _GUIDANCE = (
 )
 
 
+@dataclass(frozen=True)
+class KEKOrigin:
+    """Where a KEK came from: a provider's scheme and its location, e.g. ``env`` and
+    ``KEYTURN_KEK``, or ``file`` and a path. Shown as ``scheme:location``."""
+
+    scheme: str
+    location: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.scheme}:{self.location}" if self.location else self.scheme
+
+
 class KEK(Protocol):
     """Anything that can wrap and unwrap data keys."""
 
@@ -35,8 +49,17 @@ class KEK(Protocol):
         ...
 
     @property
+    def origin(self) -> KEKOrigin:
+        """Where the KEK came from (never the key)."""
+        ...
+
+    @property
     def source(self) -> str:
-        """Where the KEK came from, e.g. ``env:KEYTURN_KEK`` (never the key)."""
+        """``str(origin)``, e.g. ``env:KEYTURN_KEK``, for messages."""
+        ...
+
+    def weakness(self) -> str | None:
+        """Why this KEK is trivially weak, or None (a KMS generates its own keys)."""
         ...
 
     def wrap(self, dek: bytes, aad: bytes) -> str:
@@ -48,17 +71,36 @@ class KEK(Protocol):
         ...
 
 
+@runtime_checkable
+class ManagedKEK(KEK, Protocol):
+    """A KEK a KMS holds and rotates itself (Transit): rotate-kek takes no new key."""
+
+    def rotate(self) -> int:
+        """Rotate the key inside the KMS; return its new version."""
+        ...
+
+    def rewrap(self, wrapped: str) -> str:
+        """Re-encrypt a wrapped value under the KMS key's latest version, inside the KMS."""
+        ...
+
+    def set_min_decryption_version(self, version: int) -> None:
+        """Stop the KMS decrypting with versions older than ``version``."""
+        ...
+
+
 class LocalKEK:
     """A 256-bit KEK held in process memory (from an env var or a key file)."""
 
-    __slots__ = ("_aead", "_key", "kek_id", "source")
+    __slots__ = ("_aead", "_key", "kek_id", "origin", "source")
 
-    def __init__(self, key: bytes, source: str) -> None:
+    def __init__(self, key: bytes, origin: KEKOrigin | str) -> None:
+        """``origin`` may be a bare label (e.g. ``"prompt"``) for a key from nowhere else."""
+        self.origin = origin if isinstance(origin, KEKOrigin) else KEKOrigin(origin)
+        self.source = str(self.origin)
         if len(key) != KEK_BYTES:
-            raise InvalidKEK(f"KEK from {source} is malformed: {_GUIDANCE}")
+            raise InvalidKEK(f"KEK from {self.source} is malformed: {_GUIDANCE}")
         self._key = key
         self._aead = AESGCM(key)
-        self.source = source
         digest = hmac.new(key, b"keyturn kek-id v1", hashlib.sha256).digest()
         self.kek_id = "local:" + digest[:8].hex()
 

@@ -23,7 +23,7 @@ import click
 from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from keyturn._core.kek import LocalKEK, generate_kek_bytes, parse_kek
+from keyturn._core.kek import KEK, LocalKEK, generate_kek_bytes, parse_kek
 from keyturn.cli.progress import progress_factory
 from keyturn.config import Config, load_config
 from keyturn.db.columns import bind_columns
@@ -37,14 +37,8 @@ from keyturn.errors import (
     KeyringBusy,
     KeyturnError,
 )
-from keyturn.kek.sources import (
-    check_strength,
-    from_env,
-    from_file,
-    resolve_kek,
-    write_key_file,
-)
-from keyturn.kek.transit import is_transit
+from keyturn.kek import check_strength, is_managed, new_kek, resolve_kek
+from keyturn.keyfiles import write_key_file
 from keyturn.keys import audit, keystore
 from keyturn.ops import api_tokens
 from keyturn.ops.encrypt_existing import encrypt_existing
@@ -54,7 +48,6 @@ from keyturn.ops.lifecycle import (
     prune_job,
     restore_job,
     rotate_kek,
-    rotate_transit_kek,
 )
 from keyturn.ops.reports import RewriteReport, audit_summary
 from keyturn.ops.rotate import RotateOptions, Rotator
@@ -591,23 +584,20 @@ def _draining_hint(why: dict[str, Any]) -> str:
     return "values still use it (`keyturn keys` shows how many; `keyturn rotate` again)"
 
 
-def _new_kek(env_name: str | None, file: Path | None) -> LocalKEK:
+def _new_kek(env_name: str | None, file: Path | None) -> KEK:
     if env_name and file:
         raise click.UsageError("give one of --new-kek-env and --new-kek-file")
-    if env_name:
-        kek = from_env(env_name)
-    elif file:
-        kek = from_file(file)
-    else:
-        if not sys.stdin.isatty():
-            raise click.UsageError(
-                "no terminal to prompt for the new KEK on: pass --new-kek-env NAME or "
-                "--new-kek-file PATH"
-            )
-        value = click.prompt(
-            "New KEK (64 hex characters or base64)", hide_input=True, confirmation_prompt=True
+    if env_name or file:
+        return new_kek(env_name, file)
+    if not sys.stdin.isatty():
+        raise click.UsageError(
+            "no terminal to prompt for the new KEK on: pass --new-kek-env NAME or "
+            "--new-kek-file PATH"
         )
-        kek = LocalKEK(parse_kek(value, "prompt"), "prompt")
+    value = click.prompt(
+        "New KEK (64 hex characters or base64)", hide_input=True, confirmation_prompt=True
+    )
+    kek = LocalKEK(parse_kek(value, "prompt"), "prompt")
     check_strength(kek)
     return kek
 
@@ -650,23 +640,31 @@ def rotate_kek_cmd(
     Transit key inside OpenBao/Vault and rewraps each data key with Transit's
     rewrap; --retire-kms-versions then archives the older Transit versions.
     """
-    config = _config(ctx)
-    if config.kek and is_transit(config.kek):
-        if new_kek_env or new_kek_file:
-            raise click.UsageError(
-                "the KEK is a Transit key: rotate-kek rotates it inside the KMS and takes no "
-                "--new-kek-env/--new-kek-file"
-            )
-        with _open(ctx) as store:
-            _confirm(yes, f"rotate Transit key {store.kek.kek_id} and rewrap every data key?")
-            with _audited(store, "rotate-kek", deferred=True) as outcome:
-                result = rotate_transit_kek(
-                    store,
-                    retire_old_versions=retire_kms_versions,
-                    wait=wait,
-                    before_write=outcome.begin,
+    with _open(ctx) as store:  # the current KEK is checked before the new one is asked for
+        if is_managed(store.kek):
+            if new_kek_env or new_kek_file:
+                raise click.UsageError(
+                    "the KEK is a Transit key: rotate-kek rotates it inside the KMS and takes "
+                    "no --new-kek-env/--new-kek-file"
                 )
-                outcome.update(result.to_dict())
+            _confirm(yes, f"rotate Transit key {store.kek.kek_id} and rewrap every data key?")
+            new = None
+        else:
+            if retire_kms_versions:
+                raise click.UsageError("--retire-kms-versions applies only to a Transit KEK")
+            new = _new_kek(new_kek_env, new_kek_file)
+            _confirm(yes, f"rewrap every data key under the new KEK ({new.kek_id})?")
+        old = store.kek.origin
+        with _audited(store, "rotate-kek", deferred=True) as outcome:
+            result = rotate_kek(
+                store,
+                new,
+                retire_old_versions=retire_kms_versions,
+                wait=wait,
+                before_write=outcome.begin,
+            )
+            outcome.update(result.to_dict())
+    if new is None:
         retired = (
             f"; Transit versions below {result.kms_min_decryption_version} no longer decrypt"
             if result.kms_min_decryption_version
@@ -679,15 +677,7 @@ def rotate_kek_cmd(
             f"{result.kms_key_version} in {result.milliseconds:.1f} ms{retired}",
         )
         return
-    if retire_kms_versions:
-        raise click.UsageError("--retire-kms-versions applies only to a Transit KEK")
-    with _open(ctx) as store:  # the current KEK is checked before the new one is asked for
-        new = _new_kek(new_kek_env, new_kek_file)
-        old_source = store.kek.source
-        _confirm(yes, f"rewrap every data key under the new KEK ({new.kek_id})?")
-        with _audited(store, "rotate-kek", deferred=True) as outcome:
-            result = rotate_kek(store, new, wait=wait, before_write=outcome.begin)
-            outcome.update(result.to_dict())
+    old_source = str(old)
     data = {**result.to_dict(), "old_kek_source": old_source}
     hint = ""
     if result.key_file:
@@ -697,12 +687,12 @@ def rotate_kek_cmd(
                 f"; {new_kek_file} is a second copy of it: keep it only as a backup kept "
                 "apart from the database, else delete it"
             )
-    elif old_source.startswith("env:"):
+    elif old.scheme == "env":
         hint = (
-            f"update the env var {old_source[4:]} to the new KEK before restarting the "
+            f"update the env var {old.location} to the new KEK before restarting the "
             "app: the old value no longer opens the keyring"
         )
-        data["update_env"] = old_source[4:]
+        data["update_env"] = old.location
     _emit(
         as_json,
         data,

@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from keyturn._core.kek import KEKOrigin
+from keyturn.config import Config
 from keyturn.errors import ConfigError, InvalidKEK, KMSError, WrongKEK
+from keyturn.keyfiles import read_private_file
 
 TOKEN_ENVS = ("BAO_TOKEN", "VAULT_TOKEN")
 SCHEMES = ("transit", "transit+https")
@@ -58,6 +61,8 @@ class TransitKEK:
         self.url = url
         self.key_name = key_name
         self.mount = mount
+        scheme, _, location = source.partition(":")
+        self.origin = KEKOrigin(scheme, location)
         self.source = source
         host = urlsplit(url).netloc
         self.kek_id = f"transit:{host}/{mount}/{key_name}"
@@ -65,6 +70,9 @@ class TransitKEK:
 
     def __repr__(self) -> str:
         return f"TransitKEK(kek_id={self.kek_id!r}, token=<redacted>)"
+
+    def weakness(self) -> str | None:
+        return None  # the KMS generated the key
 
     def wrap(self, dek: bytes, aad: bytes) -> str:
         plaintext = base64.b64encode(hashlib.sha256(aad).digest() + dek).decode()
@@ -156,6 +164,15 @@ class TransitKEK:
                 f"{where} is unreachable ({type(exc).__name__}); keyturn does not fall back "
                 "to any local key"
             ) from None
+
+
+def open_transit(origin: KEKOrigin, config: Config) -> TransitKEK:
+    """The provider of ``kek = "transit://…"`` and ``"transit+https://…"``."""
+    return from_transit(str(origin), config.base_dir, _read_token_file)
+
+
+def _read_token_file(path: Path, what: str) -> str:
+    return read_private_file(path, what, InvalidKEK)
 
 
 def from_transit(spec: str, base_dir: Path, read_file: Callable[[Path, str], str]) -> TransitKEK:

@@ -31,14 +31,10 @@ from keyturn._core.kek import KEK
 from keyturn.db import schema
 from keyturn.db.database import bound_actor, write_transaction
 from keyturn.errors import AuditError, AuditHeadInvalid, WrongKEK
+from keyturn.keys.wrapped import AUDIT_KEY
+from keyturn.keys.wrapped import read as read_wrapped
 
-KEY_NAME = "audit_key"
 HEAD_NAME = "audit_head"
-
-
-def key_aad(keyring_id: str) -> bytes:
-    """AAD binding the wrapped audit key to its keyring."""
-    return f"keyturn-audit-key:v1:{keyring_id}".encode()
 
 
 def _canonical(value: Any) -> bytes:
@@ -177,11 +173,11 @@ class AuditLog:
 
     def _load_keys(self, conn: Connection) -> _Keys | None:
         if self._keys is None:
-            wrapped = _meta(conn, KEY_NAME)
+            wrapped = read_wrapped(conn, AUDIT_KEY)
             if wrapped is None:
                 return None
             try:
-                self._keys = _derive(self.kek.unwrap(wrapped, key_aad(self.keyring_id)))
+                self._keys = _derive(self.kek.unwrap(wrapped, AUDIT_KEY.aad(self.keyring_id)))
             except WrongKEK:
                 raise AuditError(
                     "the audit key does not open with this KEK (keyturn_meta.audit_key was "
@@ -196,7 +192,10 @@ class AuditLog:
         conn.execute(
             schema.meta.insert(),
             [
-                {"name": KEY_NAME, "value": self.kek.wrap(secret, key_aad(self.keyring_id))},
+                {
+                    "name": AUDIT_KEY.name,
+                    "value": self.kek.wrap(secret, AUDIT_KEY.aad(self.keyring_id)),
+                },
                 {"name": HEAD_NAME, "value": self._sign(keys, 0, "").to_text()},
             ],
         )
@@ -471,22 +470,6 @@ class AuditLog:
                     "kept outside: it was rolled back, truncated or rewritten"
                 )
         return AuditCheck(n, tuple(dict.fromkeys(problems)), head, external is not None)
-
-
-def rewrap_key(conn: Connection, old: KEK, new: KEK, keyring_id: str) -> None:
-    """Rewrap the audit key under a new local KEK (in rotate-kek's transaction)."""
-    wrapped = _meta(conn, KEY_NAME)
-    if wrapped is not None:
-        aad = key_aad(keyring_id)
-        set_wrapped_key(conn, new.wrap(old.unwrap(wrapped, aad), aad))
-
-
-def wrapped_key(conn: Connection) -> str | None:
-    return _meta(conn, KEY_NAME)
-
-
-def set_wrapped_key(conn: Connection, wrapped: str) -> None:
-    conn.execute(schema.meta.update().where(schema.meta.c.name == KEY_NAME).values(value=wrapped))
 
 
 def _meta(conn: Connection, name: str) -> str | None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import os
 import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -25,6 +27,7 @@ from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from keyturn.errors import ConfigError, InvalidToken, LegacyKeyError
+from keyturn.keyfiles import read_private_file
 
 AES_GCM = "aes-gcm"
 FERNET = "fernet"
@@ -320,3 +323,28 @@ class LegacyReader:
         if len(iv) != spec.iv_len or len(tag) != TAG_LEN:
             return None
         return iv, ct + tag
+
+
+def legacy_secrets(spec: LegacySpec, base_dir: Path) -> list[tuple[str, str]]:
+    """``(source, text)`` of a legacy reader's keys, in the order they are tried.
+
+    Called only when a legacy value must be decrypted, so once no legacy value
+    remains the keys can leave the environment.
+    """
+    found = []
+    for name in spec.key_env:
+        value = os.environ.get(name, "")
+        if not value.strip():
+            raise LegacyKeyError(
+                f"legacy reader {spec.name} needs its key in env var {name}, which is not set "
+                "(it is needed while legacy values remain; `keyturn status` counts them)"
+            )
+        found.append((f"env:{name}", value))
+    for raw in spec.key_file:
+        path = Path(raw).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        text = read_private_file(path, f"legacy key file of reader {spec.name}", LegacyKeyError)
+        if not text:
+            raise LegacyKeyError(f"the legacy key file {path} of reader {spec.name} is empty")
+        found.append((f"file:{path}", text))
+    return found

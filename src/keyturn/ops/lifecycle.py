@@ -13,16 +13,18 @@ from typing import Any
 
 from sqlalchemy import Connection, inspect, literal, select, update
 
-from keyturn._core.kek import KEK
+from keyturn._core.kek import KEK, ManagedKEK
 from keyturn._core.keyring import ACTIVE, DESTROYED, DRAINING, RETIRED, wrap_aad
 from keyturn.db import schema
 from keyturn.db.database import utcnow, write_transaction
 from keyturn.db.locking import KeyringLock
 from keyturn.engine import backups, jobs
-from keyturn.errors import KeyInUse, KeyManagementError, OperationFailed
-from keyturn.kek.sources import pending_path, write_key_file
-from keyturn.kek.transit import TransitKEK
-from keyturn.keys import audit, keystore
+from keyturn.errors import ConfigError, KeyInUse, KeyManagementError, OperationFailed
+from keyturn.kek.local import key_file as key_file_of
+from keyturn.kek.local import pending_path
+from keyturn.keyfiles import write_key_file
+from keyturn.keys import keystore
+from keyturn.keys import wrapped as wrapped_secrets
 from keyturn.keys.keystore import grace_ends
 from keyturn.ops.status import backup_references, count_column
 from keyturn.store import Store
@@ -171,20 +173,38 @@ class KekRotation:
 
 def rotate_kek(
     store: Store,
-    new: KEK,
+    new: KEK | None = None,
     *,
     replace_key_file: bool = True,
+    retire_old_versions: bool = False,
     wait: float = 0.0,
     before_write: Callable[[], None] | None = None,
 ) -> KekRotation:
-    """Rewrap every DEK under ``new`` in one transaction; cost independent of row count.
+    """Rewrap every DEK (and every other KEK-wrapped secret) under a new KEK in one
+    transaction; cost independent of row count.
 
+    A KEK its KMS manages (Transit) takes no ``new``: it is rotated inside the
+    KMS (see :func:`_rotate_managed_locked`). A local KEK is replaced by ``new``.
     Holds the keyring lock, so no rotation mints under the old KEK meanwhile.
     If the current KEK lives in a key file, the new key is staged beside it
     before the commit and moved over it after: killed at any instant, either
     the old file opens the old keyring, or the staged file opens the new one
     (and the store finishes the move when it next opens).
     """
+    if isinstance(store.kek, ManagedKEK):
+        if new is not None:
+            raise ConfigError(
+                f"the KEK is a KMS key ({store.kek.kek_id}): rotate-kek rotates it inside the "
+                "KMS and takes no new key"
+            )
+        with KeyringLock(store.engine, "rotate-kek").acquire(wait):
+            if before_write is not None:
+                before_write()
+            return _rotate_managed_locked(store, store.kek, retire_old_versions)
+    if retire_old_versions:
+        raise ConfigError("retiring KMS key versions applies only to a KMS-managed KEK")
+    if new is None:
+        raise ConfigError("rotate-kek needs the new KEK (from an env var or a key file)")
     with KeyringLock(store.engine, "rotate-kek").acquire(wait):
         store.reload()  # under the lock: the KEK that wraps the keyring now
         if before_write is not None and new.kek_id != store.kek.kek_id:
@@ -196,7 +216,7 @@ def _rotate_kek_locked(store: Store, new: KEK, replace_key_file: bool) -> KekRot
     old = store.kek
     if new.kek_id == old.kek_id:
         raise KeyManagementError("the new KEK is the same as the current one; nothing to do")
-    key_file = Path(old.source[5:]) if old.source.startswith("file:") else None
+    key_file = key_file_of(old)
     staged = None
     if key_file is not None and replace_key_file:
         key_text = getattr(new, "key_text", None)
@@ -214,7 +234,7 @@ def _rotate_kek_locked(store: Store, new: KEK, replace_key_file: bool) -> KekRot
             aad = wrap_aad(kid, meta.version)
             dek = old.unwrap(wrapped, aad)
             keystore.swap_wrapping(conn, meta.version, wrapped, new.wrap(dek, aad), new.kek_id)
-        audit.rewrap_key(conn, old, new, kid)
+        wrapped_secrets.rewrap_all(conn, old, new, kid)
         # Check before committing that the new KEK opens everything.
         keystore.load(conn, new)
     elapsed = (time.perf_counter() - started) * 1000
@@ -238,44 +258,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def rotate_transit_kek(
-    store: Store,
-    *,
-    retire_old_versions: bool = False,
-    wait: float = 0.0,
-    before_write: Callable[[], None] | None = None,
-) -> KekRotation:
-    """Rotate a Transit KEK inside the KMS and rewrap every DEK under its new version.
-
-    Transit's rewrap re-encrypts each wrapped DEK without the DEK leaving the
-    KMS; the database takes the new wrappings in one transaction, by
-    compare-and-swap. Killed at any instant, the old wrappings still open
-    (older Transit versions keep decrypting) until ``retire_old_versions``
-    raises the key's ``min_decryption_version``, which happens only after the
-    commit and archives every older version of the Transit key.
-    """
-    if not isinstance(store.kek, TransitKEK):
-        raise KeyManagementError("the KEK is not a Transit key; give the new KEK to rotate-kek")
-    with KeyringLock(store.engine, "rotate-kek").acquire(wait):
-        if before_write is not None:
-            before_write()
-        return _rotate_transit_locked(store, store.kek, retire_old_versions)
-
-
-def _rotate_transit_locked(store: Store, kek: TransitKEK, retire_old_versions: bool) -> KekRotation:
+def _rotate_managed_locked(store: Store, kek: ManagedKEK, retire_old_versions: bool) -> KekRotation:
+    """Rotate the key inside its KMS, then rewrap every wrapped secret there: each
+    one re-encrypted without its plaintext leaving the KMS. Killed at any instant,
+    the old wrappings still open (older KMS versions keep decrypting) until
+    ``retire_old_versions`` raises the key's minimum version, only after the commit."""
     started = time.perf_counter()
     version = kek.rotate()
     with store.engine.connect() as conn:
         rows = keystore.wrapped_only(keystore.read_versions(conn))
-        audit_key = audit.wrapped_key(conn)
+        secrets = wrapped_secrets.all_wrapped(conn)
     # KMS calls happen outside the transaction; the swap below notices a
     # keyring changed meanwhile (another rotate-kek) and writes nothing.
     rewrapped = [(meta, old, kek.rewrap(old)) for meta, old in rows]
-    new_audit_key = kek.rewrap(audit_key) if audit_key is not None else None
+    rewrapped_secrets = [(secret, old, kek.rewrap(old)) for secret, old in secrets]
     with write_transaction(store.engine) as conn:
         keystore.lock_keyring(conn)
-        if new_audit_key is not None:
-            audit.set_wrapped_key(conn, new_audit_key)
+        for secret, old_wrapping, new_wrapping in rewrapped_secrets:
+            if not wrapped_secrets.swap(conn, secret, old_wrapping, new_wrapping):
+                raise OperationFailed(
+                    f"{secret.name} changed while rotate-kek ran; nothing was written, run it again"
+                )
         for meta, old, new in rewrapped:
             if not keystore.swap_wrapping(conn, meta.version, old, new, kek.kek_id):
                 raise OperationFailed(

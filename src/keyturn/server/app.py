@@ -37,11 +37,10 @@ from keyturn.db.database import database_error
 from keyturn.db.locking import KeyringLock
 from keyturn.engine import jobs
 from keyturn.errors import JobNotFound, KeyManagementError, KeyringBusy, KeyturnError
-from keyturn.kek.sources import check_strength, from_env, from_file
-from keyturn.kek.transit import TransitKEK
+from keyturn.kek import is_managed, new_kek
 from keyturn.ops import api_tokens
 from keyturn.ops.api_tokens import ApiToken
-from keyturn.ops.lifecycle import rotate_kek, rotate_transit_kek
+from keyturn.ops.lifecycle import rotate_kek
 from keyturn.ops.reports import audit_summary
 from keyturn.ops.rotate import KIND, RotateOptions, Rotator
 from keyturn.ops.status import status
@@ -276,22 +275,16 @@ class _Service:
         only where :meth:`rotate_kek_enabled`."""
         spec = self.store.config.server
         with self.store.audit.operation(actor, "rotate-kek", deferred=True) as out:
-            if isinstance(self.store.kek, TransitKEK):
-                result = rotate_transit_kek(self.store, before_write=out.begin)
-            else:
-                if spec.new_kek_env:
-                    new = from_env(spec.new_kek_env)
-                else:
-                    assert spec.new_kek_file is not None  # rotate_kek_enabled()
-                    new = from_file(spec.new_kek_file)
-                check_strength(new)
-                result = rotate_kek(self.store, new, before_write=out.begin)
+            new = (
+                None if is_managed(self.store.kek) else new_kek(spec.new_kek_env, spec.new_kek_file)
+            )
+            result = rotate_kek(self.store, new, before_write=out.begin)
             out.update(result.to_dict())
         return result.to_dict()
 
     def rotate_kek_enabled(self) -> bool:
         spec = self.store.config.server
-        return isinstance(self.store.kek, TransitKEK) or bool(spec.new_kek_env or spec.new_kek_file)
+        return is_managed(self.store.kek) or bool(spec.new_kek_env or spec.new_kek_file)
 
 
 def _error(status_code: int, message: str, **headers: str) -> JSONResponse:
