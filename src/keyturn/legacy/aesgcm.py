@@ -1,0 +1,123 @@
+"""``format = "aes-gcm"``: a homegrown AES-GCM layout (IV, tag and ciphertext in some
+order and encoding), its key raw or derived with SHA-256, PBKDF2 or scrypt."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from keyturn.errors import ConfigError, InvalidToken, LegacyKeyError
+from keyturn.legacy.base import ENCODINGS, LegacySpec, decode
+
+ORDERS = ("iv,tag,ct", "iv,ct,tag")
+KDFS = ("raw", "sha256", "pbkdf2", "scrypt")
+PBKDF2_HASHES: dict[str, hashes.HashAlgorithm] = {
+    "sha256": hashes.SHA256(),
+    "sha512": hashes.SHA512(),
+    "sha1": hashes.SHA1(),  # noqa: S303 - only to read what an old app wrote
+}
+TAG_LEN = 16
+_AES_KEY_LENGTHS = (16, 24, 32)
+
+
+class AesGcm:
+    """The ``aes-gcm`` legacy format."""
+
+    name = "aes-gcm"
+    options = frozenset(
+        {"encoding", "order", "separator", "iv_len", "kdf", "suffix",
+         "salt", "iterations", "hash", "n", "r", "p"}
+    )  # fmt: skip
+
+    def check(self, spec: LegacySpec, entry: dict[str, Any], where: str) -> None:
+        if spec.encoding not in ENCODINGS:
+            raise ConfigError(f"{where}: `encoding` must be one of {', '.join(ENCODINGS)}")
+        if spec.order not in ORDERS:
+            raise ConfigError(f'{where}: `order` must be "iv,tag,ct" or "iv,ct,tag"')
+        if not 8 <= spec.iv_len <= 64:
+            raise ConfigError(f"{where}: `iv_len` must be between 8 and 64 bytes")
+        if spec.kdf not in KDFS:
+            raise ConfigError(f"{where}: `kdf` must be one of {', '.join(KDFS)}")
+        if spec.kdf in ("pbkdf2", "scrypt") and not spec.salt:
+            raise ConfigError(f"{where}: kdf {spec.kdf} needs `salt` (the text the app used)")
+        if spec.kdf == "pbkdf2":
+            if spec.iterations <= 0:
+                raise ConfigError(f"{where}: kdf pbkdf2 needs `iterations` (a positive integer)")
+            if spec.hash not in PBKDF2_HASHES:
+                raise ConfigError(f"{where}: `hash` must be one of {', '.join(PBKDF2_HASHES)}")
+        if spec.kdf == "scrypt" and (
+            spec.n < 2 or spec.n & (spec.n - 1) or spec.r < 1 or spec.p < 1
+        ):
+            raise ConfigError(f"{where}: scrypt needs `n` a power of two, `r` and `p` positive")
+        if spec.kdf in ("raw", "sha256") and ({"salt", "iterations", "n", "r", "p"} & set(entry)):
+            raise ConfigError(f"{where}: salt and work factors apply only to kdf pbkdf2 or scrypt")
+
+    def derive_keys(self, spec: LegacySpec, secrets: Sequence[tuple[str, str]]) -> Any:
+        return tuple(_derive(spec, source, text) for source, text in secrets)
+
+    def parse(self, spec: LegacySpec, body: str) -> tuple[bytes, bytes] | None:
+        """(iv, ciphertext‖tag) of a value of this layout, or None."""
+        names = spec.order.split(",")
+        part: dict[str, bytes | None]
+        if spec.separator:
+            pieces = body.split(spec.separator)
+            if len(pieces) != 3:
+                return None
+            part = dict(zip(names, (decode(p, spec.encoding) for p in pieces), strict=True))
+        else:
+            raw = decode(body, spec.encoding)
+            if raw is None:
+                return None
+            head, rest = raw[: spec.iv_len], raw[spec.iv_len :]
+            if spec.order == "iv,tag,ct":
+                part = {"iv": head, "tag": rest[:TAG_LEN], "ct": rest[TAG_LEN:]}
+            else:
+                part = {"iv": head, "ct": rest[:-TAG_LEN], "tag": rest[-TAG_LEN:]}
+        iv, tag, ct = part["iv"], part["tag"], part["ct"]
+        if iv is None or tag is None or ct is None:
+            return None
+        if len(iv) != spec.iv_len or len(tag) != TAG_LEN:
+            return None
+        return iv, ct + tag
+
+    def decrypt(self, keys: Any, parts: tuple[bytes, bytes]) -> bytes:
+        iv, sealed = parts
+        for aead in keys:
+            try:
+                plain: bytes = aead.decrypt(iv, sealed, None)
+            except InvalidTag:
+                continue
+            return plain
+        raise InvalidToken()
+
+
+def _derive(spec: LegacySpec, source: str, text: str) -> AESGCM:
+    material = (text + spec.suffix).encode()
+    if spec.kdf == "sha256":
+        return AESGCM(hashlib.sha256(material).digest())
+    if spec.kdf == "pbkdf2":
+        kdf = PBKDF2HMAC(PBKDF2_HASHES[spec.hash], 32, spec.salt.encode(), spec.iterations)
+        return AESGCM(kdf.derive(material))
+    if spec.kdf == "scrypt":
+        return AESGCM(Scrypt(spec.salt.encode(), 32, spec.n, spec.r, spec.p).derive(material))
+    raw = text.strip()
+    for encoding in ("hex", "base64", "base64url"):
+        key = decode(raw, encoding)
+        if key is not None and len(key) in _AES_KEY_LENGTHS:
+            return AESGCM(key)
+    if len(raw.encode()) in _AES_KEY_LENGTHS:
+        return AESGCM(raw.encode())
+    raise LegacyKeyError(
+        f"legacy reader {spec.name}: the key from {source} is not a 128-, 192- or 256-bit "
+        "key in hex, base64 or 16/24/32 characters (for a passphrase set `kdf`)"
+    )
+
+
+FORMAT = AesGcm()

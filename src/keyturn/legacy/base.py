@@ -1,0 +1,92 @@
+"""What every legacy format shares: the ``[[legacy]]`` spec, the format protocol,
+and strict decoding of the text encodings apps used."""
+
+from __future__ import annotations
+
+import binascii
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+ENCODINGS = ("base64", "base64url", "hex")
+_PATTERNS = {
+    "base64": re.compile(r"[A-Za-z0-9+/]*={0,2}"),
+    "base64url": re.compile(r"[A-Za-z0-9_-]*={0,2}"),
+    "hex": re.compile(r"(?:[0-9a-fA-F]{2})*"),
+}
+
+
+@dataclass(frozen=True)
+class LegacySpec:
+    """One ``[[legacy]]`` entry: a layout and where its keys come from (never the keys)."""
+
+    name: str
+    format: str
+    key_env: tuple[str, ...] = ()
+    key_file: tuple[str, ...] = ()
+    prefix: str = ""
+    encoding: str = "base64"
+    order: str = "iv,tag,ct"
+    separator: str = ""
+    iv_len: int = 12
+    kdf: str = "raw"
+    suffix: str = ""
+    salt: str = ""
+    iterations: int = 0
+    hash: str = "sha256"
+    n: int = 2**14
+    r: int = 8
+    p: int = 1
+
+    @property
+    def key_sources(self) -> tuple[str, ...]:
+        """Where the keys come from, for messages: ``env:NAME`` / ``file:PATH``."""
+        return tuple(f"env:{n}" for n in self.key_env) + tuple(f"file:{p}" for p in self.key_file)
+
+
+class LegacyFormat(Protocol):
+    """One legacy layout, registered by name in :mod:`keyturn.legacy` (``format = ...``).
+
+    A format recognises its values by shape alone (no key), so ``status`` and
+    ``encrypt-existing`` can tell them from plaintext; keys are derived only
+    when a value must be decrypted.
+    """
+
+    #: The ``format = "..."`` value.
+    name: str
+    #: ``[[legacy]]`` keys this format accepts beyond name, format, prefix, key_env, key_file.
+    options: frozenset[str]
+
+    def check(self, spec: LegacySpec, entry: dict[str, Any], where: str) -> None:
+        """Raise ConfigError (naming ``where`` and the key) if the options make no sense."""
+        ...
+
+    def derive_keys(self, spec: LegacySpec, secrets: Sequence[tuple[str, str]]) -> Any:
+        """Keys from ``(source, secret text)`` pairs; LegacyKeyError names a bad source."""
+        ...
+
+    def parse(self, spec: LegacySpec, body: str) -> Any | None:
+        """The parts of a value (its prefix removed) of this layout, or None."""
+        ...
+
+    def decrypt(self, keys: Any, parts: Any) -> bytes:
+        """The plaintext, trying each key in order; InvalidToken if none opens it."""
+        ...
+
+
+def decode(text: str, encoding: str) -> bytes | None:
+    """Strict decoding (padding optional for base64); None if ``text`` is not of it."""
+    if not _PATTERNS[encoding].fullmatch(text):
+        return None
+    try:
+        if encoding == "hex":
+            return binascii.unhexlify(text)
+        body = text.rstrip("=")
+        if len(body) % 4 == 1:
+            return None
+        if encoding == "base64url":
+            body = body.replace("-", "+").replace("_", "/")
+        return binascii.a2b_base64(body + "=" * (-len(body) % 4), strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
