@@ -25,6 +25,7 @@ from keyturn._core.kek import KEK
 from keyturn._core.keyring import Keyring, KeyVersion
 from keyturn._core.tokens import header
 from keyturn.config import Config, load_config
+from keyturn.db import migrations
 from keyturn.db.columns import BoundColumn, bind_columns
 from keyturn.db.database import connect
 from keyturn.errors import (
@@ -363,6 +364,7 @@ def open(config_path: str | os.PathLike[str] | None = None, **options: Any) -> S
         with engine.connect() as conn:
             if not keystore.is_initialized(conn):
                 raise NotInitialized("this database has no keyturn keyring yet; run `keyturn init`")
+            migrations.check(conn)
         kek = resolve_kek(config)
         with engine.connect() as conn:
             kek, loaded = load_keyring(conn, kek)

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Connection, Engine, func, inspect, select
 
 from keyturn._core.kek import KEK
-from keyturn.db import schema
+from keyturn.db import migrations, schema
 from keyturn.db.database import bound_actor, write_transaction
 from keyturn.errors import AuditError, AuditHeadInvalid, WrongKEK
 from keyturn.keys.wrapped import AUDIT_KEY
@@ -247,23 +247,15 @@ class AuditLog:
     # -- writing ----------------------------------------------------------------
 
     def ensure_tables(self) -> None:
-        """Create the audit tables in a database initialized by an older keyturn,
-        and add the token records' ``mac`` column where it is missing."""
+        """Bring a database initialized by an older keyturn up to this schema (the
+        audit tables, the token records' ``mac`` column) before the first append."""
         if self._tables_ready:
             return
         with self.engine.connect() as conn:
-            inspector = inspect(conn)
-            missing = not inspector.has_table(schema.audit.name)
-            old_tokens = not missing and "mac" not in {
-                c["name"] for c in inspector.get_columns(schema.api_tokens.name)
-            }
-        if missing:
+            needed = bool(migrations.pending(conn))
+        if needed:
             with write_transaction(self.engine) as conn:
-                schema.metadata.create_all(conn, tables=[schema.audit, schema.api_tokens])
-        if old_tokens:  # their records have no MAC: they are refused until re-created
-            with write_transaction(self.engine) as conn:
-                table = self.engine.dialect.identifier_preparer.format_table(schema.api_tokens)
-                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN mac VARCHAR(64)")
+                migrations.upgrade(conn)
         self._tables_ready = True
 
     @contextmanager

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, func, inspect, select, update
 
 from keyturn._core.kek import KEK
 from keyturn._core.keyring import ACTIVE, DESTROYED, RETIRED, DataKey, Keyring, KeyVersion, wrap_aad
-from keyturn.db import schema
+from keyturn.db import migrations, schema
 from keyturn.db.database import (
     bound_actor,
     raw_columns,
@@ -68,7 +68,7 @@ def initialize(
         if is_initialized(conn):  # another init finished while we waited
             loaded = load(conn, kek)
             return False, loaded
-        schema.metadata.create_all(conn)
+        migrations.upgrade(conn)
         kid = uuid.uuid4().hex
         conn.execute(
             schema.meta.insert(),
@@ -84,8 +84,9 @@ def initialize(
 
 def _check_initialized(engine: Engine, kek: KEK) -> tuple[bool, LoadedKeyring]:
     with write_transaction(engine) as conn:
+        migrations.check(conn)
         loaded = load(conn, kek)  # the KEK check comes before any write
-        schema.metadata.create_all(conn)  # tables added by newer keyturn versions
+        migrations.upgrade(conn)  # tables and columns added by newer keyturn versions
         return False, loaded
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from keyturn._core import tokens
 from keyturn._core.keyring import ACTIVE, DRAINING, DataKey, Keyring
-from keyturn.db import schema
+from keyturn.db import migrations, schema
 from keyturn.db.columns import BoundColumn
 from keyturn.db.database import utcnow, write_transaction
 from keyturn.db.locking import KeyringLock, me
@@ -455,7 +455,7 @@ class Rotator:
         Two rotations started at once both pick max+1; the version's primary key
         lets only one of them commit.
         """
-        schema.metadata.create_all(conn)  # tables newer keyturn versions added
+        migrations.upgrade(conn)  # tables and columns newer keyturn versions added
         keystore.check_kek(conn, self.store.kek)  # the keyring is wrapped by our KEK now
         k = schema.keys.c
         top = conn.execute(select(func.max(k.version))).scalar_one()
