@@ -24,8 +24,16 @@ def test_node_example_decrypts_every_vector() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    count = len(json.loads((ROOT / "tests/vectors/kt1.json").read_text())["valid"])
-    assert f"{count} vectors decrypted" in proc.stdout
+    vectors = json.loads((ROOT / "tests/vectors/kt1.json").read_text())
+    built = f"{len(vectors['valid'])} vectors decrypted, {len(vectors['contexts'])} contexts built"
+    assert built in proc.stdout
+
+
+def test_the_docs_node_row_context_is_the_examples() -> None:
+    doc = (ROOT / "docs/FORMAT.md").read_text()
+    example = (ROOT / "docs/examples/kt1_decrypt.js").read_text()
+    start = example.index("function rowContext(")
+    assert example[start : example.index("\n}\n", start) + 2] in doc
 
 
 def test_first_vector_in_the_doc_matches_the_json() -> None:

@@ -17,7 +17,14 @@ function decryptKt1(token, dek, context) {
   return Buffer.concat([decipher.update(ciphertext), decipher.final()]).toString("utf8");
 }
 
-module.exports = { decryptKt1 };
+// The context of a value in a `bind = "row"` column: each primary-key part with
+// "\\" and "," escaped by a backslash, joined with ",".
+function rowContext(table, column, pk) {
+  const parts = pk.map((v) => String(v).replace(/\\/g, "\\\\").replace(/,/g, "\\,"));
+  return `${table}.${column}#${parts.join(",")}`;
+}
+
+module.exports = { decryptKt1, rowContext };
 
 if (require.main === module) {
   const vectors = require(process.argv[2]);
@@ -25,5 +32,9 @@ if (require.main === module) {
     const out = decryptKt1(v.token, Buffer.from(v.key, "hex"), v.context);
     if (out !== v.plaintext) throw new Error(`mismatch for ${v.token}`);
   }
-  console.log(`${vectors.valid.length} vectors decrypted`);
+  for (const c of vectors.contexts) {
+    const got = rowContext(c.table, c.column, c.pk);
+    if (got !== c.context) throw new Error(`context mismatch: ${got} != ${c.context}`);
+  }
+  console.log(`${vectors.valid.length} vectors decrypted, ${vectors.contexts.length} contexts built`);
 }

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from keyturn.errors import ConfigError
+from keyturn._core.context import column_context, row_context, unescaped_row_context
+from keyturn.errors import ConfigError, InvalidToken
 from keyturn.legacy import LegacySpec, parse_legacy
 
 CONFIG_NAME = "keyturn.toml"
@@ -27,6 +29,7 @@ _SERVER_KEYS = {"new_kek_env", "new_kek_file", "trusted_proxies"}
 _APPS_KEYS = {"refresh_seconds", "write_margin_seconds"}
 _COLUMN_KEYS = {"table", "column", "primary_key", "bind", "legacy", "read_plaintext"}
 BINDS = ("column", "row")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,24 @@ class ColumnSpec:
     def context(self, pk: tuple[Any, ...]) -> str:
         """The AAD context of this column's token in the row with key ``pk``."""
         if self.bind == "row":
-            return f"{self.table}.{self.column}#" + ",".join(str(v) for v in pk)
-        return f"{self.table}.{self.column}"
+            return row_context(self.table, self.column, pk)
+        return column_context(self.table, self.column)
+
+    def old_context(self, pk: tuple[Any, ...]) -> str | None:
+        """The context keyturn 0.1 used for this row, where it differs (a key part with
+        ``,`` or ``\\``): such a token still opens, and the next rotation rewrites it."""
+        return unescaped_row_context(self.table, self.column, pk) if self.bind == "row" else None
+
+    def open_token(self, open_: Callable[[str, str], T], token: str, pk: tuple[Any, ...]) -> T:
+        """``open_(token, context)`` with this row's context, then with its
+        :meth:`old_context` if there is one and the first fails."""
+        try:
+            return open_(token, self.context(pk))
+        except InvalidToken:
+            old = self.old_context(pk)
+            if old is None:
+                raise
+            return open_(token, old)
 
 
 @dataclass(frozen=True)

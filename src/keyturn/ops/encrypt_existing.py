@@ -129,7 +129,7 @@ def _decider(store: Store, column: BoundColumn) -> Decide:
         context = spec.context(pk)
         if tokens.version_of(value) is not None:
             try:
-                store.decrypt_bytes(value, context=context)
+                spec.open_token(lambda t, c: store.decrypt_bytes(t, context=c), value, pk)
             except (InvalidToken, UnknownKeyVersion):
                 # Looks like a token but does not open: never guess, leave it.
                 return FAILED, None

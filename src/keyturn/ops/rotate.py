@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,6 +24,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from keyturn._core import tokens
 from keyturn._core.keyring import ACTIVE, DRAINING, DataKey, Keyring
+from keyturn.config import ColumnSpec
 from keyturn.db import migrations, schema
 from keyturn.db.columns import BoundColumn
 from keyturn.db.database import utcnow, write_transaction
@@ -149,7 +151,9 @@ class Rotator:
         for row in rows:
             key = tuple(row[:n])
             try:
-                self.store.decrypt_bytes(row[n], context=column.spec.context(key))
+                column.spec.open_token(
+                    lambda t, c: self.store.decrypt_bytes(t, context=c), row[n], key
+                )
             except (InvalidToken, UnknownKeyVersion) as exc:
                 raise PreflightFailed(
                     f"preflight: {column.spec.name} at primary key {pk_json(key)} does not "
@@ -770,6 +774,8 @@ def _decider(
         else:
             contexts = [spec.context(pks[j]) for j in todo]
         fresh = ring.reencrypt_many([values[j] for j in todo], contexts)
+        if fixed is None and None in fresh:
+            _reseal_old_contexts(ring, spec, pks, values, todo, contexts, fresh)
         if len(todo) == len(values) and None not in fresh:
             return [ROTATED] * len(values), fresh  # the walk's usual batch
         news: list[str | None] = [None] * len(values)
@@ -782,6 +788,24 @@ def _decider(
         return categories, news
 
     return decide
+
+
+def _reseal_old_contexts(
+    ring: Keyring,
+    spec: ColumnSpec,
+    pks: Sequence[PK],
+    values: Sequence[Any],
+    todo: list[int],
+    contexts: list[str],
+    fresh: list[str | None],
+) -> None:
+    """Tokens keyturn 0.1 sealed under an unescaped row context (a key part with
+    ``,`` or ``\\``): opened with it, re-sealed under the row's context now."""
+    for i, j in enumerate(todo):
+        old = spec.old_context(pks[j]) if fresh[i] is None else None
+        if old is not None:
+            with suppress(InvalidToken, UnknownKeyVersion):  # else classified as failed
+                fresh[i] = ring.encrypt(ring.decrypt(values[j], old), contexts[i])
 
 
 def _stale(target: int) -> Callable[[list[Column[Any]]], ColumnElement[bool]]:

@@ -68,7 +68,7 @@ def _decider(store: Store, column: BoundColumn, legacy_keys: bool) -> Decide:
             return FAILED, None
         if tokens.version_of(value) is not None:
             try:
-                ring.decrypt(value, spec.context(pk))
+                spec.open_token(ring.decrypt, value, pk)
             except (InvalidToken, UnknownKeyVersion):
                 return FAILED, None
             return OK, None
