@@ -32,7 +32,9 @@ from sqlalchemy import create_engine, text
 
 import keyturn
 from keyturn.cli import cli
-from keyturn.engine.walk import _INDEX_ORDER, _NESTED_LOOPS, TableRewriter
+from keyturn.engine.dialects.postgresql import INDEX_ORDER as _INDEX_ORDER
+from keyturn.engine.dialects.postgresql import NESTED_LOOPS as _NESTED_LOOPS
+from keyturn.engine.walk import TableRewriter
 from keyturn.ops.rotate import RotateOptions, Rotator
 
 SERVERS = {

@@ -28,7 +28,8 @@ from typing import Any
 import psycopg
 import pymysql
 
-from keyturn.engine.walk import _NESTED_LOOPS, _pg_array
+from keyturn.engine.dialects.postgresql import NESTED_LOOPS as _NESTED_LOOPS
+from keyturn.engine.dialects.postgresql import array_of as _pg_array
 
 Form = Callable[[Any, list[str], list[str], int, int], int]
 

@@ -73,7 +73,7 @@ def read_back(database: Database, pk: list[str]) -> dict[tuple[Any, ...], str | 
     with keyturn.open() as store:
         for row in database.rows(f"SELECT {', '.join(pk)}, api_key, oauth FROM creds"):
             key, api, oauth = tuple(row[: len(pk)]), row[len(pk)], row[len(pk) + 1]
-            ctx = "creds.api_key#" + ",".join(str(v) for v in key)
+            ctx = keyturn.row_context("creds", "api_key", key)
             out[(*key, "api_key")] = store.decrypt(api, context=ctx) if api else api
             out[(*key, "oauth")] = store.decrypt(oauth, context="creds.oauth")
     return out
@@ -245,7 +245,7 @@ def test_postgresql_arrays_read_back_as_written(database: Database) -> None:
     braces, backslashes, "NULL", empty, spaces), arrives unchanged."""
     from sqlalchemy import create_engine
 
-    from keyturn.engine.walk import _pg_array
+    from keyturn.engine.dialects.postgresql import array_of as _pg_array
 
     engine = create_engine(database.url)
     forms = set()

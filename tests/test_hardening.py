@@ -17,7 +17,7 @@ import pytest
 from conftest import App, Database, base_env, key_file
 
 import keyturn
-from keyturn.engine.walk import Pacing
+from keyturn.engine.pacing import Pacing
 from keyturn.ops.encrypt_existing import encrypt_existing
 from keyturn.ops.import_legacy import check_legacy_key
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keyturn.engine.walk import _Pipeline, _spans
+from keyturn.engine.pacing import Pipeline as _Pipeline
+from keyturn.engine.walk import _spans
 
 
 @pytest.mark.parametrize("enabled", [True, False])

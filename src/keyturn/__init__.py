@@ -5,6 +5,7 @@ The public surface; everything else is private by module.
 
 from __future__ import annotations
 
+from keyturn._core.context import column_context, row_context
 from keyturn._core.keyring import DataKey, KeyVersion
 from keyturn.config import ColumnSpec, Config, load_config
 from keyturn.errors import (
@@ -76,10 +77,12 @@ __all__ = [
     "UnknownKeyVersion",
     "VersionStatus",
     "WrongKEK",
+    "column_context",
     "encrypt_existing",
     "import_legacy",
     "load_config",
     "open",
+    "row_context",
     "status",
     "verify",
 ]

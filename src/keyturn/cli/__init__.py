@@ -29,7 +29,7 @@ from keyturn.config import Config, load_config
 from keyturn.db.columns import bind_columns
 from keyturn.db.database import connect, database_error, quiet_driver_logs
 from keyturn.engine import jobs
-from keyturn.engine.walk import Pacing
+from keyturn.engine.pacing import Pacing
 from keyturn.errors import (
     ConfigError,
     DatabaseError,

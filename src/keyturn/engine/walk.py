@@ -11,19 +11,15 @@ are a ``decide`` function per column handed to :class:`TableRewriter`.
 from __future__ import annotations
 
 import gc
-import string
 import time
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_for
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from itertools import accumulate, chain, islice
+from itertools import accumulate
 from typing import Any
-from uuid import UUID
 
 from sqlalchemy import (
     Column,
@@ -49,37 +45,13 @@ from keyturn.db.database import (
     fetch_raw,
     write_transaction,
 )
+from keyturn.engine import dialects
+from keyturn.engine.dialects import mysql, postgresql
+from keyturn.engine.pacing import Pacing, Pipeline
 from keyturn.errors import SchemaError
 
 FAILED = "failed"
 CONTENDED = "contended"
-# PyMySQL's executemany sends an UPDATE row by row: MariaDB/MySQL get one UPDATE
-# joined with a list of rows instead.
-_BULK_DIALECTS = ("mysql", "mariadb")
-# psycopg pipelines executemany, but adapts each row's parameters in Python,
-# which the deciding thread then waits for; PostgreSQL gets an UPDATE joined
-# with unnest() of arrays, each sent as one text (docs/PERFORMANCE.md).
-_ARRAY_DIALECTS = ("postgresql",)
-# Where a batch is written while the next is read and decided. Not SQLite: in its
-# rollback journal our next read holds off the previous batch's commit, and the
-# busy handler sleeps (measured slower, docs/PERFORMANCE.md).
-_PIPELINED = ("postgresql", "mysql", "mariadb")
-# Text that is a valid SQL string literal once single-quoted, in every sql_mode:
-# kt1 tokens and plain identifiers. Anything else goes through the driver's escaping.
-_PLAIN_CHARS = (string.ascii_letters + string.digits + ":_.-").encode()
-# A MariaDB/MySQL bulk swap holds at most this many rows, values and (about)
-# characters of values: fewer, larger statements mean fewer round trips for the
-# writing thread (5,000 rows measured faster than 1,000 and 10,000), and the text
-# stays well under max_allowed_packet (4 MiB by default on MySQL 5.7, 16 MiB on
-# MariaDB) even when the values are long.
-_STATEMENT_ROWS = 5_000
-_STATEMENT_VALUES = 30_000
-_STATEMENT_CHARS = 2 * 1024 * 1024
-# A PostgreSQL swap has no packet limit to respect: a whole batch is one
-# statement unless its values are long.
-_ARRAY_ROWS = 20_000
-_ARRAY_CHARS = 16 * 1024 * 1024
-
 PK = tuple[Any, ...]
 # decide(pk, current value) -> (category, new value or None to leave it alone)
 Decide = Callable[[PK, Any], tuple[str, str | None]]
@@ -101,33 +73,6 @@ class ColumnResult:
     column: str
     counts: dict[str, int]
     failed_pks: tuple[PK, ...] = ()
-
-
-@dataclass
-class Pacing:
-    """Batch sizing: adapt to ``chunk_time`` seconds a batch, at most ``max_rate`` rows/s."""
-
-    chunk_time: float = 0.5
-    max_rate: float | None = None
-    batch_size: int = 200
-    min_batch: int = 10
-    max_batch: int = 20_000
-    _started: float = field(default_factory=time.monotonic)
-    _rows: int = 0
-
-    def after_batch(self, rows: int, seconds: float) -> None:
-        self._rows += rows
-        if seconds > 0 and rows >= self.batch_size:
-            ideal = self.batch_size * self.chunk_time / seconds
-            # At most double: on a pipelined backend a batch is read and decided
-            # while the one before is written, so a sudden jump leaves the writer
-            # idle; and the first big batch's row locks come gradually.
-            size = min((self.batch_size + ideal) / 2, 2 * self.batch_size)
-            self.batch_size = int(min(self.max_batch, max(self.min_batch, size)))
-        if self.max_rate:
-            ahead = self._rows / self.max_rate - (time.monotonic() - self._started)
-            if ahead > 0:
-                time.sleep(ahead)
 
 
 class TableRewriter:
@@ -173,7 +118,7 @@ class TableRewriter:
         self.pk = [self.table.c[n] for n in self.columns[0].spec.primary_key]
         self.values = [self.table.c[c.spec.column] for c in self.columns]
         self._statements: dict[tuple[int, ...], DriverStatement] = {}
-        self._bulk_statements: dict[tuple[int, ...], _BulkStatement] = {}
+        self._bulk_statements: dict[tuple[int, ...], mysql.BulkStatement] = {}
         self._array_statements: dict[tuple[int, ...], tuple[str, list[str], str]] = {}
 
     def run(self, after: PK | None = None) -> list[ColumnResult]:
@@ -192,9 +137,11 @@ class TableRewriter:
         failed: list[list[PK]] = [[] for _ in self.columns]
         missed: dict[PK, tuple[int, ...]] = {}
         pipelined = (
-            self.conn is None and not self.dry_run and self.engine.dialect.name in _PIPELINED
+            self.conn is None
+            and not self.dry_run
+            and self.engine.dialect.name in dialects.PIPELINED
         )
-        with _Pipeline(pipelined) as pipeline:
+        with Pipeline(pipelined) as pipeline:
             while True:
                 started = time.monotonic()
                 batch = self._read_after(after, self.pacing.batch_size)
@@ -313,11 +260,11 @@ class TableRewriter:
         values to write. Built before the transaction (and off the writing thread)."""
         dialect = self.engine.dialect
         many_rows = self.bulk and len(rows) > 1
-        if many_rows and dialect.name in _ARRAY_DIALECTS:
+        if many_rows and dialect.name in dialects.ARRAY:
             arrays = self._prepare_arrays(indexes, rows, written)
             if arrays is not None:
                 return arrays
-        if not (many_rows and dialect.name in _BULK_DIALECTS):
+        if not (many_rows and dialect.name in dialects.BULK):
             statement = self._statements.get(indexes)
             if statement is None:
                 statement = self._statements[indexes] = self._compile(indexes, dialect)
@@ -328,10 +275,12 @@ class TableRewriter:
         # the statement itself (bench/rotate_servers.py). Anything else is bound.
         bulk = self._bulk_statements.get(indexes)
         if bulk is None:
-            bulk = self._bulk_statements[indexes] = self._bulk_sql(dialect, indexes)
-        per_statement = max(1, min(_STATEMENT_ROWS, _STATEMENT_VALUES // len(written)))
+            bulk = self._bulk_statements[indexes] = mysql.swap_statement(
+                dialect, self.table, self.pk, self.values, indexes, self.values_rows
+            )
+        per_statement = max(1, min(mysql.STATEMENT_ROWS, mysql.STATEMENT_VALUES // len(written)))
         statements: list[tuple[str, Any]] = []
-        for start, stop in _spans(written, per_statement, _STATEMENT_CHARS):
+        for start, stop in _spans(written, per_statement, mysql.STATEMENT_CHARS):
             text, bound = bulk.render([column[start:stop] for column in written])
             # Always with parameters, even none: the driver then reads the
             # preparer's %% in a name as %, as it does for a statement with values.
@@ -345,41 +294,22 @@ class TableRewriter:
         primary key holds a type not sent as an array here."""
         statement = self._array_statements.get(indexes)
         if statement is None:
-            statement = self._array_sql(self.engine.dialect, indexes)
+            statement = postgresql.swap_sql(
+                self.engine.dialect, self.table, self.pk, self.values, indexes
+            )
             self._array_statements[indexes] = statement
         head, types, tail = statement
         statements: list[tuple[str, Any]] = []
-        for start, stop in _spans(written, _ARRAY_ROWS, _ARRAY_CHARS):
+        for start, stop in _spans(written, postgresql.ARRAY_ROWS, postgresql.ARRAY_CHARS):
             exprs, texts = [], []
             for column, kind in zip(written, types, strict=True):
-                array = _pg_array(column[start:stop], kind)
+                array = postgresql.array_of(column[start:stop], kind)
                 if array is None:
                     return None
                 exprs.append(array[0])
                 texts.append(array[1])
             statements.append((head + ", ".join(exprs) + tail, texts))
-        return _Write(indexes, rows, written, statements, many=False, setup=_NESTED_LOOPS)
-
-    def _array_sql(self, dialect: Any, indexes: tuple[int, ...]) -> tuple[str, list[str], str]:
-        """``UPDATE t SET col = v.n FROM unnest(<arrays>) AS v(k…, o…, n…) WHERE
-        t.pk = v.k AND t.col = v.o``, in pieces: the text before the arrays, the
-        type of each array, the text after. A deleted row joins nothing, so it
-        is never brought back."""
-        # The preparer escapes a % in a name already (%%), as the driver's
-        # placeholders need: the statement is always run with parameters.
-        preparer = dialect.identifier_preparer
-        quote = preparer.quote
-        table = preparer.format_table(self.table)
-        keys = [f"k{j}" for j in range(len(self.pk))]
-        names = keys + [f"o{i}" for i in indexes] + [f"n{i}" for i in indexes]
-        types = [str(c.type.compile(dialect=dialect)) for c in self.pk]
-        types += ["text"] * (2 * len(indexes))
-        same_row = [f"t.{quote(c.name)} = v.{k}" for c, k in zip(self.pk, keys, strict=True)]
-        unchanged = [f"t.{quote(self.values[i].name)} = v.o{i}" for i in indexes]
-        sets = [f"{quote(self.values[i].name)} = v.n{i}" for i in indexes]
-        head = f"UPDATE {table} AS t SET {', '.join(sets)} FROM unnest("
-        tail = f") AS v({', '.join(names)}) WHERE {' AND '.join(same_row + unchanged)}"
-        return head, types, tail
+        return _Write(indexes, rows, written, statements, many=False, setup=postgresql.NESTED_LOOPS)
 
     def _write(self, conn: Connection, write: _Write) -> list[int]:
         """Run a prepared swap; return the positions (in ``write.rows``) of the rows
@@ -411,32 +341,6 @@ class TableRewriter:
             if pk not in now
             or any(now[pk][i] != new[at] for i, new in zip(write.indexes, news, strict=True))
         ]
-
-    def _bulk_sql(self, dialect: Any, indexes: tuple[int, ...]) -> _BulkStatement:
-        """MariaDB/MySQL: ``UPDATE t JOIN (<rows>) v ON t.pk = v.k AND t.col = v.old
-        SET …``. A deleted row joins nothing, so it is never brought back."""
-        quote = dialect.identifier_preparer.quote
-        table = dialect.identifier_preparer.format_table(self.table)
-        keys = [f"k{j}" for j in range(len(self.pk))]
-        names = keys + [f"o{i}" for i in indexes] + [f"n{i}" for i in indexes]
-        same_row = [f"t.{quote(c.name)} = v.{k}" for c, k in zip(self.pk, keys, strict=True)]
-        unchanged = [
-            f"CAST(t.{quote(self.values[i].name)} AS BINARY) = CAST(v.o{i} AS BINARY)"
-            for i in indexes
-        ]
-        head = f"UPDATE {table} AS t JOIN ("
-        first = "SELECT " + ", ".join(f"{{}} AS {n}" for n in names)
-        tail = (
-            ") AS v ON "
-            + " AND ".join(same_row + unchanged)
-            + " SET "
-            + ", ".join(f"t.{quote(self.values[i].name)} = v.n{i}" for i in indexes)
-        )
-        if self.values_rows and _has_table_values(dialect):
-            row = "(" + ", ".join(["{}"] * len(names)) + ")"
-            return _BulkStatement(head, first, " UNION ALL VALUES ", row, ", ", tail)
-        row = "SELECT " + ", ".join(["{}"] * len(names))
-        return _BulkStatement(head, first, " UNION ALL ", row, " UNION ALL ", tail)
 
     def _compile(self, indexes: tuple[int, ...], dialect: Any) -> DriverStatement:
         # The compare-and-swap: a row is written only if every column we change
@@ -493,8 +397,8 @@ class TableRewriter:
             query = query.where(not_(after_key(self.pk, self.until)))
         if self.where is not None:
             query = query.where(self.where(self.values))
-        postgresql = self.engine.dialect.name in _ARRAY_DIALECTS
-        return self._rows(query, setup=_INDEX_ORDER if postgresql else None)
+        in_order = postgresql.INDEX_ORDER if self.engine.dialect.name in dialects.ARRAY else None
+        return self._rows(query, setup=in_order)
 
     def _read_pks(self, pks: Sequence[PK], conn: Connection | None = None) -> list[tuple[Any, ...]]:
         if len(self.pk) == 1:
@@ -502,56 +406,6 @@ class TableRewriter:
         else:
             cond = tuple_(*self.pk).in_(pks)
         return self._rows(select(*self.pk, *self.values).where(cond), conn)
-
-
-@dataclass(frozen=True)
-class _BulkStatement:
-    """A bulk swap statement in pieces: the first row names the columns (with
-    ``{}`` for each value's slot), the other rows follow it."""
-
-    head: str
-    first: str
-    then: str
-    row: str
-    between: str
-    tail: str
-
-    def render(self, columns: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
-        """The statement for these rows (values given column by column), and the
-        values left for the driver to bind and escape, in statement order.
-
-        Ints and plain ASCII text (every token) are written in the statement as
-        they are; anything else becomes a ``%s`` placeholder."""
-        slots: list[str] = []  # per column: how a value is written in a row
-        values: list[Sequence[Any]] = []
-        mixed = False
-        for column in columns:
-            kinds = set(map(type, column))
-            if kinds == {int}:
-                slots.append("%s")
-                values.append(column)
-            elif kinds == {str} and _plain("".join(column)):
-                # The plain class is per character: the joined text is plain if each value is.
-                slots.append("'%s'")
-                values.append(column)
-            else:
-                slots.append("%s")
-                values.append([_literal(v) for v in column])
-                mixed = True
-        first = self.first.format(*slots) % tuple(v[0] for v in values)
-        # Every other row in one formatting operation (2.7x faster than a call per row).
-        count = len(columns[0]) - 1
-        rest = chain.from_iterable(zip(*[islice(v, 1, None) for v in values], strict=True))
-        rows = self.between.join([self.row.format(*slots)] * count) % tuple(rest)
-        sql = self.head + first + (self.then + rows if rows else "") + self.tail
-        if not mixed:
-            return sql, []
-        bound = []
-        for j in range(len(columns[0])):  # the driver fills the placeholders row by row
-            for column, written in zip(columns, values, strict=True):
-                if written[j] == "%s":
-                    bound.append(column[j])
-        return sql, bound
 
 
 @dataclass
@@ -578,43 +432,6 @@ class _Write:
     setup: str | None = None  # run first, without parameters (planner settings)
 
 
-class _Pipeline:
-    """Writes each batch on one background thread while the next batch is read and
-    decided, so a database server's work overlaps ours. Batches are still written
-    one at a time, in order; a write's error is raised at the next ``submit``.
-    Disabled, it writes inline."""
-
-    def __init__(self, enabled: bool) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="keyturn-write") if enabled else None
-        self._pending: Future[None] | None = None
-
-    def submit(self, write: Callable[[], None]) -> None:
-        self.wait()
-        if self._pool is None:
-            write()
-        else:
-            self._pending = self._pool.submit(write)
-
-    def wait(self) -> None:
-        """Until the batch being written is committed (or has failed: raised here)."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-
-    def __enter__(self) -> _Pipeline:
-        return self
-
-    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
-        try:
-            if error is None:
-                self.wait()
-            elif self._pending is not None:
-                wait_for([self._pending])  # let it commit or roll back; ours is the error
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-
-
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Deciding a batch allocates a few objects per value and no reference cycles;
@@ -627,12 +444,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def _has_table_values(dialect: Any) -> bool:
-    """Whether ``SELECT … UNION ALL VALUES (…), (…)`` parses (MariaDB 10.3.3+)."""
-    version = dialect.server_version_info or ()
-    return bool(getattr(dialect, "is_mariadb", False)) and tuple(version[:3]) >= (10, 3, 3)
 
 
 def each_value(decide: Decide) -> DecideBatch:
@@ -719,55 +530,6 @@ def _widths(values: Sequence[Any]) -> list[int]:
     return [len(v) if isinstance(v, str | bytes) else 20 for v in values]
 
 
-# PostgreSQL planner settings for the rest of one transaction. Without them, on
-# a table of a few hundred thousand rows (and more so one never analyzed), the
-# planner costs index lookups as disk reads and picks whole-table plans:
-# - a swap of a few thousand rows is a nested loop of primary-key lookups, not a
-#   hash of the whole table (6x slower per statement);
-# - a keyset read of 20,000 rows walks the primary key's index in order, not a
-#   (parallel) scan of the whole table and a sort spilled to disk (10x slower).
-# (docs/PERFORMANCE.md)
-_NESTED_LOOPS = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
-_INDEX_ORDER = "SET LOCAL enable_sort = off"
-
-
 def _run_setup(conn: Connection, sql: str) -> None:
     with driver_cursor(conn, sql) as cursor:
         cursor.execute(sql)  # no parameters: several statements in one
-
-
-def _pg_array(values: Sequence[Any], kind: str) -> tuple[str, str] | None:
-    """One column of a PostgreSQL swap as an array of type ``kind``: the SQL that
-    makes it from one bound text, and that text. Ints, text and UUIDs only (None
-    for other types): psycopg adapts a list element by element, 40x slower."""
-    kinds = set(map(type, values))
-    if kinds == {int}:
-        return f"%s::{kind}[]", "{" + str(list(values))[1:-1] + "}"  # "{1, 2}" parses
-    if kinds == {str}:
-        body = ",".join(values)
-        if body and body.count(",") == len(values) - 1:
-            # No value holds a comma (tokens never do): split by the server, which
-            # parses it 3x faster than an array literal (docs/PERFORMANCE.md).
-            return f"string_to_array(%s, ',')::{kind}[]", body
-    if kinds <= {str, UUID}:
-        # An array literal with every element quoted, so "" and "NULL" stay text.
-        return f"%s::{kind}[]", "{" + ",".join(_array_element(str(v)) for v in values) + "}"
-    return None
-
-
-def _array_element(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _plain(text: str) -> bool:
-    """Whether ``text`` holds only ``[A-Za-z0-9:_.-]`` (twice as fast as a regex)."""
-    return text.isascii() and not text.encode("ascii").translate(None, _PLAIN_CHARS)
-
-
-def _literal(value: Any) -> str:
-    """A value as written in a bulk swap's row: a literal, or the driver's placeholder."""
-    if type(value) is int:
-        return str(value)
-    if type(value) is str and _plain(value):
-        return f"'{value}'"
-    return "%s"

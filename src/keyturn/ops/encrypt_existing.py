@@ -16,12 +16,12 @@ from sqlalchemy import Connection, func, select
 from keyturn._core import tokens
 from keyturn.db.columns import BoundColumn
 from keyturn.db.database import stream_raw
+from keyturn.engine.pacing import Pacing
 from keyturn.engine.walk import (
     FAILED,
     PK,
     ColumnResult,
     Decide,
-    Pacing,
     TableRewriter,
     each_value,
     group_by_table,

@@ -17,7 +17,8 @@ from typing import Any
 from keyturn._core import tokens
 from keyturn.db.columns import BoundColumn
 from keyturn.db.database import stream_raw
-from keyturn.engine.walk import FAILED, PK, Decide, Pacing
+from keyturn.engine.pacing import Pacing
+from keyturn.engine.walk import FAILED, PK, Decide
 from keyturn.errors import ConfigError, InvalidToken, LegacyKeyError
 from keyturn.legacy import LegacyReader
 from keyturn.ops.encrypt_existing import ProgressFactory, rewrite_columns

@@ -30,6 +30,7 @@ from keyturn.db.columns import BoundColumn
 from keyturn.db.database import utcnow, write_transaction
 from keyturn.db.locking import KeyringLock, me
 from keyturn.engine import backups, chunks, jobs
+from keyturn.engine.pacing import Pacing
 from keyturn.engine.walk import (
     CONTENDED,
     FAILED,
@@ -37,7 +38,6 @@ from keyturn.engine.walk import (
     ColumnResult,
     DecideBatch,
     OnBatch,
-    Pacing,
     Swap,
     TableRewriter,
     group_by_table,

@@ -1,0 +1,77 @@
+"""PostgreSQL: the swap as ``UPDATE … FROM unnest(arrays)``, each array sent as one
+text, and the planner settings the walk's statements need."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Column, Table
+
+# A PostgreSQL swap has no packet limit to respect: a whole batch is one
+# statement unless its values are long.
+ARRAY_ROWS = 20_000
+ARRAY_CHARS = 16 * 1024 * 1024
+
+# PostgreSQL planner settings for the rest of one transaction. Without them, on
+# a table of a few hundred thousand rows (and more so one never analyzed), the
+# planner costs index lookups as disk reads and picks whole-table plans:
+# - a swap of a few thousand rows is a nested loop of primary-key lookups, not a
+#   hash of the whole table (6x slower per statement);
+# - a keyset read of 20,000 rows walks the primary key's index in order, not a
+#   (parallel) scan of the whole table and a sort spilled to disk (10x slower).
+# (docs/PERFORMANCE.md)
+NESTED_LOOPS = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+INDEX_ORDER = "SET LOCAL enable_sort = off"
+
+
+def array_of(values: Sequence[Any], kind: str) -> tuple[str, str] | None:
+    """One column of a PostgreSQL swap as an array of type ``kind``: the SQL that
+    makes it from one bound text, and that text. Ints, text and UUIDs only (None
+    for other types): psycopg adapts a list element by element, 40x slower."""
+    kinds = set(map(type, values))
+    if kinds == {int}:
+        return f"%s::{kind}[]", "{" + str(list(values))[1:-1] + "}"  # "{1, 2}" parses
+    if kinds == {str}:
+        body = ",".join(values)
+        if body and body.count(",") == len(values) - 1:
+            # No value holds a comma (tokens never do): split by the server, which
+            # parses it 3x faster than an array literal (docs/PERFORMANCE.md).
+            return f"string_to_array(%s, ',')::{kind}[]", body
+    if kinds <= {str, UUID}:
+        # An array literal with every element quoted, so "" and "NULL" stay text.
+        return f"%s::{kind}[]", "{" + ",".join(_element(str(v)) for v in values) + "}"
+    return None
+
+
+def _element(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def swap_sql(
+    dialect: Any,
+    table: Table,
+    pk: Sequence[Column[Any]],
+    values: Sequence[Column[Any]],
+    indexes: tuple[int, ...],
+) -> tuple[str, list[str], str]:
+    """``UPDATE t SET col = v.n FROM unnest(<arrays>) AS v(k…, o…, n…) WHERE
+    t.pk = v.k AND t.col = v.o``, in pieces: the text before the arrays, the
+    type of each array, the text after. A deleted row joins nothing, so it
+    is never brought back."""
+    # The preparer escapes a % in a name already (%%), as the driver's
+    # placeholders need: the statement is always run with parameters.
+    preparer = dialect.identifier_preparer
+    quote = preparer.quote
+    table = preparer.format_table(table)
+    keys = [f"k{j}" for j in range(len(pk))]
+    names = keys + [f"o{i}" for i in indexes] + [f"n{i}" for i in indexes]
+    types = [str(c.type.compile(dialect=dialect)) for c in pk]
+    types += ["text"] * (2 * len(indexes))
+    same_row = [f"t.{quote(c.name)} = v.{k}" for c, k in zip(pk, keys, strict=True)]
+    unchanged = [f"t.{quote(values[i].name)} = v.o{i}" for i in indexes]
+    sets = [f"{quote(values[i].name)} = v.n{i}" for i in indexes]
+    head = f"UPDATE {table} AS t SET {', '.join(sets)} FROM unnest("
+    tail = f") AS v({', '.join(names)}) WHERE {' AND '.join(same_row + unchanged)}"
+    return head, types, tail
