@@ -274,6 +274,11 @@ class Store:
                 "restart this process with the current KEK (docs/KEYS.md)"
             ) from None
 
+    def ping(self) -> None:
+        """One round trip to the database (a health check); raises if it is unreachable."""
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
     def bound_columns(self) -> list[BoundColumn]:
         """The configured columns, checked against the live schema."""
         with self.engine.connect() as conn:

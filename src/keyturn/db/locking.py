@@ -39,6 +39,8 @@ LOCK_NAME = "keyring"
 HEARTBEAT_SECONDS = 5.0
 STALE_SECONDS = 30.0
 _POLL_SECONDS = 0.25
+# How long a refusal waits for a holder that has the session lock to name itself.
+HOLDER_ROW_SECONDS = 0.5
 
 
 def me() -> str:
@@ -181,6 +183,17 @@ class KeyringLock:
                     raise
             time.sleep(_POLL_SECONDS)
 
+    def _holder_named(self) -> Holder | None:
+        """The holder, giving one that has just taken the lock a moment to write its
+        row (it takes the session lock first), so the refusal can name it."""
+        deadline = time.monotonic() + HOLDER_ROW_SECONDS
+        while True:
+            with self.engine.connect() as conn:
+                holder = read_holder(conn)
+            if holder is not None or time.monotonic() >= deadline:
+                return holder
+            time.sleep(0.02)
+
     def _try(self) -> None:
         dialect = self.engine.dialect.name
         if dialect == "sqlite":
@@ -203,8 +216,7 @@ class KeyringLock:
             raise
         if got != 1 and got is not True:
             session.close()
-            with self.engine.connect() as conn:
-                raise _busy(read_holder(conn), self.operation)
+            raise _busy(self._holder_named(), self.operation)
         self._session = session
         try:
             with write_transaction(self.engine) as conn:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Engine, inspect, select, update
 
 from keyturn.db import schema
 from keyturn.db.database import bound_actor, raw_columns, stored_datetime, utcnow
@@ -156,6 +156,31 @@ def unfinished(conn: Connection, kind: str) -> Job | None:
 def all_jobs(conn: Connection) -> list[Job]:
     rows = conn.execute(select(*raw_columns(schema.jobs)).order_by(schema.jobs.c.created_at)).all()
     return [_row_to_job(r) for r in rows]
+
+
+def _has_jobs(conn: Connection) -> bool:
+    return inspect(conn).has_table(schema.jobs.name)
+
+
+def list_all(engine: Engine) -> list[Job]:
+    """Every job, oldest first; none on a database that never had the table."""
+    with engine.connect() as conn:
+        return all_jobs(conn) if _has_jobs(conn) else []
+
+
+def lookup(engine: Engine, job_id: str) -> Job:
+    """The job ``job_id``, or JobNotFound."""
+    with engine.connect() as conn:
+        if not _has_jobs(conn):
+            raise JobNotFound(f"no job {job_id!r}; `keyturn jobs` lists them")
+        return get(conn, job_id)
+
+
+def running_elsewhere(engine: Engine, kind: str) -> Job | None:
+    """The unfinished job of ``kind`` whose owner (another process) may still work on it."""
+    with engine.connect() as conn:
+        job = unfinished(conn, kind) if _has_jobs(conn) else None
+    return job if job is not None and owner_alive(job) else None
 
 
 def dead_here(owner: str | None) -> bool:

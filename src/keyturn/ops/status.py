@@ -155,6 +155,14 @@ def backup_references(conn: Connection) -> Counter[int]:
     return _count_headers(conn, schema.backup.c.old_token)[3]
 
 
+def key_versions(store: Store) -> list[dict[str, Any]]:
+    """``keyturn keys``: each version's status with the backed-up tokens that use it."""
+    report = status(store)
+    with store.engine.connect() as conn:
+        in_backups = backup_references(conn)
+    return [{**asdict(k), "backups": in_backups[k.version]} for k in report.keys]
+
+
 def _age_days(created: datetime, now: datetime) -> float:
     return round((now - created).total_seconds() / 86400, 1)
 

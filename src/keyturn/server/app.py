@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Any
 
-from sqlalchemy import inspect, text
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -185,12 +184,8 @@ class _Service:
             here = self._running_here()
         if here:
             return here
-        with self.store.engine.connect() as conn:
-            if inspect(conn).has_table("keyturn_jobs"):
-                job = jobs.unfinished(conn, KIND)
-                if job is not None and jobs.owner_alive(job):
-                    return f"rotation job {job.id} is running ({job.owner})"
-        return None
+        job = jobs.running_elsewhere(self.store.engine, KIND)
+        return f"rotation job {job.id} is running ({job.owner})" if job is not None else None
 
     def start_rotation(self, actor: str) -> _HttpJob | KeyringBusy | str:
         """Queue a rotation in a background thread, holding the keyring lock from
@@ -253,13 +248,10 @@ class _Service:
         found = self.jobs.get(job_id)
         if found is not None:
             return found.to_dict()
-        with self.store.engine.connect() as conn:
-            if not inspect(conn).has_table("keyturn_jobs"):
-                return None
-            try:
-                db_job = jobs.get(conn, job_id)
-            except JobNotFound:
-                return None
+        try:
+            db_job = jobs.lookup(self.store.engine, job_id)
+        except JobNotFound:
+            return None
         state = {jobs.RUNNING: RUNNING, jobs.FAILED: FAILED}.get(db_job.state, SUCCEEDED)
         return {
             "id": db_job.id,
@@ -386,8 +378,7 @@ def create_app(
 
     def healthz(_: Request) -> Response:
         try:
-            with service.store.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
+            service.store.ping()
         except Exception:
             return JSONResponse({"status": "unavailable", "database": False}, status_code=503)
         return JSONResponse({"status": "ok", "database": True})
