@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
 from keyturn._core.kek import KEK, LocalKEK, generate_kek_bytes, parse_kek
 from keyturn.cli.progress import progress_factory
 from keyturn.config import Config, load_config
-from keyturn.db.database import database_error, quiet_driver_logs
+from keyturn.db.database import DRIVER_ERRORS, database_error, quiet_driver_logs
 from keyturn.engine import jobs
 from keyturn.engine.pacing import Pacing
 from keyturn.errors import (
@@ -90,7 +89,7 @@ class _Group(click.Group):
         except KeyturnError as exc:
             click.echo(f"keyturn: error: {exc}", err=True)
             ctx.exit(exit_code(exc))
-        except SQLAlchemyError as exc:
+        except DRIVER_ERRORS as exc:
             self._database_error(ctx, database_error(exc))
 
     @staticmethod

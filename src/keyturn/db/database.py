@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, DateTime, Engine, String, cast, create_engine, event, type_coerce
 from sqlalchemy.dialects.mysql import BINARY as mysql_binary
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, NoSuchModuleError
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 from keyturn.errors import ConfigError, DatabaseError
 
@@ -221,6 +221,10 @@ def _described(statement: str) -> str:
 
 
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\bnear\b.*", re.DOTALL)
+
+
+#: What a database failure raises below keyturn; shells turn it into :func:`database_error`.
+DRIVER_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError,)
 
 
 def database_error(exc: Exception) -> DatabaseError:
