@@ -363,13 +363,14 @@ def test_the_batch_decider_classifies_every_kind_of_value(kinds: list[str], bind
     """Rotation decides a whole batch at once: only older tokens that open are
     re-encrypted, to tokens that open under the new version in the same place;
     every other value is counted as one at a time would be, and left alone."""
-    from keyturn.ops.rotate import _ColumnState, _decider
+    from keyturn.ops.rotate import _decider
+    from keyturn.ops.rotate_progress import ColumnState
 
     spec = ColumnSpec("users", "secret", ("id",), bind=bind)
     table = Table("users", MetaData(), Column("id", Integer, primary_key=True), Column("secret"))
     reader = LegacyReader(LegacySpec("old", FERNET), lambda _: [])
     ring = Keyring({1: _OLD, 2: _NEW}, 2)
-    state = _ColumnState()
+    state = ColumnState()
     decide = _decider(ring, BoundColumn(spec, table, None), 2, state, reader)
     pks = [(j,) for j in range(len(kinds))]
     values = [_KINDS[k][0](spec.context(pk)) for k, pk in zip(kinds, pks, strict=True)]
@@ -420,3 +421,33 @@ def test_status_says_why_an_unused_version_still_drains(app: App) -> None:
     app.cli("rotate", "--yes", "--no-backup", check=True)
     warning = json.loads(app.cli("status", "--json", check=True).stdout)["warnings"]
     assert any("nothing uses it, but app processes may seal under it until" in w for w in warning)
+
+
+def test_job_progress_round_trips_the_stored_json() -> None:
+    """A job checkpointed by keyturn 0.1 (an untyped dict) resumes: the typed progress
+    reads and writes the same JSON."""
+    from keyturn.ops.rotate_progress import JobProgress
+
+    stored = {
+        "mode": "chunks",
+        "columns": {"users.secret": {"counts": {"rotated": 3}, "failed": [[7]]}},
+        "tables": {"users(id)": {"cursor": [42], "done": False, "swept": False}},
+        "sweeping": True,
+    }
+    progress = JobProgress.load(stored)
+    assert progress.chunked and progress.sweeping
+    assert progress.tables["users(id)"].cursor == [42]
+    assert progress.column("users.secret").result("users.secret").counts["failed"] == 1
+    assert progress.dump() == stored
+    assert JobProgress.load(None).dump() == {"columns": {}, "tables": {}}
+
+
+def test_rotate_options_refuse_combinations_that_make_no_sense() -> None:
+    from keyturn import ConfigError
+    from keyturn.ops.rotate import RotateOptions
+
+    for bad in ({"atomic": True, "workers": 2}, {"join": True, "dry_run": True}, {"workers": 0}):
+        with pytest.raises(ConfigError):
+            RotateOptions(**bad)  # type: ignore[arg-type]
+    assert RotateOptions(workers=3).mode == "parallel"
+    assert RotateOptions(dry_run=True).mode == "dry-run"

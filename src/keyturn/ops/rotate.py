@@ -43,6 +43,7 @@ from keyturn.engine.walk import (
     group_by_table,
 )
 from keyturn.errors import (
+    ConfigError,
     InvalidToken,
     LeaseLost,
     OperationFailed,
@@ -55,6 +56,7 @@ from keyturn.legacy import LegacyReader
 from keyturn.ops.encrypt_existing import count_rows, group_label
 from keyturn.ops.lifecycle import refresh_states
 from keyturn.ops.reports import RewriteReport, pk_json
+from keyturn.ops.rotate_progress import ColumnState, JobProgress, TableWalk
 from keyturn.ops.status import count_column, longest_tokens
 from keyturn.store import Store
 
@@ -67,7 +69,6 @@ SWEPT = "swept"
 CATEGORIES = (ROTATED, CURRENT, EMPTY, PLAINTEXT, LEGACY, SWEPT)
 KIND = "rotate"
 SAMPLE = 20
-CHUNKED = "chunks"
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
@@ -90,6 +91,25 @@ class RotateOptions:
     lease_seconds: float = float(jobs.LEASE_SECONDS)
     #: How long to wait for the keyring lock if another operation holds it.
     wait: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError("workers must be at least 1")
+        if self.atomic and (self.workers > 1 or self.join):
+            raise ConfigError("an atomic rotation runs in one transaction: no workers, no join")
+        if self.join and self.dry_run:
+            raise ConfigError("join works on a running job; a dry run writes nothing")
+
+    @property
+    def mode(self) -> str:
+        """What run() does: dry-run, join, atomic, parallel or sequential."""
+        if self.dry_run:
+            return "dry-run"
+        if self.join:
+            return "join"
+        if self.atomic:
+            return "atomic"
+        return "parallel" if self.workers > 1 else "sequential"
 
 
 class Rotator:
@@ -169,7 +189,7 @@ class Rotator:
         started = time.monotonic()
         try:
             columns = self.preflight()
-            if self.options.dry_run or self.options.join:
+            if self.options.mode in ("dry-run", "join"):
                 return self._run_unlocked(columns, started)
             if self.lock is None:
                 self.lock = KeyringLock(self.store.engine, KIND).acquire(self.options.wait)
@@ -219,10 +239,10 @@ class Rotator:
                 f"job {job.id} targets key v{job.target_version} but v{ring.active_version} "
                 "is active; see docs/ROTATION.md, 'A rotation that failed or was killed'"
             )
-        progress: dict[str, Any] = job.progress or {"columns": {}}
+        progress = JobProgress.load(job.progress)
         # If anything below raises, the job stays `running`; its owner (this
         # process) is then dead or gone, so the next `keyturn rotate` resumes it.
-        if progress.get("mode") == CHUNKED:
+        if progress.chunked:
             self._run_chunks(columns, ring, job, progress)
         results = self._rotate_columns(columns, ring, job, progress, None)
         with write_transaction(self.store.engine) as conn:
@@ -245,7 +265,7 @@ class Rotator:
                 {"columns": [c.spec.name for c in columns], "workers": workers},
             )
             if workers > 1:
-                job = replace(job, progress={"mode": CHUNKED, "columns": {}})
+                job = replace(job, progress=JobProgress(chunked=True).dump())
                 jobs.checkpoint(conn, job.id, job.progress)
         self.store.reload()
         return job
@@ -253,11 +273,11 @@ class Rotator:
     # -- parallel: leased chunks ------------------------------------------------
 
     def _run_chunks(
-        self, columns: list[BoundColumn], ring: Keyring, job: jobs.Job, progress: dict[str, Any]
+        self, columns: list[BoundColumn], ring: Keyring, job: jobs.Job, progress: JobProgress
     ) -> None:
         """Plan the chunks (once), work on them with N-1 helper processes until all
         are done, then hand the closing sweep to the sequential code, once."""
-        if progress.get("sweeping"):
+        if progress.sweeping:
             return
         groups = {_table_key(g): g for g in group_by_table(columns)}
         with write_transaction(self.store.engine) as conn:
@@ -278,22 +298,22 @@ class Rotator:
                         "its chunks were taken over",
                         file=sys.stderr,
                     )
-        merged = {name: _ColumnState() for name in (c.spec.name for c in columns)}
+        merged = {name: ColumnState() for name in (c.spec.name for c in columns)}
         with self.store.engine.connect() as conn:
             for tally in chunks.all_counts(conn, job.id):
                 for name, data in tally.items():
-                    merged[name].merge(_ColumnState.load(data))
-        progress["columns"] = {name: state.dump() for name, state in merged.items()}
-        progress["tables"] = {key: {"cursor": None, "done": True, "swept": False} for key in groups}
-        progress["sweeping"] = True
+                    merged[name].merge(ColumnState.load(data))
+        progress.columns = dict(merged)
+        progress.tables = {key: TableWalk(done=True) for key in groups}
+        progress.sweeping = True
         with write_transaction(self.store.engine) as conn:
-            jobs.checkpoint(conn, job.id, progress)
+            jobs.checkpoint(conn, job.id, progress.dump())
 
     def _join(
         self, columns: list[BoundColumn], job: jobs.Job | None, started: float
     ) -> RewriteReport:
         """Work on another process's parallel job until no chunk is left to take."""
-        if job is None or (job.progress or {}).get("mode") != CHUNKED:
+        if job is None or not JobProgress.load(job.progress).chunked:
             raise OperationFailed(
                 "no parallel rotation to join: start one with `keyturn rotate --workers N`"
                 + (f" (job {job.id} runs without --workers)" if job else "")
@@ -328,15 +348,15 @@ class Rotator:
         *,
         coordinator: bool,
         helpers: Sequence[subprocess.Popen[bytes]] = (),
-    ) -> dict[str, _ColumnState]:
+    ) -> dict[str, ColumnState]:
         """Claim and rotate chunks until none is left. The coordinator also waits for
         chunks other workers hold, taking over any whose lease expires, and reaps
         its helpers as they exit, so a dead helper's chunk is taken over at once."""
         owner = me()
         lease = self.options.lease_seconds
         pacing = Pacing(chunk_time=self.options.chunk_time, max_rate=self.options.max_rate)
-        mine: dict[str, _ColumnState] = {
-            c.spec.name: _ColumnState() for group in groups.values() for c in group
+        mine: dict[str, ColumnState] = {
+            c.spec.name: ColumnState() for group in groups.values() for c in group
         }
         bar = self._chunk_bar(groups, job) if coordinator else None
         while True:
@@ -394,10 +414,10 @@ class Rotator:
         job: jobs.Job,
         owner: str,
         pacing: Pacing,
-    ) -> dict[str, _ColumnState]:
+    ) -> dict[str, ColumnState]:
         """Rotate one chunk from its cursor to its end; checkpoint it with each batch."""
-        states = {c.spec.name: _ColumnState.load(chunk.counts.get(c.spec.name)) for c in group}
-        before = {name: _ColumnState.load(state.dump()) for name, state in states.items()}
+        states = {c.spec.name: ColumnState.load(chunk.counts.get(c.spec.name)) for c in group}
+        before = {name: ColumnState.load(state.dump()) for name, state in states.items()}
         lease = self.options.lease_seconds
         keep_backup = self.options.backup
 
@@ -477,7 +497,7 @@ class Rotator:
         with write_transaction(self.store.engine) as conn:
             dek, job = self._mint_job(conn, job_id, backup_path, {"atomic": True})
             ring = self.store.keyring.with_active(dek)
-            results = self._rotate_columns(columns, ring, job, {"columns": {}}, conn)
+            results = self._rotate_columns(columns, ring, job, JobProgress(), conn)
             failed = sum(r.counts.get(FAILED, 0) for r in results.values())
             if failed:
                 raise OperationFailed(
@@ -502,27 +522,24 @@ class Rotator:
         columns: list[BoundColumn],
         ring: Keyring,
         job: jobs.Job,
-        progress: dict[str, Any],
+        progress: JobProgress,
         conn: Connection | None,
-    ) -> dict[str, _ColumnState]:
+    ) -> dict[str, ColumnState]:
         """Walk every table, then sweep it; checkpoint after every batch."""
         target = ring.active_version
-        states = {
-            c.spec.name: _ColumnState.load(progress.get("columns", {}).get(c.spec.name))
-            for c in columns
-        }
-        walks = progress.setdefault("tables", {})
+        states = {c.spec.name: progress.column(c.spec.name) for c in columns}
+        walks = progress.tables
         pacing = Pacing(chunk_time=self.options.chunk_time, max_rate=self.options.max_rate)
         for sweep in (False, True):
             for group in group_by_table(columns):
                 key = _table_key(group)
-                walk = walks.setdefault(key, {"cursor": None, "done": False, "swept": False})
-                if walk["swept" if sweep else "done"]:
+                walk = walks.setdefault(key, TableWalk())
+                if walk.swept if sweep else walk.done:
                     continue
                 bar = None
                 if self.progress and not sweep:
                     bar = self.progress(group_label(group), count_rows(self.store, group[0], conn))
-                    if walk["cursor"] is not None:
+                    if walk.cursor is not None:
                         bar(sum(states[group[0].spec.name].counts.values()))
                 # The closing sweep: tokens on an older version, written by app
                 # processes that had not yet seen the new version.
@@ -538,15 +555,18 @@ class Rotator:
                     on_batch=self._on_batch(job, walk, states, progress, sweep=sweep),
                     collect_applied=self.options.backup,
                 )
-                after = tuple(walk["cursor"]) if walk["cursor"] and not sweep else None
+                after = tuple(walk.cursor) if walk.cursor and not sweep else None
                 for result in rewriter.run(after=after):
                     states[result.column].counts[CONTENDED] += result.counts.get(CONTENDED, 0)
-                walk["swept" if sweep else "done"] = True
+                if sweep:
+                    walk.swept = True
+                else:
+                    walk.done = True
                 self._checkpoint(conn, job, progress, states)
         return states
 
     def _deciders(
-        self, ring: Keyring, group: list[BoundColumn], states: dict[str, _ColumnState]
+        self, ring: Keyring, group: list[BoundColumn], states: dict[str, ColumnState]
     ) -> list[DecideBatch]:
         """Per column of ``group``: re-encrypt onto the ring's active version."""
         return [
@@ -563,9 +583,9 @@ class Rotator:
     def _on_batch(
         self,
         job: jobs.Job,
-        walk: dict[str, Any],
-        states: dict[str, _ColumnState],
-        progress: dict[str, Any],
+        walk: TableWalk,
+        states: dict[str, ColumnState],
+        progress: JobProgress,
         *,
         sweep: bool,
     ) -> OnBatch:
@@ -587,7 +607,7 @@ class Rotator:
                 else:
                     states[name].counts.update(batch)
             if not sweep and last is not None:
-                walk["cursor"] = list(last)
+                walk.cursor = list(last)
             self._checkpoint(conn, job, progress, states)
 
         return on_batch
@@ -596,20 +616,20 @@ class Rotator:
         self,
         conn: Connection | None,
         job: jobs.Job,
-        progress: dict[str, Any],
-        states: dict[str, _ColumnState],
+        progress: JobProgress,
+        states: dict[str, ColumnState],
     ) -> None:
-        progress["columns"] = {name: s.dump() for name, s in states.items()}
+        progress.columns = states
         # Inside the batch's transaction: a lost lock rolls the batch back.
         if conn is not None:
             if self.lock is not None:
                 self.lock.verify(conn)
-            jobs.checkpoint(conn, job.id, progress)
+            jobs.checkpoint(conn, job.id, progress.dump())
         else:
             with write_transaction(self.store.engine) as own:
                 if self.lock is not None:
                     self.lock.verify(own)
-                jobs.checkpoint(own, job.id, progress)
+                jobs.checkpoint(own, job.id, progress.dump())
 
     def _dry_run(
         self, columns: list[BoundColumn], job: jobs.Job | None, started: float
@@ -645,7 +665,7 @@ class Rotator:
     def _report(
         self,
         conn: Connection,
-        states: dict[str, _ColumnState],
+        states: dict[str, ColumnState],
         job: jobs.Job,
         key_states: dict[int, str],
         started: float,
@@ -683,54 +703,6 @@ class Rotator:
         )
 
 
-class _ColumnState:
-    """A column's counts and failed rows within a job."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self.failed: list[list[Any]] = []
-        self._failed_keys: set[str] = set()
-
-    @classmethod
-    def load(cls, data: dict[str, Any] | None) -> _ColumnState:
-        state = cls()
-        if data:
-            state.counts = Counter(data.get("counts", {}))
-            for pk in data.get("failed", []):
-                state.fail(tuple(pk))
-        return state
-
-    def fail(self, pk: PK) -> None:
-        """Remember a row that failed, once, however often it is seen."""
-        key = repr(list(pk))
-        if key not in self._failed_keys:
-            self._failed_keys.add(key)
-            self.failed.append(list(pk))
-
-    def dump(self) -> dict[str, Any]:
-        return {"counts": dict(self.counts), "failed": self.failed[:1000]}
-
-    def result(self, name: str) -> ColumnResult:
-        """The column's counts for a report; failed rows are counted once each."""
-        return ColumnResult(
-            name, {**self.counts, FAILED: len(self.failed)}, tuple(map(tuple, self.failed))
-        )
-
-    def merge(self, other: _ColumnState) -> None:
-        self.counts.update(other.counts)
-        for pk in other.failed:
-            self.fail(tuple(pk))
-
-    def minus(self, before: _ColumnState) -> _ColumnState:
-        """What was added since ``before`` (a chunk's work by this worker)."""
-        delta = _ColumnState()
-        delta.counts = self.counts - before.counts
-        for pk in self.failed:
-            if repr(list(pk)) not in before._failed_keys:
-                delta.fail(tuple(pk))
-        return delta
-
-
 def _outcome(report: RewriteReport) -> str:
     """A finished job's state: failed if any row failed (the CLI exits 1 for it)."""
     return jobs.FAILED if report.failed else jobs.SUCCEEDED
@@ -740,7 +712,7 @@ def _decider(
     ring: Keyring,
     column: BoundColumn,
     target: int,
-    state: _ColumnState,
+    state: ColumnState,
     reader: LegacyReader | None,
 ) -> DecideBatch:
     spec = column.spec
