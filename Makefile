@@ -24,9 +24,9 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
-# The concurrency model (tests/test_model.py) on long schedules, outside the suite.
+# The concurrency model (tests/processes/test_model.py) on long schedules, outside the suite.
 soak: $(STAMP)
-	KEYTURN_MODEL_STEPS=$${KEYTURN_MODEL_STEPS:-150} $(PY) -m pytest -q tests/test_model.py
+	KEYTURN_MODEL_STEPS=$${KEYTURN_MODEL_STEPS:-150} $(PY) -m pytest -q tests/processes/test_model.py
 
 bench: $(STAMP)
 	$(PY) bench/crypto_overhead.py

@@ -10,52 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import App, Database, base_env, run_cli
+from conftest import Database, base_env, run_cli
+from parallel_app import ROWS, check_all_rotated, helper_pids, parallel_app, wait_for
 
 import keyturn
-
-ROWS = 3000
-
-
-def parallel_app(database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> App:
-    """``secrets(id, a, b)`` with ROWS rows, taken over by keyturn (tokens on v1)."""
-    database.execute("CREATE TABLE secrets (id INTEGER PRIMARY KEY, a VARCHAR(255), b TEXT)")
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(database.url)
-    with engine.begin() as conn:
-        conn.execute(
-            text("INSERT INTO secrets VALUES (:i, :a, :b)"),
-            [
-                {"i": i, "a": f"sk_{i}", "b": None if i % 10 == 0 else f"tok_{i}"}
-                for i in range(1, ROWS + 1)
-            ],
-        )
-    engine.dispose()
-    (tmp_path / "keyturn.toml").write_text(
-        f'database = "{database.url}"\n'
-        '[[columns]]\ntable = "secrets"\ncolumn = "a"\n'
-        '[[columns]]\ntable = "secrets"\ncolumn = "b"\nbind = "row"\n'
-    )
-    env = {**base_env(), "KEYTURN_KEK": os.urandom(32).hex()}
-    monkeypatch.setenv("KEYTURN_KEK", env["KEYTURN_KEK"])
-    app = App(tmp_path, env)
-    run_cli("init", cwd=tmp_path, env=env, check=True)
-    run_cli("encrypt-existing", cwd=tmp_path, env=env, check=True)
-    return app
-
-
-def check_all_rotated(app: App, database: Database, version: int) -> None:
-    """Every value decrypts to its original, under ``version`` only."""
-    with keyturn.open(app.config) as store:
-        for i, a, b in database.rows("SELECT id, a, b FROM secrets"):
-            assert a.startswith(f"kt1:{version}:")
-            assert store.decrypt(a, context="secrets.a") == f"sk_{i}"
-            if i % 10 == 0:
-                assert b is None
-            else:
-                assert b.startswith(f"kt1:{version}:")
-                assert store.decrypt(b, context=f"secrets.b#{i}") == f"tok_{i}"
 
 
 def chunk_rows(database: Database) -> list[tuple[Any, ...]]:
@@ -81,13 +39,6 @@ def test_workers_split_the_table(
     assert database.rows("SELECT state FROM keyturn_jobs") == [("succeeded",)]
 
 
-def _wait_for(predicate: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
 def test_join_from_another_process(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -98,7 +49,7 @@ def test_join_from_another_process(
         "rotate", "--yes", "--json", "--workers", "2", "--rows-per-chunk", "100",
         "--max-rate", "500",
     )  # fmt: skip
-    _wait_for(lambda: _has_chunks(database))
+    wait_for(lambda: _has_chunks(database))
     joined = app.cli("rotate", "--join", "--json", "--max-rate", "500")
     assert joined.returncode == 0, joined.stderr
     out, err = coordinator.communicate(timeout=120)
@@ -117,22 +68,6 @@ def _has_chunks(database: Database) -> bool:
         return False
 
 
-def _helper_pids(parent: int) -> list[int]:
-    """The rotate helpers the coordinator ``parent`` started (its child processes)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                cmd = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == parent and b"keyturn.ops.rotate_helper" in cmd:
-                pids.append(int(entry.name))
-    return pids
-
-
 def test_killed_worker_loses_nothing(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,9 +78,9 @@ def test_killed_worker_loses_nothing(
         "rotate", "--yes", "--json", "--workers", "2", "--rows-per-chunk", "400",
         "--lease-seconds", "2", "--max-rate", "800", "--chunk-time", "0.05",
     )  # fmt: skip
-    _wait_for(lambda: bool(_helper_pids(coordinator.pid)))
+    wait_for(lambda: bool(helper_pids(coordinator.pid)))
     time.sleep(1.0)
-    for pid in _helper_pids(coordinator.pid):
+    for pid in helper_pids(coordinator.pid):
         os.kill(pid, signal.SIGKILL)
     time.sleep(1.5)
     coordinator.send_signal(signal.SIGKILL)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 from conftest import App, Database, key_file
+from parallel_app import ROWS, check_all_rotated, helper_pids, parallel_app, wait_for
 from sqlalchemy import create_engine, event
-from test_parallel import ROWS, _helper_pids, _wait_for, check_all_rotated, parallel_app
 
 import keyturn
 from keyturn import KEKChanged, KeyringBusy, UnknownKeyVersion
@@ -123,7 +123,7 @@ def test_rotate_kek_during_a_rotation_is_refused_and_the_keyring_stays_whole(
     app = parallel_app(database, tmp_path, monkeypatch)
     key_file(tmp_path / "new.kek")
     rotation = app.start("rotate", "--yes", "--json", "--max-rate", "3000")
-    _wait_for(lambda: len(versions(database)) == 2)
+    wait_for(lambda: len(versions(database)) == 2)
     kek = app.cli("rotate-kek", "--new-kek-file", "new.kek", "--yes")
     assert kek.returncode == 4 and "locked by rotate (job " in kek.stderr, kek.stderr
     _, err = rotation.communicate(timeout=120)
@@ -210,9 +210,9 @@ def test_a_killed_helper_on_this_host_is_taken_over_at_once(
         "rotate", "--yes", "--json", "--workers", "2", "--rows-per-chunk", "400",
         "--max-rate", "1500", "--chunk-time", "0.05",
     )  # fmt: skip
-    _wait_for(lambda: bool(_helper_pids(coordinator.pid)))
+    wait_for(lambda: bool(helper_pids(coordinator.pid)))
     time.sleep(0.8)
-    for pid in _helper_pids(coordinator.pid):
+    for pid in helper_pids(coordinator.pid):
         os.kill(pid, signal.SIGKILL)
     out, err = coordinator.communicate(timeout=120)
     assert coordinator.returncode == 0, err
@@ -274,7 +274,7 @@ def test_a_rotation_that_loses_its_lock_session_stops_and_resumes(
     else:
         lock = "keyturn:" + hashlib.sha256(name.encode()).hexdigest()[:40]
         query = f"SELECT IS_USED_LOCK('{lock}') FROM DUAL"
-    _wait_for(lambda: len(versions(database)) == 2 and bool(database.rows(query)))
+    wait_for(lambda: len(versions(database)) == 2 and bool(database.rows(query)))
     time.sleep(0.5)
     (session,) = database.rows(query)[0]
     assert session is not None

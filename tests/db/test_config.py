@@ -73,7 +73,7 @@ def test_config_repr_hides_the_database_password(tmp_path: Path) -> None:
 
 
 def test_the_app_contract_as_rotation_md_shows_it(tmp_path: Path) -> None:
-    doc = (Path(__file__).parents[1] / "docs" / "ROTATION.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs" / "ROTATION.md").read_text()
     snippet = doc.split("## The app-process contract", 1)[1].split("```toml\n", 1)[1]
     snippet = snippet.split("```", 1)[0]
     apps = load_config(write(tmp_path, GOOD + snippet)).apps

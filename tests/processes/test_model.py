@@ -39,7 +39,7 @@ import keyturn
 from keyturn._core.tokens import version_of
 
 ROWS = 300
-APP = Path(__file__).with_name("model_app.py")
+APP = Path(__file__).parents[1] / "model_app.py"
 STEPS = int(os.environ.get("KEYTURN_MODEL_STEPS", "10"))
 
 

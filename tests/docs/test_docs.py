@@ -14,7 +14,7 @@ from conftest import App
 
 import keyturn
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def snippets(doc: str, lang: str) -> list[str]:
