@@ -204,7 +204,7 @@ def test_restore_gives_back_exactly_the_previous_tokens(app: App) -> None:
     app.sql("UPDATE users SET secret = ? WHERE id = 1", (newer,))
     proc = app.cli("restore", job, "--yes", "--json", check=True)
     counts = json.loads(proc.stdout)
-    assert counts["restored"] == 13 and counts["changed_since"] == 1
+    assert counts["restored"] == 13 and counts["changed_since"] == 1 and counts["job"] == job
     users, integrations = before
     assert app.sql("SELECT id, token FROM integrations") == integrations
     assert app.sql("SELECT id, secret FROM users") == [

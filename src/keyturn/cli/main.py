@@ -732,17 +732,16 @@ def restore(ctx: click.Context, job_id: str, yes: bool, wait: float, as_json: bo
         job = jobs.lookup(store.engine, job_id)
         _confirm(yes, f"restore the tokens job {job.id} replaced?")
         with _audited(store, "restore", deferred=True, job=job.id) as outcome:
-            counts = restore_job(store, job.id, wait=wait, before_write=outcome.begin)
-            outcome.update(counts)
+            result = restore_job(store, job.id, wait=wait, before_write=outcome.begin)
+            outcome.update(result.counts())
     _emit(
         as_json,
-        {"job": job.id, **counts},
-        f"job {job.id}: restored {counts['restored']} value(s); "
-        f"{counts['changed_since']} changed since and were kept"
+        result.to_dict(),
+        f"job {job.id}: restored {result.restored} value(s); "
+        f"{result.changed_since} changed since and were kept"
         + (
-            f"; {counts['skipped_corrupt']} backed-up row(s) were unreadable (edited) and "
-            "were skipped"
-            if counts["skipped_corrupt"]
+            f"; {result.skipped_corrupt} backed-up row(s) were unreadable (edited) and were skipped"
+            if result.skipped_corrupt
             else ""
         ),
     )

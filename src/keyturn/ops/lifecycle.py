@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -316,8 +316,7 @@ def prune_job(
     job row names that is not such a file is refused and reported, never
     deleted (the database is not trusted to name files).
     """
-    with store.engine.connect() as conn:
-        job = jobs.get(conn, job_id)
+    job = jobs.lookup(store.engine, job_id)
     with KeyringLock(store.engine, "prune", job.id).acquire(wait):
         with store.audit.transaction() as conn:
             before = {m.version: m.state for m, _ in keystore.read_versions(conn)}
@@ -335,16 +334,32 @@ def prune_job(
     return PruneResult(job.id, dropped, tuple(map(str, ours)), refused, states, retired)
 
 
+@dataclass(frozen=True)
+class RestoreResult:
+    """What ``restore`` did: tokens put back, and rows left as they were (and why)."""
+
+    job: str
+    restored: int
+    changed_since: int
+    skipped_unconfigured: int
+    skipped_corrupt: int
+
+    def counts(self) -> dict[str, int]:
+        return {k: v for k, v in asdict(self).items() if k != "job"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def restore_job(
     store: Store,
     job_id: str,
     *,
     wait: float = 0.0,
     before_write: Callable[[], None] | None = None,
-) -> dict[str, int]:
+) -> RestoreResult:
     """Put back the tokens a job replaced (by compare-and-swap), under the keyring lock."""
-    with store.engine.connect() as conn:
-        job = jobs.get(conn, job_id)
+    job = jobs.lookup(store.engine, job_id)
     with KeyringLock(store.engine, "restore", job.id).acquire(wait):
         if before_write is not None:
             before_write()
@@ -352,4 +367,4 @@ def restore_job(
         with write_transaction(store.engine) as conn:
             jobs.finish(conn, job.id, jobs.RESTORED)
             refresh_states(store, conn)
-    return counts
+    return RestoreResult(job.id, **counts)
