@@ -30,7 +30,7 @@ def make_store(workdir: Path) -> keyturn.Store:
     (workdir / "keyturn.toml").write_text('database = "sqlite:///app.db"\n')
     os.environ["KEYTURN_KEK"] = os.urandom(32).hex()
     cli.main(["--config", str(workdir / "keyturn.toml"), "init"], standalone_mode=False)
-    return keyturn.open(workdir / "keyturn.toml", refresh_seconds=3600)
+    return keyturn.open(workdir / "keyturn.toml")  # refreshes at most every 30 s
 
 
 def main() -> None:
