@@ -1,7 +1,7 @@
 """Loading and validating ``keyturn.toml``.
 
 Only structure is checked here; whether the tables and columns exist is
-checked against the database by ``columns``.
+checked against the database by ``keyturn.db.columns``.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ from keyturn.ops.lifecycle import rotate_kek
 from keyturn.ops.reports import audit_summary
 from keyturn.ops.rotate import KIND, RotateOptions, Rotator
 from keyturn.ops.status import status
-from keyturn.server import page as _admin_page
+from keyturn.server import page as html
 from keyturn.store import Store
 from keyturn.store import open as open_store
 
@@ -384,7 +384,7 @@ def create_app(
         return JSONResponse({"status": "ok", "database": True})
 
     def openapi(_: Request) -> Response:
-        return JSONResponse(_admin_page.OPENAPI)
+        return JSONResponse(html.OPENAPI)
 
     def encryption(_: Request, __: ApiToken) -> Response:
         return JSONResponse(status(service.store).to_dict())
@@ -445,17 +445,17 @@ def create_app(
         csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
         token = service.authenticate(request.cookies.get(SESSION_COOKIE))
         if token is None:
-            body = _admin_page.sign_in(csrf, request.query_params.get("error"))
+            body = html.sign_in(csrf, request.query_params.get("error"))
         else:
             done = service.jobs.get(request.query_params.get("done", ""))
-            body = _admin_page.dashboard(
+            body = html.dashboard(
                 status(service.store).to_dict(),
                 token,
                 csrf,
                 done.to_dict() if done else None,
                 service.store.audit.count(),
             )
-        response = HTMLResponse(body, headers=_admin_page.SECURITY_HEADERS)
+        response = HTMLResponse(body, headers=html.SECURITY_HEADERS)
         _set_cookie(request, response, CSRF_COOKIE, csrf)
         return response
 
@@ -486,11 +486,11 @@ def create_app(
 
     def page_script(_: Request) -> Response:
         return Response(
-            _admin_page.SCRIPT, media_type="text/javascript", headers={"Cache-Control": "no-store"}
+            html.SCRIPT, media_type="text/javascript", headers={"Cache-Control": "no-store"}
         )
 
     def page_style(_: Request) -> Response:
-        return Response(_admin_page.STYLE, media_type="text/css")
+        return Response(html.STYLE, media_type="text/css")
 
     routes = [
         Route("/healthz", healthz),
