@@ -1,8 +1,13 @@
-"""The admin HTTP API and page, served by a real `keyturn serve` process on loopback."""
+"""The admin HTTP API and page: in this process through ASGI where only the app's
+answers are under test, and as a real `keyturn serve` process on loopback where the
+process is (start-up, its log, the browser, proxies, a CLI rotating at the same time)."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -110,14 +115,84 @@ def token(app: App, name: str, scope: str = "read") -> str:
     return value
 
 
+@dataclass
+class LocalServer:
+    """The admin app called in this process, without a socket; its log is kept."""
+
+    app: Any
+    log: io.StringIO
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        sent = dict(headers or {})
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        status, hdrs, raw = asyncio.run(_asgi_call(self.app, method, path, sent))
+        text = raw.decode()
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        return Reply(status, hdrs, body, text)
+
+
+async def _asgi_call(
+    app: Any, method: str, path: str, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes]:
+    """One request through the ASGI app, from 127.0.0.1, as uvicorn would pass it on."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    route, _, query = path.partition("?")
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": route, "raw_path": route.encode(), "root_path": "",
+        "query_string": query.encode(), "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }  # fmt: skip
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    hdrs: dict[str, str] = {}
+    for name, value in start.get("headers", []):
+        hdrs[name.decode().lower()] = value.decode()
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], hdrs, body
+
+
 @pytest.fixture
-def server(app: App) -> Iterator[Server]:
+def server(app: App) -> Iterator[LocalServer]:
+    """The admin app of an initialized app database, in this process; at the end its
+    request log is checked for the KEK."""
+    from keyturn.server import create_app
+
     app.cli("init", check=True)
     app.cli("encrypt-existing", check=True)
-    yield from serve(app)
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    server_log = logging.getLogger("keyturn.server")
+    server_log.addHandler(handler)
+    server_log.setLevel(logging.INFO)
+    asgi = create_app(app.config)
+    try:
+        yield LocalServer(asgi, log)
+    finally:
+        server_log.removeHandler(handler)
+        asgi.state.keyturn.store.close()
+        assert_no_secret(log.getvalue(), app.env["KEYTURN_KEK"])
 
 
-def test_auth_matrix(app: App, server: Server) -> None:
+def test_auth_matrix(app: App, server: LocalServer) -> None:
     reader, rotator, admin = (
         token(app, "reader"),
         token(app, "ci", "rotate"),
@@ -152,7 +227,7 @@ def test_auth_matrix(app: App, server: Server) -> None:
     assert all(reader not in h and len(h) == 64 for _, h in tokens)
 
 
-def test_repeated_failures_get_429_with_retry_after(app: App, server: Server) -> None:
+def test_repeated_failures_get_429_with_retry_after(app: App, server: LocalServer) -> None:
     good = token(app, "reader")
     for _ in range(5):
         assert server.call("GET", "/v1/admin/encryption", "kta_wrong").status == 401
@@ -242,7 +317,7 @@ def test_rotate_kek_only_from_the_configured_source(app: App, tmp_path: Path) ->
     assert kek_entries == [("token:root", "started"), ("token:root", "succeeded")]
 
 
-def test_openapi_schema_lists_every_endpoint(server: Server) -> None:
+def test_openapi_schema_lists_every_endpoint(server: LocalServer) -> None:
     schema = server.call("GET", "/openapi.json").body
     assert schema["openapi"].startswith("3.")
     assert set(schema["paths"]) == {
@@ -255,7 +330,7 @@ def test_openapi_schema_lists_every_endpoint(server: Server) -> None:
     }
 
 
-def test_page_csrf_and_cookie_rules(app: App, server: Server) -> None:
+def test_page_csrf_and_cookie_rules(app: App, server: LocalServer) -> None:
     ops = token(app, "ops", "rotate")
     page = server.call("GET", "/admin/encryption")
     assert page.status == 200 and "Sign in" in page.text
