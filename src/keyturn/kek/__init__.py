@@ -121,9 +121,12 @@ def new_kek(env_name: str | None = None, file: Path | None = None) -> KEK:
     for strength: one place for the CLI's flags and the server's ``[server]`` settings."""
     from keyturn.kek.local import from_env, from_file
 
-    if bool(env_name) == bool(file):
+    if env_name and not file:
+        kek = from_env(env_name)
+    elif file and not env_name:
+        kek = from_file(file)
+    else:
         raise ConfigError("give the new KEK as exactly one of an env var and a key file")
-    kek = from_env(env_name) if env_name else from_file(file)  # type: ignore[arg-type]
     check_strength(kek)
     return kek
 

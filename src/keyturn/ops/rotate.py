@@ -284,7 +284,7 @@ class Rotator:
             if not chunks.is_planned(conn, job.id):
                 for key, group in groups.items():
                     chunks.plan(conn, job.id, key, group[0].pk, self.options.rows_per_chunk)
-        from keyturn.ops.rotate_helper import spawn
+        from keyturn.ops.rotate_helper import spawn  # it imports this module
 
         config_path = self.store.config.path
         helpers = [spawn(config_path, self.options) for _ in range(self.options.workers - 1)]
