@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ FERNET = fernet.FORMAT.name
 _FORMATS: dict[str, LegacyFormat] = {f.name: f for f in (aesgcm.FORMAT, fernet.FORMAT)}
 
 _COMMON_KEYS = {"name", "format", "prefix", "key_env", "key_file"}
-_INTS = {"iv_len", "iterations", "n", "r", "p"}
+# Each option is typed by its LegacySpec field.
+_TYPES = {f.name: int if f.type == "int" else str for f in fields(LegacySpec)}
 
 __all__ = ["AES_GCM", "FERNET", "LegacyFormat", "LegacyReader", "LegacySpec", "parse_legacy"]
 
@@ -72,7 +74,7 @@ def parse_legacy(entry: Any, where: str) -> LegacySpec:
         )
     fields: dict[str, Any] = {"key_env": key_env, "key_file": key_file}
     for key in sorted(set(entry) & (layout.options | {"prefix"})):
-        kind = int if key in _INTS else str
+        kind = _TYPES[key]
         value = entry[key]
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ConfigError(f"{where}: `{key}` must be a {kind.__name__}")
