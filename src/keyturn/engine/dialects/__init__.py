@@ -7,6 +7,12 @@ PostgreSQL and MariaDB/MySQL have faster statements of their own
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Column, Table
+
 # PyMySQL's executemany sends an UPDATE row by row: MariaDB/MySQL get one UPDATE
 # joined with a list of rows instead.
 BULK = ("mysql", "mariadb")
@@ -18,3 +24,28 @@ ARRAY = ("postgresql",)
 # rollback journal our next read holds off the previous batch's commit, and the
 # busy handler sleeps (measured slower, docs/PERFORMANCE.md).
 PIPELINED = ("postgresql", "mysql", "mariadb")
+
+
+@dataclass(frozen=True)
+class SwapNames:
+    """What both server swaps name alike: the quoted table ``t``; the columns of the
+    joined rows ``v`` (``k…`` the key, ``o…`` the values read, ``n…`` those to write);
+    and the join of ``t`` and ``v`` on the primary key."""
+
+    table: str
+    names: list[str]
+    same_row: list[str]
+    quote: Callable[[str], str]
+
+
+def swap_names(
+    dialect: Any, table: Table, pk: Sequence[Column[Any]], indexes: tuple[int, ...]
+) -> SwapNames:
+    # The preparer escapes a % in a name already (%%), as the driver's
+    # placeholders need: the statements are always run with parameters.
+    preparer = dialect.identifier_preparer
+    quote = preparer.quote
+    keys = [f"k{j}" for j in range(len(pk))]
+    names = keys + [f"o{i}" for i in indexes] + [f"n{i}" for i in indexes]
+    same_row = [f"t.{quote(c.name)} = v.{k}" for c, k in zip(pk, keys, strict=True)]
+    return SwapNames(preparer.format_table(table), names, same_row, quote)

@@ -11,6 +11,8 @@ from typing import Any
 
 from sqlalchemy import Column, Table
 
+from keyturn.engine.dialects import swap_names
+
 # Text that is a valid SQL string literal once single-quoted, in every sql_mode:
 # kt1 tokens and plain identifiers. Anything else goes through the driver's escaping.
 PLAIN_CHARS = (string.ascii_letters + string.digits + ":_.-").encode()
@@ -104,19 +106,16 @@ def swap_statement(
 ) -> BulkStatement:
     """MariaDB/MySQL: ``UPDATE t JOIN (<rows>) v ON t.pk = v.k AND t.col = v.old
     SET …``. A deleted row joins nothing, so it is never brought back."""
-    quote = dialect.identifier_preparer.quote
-    table = dialect.identifier_preparer.format_table(table)
-    keys = [f"k{j}" for j in range(len(pk))]
-    names = keys + [f"o{i}" for i in indexes] + [f"n{i}" for i in indexes]
-    same_row = [f"t.{quote(c.name)} = v.{k}" for c, k in zip(pk, keys, strict=True)]
+    swap = swap_names(dialect, table, pk, indexes)
+    quote, names = swap.quote, swap.names
     unchanged = [
         f"CAST(t.{quote(values[i].name)} AS BINARY) = CAST(v.o{i} AS BINARY)" for i in indexes
     ]
-    head = f"UPDATE {table} AS t JOIN ("
+    head = f"UPDATE {swap.table} AS t JOIN ("
     first = "SELECT " + ", ".join(f"{{}} AS {n}" for n in names)
     tail = (
         ") AS v ON "
-        + " AND ".join(same_row + unchanged)
+        + " AND ".join(swap.same_row + unchanged)
         + " SET "
         + ", ".join(f"t.{quote(values[i].name)} = v.n{i}" for i in indexes)
     )

@@ -9,6 +9,8 @@ from uuid import UUID
 
 from sqlalchemy import Column, Table
 
+from keyturn.engine.dialects import swap_names
+
 # A PostgreSQL swap has no packet limit to respect: a whole batch is one
 # statement unless its values are long.
 ARRAY_ROWS = 20_000
@@ -60,18 +62,12 @@ def swap_sql(
     t.pk = v.k AND t.col = v.o``, in pieces: the text before the arrays, the
     type of each array, the text after. A deleted row joins nothing, so it
     is never brought back."""
-    # The preparer escapes a % in a name already (%%), as the driver's
-    # placeholders need: the statement is always run with parameters.
-    preparer = dialect.identifier_preparer
-    quote = preparer.quote
-    table = preparer.format_table(table)
-    keys = [f"k{j}" for j in range(len(pk))]
-    names = keys + [f"o{i}" for i in indexes] + [f"n{i}" for i in indexes]
+    swap = swap_names(dialect, table, pk, indexes)
+    quote = swap.quote
     types = [str(c.type.compile(dialect=dialect)) for c in pk]
     types += ["text"] * (2 * len(indexes))
-    same_row = [f"t.{quote(c.name)} = v.{k}" for c, k in zip(pk, keys, strict=True)]
     unchanged = [f"t.{quote(values[i].name)} = v.o{i}" for i in indexes]
     sets = [f"{quote(values[i].name)} = v.n{i}" for i in indexes]
-    head = f"UPDATE {table} AS t SET {', '.join(sets)} FROM unnest("
-    tail = f") AS v({', '.join(names)}) WHERE {' AND '.join(same_row + unchanged)}"
+    head = f"UPDATE {swap.table} AS t SET {', '.join(sets)} FROM unnest("
+    tail = f") AS v({', '.join(swap.names)}) WHERE {' AND '.join(swap.same_row + unchanged)}"
     return head, types, tail
