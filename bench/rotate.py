@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 import keyturn
 from keyturn._core.kek import LocalKEK
 from keyturn.cli import cli
-from keyturn.ops.lifecycle import rotate_kek
 from keyturn.ops.rotate import RotateOptions, Rotator
+from keyturn.ops.rotate_kek import rotate_kek
 
 CONFIG = """database = "sqlite:///app.db"
 [[columns]]

@@ -27,8 +27,8 @@ from keyturn import KEKChanged, KeyringBusy, UnknownKeyVersion
 from keyturn._core.kek import LocalKEK
 from keyturn.db.database import write_transaction
 from keyturn.db.locking import KeyringLock
-from keyturn.ops.lifecycle import rotate_kek
 from keyturn.ops.rotate import Rotator
+from keyturn.ops.rotate_kek import rotate_kek
 
 
 def versions(database: Database) -> list[int]:

@@ -17,7 +17,7 @@ from conftest import App, fill_users, users_only
 import keyturn
 from keyturn import WrongKEK
 from keyturn._core.kek import LocalKEK
-from keyturn.ops import lifecycle
+from keyturn.ops import rotate_kek as kek_rotation
 
 ROWS = 20_000
 
@@ -203,9 +203,9 @@ def test_kill_between_commit_and_key_file_replace_is_recovered(
         def die(*_: object) -> None:
             raise SystemExit("killed after the commit")
 
-        monkeypatch.setattr(lifecycle.os, "replace", die)
+        monkeypatch.setattr(kek_rotation.os, "replace", die)
         with pytest.raises(SystemExit):
-            lifecycle.rotate_kek(store, new)
+            kek_rotation.rotate_kek(store, new)
         monkeypatch.undo()
     monkeypatch.delenv("KEYTURN_KEK", raising=False)
     key_file = app.dir / "data" / ".keyturn_kek"

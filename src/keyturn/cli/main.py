@@ -40,14 +40,11 @@ from keyturn.ops import api_tokens
 from keyturn.ops.encrypt_existing import encrypt_existing
 from keyturn.ops.import_legacy import import_legacy
 from keyturn.ops.init import init as init_keyring
-from keyturn.ops.lifecycle import (
-    destroy_key,
-    prune_job,
-    restore_job,
-    rotate_kek,
-)
+from keyturn.ops.lifecycle import destroy_key
 from keyturn.ops.reports import RewriteReport, audit_summary
+from keyturn.ops.restore import prune_job, restore_job
 from keyturn.ops.rotate import RotateOptions, Rotator
+from keyturn.ops.rotate_kek import rotate_kek
 from keyturn.ops.status import StatusReport, key_versions, status
 from keyturn.ops.verify import verify as verify_all
 from keyturn.store import Store

@@ -39,9 +39,9 @@ from keyturn.errors import JobNotFound, KeyManagementError, KeyringBusy, Keyturn
 from keyturn.kek import is_managed, new_kek
 from keyturn.ops import api_tokens
 from keyturn.ops.api_tokens import ApiToken
-from keyturn.ops.lifecycle import rotate_kek
 from keyturn.ops.reports import audit_summary
 from keyturn.ops.rotate import KIND, RotateOptions, Rotator
+from keyturn.ops.rotate_kek import rotate_kek
 from keyturn.ops.status import status
 from keyturn.server import page as html
 from keyturn.store import Store
