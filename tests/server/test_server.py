@@ -178,16 +178,21 @@ def server(app: App) -> Iterator[LocalServer]:
 
     app.cli("init", check=True)
     app.cli("encrypt-existing", check=True)
+    # Every logger's records, as the process's stderr would have them; the
+    # request log at INFO, as `keyturn serve` sets it.
     log = io.StringIO()
     handler = logging.StreamHandler(log)
+    logging.getLogger().addHandler(handler)
     server_log = logging.getLogger("keyturn.server")
-    server_log.addHandler(handler)
+    level = server_log.level
     server_log.setLevel(logging.INFO)
     asgi = create_app(app.config)
     try:
         yield LocalServer(asgi, log)
     finally:
-        server_log.removeHandler(handler)
+        logging.getLogger().removeHandler(handler)
+        server_log.setLevel(level)
+        assert log.getvalue(), "the request log was not captured, so not checked"
         asgi.state.keyturn.store.close()
         assert_no_secret(log.getvalue(), app.env["KEYTURN_KEK"])
 
