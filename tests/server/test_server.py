@@ -44,6 +44,16 @@ class Reply:
     body: Any
     text: str
 
+    @classmethod
+    def of(cls, status: int, headers: dict[str, str], raw: bytes) -> Reply:
+        """A response as received: header names in lower case, the body parsed if JSON."""
+        text = raw.decode()
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        return cls(status, {k.lower(): v for k, v in headers.items()}, body, text)
+
 
 @dataclass
 class Server:
@@ -66,12 +76,7 @@ class Server:
                 status, hdrs, raw = response.status, dict(response.headers), response.read()
         except urllib.error.HTTPError as exc:
             status, hdrs, raw = exc.code, dict(exc.headers), exc.read()
-        text = raw.decode()
-        try:
-            body = json.loads(text)
-        except ValueError:
-            body = None
-        return Reply(status, {k.lower(): v for k, v in hdrs.items()}, body, text)
+        return Reply.of(status, hdrs, raw)
 
     def wait_job(self, job_id: str, token: str, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -132,13 +137,7 @@ class LocalServer:
         sent = dict(headers or {})
         if token is not None:
             sent["Authorization"] = f"Bearer {token}"
-        status, hdrs, raw = asyncio.run(_asgi_call(self.app, method, path, sent))
-        text = raw.decode()
-        try:
-            body = json.loads(text)
-        except ValueError:
-            body = None
-        return Reply(status, hdrs, body, text)
+        return Reply.of(*asyncio.run(_asgi_call(self.app, method, path, sent)))
 
 
 async def _asgi_call(
@@ -163,9 +162,7 @@ async def _asgi_call(
     }  # fmt: skip
     await app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
-    hdrs: dict[str, str] = {}
-    for name, value in start.get("headers", []):
-        hdrs[name.decode().lower()] = value.decode()
+    hdrs = {name.decode(): value.decode() for name, value in start.get("headers", [])}
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], hdrs, body
 
