@@ -29,16 +29,21 @@ _COMMON_KEYS = {"name", "format", "prefix", "key_env", "key_file"}
 # Each option is typed by its LegacySpec field.
 _TYPES = {f.name: int if f.type == "int" else str for f in fields(LegacySpec)}
 
-__all__ = ["AES_GCM", "FERNET", "LegacyFormat", "LegacyReader", "LegacySpec", "parse_legacy"]
+__all__ = [
+    "AES_GCM",
+    "FERNET",
+    "LegacyFormat",
+    "LegacyReader",
+    "LegacySpec",
+    "legacy_secrets",
+    "parse_legacy",
+    "register",
+]
 
 
 def register(fmt: LegacyFormat) -> None:
     """Make ``format = fmt.name`` available to ``[[legacy]]`` entries."""
     _FORMATS[fmt.name] = fmt
-
-
-def get_format(name: str) -> LegacyFormat:
-    return _FORMATS[name]
 
 
 def parse_legacy(entry: Any, where: str) -> LegacySpec:
