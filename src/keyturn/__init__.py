@@ -32,6 +32,7 @@ from keyturn.errors import (
     SchemaError,
     TokenError,
     UnknownKeyVersion,
+    UnqueryableColumn,
     WrongKEK,
 )
 from keyturn.legacy import LegacySpec
@@ -75,6 +76,7 @@ __all__ = [
     "Store",
     "TokenError",
     "UnknownKeyVersion",
+    "UnqueryableColumn",
     "VersionStatus",
     "WrongKEK",
     "column_context",

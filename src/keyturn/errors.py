@@ -113,6 +113,10 @@ class TokenError(ConfigError):
     """An admin API token's name is invalid, taken, or unknown."""
 
 
+class UnqueryableColumn(ConfigError):
+    """A query compares, searches or sorts an encrypted column, which holds only tokens."""
+
+
 class JobNotFound(ConfigError):
     """No job has that id."""
 
@@ -161,5 +165,6 @@ __all__ = [
     "SchemaError",
     "TokenError",
     "UnknownKeyVersion",
+    "UnqueryableColumn",
     "WrongKEK",
 ]

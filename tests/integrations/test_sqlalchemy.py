@@ -1,0 +1,276 @@
+"""SQLAlchemy column types: tokens in the database, text in the app, through a rotation."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import App, Database, base_env, run_cli
+from orm_app import CONFIG, Account, Base
+from parallel_app import wait_for
+from sqlalchemy import Column, Integer, MetaData, Table, create_engine, select, text
+from sqlalchemy.exc import StatementError
+from sqlalchemy.orm import Session
+
+import keyturn
+from keyturn import ConfigError, InvalidToken, UnqueryableColumn
+from keyturn.integrations.sqlalchemy import EncryptedString, EncryptedText, configure
+
+ORM_APP = Path(__file__).parents[1] / "orm_app.py"
+
+
+def orm_db(database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> App:
+    """The accounts table on ``database``, a keyring, and the app's Store configured."""
+    engine = create_engine(database.url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    (tmp_path / "keyturn.toml").write_text(CONFIG.format(url=database.url))
+    env = {**base_env(), "KEYTURN_KEK": os.urandom(32).hex()}
+    monkeypatch.setenv("KEYTURN_KEK", env["KEYTURN_KEK"])
+    run_cli("init", cwd=tmp_path, env=env, check=True)
+    return App(tmp_path, env)
+
+
+@pytest.fixture
+def store(database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    app = orm_db(database, tmp_path, monkeypatch)
+    with keyturn.open(app.config) as opened:
+        configure(opened)
+        try:
+            yield opened
+        finally:
+            configure(None)
+
+
+# Behaviour of the types alone, not of a backend: on SQLite.
+sqlite_only = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+
+
+def raw(store: Any, query: str) -> list[tuple[Any, ...]]:
+    """The stored values, past the ORM's types."""
+    with store.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(query))]
+
+
+def write_raw(store: Any, query: str, **params: Any) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(text(query), params)
+
+
+def test_round_trip_with_store_both_ways(store: Any) -> None:
+    engine = store.engine
+    with Session(engine) as session:
+        session.add_all(
+            [
+                Account(id=1, name="a", api_key="sk_live_1", notes="pässwörd-秘密"),
+                Account(id=2, name="b", api_key=None, notes=""),
+            ]
+        )
+        session.commit()
+    rows = dict((i, (k, n)) for i, k, n in raw(store, "SELECT id, api_key, notes FROM accounts"))
+    assert rows[1][0].startswith("kt1:1:") and "sk_live_1" not in rows[1][0]
+    assert store.decrypt(rows[1][0], context="accounts.api_key") == "sk_live_1"
+    assert store.decrypt(rows[1][1], context="accounts.notes") == "pässwörd-秘密"
+    assert rows[2] == (None, "")  # NULL stays NULL and empty stays empty, as in the CLI
+    with Session(engine) as session:
+        two = session.get(Account, 2)
+        assert two is not None and (two.api_key, two.notes) == (None, "")
+    # A token sealed by Store (as by the CLI's encrypt-existing) reads through the ORM.
+    sealed = store.encrypt("sk_from_store", context="accounts.api_key")
+    write_raw(store, "UPDATE accounts SET api_key = :v WHERE id = 2", v=sealed)
+    with Session(engine) as session:
+        one, two = session.get(Account, 1), session.get(Account, 2)
+        assert one is not None and two is not None
+        assert (one.api_key, one.notes) == ("sk_live_1", "pässwörd-秘密")
+        assert two.api_key == "sk_from_store"
+
+
+@sqlite_only
+def test_reads_are_strict_and_unchanged_secrets_are_not_resealed(
+    database: Database, store: Any
+) -> None:
+    with Session(store.engine) as session:
+        session.add(Account(id=1, name="a", api_key="sk_1", notes="n"))
+        session.commit()
+    ((before,),) = raw(store, "SELECT api_key FROM accounts")
+    with Session(store.engine) as session:
+        account = session.get(Account, 1)
+        assert account is not None
+        account.name = "renamed"
+        session.commit()
+    assert raw(store, "SELECT api_key FROM accounts") == [(before,)]
+    # A token moved from another column, a damaged one, plaintext: all refused.
+    ((notes,),) = raw(store, "SELECT notes FROM accounts")
+    for bad in (notes, before[:-2] + "AA", "sk_plaintext"):
+        write_raw(store, "UPDATE accounts SET api_key = :v", v=bad)
+        with Session(store.engine) as session, pytest.raises(InvalidToken):
+            session.get(Account, 1)
+
+
+@sqlite_only
+def test_queries_that_cannot_work_are_refused(database: Database, store: Any) -> None:
+    column = Account.api_key
+    for build in (
+        lambda: select(Account).where(column == "sk_1"),
+        lambda: select(Account).where(column != "sk_1"),
+        lambda: select(Account).where(column.in_(["sk_1"])),
+        lambda: select(Account).where(column.like("sk_%")),
+        lambda: select(Account).where(column.startswith("sk")),
+        lambda: select(Account).order_by(column.desc()),
+        lambda: select(Account).order_by(column.asc()),
+        lambda: select(Account).where(column == "sk_1"),
+    ):
+        with pytest.raises(UnqueryableColumn, match=r"accounts\.api_key is encrypted"):
+            build()
+    with Session(store.engine) as session:
+        session.add(Account(id=1, name="a", api_key=None))
+        session.commit()
+        assert session.scalars(select(Account.id).where(column.is_(None))).all() == [1]
+        assert session.scalars(select(Account.id).where(column == None)).all() == [1]  # noqa: E711
+        assert session.scalars(select(Account.id).where(column.is_not(None))).all() == []
+        with pytest.raises(UnqueryableColumn):
+            session.scalars(select(Account.id).order_by(column)).all()
+
+
+@sqlite_only
+def test_core_tables_and_a_token_too_long_for_its_column(database: Database, store: Any) -> None:
+    metadata = MetaData()
+    hooks = Table(
+        "hooks",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("secret", EncryptedString(60)),
+        Column("body", EncryptedText()),
+    )
+    metadata.create_all(store.engine)
+    assert hooks.c.secret.type.context == "hooks.secret"
+    with store.engine.begin() as conn:
+        conn.execute(hooks.insert().values(id=1, secret="whsec_short", body="x" * 500))
+        with pytest.raises(StatementError) as refused:
+            conn.execute(hooks.insert().values(id=2, secret="whsec_" + "y" * 40))
+    assert isinstance(refused.value.orig, ConfigError)
+    assert "hooks.secret: a 46-byte secret becomes a" in str(refused.value.orig)
+    assert "y" * 40 not in str(refused.value)
+    with store.engine.connect() as conn:
+        assert conn.execute(select(hooks.c.secret, hooks.c.body)).one() == (
+            "whsec_short",
+            "x" * 500,
+        )
+    ((token,),) = raw(store, "SELECT secret FROM hooks")
+    assert store.decrypt(token, context="hooks.secret") == "whsec_short"
+
+
+@sqlite_only
+def test_plaintext_is_read_only_in_the_migration_mode_and_counted(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = orm_db(database, tmp_path, monkeypatch)
+    app.sql("INSERT INTO accounts (id, name, api_key) VALUES (1, 'a', 'sk_old1')")
+    app.sql("INSERT INTO accounts (id, name, api_key) VALUES (2, 'b', 'sk_old2')")
+    with keyturn.open(app.config) as store:
+        configure(store)
+        try:
+            with Session(store.engine) as session, pytest.raises(InvalidToken):
+                session.get(Account, 1)  # plaintext is refused by default
+        finally:
+            configure(None)
+    migrating = 'column = "api_key"\nread_plaintext = true'
+    app.write_config(app.config.read_text().replace('column = "api_key"', migrating))
+    with keyturn.open(app.config) as store:
+        configure(store)
+        try:
+            with Session(store.engine) as session:
+                one, two = session.get(Account, 1), session.get(Account, 2)
+                assert one is not None and two is not None
+                assert (one.api_key, two.api_key) == ("sk_old1", "sk_old2")
+                assert store.rewrap_needed["accounts.api_key"] == 2
+                one.api_key = "sk_new1"  # a write seals; an unchanged value is left alone
+                session.commit()
+        finally:
+            configure(None)
+    stored = dict(app.sql("SELECT id, api_key FROM accounts"))
+    assert stored[1].startswith("kt1:1:") and stored[2] == "sk_old2"
+    app.cli("encrypt-existing", check=True)
+    assert dict(app.sql("SELECT id, api_key FROM accounts"))[2].startswith("kt1:1:")
+
+
+@sqlite_only
+def test_a_row_bound_column_is_refused(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = orm_db(database, tmp_path, monkeypatch)
+    app.write_config(
+        app.config.read_text().replace('column = "api_key"', 'column = "api_key"\nbind = "row"')
+    )
+    with keyturn.open(app.config) as store, pytest.raises(ConfigError, match='bind = "row"'):
+        configure(store)
+    configure(None)
+
+
+def test_orm_app_through_a_killed_and_resumed_parallel_rotation(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ORM app process reads, writes, inserts and deletes without pause while
+    `keyturn rotate --workers 2` runs, is SIGKILLed and resumed: it sees no error,
+    and afterwards every row holds what the app last wrote, all on the new version."""
+    app = orm_db(database, tmp_path, monkeypatch)
+    expected: dict[int, str | None] = {}
+    with keyturn.open(app.config) as store:
+        configure(store)
+        try:
+            with Session(store.engine) as session:
+                for i in range(1, 1501):
+                    expected[i] = f"sk_{i}_initial"
+                    session.add(Account(id=i, name=f"a{i}", api_key=expected[i], notes=f"n{i}"))
+                session.commit()
+        finally:
+            configure(None)
+    journal, stopfile = tmp_path / "journal.jsonl", tmp_path / "stop"
+    orm = subprocess.Popen(
+        [sys.executable, str(ORM_APP), str(app.config), str(journal), str(stopfile), "7"],
+        cwd=tmp_path,
+        env={**app.env, "PYTHONPATH": os.pathsep.join(sys.path)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)
+        rotation = app.start("rotate", "--yes", "--workers", "2", "--max-rate", "1500",
+                             "--rows-per-chunk", "300", output=subprocess.DEVNULL)  # fmt: skip
+        wait_for(lambda: bool(database.rows("SELECT id FROM keyturn_jobs")))
+        time.sleep(random.uniform(0.1, 0.5))
+        rotation.send_signal(signal.SIGKILL)
+        rotation.wait()
+        time.sleep(0.3)
+        resumed = app.cli("rotate", "--yes", "--json", process=True)
+        assert resumed.returncode == 0, resumed.stderr
+        report = json.loads(resumed.stdout)
+        assert report["resumed"] is True and report["new_version"] == 2
+        time.sleep(0.3)
+    finally:
+        stopfile.touch()
+        _, err = orm.communicate(timeout=60)
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert not [e for e in entries if "error" in e], err
+    assert orm.returncode == 0, err
+    assert len(entries) > 20, "the app hardly ran during the rotation"
+    for entry in entries:
+        if entry.get("deleted"):
+            expected.pop(entry["id"])
+        else:
+            expected[entry["id"]] = entry["api_key"]
+    with keyturn.open(app.config) as store:
+        rows = raw(store, "SELECT id, api_key, notes FROM accounts")
+        assert {i for i, _, _ in rows} == set(expected)
+        for i, api_key, notes in rows:
+            assert api_key.startswith("kt1:2:") and notes.startswith("kt1:2:"), i
+            assert store.decrypt(api_key, context="accounts.api_key") == expected[i]
