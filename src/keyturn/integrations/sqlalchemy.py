@@ -25,6 +25,7 @@ column is refused (seal it through ``Store`` with :func:`keyturn.row_context`).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Column, Engine, String, Table, Text, event
@@ -33,8 +34,9 @@ from sqlalchemy.sql.elements import ColumnElement, UnaryExpression
 from sqlalchemy.types import TypeDecorator
 
 from keyturn._core.context import column_context
+from keyturn._core.keyring import Keyring
 from keyturn._core.tokens import token_length
-from keyturn.errors import ConfigError, UnqueryableColumn
+from keyturn.errors import ConfigError, KeyturnError, UnqueryableColumn
 from keyturn.store import Store
 from keyturn.store import open as open_store
 
@@ -155,6 +157,34 @@ class _Encrypted(TypeDecorator[str]):
         if value is None:
             return None
         return self._store().decrypt(value, context=self.context)  # type: ignore[arg-type]
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        """:meth:`process_result_value` as one closure per statement, with the common
+        case (a token on a version the keyring holds) opened by the keyring directly;
+        anything else (NULL, '', a reload, legacy or plaintext modes, an error) goes
+        through the Store as above. Loading many rows costs little more than the
+        decryption itself (bench/orm_load.py)."""
+        inner = self.impl_instance.result_processor(dialect, coltype)
+        given, context = self.store, self.context
+        slow = self.process_result_value
+        if inner is not None or context is None:
+            return lambda value: slow(inner(value) if inner else value, dialect)
+        seen: Keyring | None = None
+        open_: Callable[[str], bytes] = slow  # type: ignore[assignment]
+
+        def process(value: Any) -> str | None:
+            nonlocal seen, open_
+            if value:
+                ring = (given or _default or _default_store()).keyring
+                if ring is not seen:
+                    seen, open_ = ring, ring.opener(context)
+                try:
+                    return open_(value).decode()
+                except (KeyturnError, UnicodeDecodeError, TypeError, AttributeError):
+                    pass
+            return slow(value, dialect)
+
+        return process
 
 
 class EncryptedText(_Encrypted):

@@ -1,0 +1,105 @@
+"""Loading ORM objects whose secret is an EncryptedString, against the same objects
+with a plain String column: the cost of decrypting on load (goal: at most 1.3x).
+
+Usage: .venv/bin/python bench/orm_load.py [--rows 10000] [--rounds 7]
+
+Both tables hold the same rows in one SQLite file; each round loads every row
+of each table through a SQLAlchemy 2 ORM session (rounds alternate between the
+two) and the best round of each is compared. The floor is the plain load plus
+decrypting the same tokens in a bare loop (the keyring's opener, which costs
+what AESGCM.decrypt with base64 costs): no ORM type can load for less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import String, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+import keyturn
+from keyturn.cli import cli
+from keyturn.integrations.sqlalchemy import EncryptedString, configure
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Plain(Base):
+    __tablename__ = "plain_accounts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    api_key: Mapped[str] = mapped_column(String(255))
+
+
+class Encrypted(Base):
+    __tablename__ = "encrypted_accounts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    api_key: Mapped[str] = mapped_column(EncryptedString(255))
+
+
+def load(engine: object, model: type[Plain] | type[Encrypted]) -> float:
+    started = time.perf_counter()
+    with Session(engine) as session:  # type: ignore[call-overload]
+        rows = session.scalars(select(model)).all()
+        assert all(r.api_key for r in rows)
+    return time.perf_counter() - started
+
+
+def bare_decrypt(store: keyturn.Store, tokens: list[str]) -> float:
+    open_ = store.keyring.opener("encrypted_accounts.api_key")
+    started = time.perf_counter()
+    for token in tokens:
+        open_(token).decode()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        url = f"sqlite:///{work / 'app.db'}"
+        engine = create_engine(url)
+        Base.metadata.create_all(engine)
+        (work / "keyturn.toml").write_text(
+            f'database = "{url}"\n[[columns]]\ntable = "encrypted_accounts"\ncolumn = "api_key"\n'
+        )
+        os.environ.setdefault("KEYTURN_KEK", os.urandom(32).hex())
+        cli.main(["--config", str(work / "keyturn.toml"), "init"], standalone_mode=False)
+        store = keyturn.open(work / "keyturn.toml")
+        configure(store)
+        with Session(engine) as session:
+            for i in range(args.rows):
+                value = f"sk_live_{i:08d}_{os.urandom(12).hex()}"
+                session.add(Plain(id=i, name=f"user{i}", api_key=value))
+                session.add(Encrypted(id=i, name=f"user{i}", api_key=value))
+            session.commit()
+        with engine.connect() as conn:
+            tokens = [r[0] for r in conn.exec_driver_sql("SELECT api_key FROM encrypted_accounts")]
+        best = {"plain": float("inf"), "encrypted": float("inf"), "decrypt": float("inf")}
+        for _ in range(args.rounds):
+            best["plain"] = min(best["plain"], load(engine, Plain))
+            best["encrypted"] = min(best["encrypted"], load(engine, Encrypted))
+            best["decrypt"] = min(best["decrypt"], bare_decrypt(store, tokens))
+        store.close()
+        engine.dispose()
+    ratio = best["encrypted"] / best["plain"]
+    floor = best["plain"] + best["decrypt"]
+    print(f"load {args.rows:,} ORM objects, best of {args.rounds}")
+    print(f"   plain String column         {best['plain'] * 1000:8.1f} ms   1.00x")
+    print(f"   floor: plain + bare decrypt {floor * 1000:8.1f} ms   {floor / best['plain']:.2f}x")
+    print(f"   EncryptedString column      {best['encrypted'] * 1000:8.1f} ms   {ratio:.2f}x")
+    print(f"goal: at most 1.3x -> {'met' if ratio <= 1.3 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
