@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -38,6 +39,7 @@ def test_every_python_snippet_is_covered_here() -> None:
         "docs/ADOPTING.md": 1,
         "docs/ADMIN.md": 1,
         "docs/ARCHITECTURE.md": 2,
+        "docs/INTEGRATIONS.md": 1,
     }
 
 
@@ -136,6 +138,38 @@ def test_architecture_legacy_format_walkthrough(app: App, monkeypatch: pytest.Mo
     with keyturn.open(app.config) as store:
         for i, token in app.sql("SELECT id, secret FROM hooks"):
             assert store.decrypt(token, context="hooks.secret") == values[i]
+
+
+def test_integrations_sqlalchemy_snippet(app: App) -> None:
+    """The model, as the doc defines it, on a table keyturn.toml lists."""
+    from keyturn.integrations.sqlalchemy import configure
+
+    app.sql(
+        "CREATE TABLE api_credentials (id INTEGER PRIMARY KEY, service VARCHAR(32), "
+        "api_key VARCHAR(255))"
+    )
+    app.write_config(
+        app.config.read_text() + '\n[[columns]]\ntable = "api_credentials"\ncolumn = "api_key"\n'
+    )
+    app.cli("init", check=True)
+    (code,) = snippets("docs/INTEGRATIONS.md", "python")
+    # A module of its own, as the reader's models.py: SQLAlchemy resolves the
+    # annotations in the module that defines the class.
+    module = ModuleType("integrations_snippet")
+    sys.modules[module.__name__] = module
+    namespace = module.__dict__
+    try:
+        run(code, namespace)
+    finally:
+        configure(None)
+        del sys.modules[module.__name__]
+    store = namespace["store"]
+    assert namespace["api_key"] == "sk_live_example"
+    ((stored,),) = app.sql("SELECT api_key FROM api_credentials")
+    assert stored.startswith("kt1:1:")
+    assert store.decrypt(stored, context="api_credentials.api_key") == "sk_live_example"
+    namespace["engine"].dispose()
+    store.close()
 
 
 def test_admin_mount_snippet(app: App) -> None:

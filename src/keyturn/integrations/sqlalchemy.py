@@ -73,7 +73,10 @@ def _default_store() -> Store:
     if _default is None:
         with _default_lock:
             if _default is None:
-                _default = open_store()
+                opened = open_store()
+                for column in list(_attached):
+                    _check_binding(opened, getattr(column.type, "context", None))
+                _default = opened
     return _default
 
 
