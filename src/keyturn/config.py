@@ -6,9 +6,11 @@ checked against the database by ``keyturn.db.columns``.
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
@@ -24,7 +26,16 @@ from keyturn.legacy import LegacySpec, parse_legacy
 CONFIG_NAME = "keyturn.toml"
 CONFIG_ENV = "KEYTURN_CONFIG"
 DEFAULT_CRYPTOPERIOD_DAYS = 730  # NIST SP 800-57 Part 1: up to 2 years for a DEK
-_TOP_KEYS = {"database", "kek", "cryptoperiod_days", "columns", "legacy", "server", "apps"}
+_TOP_KEYS = {
+    "database",
+    "kek",
+    "cryptoperiod_days",
+    "columns",
+    "legacy",
+    "server",
+    "apps",
+    "models",
+}
 _SERVER_KEYS = {"new_kek_env", "new_kek_file", "trusted_proxies"}
 _APPS_KEYS = {"refresh_seconds", "write_margin_seconds"}
 _COLUMN_KEYS = {"table", "column", "primary_key", "bind", "legacy", "read_plaintext"}
@@ -173,6 +184,8 @@ def parse_config(data: dict[str, Any], file: Path) -> Config:
     if not isinstance(raw_columns, list):
         raise ConfigError(f"{file}: `columns` must be an array of tables ([[columns]])")
     columns = tuple(_parse_column(entry, i, file) for i, entry in enumerate(raw_columns, 1))
+    if "models" in data:
+        columns = _with_models(columns, data["models"], file)
     seen: set[str] = set()
     for col in columns:
         if col.name in seen:
@@ -200,6 +213,66 @@ def parse_config(data: dict[str, Any], file: Path) -> Config:
     return Config(
         file, _resolve_database(database, file), kek or None, columns, period, legacy, server, apps
     )
+
+
+def _with_models(columns: tuple[ColumnSpec, ...], value: Any, file: Path) -> tuple[ColumnSpec, ...]:
+    """The listed columns plus the encrypted columns the app's SQLAlchemy models declare
+    (``models = "package.module:Base"``, or a list); a listed column the models
+    declare differently is an error, so the two can never drift apart."""
+    targets = [value] if isinstance(value, str) else value
+    if not isinstance(targets, list) or not all(isinstance(t, str) and ":" in t for t in targets):
+        raise ConfigError(
+            f'{file}: `models` must be "package.module:Base" (a declarative base or a '
+            "MetaData), or a list of them"
+        )
+    listed = {c.name: c for c in columns}
+    found: list[ColumnSpec] = []
+    for target in targets:
+        for table in _model_tables(target, file):
+            pk = tuple(c.name for c in table.primary_key.columns)
+            for column in table.columns:
+                name = f"{table.name}.{column.name}"
+                encrypted = getattr(column.type, "keyturn_encrypted", False)
+                spec = listed.get(name)
+                where = f"{file}: column {name}"
+                if spec is not None and not encrypted:
+                    raise ConfigError(
+                        f"{where} is listed, but {target} declares it as {column.type!r}, not "
+                        "an encrypted type: use EncryptedString/EncryptedText in the model"
+                    )
+                if not encrypted:
+                    continue
+                if spec is None:
+                    found.append(ColumnSpec(table.name, column.name, pk))
+                elif spec.primary_key != pk:
+                    raise ConfigError(
+                        f"{where} lists primary_key {list(spec.primary_key)}, but {target} "
+                        f"declares {list(pk)}"
+                    )
+    return columns + tuple(found)
+
+
+def _model_tables(target: str, file: Path) -> list[Any]:
+    """The tables of ``module:attribute``, imported with the config's directory on the path."""
+    module_name, _, attribute = target.partition(":")
+    where = f"{file}: models = {target!r}"
+    base = str(file.parent)
+    added = base not in sys.path
+    if added:
+        sys.path.append(base)
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except ImportError as exc:
+        raise ConfigError(f"{where}: cannot import {module_name} ({exc})") from None
+    except AttributeError:
+        raise ConfigError(f"{where}: {module_name} has no {attribute}") from None
+    finally:
+        if added:
+            sys.path.remove(base)
+    tables = getattr(getattr(found, "metadata", found), "tables", None)
+    if not isinstance(tables, Mapping):
+        raise ConfigError(f"{where}: that is neither a declarative base nor a MetaData")
+    return list(tables.values())
 
 
 def _parse_apps(entry: Any, file: Path) -> AppContract:

@@ -274,3 +274,53 @@ def test_orm_app_through_a_killed_and_resumed_parallel_rotation(
         for i, api_key, notes in rows:
             assert api_key.startswith("kt1:2:") and notes.startswith("kt1:2:"), i
             assert store.decrypt(api_key, context="accounts.api_key") == expected[i]
+
+
+MODELS = """\
+from sqlalchemy import Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from keyturn.integrations.sqlalchemy import EncryptedString
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Hook(Base):
+    __tablename__ = "hooks_{n}"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(200))
+    secret: Mapped[str | None] = mapped_column(EncryptedString(255))
+"""
+
+
+@sqlite_only
+def test_models_in_the_config_are_the_one_source_of_columns(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`models = "module:Base"` adds the encrypted columns the models declare; a listed
+    column that disagrees with them is an error naming both."""
+    n = os.urandom(4).hex()
+    (tmp_path / f"models_{n}.py").write_text(MODELS.format(n=n))
+    table = f"hooks_{n}"
+    app = orm_db(database, tmp_path, monkeypatch)
+    app.sql(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, url TEXT, secret VARCHAR(255))")
+    app.sql(f"INSERT INTO {table} VALUES (1, 'https://x', 'whsec_1')")
+    base = app.config.read_text()
+    app.write_config(f'models = "models_{n}:Base"\n' + base)
+    status = json.loads(app.cli("status", "--json", check=True).stdout)
+    assert f"{table}.secret" in {c["column"] for c in status["columns"]}
+    app.cli("encrypt-existing", check=True)
+    ((token,),) = app.sql(f"SELECT secret FROM {table}")
+    assert token.startswith("kt1:1:")
+    listed = f'models = "models_{n}:Base"\n' + base + f'\n[[columns]]\ntable = "{table}"\n'
+    app.write_config(listed + 'column = "url"\n')
+    refused = app.cli("status")
+    assert refused.returncode == 2 and "not an encrypted type" in refused.stderr
+    app.write_config(listed + 'column = "secret"\nprimary_key = "url"\n')
+    refused = app.cli("status")
+    assert refused.returncode == 2 and "declares ['id']" in refused.stderr
+    app.write_config('models = "no_such_module_here:Base"\n' + base)
+    refused = app.cli("status")
+    assert refused.returncode == 2 and "cannot import no_such_module_here" in refused.stderr

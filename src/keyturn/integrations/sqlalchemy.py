@@ -119,6 +119,8 @@ class _Encrypted(TypeDecorator[str]):
     impl: Any = Text
     cache_ok = True
     comparator_factory = _Refusing
+    #: How ``models = "module:Base"`` in keyturn.toml recognises an encrypted column.
+    keyturn_encrypted = True
 
     def __init__(self, *args: Any, store: Store | None = None, context: str | None = None) -> None:
         super().__init__(*args)
