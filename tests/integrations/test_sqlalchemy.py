@@ -324,3 +324,40 @@ def test_models_in_the_config_are_the_one_source_of_columns(
     app.write_config('models = "no_such_module_here:Base"\n' + base)
     refused = app.cli("status")
     assert refused.returncode == 2 and "cannot import no_such_module_here" in refused.stderr
+
+
+def test_lazy_rewrap_reseals_what_the_app_read_and_leaves_what_it_changed(
+    database: Database, store: Any
+) -> None:
+    """Opt-in: reads of tokens on an older version are noted; run() re-seals them in
+    its own transactions, by compare-and-swap, leaving a row changed meanwhile."""
+    from keyturn._core.keyring import ACTIVE, DataKey
+    from keyturn.integrations.sqlalchemy import lazy_rewrap, no_lazy_rewrap
+    from keyturn.keys import keystore
+
+    with Session(store.engine) as session:
+        session.add_all(Account(id=i, name="a", api_key=f"sk_{i}", notes="") for i in range(1, 31))
+        session.commit()
+    with store.engine.begin() as conn:  # what a rotation elsewhere does to the keyring
+        keystore.retire(conn, 1)
+        keystore.insert_version(conn, store.kek, store.keyring_id, DataKey.generate(2), ACTIVE, "t")
+    store.reload()
+    lazy = lazy_rewrap(limit=25)
+    try:
+        with Session(store.engine) as session:
+            accounts = session.scalars(select(Account).order_by(Account.id)).all()
+            assert [a.api_key for a in accounts] == [f"sk_{i}" for i in range(1, 31)]
+            assert lazy.pending() == 25  # bounded
+            accounts[0].api_key = "sk_changed_by_the_app"  # after the read, before run()
+            session.commit()
+        assert lazy.run(store) == 24
+        assert lazy.pending() == 0
+    finally:
+        no_lazy_rewrap()
+    rows = dict(raw(store, "SELECT id, api_key FROM accounts"))
+    assert store.decrypt(rows[1], context="accounts.api_key") == "sk_changed_by_the_app"
+    assert sum(token.startswith("kt1:2:") for token in rows.values()) == 25  # 24 + the app's
+    with Session(store.engine) as session:
+        assert [a.api_key for a in session.scalars(select(Account).order_by(Account.id))][1:] == [
+            f"sk_{i}" for i in range(2, 31)
+        ]

@@ -28,19 +28,29 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Column, Engine, String, Table, Text, event
+from sqlalchemy import Column, Engine, String, Table, Text, bindparam, event, update
+from sqlalchemy import column as sql_column
+from sqlalchemy import table as sql_table
 from sqlalchemy.sql import operators
-from sqlalchemy.sql.elements import ColumnElement, UnaryExpression
+from sqlalchemy.sql.elements import ColumnClause, ColumnElement, UnaryExpression
 from sqlalchemy.types import TypeDecorator
 
 from keyturn._core.context import column_context
 from keyturn._core.keyring import Keyring
-from keyturn._core.tokens import token_length
+from keyturn._core.tokens import header, token_length
 from keyturn.errors import ConfigError, KeyturnError, UnqueryableColumn
 from keyturn.store import Store
 from keyturn.store import open as open_store
 
-__all__ = ["EncryptedString", "EncryptedText", "configure", "encrypted_columns"]
+__all__ = [
+    "EncryptedString",
+    "EncryptedText",
+    "LazyRewrap",
+    "configure",
+    "encrypted_columns",
+    "lazy_rewrap",
+    "no_lazy_rewrap",
+]
 
 _default: Store | None = None
 _default_lock = threading.Lock()
@@ -89,6 +99,104 @@ def _check_binding(store: Store, context: str | None) -> None:
             'bind = "column" for it, or seal its values through Store with '
             "keyturn.row_context(table, column, pk)"
         )
+
+
+class LazyRewrap:
+    """Opt-in: tokens the app reads on an older key version are noted (up to ``limit``),
+    and :meth:`run` re-seals them under the active one, by compare-and-swap on the
+    token itself, in short transactions of its own; never from inside a read.
+
+    A token is unique (a random nonce), so ``UPDATE t SET c = :new WHERE c = :old``
+    changes exactly the row that still holds it; a row the app changed meanwhile
+    is left alone. Without an index on the column each statement scans the table:
+    for big tables, ``keyturn rotate`` is the tool (it walks by primary key).
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._pending: dict[str, set[str]] = {}
+        self._count = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def saw(self, context: str, token: str, ring: Keyring) -> None:
+        """Note ``token`` (read for ``context``) if it is not on the active version."""
+        if token.startswith(header(ring.active_version)) or self._count >= self.limit:
+            return
+        with self._lock:
+            tokens = self._pending.setdefault(context, set())
+            if token not in tokens and self._count < self.limit:
+                tokens.add(token)
+                self._count += 1
+
+    def pending(self) -> int:
+        """How many tokens wait to be re-sealed."""
+        return self._count
+
+    def run(self, store: Store | None = None, batch: int = 500) -> int:
+        """Re-seal what is pending, ``batch`` rows a transaction; the rows changed."""
+        store = store or _default_store()
+        with self._lock:
+            work, self._pending, self._count = self._pending, {}, 0
+        changed = 0
+        for context, tokens in work.items():
+            name, _, column_name = context.partition(".")
+            column: ColumnClause[Any] = sql_column(column_name)
+            statement = (
+                update(sql_table(name, column))
+                .where(column == bindparam("old"))
+                .values({column_name: bindparam("new")})
+            )
+            ordered = sorted(tokens)
+            for start in range(0, len(ordered), batch):
+                swaps = []
+                for old in ordered[start : start + batch]:
+                    try:
+                        plain = store.decrypt_bytes(old, context=context)
+                    except KeyturnError:
+                        continue  # no longer opens (destroyed meanwhile): leave it
+                    swaps.append({"old": old, "new": store.encrypt(plain, context=context)})
+                if swaps:
+                    with store.engine.begin() as conn:
+                        for swap in swaps:
+                            changed += conn.execute(statement, swap).rowcount
+        return changed
+
+    def start(self, store: Store | None = None, interval: float = 5.0) -> None:
+        """Run :meth:`run` every ``interval`` seconds on a daemon thread until :meth:`stop`."""
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                self.run(store)
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=loop, name="keyturn-lazy-rewrap", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+_lazy: LazyRewrap | None = None
+
+
+def lazy_rewrap(limit: int = 10_000) -> LazyRewrap:
+    """Turn lazy rewrap on for every encrypted column (see :class:`LazyRewrap`)."""
+    global _lazy
+    _lazy = LazyRewrap(limit)
+    return _lazy
+
+
+def no_lazy_rewrap() -> None:
+    """Turn lazy rewrap off again; what was pending is dropped."""
+    global _lazy
+    if _lazy is not None:
+        _lazy.stop()
+    _lazy = None
 
 
 class _Refusing(TypeDecorator.Comparator):  # type: ignore[type-arg]
@@ -184,9 +292,12 @@ class _Encrypted(TypeDecorator[str]):
                 if ring is not seen:
                     seen, open_ = ring, ring.opener(context)
                 try:
-                    return open_(value).decode()
+                    plain = open_(value).decode()
                 except (KeyturnError, UnicodeDecodeError, TypeError, AttributeError):
-                    pass
+                    return slow(value, dialect)
+                if _lazy is not None:
+                    _lazy.saw(context, value, ring)
+                return plain
             return slow(value, dialect)
 
         return process
