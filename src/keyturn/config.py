@@ -242,8 +242,9 @@ def _with_models(columns: tuple[ColumnSpec, ...], value: Any, file: Path) -> tup
                     )
                 if not encrypted:
                     continue
+                bind = getattr(column.type, "keyturn_bind", "column")
                 if spec is None:
-                    found.append(ColumnSpec(table.name, column.name, pk))
+                    found.append(ColumnSpec(table.name, column.name, pk, bind))
                 elif spec.primary_key != pk:
                     raise ConfigError(
                         f"{where} lists primary_key {list(spec.primary_key)}, but {target} "

@@ -17,9 +17,12 @@ when the query is built (or, for a bare ``order_by(column)``, when it runs),
 since the database only sees tokens. An error raised while a value is sealed
 for writing reaches the app as SQLAlchemy's ``StatementError`` with the keyturn
 error as its ``orig`` (SQLAlchemy wraps what bind processing raises; it names the
-statement, never the plaintext). Row binding (``bind = "row"``) needs the
-primary key when a value is sealed, which a column type never sees: such a
-column is refused (seal it through ``Store`` with :func:`keyturn.row_context`).
+statement, never the plaintext).
+
+``bind="row"`` binds each token to its row's primary key as well. A column type
+never sees the row, so for such a column the ORM's flush seals the value once
+the key is known, and loading an instance opens it (mapper events, below); a
+key the database generates on INSERT comes too late and is refused.
 """
 
 from __future__ import annotations
@@ -30,14 +33,17 @@ from typing import Any
 
 from sqlalchemy import Column, Engine, String, Table, Text, bindparam, event, update
 from sqlalchemy import column as sql_column
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import table as sql_table
+from sqlalchemy.orm import Mapper
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import ColumnClause, ColumnElement, UnaryExpression
 from sqlalchemy.types import TypeDecorator
 
-from keyturn._core.context import column_context
+from keyturn._core.context import column_context, row_context
 from keyturn._core.keyring import Keyring
-from keyturn._core.tokens import header, token_length
+from keyturn._core.tokens import header, token_length, version_of
 from keyturn.errors import ConfigError, KeyturnError, UnqueryableColumn
 from keyturn.store import Store
 from keyturn.store import open as open_store
@@ -70,7 +76,7 @@ def configure(store: Store | None) -> None:
         _default = store
     if store is not None:
         for column in list(_attached):
-            _check_binding(store, getattr(column.type, "context", None))
+            _check_binding(store, column)
 
 
 def encrypted_columns() -> list[Column[Any]]:
@@ -85,19 +91,22 @@ def _default_store() -> Store:
             if _default is None:
                 opened = open_store()
                 for column in list(_attached):
-                    _check_binding(opened, getattr(column.type, "context", None))
+                    _check_binding(opened, column)
                 _default = opened
     return _default
 
 
-def _check_binding(store: Store, context: str | None) -> None:
+def _check_binding(store: Store, column: Column[Any]) -> None:
+    """The model and keyturn.toml must bind a column's tokens alike, or one side's
+    tokens would not open on the other (the CLI's rotate would fail them)."""
+    kind = column.type
+    context = getattr(kind, "context", None)
+    bind = getattr(kind, "keyturn_bind", "column")
     spec = next((c for c in store.config.columns if c.name == context), None)
-    if spec is not None and spec.bind == "row":
+    if spec is not None and spec.bind != bind:
         raise ConfigError(
-            f'{context} is configured with bind = "row", but a column type seals each value '
-            "without its row, so it cannot bind the token to the row's primary key: set "
-            'bind = "column" for it, or seal its values through Store with '
-            "keyturn.row_context(table, column, pk)"
+            f'{context} has bind = "{spec.bind}" in keyturn.toml but bind = "{bind}" in '
+            f"the model ({type(kind).__name__}(..., bind=...)); make them the same"
         )
 
 
@@ -230,15 +239,30 @@ class _Encrypted(TypeDecorator[str]):
     #: How ``models = "module:Base"`` in keyturn.toml recognises an encrypted column.
     keyturn_encrypted = True
 
-    def __init__(self, *args: Any, store: Store | None = None, context: str | None = None) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        store: Store | None = None,
+        context: str | None = None,
+        bind: str = "column",
+    ) -> None:
         super().__init__(*args)
+        if bind not in ("column", "row"):
+            raise ConfigError(f'bind must be "column" or "row", not {bind!r}')
         self.store = store
         self.context = context
+        #: "row": tokens bound to the row's primary key, sealed by the ORM (see below).
+        self.keyturn_bind = bind
+        self.table_name: str | None = None
+        self.column_name: str | None = None
+        #: Why this row-bound column cannot work (a key the database generates), if so.
+        self.refusal: str | None = None
 
     def bound_to(self, table: str, column: str) -> _Encrypted:
         """A copy of this type for column ``table.column`` (each column needs its own)."""
         bound = self.copy()
         bound.context = column_context(table, column)
+        bound.table_name, bound.column_name = table, column
         return bound
 
     def _store(self) -> Store:
@@ -253,8 +277,27 @@ class _Encrypted(TypeDecorator[str]):
     def process_bind_param(self, value: Any, dialect: Any) -> str | None:
         if value is None or value == "":
             return None if value is None else ""  # as encrypt-existing and rotate leave them
+        if self.keyturn_bind == "row":
+            return self._row_token(value)
         store = self._store()
         token = store.encrypt(value, context=self.context)  # type: ignore[arg-type]
+        self._check_fits(store, value, token)
+        return token
+
+    def _row_token(self, value: Any) -> str:
+        """A row-bound value was sealed by the ORM's flush (which knows the key), or
+        by the app itself through Store; anything else is refused."""
+        if self.refusal:
+            raise ConfigError(self.refusal)
+        if isinstance(value, _Sealed) or (isinstance(value, str) and version_of(value)):
+            return str(value)
+        raise ConfigError(
+            f"{self.context} is bound to its rows, so a value is sealed with the row's "
+            "primary key: write it through the ORM, or seal it first with "
+            "store.encrypt(value, context=keyturn.row_context(table, column, pk))"
+        )
+
+    def _check_fits(self, store: Store, value: Any, token: str) -> None:
         length = getattr(self.impl_instance, "length", None)
         if length is not None and len(token) > length:
             size = len(value.encode()) if isinstance(value, str) else len(value)
@@ -264,7 +307,6 @@ class _Encrypted(TypeDecorator[str]):
                 f"{token_length(store.keyring.active_version, size)} (docs/FORMAT.md, "
                 "'Column width')"
             )
-        return token
 
     def process_result_value(self, value: Any, dialect: Any) -> str | None:
         if value is None:
@@ -280,6 +322,8 @@ class _Encrypted(TypeDecorator[str]):
         inner = self.impl_instance.result_processor(dialect, coltype)
         given, context = self.store, self.context
         slow = self.process_result_value
+        if self.keyturn_bind == "row":
+            return inner  # tokens as stored; the ORM's load event opens them with the key
         if inner is not None or context is None:
             return lambda value: slow(inner(value) if inner else value, dialect)
         seen: Keyring | None = None
@@ -303,6 +347,12 @@ class _Encrypted(TypeDecorator[str]):
         return process
 
 
+class _Sealed(str):
+    """A token the ORM's flush sealed for a row-bound column, on its way to the database."""
+
+    __slots__ = ()
+
+
 class EncryptedText(_Encrypted):
     """An encrypted secret in a TEXT column."""
 
@@ -318,9 +368,14 @@ class EncryptedString(_Encrypted):
     cache_ok = True
 
     def __init__(
-        self, length: int | None = None, *, store: Store | None = None, context: str | None = None
+        self,
+        length: int | None = None,
+        *,
+        store: Store | None = None,
+        context: str | None = None,
+        bind: str = "column",
     ) -> None:
-        super().__init__(length, store=store, context=context)
+        super().__init__(length, store=store, context=context, bind=bind)
 
 
 @event.listens_for(Column, "after_parent_attach")
@@ -329,7 +384,7 @@ def _learn_context(column: Column[Any], table: Any) -> None:
         column.type = column.type.bound_to(table.name, column.name)
         _attached.append(column)
         if column.type.store is not None or _default is not None:
-            _check_binding(column.type.store or _default_store(), column.type.context)
+            _check_binding(column.type.store or _default_store(), column)
 
 
 @event.listens_for(Engine, "before_execute", retval=False)
@@ -339,3 +394,85 @@ def _refuse_order_by(conn: Any, statement: Any, *args: Any) -> None:
         target = clause.element if isinstance(clause, UnaryExpression) else clause
         if isinstance(getattr(target, "type", None), _Encrypted):
             raise _refusal(target, operators.asc_op)
+
+
+# -- row binding: sealed and opened by ORM events, which know each row's key ----------
+
+
+@event.listens_for(Mapper, "mapper_configured")
+def _row_binding(mapper: Mapper[Any], class_: type) -> None:
+    """For a mapped class with row-bound encrypted columns: seal them in the flush,
+    once the primary key is known, and open them when an instance is loaded."""
+    table = mapper.local_table
+    columns = [
+        c
+        for c in getattr(table, "columns", ())
+        if isinstance(c.type, _Encrypted) and c.type.keyturn_bind == "row"
+    ]
+    if not columns:
+        return
+    generated = getattr(table, "autoincrement_column", None)
+    if generated is not None:
+        for column in columns:
+            column.type.refusal = (
+                f"{column.type.context} is bound to its rows, but "
+                f"{generated.table.name}.{generated.name} is generated by the database on "
+                "INSERT, after the value must be sealed: give the key a value before the "
+                "flush (autoincrement=False, a client-side default such as a UUID) or use "
+                'bind = "column" for this column'
+            )
+    keyed = [(mapper.get_property_by_column(c).key, c) for c in columns]
+
+    def seal(mapper: Mapper[Any], connection: Any, target: Any) -> None:
+        state = sa_inspect(target)
+        plain: dict[str, Any] = {}
+        for key, column in keyed:
+            kind = column.type
+            if kind.refusal:
+                raise ConfigError(kind.refusal)
+            value = state.dict.get(key)
+            if not state.attrs[key].history.added or not value or isinstance(value, _Sealed):
+                continue  # unchanged, NULL or empty
+            pk = mapper.primary_key_from_instance(target)
+            if any(part is None for part in pk):
+                raise ConfigError(
+                    f"{kind.context} is bound to its rows, and this {type(target).__name__} "
+                    "has no primary key yet: assign it before the flush"
+                )
+            store = kind.store or _default_store()
+            context = row_context(kind.table_name, kind.column_name, pk)
+            token = store.encrypt(value, context=context)
+            kind._check_fits(store, value, token)
+            plain[key] = value
+            setattr(target, key, _Sealed(token))
+        if plain:
+            state.info["keyturn_plain"] = plain
+
+    def flushed(mapper: Mapper[Any], connection: Any, target: Any) -> None:
+        state = sa_inspect(target)
+        for key, value in state.info.pop("keyturn_plain", {}).items():
+            set_committed_value(target, key, value)  # the app keeps seeing its text
+
+    def opened(target: Any, context: Any, attrs: Any = None) -> None:
+        state = sa_inspect(target)
+        for key, column in keyed:
+            kind = column.type
+            token = state.dict.get(key)
+            if not isinstance(token, str) or not token or isinstance(token, _Sealed):
+                continue
+            if kind.refusal:
+                raise ConfigError(kind.refusal)
+            pk = mapper.primary_key_from_instance(target)
+            store = kind.store or _default_store()
+            where = row_context(kind.table_name, kind.column_name, pk)
+            set_committed_value(target, key, store.decrypt(token, context=where))
+
+    for name, handler in (
+        ("before_insert", seal),
+        ("before_update", seal),
+        ("after_insert", flushed),
+        ("after_update", flushed),
+        ("load", opened),
+        ("refresh", opened),
+    ):
+        event.listen(mapper, name, handler)
