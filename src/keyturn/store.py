@@ -363,7 +363,11 @@ def open(config_path: str | os.PathLike[str] | None = None, **options: Any) -> S
     Checks that the KEK opens every data key and that the configured columns
     exist, so a misconfiguration fails here, at start-up.
     """
-    config = load_config(config_path)
+    return open_config(load_config(config_path), **options)
+
+
+def open_config(config: Config, **options: Any) -> Store:
+    """:func:`open` for a configuration built in code (e.g. from Django settings)."""
     engine = connect(config.database)
     try:
         with engine.connect() as conn:

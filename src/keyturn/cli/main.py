@@ -128,17 +128,18 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     Keys are never accepted as command-line values: the KEK comes from
     $KEYTURN_KEK, a key file, or `kek = ...` in keyturn.toml (docs/KEYS.md).
     """
-    ctx.obj = config_path
+    if not isinstance(ctx.obj, Config):  # a caller may pass one built in code
+        ctx.obj = config_path
 
 
 def _config(ctx: click.Context) -> Config:
-    return load_config(ctx.obj)
+    return ctx.obj if isinstance(ctx.obj, Config) else load_config(ctx.obj)
 
 
 def _open(ctx: click.Context) -> Store:
-    from keyturn.store import open as open_store
+    from keyturn.store import open_config
 
-    return open_store(ctx.obj)
+    return open_config(_config(ctx))
 
 
 def _audited(
@@ -998,7 +999,7 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
         raise click.UsageError(
             "the admin server needs Starlette and uvicorn: pip install 'keyturn[server]'"
         ) from None
-    app = create_app(ctx.obj)
+    app = create_app(ctx.obj) if not isinstance(ctx.obj, Config) else create_app(store=_open(ctx))
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s keyturn: %(message)s"))
     server_log = logging.getLogger("keyturn.server")

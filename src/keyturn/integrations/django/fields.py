@@ -1,0 +1,86 @@
+"""Encrypted model fields: kt1 tokens in the database, text on the model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core import checks
+from django.db import models
+
+from keyturn._core.context import column_context
+from keyturn._core.tokens import token_length
+from keyturn.errors import UnqueryableColumn
+
+
+class _Opened(str):
+    """A decrypted value that remembers the token it came from: saved unchanged, the
+    same token is written back instead of a new one."""
+
+    token: str
+
+
+class _EncryptedMixin:
+    """Shared by both fields: strict reads, sealing on save, lookups refused."""
+
+    keyturn_encrypted = True
+
+    def _context(self) -> str:
+        return column_context(self.model._meta.db_table, self.column)  # type: ignore[attr-defined]
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        if value is None or value == "":
+            return value
+        from keyturn.integrations.django.conf import store
+
+        opened = _Opened(store().decrypt(value, context=self._context()))
+        opened.token = value
+        return opened
+
+    def get_prep_value(self, value: Any) -> Any:
+        value = super().get_prep_value(value)  # type: ignore[misc]
+        if value is None or value == "":
+            return value
+        if isinstance(value, _Opened):
+            return value.token
+        from keyturn.integrations.django.conf import store
+
+        return store().encrypt(str(value), context=self._context())
+
+    def get_lookup(self, lookup_name: str) -> Any:
+        if lookup_name == "isnull":
+            return super().get_lookup(lookup_name)  # type: ignore[misc]
+        raise self._refused(lookup_name)
+
+    def get_transform(self, lookup_name: str) -> Any:
+        raise self._refused(lookup_name)
+
+    def _refused(self, what: str) -> UnqueryableColumn:
+        return UnqueryableColumn(
+            f"{self._context()} is encrypted: the database holds only tokens, so `{what}` on "
+            "it would match nothing meaningful; filter in Python after loading, or keep a "
+            "separate searchable field (only __isnull works)"
+        )
+
+
+class EncryptedTextField(_EncryptedMixin, models.TextField):  # type: ignore[misc]
+    """An encrypted secret in a text column."""
+
+
+class EncryptedCharField(_EncryptedMixin, models.CharField):  # type: ignore[misc]
+    """An encrypted secret in a varchar column; ``max_length`` counts the token's
+    characters, so a system check refuses one too small to hold tokens."""
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        errors: list[checks.CheckMessage] = super().check(**kwargs)
+        smallest = token_length(99, 1)
+        if self.max_length is not None and self.max_length < smallest:
+            errors.append(
+                checks.Error(
+                    f"max_length={self.max_length} cannot hold a keyturn token: a secret of n "
+                    f"bytes takes {token_length(9, 0)} + about 4n/3 characters "
+                    "(docs/FORMAT.md, 'Column width')",
+                    obj=self,
+                    id="keyturn.E002",
+                )
+            )
+        return errors

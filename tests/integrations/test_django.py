@@ -1,0 +1,217 @@
+"""Django model fields and `manage.py keyturn`, in a real project (tests/django_project)
+run as real processes on SQLite, PostgreSQL and MariaDB."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import Database, base_env
+from parallel_app import wait_for
+
+import keyturn
+
+PROJECT = Path(__file__).parents[1] / "django_project"
+ENGINES = {
+    "sqlite": "django.db.backends.sqlite3",
+    "postgresql": "django.db.backends.postgresql",
+    "mysql": "django.db.backends.mysql",
+}
+
+
+class Project:
+    """The Django project on one test database; ``manage()`` runs manage.py."""
+
+    def __init__(self, database: Database, tmp_path: Path) -> None:
+        self.database = database
+        self.dir = tmp_path
+        url = urlsplit(database.url)
+        self.env = {
+            **base_env(),
+            "KEYTURN_KEK": os.urandom(32).hex(),
+            "DJ_BASE": str(tmp_path),
+            "DJ_ENGINE": ENGINES[database.kind],
+            "DJ_NAME": url.path.lstrip("/") if database.kind != "sqlite" else url.path[1:],
+            "DJ_USER": url.username or "",
+            "DJ_PASSWORD": url.password or "",
+            "DJ_HOST": url.hostname or "",
+            "DJ_PORT": str(url.port or ""),
+            "PYTHONPATH": os.pathsep.join([str(PROJECT), *sys.path]),
+        }
+        if database.kind == "sqlite":
+            self.env["DJ_NAME"] = str(tmp_path / "app.db")
+
+    def manage(
+        self, *args: str, check: bool = True, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, str(PROJECT / "manage.py"), *args],
+            cwd=self.dir,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check:
+            assert proc.returncode == 0, f"manage.py {args}: {proc.stderr}"
+        return proc
+
+    def shell(self, code: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.manage("shell", "-v", "0", "-c", code, check=check)
+
+    def store(self) -> Any:
+        """A Store on the same database, configured as keyturn.toml would."""
+        config = self.dir / "keyturn.toml"
+        config.write_text(
+            f'database = "{self.database.url}"\n[[columns]]\ntable = "vault_credential"\n'
+            'column = "api_key"\n[[columns]]\ntable = "vault_credential"\ncolumn = "notes"\n'
+        )
+        os.environ["KEYTURN_KEK"] = self.env["KEYTURN_KEK"]
+        return keyturn.open(config)
+
+
+# What the fields and commands do alone, not a backend: on SQLite.
+sqlite_only = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def project(database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    made = Project(database, tmp_path)
+    monkeypatch.setenv("KEYTURN_KEK", made.env["KEYTURN_KEK"])
+    made.manage("migrate", "--run-syncdb", "-v", "0")
+    made.manage("keyturn", "init")
+    return made
+
+
+def test_fields_read_and_write_through_the_orm_and_the_store(project: Project) -> None:
+    project.shell(
+        "from vault.models import Credential\n"
+        "Credential.objects.create(id=1, name='a', api_key='sk_live_1', notes='pässwörd')\n"
+        "Credential.objects.create(id=2, name='b', api_key=None, notes='')\n"
+    )
+    rows = dict((r[0], r[1:]) for r in project.database.rows(
+        "SELECT id, api_key, notes FROM vault_credential"
+    ))  # fmt: skip
+    assert rows[1][0].startswith("kt1:1:") and rows[2] == (None, "")
+    with project.store() as store:
+        assert store.decrypt(rows[1][0], context="vault_credential.api_key") == "sk_live_1"
+        assert store.decrypt(rows[1][1], context="vault_credential.notes") == "pässwörd"
+    out = project.shell(
+        "from vault.models import Credential\n"
+        "c = Credential.objects.get(id=1)\n"
+        "print(c.api_key, c.notes)\n"
+        "c.name = 'renamed'; c.save()\n"
+        "empty = Credential.objects.filter(api_key__isnull=True)\n"
+        "print(list(empty.values_list('id', flat=True)))\n"
+    ).stdout.splitlines()
+    assert out == ["sk_live_1 pässwörd", "[2]"]
+    # Saved with another field changed, the secret keeps its token.
+    after = project.database.rows("SELECT api_key, notes FROM vault_credential WHERE id = 1")
+    assert after == [rows[1]]
+
+
+@sqlite_only
+def test_lookups_are_refused_and_reads_are_strict(project: Project) -> None:
+    project.shell(
+        "from vault.models import Credential\n"
+        "Credential.objects.create(id=1, name='a', api_key='sk_1')\n"
+    )
+    refused = project.shell(
+        "from vault.models import Credential\nCredential.objects.filter(api_key='sk_1').count()\n",
+        check=False,
+    )
+    assert refused.returncode != 0 and "vault_credential.api_key is encrypted" in refused.stderr
+    project.database.execute("UPDATE vault_credential SET api_key = 'sk_plaintext'")
+    strict = project.shell(
+        "from vault.models import Credential\nCredential.objects.get(id=1).api_key\n", check=False
+    )
+    assert strict.returncode != 0 and "InvalidToken" in strict.stderr
+    assert "sk_plaintext" not in strict.stderr
+
+
+@sqlite_only
+def test_manage_py_keyturn_and_system_checks(project: Project) -> None:
+    project.manage("check")
+    project.shell("from vault.models import Credential\nCredential.objects.create(name='a')\n")
+    status = json.loads(project.manage("keyturn", "status", "--json").stdout)
+    assert {c["column"] for c in status["columns"]} == {
+        "vault_credential.api_key",
+        "vault_credential.notes",
+    }
+    assert project.manage("keyturn", "--help").stdout.count("rotate") >= 1
+    busy = project.manage("keyturn", "destroy-key", "1", "--yes", check=False)
+    assert busy.returncode == 3  # the CLI's exit codes, unchanged
+    bad = project.manage("check", check=False, DJ_BAD="1")
+    assert bad.returncode != 0 and "keyturn.E002" in bad.stderr
+    production = project.manage("check", check=False, KEYTURN_ENV="production")
+    assert production.returncode != 0 and "keyturn.E001" in production.stderr
+
+
+def test_django_app_through_a_killed_and_resumed_parallel_rotation(project: Project) -> None:
+    """The app process reads, writes, inserts and deletes through the ORM while
+    `manage.py keyturn rotate --workers 2` runs, is SIGKILLed and resumed: no error in
+    the app, and afterwards every row holds what it last wrote, all on the new version."""
+    project.shell(
+        "from vault.models import Credential\n"
+        "Credential.objects.bulk_create("
+        "[Credential(name='a', api_key=f'sk_{i}_initial', notes='n') for i in range(1500)])\n"
+    )
+    with project.store() as store:
+        expected: dict[int, str | None] = {
+            i: store.decrypt(key, context="vault_credential.api_key")
+            for i, key in project.database.rows("SELECT id, api_key FROM vault_credential")
+        }
+    assert len(expected) == 1500
+    journal, stopfile = project.dir / "journal.jsonl", project.dir / "stop"
+    app = subprocess.Popen(
+        [sys.executable, str(PROJECT / "manage.py"), "appload", str(journal), str(stopfile), "5"],
+        cwd=project.dir,
+        env=project.env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        rotation = subprocess.Popen(
+            [sys.executable, str(PROJECT / "manage.py"), "keyturn", "rotate", "--yes",
+             "--workers", "2", "--max-rate", "1500", "--rows-per-chunk", "300"],
+            cwd=project.dir, env=project.env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: bool(project.database.rows("SELECT id FROM keyturn_jobs")))
+        time.sleep(random.uniform(0.1, 0.5))
+        rotation.send_signal(signal.SIGKILL)
+        rotation.wait()
+        time.sleep(0.3)
+        resumed = project.manage("keyturn", "rotate", "--yes", "--json")
+        report = json.loads(resumed.stdout)
+        assert report["resumed"] is True and report["new_version"] == 2
+        time.sleep(0.3)
+    finally:
+        stopfile.touch()
+        _, err = app.communicate(timeout=60)
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert not [e for e in entries if "error" in e], err
+    assert app.returncode == 0, err
+    assert len(entries) > 20, "the app hardly ran during the rotation"
+    for entry in entries:
+        if entry.get("deleted"):
+            expected.pop(entry["id"], None)
+        else:
+            expected[entry["id"]] = entry["api_key"]
+    with project.store() as store:
+        rows = project.database.rows("SELECT id, api_key, notes FROM vault_credential")
+        assert {i for i, _, _ in rows} == set(expected)
+        for i, api_key, notes in rows:
+            assert api_key.startswith("kt1:2:"), i
+            assert notes == "" or notes.startswith("kt1:2:"), i
+            assert store.decrypt(api_key, context="vault_credential.api_key") == expected[i]
