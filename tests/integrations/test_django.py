@@ -215,3 +215,38 @@ def test_django_app_through_a_killed_and_resumed_parallel_rotation(project: Proj
             assert api_key.startswith("kt1:2:"), i
             assert notes == "" or notes.startswith("kt1:2:"), i
             assert store.decrypt(api_key, context="vault_credential.api_key") == expected[i]
+
+
+@sqlite_only
+def test_taking_over_a_plaintext_field_with_the_app_live(project: Project) -> None:
+    """The documented path: the field class changes (no schema change), the app reads
+    plaintext in the migration mode meanwhile, `manage.py keyturn encrypt-existing`
+    seals the rest, and then the mode is turned off."""
+    project.database.execute(
+        "INSERT INTO vault_credential (id, name, api_key, notes) VALUES "
+        "(1, 'a', 'sk_plain_1', ''), (2, 'b', 'sk_plain_2', '')"
+    )
+    refused = project.shell(
+        "from vault.models import Credential\nCredential.objects.get(id=1).api_key\n",
+        check=False,
+    )
+    assert refused.returncode != 0 and "InvalidToken" in refused.stderr
+    migrating = {"DJ_READ_PLAINTEXT": "1"}
+    read = project.manage(
+        "shell", "-v", "0", "-c",
+        "from vault.models import Credential\n"
+        "c = Credential.objects.get(id=1); print(c.api_key)\n"
+        "c.api_key = 'sk_new_1'; c.save()\n",
+        **migrating,
+    )  # fmt: skip
+    assert read.stdout.strip() == "sk_plain_1"
+    rows = dict(project.database.rows("SELECT id, api_key FROM vault_credential"))
+    assert rows[1].startswith("kt1:1:") and rows[2] == "sk_plain_2"
+    project.manage("keyturn", "encrypt-existing", **migrating)
+    rows = dict(project.database.rows("SELECT id, api_key FROM vault_credential"))
+    assert all(v.startswith("kt1:1:") for v in rows.values())
+    out = project.shell(
+        "from vault.models import Credential\n"
+        "print(sorted(c.api_key for c in Credential.objects.all()))\n"
+    )
+    assert out.stdout.strip() == "['sk_new_1', 'sk_plain_2']"
