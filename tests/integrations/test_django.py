@@ -250,3 +250,42 @@ def test_taking_over_a_plaintext_field_with_the_app_live(project: Project) -> No
         "print(sorted(c.api_key for c in Credential.objects.all()))\n"
     )
     assert out.stdout.strip() == "['sk_new_1', 'sk_plain_2']"
+
+
+ADMIN_SESSION = """
+from django.contrib.auth.models import User
+from django.test import Client
+from vault.models import Credential
+User.objects.create_superuser("root", "root@example.com", "pw-for-tests-only")
+Credential.objects.create(id=1, name="a", api_key="sk_live_shown_nowhere")
+client = Client()
+assert client.login(username="root", password="pw-for-tests-only")
+page = client.get("/admin/vault/credential/1/change/").content.decode()
+print("secret in page:", "sk_live_shown_nowhere" in page)
+print("masked input:", 'type="password"' in page and 'name="api_key"' in page)
+form = {"name": "renamed", "api_key": "", "notes": ""}
+reply = client.post("/admin/vault/credential/1/change/", form)
+print("saved:", reply.status_code)
+print("kept:", Credential.objects.get(id=1).api_key)
+client.post("/admin/vault/credential/1/change/", {**form, "api_key": "sk_live_new"})
+print("changed:", Credential.objects.get(id=1).api_key)
+"""
+
+
+@sqlite_only
+def test_the_admin_masks_secrets_and_keeps_them_unless_changed(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = Project(database, tmp_path)
+    made.env["DJ_ADMIN"] = "1"
+    monkeypatch.setenv("KEYTURN_KEK", made.env["KEYTURN_KEK"])
+    made.manage("migrate", "--run-syncdb", "-v", "0")
+    made.manage("keyturn", "init")
+    out = made.shell(ADMIN_SESSION).stdout.splitlines()
+    assert out == [
+        "secret in page: False",
+        "masked input: True",
+        "saved: 302",
+        "kept: sk_live_shown_nowhere",
+        "changed: sk_live_new",
+    ], out

@@ -40,3 +40,29 @@ if os.environ.get("DJ_READ_PLAINTEXT") == "1":
         {"table": "vault_credential", "column": "api_key", "primary_key": "id",
          "read_plaintext": True},
     ]  # fmt: skip
+if os.environ.get("DJ_ADMIN") == "1":
+    INSTALLED_APPS += [
+        "django.contrib.admin", "django.contrib.auth", "django.contrib.contenttypes",
+        "django.contrib.sessions", "django.contrib.messages",
+    ]  # fmt: skip
+    MIDDLEWARE = [
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+    ]
+    TEMPLATES = [
+        {
+            "BACKEND": "django.template.backends.django.DjangoTemplates",
+            "APP_DIRS": True,
+            "OPTIONS": {
+                "context_processors": [
+                    "django.template.context_processors.request",
+                    "django.contrib.auth.context_processors.auth",
+                    "django.contrib.messages.context_processors.messages",
+                ]
+            },
+        }
+    ]
+    ROOT_URLCONF = "project.urls"
+    ALLOWED_HOSTS = ["testserver", "127.0.0.1"]

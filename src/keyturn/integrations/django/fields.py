@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.core import checks
 from django.db import models
 
@@ -17,6 +18,26 @@ class _Opened(str):
     same token is written back instead of a new one."""
 
     token: str
+
+
+class SecretInput(forms.PasswordInput):
+    """Never renders the stored secret into the page; left blank, it keeps it."""
+
+    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
+        masked = {"placeholder": "•••••••• (unchanged)", "autocomplete": "off"}
+        super().__init__(attrs={**masked, **(attrs or {})}, render_value=False)
+
+
+class SecretFormField(forms.CharField):
+    """A form field for an encrypted secret: blank means "keep the stored one"."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.update(required=False, widget=SecretInput, strip=False)
+        kwargs.pop("max_length", None)  # the column's length counts token characters
+        super().__init__(**kwargs)
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        return bool(data)
 
 
 class _EncryptedMixin:
@@ -45,6 +66,16 @@ class _EncryptedMixin:
         from keyturn.integrations.django.conf import store
 
         return store().encrypt(str(value), context=self._context())
+
+    def formfield(self, **kwargs: Any) -> Any:
+        """Masked in forms and the admin (whatever widget the admin would choose)."""
+        kwargs.pop("widget", None)
+        return super().formfield(**{**kwargs, "form_class": SecretFormField})  # type: ignore[misc]
+
+    def save_form_data(self, instance: Any, data: Any) -> None:
+        if data in (None, "") and instance.pk is not None:
+            return  # left blank on an existing row: the stored secret stays
+        super().save_form_data(instance, data)  # type: ignore[misc]
 
     def get_lookup(self, lookup_name: str) -> Any:
         if lookup_name == "isnull":
