@@ -10,7 +10,8 @@ from django.db import models
 
 from keyturn._core.context import column_context
 from keyturn._core.tokens import token_length
-from keyturn.errors import UnqueryableColumn
+from keyturn.errors import KeyturnError, UnqueryableColumn
+from keyturn.integrations.django.conf import store
 
 
 class _Opened(str):
@@ -49,11 +50,20 @@ class _EncryptedMixin:
         return column_context(self.model._meta.db_table, self.column)  # type: ignore[attr-defined]
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        """The secret, carrying the token it came from. The common case (a token on a
+        version the keyring holds) is opened by the keyring's opener for this column;
+        anything else goes through the Store (reloads, migration modes, errors)."""
         if value is None or value == "":
             return value
-        from keyturn.integrations.django.conf import store
-
-        opened = _Opened(store().decrypt(value, context=self._context()))
+        ring = store().keyring
+        cached = self.__dict__.get("_keyturn_opener")
+        if cached is None or cached[0] is not ring:
+            cached = self.__dict__["_keyturn_opener"] = (ring, ring.opener(self._context()))
+        try:
+            plain = cached[1](value).decode()
+        except (KeyturnError, UnicodeDecodeError):
+            plain = store().decrypt(value, context=self._context())
+        opened = _Opened(plain)
         opened.token = value
         return opened
 
@@ -63,8 +73,6 @@ class _EncryptedMixin:
             return value
         if isinstance(value, _Opened):
             return value.token
-        from keyturn.integrations.django.conf import store
-
         return store().encrypt(str(value), context=self._context())
 
     def formfield(self, **kwargs: Any) -> Any:

@@ -1,0 +1,97 @@
+"""Loading Django model instances whose secret is an EncryptedCharField, against the
+same instances with a plain CharField: the cost of decrypting on load (goal: 1.3x).
+
+Usage: .venv/bin/python bench/django_load.py [--rows 10000] [--rounds 15]
+
+The Django twin of bench/orm_load.py: both tables in one SQLite file, rounds
+alternating, the best round of each compared, beside the floor (the plain load
+plus a bare decrypt loop over the same tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp())
+    os.environ.setdefault("KEYTURN_KEK", os.urandom(32).hex())
+
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        INSTALLED_APPS=["keyturn.integrations.django"],
+        DATABASES={
+            "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(work / "app.db")}
+        },
+        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
+        BASE_DIR=work,
+    )
+    django.setup()
+    from django.db import connection, models
+
+    from keyturn.integrations.django.conf import build_config, store
+    from keyturn.integrations.django.fields import EncryptedCharField
+    from keyturn.ops.init import init
+
+    class Plain(models.Model):
+        name = models.CharField(max_length=64)
+        api_key = models.CharField(max_length=255)
+
+        class Meta:
+            app_label = "keyturn"
+
+    class Encrypted(models.Model):
+        name = models.CharField(max_length=64)
+        api_key = EncryptedCharField(max_length=255)
+
+        class Meta:
+            app_label = "keyturn"
+
+    with connection.schema_editor() as editor:
+        editor.create_model(Plain)
+        editor.create_model(Encrypted)
+    init(build_config())
+    values = [f"sk_live_{i:08d}_{os.urandom(12).hex()}" for i in range(args.rows)]
+    Plain.objects.bulk_create(Plain(name=f"u{i}", api_key=v) for i, v in enumerate(values))
+    Encrypted.objects.bulk_create(Encrypted(name=f"u{i}", api_key=v) for i, v in enumerate(values))
+    tokens = [t for (t,) in connection.cursor().execute("SELECT api_key FROM keyturn_encrypted")]
+
+    def load(model: Any) -> float:
+        started = time.perf_counter()
+        assert all(row.api_key for row in model.objects.all())
+        return time.perf_counter() - started
+
+    def bare() -> float:
+        open_ = store().keyring.opener("keyturn_encrypted.api_key")
+        started = time.perf_counter()
+        for token in tokens:
+            open_(token).decode()
+        return time.perf_counter() - started
+
+    best = {"plain": float("inf"), "encrypted": float("inf"), "decrypt": float("inf")}
+    for _ in range(args.rounds):
+        best["plain"] = min(best["plain"], load(Plain))
+        best["encrypted"] = min(best["encrypted"], load(Encrypted))
+        best["decrypt"] = min(best["decrypt"], bare())
+    ratio = best["encrypted"] / best["plain"]
+    floor = best["plain"] + best["decrypt"]
+    print(f"load {args.rows:,} Django model instances, best of {args.rounds}")
+    print(f"   plain CharField             {best['plain'] * 1000:8.1f} ms   1.00x")
+    print(f"   floor: plain + bare decrypt {floor * 1000:8.1f} ms   {floor / best['plain']:.2f}x")
+    print(f"   EncryptedCharField          {best['encrypted'] * 1000:8.1f} ms   {ratio:.2f}x")
+    print(f"goal: at most 1.3x -> {'met' if ratio <= 1.3 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
