@@ -72,11 +72,11 @@ def configure(store: Store | None) -> None:
     (None: open one with ``keyturn.open()`` again on next use). Checks the
     columns attached so far against its config."""
     global _default
-    with _default_lock:
-        _default = store
     if store is not None:
         for column in list(_attached):
-            _check_binding(store, column)
+            _check_binding(store, column)  # before it is used: nothing sealed yet
+    with _default_lock:
+        _default = store
 
 
 def encrypted_columns() -> list[Column[Any]]:
