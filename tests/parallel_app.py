@@ -3,6 +3,7 @@ taken over by keyturn, and ways to watch its helper processes."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -78,3 +79,20 @@ def helper_pids(parent: int) -> list[int]:
             if ppid == parent and b"keyturn.ops.rotate_helper" in cmd:
                 pids.append(int(entry.name))
     return pids
+
+
+def replay_journal(
+    journal: Path, expected: dict[int, str | None], app: Any, err: str
+) -> dict[int, str | None]:
+    """What an app process's journal says each row holds now, starting from
+    ``expected``; the app (a finished Popen) must have seen no error and done work."""
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert not [e for e in entries if "error" in e], err
+    assert app.returncode == 0, err
+    assert len(entries) > 20, "the app hardly ran during the rotation"
+    for entry in entries:
+        if entry.get("deleted"):
+            expected.pop(entry["id"], None)
+        else:
+            expected[entry["id"]] = entry["api_key"]
+    return expected
