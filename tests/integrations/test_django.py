@@ -281,3 +281,82 @@ def test_the_admin_masks_secrets_and_keeps_them_unless_changed(
         "kept: sk_live_shown_nowhere",
         "changed: sk_live_new",
     ], out
+
+
+@sqlite_only
+def test_the_admin_masks_secrets_in_a_real_browser(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`manage.py runserver` and headless Chromium: the change form never shows the
+    secret, saving it blank keeps it, typing a new one replaces it."""
+    from browser import chrome
+    from selenium.webdriver.common.by import By
+
+    made = Project(database, tmp_path)
+    made.env["DJ_ADMIN"] = "1"
+    monkeypatch.setenv("KEYTURN_KEK", made.env["KEYTURN_KEK"])
+    made.manage("migrate", "--run-syncdb", "-v", "0")
+    made.manage("keyturn", "init")
+    made.shell(
+        "from django.contrib.auth.models import User\n"
+        "from vault.models import Credential\n"
+        "User.objects.create_superuser('root', 'root@example.com', 'pw-for-tests-only')\n"
+        "Credential.objects.create(id=1, name='a', api_key='sk_live_in_a_browser')\n"
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(PROJECT / "manage.py"), "runserver", f"127.0.0.1:{port}",
+         "--noreload"],
+        cwd=made.dir, env=made.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    driver = chrome()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(base + "/admin/login/"))
+        driver.get(base + "/admin/login/?next=/admin/vault/credential/1/change/")
+        driver.find_element(By.NAME, "username").send_keys("root")
+        driver.find_element(By.NAME, "password").send_keys("pw-for-tests-only")
+        driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+        field = driver.find_element(By.NAME, "api_key")
+        assert field.get_attribute("type") == "password"
+        assert field.get_attribute("value") == ""
+        assert "sk_live_in_a_browser" not in driver.page_source
+        name = driver.find_element(By.NAME, "name")
+        name.clear()
+        name.send_keys("renamed")
+        driver.find_element(By.NAME, "_continue").click()
+        assert "renamed" in driver.find_element(By.NAME, "name").get_attribute("value")
+        kept = made.shell(
+            "from vault.models import Credential\nprint(Credential.objects.get(id=1).api_key)\n"
+        )
+        assert kept.stdout.strip() == "sk_live_in_a_browser"
+        driver.find_element(By.NAME, "api_key").send_keys("sk_live_typed_in")
+        driver.find_element(By.NAME, "_continue").click()
+        assert "sk_live_typed_in" not in driver.page_source
+        changed = made.shell(
+            "from vault.models import Credential\nprint(Credential.objects.get(id=1).api_key)\n"
+        )
+        assert changed.stdout.strip() == "sk_live_typed_in"
+    finally:
+        driver.quit()
+        server.terminate()
+        _, err = server.communicate(timeout=20)
+    assert "sk_live_in_a_browser" not in err and "sk_live_typed_in" not in err
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -22,13 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import chrome
 from conftest import PLAINTEXTS, App, assert_no_secret, fill_users
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-BROWSER_MISSING = (
-    "Debian chromium and chromium-driver are not installed "
-    "(apt-get install chromium chromium-driver)"
-)
 
 
 def free_port() -> int:
@@ -355,32 +350,6 @@ def test_page_csrf_and_cookie_rules(app: App, server: LocalServer) -> None:
     assert wrapped not in dashboard.text
 
 
-def _chrome() -> Any:
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        reason = BROWSER_MISSING
-        if os.environ.get("KEYTURN_REQUIRE_SERVICES") == "1":
-            pytest.fail(reason + " and KEYTURN_REQUIRE_SERVICES=1")
-        pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1200,1000",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-
-
 def test_admin_page_in_headless_chromium(app: App, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -391,7 +360,7 @@ def test_admin_page_in_headless_chromium(app: App, tmp_path: Path) -> None:
     app.cli("encrypt-existing", check=True)
     ops = token(app, "ops", "rotate")
     for server in serve(app):
-        driver = _chrome()
+        driver = chrome()
         try:
             wait = WebDriverWait(driver, 30)
             driver.get(server.base + "/admin/encryption")
