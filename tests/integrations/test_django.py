@@ -154,6 +154,8 @@ def test_manage_py_keyturn_and_system_checks(project: Project) -> None:
     assert bad.returncode != 0 and "keyturn.E002" in bad.stderr
     production = project.manage("check", check=False, KEYTURN_ENV="production")
     assert production.returncode != 0 and "keyturn.E001" in production.stderr
+    row_bound = project.manage("check", check=False, DJ_ROW_BIND="1")
+    assert row_bound.returncode != 0 and "row binding is not built yet" in row_bound.stderr
 
 
 def test_django_app_through_a_killed_and_resumed_parallel_rotation(project: Project) -> None:

@@ -66,3 +66,7 @@ if os.environ.get("DJ_ADMIN") == "1":
     ]
     ROOT_URLCONF = "project.urls"
     ALLOWED_HOSTS = ["testserver", "127.0.0.1"]
+if os.environ.get("DJ_ROW_BIND") == "1":  # refused: the Django fields are column-bound
+    KEYTURN["columns"] = [
+        {"table": "vault_credential", "column": "api_key", "primary_key": "id", "bind": "row"},
+    ]

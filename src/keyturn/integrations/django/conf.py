@@ -84,6 +84,11 @@ def build_config() -> Config:
     names = {(c["table"], c["column"]) for c in declared}
     listed = list(given.get("columns", []))
     for entry in listed:
+        if entry.get("bind", "column") != "column":
+            raise ConfigError(
+                f"settings.KEYTURN column {entry.get('table')}.{entry.get('column')}: the "
+                'Django fields seal with bind = "column" only (row binding is not built yet)'
+            )
         if (entry.get("table"), entry.get("column")) not in names:
             raise ConfigError(
                 f"settings.KEYTURN lists column {entry.get('table')}.{entry.get('column')}, "
