@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, overload
 
 from sqlalchemy import Connection, Engine
@@ -34,6 +35,7 @@ from keyturn.errors import (
     InvalidToken,
     KEKChanged,
     KeyManagementError,
+    KeyturnError,
     NotInitialized,
     OperationFailed,
     UnknownKeyVersion,
@@ -198,6 +200,26 @@ class Store:
         if token is None:
             return None
         return self.decrypt_bytes(token, context=context).decode()
+
+    def opener(self, context: str) -> Callable[[str], str]:
+        """:meth:`decrypt` for many non-empty tokens of one column (an ORM load): a token
+        on a version the keyring holds is opened by the keyring's opener for the
+        context, rebuilt when a reload swaps the keyring; anything else goes
+        through :meth:`decrypt` (reloads, migration modes, errors)."""
+        seen: Keyring | None = None
+        open_: Callable[[str], bytes] | None = None
+
+        def open_token(token: str) -> str:
+            nonlocal seen, open_
+            ring = self._keyring
+            if ring is not seen or open_ is None:
+                seen, open_ = ring, ring.opener(context)
+            try:
+                return open_(token).decode()
+            except (KeyturnError, UnicodeDecodeError, TypeError, AttributeError):
+                return self.decrypt(token, context=context)
+
+        return open_token
 
     def legacy_reader(self, column: str) -> LegacyReader | None:
         """The legacy reader configured for column ``table.column``, if any."""

@@ -100,13 +100,13 @@ def _check_binding(store: Store, column: Column[Any]) -> None:
     """The model and keyturn.toml must bind a column's tokens alike, or one side's
     tokens would not open on the other (the CLI's rotate would fail them)."""
     kind = column.type
-    context = getattr(kind, "context", None)
-    bind = getattr(kind, "keyturn_bind", "column")
-    spec = next((c for c in store.config.columns if c.name == context), None)
-    if spec is not None and spec.bind != bind:
+    assert isinstance(kind, _Encrypted)  # only encrypted columns are attached here
+    spec = next((c for c in store.config.columns if c.name == kind.context), None)
+    if spec is not None and spec.bind != kind.keyturn_bind:
         raise ConfigError(
-            f'{context} has bind = "{spec.bind}" in keyturn.toml but bind = "{bind}" in '
-            f"the model ({type(kind).__name__}(..., bind=...)); make them the same"
+            f'{kind.context} has bind = "{spec.bind}" in keyturn.toml but bind = '
+            f'"{kind.keyturn_bind}" in the model ({type(kind).__name__}(..., bind=...)); '
+            "make them the same"
         )
 
 
@@ -131,7 +131,11 @@ class LazyRewrap:
 
     def saw(self, context: str, token: str, ring: Keyring) -> None:
         """Note ``token`` (read for ``context``) if it is not on the active version."""
-        if token.startswith(header(ring.active_version)) or self._count >= self.limit:
+        if (
+            version_of(token) is None  # plaintext or legacy: encrypt-existing's, not ours
+            or token.startswith(header(ring.active_version))
+            or self._count >= self.limit
+        ):
             return
         with self._lock:
             tokens = self._pending.setdefault(context, set())
@@ -265,6 +269,10 @@ class _Encrypted(TypeDecorator[str]):
         bound.table_name, bound.column_name = table, column
         return bound
 
+    def row_context(self, pk: tuple[Any, ...]) -> str:
+        """The context of this row-bound column's value in the row with key ``pk``."""
+        return row_context(self.table_name, self.column_name, pk)  # type: ignore[arg-type]
+
     def _store(self) -> Store:
         store = self.store or _default_store()
         if self.context is None:
@@ -326,23 +334,19 @@ class _Encrypted(TypeDecorator[str]):
             return inner  # tokens as stored; the ORM's load event opens them with the key
         if inner is not None or context is None:
             return lambda value: slow(inner(value) if inner else value, dialect)
-        seen: Keyring | None = None
-        open_: Callable[[str], bytes] = slow  # type: ignore[assignment]
+        opened: tuple[Store, Callable[[str], str]] | None = None
 
         def process(value: Any) -> str | None:
-            nonlocal seen, open_
-            if value:
-                ring = (given or _default or _default_store()).keyring
-                if ring is not seen:
-                    seen, open_ = ring, ring.opener(context)
-                try:
-                    plain = open_(value).decode()
-                except (KeyturnError, UnicodeDecodeError, TypeError, AttributeError):
-                    return slow(value, dialect)
-                if _lazy is not None:
-                    _lazy.saw(context, value, ring)
-                return plain
-            return slow(value, dialect)
+            nonlocal opened
+            if not value:
+                return slow(value, dialect)
+            store = given or _default or _default_store()
+            if opened is None or opened[0] is not store:
+                opened = (store, store.opener(context))
+            plain = opened[1](value)
+            if _lazy is not None:
+                _lazy.saw(context, value, store.keyring)
+            return plain
 
         return process
 
@@ -384,7 +388,7 @@ def _learn_context(column: Column[Any], table: Any) -> None:
         column.type = column.type.bound_to(table.name, column.name)
         _attached.append(column)
         if column.type.store is not None or _default is not None:
-            _check_binding(column.type.store or _default_store(), column)
+            _check_binding(column.type._store(), column)
 
 
 @event.listens_for(Engine, "before_execute", retval=False)
@@ -439,9 +443,8 @@ def _row_binding(mapper: Mapper[Any], class_: type) -> None:
                     f"{kind.context} is bound to its rows, and this {type(target).__name__} "
                     "has no primary key yet: assign it before the flush"
                 )
-            store = kind.store or _default_store()
-            context = row_context(kind.table_name, kind.column_name, pk)
-            token = store.encrypt(value, context=context)
+            store = kind._store()
+            token = store.encrypt(value, context=kind.row_context(pk))
             kind._check_fits(store, value, token)
             plain[key] = value
             setattr(target, key, _Sealed(token))
@@ -462,10 +465,8 @@ def _row_binding(mapper: Mapper[Any], class_: type) -> None:
                 continue
             if kind.refusal:
                 raise ConfigError(kind.refusal)
-            pk = mapper.primary_key_from_instance(target)
-            store = kind.store or _default_store()
-            where = row_context(kind.table_name, kind.column_name, pk)
-            set_committed_value(target, key, store.decrypt(token, context=where))
+            where = kind.row_context(mapper.primary_key_from_instance(target))
+            set_committed_value(target, key, kind._store().decrypt(token, context=where))
 
     for name, handler in (
         ("before_insert", seal),

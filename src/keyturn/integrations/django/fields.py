@@ -10,7 +10,7 @@ from django.db import models
 
 from keyturn._core.context import column_context
 from keyturn._core.tokens import token_length
-from keyturn.errors import KeyturnError, UnqueryableColumn
+from keyturn.errors import UnqueryableColumn
 from keyturn.integrations.django.conf import store
 
 
@@ -50,20 +50,15 @@ class _EncryptedMixin:
         return column_context(self.model._meta.db_table, self.column)  # type: ignore[attr-defined]
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
-        """The secret, carrying the token it came from. The common case (a token on a
-        version the keyring holds) is opened by the keyring's opener for this column;
-        anything else goes through the Store (reloads, migration modes, errors)."""
+        """The secret, carrying the token it came from (opened by the Store's opener
+        for this column: the fast path of an ORM load)."""
         if value is None or value == "":
             return value
-        ring = store().keyring
+        current = store()
         cached = self.__dict__.get("_keyturn_opener")
-        if cached is None or cached[0] is not ring:
-            cached = self.__dict__["_keyturn_opener"] = (ring, ring.opener(self._context()))
-        try:
-            plain = cached[1](value).decode()
-        except (KeyturnError, UnicodeDecodeError):
-            plain = store().decrypt(value, context=self._context())
-        opened = _Opened(plain)
+        if cached is None or cached[0] is not current:
+            cached = self.__dict__["_keyturn_opener"] = (current, current.opener(self._context()))
+        opened = _Opened(cached[1](value))
         opened.token = value
         return opened
 
