@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +99,18 @@ def replay_journal(
         else:
             expected[entry["id"]] = entry["api_key"]
     return expected
+
+
+def kill_mid_job_and_resume(rotation: Any, database: Database, resume: Callable[[], Any]) -> None:
+    """SIGKILL ``rotation`` at a random moment once its job exists, then ``resume()``
+    (a finished process) must report that job resumed onto key v2."""
+    wait_for(lambda: bool(database.rows("SELECT id FROM keyturn_jobs")))
+    time.sleep(random.uniform(0.1, 0.5))
+    rotation.send_signal(signal.SIGKILL)
+    rotation.wait()
+    time.sleep(0.3)
+    resumed = resume()
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["resumed"] is True and report["new_version"] == 2
+    time.sleep(0.3)

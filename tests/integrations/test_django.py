@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import Database, base_env
-from parallel_app import replay_journal, wait_for
+from parallel_app import kill_mid_job_and_resume, replay_journal, wait_for
 
 import keyturn
 
@@ -189,15 +187,11 @@ def test_django_app_through_a_killed_and_resumed_parallel_rotation(project: Proj
             cwd=project.dir, env=project.env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        wait_for(lambda: bool(project.database.rows("SELECT id FROM keyturn_jobs")))
-        time.sleep(random.uniform(0.1, 0.5))
-        rotation.send_signal(signal.SIGKILL)
-        rotation.wait()
-        time.sleep(0.3)
-        resumed = project.manage("keyturn", "rotate", "--yes", "--json")
-        report = json.loads(resumed.stdout)
-        assert report["resumed"] is True and report["new_version"] == 2
-        time.sleep(0.3)
+        kill_mid_job_and_resume(
+            rotation,
+            project.database,
+            lambda: project.manage("keyturn", "rotate", "--yes", "--json"),
+        )
     finally:
         stopfile.touch()
         _, err = app.communicate(timeout=60)

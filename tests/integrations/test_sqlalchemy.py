@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +14,7 @@ from typing import Any
 import pytest
 from conftest import App, Database, base_env, run_cli
 from orm_app import CONFIG, Account, Base
-from parallel_app import replay_journal, wait_for
+from parallel_app import kill_mid_job_and_resume, replay_journal
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, select, text
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -246,16 +244,9 @@ def test_orm_app_through_a_killed_and_resumed_parallel_rotation(
         time.sleep(0.5)
         rotation = app.start("rotate", "--yes", "--workers", "2", "--max-rate", "1500",
                              "--rows-per-chunk", "300", output=subprocess.DEVNULL)  # fmt: skip
-        wait_for(lambda: bool(database.rows("SELECT id FROM keyturn_jobs")))
-        time.sleep(random.uniform(0.1, 0.5))
-        rotation.send_signal(signal.SIGKILL)
-        rotation.wait()
-        time.sleep(0.3)
-        resumed = app.cli("rotate", "--yes", "--json", process=True)
-        assert resumed.returncode == 0, resumed.stderr
-        report = json.loads(resumed.stdout)
-        assert report["resumed"] is True and report["new_version"] == 2
-        time.sleep(0.3)
+        kill_mid_job_and_resume(
+            rotation, database, lambda: app.cli("rotate", "--yes", "--json", process=True)
+        )
     finally:
         stopfile.touch()
         _, err = orm.communicate(timeout=60)
