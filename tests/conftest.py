@@ -7,6 +7,7 @@ import os
 import random
 import secrets
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -209,6 +210,13 @@ def make_app_db(path: Path, rows: int = 8) -> dict[tuple[str, int], str | None]:
     conn.commit()
     conn.close()
     return expected
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def key_file(path: Path) -> Path:

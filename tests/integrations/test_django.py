@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import Database, base_env
+from conftest import Database, base_env, free_port
 from parallel_app import kill_mid_job_and_resume, replay_journal, wait_for
 
 import keyturn
@@ -348,31 +348,3 @@ def _answers(url: str) -> bool:
             return True
     except OSError:
         return False
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@sqlite_only
-def test_manage_py_keyturn_serve_answers_from_the_settings(project: Project) -> None:
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, str(PROJECT / "manage.py"), "keyturn", "serve", "--port", str(port)],
-        cwd=project.dir, env=project.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"))
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
-            assert json.loads(reply.read()) == {"status": "ok", "database": True}
-    finally:
-        server.terminate()
-        _, err = server.communicate(timeout=20)
-    assert project.env["KEYTURN_KEK"] not in err

@@ -11,7 +11,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -23,13 +22,7 @@ from typing import Any
 
 import pytest
 from browser import chrome
-from conftest import PLAINTEXTS, App, assert_no_secret, fill_users
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from conftest import PLAINTEXTS, App, assert_no_secret, fill_users, free_port
 
 
 @dataclass
