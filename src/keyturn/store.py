@@ -379,13 +379,15 @@ def load_keyring(conn: Connection, kek: KEK) -> tuple[KEK, keystore.LoadedKeyrin
         return from_file(current), loaded
 
 
-def open(config_path: str | os.PathLike[str] | None = None, **options: Any) -> Store:
-    """Open the Store configured by ``keyturn.toml`` (or ``config_path``).
+def open(config_path: str | os.PathLike[str] | Config | None = None, **options: Any) -> Store:
+    """Open the Store configured by ``keyturn.toml`` (or ``config_path``, or a
+    :class:`Config` built in code, e.g. from Django settings).
 
     Checks that the KEK opens every data key and that the configured columns
     exist, so a misconfiguration fails here, at start-up.
     """
-    return open_config(load_config(config_path), **options)
+    config = config_path if isinstance(config_path, Config) else load_config(config_path)
+    return open_config(config, **options)
 
 
 def open_config(config: Config, **options: Any) -> Store:

@@ -137,9 +137,9 @@ def _config(ctx: click.Context) -> Config:
 
 
 def _open(ctx: click.Context) -> Store:
-    from keyturn.store import open_config
+    from keyturn.store import open as open_store
 
-    return open_config(_config(ctx))
+    return open_store(ctx.obj)
 
 
 def _audited(
@@ -999,7 +999,7 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
         raise click.UsageError(
             "the admin server needs Starlette and uvicorn: pip install 'keyturn[server]'"
         ) from None
-    app = create_app(ctx.obj) if not isinstance(ctx.obj, Config) else create_app(store=_open(ctx))
+    app = create_app(ctx.obj)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s keyturn: %(message)s"))
     server_log = logging.getLogger("keyturn.server")

@@ -32,6 +32,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from keyturn.config import Config
 from keyturn.db.database import database_error
 from keyturn.db.locking import KeyringLock
 from keyturn.engine import jobs
@@ -313,7 +314,7 @@ Handler = Callable[[Request, ApiToken], Response]
 
 
 def create_app(
-    config_path: str | os.PathLike[str] | None = None,
+    config_path: str | os.PathLike[str] | Config | None = None,
     *,
     store: Store | None = None,
     max_failures: int = 5,
