@@ -348,3 +348,23 @@ def _answers(url: str) -> bool:
             return True
     except OSError:
         return False
+
+
+@sqlite_only
+def test_manage_py_keyturn_serve_answers_from_the_settings(project: Project) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(PROJECT / "manage.py"), "keyturn", "serve", "--port", str(port)],
+        cwd=project.dir, env=project.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"))
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
+            assert json.loads(reply.read()) == {"status": "ok", "database": True}
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=20)
+    assert project.env["KEYTURN_KEK"] not in err
