@@ -38,8 +38,12 @@ _TOP_KEYS = {
 }
 _SERVER_KEYS = {"new_kek_env", "new_kek_file", "trusted_proxies"}
 _APPS_KEYS = {"refresh_seconds", "write_margin_seconds"}
-_COLUMN_KEYS = {"table", "column", "primary_key", "bind", "legacy", "read_plaintext"}
+_COLUMN_KEYS = {"table", "column", "primary_key", "bind", "legacy", "read_plaintext", "where"}
 BINDS = ("column", "row")
+#: How many values one ``where`` column may list (each is a bound parameter).
+MAX_WHERE_VALUES = 1000
+# A ``where`` filter: (column, the values it may hold), sorted by column.
+RowFilter = tuple[tuple[str, tuple[str | int, ...]], ...]
 T = TypeVar("T")
 
 
@@ -54,10 +58,19 @@ class ColumnSpec:
     legacy: str | None = None
     #: Migration mode: Store.decrypt returns a value that is not a kt1 token as it is.
     read_plaintext: bool = False
+    #: Only the rows whose columns hold one of the listed values (key/value settings
+    #: tables); every other row is never read, changed or counted.
+    where: RowFilter = ()
 
     @property
     def name(self) -> str:
         return f"{self.table}.{self.column}"
+
+    def describe_where(self) -> str:
+        """The filter as the config spells it, for messages: ``key in [a, b]``."""
+        return " and ".join(
+            f"{column} in [{', '.join(map(str, values))}]" for column, values in self.where
+        )
 
     def context(self, pk: tuple[Any, ...]) -> str:
         """The AAD context of this column's token in the row with key ``pk``."""
@@ -334,7 +347,38 @@ def _parse_column(entry: Any, index: int, file: Path) -> ColumnSpec:
     read_plaintext = entry.get("read_plaintext", False)
     if not isinstance(read_plaintext, bool):
         raise ConfigError(f"{where}: `read_plaintext` must be true or false")
-    return ColumnSpec(entry["table"], entry["column"], tuple(pk), bind, legacy, read_plaintext)
+    rows = _parse_where(entry.get("where", {}), entry["column"], where)
+    return ColumnSpec(
+        entry["table"], entry["column"], tuple(pk), bind, legacy, read_plaintext, rows
+    )
+
+
+def _parse_where(value: Any, secret: str, where: str) -> RowFilter:
+    """``where = { key = ["smtp_pass", …] }``: each column compared with listed
+    strings or integers, all of them required. No SQL is taken from the config."""
+    usage = (
+        f"{where}: `where` must be a table of column = [values], e.g. where = {{ key = "
+        f'["smtp_pass", "oidc_client_secret"] }} (strings or integers)'
+    )
+    if not isinstance(value, dict):
+        raise ConfigError(usage)
+    parsed = []
+    for column, listed in sorted(value.items()):
+        values = [listed] if isinstance(listed, str | int) else listed
+        if (
+            not isinstance(values, list)
+            or not values
+            or len(values) > MAX_WHERE_VALUES
+            or any(isinstance(v, bool) or not isinstance(v, str | int) for v in values)
+            or len({type(v) for v in values}) > 1
+        ):
+            raise ConfigError(
+                f"{usage}; `{column}` must list 1 to {MAX_WHERE_VALUES} values of one type"
+            )
+        if column == secret:
+            raise ConfigError(f"{where}: `where` cannot filter on the secret column itself")
+        parsed.append((column, tuple(dict.fromkeys(values))))
+    return tuple(parsed)
 
 
 def _reject_unknown(data: dict[str, Any], allowed: set[str], where: str) -> None:

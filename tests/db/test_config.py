@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from conftest import App, base_env
 
 from keyturn import ConfigError, load_config
 
@@ -49,11 +51,57 @@ def test_row_binding_context_names_the_primary_key(tmp_path: Path) -> None:
         ('database = "sqlite:///a.db"\nkek = 5\n', "kek"),
         ("database = ", "not valid TOML"),
         ('database = "env:NO_SUCH_VAR_KT"\n', "NO_SUCH_VAR_KT"),
+        (GOOD + "where = \"key = 'smtp_pass'\"\n", "`where` must be a table of column"),
+        (GOOD + "where = { key = [] }\n", "`key` must list 1 to"),
+        (GOOD + 'where = { key = ["a", 1] }\n', "of one type"),
+        (GOOD + "where = { key = [true] }\n", "of one type"),
+        (GOOD + "where = { key = [1.5] }\n", "of one type"),
+        (GOOD + 'where = { key = { a = "b" } }\n', "of one type"),
+        (GOOD + 'where = { secret = ["x"] }\n', "cannot filter on the secret column"),
     ],
 )
 def test_bad_config_is_a_config_error(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         load_config(write(tmp_path, text))
+
+
+def test_where_selects_rows_by_listed_values(tmp_path: Path) -> None:
+    text = GOOD + 'where = { scope = 1, key = ["smtp_pass", "smtp_pass", "oidc"] }\n'
+    (column,) = load_config(write(tmp_path, text)).columns
+    assert column.where == (("key", ("smtp_pass", "oidc")), ("scope", (1,)))
+    assert column.describe_where() == "key in [smtp_pass, oidc] and scope in [1]"
+
+
+@pytest.mark.parametrize(
+    ("where", "match"),
+    [
+        ('{ name = ["smtp_pass"] }', "has no column 'name'"),
+        ("{ key = [1] }", "is VARCHAR.*list strings"),
+        ('{ scope = ["1"] }', "is INTEGER.*list integers"),
+        ("{ created = [1] }", "only text and integer columns"),
+    ],
+)
+def test_a_where_the_schema_cannot_honour_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, match: str
+) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "app.db") as conn:
+        conn.execute(
+            "CREATE TABLE settings (key VARCHAR(64) PRIMARY KEY, scope INTEGER, "
+            "created DATETIME, value TEXT)"
+        )
+    conn.close()
+    write(
+        tmp_path,
+        'database = "sqlite:///app.db"\n[[columns]]\ntable = "settings"\ncolumn = "value"\n'
+        f'primary_key = "key"\nwhere = {where}\n',
+    )
+    app = App(tmp_path, {**base_env(), "KEYTURN_KEK": "ab" * 32})
+    proc = app.cli("init")
+    assert proc.returncode == 2 and re.search(match, proc.stderr), proc.stderr
+    assert "keyturn_keys" not in proc.stderr
+    assert app.sql("SELECT name FROM sqlite_master WHERE name LIKE 'keyturn%'") == []
 
 
 def test_missing_config_says_how_to_point_at_one(

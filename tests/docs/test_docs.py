@@ -36,7 +36,7 @@ def test_every_python_snippet_is_covered_here() -> None:
     }
     assert {d: n for d, n in found.items() if n} == {
         "README.md": 1,
-        "docs/ADOPTING.md": 1,
+        "docs/ADOPTING.md": 2,
         "docs/ADMIN.md": 1,
         "docs/ARCHITECTURE.md": 2,
         "docs/INTEGRATIONS.md": 1,
@@ -58,7 +58,7 @@ def test_adopting_switch_the_app_before_migrating(app: App) -> None:
     app.sql("CREATE TABLE usersx (id INTEGER PRIMARY KEY, api_key TEXT)")
     app.write_config(app.config.read_text() + "\n" + toml.replace('"users"', '"usersx"', 1))
     app.cli("init", check=True)
-    (code,) = snippets("docs/ADOPTING.md", "python")
+    (code,) = [s for s in snippets("docs/ADOPTING.md", "python") if "row_context" not in s]
     code = code.replace("users.api_key", "usersx.api_key")
     row = SimpleNamespace(api_key="sk_live_plaintext_1")
     namespace: dict[str, Any] = {"keyturn": keyturn, "row": row}
@@ -74,6 +74,28 @@ def test_adopting_switch_the_app_before_migrating(app: App) -> None:
         store.decrypt("sk_live_plaintext_1", context="users.secret")
     with pytest.raises(keyturn.InvalidToken):  # a damaged token is never read as plaintext
         store.decrypt("kt1:1:AAAA", context="usersx.api_key")
+    store.close()
+
+
+def test_adopting_a_settings_table(app: App) -> None:
+    """The settings-table entry as the doc shows it: only the listed rows are sealed,
+    and the snippet reads one back with its row's context."""
+    (toml,) = [s for s in snippets("docs/ADOPTING.md", "toml") if "where" in s]
+    app.sql("CREATE TABLE app_settings (key TEXT PRIMARY KEY, value TEXT)")
+    settings = {"smtp_pass": "päss-1", "smtp_host": "mail.example.org", "smtp_port": "587"}
+    for key, value in settings.items():
+        app.sql("INSERT INTO app_settings VALUES (?, ?)", (key, value))
+    app.write_config(app.config.read_text() + "\n" + toml)
+    app.cli("init", check=True)
+    report = json.loads(app.cli("encrypt-existing", "--json", check=True).stdout)
+    assert report["columns"]["app_settings.value"]["encrypted"] == 1
+    rows = dict(app.sql("SELECT key, value FROM app_settings"))
+    assert rows["smtp_host"] == "mail.example.org" and rows["smtp_port"] == "587"
+    (code,) = [s for s in snippets("docs/ADOPTING.md", "python") if "row_context" in s]
+    store = keyturn.open(app.config)
+    namespace: dict[str, Any] = {"keyturn": keyturn, "store": store, "value": rows["smtp_pass"]}
+    run(code, namespace)
+    assert namespace["smtp_pass"] == "päss-1"
     store.close()
 
 

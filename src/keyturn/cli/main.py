@@ -408,6 +408,7 @@ def _status_text(r: StatusReport) -> str:
             f"plaintext {c.plaintext}; "
             + (f"legacy {c.legacy}; " if c.legacy else "")
             + f"empty {c.empty}"
+            + (f"\n  {'':<30} (only rows where {c.where})" if c.where else "")
         )
     for w in r.warnings:
         lines.append(f"warning: {w}")

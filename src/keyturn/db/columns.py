@@ -6,7 +6,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Connection, MetaData, Select, String, Table, inspect, not_, select
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    MetaData,
+    Select,
+    String,
+    Table,
+    inspect,
+    not_,
+    select,
+)
 from sqlalchemy.types import NullType
 
 from keyturn._core import tokens
@@ -33,10 +44,18 @@ class BoundColumn:
     def value(self) -> Column[Any]:
         return self.table.c[self.spec.column]
 
+    @property
+    def rows(self) -> list[ColumnElement[bool]]:
+        """The conditions selecting the column's rows (its ``where`` filter), to pass
+        to ``.where(*rows)``; none for a whole column."""
+        return row_filter(self.table, self.spec)
+
     def non_token_values(self) -> Select[tuple[Any]]:
         """The column's non-empty values that are not kt1 tokens (plaintext or legacy)."""
         value = self.value
-        return select(value).where(value.is_not(None), value != "", not_(value.like("kt1:%")))
+        return select(value).where(
+            *self.rows, value.is_not(None), value != "", not_(value.like("kt1:%"))
+        )
 
     def check_fits(self, need: int, what: str) -> None:
         """SchemaError, before anything is written, if a ``need``-character token does
@@ -58,9 +77,12 @@ def bind_columns(conn: Connection, specs: Sequence[ColumnSpec]) -> list[BoundCol
         if not insp.has_table(spec.table):
             raise SchemaError(f"{where}: table {spec.table!r} does not exist in the database")
         reflected = {c["name"]: c for c in insp.get_columns(spec.table)}
-        for name in (*spec.primary_key, spec.column):
+        filtered = [name for name, _ in spec.where]
+        for name in (*spec.primary_key, spec.column, *filtered):
             if name not in reflected:
                 raise SchemaError(f"{where}: table {spec.table!r} has no column {name!r}")
+        for name, values in spec.where:
+            _check_filter_type(where, name, reflected[name]["type"], values)
         if spec.column in spec.primary_key:
             raise SchemaError(f"{where}: the secret column cannot be part of the primary key")
         col_type = reflected[spec.column]["type"]
@@ -80,9 +102,33 @@ def bind_columns(conn: Connection, specs: Sequence[ColumnSpec]) -> list[BoundCol
             MetaData(),
             *(Column(n, reflected[n]["type"], primary_key=True) for n in spec.primary_key),
             Column(spec.column, col_type),
+            *(Column(n, reflected[n]["type"]) for n in filtered if n not in spec.primary_key),
         )
         bound.append(BoundColumn(spec, table, width))
     return bound
+
+
+def _check_filter_type(where: str, name: str, col_type: Any, values: tuple[Any, ...]) -> None:
+    """A ``where`` column compared with values of its own kind: text with strings,
+    integers with integers (a database would otherwise convert, or fail, per row)."""
+    try:
+        wanted = col_type.python_type
+    except NotImplementedError:
+        wanted = None
+    if wanted is str or wanted is int:
+        if not isinstance(values[0], wanted):
+            kind = "strings" if wanted is str else "integers"
+            raise SchemaError(f"{where}: `where` column {name!r} is {col_type}; list {kind} for it")
+        return
+    raise SchemaError(
+        f"{where}: `where` column {name!r} is {col_type}; only text and integer "
+        "columns can select rows"
+    )
+
+
+def row_filter(table: Table, spec: ColumnSpec) -> list[ColumnElement[bool]]:
+    """``spec``'s ``where`` filter as conditions on ``table`` (which holds its columns)."""
+    return [table.c[name].in_(values) for name, values in spec.where]
 
 
 def table_of(columns: Sequence[BoundColumn]) -> Table:
@@ -93,6 +139,10 @@ def table_of(columns: Sequence[BoundColumn]) -> Table:
         for c in columns
     ):
         raise ValueError("columns must share a table and primary key")
+    if any(c.spec.where != first.spec.where for c in columns):
+        raise ValueError("columns must share a where filter")
     pk = [Column(c.name, c.type, primary_key=True) for c in first.pk]
     values = [Column(c.spec.column, c.value.type) for c in columns]
-    return Table(first.spec.table, MetaData(), *pk, *values)
+    names = {c.name for c in (*pk, *values)}
+    extra = [Column(c.name, c.type) for c in first.table.c if c.name not in names]
+    return Table(first.spec.table, MetaData(), *pk, *values, *extra)

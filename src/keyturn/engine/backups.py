@@ -130,7 +130,11 @@ def restore(engine: Engine, job_id: str, columns: Sequence[BoundColumn]) -> dict
             same_row = [c == bindparam(f"_pk{i}") for i, c in enumerate(col.pk)]
             swap = (
                 update(col.table)
-                .where(*same_row, exact_equals(col.value, bindparam("_new"), conn.dialect))
+                .where(
+                    *same_row,
+                    *col.rows,
+                    exact_equals(col.value, bindparam("_new"), conn.dialect),
+                )
                 .values({col.value.name: bindparam("_old")})
             )
             for p in params:  # one by one: each swap's own rowcount is needed

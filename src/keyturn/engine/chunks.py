@@ -12,11 +12,12 @@ harmless.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Column, Connection, and_, func, or_, select, update
+from sqlalchemy import Column, ColumnElement, Connection, and_, func, or_, select, update
 
 from keyturn.db import schema
 from keyturn.db.database import utcnow
@@ -56,9 +57,15 @@ def is_planned(conn: Connection, job_id: str) -> bool:
 
 
 def plan(
-    conn: Connection, job_id: str, table_key: str, pk: list[Column[Any]], rows_per_chunk: int
+    conn: Connection,
+    job_id: str,
+    table_key: str,
+    pk: list[Column[Any]],
+    rows_per_chunk: int,
+    selected: Sequence[ColumnElement[bool]] = (),
 ) -> int:
-    """Split a table into chunks of about ``rows_per_chunk`` rows; returns how many.
+    """Split a table (the rows ``selected`` selects) into chunks of about
+    ``rows_per_chunk`` rows; returns how many.
 
     Reads only the primary key, by keyset pages. The last chunk is open-ended,
     so rows inserted at the end meanwhile are covered too.
@@ -68,7 +75,7 @@ def plan(
     while True:
         # The boundary is the last key of the next page: a keyset page read
         # through the index, skipping to its end (cost: the page, not the table).
-        query = select(*pk).order_by(*pk).offset(rows_per_chunk - 1).limit(1)
+        query = select(*pk).where(*selected).order_by(*pk).offset(rows_per_chunk - 1).limit(1)
         if last is not None:
             query = query.where(after_key(pk, last))
         row = conn.execute(query).first()

@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
-from keyturn.db.columns import BoundColumn, table_of
+from keyturn.db.columns import BoundColumn, row_filter, table_of
 from keyturn.db.database import (
     DriverStatement,
     database_error,
@@ -117,6 +117,9 @@ class TableRewriter:
         self.table = table_of(self.columns)
         self.pk = [self.table.c[n] for n in self.columns[0].spec.primary_key]
         self.values = [self.table.c[c.spec.column] for c in self.columns]
+        # The rows a ``where`` filter selects: read, and swapped only while they match.
+        self.rows = row_filter(self.table, self.columns[0].spec)
+        self.filter = list(self.columns[0].spec.where)
         self._statements: dict[tuple[int, ...], DriverStatement] = {}
         self._bulk_statements: dict[tuple[int, ...], mysql.BulkStatement] = {}
         self._array_statements: dict[tuple[int, ...], tuple[str, list[str], str]] = {}
@@ -268,7 +271,8 @@ class TableRewriter:
             statement = self._statements.get(indexes)
             if statement is None:
                 statement = self._statements[indexes] = self._compile(indexes, dialect)
-            many = [(statement.sql, statement.from_columns(written))]
+            constants = [[v] * len(rows) for _, values in self.filter for v in values]
+            many = [(statement.sql, statement.from_columns([*written, *constants]))]
             return _Write(indexes, rows, written, many, many=True)
         # MariaDB/MySQL: many rows per UPDATE statement. Tokens and ints are put in
         # the statement as they are: PyMySQL's per-value escaping cost more than
@@ -276,15 +280,16 @@ class TableRewriter:
         bulk = self._bulk_statements.get(indexes)
         if bulk is None:
             bulk = self._bulk_statements[indexes] = mysql.swap_statement(
-                dialect, self.table, self.pk, self.values, indexes, self.values_rows
+                dialect, self.table, self.pk, self.values, indexes, self.values_rows, self.filter
             )
         per_statement = max(1, min(mysql.STATEMENT_ROWS, mysql.STATEMENT_VALUES // len(written)))
+        filter_values = [v for _, values in self.filter for v in values]
         statements: list[tuple[str, Any]] = []
         for start, stop in _spans(written, per_statement, mysql.STATEMENT_CHARS):
             text, bound = bulk.render([column[start:stop] for column in written])
             # Always with parameters, even none: the driver then reads the
             # preparer's %% in a name as %, as it does for a statement with values.
-            statements.append((text, tuple(bound)))
+            statements.append((text, (*bound, *filter_values)))
         return _Write(indexes, rows, written, statements, many=False)
 
     def _prepare_arrays(
@@ -295,19 +300,21 @@ class TableRewriter:
         statement = self._array_statements.get(indexes)
         if statement is None:
             statement = postgresql.swap_sql(
-                self.engine.dialect, self.table, self.pk, self.values, indexes
+                self.engine.dialect, self.table, self.pk, self.values, indexes, self.filter
             )
             self._array_statements[indexes] = statement
         head, types, tail = statement
         statements: list[tuple[str, Any]] = []
         for start, stop in _spans(written, postgresql.ARRAY_ROWS, postgresql.ARRAY_CHARS):
-            exprs, texts = [], []
+            exprs: list[str] = []
+            texts: list[Any] = []
             for column, kind in zip(written, types, strict=True):
                 array = postgresql.array_of(column[start:stop], kind)
                 if array is None:
                     return None
                 exprs.append(array[0])
                 texts.append(array[1])
+            texts += [v for _, values in self.filter for v in values]
             statements.append((head + ", ".join(exprs) + tail, texts))
         return _Write(indexes, rows, written, statements, many=False, setup=postgresql.NESTED_LOOPS)
 
@@ -351,15 +358,23 @@ class TableRewriter:
         # one. A row the app deleted matches nothing and is never brought back.
         same_row = [c == bindparam(f"_pk{j}") for j, c in enumerate(self.pk)]
         unchanged = [exact_equals(self.values[i], bindparam(f"_old{i}"), dialect) for i in indexes]
+        filter_names = [
+            [f"_w{k}_{m}" for m in range(len(values))] for k, (_, values) in enumerate(self.filter)
+        ]
+        selected = [
+            self.table.c[name].in_([bindparam(n) for n in names])
+            for (name, _), names in zip(self.filter, filter_names, strict=True)
+        ]
         statement = (
             update(self.table)
-            .where(*same_row, *unchanged)
+            .where(*same_row, *unchanged, *selected)
             .values({self.values[i].name: bindparam(f"_new{i}") for i in indexes})
         )
         names = (
             [f"_pk{j}" for j in range(len(self.pk))]
             + [f"_old{i}" for i in indexes]
             + [f"_new{i}" for i in indexes]
+            + [n for names in filter_names for n in names]
         )
         return DriverStatement(statement, dialect, names)
 
@@ -397,6 +412,7 @@ class TableRewriter:
             query = query.where(not_(after_key(self.pk, self.until)))
         if self.where is not None:
             query = query.where(self.where(self.values))
+        query = query.where(*self.rows)
         in_order = postgresql.INDEX_ORDER if self.engine.dialect.name in dialects.ARRAY else None
         return self._rows(query, setup=in_order)
 
@@ -405,7 +421,7 @@ class TableRewriter:
             cond: ColumnElement[bool] = self.pk[0].in_([p[0] for p in pks])
         else:
             cond = tuple_(*self.pk).in_(pks)
-        return self._rows(select(*self.pk, *self.values).where(cond), conn)
+        return self._rows(select(*self.pk, *self.values).where(cond, *self.rows), conn)
 
 
 @dataclass
@@ -484,10 +500,12 @@ def _group_changes(news: list[list[str | None]], rows: int) -> dict[int, list[in
 
 
 def group_by_table(columns: Sequence[BoundColumn]) -> list[list[BoundColumn]]:
-    """Configured columns grouped by (table, primary key), in configuration order."""
-    groups: dict[tuple[str, tuple[str, ...]], list[BoundColumn]] = {}
+    """Configured columns grouped by (table, primary key, where filter), in
+    configuration order: each group is walked as one."""
+    groups: dict[tuple[Any, ...], list[BoundColumn]] = {}
     for column in columns:
-        groups.setdefault((column.spec.table, column.spec.primary_key), []).append(column)
+        spec = column.spec
+        groups.setdefault((spec.table, spec.primary_key, spec.where), []).append(column)
     return list(groups.values())
 
 

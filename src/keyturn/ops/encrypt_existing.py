@@ -109,8 +109,9 @@ def group_label(group: list[BoundColumn]) -> str:
 
 
 def count_rows(store: Store, column: BoundColumn, conn: Connection | None = None) -> int:
-    """Rows in a column's table (for progress lines), inside ``conn`` if given."""
-    query = select(func.count()).select_from(column.table)
+    """Rows of a column (its table, or the rows its ``where`` selects) for progress
+    lines, inside ``conn`` if given."""
+    query = select(func.count()).select_from(column.table).where(*column.rows)
     if conn is not None:
         return int(conn.execute(query).scalar_one())
     with store.engine.connect() as own:

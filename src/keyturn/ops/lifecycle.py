@@ -41,13 +41,14 @@ def references(store: Store, conn: Connection | None = None) -> References:
 
 
 def _in_use(conn: Connection, holders: list[Any], version: int) -> bool:
-    """Whether any of ``holders`` (token columns) has a value under ``version``.
+    """Whether any of ``holders`` (token columns, with the conditions selecting
+    their rows) has a value under ``version``.
 
     Stops at the first match; the database does the scanning.
     """
     prefix = f"kt1:{version}:%"
-    for holder in holders:
-        hit = select(literal(1)).where(holder.like(prefix)).limit(1)
+    for holder, rows in holders:
+        hit = select(literal(1)).where(*rows, holder.like(prefix)).limit(1)
         if conn.execute(hit).first() is not None:
             return True
     return False
@@ -57,9 +58,9 @@ def refresh_states(store: Store, conn: Connection, *, write: bool = True) -> dic
     """Retire former versions nothing uses once their grace has passed; mark the others
     draining. Returns the states (written unless ``write`` is False)."""
     k = schema.keys.c
-    holders = [column.value for column in store.bound_columns()]
+    holders = [(column.value, column.rows) for column in store.bound_columns()]
     if inspect(conn).has_table(schema.backup.name):
-        holders.append(schema.backup.c.old_token)
+        holders.append((schema.backup.c.old_token, []))
     states: dict[int, str] = {}
     versions = [meta for meta, _ in keystore.read_versions(conn)]
     ends = grace_ends(store.config.apps.grace_seconds, versions)

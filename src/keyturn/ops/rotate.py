@@ -10,6 +10,8 @@ processes wrote with an older key while the rotation ran.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 import time
@@ -164,7 +166,9 @@ class Rotator:
 
     def _sample(self, column: BoundColumn) -> None:
         value, pk = column.value, column.pk
-        query = select(*pk, value).where(value.like("kt1:%")).order_by(*pk).limit(SAMPLE)
+        query = (
+            select(*pk, value).where(*column.rows, value.like("kt1:%")).order_by(*pk).limit(SAMPLE)
+        )
         with self.store.engine.connect() as conn:
             rows = conn.execute(query).all()
         n = len(pk)
@@ -283,7 +287,10 @@ class Rotator:
         with write_transaction(self.store.engine) as conn:
             if not chunks.is_planned(conn, job.id):
                 for key, group in groups.items():
-                    chunks.plan(conn, job.id, key, group[0].pk, self.options.rows_per_chunk)
+                    first = group[0]
+                    chunks.plan(
+                        conn, job.id, key, first.pk, self.options.rows_per_chunk, first.rows
+                    )
         from keyturn.ops.rotate_helper import spawn  # it imports this module
 
         config_path = self.store.config.path
@@ -788,4 +795,11 @@ def _stale(target: int) -> Callable[[list[Column[Any]]], ColumnElement[bool]]:
 
 
 def _table_key(group: list[BoundColumn]) -> str:
-    return f"{group[0].spec.table}({','.join(group[0].spec.primary_key)})"
+    """A group's name in its job's chunks: the table and key, and a digest of its
+    ``where`` filter (two filters on one table are walked apart)."""
+    spec = group[0].spec
+    key = f"{spec.table}({','.join(spec.primary_key)})"
+    if spec.where:
+        digest = hashlib.sha256(json.dumps(spec.where).encode()).hexdigest()[:12]
+        key += f" where #{digest}"
+    return key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -29,6 +30,8 @@ class ColumnStatus:
     empty: int
     by_version: dict[int, int]
     legacy: int = 0
+    #: The rows counted, where a ``where`` filter selects them: ``key in [a, b]``.
+    where: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,24 +72,31 @@ class StatusReport:
         return data
 
 
-def _count_headers(conn: Connection, expression: Any) -> tuple[int, int, int, Counter[int]]:
-    """(rows, empty, plaintext, count by key version) of a text expression's values,
-    counted by the database from their headers: no value is read into Python."""
+def _count_headers(
+    conn: Connection, expression: Any, rows_: Sequence[Any] = ()
+) -> tuple[int, int, int, Counter[int]]:
+    """(rows, empty, plaintext, count by key version) of a text expression's values
+    in the rows ``rows_`` selects, counted by the database from their headers: no
+    value is read into Python."""
     table = expression.table
     empty = or_(expression.is_(None), expression == "")
     token = expression.like("kt1:%")
-    totals = select(
-        func.count(),
-        func.coalesce(func.sum(case((empty, 1), else_=0)), 0),
-        func.coalesce(func.sum(case((or_(empty, token), 0), else_=1)), 0),
-    ).select_from(table)
+    totals = (
+        select(
+            func.count(),
+            func.coalesce(func.sum(case((empty, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((or_(empty, token), 0), else_=1)), 0),
+        )
+        .select_from(table)
+        .where(*rows_)
+    )
     rows, empty_n, plaintext = (int(n) for n in conn.execute(totals).one())
     version, colon = version_text(conn, expression)
     payload = func.length(expression) > colon + 4  # a token needs one after its header
     per_version = (
         select(version, payload, func.count())
         .select_from(table)
-        .where(token)
+        .where(*rows_, token)
         .group_by(version, payload)
     )
     by_version: Counter[int] = Counter()
@@ -111,7 +121,7 @@ def longest_tokens(conn: Connection, column: BoundColumn) -> dict[int, int]:
     version, _ = version_text(conn, column.value)
     query = (
         select(version, func.max(func.length(column.value)))
-        .where(column.value.like("kt1:%"))
+        .where(*column.rows, column.value.like("kt1:%"))
         .group_by(version)
     )
     out: dict[int, int] = {}
@@ -134,7 +144,7 @@ def count_column(store: Store, column: BoundColumn, conn: Connection | None = No
     reader = store.legacy_reader(column.spec.name)
     legacy = 0
     with nullcontext(conn) if conn is not None else store.engine.connect() as c:
-        rows, empty, plaintext, by_version = _count_headers(c, column.value)
+        rows, empty, plaintext, by_version = _count_headers(c, column.value, column.rows)
         if reader is not None and plaintext:
             for (value,) in stream_raw(c, column.non_token_values()):
                 legacy += reader.recognises(value)
@@ -145,6 +155,7 @@ def count_column(store: Store, column: BoundColumn, conn: Connection | None = No
         empty,
         dict(sorted(by_version.items())),
         legacy,
+        column.spec.describe_where(),
     )
 
 

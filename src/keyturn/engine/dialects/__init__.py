@@ -30,16 +30,22 @@ PIPELINED = ("postgresql", "mysql", "mariadb")
 class SwapNames:
     """What both server swaps name alike: the quoted table ``t``; the columns of the
     joined rows ``v`` (``k…`` the key, ``o…`` the values read, ``n…`` those to write);
-    and the join of ``t`` and ``v`` on the primary key."""
+    the join of ``t`` and ``v`` on the primary key; and the ``where`` filter's
+    conditions on ``t``, with a ``%s`` for each of its values, bound after all others."""
 
     table: str
     names: list[str]
     same_row: list[str]
     quote: Callable[[str], str]
+    selected: list[str]
 
 
 def swap_names(
-    dialect: Any, table: Table, pk: Sequence[Column[Any]], indexes: tuple[int, ...]
+    dialect: Any,
+    table: Table,
+    pk: Sequence[Column[Any]],
+    indexes: tuple[int, ...],
+    filter: Sequence[tuple[str, Sequence[Any]]] = (),
 ) -> SwapNames:
     # The preparer escapes a % in a name already (%%), as the driver's
     # placeholders need: the statements are always run with parameters.
@@ -48,4 +54,7 @@ def swap_names(
     keys = [f"k{j}" for j in range(len(pk))]
     names = keys + [f"o{i}" for i in indexes] + [f"n{i}" for i in indexes]
     same_row = [f"t.{quote(c.name)} = v.{k}" for c, k in zip(pk, keys, strict=True)]
-    return SwapNames(preparer.format_table(table), names, same_row, quote)
+    selected = [
+        f"t.{quote(name)} IN ({', '.join(['%s'] * len(values))})" for name, values in filter
+    ]
+    return SwapNames(preparer.format_table(table), names, same_row, quote, selected)

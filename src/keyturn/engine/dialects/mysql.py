@@ -103,10 +103,12 @@ def swap_statement(
     values: Sequence[Column[Any]],
     indexes: tuple[int, ...],
     values_rows: bool,
+    filter: Sequence[tuple[str, Sequence[Any]]] = (),
 ) -> BulkStatement:
     """MariaDB/MySQL: ``UPDATE t JOIN (<rows>) v ON t.pk = v.k AND t.col = v.old
-    SET …``. A deleted row joins nothing, so it is never brought back."""
-    swap = swap_names(dialect, table, pk, indexes)
+    SET …`` (with a placeholder for each value of ``filter``, bound after the
+    rows' values). A deleted row joins nothing, so it is never brought back."""
+    swap = swap_names(dialect, table, pk, indexes, filter)
     quote, names = swap.quote, swap.names
     unchanged = [
         f"CAST(t.{quote(values[i].name)} AS BINARY) = CAST(v.o{i} AS BINARY)" for i in indexes
@@ -115,7 +117,7 @@ def swap_statement(
     first = "SELECT " + ", ".join(f"{{}} AS {n}" for n in names)
     tail = (
         ") AS v ON "
-        + " AND ".join(swap.same_row + unchanged)
+        + " AND ".join(swap.same_row + unchanged + swap.selected)
         + " SET "
         + ", ".join(f"t.{quote(values[i].name)} = v.n{i}" for i in indexes)
     )

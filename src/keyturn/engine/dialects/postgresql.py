@@ -57,17 +57,19 @@ def swap_sql(
     pk: Sequence[Column[Any]],
     values: Sequence[Column[Any]],
     indexes: tuple[int, ...],
+    filter: Sequence[tuple[str, Sequence[Any]]] = (),
 ) -> tuple[str, list[str], str]:
     """``UPDATE t SET col = v.n FROM unnest(<arrays>) AS v(k…, o…, n…) WHERE
     t.pk = v.k AND t.col = v.o``, in pieces: the text before the arrays, the
-    type of each array, the text after. A deleted row joins nothing, so it
-    is never brought back."""
-    swap = swap_names(dialect, table, pk, indexes)
+    type of each array, the text after (with a placeholder for each value of
+    ``filter``). A deleted row joins nothing, so it is never brought back."""
+    swap = swap_names(dialect, table, pk, indexes, filter)
     quote = swap.quote
     types = [str(c.type.compile(dialect=dialect)) for c in pk]
     types += ["text"] * (2 * len(indexes))
     unchanged = [f"t.{quote(values[i].name)} = v.o{i}" for i in indexes]
     sets = [f"{quote(values[i].name)} = v.n{i}" for i in indexes]
     head = f"UPDATE {swap.table} AS t SET {', '.join(sets)} FROM unnest("
-    tail = f") AS v({', '.join(swap.names)}) WHERE {' AND '.join(swap.same_row + unchanged)}"
+    where = " AND ".join(swap.same_row + unchanged + swap.selected)
+    tail = f") AS v({', '.join(swap.names)}) WHERE {where}"
     return head, types, tail
