@@ -151,7 +151,7 @@ def test_a_token_copied_onto_another_settings_row_is_refused(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With ``bind = "row"`` one setting's token opens only in its own row."""
-    app, expected, plain = settings_app(database, tmp_path, monkeypatch)
+    app, expected, _ = settings_app(database, tmp_path, monkeypatch)
     app.cli("init", check=True)
     app.cli("encrypt-existing", check=True)
     app.cli("import-legacy", "--yes", check=True)
