@@ -11,7 +11,7 @@ import os
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from keyturn._core.context import column_context, row_context, unescaped_row_context
+from keyturn._core.jsonpath import JsonPath, parse_path
 from keyturn.errors import ConfigError, InvalidToken
 from keyturn.legacy import LegacySpec, parse_legacy
 
@@ -38,7 +39,16 @@ _TOP_KEYS = {
 }
 _SERVER_KEYS = {"new_kek_env", "new_kek_file", "trusted_proxies"}
 _APPS_KEYS = {"refresh_seconds", "write_margin_seconds"}
-_COLUMN_KEYS = {"table", "column", "primary_key", "bind", "legacy", "read_plaintext", "where"}
+_COLUMN_KEYS = {
+    "table",
+    "column",
+    "primary_key",
+    "bind",
+    "legacy",
+    "read_plaintext",
+    "where",
+    "json_fields",
+}
 BINDS = ("column", "row")
 #: How many values one ``where`` column may list (each is a bound parameter).
 MAX_WHERE_VALUES = 1000
@@ -61,10 +71,20 @@ class ColumnSpec:
     #: Only the rows whose columns hold one of the listed values (key/value settings
     #: tables); every other row is never read, changed or counted.
     where: RowFilter = ()
+    #: The column holds JSON documents; only these fields of them are secrets.
+    json_fields: tuple[JsonPath, ...] = ()
+    #: For one field of a JSON column (see :meth:`fields`): its path, which its
+    #: tokens are bound to.
+    path: str = ""
 
     @property
     def name(self) -> str:
         return f"{self.table}.{self.column}"
+
+    def fields(self) -> list[tuple[JsonPath, ColumnSpec]]:
+        """Each JSON field of the column with a spec of its own, whose context ends
+        with the field's path (``table.column$.apiKey``)."""
+        return [(p, replace(self, json_fields=(), path=p.text)) for p in self.json_fields]
 
     def describe_where(self) -> str:
         """The filter as the config spells it, for messages: ``key in [a, b]``."""
@@ -75,13 +95,15 @@ class ColumnSpec:
     def context(self, pk: tuple[Any, ...]) -> str:
         """The AAD context of this column's token in the row with key ``pk``."""
         if self.bind == "row":
-            return row_context(self.table, self.column, pk)
-        return column_context(self.table, self.column)
+            return row_context(self.table, self.column, pk) + self.path
+        return column_context(self.table, self.column) + self.path
 
     def old_context(self, pk: tuple[Any, ...]) -> str | None:
         """The context keyturn 0.1 used for this row, where it differs (a key part with
         ``,`` or ``\\``): such a token still opens, and the next rotation rewrites it."""
-        return unescaped_row_context(self.table, self.column, pk) if self.bind == "row" else None
+        if self.bind != "row" or self.path:
+            return None
+        return unescaped_row_context(self.table, self.column, pk)
 
     def open_token(self, open_: Callable[[str, str], T], token: str, pk: tuple[Any, ...]) -> T:
         """``open_(token, context)`` with this row's context, then with its
@@ -348,8 +370,22 @@ def _parse_column(entry: Any, index: int, file: Path) -> ColumnSpec:
     if not isinstance(read_plaintext, bool):
         raise ConfigError(f"{where}: `read_plaintext` must be true or false")
     rows = _parse_where(entry.get("where", {}), entry["column"], where)
+    fields = entry.get("json_fields", [])
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+        raise ConfigError(f'{where}: `json_fields` must be a list of paths, e.g. ["$.apiKey"]')
+    try:
+        paths = tuple(parse_path(f) for f in fields)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    texts = [p.text for p in paths]
+    for text in texts:
+        if texts.count(text) > 1:
+            raise ConfigError(f"{where}: `json_fields` names {text} twice")
+    for text in texts:
+        if any(other.startswith((f"{text}.", f"{text}[")) for other in texts):
+            raise ConfigError(f"{where}: `json_fields` names {text} and fields inside it")
     return ColumnSpec(
-        entry["table"], entry["column"], tuple(pk), bind, legacy, read_plaintext, rows
+        entry["table"], entry["column"], tuple(pk), bind, legacy, read_plaintext, rows, paths
     )
 
 

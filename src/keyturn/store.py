@@ -22,6 +22,7 @@ from typing import Any, overload
 
 from sqlalchemy import Connection, Engine
 
+from keyturn._core.context import column_of
 from keyturn._core.kek import KEK
 from keyturn._core.keyring import Keyring, KeyVersion
 from keyturn._core.tokens import header
@@ -179,7 +180,7 @@ class Store:
                 raise
             return self._keyring.decrypt(token, context)
         except InvalidToken:
-            column = context.split("#", 1)[0]
+            column = column_of(context)
             reader = self._legacy.get(column)
             if reader is not None and reader.recognises(token):
                 plaintext = reader.decrypt(token)

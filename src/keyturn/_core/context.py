@@ -8,6 +8,10 @@ character has the same bytes as before escaping existed (0.1), so its tokens
 keep opening. A token written under 0.1's unescaped context for a key that
 has one of them still opens through :func:`unescaped_row_context`, and the
 next rotation rewrites it under the escaped one.
+
+A field inside a JSON column adds its path: ``table.column$.apiKey``, or
+``table.column#<key>$.apiKey`` bound to the row. A canonical path holds no
+``$`` after its first character (see :mod:`keyturn._core.jsonpath`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ def column_context(table: str, column: str) -> str:
 
 def _escape(part: str) -> str:
     return part.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def column_of(context: str) -> str:
+    """The ``table.column`` a context belongs to (without row key or JSON path)."""
+    return context.split("#", 1)[0].split("$", 1)[0]
 
 
 def row_context(table: str, column: str, pk: Sequence[Any]) -> str:

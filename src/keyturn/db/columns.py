@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +18,12 @@ from sqlalchemy import (
     not_,
     select,
 )
-from sqlalchemy.types import NullType
+from sqlalchemy.types import JSON, NullType
 
 from keyturn._core import tokens
+from keyturn._core.jsonpath import InvalidDocument, locate
 from keyturn.config import ColumnSpec
+from keyturn.db.database import stream_raw
 from keyturn.errors import SchemaError
 
 # The shortest token keyturn can write (empty plaintext, a 6-digit version).
@@ -49,6 +51,32 @@ class BoundColumn:
         """The conditions selecting the column's rows (its ``where`` filter), to pass
         to ``.where(*rows)``; none for a whole column."""
         return row_filter(self.table, self.spec)
+
+    def secret_values(self, conn: Connection, *, in_order: bool = False) -> Iterator[Any]:
+        """The column's non-empty values that are not kt1 tokens (plaintext or
+        legacy), read on the driver's cursor so no logger sees them; for a JSON
+        column, the string values of its fields (a document that is not JSON is
+        skipped: the operations report it by primary key)."""
+        paths = self.spec.json_fields
+        if not paths:
+            query = self.non_token_values()
+        else:
+            value = self.value
+            query = select(value).where(*self.rows, value.is_not(None), value != "")
+        if in_order:
+            query = query.order_by(*self.pk)
+        for (value,) in stream_raw(conn, query, 1000 if in_order else 10_000):
+            if not paths:
+                yield value
+                continue
+            try:
+                found = locate(value, paths) if isinstance(value, str) else []
+            except InvalidDocument:
+                continue
+            for spans in found:
+                for _, _, field in spans:
+                    if isinstance(field, str) and field and not field.startswith("kt1:"):
+                        yield field
 
     def non_token_values(self) -> Select[tuple[Any]]:
         """The column's non-empty values that are not kt1 tokens (plaintext or legacy)."""
@@ -86,7 +114,9 @@ def bind_columns(conn: Connection, specs: Sequence[ColumnSpec]) -> list[BoundCol
         if spec.column in spec.primary_key:
             raise SchemaError(f"{where}: the secret column cannot be part of the primary key")
         col_type = reflected[spec.column]["type"]
-        if not isinstance(col_type, String | NullType):
+        if spec.json_fields and isinstance(col_type, JSON):
+            pass  # a JSON type: documents read and written as their text
+        elif not isinstance(col_type, String | NullType):
             raise SchemaError(
                 f"{where}: column type {col_type} cannot hold text tokens; use TEXT or VARCHAR"
             )

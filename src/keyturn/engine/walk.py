@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from itertools import accumulate
+from itertools import accumulate, chain
 from typing import Any
 
 from sqlalchemy import (
@@ -53,11 +53,15 @@ from keyturn.errors import SchemaError
 FAILED = "failed"
 CONTENDED = "contended"
 PK = tuple[Any, ...]
+# What a value counts as: a category, or for a JSON document one per field it
+# holds, each "<path>\t<category>" (see keyturn.engine.fields).
+Category = str | tuple[str, ...]
+FIELD_FAILED = "\t" + FAILED
 # decide(pk, current value) -> (category, new value or None to leave it alone)
 Decide = Callable[[PK, Any], tuple[str, str | None]]
 # The same for one column of a whole batch: (primary keys, values) -> (the
 # categories, the new values or None), in the batch's order.
-DecideBatch = Callable[[Sequence[PK], Sequence[Any]], tuple[list[str], list[str | None]]]
+DecideBatch = Callable[[Sequence[PK], Sequence[Any]], tuple[Sequence[Category], list[str | None]]]
 # A swap that applied: (column, primary key, value read, value written).
 Swap = tuple[BoundColumn, PK, Any, str]
 # on_batch(conn, last pk or None outside the walk, counts of this batch by
@@ -188,11 +192,11 @@ class TableRewriter:
         decided = [decide(pks, olds[i]) for i, decide in enumerate(self.decides)]
         categories = [c for c, _ in decided]
         news = [new for _, new in decided]
-        counts = [Counter(c) for c in categories]
+        counts = [count_categories(c) for c in categories]
         for i, part in enumerate(counts):
-            if part[FAILED]:
+            if part[FAILED] or any(k.endswith(FIELD_FAILED) for k in part):
                 failing = zip(pks, categories[i], strict=True)
-                failed[i].extend(pk for pk, c in failing if c == FAILED)
+                failed[i].extend(pk for pk, c in failing if is_failed(c))
         self._check_width(news)
         groups = {} if self.dry_run else _group_changes(news, len(pks))
         writes = []
@@ -226,7 +230,9 @@ class TableRewriter:
                         for j in write.rows:
                             if pks[j] in missing:  # counted when applied, on the retry
                                 for i in write.indexes:
-                                    batch.counts[i][batch.categories[i][j]] -= 1
+                                    batch.counts[i].subtract(
+                                        count_categories([batch.categories[i][j]])
+                                    )
                 applied: list[Swap] = []
                 if self.collect_applied:
                     for write in batch.writes:
@@ -430,7 +436,7 @@ class _Decided:
 
     pks: list[PK]
     olds: Sequence[Sequence[Any]]
-    categories: list[list[str]]
+    categories: list[Sequence[Category]]
     news: list[list[str | None]]
     counts: list[Counter[str]]
     writes: list[_Write]
@@ -460,6 +466,20 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def count_categories(categories: Sequence[Category]) -> Counter[str]:
+    """How many values of each category (a JSON document's fields each counted)."""
+    if categories and type(categories[0]) is tuple:
+        return Counter(chain.from_iterable(categories))
+    return Counter(categories)  # type: ignore[arg-type]  # all str
+
+
+def is_failed(category: Category) -> bool:
+    """Whether a value (or a field of a JSON document) failed."""
+    if type(category) is str:
+        return category == FAILED
+    return any(c == FAILED or c.endswith(FIELD_FAILED) for c in category)
 
 
 def each_value(decide: Decide) -> DecideBatch:

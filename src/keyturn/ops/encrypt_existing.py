@@ -15,7 +15,7 @@ from sqlalchemy import Connection, func, select
 
 from keyturn._core import tokens
 from keyturn.db.columns import BoundColumn
-from keyturn.db.database import stream_raw
+from keyturn.engine.fields import batch_decider
 from keyturn.engine.pacing import Pacing
 from keyturn.engine.walk import (
     FAILED,
@@ -81,8 +81,10 @@ def rewrite_columns(
     pacing: Pacing | None = None,
     progress: ProgressFactory | None = None,
     before_write: Callable[[], None] | None = None,
+    empty: str = EMPTY,
 ) -> list[ColumnResult]:
-    """One batch-engine pass per table over ``columns``, with ``decider(column)``."""
+    """One batch-engine pass per table over ``columns``, with ``decider(column)``
+    (for a JSON column, per field; ``empty`` counts a NULL document or field)."""
     if before_write is not None and not dry_run:
         before_write()
     results = []
@@ -90,7 +92,7 @@ def rewrite_columns(
         rewriter = TableRewriter(
             store.engine,
             group,
-            [each_value(decider(column)) for column in group],
+            [batch_decider(c, lambda c: each_value(decider(c)), empty) for c in group],
             dry_run=dry_run,
             pacing=pacing,
             progress=progress(group_label(group), count_rows(store, group[0]))
@@ -148,12 +150,12 @@ def _check_width(store: Store, column: BoundColumn) -> None:
     """Refuse before writing anything if the longest plaintext's token cannot fit.
 
     Reads the non-token values on the driver's cursor (no logger sees them)."""
-    if column.width is None:
-        return
+    if column.width is None or column.spec.json_fields:
+        return  # a JSON document's growth is checked batch by batch, before each write
     reader = store.legacy_reader(column.spec.name)
     longest = 0
     with store.engine.connect() as conn:
-        for (value,) in stream_raw(conn, column.non_token_values()):
+        for value in column.secret_values(conn):
             if isinstance(value, str) and not (reader is not None and reader.recognises(value)):
                 longest = max(longest, len(value.encode()))
     column.check_fits(tokens.token_length(store.active_version, longest), "the longest value")

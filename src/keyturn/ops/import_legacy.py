@@ -16,7 +16,6 @@ from typing import Any
 
 from keyturn._core import tokens
 from keyturn.db.columns import BoundColumn
-from keyturn.db.database import stream_raw
 from keyturn.engine.pacing import Pacing
 from keyturn.engine.walk import FAILED, PK, Decide
 from keyturn.errors import ConfigError, InvalidToken, LegacyKeyError
@@ -85,10 +84,9 @@ def check_legacy_key(store: Store, column: BoundColumn) -> int:
     that open are reported per row by the import instead.
     """
     reader = _reader(store, column)
-    query = column.non_token_values().order_by(*column.pk)
     sample: list[str] = []
     with store.engine.connect() as conn:
-        for (candidate,) in stream_raw(conn, query, 1000):
+        for candidate in column.secret_values(conn, in_order=True):
             if reader.recognises(candidate):
                 sample.append(candidate)
                 if len(sample) == SAMPLE:
@@ -118,12 +116,12 @@ def _check_width(store: Store, column: BoundColumn, include_plaintext: bool) -> 
     does not fit: legacy values are decrypted to know their length (on the
     driver's cursor, no logger sees them); one that fails is left for the import
     to report."""
-    if column.width is None:
-        return
+    if column.width is None or column.spec.json_fields:
+        return  # a JSON document's growth is checked batch by batch, before each write
     reader = _reader(store, column)
     longest = 0
     with store.engine.connect() as conn:
-        for (value,) in stream_raw(conn, column.non_token_values()):
+        for value in column.secret_values(conn):
             if not isinstance(value, str):
                 continue
             if reader.recognises(value):

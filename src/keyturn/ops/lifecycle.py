@@ -46,8 +46,9 @@ def _in_use(conn: Connection, holders: list[Any], version: int) -> bool:
 
     Stops at the first match; the database does the scanning.
     """
-    prefix = f"kt1:{version}:%"
-    for holder, rows in holders:
+    for holder, rows, inside in holders:
+        # A JSON document holds its tokens as strings: "kt1:3:… anywhere in it.
+        prefix = f'%"kt1:{version}:%' if inside else f"kt1:{version}:%"
         hit = select(literal(1)).where(*rows, holder.like(prefix)).limit(1)
         if conn.execute(hit).first() is not None:
             return True
@@ -58,9 +59,12 @@ def refresh_states(store: Store, conn: Connection, *, write: bool = True) -> dic
     """Retire former versions nothing uses once their grace has passed; mark the others
     draining. Returns the states (written unless ``write`` is False)."""
     k = schema.keys.c
-    holders = [(column.value, column.rows) for column in store.bound_columns()]
+    holders = [
+        (column.value, column.rows, bool(column.spec.json_fields))
+        for column in store.bound_columns()
+    ]
     if inspect(conn).has_table(schema.backup.name):
-        holders.append((schema.backup.c.old_token, []))
+        holders.append((schema.backup.c.old_token, [], False))
     states: dict[int, str] = {}
     versions = [meta for meta, _ in keystore.read_versions(conn)]
     ends = grace_ends(store.config.apps.grace_seconds, versions)

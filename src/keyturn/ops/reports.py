@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from keyturn.engine.fields import split_counts
 from keyturn.engine.walk import CONTENDED, FAILED, ColumnResult
 
 
@@ -42,7 +43,9 @@ class RewriteReport:
         columns: dict[str, dict[str, int]] = {}
         failed: list[dict[str, Any]] = []
         for result in results:
-            columns[result.column] = {c: result.counts.get(c, 0) for c in cats}
+            for name, counts in split_counts(result.column, result.counts).items():
+                if counts or name == result.column:
+                    columns[name] = {c: counts.get(c, 0) for c in cats}
             table, column = result.column.split(".", 1)
             failed.extend(
                 {"table": table, "column": column, "pk": pk_json(pk)} for pk in result.failed_pks

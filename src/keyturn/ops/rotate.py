@@ -25,13 +25,15 @@ from sqlalchemy import Column, Connection, and_, func, inspect, not_, or_, selec
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyturn._core import tokens
+from keyturn._core.jsonpath import InvalidDocument, locate
 from keyturn._core.keyring import ACTIVE, DRAINING, DataKey, Keyring
 from keyturn.config import ColumnSpec
 from keyturn.db import migrations, schema
 from keyturn.db.columns import BoundColumn
-from keyturn.db.database import utcnow, write_transaction
+from keyturn.db.database import fetch_raw, utcnow, write_transaction
 from keyturn.db.locking import KeyringLock, me
 from keyturn.engine import backups, chunks, jobs
+from keyturn.engine.fields import SEPARATOR, batch_decider
 from keyturn.engine.pacing import Pacing
 from keyturn.engine.walk import (
     CONTENDED,
@@ -166,24 +168,25 @@ class Rotator:
 
     def _sample(self, column: BoundColumn) -> None:
         value, pk = column.value, column.pk
-        query = (
-            select(*pk, value).where(*column.rows, value.like("kt1:%")).order_by(*pk).limit(SAMPLE)
-        )
+        spec = column.spec
+        holds_token = value.like('%"kt1:%') if spec.json_fields else value.like("kt1:%")
+        query = select(*pk, value).where(*column.rows, holds_token).order_by(*pk).limit(SAMPLE)
         with self.store.engine.connect() as conn:
-            rows = conn.execute(query).all()
+            rows = fetch_raw(conn, query)
         n = len(pk)
         for row in rows:
             key = tuple(row[:n])
-            try:
-                column.spec.open_token(
-                    lambda t, c: self.store.decrypt_bytes(t, context=c), row[n], key
-                )
-            except (InvalidToken, UnknownKeyVersion) as exc:
-                raise PreflightFailed(
-                    f"preflight: {column.spec.name} at primary key {pk_json(key)} does not "
-                    f"decrypt ({type(exc).__name__}); fix or clear that value, or check the "
-                    "column's `bind` setting. Nothing was written."
-                ) from None
+            for field, token in _tokens_in(spec, row[n]):
+                try:
+                    field.open_token(
+                        lambda t, c: self.store.decrypt_bytes(t, context=c), token, key
+                    )
+                except (InvalidToken, UnknownKeyVersion) as exc:
+                    raise PreflightFailed(
+                        f"preflight: {field.name}{field.path} at primary key {pk_json(key)} "
+                        f"does not decrypt ({type(exc).__name__}); fix or clear that value, or "
+                        "check the column's `bind` setting. Nothing was written."
+                    ) from None
 
     # -- the run --------------------------------------------------------------
 
@@ -550,7 +553,7 @@ class Rotator:
                         bar(sum(states[group[0].spec.name].counts.values()))
                 # The closing sweep: tokens on an older version, written by app
                 # processes that had not yet seen the new version.
-                stale = _stale(target) if sweep else None
+                stale = _stale(target, group) if sweep else None
                 rewriter = TableRewriter(
                     self.store.engine,
                     group,
@@ -577,12 +580,16 @@ class Rotator:
     ) -> list[DecideBatch]:
         """Per column of ``group``: re-encrypt onto the ring's active version."""
         return [
-            _decider(
-                ring,
+            batch_decider(
                 c,
-                ring.active_version,
-                states[c.spec.name],
-                self.store.legacy_reader(c.spec.name),
+                lambda field: _decider(
+                    ring,
+                    field,
+                    ring.active_version,
+                    states[field.spec.name],
+                    self.store.legacy_reader(field.spec.name),
+                ),
+                EMPTY,
             )
             for c in group
         ]
@@ -610,7 +617,10 @@ class Rotator:
                 if sweep:
                     # The sweep sees only stale tokens, rows the walk already
                     # counted: what it re-encrypts is reported apart, as swept.
-                    states[name].counts[SWEPT] += batch.get(ROTATED, 0)
+                    for key, n in batch.items():
+                        path, sep, category = key.rpartition(SEPARATOR)
+                        if category == ROTATED:
+                            states[name].counts[path + sep + SWEPT] += n
                 else:
                     states[name].counts.update(batch)
             if not sweep and last is not None:
@@ -710,6 +720,25 @@ class Rotator:
         )
 
 
+def _tokens_in(spec: ColumnSpec, value: Any) -> list[tuple[ColumnSpec, str]]:
+    """The kt1 tokens a value holds, each with the spec it opens under: the value
+    itself, or a JSON document's token fields (none if it is not JSON: the walk
+    reports it)."""
+    if not spec.json_fields:
+        return [(spec, value)] if tokens.version_of(value) is not None else []
+    fields = spec.fields()
+    try:
+        found = locate(value, [path for path, _ in fields])
+    except InvalidDocument:
+        return []
+    return [
+        (field, v)
+        for (_, field), spans in zip(fields, found, strict=True)
+        for _, _, v in spans
+        if isinstance(v, str) and tokens.version_of(v) is not None
+    ]
+
+
 def _outcome(report: RewriteReport) -> str:
     """A finished job's state: failed if any row failed (the CLI exits 1 for it)."""
     return jobs.FAILED if report.failed else jobs.SUCCEEDED
@@ -787,9 +816,21 @@ def _reseal_old_contexts(
                 fresh[i] = ring.encrypt(ring.decrypt(values[j], old), contexts[i])
 
 
-def _stale(target: int) -> Callable[[list[Column[Any]]], ColumnElement[bool]]:
+def _stale(
+    target: int, group: list[BoundColumn]
+) -> Callable[[list[Column[Any]]], ColumnElement[bool]]:
+    """The rows holding a token under another version than ``target``; for a JSON
+    column, every document holding a token (its fields are decided one by one)."""
+
     def where(values: list[Column[Any]]) -> ColumnElement[bool]:
-        return or_(*(and_(v.like("kt1:%"), not_(v.like(f"kt1:{target}:%"))) for v in values))
+        return or_(
+            *(
+                v.like('%"kt1:%')
+                if column.spec.json_fields
+                else and_(v.like("kt1:%"), not_(v.like(f"kt1:{target}:%")))
+                for v, column in zip(values, group, strict=True)
+            )
+        )
 
     return where
 

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, case, func, inspect, or_, select
 
 from keyturn._core import tokens
+from keyturn._core.jsonpath import InvalidDocument, locate
 from keyturn._core.keyring import ACTIVE, DESTROYED, DRAINING
 from keyturn.db import schema
 from keyturn.db.columns import BoundColumn
@@ -32,6 +33,9 @@ class ColumnStatus:
     legacy: int = 0
     #: The rows counted, where a ``where`` filter selects them: ``key in [a, b]``.
     where: str = ""
+    #: JSON fields only: documents that are not JSON, or hold something other than a
+    #: string or null at this path (``verify`` lists them by primary key).
+    invalid: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,13 +144,29 @@ def _find(dialect: str, haystack: Any, needle: str) -> Any:
 
 
 def count_column(store: Store, column: BoundColumn, conn: Connection | None = None) -> ColumnStatus:
-    """Classify every value of a column by its header or legacy shape (no decryption)."""
+    """Classify every value of a column by its header or legacy shape (no decryption);
+    for a JSON column, every field of it together."""
+    if column.spec.json_fields:
+        fields = count_fields(store, column, conn)
+        by_version: Counter[int] = Counter()
+        for f in fields:
+            by_version.update(f.by_version)
+        return ColumnStatus(
+            column.spec.name,
+            sum(f.rows for f in fields),
+            sum(f.plaintext for f in fields),
+            sum(f.empty for f in fields),
+            dict(sorted(by_version.items())),
+            sum(f.legacy for f in fields),
+            column.spec.describe_where(),
+            sum(f.invalid for f in fields),
+        )
     reader = store.legacy_reader(column.spec.name)
     legacy = 0
     with nullcontext(conn) if conn is not None else store.engine.connect() as c:
         rows, empty, plaintext, by_version = _count_headers(c, column.value, column.rows)
         if reader is not None and plaintext:
-            for (value,) in stream_raw(c, column.non_token_values()):
+            for value in column.secret_values(c):
                 legacy += reader.recognises(value)
     return ColumnStatus(
         column.spec.name,
@@ -157,6 +177,56 @@ def count_column(store: Store, column: BoundColumn, conn: Connection | None = No
         legacy,
         column.spec.describe_where(),
     )
+
+
+def count_fields(
+    store: Store, column: BoundColumn, conn: Connection | None = None
+) -> list[ColumnStatus]:
+    """A JSON column's counts per field path, from each document's fields by their
+    header or legacy shape: the documents are read (never decrypted)."""
+    spec = column.spec
+    paths = spec.json_fields
+    reader = store.legacy_reader(spec.name)
+    counts = [Counter[str]() for _ in paths]
+    versions = [Counter[int]() for _ in paths]
+    value = column.value
+    query = select(value).where(*column.rows, value.is_not(None), value != "")
+    with nullcontext(conn) if conn is not None else store.engine.connect() as c:
+        for (document,) in stream_raw(c, query):
+            try:
+                found = locate(document, paths) if isinstance(document, str) else None
+            except InvalidDocument:
+                found = None
+            if found is None:
+                for count in counts:
+                    count["invalid"] += 1
+                continue
+            for count, by_version, spans in zip(counts, versions, found, strict=True):
+                for _, end, field in spans:
+                    count["rows"] += 1
+                    if field is None or field == "":
+                        count["empty"] += 1
+                    elif not isinstance(field, str) or end < 0:
+                        count["invalid"] += 1
+                    elif (version := tokens.version_of(field)) is not None:
+                        by_version[version] += 1
+                    elif reader is not None and reader.recognises(field):
+                        count["legacy"] += 1
+                    else:
+                        count["plaintext"] += 1
+    return [
+        ColumnStatus(
+            spec.name + path.text,
+            count["rows"],
+            count["plaintext"],
+            count["empty"],
+            dict(sorted(by_version.items())),
+            count["legacy"],
+            spec.describe_where(),
+            count["invalid"],
+        )
+        for path, count, by_version in zip(paths, counts, versions, strict=True)
+    ]
 
 
 def backup_references(conn: Connection) -> Counter[int]:
@@ -181,7 +251,11 @@ def _age_days(created: datetime, now: datetime) -> float:
 def status(store: Store) -> StatusReport:
     """Read the keyring and count every configured column."""
     store.reload()
-    columns = tuple(count_column(store, c) for c in store.bound_columns())
+    columns = tuple(
+        entry
+        for c in store.bound_columns()
+        for entry in (count_fields(store, c) if c.spec.json_fields else [count_column(store, c)])
+    )
     in_use: Counter[int] = Counter()
     for col in columns:
         in_use.update(col.by_version)
@@ -211,6 +285,11 @@ def status(store: Store) -> StatusReport:
         if col.plaintext:
             warnings.append(
                 f"{col.column}: {col.plaintext} plaintext value(s): run `keyturn encrypt-existing`"
+            )
+        if col.invalid:
+            warnings.append(
+                f"{col.column}: {col.invalid} value(s) are not a JSON string or null there, "
+                "or their document is not JSON: run `keyturn verify` to list them by primary key"
             )
         if col.legacy:
             warnings.append(

@@ -45,6 +45,7 @@ def verify(store: Store, *, progress: ProgressFactory | None = None) -> RewriteR
         lambda column: _decider(store, column, column.spec.name not in missing_keys),
         dry_run=True,
         progress=progress,
+        empty=EMPTY,
     )
     return RewriteReport.build(
         "verify",

@@ -1,0 +1,192 @@
+"""Fields inside JSON documents: a small path syntax, and finding the fields a path
+names in a document's text so they can be replaced without touching the rest.
+
+A path is ``$`` followed by segments: ``.name`` (letters, digits, ``_`` and
+``-``, not starting with a digit or ``-``), ``["any name"]`` (a JSON string)
+and ``[*]`` (every element of an array). Nothing else: no recursive descent,
+no index, no filter, no object wildcard, so a path always names the same
+fields whatever a document holds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from keyturn.errors import ConfigError
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+# The json module's own string scanner: (text, index after the opening quote) -> (string, end).
+_scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+#: A ``[*]`` segment.
+EACH = None
+
+
+class InvalidDocument(ValueError):
+    """The text is not one JSON value."""
+
+
+@dataclass(frozen=True)
+class JsonPath:
+    """A parsed path; ``text`` is its canonical spelling, part of each field's context."""
+
+    text: str
+    segments: tuple[str | None, ...]  # a member name, or EACH
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_path(text: str) -> JsonPath:
+    """Parse ``text``; ConfigError saying what is wrong and what is allowed."""
+    usage = (
+        f"JSON path {text!r} is not supported: write $ then .name, "
+        '["any name"] or [*] (every array element), e.g. "$.headers[*].value"'
+    )
+    if not isinstance(text, str) or not text.startswith("$"):
+        raise ConfigError(usage)
+    segments: list[str | None] = []
+    pos = 1
+    while pos < len(text):
+        if text.startswith("[*]", pos):
+            segments.append(EACH)
+            pos += 3
+        elif text.startswith('["', pos):
+            try:
+                name, end = _scanstring(text, pos + 2)
+            except ValueError:
+                raise ConfigError(usage) from None
+            if not text.startswith("]", end):
+                raise ConfigError(usage)
+            segments.append(name)
+            pos = end + 1
+        elif text.startswith(".", pos) and (match := _NAME.match(text, pos + 1)):
+            segments.append(match.group())
+            pos = match.end()
+        else:
+            raise ConfigError(usage)
+    if not segments:
+        raise ConfigError(f"{usage}; $ alone is the whole document: leave json_fields out")
+    return JsonPath(_canonical(segments), tuple(segments))
+
+
+def _canonical(segments: Sequence[str | None]) -> str:
+    parts = ["$"]
+    for segment in segments:
+        if segment is EACH:
+            parts.append("[*]")
+        elif _NAME.fullmatch(segment):
+            parts.append(f".{segment}")
+        else:
+            parts.append(f"[{json.dumps(segment, ensure_ascii=False)}]")
+    return "".join(parts)
+
+
+# A field found in a document: where its value starts and ends in the text, and the value.
+Found = tuple[int, int, Any]
+
+
+def locate(document: str, paths: Sequence[JsonPath]) -> list[list[Found]]:
+    """For each path, the fields it names in ``document``, in document order.
+
+    Only the parts of the document a path descends into are parsed by hand; the
+    rest is skipped by the json module's own parser. InvalidDocument if the text
+    is not exactly one JSON value."""
+    found: list[list[Found]] = [[] for _ in paths]
+    todo = [(i, p.segments) for i, p in enumerate(paths)]
+    end = _value(document, _WS.match(document, 0).end(), todo, found)  # type: ignore[union-attr]
+    if _WS.match(document, end).end() != len(document):  # type: ignore[union-attr]
+        raise InvalidDocument("trailing text after the JSON value")
+    return found
+
+
+def _value(
+    text: str, pos: int, todo: list[tuple[int, tuple[str | None, ...]]], found: list[list[Found]]
+) -> int:
+    """Parse the value at ``pos`` for the paths ``todo`` (index, segments left);
+    return where it ends."""
+    here = [i for i, rest in todo if not rest]
+    deeper = [(i, rest) for i, rest in todo if rest]
+    first = text[pos : pos + 1]
+    if not deeper or first not in ("{", "["):
+        try:
+            value, end = _DECODER.raw_decode(text, pos)
+        except ValueError:
+            raise InvalidDocument("not valid JSON") from None
+        for i in here:
+            found[i].append((pos, end, value))
+        return end
+    if here:  # a path ends on this container: the field holds an object or array
+        try:
+            value, _ = _DECODER.raw_decode(text, pos)
+        except ValueError:
+            raise InvalidDocument("not valid JSON") from None
+        for i in here:
+            found[i].append((pos, -1, value))
+    if first == "{":
+        return _object(text, pos, deeper, found)
+    return _array(text, pos, deeper, found)
+
+
+def _object(
+    text: str, pos: int, todo: list[tuple[int, tuple[str | None, ...]]], found: list[list[Found]]
+) -> int:
+    pos = _ws(text, pos + 1)
+    if text.startswith("}", pos):
+        return pos + 1
+    while True:
+        if not text.startswith('"', pos):
+            raise InvalidDocument("an object member must start with its name")
+        try:
+            name, pos = _scanstring(text, pos + 1)
+        except ValueError:
+            raise InvalidDocument("not valid JSON") from None
+        pos = _ws(text, pos)
+        if not text.startswith(":", pos):
+            raise InvalidDocument("':' expected after a member name")
+        member = [(i, rest[1:]) for i, rest in todo if rest[0] == name]
+        pos = _value(text, _ws(text, pos + 1), member, found)
+        pos = _ws(text, pos)
+        if text.startswith("}", pos):
+            return pos + 1
+        if not text.startswith(",", pos):
+            raise InvalidDocument("',' or '}' expected in an object")
+        pos = _ws(text, pos + 1)
+
+
+def _array(
+    text: str, pos: int, todo: list[tuple[int, tuple[str | None, ...]]], found: list[list[Found]]
+) -> int:
+    pos = _ws(text, pos + 1)
+    if text.startswith("]", pos):
+        return pos + 1
+    each = [(i, rest[1:]) for i, rest in todo if rest[0] is EACH]
+    while True:
+        pos = _ws(text, _value(text, pos, each, found))
+        if text.startswith("]", pos):
+            return pos + 1
+        if not text.startswith(",", pos):
+            raise InvalidDocument("',' or ']' expected in an array")
+        pos = _ws(text, pos + 1)
+
+
+def _ws(text: str, pos: int) -> int:
+    return _WS.match(text, pos).end()  # type: ignore[union-attr]
+
+
+def splice(document: str, edits: Sequence[tuple[int, int, str]]) -> str:
+    """``document`` with each (start, end) span replaced by the JSON string of its
+    text; every other character stays as it was."""
+    parts = []
+    last = 0
+    for start, end, new in sorted(edits):
+        parts.append(document[last:start])
+        parts.append(json.dumps(new, ensure_ascii=False))
+        last = end
+    parts.append(document[last:])
+    return "".join(parts)

@@ -1,0 +1,337 @@
+"""Secrets inside JSON documents (seed 004: Floh's ``connector_config``): a column
+entry's ``json_fields`` names them, every operation works on those fields only,
+and the rest of each document stays exactly as it was, on every backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import App, Database, assert_no_secret
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import create_engine, text
+
+import keyturn
+from keyturn import ConfigError
+from keyturn._core.jsonpath import locate, parse_path, splice
+
+PATHS = ["$.apiKey", "$.oauth.refresh_token", "$.headers[*].value"]
+JSON_FIELDS = json.dumps(PATHS)
+
+
+def documents() -> dict[int, str | None]:
+    """Documents as an app wrote them: spacing, key order, exponents, escapes and
+    non-ASCII text that a re-serialisation would change, and the edge cases."""
+    key = f"sk_live_{secrets.token_hex(6)}"
+    return {
+        1: '{"name": "github", "apiKey": "KEY", "retries": 1e2, "ratio": 0.50,\n'
+        ' "oauth": {"refresh_token": "rt-\\u00e9t\\u00e9-1", "scope": ["repo", "user"]},\n'
+        ' "headers": [{"name": "X-Token", "value": "hv-1"}, {"name": "Accept"},'
+        ' {"value": "hv-2\\n"}], "note": "caf\u00e9 \\"quoted\\""}'.replace("KEY", key),
+        2: '{"apiKey":"sk-compact-2","oauth":{}}',
+        3: '{"apiKey": null, "oauth": {"refresh_token": ""}, "headers": []}',
+        4: '{"apiKey": 12345, "other": "fine"}',
+        5: "{}",
+        6: None,
+        7: '  {"headers": [{"value": "a"}, {"value": "b"}, {"value": "c"}], "z": true}  ',
+        8: '{"apiKey": "sk-8", "legacyBlob": "kt1:1:someone-elses-text"}',
+    }
+
+
+def field_values(document: str | None) -> list[str]:
+    if not document:
+        return []
+    found = locate(document, [parse_path(p) for p in PATHS])
+    return [v for spans in found for _, _, v in spans if isinstance(v, str) and v]
+
+
+def json_app(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, bind: str = "column"
+) -> tuple[App, dict[int, str | None]]:
+    kind = "JSON" if database.kind == "mysql" else "TEXT"
+    database.execute(
+        f"CREATE TABLE connector_definition (id INTEGER PRIMARY KEY, connector_config {kind})"
+    )
+    docs = documents()
+    for i, doc in docs.items():
+        database.execute("INSERT INTO connector_definition VALUES (:i, :d)", i=i, d=doc)
+    (tmp_path / "keyturn.toml").write_text(
+        f'database = "{database.url}"\n'
+        '[[columns]]\ntable = "connector_definition"\ncolumn = "connector_config"\n'
+        f'bind = "{bind}"\njson_fields = {JSON_FIELDS}\n'
+    )
+    monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
+    monkeypatch.chdir(tmp_path)
+    return App(tmp_path, dict(os.environ)), docs
+
+
+def stored(database: Database) -> dict[int, str | None]:
+    return dict(database.rows("SELECT id, connector_config FROM connector_definition"))
+
+
+def skeleton(document: str | None, open_: Any = None) -> tuple[str | None, list[Any]]:
+    """A document with its configured string fields blanked, and those fields' values
+    (opened by ``open_(token, path)`` where they are tokens)."""
+    if not document:
+        return document, []
+    paths = [parse_path(p) for p in PATHS]
+    edits, values = [], []
+    for path, spans in zip(paths, locate(document, paths), strict=True):
+        for start, end, value in spans:
+            if isinstance(value, str):
+                edits.append((start, end, ""))
+                opens = open_ is not None and value.startswith("kt1:")
+                values.append(open_(value, path.text) if opens else value)
+    return splice(document, edits), values
+
+
+def opened(database: Database, bind: str = "column") -> dict[int, Any]:
+    """Every document as (skeleton, field values opened): what the app wrote
+    (``documents()`` through :func:`skeleton`) if nothing else was touched."""
+    out = {}
+    with keyturn.open() as store:
+        for i, document in stored(database).items():
+            base = (
+                keyturn.row_context("connector_definition", "connector_config", (i,))
+                if bind == "row"
+                else "connector_definition.connector_config"
+            )
+            out[i] = skeleton(
+                document, lambda token, path, b=base: store.decrypt(token, context=b + path)
+            )
+    return out
+
+
+def written(docs: dict[int, str | None]) -> dict[int, Any]:
+    return {i: skeleton(d) for i, d in docs.items()}
+
+
+def report(app: App, *args: str, code: int = 0) -> dict[str, Any]:
+    proc = app.cli(*args, "--json")
+    assert proc.returncode == code, proc.stderr
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
+def test_every_operation_on_the_fields_leaves_the_rest_of_each_document(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, docs = json_app(database, tmp_path, monkeypatch)
+    secrets_ = [v for d in docs.values() for v in field_values(d) if len(v) > 3]
+    app.cli("init", check=True)
+
+    status = {c["column"]: c for c in report(app, "status")["columns"]}
+    base = "connector_definition.connector_config"
+    assert set(status) == {base + p for p in PATHS}
+    api = status[base + "$.apiKey"]
+    assert (api["rows"], api["plaintext"], api["empty"], api["invalid"]) == (5, 3, 1, 1)
+    assert status[base + "$.headers[*].value"]["plaintext"] == 5
+
+    enc = report(app, "encrypt-existing", code=1)  # doc 4's apiKey is a number: failed
+    assert enc["columns"][base + "$.apiKey"]["encrypted"] == 3
+    refresh = enc["columns"][base + "$.oauth.refresh_token"]
+    assert {k: n for k, n in refresh.items() if n} == {"encrypted": 1, "skipped_empty": 1}
+    assert enc["columns"][base + "$.headers[*].value"]["encrypted"] == 5
+    assert enc["columns"][base]["skipped_empty"] == 1  # the NULL document
+    assert [r["pk"] for r in enc["failed_rows"]] == [4]
+    assert_no_secret(json.dumps(enc), *secrets_)
+    assert opened(database) == written(docs), "only the fields changed, byte for byte"
+    assert "kt1:1:someone-elses-text" in (stored(database)[8] or "")
+
+    verified = report(app, "verify", code=1)
+    assert verified["ok"] == 9 and verified["failed"] == 1
+    rotated = report(app, "rotate", "--yes", code=1)
+    assert rotated["columns"][base + "$.headers[*].value"]["rotated"] == 5
+    assert rotated["rotated"] == 9
+    assert opened(database) == written(docs)
+    heads = {v.split(":")[1] for d in stored(database).values() for v in field_values(d)}
+    assert heads == {"2"}
+
+    app.cli("restore", rotated["job"], "--yes", check=True)
+    assert opened(database) == written(docs)
+    heads = {v.split(":")[1] for d in stored(database).values() for v in field_values(d)}
+    assert heads == {"1"}
+    report(app, "rotate", "--yes", "--workers", "2", "--rows-per-chunk", "10", code=1)
+    assert opened(database) == written(docs)
+    status = {c["column"]: c for c in report(app, "status")["columns"]}
+    assert status[base + "$.apiKey"]["by_version"] == {"3": 3}
+
+
+def test_a_token_moved_to_another_field_or_row_fails(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, docs = json_app(database, tmp_path, monkeypatch, bind="row")
+    database.execute("UPDATE connector_definition SET connector_config = '{}' WHERE id = 4")
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    docs[4] = "{}"
+    assert opened(database, "row") == written(docs)
+    doc = json.loads(stored(database)[1] or "")
+    moved = {**doc, "apiKey": doc["oauth"]["refresh_token"]}  # a field to another field
+    database.execute(
+        "UPDATE connector_definition SET connector_config = :d WHERE id = 1", d=json.dumps(moved)
+    )
+    other = json.dumps({"apiKey": doc["apiKey"]})  # a field to another row
+    database.execute("UPDATE connector_definition SET connector_config = :d WHERE id = 5", d=other)
+    verified = report(app, "verify", code=1)
+    assert sorted(r["pk"] for r in verified["failed_rows"]) == [1, 5]
+    base = "connector_definition.connector_config"
+    assert verified["columns"][base + "$.apiKey"]["failed"] == 2
+
+
+def test_the_app_editing_other_fields_during_a_rotation_keeps_every_edit(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compare-and-swap covers the whole document: an app process bumping a
+    counter in the documents while keyturn rotates their secrets loses no bump,
+    and every secret still opens."""
+    kind = "JSON" if database.kind == "mysql" else "TEXT"
+    database.execute(f"CREATE TABLE workflow_run (id INTEGER PRIMARY KEY, variables {kind})")
+    rows = 3000
+    engine = create_engine(database.url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO workflow_run VALUES (:i, :d)"),
+            [
+                {"i": i, "d": json.dumps({"token": f"tok-{i}", "n": 0, "keep": [i, "x"]})}
+                for i in range(rows)
+            ],
+        )
+    (tmp_path / "keyturn.toml").write_text(
+        f'database = "{database.url}"\n[[columns]]\ntable = "workflow_run"\n'
+        'column = "variables"\njson_fields = ["$.token"]\n'
+    )
+    monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
+    monkeypatch.chdir(tmp_path)
+    app = App(tmp_path, dict(os.environ))
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    bumps: dict[int, int] = {}
+    stop = threading.Event()
+
+    def edit_once(row: int) -> int:
+        """Bump the row's counter in one transaction holding the row."""
+        if database.kind == "sqlite":
+            conn = sqlite3.connect(tmp_path / "app.db", isolation_level=None, timeout=30)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                (doc,) = conn.execute(
+                    "SELECT variables FROM workflow_run WHERE id = ?", (row,)
+                ).fetchone()
+                value = json.loads(doc)
+                value["n"] += 1
+                conn.execute(
+                    "UPDATE workflow_run SET variables = ? WHERE id = ?", (json.dumps(value), row)
+                )
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            return int(value["n"])
+        with engine.begin() as conn:
+            (doc,) = conn.execute(
+                text("SELECT variables FROM workflow_run WHERE id = :i FOR UPDATE"), {"i": row}
+            ).one()
+            value = json.loads(doc)
+            value["n"] += 1
+            conn.execute(
+                text("UPDATE workflow_run SET variables = :d WHERE id = :i"),
+                {"d": json.dumps(value), "i": row},
+            )
+        return int(value["n"])
+
+    def edit() -> None:
+        i = 0
+        while not stop.is_set():
+            row = (i * 7919) % rows
+            i += 1
+            bumps[row] = edit_once(row)
+
+    editor = threading.Thread(target=edit)
+    editor.start()
+    try:
+        rotation = app.start("rotate", "--yes", "--json", "--max-rate", "4000")
+        out, err = rotation.communicate(timeout=240)
+    finally:
+        time.sleep(0.2)
+        stop.set()
+        editor.join()
+        engine.dispose()
+    assert rotation.returncode == 0, err
+    assert json.loads(out)["rotated"] >= rows
+    assert bumps, "the app made edits during the rotation"
+    engine.dispose()
+    with keyturn.open() as store:
+        for i, doc in database.rows("SELECT id, variables FROM workflow_run"):
+            value = json.loads(doc)
+            assert value["n"] == bumps.get(i, 0), f"row {i}: an app edit was lost"
+            assert value["keep"] == [i, "x"]
+            assert store.decrypt(value["token"], context="workflow_run.variables$.token") == (
+                f"tok-{i}"
+            )
+
+
+@pytest.mark.parametrize(
+    ("path", "canonical"),
+    [
+        ("$.apiKey", "$.apiKey"),
+        ('$["apiKey"]', "$.apiKey"),
+        ('$["a b"].c', '$["a b"].c'),
+        ("$.headers[*].value", "$.headers[*].value"),
+        ("$[*]", "$[*]"),
+        ("$.x-y_z", "$.x-y_z"),
+    ],
+)
+def test_paths_are_read_in_one_canonical_spelling(path: str, canonical: str) -> None:
+    assert parse_path(path).text == canonical
+
+
+@pytest.mark.parametrize(
+    "path", ["$", "apiKey", "$..apiKey", "$.a[0]", "$.*", "$.a[?(@.x)]", '$["a"', "$.1a", "$.a b"]
+)
+def test_paths_it_cannot_honour_are_refused(path: str) -> None:
+    with pytest.raises(ConfigError, match="not supported"):
+        parse_path(path)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["a", "b", "apiKey", "x y", "é"]), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES, st.sampled_from([0, 2, None]), st.sampled_from(["$.a", "$.b[*].a", "$.apiKey"]))
+def test_replacing_fields_changes_only_those_fields(value: Any, indent: Any, path: str) -> None:
+    """Against the json module: the document parsed back is the document with the
+    named string fields replaced, and nothing else differs."""
+    document = json.dumps(value, indent=indent, ensure_ascii=False)
+    parsed = parse_path(path)
+    (spans,) = locate(document, [parsed])
+    edited = splice(
+        document, [(s, e, f"kt1:{v}") for s, e, v in spans if isinstance(v, str) and e >= 0]
+    )
+
+    def expect(node: Any, segments: tuple[Any, ...]) -> Any:
+        if not segments:
+            return f"kt1:{node}" if isinstance(node, str) else node
+        head, rest = segments[0], segments[1:]
+        if head is None and isinstance(node, list):
+            return [expect(n, rest) for n in node]
+        if isinstance(head, str) and isinstance(node, dict):
+            return {k: expect(v, rest) if k == head else v for k, v in node.items()}
+        return node
+
+    assert json.loads(edited) == expect(value, parsed.segments)
+    assert splice(document, [(s, e, v) for s, e, v in spans if isinstance(v, str)]) == document
