@@ -14,6 +14,8 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    Text,
+    cast,
     inspect,
     not_,
     select,
@@ -47,6 +49,12 @@ class BoundColumn:
         return self.table.c[self.spec.column]
 
     @property
+    def text(self) -> Any:
+        """The value as text, for reading and comparing: a JSON-typed column cast
+        (drivers would otherwise parse it, and ``LIKE`` or ``= ''`` fail on it)."""
+        return text_of(self.value)
+
+    @property
     def rows(self) -> list[ColumnElement[bool]]:
         """The conditions selecting the column's rows (its ``where`` filter), to pass
         to ``.where(*rows)``; none for a whole column."""
@@ -61,7 +69,7 @@ class BoundColumn:
         if not paths:
             query = self.non_token_values()
         else:
-            value = self.value
+            value = self.text
             query = select(value).where(*self.rows, value.is_not(None), value != "")
         if in_order:
             query = query.order_by(*self.pk)
@@ -154,6 +162,20 @@ def _check_filter_type(where: str, name: str, col_type: Any, values: tuple[Any, 
         f"{where}: `where` column {name!r} is {col_type}; only text and integer "
         "columns can select rows"
     )
+
+
+def text_of(column: Any) -> Any:
+    """``column`` as text: JSON types cast (PostgreSQL's json and jsonb, a JSON
+    declared column elsewhere), every other type as it is."""
+    return cast(column, Text) if isinstance(column.type, JSON) else column
+
+
+def stored_as(column: Any, value: Any, dialect: Any) -> Any:
+    """``value`` (text) as the column stores it: cast to PostgreSQL's json or jsonb
+    (SQLite and MariaDB store JSON as text; SQLite's CAST would make it a number)."""
+    if dialect.name == "postgresql" and isinstance(column.type, JSON):
+        return cast(value, column.type)
+    return value
 
 
 def row_filter(table: Table, spec: ColumnSpec) -> list[ColumnElement[bool]]:

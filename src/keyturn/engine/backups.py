@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, select, update
+from sqlalchemy import Connection, Engine, Text, bindparam, delete, select, update
 from sqlalchemy.engine import make_url
 
 from keyturn.db import schema
-from keyturn.db.columns import BoundColumn
+from keyturn.db.columns import BoundColumn, stored_as
 from keyturn.db.database import DriverStatement, exact_equals, write_transaction
 from keyturn.engine.walk import Swap
 
@@ -133,9 +133,15 @@ def restore(engine: Engine, job_id: str, columns: Sequence[BoundColumn]) -> dict
                 .where(
                     *same_row,
                     *col.rows,
-                    exact_equals(col.value, bindparam("_new"), conn.dialect),
+                    exact_equals(col.text, bindparam("_new", type_=Text), conn.dialect),
                 )
-                .values({col.value.name: bindparam("_old")})
+                .values(
+                    {
+                        col.value.name: stored_as(
+                            col.value, bindparam("_old", type_=Text), conn.dialect
+                        )
+                    }
+                )
             )
             for p in params:  # one by one: each swap's own rowcount is needed
                 if conn.execute(swap, p).rowcount == 1:

@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
-from keyturn.db.columns import BoundColumn, row_filter, table_of
+from keyturn.db.columns import BoundColumn, row_filter, stored_as, table_of, text_of
 from keyturn.db.database import (
     DriverStatement,
     database_error,
@@ -121,6 +121,8 @@ class TableRewriter:
         self.table = table_of(self.columns)
         self.pk = [self.table.c[n] for n in self.columns[0].spec.primary_key]
         self.values = [self.table.c[c.spec.column] for c in self.columns]
+        # What is read and compared: the values as text (JSON types cast).
+        self.texts = [text_of(v) for v in self.values]
         # The rows a ``where`` filter selects: read, and swapped only while they match.
         self.rows = row_filter(self.table, self.columns[0].spec)
         self.filter = list(self.columns[0].spec.where)
@@ -363,7 +365,7 @@ class TableRewriter:
         # retried, so the app's newer value is never overwritten with our stale
         # one. A row the app deleted matches nothing and is never brought back.
         same_row = [c == bindparam(f"_pk{j}") for j, c in enumerate(self.pk)]
-        unchanged = [exact_equals(self.values[i], bindparam(f"_old{i}"), dialect) for i in indexes]
+        unchanged = [exact_equals(self.texts[i], bindparam(f"_old{i}"), dialect) for i in indexes]
         filter_names = [
             [f"_w{k}_{m}" for m in range(len(values))] for k, (_, values) in enumerate(self.filter)
         ]
@@ -374,7 +376,12 @@ class TableRewriter:
         statement = (
             update(self.table)
             .where(*same_row, *unchanged, *selected)
-            .values({self.values[i].name: bindparam(f"_new{i}") for i in indexes})
+            .values(
+                {
+                    self.values[i].name: stored_as(self.values[i], bindparam(f"_new{i}"), dialect)
+                    for i in indexes
+                }
+            )
         )
         names = (
             [f"_pk{j}" for j in range(len(self.pk))]
@@ -411,13 +418,13 @@ class TableRewriter:
             return fetch_raw(c, query)
 
     def _read_after(self, after: PK | None, limit: int) -> list[tuple[Any, ...]]:
-        query = select(*self.pk, *self.values).order_by(*self.pk).limit(limit)
+        query = select(*self.pk, *self.texts).order_by(*self.pk).limit(limit)
         if after is not None:
             query = query.where(after_key(self.pk, after))
         if self.until is not None:
             query = query.where(not_(after_key(self.pk, self.until)))
         if self.where is not None:
-            query = query.where(self.where(self.values))
+            query = query.where(self.where(self.values))  # JSON types cast by ``where``
         query = query.where(*self.rows)
         in_order = postgresql.INDEX_ORDER if self.engine.dialect.name in dialects.ARRAY else None
         return self._rows(query, setup=in_order)
@@ -427,7 +434,7 @@ class TableRewriter:
             cond: ColumnElement[bool] = self.pk[0].in_([p[0] for p in pks])
         else:
             cond = tuple_(*self.pk).in_(pks)
-        return self._rows(select(*self.pk, *self.values).where(cond, *self.rows), conn)
+        return self._rows(select(*self.pk, *self.texts).where(cond, *self.rows), conn)
 
 
 @dataclass

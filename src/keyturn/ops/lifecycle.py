@@ -60,7 +60,7 @@ def refresh_states(store: Store, conn: Connection, *, write: bool = True) -> dic
     draining. Returns the states (written unless ``write`` is False)."""
     k = schema.keys.c
     holders = [
-        (column.value, column.rows, bool(column.spec.json_fields))
+        (column.text, column.rows, bool(column.spec.json_fields))
         for column in store.bound_columns()
     ]
     if inspect(conn).has_table(schema.backup.name):

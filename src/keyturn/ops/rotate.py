@@ -29,7 +29,7 @@ from keyturn._core.jsonpath import InvalidDocument, locate
 from keyturn._core.keyring import ACTIVE, DRAINING, DataKey, Keyring
 from keyturn.config import ColumnSpec
 from keyturn.db import migrations, schema
-from keyturn.db.columns import BoundColumn
+from keyturn.db.columns import BoundColumn, text_of
 from keyturn.db.database import fetch_raw, utcnow, write_transaction
 from keyturn.db.locking import KeyringLock, me
 from keyturn.engine import backups, chunks, jobs
@@ -167,7 +167,7 @@ class Rotator:
         column.check_fits(need, f"re-encrypting under key v{target}")
 
     def _sample(self, column: BoundColumn) -> None:
-        value, pk = column.value, column.pk
+        value, pk = column.text, column.pk
         spec = column.spec
         holds_token = value.like('%"kt1:%') if spec.json_fields else value.like("kt1:%")
         query = select(*pk, value).where(*column.rows, holds_token).order_by(*pk).limit(SAMPLE)
@@ -825,7 +825,7 @@ def _stale(
     def where(values: list[Column[Any]]) -> ColumnElement[bool]:
         return or_(
             *(
-                v.like('%"kt1:%')
+                text_of(v).like('%"kt1:%')
                 if column.spec.json_fields
                 else and_(v.like("kt1:%"), not_(v.like(f"kt1:{target}:%")))
                 for v, column in zip(values, group, strict=True)

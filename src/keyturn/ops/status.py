@@ -189,7 +189,7 @@ def count_fields(
     reader = store.legacy_reader(spec.name)
     counts = [Counter[str]() for _ in paths]
     versions = [Counter[int]() for _ in paths]
-    value = column.value
+    value = column.text
     query = select(value).where(*column.rows, value.is_not(None), value != "")
     with nullcontext(conn) if conn is not None else store.engine.connect() as c:
         for (document,) in stream_raw(c, query):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Column, Table
+from sqlalchemy import JSON, Column, Table
 
 from keyturn.engine.dialects import swap_names
 
@@ -47,6 +47,10 @@ def array_of(values: Sequence[Any], kind: str) -> tuple[str, str] | None:
     return None
 
 
+def _is_json(column: Column[Any]) -> bool:
+    return isinstance(column.type, JSON)
+
+
 def _element(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -67,8 +71,14 @@ def swap_sql(
     quote = swap.quote
     types = [str(c.type.compile(dialect=dialect)) for c in pk]
     types += ["text"] * (2 * len(indexes))
-    unchanged = [f"t.{quote(values[i].name)} = v.o{i}" for i in indexes]
-    sets = [f"{quote(values[i].name)} = v.n{i}" for i in indexes]
+    # A JSON column is compared as text and written cast to its own type.
+    json = {i: str(values[i].type.compile(dialect=dialect)) for i in indexes if _is_json(values[i])}
+    unchanged = [
+        f"t.{quote(values[i].name)}{'::text' if i in json else ''} = v.o{i}" for i in indexes
+    ]
+    sets = [
+        f"{quote(values[i].name)} = v.n{i}" + (f"::{json[i]}" if i in json else "") for i in indexes
+    ]
     head = f"UPDATE {swap.table} AS t SET {', '.join(sets)} FROM unnest("
     where = " AND ".join(swap.same_row + unchanged + swap.selected)
     tail = f") AS v({', '.join(swap.names)}) WHERE {where}"
