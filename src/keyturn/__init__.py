@@ -14,6 +14,7 @@ from keyturn.errors import (
     ConfigError,
     CorruptKeyring,
     DatabaseError,
+    InvalidDocument,
     InvalidKEK,
     InvalidToken,
     JobInProgress,
@@ -35,6 +36,7 @@ from keyturn.errors import (
     UnqueryableColumn,
     WrongKEK,
 )
+from keyturn.documents import JsonFields
 from keyturn.legacy import LegacySpec
 from keyturn.ops.encrypt_existing import encrypt_existing
 from keyturn.ops.import_legacy import import_legacy
@@ -53,10 +55,12 @@ __all__ = [
     "CorruptKeyring",
     "DataKey",
     "DatabaseError",
+    "InvalidDocument",
     "InvalidKEK",
     "InvalidToken",
     "JobInProgress",
     "JobNotFound",
+    "JsonFields",
     "KEKChanged",
     "KMSError",
     "KeyInUse",

@@ -26,6 +26,11 @@ class InvalidToken(KeyturnError):
         super().__init__("invalid token")
 
 
+class InvalidDocument(KeyturnError, ValueError):
+    """A JSON column's value is not one JSON document, or a secret field in it holds
+    something other than a string or null. Names the path, never the content."""
+
+
 class KeyManagementError(KeyturnError):
     """Base of key problems an operator can act on (exit code 3)."""
 

@@ -362,3 +362,60 @@ def test_replacing_fields_changes_only_those_fields(value: Any, indent: Any, pat
 
     assert json.loads(edited) == expect(value, parsed.segments)
     assert splice(document, [(s, e, v) for s, e, v in spans if isinstance(v, str)]) == document
+
+
+def test_the_app_seals_opens_and_masks_documents_with_json_fields(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keyturn.JsonFields: what an app writes, keyturn verifies and rotates, and the
+    app reads back; text keeps every other character, dicts are copied."""
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "app.db") as conn:
+        conn.execute("CREATE TABLE connector_definition (id INTEGER PRIMARY KEY, config TEXT)")
+    conn.close()
+    (tmp_path / "keyturn.toml").write_text(
+        'database = "sqlite:///app.db"\n[[columns]]\ntable = "connector_definition"\n'
+        f'column = "config"\nbind = "row"\njson_fields = {JSON_FIELDS}\n'
+    )
+    monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
+    monkeypatch.chdir(tmp_path)
+    app = App(tmp_path, dict(os.environ))
+    app.cli("init", check=True)
+    text_doc = documents()[1] or ""
+    as_dict = {"apiKey": "sk-dict", "oauth": {"refresh_token": None}, "n": 1.5, "headers": "x"}
+    with keyturn.open() as store:
+        fields = keyturn.JsonFields(store, "connector_definition.config")
+        sealed = fields.encrypt(text_doc, pk=(1,))
+        assert skeleton(sealed)[0] == skeleton(text_doc)[0]
+        assert all(v.startswith("kt1:1:") for v in field_values(sealed))
+        assert fields.encrypt(sealed, pk=(1,)) == sealed, "tokens are left as they are"
+        assert json.loads(fields.decrypt(sealed, pk=(1,))) == json.loads(text_doc)
+        sealed_dict = fields.encrypt(as_dict, pk=(2,))
+        assert as_dict["apiKey"] == "sk-dict", "the app's dict is not modified"
+        assert sealed_dict["oauth"] == {"refresh_token": None} and sealed_dict["n"] == 1.5
+        assert fields.decrypt(sealed_dict, pk=(2,)) == as_dict
+        masked = fields.mask(json.loads(sealed))
+        assert masked["apiKey"] == "********" and masked["headers"][1] == {"name": "Accept"}
+        assert masked["oauth"]["scope"] == ["repo", "user"]
+        assert "********" in fields.mask(sealed) and "kt1:" not in fields.mask(sealed)
+        with pytest.raises(keyturn.InvalidToken):
+            fields.decrypt(sealed, pk=(2,))  # another row's document
+        with pytest.raises(ConfigError, match="pass pk"):
+            fields.encrypt(text_doc)
+        with pytest.raises(keyturn.InvalidDocument, match=r"\$\.apiKey holds a number") as exc:
+            fields.encrypt({"apiKey": 424242}, pk=(3,))
+        assert "424242" not in str(exc.value)
+        with pytest.raises(keyturn.InvalidDocument):
+            fields.encrypt('{"apiKey": "sk-x"', pk=(3,))
+        with pytest.raises(ConfigError, match="json_fields"):
+            keyturn.JsonFields(store, "connector_definition.other")
+        assert "sk-dict" not in repr(fields)
+    for i, doc in ((1, sealed), (2, json.dumps(sealed_dict))):
+        app.sql("INSERT INTO connector_definition VALUES (?, ?)", (i, doc))
+    assert report(app, "verify")["ok"] == 5
+    assert report(app, "rotate", "--yes")["rotated"] == 5
+    with keyturn.open() as store:
+        fields = keyturn.JsonFields(store, "connector_definition.config")
+        ((doc,),) = app.sql("SELECT config FROM connector_definition WHERE id = 2")
+        assert fields.decrypt(json.loads(doc), pk=(2,)) == as_dict

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from keyturn.errors import ConfigError
+from keyturn.errors import ConfigError, InvalidDocument
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _WS = re.compile(r"[ \t\n\r]*")
@@ -25,10 +25,6 @@ _DECODER = json.JSONDecoder()
 _scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 #: A ``[*]`` segment.
 EACH = None
-
-
-class InvalidDocument(ValueError):
-    """The text is not one JSON value."""
 
 
 @dataclass(frozen=True)
@@ -190,3 +186,21 @@ def splice(document: str, edits: Sequence[tuple[int, int, str]]) -> str:
         last = end
     parts.append(document[last:])
     return "".join(parts)
+
+
+def transform(value: Any, path: JsonPath, change: Callable[[Any], Any]) -> Any:
+    """A parsed document (dicts and lists) with ``change(field)`` in place of each
+    field ``path`` names; the containers on the way are copied, ``value`` is not
+    modified."""
+    return _transform(value, path.segments, change)
+
+
+def _transform(value: Any, segments: tuple[str | None, ...], change: Callable[[Any], Any]) -> Any:
+    if not segments:
+        return change(value)
+    head, rest = segments[0], segments[1:]
+    if head is EACH and isinstance(value, list):
+        return [_transform(v, rest, change) for v in value]
+    if head is not EACH and isinstance(value, dict) and head in value:
+        return {k: _transform(v, rest, change) if k == head else v for k, v in value.items()}
+    return value

@@ -23,10 +23,10 @@ from sqlalchemy import (
 from sqlalchemy.types import JSON, NullType
 
 from keyturn._core import tokens
-from keyturn._core.jsonpath import InvalidDocument, locate
+from keyturn._core.jsonpath import locate
 from keyturn.config import ColumnSpec
 from keyturn.db.database import stream_raw
-from keyturn.errors import SchemaError
+from keyturn.errors import InvalidDocument, SchemaError
 
 # The shortest token keyturn can write (empty plaintext, a 6-digit version).
 MIN_TOKEN_WIDTH = tokens.token_length(999_999, 0)

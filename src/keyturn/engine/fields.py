@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from keyturn._core.jsonpath import InvalidDocument, locate, splice
+from keyturn._core.jsonpath import locate, splice
 from keyturn.config import ColumnSpec
 from keyturn.db.columns import BoundColumn
 from keyturn.engine.walk import FAILED, PK, Category, DecideBatch
+from keyturn.errors import InvalidDocument
 
 SEPARATOR = "\t"
 

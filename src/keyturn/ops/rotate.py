@@ -25,7 +25,7 @@ from sqlalchemy import Column, Connection, and_, func, inspect, not_, or_, selec
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyturn._core import tokens
-from keyturn._core.jsonpath import InvalidDocument, locate
+from keyturn._core.jsonpath import locate
 from keyturn._core.keyring import ACTIVE, DRAINING, DataKey, Keyring
 from keyturn.config import ColumnSpec
 from keyturn.db import migrations, schema
@@ -48,6 +48,7 @@ from keyturn.engine.walk import (
 )
 from keyturn.errors import (
     ConfigError,
+    InvalidDocument,
     InvalidToken,
     LeaseLost,
     OperationFailed,

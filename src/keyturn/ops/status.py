@@ -12,11 +12,12 @@ from typing import Any
 from sqlalchemy import Connection, case, func, inspect, or_, select
 
 from keyturn._core import tokens
-from keyturn._core.jsonpath import InvalidDocument, locate
+from keyturn._core.jsonpath import locate
 from keyturn._core.keyring import ACTIVE, DESTROYED, DRAINING
 from keyturn.db import schema
 from keyturn.db.columns import BoundColumn
 from keyturn.db.database import stream_raw, utcnow
+from keyturn.errors import InvalidDocument
 from keyturn.keys.keystore import grace_ends
 from keyturn.store import Store
 
