@@ -8,6 +8,7 @@ from __future__ import annotations
 from keyturn._core.context import column_context, row_context
 from keyturn._core.keyring import DataKey, KeyVersion
 from keyturn.config import ColumnSpec, Config, load_config
+from keyturn.documents import JsonFields
 from keyturn.errors import (
     AuditError,
     AuditHeadInvalid,
@@ -36,7 +37,6 @@ from keyturn.errors import (
     UnqueryableColumn,
     WrongKEK,
 )
-from keyturn.documents import JsonFields
 from keyturn.legacy import LegacySpec
 from keyturn.ops.encrypt_existing import encrypt_existing
 from keyturn.ops.import_legacy import import_legacy
