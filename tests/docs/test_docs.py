@@ -36,7 +36,7 @@ def test_every_python_snippet_is_covered_here() -> None:
     }
     assert {d: n for d, n in found.items() if n} == {
         "README.md": 1,
-        "docs/ADOPTING.md": 2,
+        "docs/ADOPTING.md": 3,
         "docs/ADMIN.md": 1,
         "docs/ARCHITECTURE.md": 2,
         "docs/INTEGRATIONS.md": 1,
@@ -58,7 +58,7 @@ def test_adopting_switch_the_app_before_migrating(app: App) -> None:
     app.sql("CREATE TABLE usersx (id INTEGER PRIMARY KEY, api_key TEXT)")
     app.write_config(app.config.read_text() + "\n" + toml.replace('"users"', '"usersx"', 1))
     app.cli("init", check=True)
-    (code,) = [s for s in snippets("docs/ADOPTING.md", "python") if "row_context" not in s]
+    (code,) = [s for s in snippets("docs/ADOPTING.md", "python") if "needs_rewrap" in s]
     code = code.replace("users.api_key", "usersx.api_key")
     row = SimpleNamespace(api_key="sk_live_plaintext_1")
     namespace: dict[str, Any] = {"keyturn": keyturn, "row": row}
@@ -97,6 +97,28 @@ def test_adopting_a_settings_table(app: App) -> None:
     run(code, namespace)
     assert namespace["smtp_pass"] == "päss-1"
     store.close()
+
+
+def test_adopting_fields_inside_json_documents(app: App) -> None:
+    """The JSON-documents entry and snippet as the doc shows them: the app seals a
+    document, keyturn verifies and rotates its fields, the app opens and masks it."""
+    (toml,) = [s for s in snippets("docs/ADOPTING.md", "toml") if "json_fields" in s]
+    app.sql("CREATE TABLE connector_definition (id INTEGER PRIMARY KEY, connector_config TEXT)")
+    app.write_config(app.config.read_text() + "\n" + toml)
+    app.cli("init", check=True)
+    (code,) = [s for s in snippets("docs/ADOPTING.md", "python") if "JsonFields" in s]
+    store = keyturn.open(app.config)
+    namespace: dict[str, Any] = {"keyturn": keyturn, "store": store, "json": json}
+    run(code, namespace)
+    store.close()
+    stored = namespace["stored"]
+    assert '"name": "github"' in stored and '"retries": 3' in stored and "sk_live_1" not in stored
+    assert namespace["config"]["apiKey"] == "sk_live_1"
+    assert namespace["shown"] == {"name": "github", "apiKey": "********", "retries": 3}
+    app.sql("INSERT INTO connector_definition VALUES (1, ?)", (stored,))
+    assert json.loads(app.cli("verify", "--json", check=True).stdout)["ok"] == 1
+    rotated = json.loads(app.cli("rotate", "--yes", "--json", check=True).stdout)
+    assert rotated["columns"]["connector_definition.connector_config$.apiKey"]["rotated"] == 1
 
 
 def test_architecture_kek_provider_walkthrough(
