@@ -419,3 +419,56 @@ def test_the_app_seals_opens_and_masks_documents_with_json_fields(
         fields = keyturn.JsonFields(store, "connector_definition.config")
         ((doc,),) = app.sql("SELECT config FROM connector_definition WHERE id = 2")
         assert fields.decrypt(json.loads(doc), pk=(2,)) == as_dict
+
+
+def test_legacy_encrypted_fields_are_taken_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """import-legacy on fields: TREK-style ciphertexts inside documents, among
+    plaintext fields, in the rows a ``where`` selects; status and every report
+    count per field; other rows and fields stay as they were."""
+    import sqlite3
+
+    from legacy_encoders import passphrase, trek
+
+    old = passphrase()
+    docs = {
+        1: json.dumps({"apiKey": trek(old, b"sk-legacy-1"), "note": "keep"}),
+        2: json.dumps({"apiKey": "sk-plain-2", "oauth": {"refresh_token": trek(old, b"rt-2")}}),
+        3: json.dumps({"apiKey": trek(old, b"sk-other-app")}),  # a row outside the filter
+    }
+    with sqlite3.connect(tmp_path / "app.db") as conn:
+        conn.execute("CREATE TABLE integrations (id INTEGER PRIMARY KEY, kind TEXT, config TEXT)")
+        for i, doc in docs.items():
+            conn.execute(
+                "INSERT INTO integrations VALUES (?, ?, ?)", (i, "own" if i < 3 else "x", doc)
+            )
+    conn.close()
+    (tmp_path / "keyturn.toml").write_text(
+        'database = "sqlite:///app.db"\n'
+        '[[legacy]]\nname = "trek"\nkey_env = "OLD_KEY"\nformat = "aes-gcm"\nprefix = "enc:v1:"\n'
+        'encoding = "base64"\norder = "iv,tag,ct"\nkdf = "sha256"\nsuffix = ":api_keys:v1"\n'
+        '[[columns]]\ntable = "integrations"\ncolumn = "config"\nlegacy = "trek"\n'
+        'where = { kind = ["own"] }\njson_fields = ["$.apiKey", "$.oauth.refresh_token"]\n'
+    )
+    monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
+    monkeypatch.setenv("OLD_KEY", old)
+    monkeypatch.chdir(tmp_path)
+    app = App(tmp_path, dict(os.environ))
+    app.cli("init", check=True)
+    base = "integrations.config"
+    status = {c["column"]: c for c in report(app, "status")["columns"]}
+    assert (status[base + "$.apiKey"]["legacy"], status[base + "$.apiKey"]["plaintext"]) == (1, 1)
+    assert status[base + "$.oauth.refresh_token"]["legacy"] == 1
+    enc = report(app, "encrypt-existing")
+    assert enc["columns"][base + "$.apiKey"]["skipped_legacy"] == 1 and enc["encrypted"] == 1
+    wrong = app.cli("import-legacy", "--yes", env={**app.env, "OLD_KEY": passphrase()})
+    assert wrong.returncode == 3, wrong.stderr  # a wrong legacy key: refused, nothing written
+    imported = report(app, "import-legacy", "--yes")
+    assert imported["imported"] == 2 and imported["columns"][base + "$.apiKey"]["imported"] == 1
+    with keyturn.open() as store:
+        fields = keyturn.JsonFields(store, base)
+        rows = dict(app.sql("SELECT id, config FROM integrations"))
+        assert fields.decrypt(json.loads(rows[1])) == {"apiKey": "sk-legacy-1", "note": "keep"}
+        assert fields.decrypt(json.loads(rows[2]))["oauth"] == {"refresh_token": "rt-2"}
+    assert rows[3] == docs[3], "the row outside `where` is untouched"
