@@ -81,6 +81,8 @@ def test_encrypt_existing_status_and_round_trip(
         "empty": 2,
         "by_version": {"1": 6},
         "legacy": 0,
+        "where": "",
+        "invalid": 0,
     }
     assert status["keys"][0]["rows"] == 14 and status["keys"][0]["state"] == "active"
     human = app.cli("status", check=True).stdout

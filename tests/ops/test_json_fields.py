@@ -362,6 +362,46 @@ def test_replacing_fields_changes_only_those_fields(value: Any, indent: Any, pat
 
     assert json.loads(edited) == expect(value, parsed.segments)
     assert splice(document, [(s, e, v) for s, e, v in spans if isinstance(v, str)]) == document
+    assert_both_ways_agree(document, [parsed])
+
+
+def assert_both_ways_agree(document: str, paths: list[Any]) -> None:
+    """The fast way (json module, then the strings found in the text), where it
+    answers, finds what the thorough parse finds."""
+    from keyturn._core.jsonpath import _find_plain, _parse
+
+    fast, thorough = _find_plain(document, paths), _parse(document, paths)
+    if fast is None:
+        return
+    for quick, slow in zip(fast, thorough, strict=True):
+        assert [f for f in quick if isinstance(f[2], str)] == [
+            f for f in slow if isinstance(f[2], str)
+        ]
+        assert [(v, e < 0) for _, e, v in quick] == [(v, e < 0) for _, e, v in slow]
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        '{"apiKey": "a", "apiKey": "b"}',  # a member twice: the json module keeps one
+        '{"oauth": {"refresh_token": "x"}, "oauth": {}}',
+        '{"note": "apiKey", "apiKey": "q"}',
+        '{"apiKey": "same", "note": "same"}',
+        '{"same": 1, "apiKey": "same"}',
+        '{"apiKey": "a\\u0062", "b": "ab"}',
+        '{"headers": [{"value": "v"}, {"value": "v"}], "apiKey": {"nested": "x"}}',
+        '[{"apiKey": "x"}]',
+    ],
+)
+def test_tricky_documents_are_located_exactly(document: str) -> None:
+    paths = [parse_path(p) for p in [*PATHS, "$.oauth.refresh_token"][:3]]
+    assert_both_ways_agree(document, paths)
+    from keyturn._core.jsonpath import _parse
+
+    def values(found: list[list[Any]]) -> list[list[Any]]:
+        return [[v for _, _, v in spans] for spans in found]
+
+    assert values(locate(document, paths)) == values(_parse(document, paths))
 
 
 def test_the_app_seals_opens_and_masks_documents_with_json_fields(

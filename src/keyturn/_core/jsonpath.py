@@ -88,11 +88,72 @@ Found = tuple[int, int, Any]
 
 
 def locate(document: str, paths: Sequence[JsonPath]) -> list[list[Found]]:
-    """For each path, the fields it names in ``document``, in document order.
-
-    Only the parts of the document a path descends into are parsed by hand; the
-    rest is skipped by the json module's own parser. InvalidDocument if the text
+    """For each path, the fields it names in ``document``, in document order; a
+    field holding an object or an array ends at -1. InvalidDocument if the text
     is not exactly one JSON value."""
+    if "\\" not in document:
+        found = _find_plain(document, paths)
+        if found is not None:
+            return found
+    return _parse(document, paths)
+
+
+def _find_plain(document: str, paths: Sequence[JsonPath]) -> list[list[Found]] | None:
+    """The fast way, for a document without a backslash (most are): parsed by the
+    json module, each field's string then found in the text. Without escapes a
+    string's text is its value between quotes, and ``"v"`` can only be a whole
+    string, so a string found once, and not followed by ``:`` (a member name),
+    is the field. None where that does not hold (the same string twice, say),
+    or where a member the paths pass through may be named twice in an object
+    (the json module keeps only the last; the thorough way sees every one)."""
+    try:
+        value = json.loads(document)
+    except ValueError:
+        raise InvalidDocument("not valid JSON") from None
+    found: list[list[Found]] = []
+    members: dict[str, set[int]] = {}  # name -> the objects it was found in
+    for path in paths:
+        spans: list[Found] = []
+        for leaf in _leaves(value, path.segments, members):
+            if isinstance(leaf, str):
+                quoted = f'"{leaf}"'
+                start = document.find(quoted)
+                if start < 0 or document.find(quoted, start + 1) >= 0:
+                    return None
+                end = start + len(quoted)
+                if document.startswith(":", _ws(document, end)):
+                    return None
+                spans.append((start, end, leaf))
+            else:
+                spans.append((0, -1 if isinstance(leaf, dict | list) else 0, leaf))
+        found.append(spans)
+    for name, objects in members.items():
+        if document.count(f'"{name}"') != len(objects):
+            return None
+    return found
+
+
+def _leaves(
+    value: Any, segments: tuple[str | None, ...], members: dict[str, set[int]]
+) -> list[Any]:
+    """The values ``segments`` lead to; notes in ``members`` each object passed through."""
+    if not segments:
+        return [value]
+    head, rest = segments[0], segments[1:]
+    if head is EACH:
+        if isinstance(value, list):
+            return [leaf for item in value for leaf in _leaves(item, rest, members)]
+        return []
+    if isinstance(value, dict):
+        members.setdefault(head, set()).add(id(value))
+        if head in value:
+            return _leaves(value[head], rest, members)
+    return []
+
+
+def _parse(document: str, paths: Sequence[JsonPath]) -> list[list[Found]]:
+    """The thorough way: only the parts of the document a path descends into are
+    parsed by hand; the rest is skipped by the json module's own parser."""
     found: list[list[Found]] = [[] for _ in paths]
     todo = [(i, p.segments) for i, p in enumerate(paths)]
     end = _value(document, _WS.match(document, 0).end(), todo, found)  # type: ignore[union-attr]
@@ -115,7 +176,7 @@ def _value(
         except ValueError:
             raise InvalidDocument("not valid JSON") from None
         for i in here:
-            found[i].append((pos, end, value))
+            found[i].append((pos, -1 if isinstance(value, dict | list) else end, value))
         return end
     if here:  # a path ends on this container: the field holds an object or array
         try:
