@@ -278,8 +278,16 @@ def _with_models(columns: tuple[ColumnSpec, ...], value: Any, file: Path) -> tup
                 if not encrypted:
                     continue
                 bind = getattr(column.type, "keyturn_bind", "column")
+                paths = tuple(
+                    parse_path(p) for p in getattr(column.type, "keyturn_json_fields", ())
+                )
                 if spec is None:
-                    found.append(ColumnSpec(table.name, column.name, pk, bind))
+                    found.append(ColumnSpec(table.name, column.name, pk, bind, json_fields=paths))
+                elif spec.json_fields != paths:
+                    raise ConfigError(
+                        f"{where} lists json_fields {[p.text for p in spec.json_fields]}, but "
+                        f"{target} declares {[p.text for p in paths]}"
+                    )
                 elif spec.primary_key != pk:
                     raise ConfigError(
                         f"{where} lists primary_key {list(spec.primary_key)}, but {target} "

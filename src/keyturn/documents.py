@@ -28,8 +28,11 @@ class JsonFields:
     A document is given and returned in the same form: JSON text (spliced, every
     other character kept) or parsed (dicts and lists, copied where changed)."""
 
-    def __init__(self, store: Store, column: str) -> None:
-        spec = next((c for c in store.config.columns if c.name == column), None)
+    def __init__(self, store: Store, column: str | ColumnSpec) -> None:
+        if isinstance(column, ColumnSpec):
+            spec: ColumnSpec | None = column
+        else:
+            spec = next((c for c in store.config.columns if c.name == column), None)
         if spec is None or not spec.json_fields:
             raise ConfigError(
                 f"{column} is not a configured column with `json_fields`; add "

@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Column, Engine, String, Table, Text, bindparam, event, update
+from sqlalchemy import JSON, Column, Engine, String, Table, Text, bindparam, event, update
 from sqlalchemy import column as sql_column
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import table as sql_table
@@ -42,13 +42,17 @@ from sqlalchemy.sql.elements import ColumnClause, ColumnElement, UnaryExpression
 from sqlalchemy.types import TypeDecorator
 
 from keyturn._core.context import column_context, row_context
+from keyturn._core.jsonpath import parse_path
 from keyturn._core.keyring import Keyring
 from keyturn._core.tokens import header, token_length, version_of
+from keyturn.config import ColumnSpec
+from keyturn.documents import JsonFields
 from keyturn.errors import ConfigError, KeyturnError, UnqueryableColumn
 from keyturn.store import Store
 from keyturn.store import open as open_store
 
 __all__ = [
+    "EncryptedJSON",
     "EncryptedString",
     "EncryptedText",
     "LazyRewrap",
@@ -382,8 +386,72 @@ class EncryptedString(_Encrypted):
         super().__init__(length, store=store, context=context, bind=bind)
 
 
+class EncryptedJSON(TypeDecorator[Any]):
+    """A JSON column (dicts and lists in Python) whose ``fields`` are secrets: sealed
+    on write and opened on read, each bound to its path (``table.column$.apiKey``),
+    as keyturn's operations expect of a column with ``json_fields``. The rest of
+    the document is plain JSON, and may be queried as usual."""
+
+    impl: Any = JSON
+    cache_ok = True
+    keyturn_encrypted = True
+
+    def __init__(
+        self,
+        fields: list[str] | tuple[str, ...],
+        *,
+        store: Store | None = None,
+        bind: str = "column",
+    ) -> None:
+        super().__init__()
+        if bind != "column":
+            raise ConfigError(
+                'EncryptedJSON binds its fields to the column and path; bind = "row" is not '
+                "supported for JSON documents in the ORM yet"
+            )
+        #: The paths as keyturn.toml's ``json_fields`` spells them (checked now).
+        self.keyturn_json_fields = tuple(parse_path(f).text for f in fields)
+        self.keyturn_bind = bind
+        self.store = store
+        self.context: str | None = None
+        self.table_name = self.column_name = ""
+        self._fields: JsonFields | None = None
+
+    def bound_to(self, table: str, column: str) -> EncryptedJSON:
+        bound = self.copy()
+        bound.context = column_context(table, column)
+        bound.table_name, bound.column_name = table, column
+        return bound
+
+    def _json_fields(self) -> JsonFields:
+        store = self.store or _default_store()
+        if self.context is None:
+            raise ConfigError(
+                "an EncryptedJSON column was used before it was attached to a table, so it "
+                "does not know the column its tokens belong to"
+            )
+        if self._fields is None or self._fields._store is not store:
+            paths = tuple(parse_path(f) for f in self.keyturn_json_fields)
+            spec = ColumnSpec(self.table_name, self.column_name, ("id",), json_fields=paths)
+            self._fields = JsonFields(store, spec)
+        return self._fields
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value is None:
+            return None
+        return self._json_fields().encrypt(value)
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        if value is None:
+            return None
+        return self._json_fields().decrypt(value)
+
+
 @event.listens_for(Column, "after_parent_attach")
 def _learn_context(column: Column[Any], table: Any) -> None:
+    if isinstance(column.type, EncryptedJSON) and isinstance(table, Table):
+        column.type = column.type.bound_to(table.name, column.name)
+        return
     if isinstance(column.type, _Encrypted) and isinstance(table, Table):
         column.type = column.type.bound_to(table.name, column.name)
         _attached.append(column)
