@@ -512,3 +512,55 @@ def test_legacy_encrypted_fields_are_taken_over(
         assert fields.decrypt(json.loads(rows[1])) == {"apiKey": "sk-legacy-1", "note": "keep"}
         assert fields.decrypt(json.loads(rows[2]))["oauth"] == {"refresh_token": "rt-2"}
     assert rows[3] == docs[3], "the row outside `where` is untouched"
+
+
+def test_documents_survive_a_killed_parallel_rotation(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL a parallel rotation of JSON fields at a random moment and resume it:
+    every document keeps everything but its fields, and every field is on v2."""
+    from parallel_app import kill_mid_job_and_resume
+
+    kind = "JSON" if database.kind == "mysql" else "TEXT"
+    database.execute(f"CREATE TABLE workflow_run (id INTEGER PRIMARY KEY, variables {kind})")
+    rows = 4000
+    engine = create_engine(database.url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO workflow_run VALUES (:i, :d)"),
+            [
+                {
+                    "i": i,
+                    "d": json.dumps(
+                        {"run": i, "secrets": [{"value": f"s{i}-a"}, {"value": f"s{i}-b"}]}
+                    ),
+                }
+                for i in range(rows)
+            ],
+        )
+    engine.dispose()
+    (tmp_path / "keyturn.toml").write_text(
+        f'database = "{database.url}"\n[[columns]]\ntable = "workflow_run"\n'
+        'column = "variables"\nbind = "row"\njson_fields = ["$.secrets[*].value"]\n'
+    )
+    monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
+    monkeypatch.chdir(tmp_path)
+    app = App(tmp_path, dict(os.environ))
+    app.cli("init", check=True)
+    assert report(app, "encrypt-existing")["encrypted"] == 2 * rows
+    rotation = app.start(
+        "rotate", "--yes", "--json", "--workers", "2", "--rows-per-chunk", "500",
+        "--max-rate", "3000",
+    )  # fmt: skip
+    kill_mid_job_and_resume(
+        rotation, database, lambda: app.cli("rotate", "--yes", "--json", process=True)
+    )
+    with keyturn.open() as store:
+        for i, doc in database.rows("SELECT id, variables FROM workflow_run"):
+            value = json.loads(doc)
+            assert value["run"] == i and len(value["secrets"]) == 2
+            for item, suffix in zip(value["secrets"], "ab", strict=True):
+                assert item["value"].startswith("kt1:2:")
+                context = keyturn.row_context("workflow_run", "variables", (i,))
+                opened = store.decrypt(item["value"], context=context + "$.secrets[*].value")
+                assert opened == f"s{i}-{suffix}"
