@@ -8,18 +8,18 @@ bound to the row), so a token moved to another field or row fails.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
 from keyturn._core import tokens
-from keyturn._core.jsonpath import JsonPath, locate, splice, transform
+from keyturn._core.jsonpath import JsonPath, leaves, locate, splice, transform
 from keyturn.config import ColumnSpec
 from keyturn.errors import ConfigError, InvalidDocument
 from keyturn.store import Store
 
 MASK = "********"
-Document = TypeVar("Document", str, dict[str, Any], list[Any])
+Document = TypeVar("Document", bound=str | dict[str, Any] | list[Any])
 
 
 class JsonFields:
@@ -69,6 +69,14 @@ class JsonFields:
         """Every secret field that holds text replaced by ``********`` (for API output)."""
         return self._apply(document, lambda field, value: MASK)
 
+    def unmask(self, document: Any, stored: Any) -> Any:
+        """A parsed document as a form sends it back, with every secret field still
+        ``********`` given the value it has in ``stored`` (the opened document)."""
+        result = document
+        for path, _ in self._fields:
+            result = transform(result, path, partial(_unmasked, iter(leaves(stored, path))))
+        return result
+
     def _pk(self, pk: Sequence[Any] | None) -> tuple[Any, ...]:
         if self._spec.bind == "row":
             if pk is None:
@@ -99,7 +107,7 @@ class JsonFields:
                     new = one(field, path, value)  # an object or array (end -1) is refused
                     if new is not value:
                         edits.append((start, end, new))
-            return splice(document, edits) if edits else document
+            return splice(document, edits) if edits else document  # type: ignore[return-value]
         if not isinstance(document, dict | list):
             raise InvalidDocument(
                 f"{self._spec.name}: a document is JSON text, a dict or a list, "
@@ -109,6 +117,12 @@ class JsonFields:
         for path, field in self._fields:
             result = transform(result, path, partial(one, field, path))
         return result  # type: ignore[no-any-return]
+
+
+def _unmasked(kept: Iterator[Any], value: Any) -> Any:
+    """``value``, or where it is the mask, the stored value at the same place."""
+    stored = next(kept, None)
+    return stored if value == MASK else value
 
 
 def _kind(value: Any) -> str:

@@ -144,6 +144,8 @@ def test_manage_py_keyturn_and_system_checks(project: Project) -> None:
     assert {c["column"] for c in status["columns"]} == {
         "vault_credential.api_key",
         "vault_credential.notes",
+        "vault_connector.config$.apiKey",
+        "vault_connector.config$.headers[*].value",
     }
     assert project.manage("keyturn", "--help").stdout.count("rotate") >= 1
     busy = project.manage("keyturn", "destroy-key", "1", "--yes", check=False)
@@ -277,6 +279,63 @@ def test_the_admin_masks_secrets_and_keeps_them_unless_changed(
         "kept: sk_live_shown_nowhere",
         "changed: sk_live_new",
     ], out
+
+
+JSON_SESSION = """
+import json
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import Client
+from vault.models import Connector
+config = {"url": "https://api.example", "apiKey": "sk_live_json_1", "headers": [{"value": "hv-1"}]}
+Connector.objects.create(id=1, name="github", config=config)
+with connection.cursor() as cursor:
+    cursor.execute("SELECT config FROM vault_connector")
+    stored = cursor.fetchone()[0]
+sealed = "sk_live_json_1" not in stored and "hv-1" not in stored
+print("sealed:", sealed and "api.example" in stored)
+print("read:", Connector.objects.get(id=1).config == config)
+found = Connector.objects.filter(config__url="https://api.example")
+print("lookup:", list(found.values_list("id", flat=True)))
+User.objects.create_superuser("root", "root@example.com", "pw-for-tests-only")
+client = Client()
+assert client.login(username="root", password="pw-for-tests-only")
+page = client.get("/admin/vault/connector/1/change/").content.decode()
+leaked = "sk_live_json_1" in page or "hv-1" in page
+print("secret in page:", leaked, "masked:", "********" in page)
+shown = {"url": "https://api.example/v2", "apiKey": "********", "headers": [{"value": "********"}]}
+form = {"name": "github", "config": json.dumps(shown)}
+reply = client.post("/admin/vault/connector/1/change/", form)
+print("saved:", reply.status_code)
+print("kept:", Connector.objects.get(id=1).config == {**config, "url": "https://api.example/v2"})
+"""
+
+
+@sqlite_only
+def test_a_json_field_seals_its_secrets_and_the_admin_masks_them(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = Project(database, tmp_path)
+    made.env["DJ_ADMIN"] = "1"
+    monkeypatch.setenv("KEYTURN_KEK", made.env["KEYTURN_KEK"])
+    made.manage("migrate", "--run-syncdb", "-v", "0")
+    made.manage("keyturn", "init")
+    out = made.shell(JSON_SESSION).stdout.splitlines()
+    assert out == [
+        "sealed: True",
+        "read: True",
+        "lookup: [1]",
+        "secret in page: False masked: True",
+        "saved: 302",
+        "kept: True",
+    ], out
+    rotated = json.loads(made.manage("keyturn", "rotate", "--yes", "--json").stdout)
+    assert rotated["columns"]["vault_connector.config$.apiKey"]["rotated"] == 1
+    assert rotated["columns"]["vault_connector.config$.headers[*].value"]["rotated"] == 1
+    again = made.shell(
+        "from vault.models import Connector\nprint(Connector.objects.get(id=1).config['apiKey'])\n"
+    )
+    assert again.stdout.strip() == "sk_live_json_1"
 
 
 @sqlite_only

@@ -133,6 +133,11 @@ def _find_plain(document: str, paths: Sequence[JsonPath]) -> list[list[Found]] |
     return found
 
 
+def leaves(value: Any, path: JsonPath) -> list[Any]:
+    """The values ``path`` names in a parsed document, in document order."""
+    return _leaves(value, path.segments, {})
+
+
 def _leaves(
     value: Any, segments: tuple[str | None, ...], members: dict[str, set[int]]
 ) -> list[Any]:

@@ -78,6 +78,11 @@ def build_config() -> Config:
             "table": model._meta.db_table,
             "column": field.column,
             "primary_key": model._meta.pk.column,
+            **(
+                {"json_fields": list(field.keyturn_json_fields)}
+                if getattr(field, "keyturn_json_fields", None)
+                else {}
+            ),
         }
         for model, field in encrypted_fields()
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django import forms
@@ -9,8 +10,11 @@ from django.core import checks
 from django.db import models
 
 from keyturn._core.context import column_context
+from keyturn._core.jsonpath import parse_path
 from keyturn._core.tokens import token_length
-from keyturn.errors import UnqueryableColumn
+from keyturn.config import ColumnSpec
+from keyturn.documents import JsonFields
+from keyturn.errors import ConfigError, UnqueryableColumn
 from keyturn.integrations.django.conf import store
 
 
@@ -94,6 +98,63 @@ class _EncryptedMixin:
             "it would match nothing meaningful; filter in Python after loading, or keep a "
             "separate searchable field (only __isnull works)"
         )
+
+
+class EncryptedJSONField(models.JSONField):  # type: ignore[misc]
+    """A JSON document whose ``fields`` (paths such as ``"$.apiKey"``) are secrets:
+    sealed on save and opened on load, each bound to its path
+    (``table.column$.apiKey``), as keyturn's commands expect of a column with
+    ``json_fields``. The rest of the document is plain JSON: lookups on it work.
+    In forms and the admin the secret fields show as ``********``; a field left
+    at ``********`` keeps the stored secret."""
+
+    keyturn_encrypted = True
+
+    def __init__(self, *args: Any, fields: Sequence[str] = (), **kwargs: Any) -> None:
+        if not fields:
+            raise ConfigError('EncryptedJSONField needs fields=["$.apiKey", ...]')
+        #: The paths as keyturn.toml's ``json_fields`` spells them (checked now).
+        self.keyturn_json_fields = tuple(parse_path(f).text for f in fields)
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self) -> Any:
+        name, path, args, kwargs = super().deconstruct()
+        return name, path, args, {**kwargs, "fields": list(self.keyturn_json_fields)}
+
+    def _json_fields(self) -> JsonFields:
+        current = store()
+        cached = self.__dict__.get("_keyturn_fields")
+        if cached is None or cached._store is not current:
+            meta = self.model._meta
+            paths = tuple(parse_path(f) for f in self.keyturn_json_fields)
+            spec = ColumnSpec(meta.db_table, self.column, (meta.pk.column,), json_fields=paths)
+            cached = self.__dict__["_keyturn_fields"] = JsonFields(current, spec)
+        return cached
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        value = super().from_db_value(value, expression, connection)
+        if value is None or not isinstance(value, dict | list):
+            return value
+        return self._json_fields().decrypt(value)
+
+    def get_prep_value(self, value: Any) -> Any:
+        if isinstance(value, dict | list):
+            value = self._json_fields().encrypt(value)
+        return super().get_prep_value(value)
+
+    def value_from_object(self, obj: Any) -> Any:
+        """What forms and the admin show: the document with its secrets masked."""
+        value = super().value_from_object(obj)
+        if isinstance(value, dict | list):
+            return self._json_fields().mask(value)
+        return value
+
+    def save_form_data(self, instance: Any, data: Any) -> None:
+        """A secret field submitted as ``********`` keeps the value it had."""
+        current = getattr(instance, self.attname, None)
+        if isinstance(data, dict | list) and current is not None:
+            data = self._json_fields().unmask(data, current)
+        super().save_form_data(instance, data)
 
 
 class EncryptedTextField(_EncryptedMixin, models.TextField):  # type: ignore[misc]
