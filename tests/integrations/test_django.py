@@ -242,6 +242,16 @@ def test_taking_over_a_plaintext_field_with_the_app_live(project: Project) -> No
     assert out.stdout.strip() == "['sk_new_1', 'sk_plain_2']"
 
 
+def admin_project(database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
+    """The project with the admin installed, migrated and initialized."""
+    made = Project(database, tmp_path)
+    made.env["DJ_ADMIN"] = "1"
+    monkeypatch.setenv("KEYTURN_KEK", made.env["KEYTURN_KEK"])
+    made.manage("migrate", "--run-syncdb", "-v", "0")
+    made.manage("keyturn", "init")
+    return made
+
+
 ADMIN_SESSION = """
 from django.contrib.auth.models import User
 from django.test import Client
@@ -266,11 +276,7 @@ print("changed:", Credential.objects.get(id=1).api_key)
 def test_the_admin_masks_secrets_and_keeps_them_unless_changed(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    made = Project(database, tmp_path)
-    made.env["DJ_ADMIN"] = "1"
-    monkeypatch.setenv("KEYTURN_KEK", made.env["KEYTURN_KEK"])
-    made.manage("migrate", "--run-syncdb", "-v", "0")
-    made.manage("keyturn", "init")
+    made = admin_project(database, tmp_path, monkeypatch)
     out = made.shell(ADMIN_SESSION).stdout.splitlines()
     assert out == [
         "secret in page: False",
@@ -315,11 +321,7 @@ print("kept:", Connector.objects.get(id=1).config == {**config, "url": "https://
 def test_a_json_field_seals_its_secrets_and_the_admin_masks_them(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    made = Project(database, tmp_path)
-    made.env["DJ_ADMIN"] = "1"
-    monkeypatch.setenv("KEYTURN_KEK", made.env["KEYTURN_KEK"])
-    made.manage("migrate", "--run-syncdb", "-v", "0")
-    made.manage("keyturn", "init")
+    made = admin_project(database, tmp_path, monkeypatch)
     out = made.shell(JSON_SESSION).stdout.splitlines()
     assert out == [
         "sealed: True",
@@ -347,11 +349,7 @@ def test_the_admin_masks_secrets_in_a_real_browser(
     from browser import chrome
     from selenium.webdriver.common.by import By
 
-    made = Project(database, tmp_path)
-    made.env["DJ_ADMIN"] = "1"
-    monkeypatch.setenv("KEYTURN_KEK", made.env["KEYTURN_KEK"])
-    made.manage("migrate", "--run-syncdb", "-v", "0")
-    made.manage("keyturn", "init")
+    made = admin_project(database, tmp_path, monkeypatch)
     made.shell(
         "from django.contrib.auth.models import User\n"
         "from vault.models import Credential\n"

@@ -214,33 +214,46 @@ def test_a_token_moved_to_another_field_or_row_fails(
     assert verified["columns"][base + "$.apiKey"]["failed"] == 2
 
 
-def test_the_app_editing_other_fields_during_a_rotation_keeps_every_edit(
-    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The compare-and-swap covers the whole document: an app process bumping a
-    counter in the documents while keyturn rotates their secrets loses no bump,
-    and every secret still opens."""
+def workflow_app(
+    database: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    documents: list[dict[str, Any]],
+    entry: str,
+) -> App:
+    """``workflow_run(id, variables)`` holding ``documents`` (JSON on MariaDB, text
+    elsewhere), taken over by keyturn with the column ``entry`` (TOML lines)."""
     kind = "JSON" if database.kind == "mysql" else "TEXT"
     database.execute(f"CREATE TABLE workflow_run (id INTEGER PRIMARY KEY, variables {kind})")
-    rows = 3000
     engine = create_engine(database.url)
     with engine.begin() as conn:
         conn.execute(
             text("INSERT INTO workflow_run VALUES (:i, :d)"),
-            [
-                {"i": i, "d": json.dumps({"token": f"tok-{i}", "n": 0, "keep": [i, "x"]})}
-                for i in range(rows)
-            ],
+            [{"i": i, "d": json.dumps(d)} for i, d in enumerate(documents)],
         )
+    engine.dispose()
     (tmp_path / "keyturn.toml").write_text(
         f'database = "{database.url}"\n[[columns]]\ntable = "workflow_run"\n'
-        'column = "variables"\njson_fields = ["$.token"]\n'
+        f'column = "variables"\n{entry}'
     )
     monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
     monkeypatch.chdir(tmp_path)
     app = App(tmp_path, dict(os.environ))
     app.cli("init", check=True)
     app.cli("encrypt-existing", check=True)
+    return app
+
+
+def test_the_app_editing_other_fields_during_a_rotation_keeps_every_edit(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compare-and-swap covers the whole document: an app process bumping a
+    counter in the documents while keyturn rotates their secrets loses no bump,
+    and every secret still opens."""
+    rows = 3000
+    documents = [{"token": f"tok-{i}", "n": 0, "keep": [i, "x"]} for i in range(rows)]
+    app = workflow_app(database, tmp_path, monkeypatch, documents, 'json_fields = ["$.token"]\n')
+    engine = create_engine(database.url)
     bumps: dict[int, int] = {}
     stop = threading.Event()
 
@@ -521,33 +534,13 @@ def test_documents_survive_a_killed_parallel_rotation(
     every document keeps everything but its fields, and every field is on v2."""
     from parallel_app import kill_mid_job_and_resume
 
-    kind = "JSON" if database.kind == "mysql" else "TEXT"
-    database.execute(f"CREATE TABLE workflow_run (id INTEGER PRIMARY KEY, variables {kind})")
     rows = 4000
-    engine = create_engine(database.url)
-    with engine.begin() as conn:
-        conn.execute(
-            text("INSERT INTO workflow_run VALUES (:i, :d)"),
-            [
-                {
-                    "i": i,
-                    "d": json.dumps(
-                        {"run": i, "secrets": [{"value": f"s{i}-a"}, {"value": f"s{i}-b"}]}
-                    ),
-                }
-                for i in range(rows)
-            ],
-        )
-    engine.dispose()
-    (tmp_path / "keyturn.toml").write_text(
-        f'database = "{database.url}"\n[[columns]]\ntable = "workflow_run"\n'
-        'column = "variables"\nbind = "row"\njson_fields = ["$.secrets[*].value"]\n'
-    )
-    monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
-    monkeypatch.chdir(tmp_path)
-    app = App(tmp_path, dict(os.environ))
-    app.cli("init", check=True)
-    assert report(app, "encrypt-existing")["encrypted"] == 2 * rows
+    documents = [
+        {"run": i, "secrets": [{"value": f"s{i}-a"}, {"value": f"s{i}-b"}]} for i in range(rows)
+    ]
+    entry = 'bind = "row"\njson_fields = ["$.secrets[*].value"]\n'
+    app = workflow_app(database, tmp_path, monkeypatch, documents, entry)
+    assert report(app, "status")["columns"][0]["by_version"] == {"1": 2 * rows}
     rotation = app.start(
         "rotate", "--yes", "--json", "--workers", "2", "--rows-per-chunk", "500",
         "--max-rate", "3000",
