@@ -21,6 +21,7 @@ from keyturn.errors import ConfigError, InvalidDocument
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
+_MISSING = object()
 # The json module's own string scanner: (text, index after the opening quote) -> (string, end).
 _scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 #: A ``[*]`` segment.
@@ -33,6 +34,8 @@ class JsonPath:
 
     text: str
     segments: tuple[str | None, ...]  # a member name, or EACH
+    #: No ``[*]``: the path names at most one field of a document.
+    direct: bool = True
 
     def __str__(self) -> str:
         return self.text
@@ -68,7 +71,7 @@ def parse_path(text: str) -> JsonPath:
             raise ConfigError(usage)
     if not segments:
         raise ConfigError(f"{usage}; $ alone is the whole document: leave json_fields out")
-    return JsonPath(_canonical(segments), tuple(segments))
+    return JsonPath(_canonical(segments), tuple(segments), EACH not in segments)
 
 
 def _canonical(segments: Sequence[str | None]) -> str:
@@ -111,48 +114,66 @@ def _find_plain(document: str, paths: Sequence[JsonPath]) -> list[list[Found]] |
     except ValueError:
         raise InvalidDocument("not valid JSON") from None
     found: list[list[Found]] = []
-    members: dict[str, set[int]] = {}  # name -> the objects it was found in
+    passed: set[tuple[str, int]] = set()  # (member name, id of the object) on the way
     for path in paths:
         spans: list[Found] = []
-        for leaf in _leaves(value, path.segments, members):
-            if isinstance(leaf, str):
-                quoted = f'"{leaf}"'
+        if path.direct:  # no [*]: at most one field, reached by names alone
+            node: Any = value
+            for name in path.segments:
+                if type(node) is not dict:
+                    node = _MISSING
+                    break
+                passed.add((name, id(node)))  # type: ignore[arg-type]
+                node = node.get(name, _MISSING)
+            fields = [] if node is _MISSING else [node]
+        else:
+            fields = _leaves(value, path.segments, passed)
+        for leaf in fields:
+            if type(leaf) is str:
+                quoted = '"' + leaf + '"'
                 start = document.find(quoted)
-                if start < 0 or document.find(quoted, start + 1) >= 0:
-                    return None
                 end = start + len(quoted)
-                if document.startswith(":", _ws(document, end)):
+                if start < 0 or document.find(quoted, end) >= 0:
+                    return None
+                after = document[end : end + 1]
+                if after == ":" or (
+                    after.isspace() and document.startswith(":", _ws(document, end))
+                ):
                     return None
                 spans.append((start, end, leaf))
             else:
                 spans.append((0, -1 if isinstance(leaf, dict | list) else 0, leaf))
         found.append(spans)
-    for name, objects in members.items():
-        if document.count(f'"{name}"') != len(objects):
+    counts: dict[str, int] = {}
+    for name, _ in passed:
+        counts[name] = counts.get(name, 0) + 1
+    for name, n in counts.items():
+        if document.count('"' + name + '"') != n:
             return None
     return found
 
 
 def leaves(value: Any, path: JsonPath) -> list[Any]:
     """The values ``path`` names in a parsed document, in document order."""
-    return _leaves(value, path.segments, {})
+    return _leaves(value, path.segments, set())
 
 
 def _leaves(
-    value: Any, segments: tuple[str | None, ...], members: dict[str, set[int]]
+    value: Any, segments: tuple[str | None, ...], passed: set[tuple[str, int]]
 ) -> list[Any]:
-    """The values ``segments`` lead to; notes in ``members`` each object passed through."""
+    """The values ``segments`` lead to; notes in ``passed`` each (member, object) on
+    the way."""
     if not segments:
         return [value]
     head, rest = segments[0], segments[1:]
     if head is EACH:
         if isinstance(value, list):
-            return [leaf for item in value for leaf in _leaves(item, rest, members)]
+            return [leaf for item in value for leaf in _leaves(item, rest, passed)]
         return []
     if isinstance(value, dict):
-        members.setdefault(head, set()).add(id(value))
+        passed.add((head, id(value)))
         if head in value:
-            return _leaves(value[head], rest, members)
+            return _leaves(value[head], rest, passed)
     return []
 
 
@@ -246,9 +267,12 @@ def splice(document: str, edits: Sequence[tuple[int, int, str]]) -> str:
     text; every other character stays as it was."""
     parts = []
     last = 0
-    for start, end, new in sorted(edits):
+    for start, end, new in sorted(edits) if len(edits) > 1 else edits:
         parts.append(document[last:start])
-        parts.append(json.dumps(new, ensure_ascii=False))
+        if '"' in new or "\\" in new or not new.isprintable():
+            parts.append(json.dumps(new, ensure_ascii=False))
+        else:  # a token, and most text: nothing to escape
+            parts.append('"' + new + '"')
         last = end
     parts.append(document[last:])
     return "".join(parts)

@@ -37,67 +37,74 @@ def each_field(
     fields = spec.fields()
     paths = [path for path, _ in fields]
     decides = [decider(field) for _, field in fields]
-    empty_doc = (empty,)
-    failed_doc = (FAILED,)
+    # Each path's categories, spelled once: "$.apiKey\trotated".
+    names: list[dict[str, str]] = [{} for _ in paths]
+
+    def name(i: int, category: str) -> str:
+        spelled = names[i].get(category)
+        if spelled is None:
+            spelled = names[i][category] = field_category(paths[i].text, category)
+        return spelled
 
     def decide(
         pks: Sequence[PK], documents: Sequence[Any]
     ) -> tuple[list[Category], list[str | None]]:
         categories: list[list[str]] = [[] for _ in documents]
         texts: list[str] = [""] * len(documents)
-        # Per path: the documents' string values there, and where each one is.
-        todo: list[tuple[list[PK], list[str], list[tuple[int, int, int]]]] = [
-            ([], [], []) for _ in paths
-        ]
+        # Per path: its string fields in the batch (the document, the span, the value).
+        rows: list[list[int]] = [[] for _ in paths]
+        spans_: list[list[tuple[int, int]]] = [[] for _ in paths]
+        values: list[list[str]] = [[] for _ in paths]
         for j, document in enumerate(documents):
-            if document is None or document == "":
-                categories[j] = list(empty_doc)
-                continue
-            if isinstance(document, bytes | bytearray):
-                try:
-                    document = bytes(document).decode()
-                except UnicodeDecodeError:
-                    categories[j] = list(failed_doc)
+            if type(document) is not str:
+                document = _as_text(document)
+                if document is None:
+                    categories[j].append(empty if documents[j] is None else FAILED)
                     continue
-            if not isinstance(document, str):
-                categories[j] = list(failed_doc)
+            if not document:
+                categories[j].append(empty)
                 continue
             texts[j] = document
             try:
                 found = locate(document, paths)
             except InvalidDocument:
-                categories[j] = list(failed_doc)
+                categories[j].append(FAILED)
                 continue
             for i, spans in enumerate(found):
-                text = paths[i].text
                 for start, end, value in spans:
-                    if value is None:
-                        categories[j].append(field_category(text, empty))
-                    elif isinstance(value, str) and end >= 0:
-                        keys, values, where = todo[i]
-                        keys.append(pks[j])
-                        values.append(value)
-                        where.append((j, start, end))
+                    if type(value) is str and end >= 0:
+                        rows[i].append(j)
+                        spans_[i].append((start, end))
+                        values[i].append(value)
                     else:
-                        categories[j].append(field_category(text, FAILED))
-        edits: list[list[tuple[int, int, str]]] = [[] for _ in documents]
-        for i, (keys, values, where) in enumerate(todo):
-            if not values:
+                        categories[j].append(name(i, empty if value is None else FAILED))
+        edits: dict[int, list[tuple[int, int, str]]] = {}
+        for i, decide_field in enumerate(decides):
+            if not values[i]:
                 continue
-            text = paths[i].text
-            field_categories, news = decides[i](keys, values)
-            for (j, start, end), category, new in zip(where, field_categories, news, strict=True):
-                assert isinstance(category, str)  # a field is a plain value
-                categories[j].append(field_category(text, category))
+            decided, news = decide_field([pks[j] for j in rows[i]], values[i])
+            for j, (start, end), category, new in zip(
+                rows[i], spans_[i], decided, news, strict=True
+            ):
+                categories[j].append(name(i, category))  # type: ignore[arg-type]
                 if new is not None:
-                    edits[j].append((start, end, new))
+                    edits.setdefault(j, []).append((start, end, new))
         out: list[str | None] = [None] * len(documents)
-        for j, changes in enumerate(edits):
-            if changes:
-                out[j] = splice(texts[j], changes)
+        for j, changes in edits.items():
+            out[j] = splice(texts[j], changes)
         return [tuple(c) for c in categories], out
 
     return decide
+
+
+def _as_text(document: Any) -> str | None:
+    """A document read as bytes decoded; None for NULL and anything else."""
+    if isinstance(document, bytes | bytearray):
+        try:
+            return bytes(document).decode()
+        except UnicodeDecodeError:
+            return None
+    return None
 
 
 def batch_decider(
