@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench soak clean
+.PHONY: demo test test-node lint bench soak clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+	$(MAKE) test-node
+
+# The Node.js client (clients/node), against databases this venv's keyturn CLI makes.
+test-node: $(STAMP)
+	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
+	cd clients/node && KEYTURN_PYTHON=$(abspath $(PY)) npm test
 
 # The concurrency model (tests/processes/test_model.py) on long schedules, outside the suite.
 soak: $(STAMP)
@@ -33,4 +39,4 @@ bench: $(STAMP)
 	$(PY) bench/rotate.py
 
 clean:
-	rm -rf $(VENV) demo/work .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo/work .pytest_cache .mypy_cache .ruff_cache clients/node/node_modules

@@ -1,0 +1,169 @@
+// The keyring an app process reads and writes with: the data keys of
+// `keyturn_keys`, unwrapped by the KEK, following rotations under the
+// app-process contract (docs/ROTATION.md): the active version is re-read at
+// least every `refreshSeconds`, and a token under a version this process has
+// not seen yet makes it reload (at most once a second).
+
+import { ConfigError, CorruptKeyring, NotInitialized, UnknownKeyVersion } from "./errors.js";
+import { localKek } from "./kek.js";
+import { header, openBlob, parse, seal } from "./tokens.js";
+
+const RELOAD_INTERVAL_MS = 1000;
+
+/** The AAD binding a wrapped DEK to its keyring and version. */
+function wrapAad(keyringId, version) {
+  return Buffer.from(`keyturn-dek:v1:${keyringId}:${version}`, "utf8");
+}
+
+/**
+ * Load and unwrap a database's keyring.
+ * @param {object} options
+ * @param {string|object} options.kek "env:NAME", "file:PATH", or a KEK object ({ unwrap })
+ * @param {object} options.db an adapter: fromBetterSqlite3(db), fromPg(pool), fromMysql2(pool)
+ * @param {number} [options.refreshSeconds=30] the [apps] refresh_seconds of keyturn.toml
+ */
+export async function openKeyring({ kek, db, refreshSeconds = 30, now = Date.now } = {}) {
+  if (!db || typeof db.query !== "function") {
+    throw new ConfigError("openKeyring needs db: an adapter such as fromBetterSqlite3(database)");
+  }
+  if (!(refreshSeconds > 0 && refreshSeconds <= 86400)) {
+    throw new ConfigError("refreshSeconds must be a number of seconds, 0 < s <= 86400");
+  }
+  const theKek = typeof kek === "string" ? localKek(kek) : kek;
+  if (!theKek || typeof theKek.unwrap !== "function") {
+    throw new ConfigError('openKeyring needs kek: "env:NAME", "file:PATH" or a KEK object');
+  }
+  const keyring = new Keyring(theKek, db, refreshSeconds * 1000, now);
+  await keyring.reload();
+  return keyring;
+}
+
+export class Keyring {
+  #kek;
+  #db;
+  #refreshMs;
+  #now;
+  #keys = new Map(); // version -> 32-byte key
+  #destroyed = new Set();
+  #active = 0;
+  #keyringId = "";
+  #nextRefresh = 0;
+  #lastReload = -Infinity;
+
+  constructor(kek, db, refreshMs, now) {
+    this.#kek = kek;
+    this.#db = db;
+    this.#refreshMs = refreshMs;
+    this.#now = now;
+  }
+
+  /** The version new tokens are sealed under. */
+  get activeVersion() {
+    return this.#active;
+  }
+
+  get keyringId() {
+    return this.#keyringId;
+  }
+
+  /** Re-read every version and unwrap the ones not held yet (WrongKEK if one does not open). */
+  async reload() {
+    let meta;
+    let rows;
+    try {
+      meta = await this.#db.query("SELECT value FROM keyturn_meta WHERE name = 'keyring_id'", []);
+      rows = await this.#db.query(
+        "SELECT version, wrapped_dek, state FROM keyturn_keys ORDER BY version",
+        [],
+      );
+    } catch (err) {
+      if (/no such table|does not exist|doesn't exist/i.test(String(err?.message))) {
+        throw new NotInitialized("this database has no keyturn keyring yet; run `keyturn init`");
+      }
+      throw err;
+    }
+    if (!meta.length || !rows.length) {
+      throw new NotInitialized("this database has no keyturn keyring yet; run `keyturn init`");
+    }
+    const keyringId = String(meta[0].value);
+    const active = rows.filter((r) => r.state === "active").map((r) => Number(r.version));
+    if (active.length !== 1) {
+      throw new CorruptKeyring(`keyturn_keys has ${active.length} active versions; exactly one is required`);
+    }
+    const keys = new Map();
+    const destroyed = new Set();
+    for (const row of rows) {
+      const version = Number(row.version);
+      if (row.state === "destroyed" || row.wrapped_dek == null) {
+        destroyed.add(version);
+        continue;
+      }
+      const held = keyringId === this.#keyringId ? this.#keys.get(version) : undefined;
+      keys.set(version, held ?? (await this.#kek.unwrap(String(row.wrapped_dek), wrapAad(keyringId, version))));
+    }
+    this.#keyringId = keyringId;
+    this.#keys = keys;
+    this.#destroyed = destroyed;
+    this.#active = active[0];
+    this.#lastReload = this.#now();
+    this.#nextRefresh = this.#lastReload + this.#refreshMs;
+  }
+
+  /** Seal `plaintext` (string or Buffer) for `context`; null stays null, "" stays "". */
+  async encrypt(plaintext, { context } = {}) {
+    checkContext(context);
+    if (plaintext === null || plaintext === undefined) return null;
+    if (plaintext === "") return "";
+    if (typeof plaintext !== "string" && !Buffer.isBuffer(plaintext)) {
+      throw new TypeError(`encrypt takes a string or a Buffer, not ${typeof plaintext}`);
+    }
+    if (this.#now() >= this.#nextRefresh) await this.reload();
+    return seal(this.#keys.get(this.#active), this.#active, context, plaintext);
+  }
+
+  /** Open a token sealed for `context` as a UTF-8 string; null stays null, "" stays "". */
+  async decrypt(token, { context } = {}) {
+    const opened = await this.decryptBytes(token, { context });
+    return opened === null || opened === "" ? opened : opened.toString("utf8");
+  }
+
+  /** Open a token as a Buffer. InvalidToken for anything that does not open, with no detail. */
+  async decryptBytes(token, { context } = {}) {
+    checkContext(context);
+    if (token === null || token === undefined) return null;
+    if (token === "") return "";
+    const { version, blob } = parse(token);
+    let key = this.#keys.get(version);
+    if (key === undefined) {
+      if (!this.#destroyed.has(version) && this.#now() - this.#lastReload >= RELOAD_INTERVAL_MS) {
+        await this.reload();
+        key = this.#keys.get(version);
+      }
+      if (key === undefined) {
+        throw new UnknownKeyVersion(version, this.#destroyed.has(version) ? "destroyed" : "");
+      }
+    }
+    return openBlob(key, version, blob, context);
+  }
+
+  /** Whether a stored value should be re-saved through encrypt (not on the active version). */
+  needsRewrap(value) {
+    return Boolean(value) && !String(value).startsWith(header(this.#active));
+  }
+
+  toJSON() {
+    return { keyringId: this.#keyringId, activeVersion: this.#active, kek: this.#kek.kekId };
+  }
+
+  [Symbol.for("nodejs.util.inspect.custom")]() {
+    return `Keyring(${this.#keyringId}, active v${this.#active}, ${this.#keys.size} key(s))`;
+  }
+}
+
+function checkContext(context) {
+  if (typeof context !== "string" || !context) {
+    throw new ConfigError('a context is required: { context: "table.column" } (see rowContext)');
+  }
+}
+
+

@@ -1,0 +1,203 @@
+// The Node keyring against databases the keyturn CLI (Python) initialises and
+// rotates: tokens cross both ways, a running keyring follows `keyturn rotate`,
+// and a wrong or unsafe KEK is refused. SQLite always; PostgreSQL and MariaDB
+// where they answer (KEYTURN_REQUIRE_SERVICES=1 makes a missing server fail).
+
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createConnection } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import Database from "better-sqlite3";
+import {
+  ConfigError,
+  InvalidKEK,
+  InvalidToken,
+  UnknownKeyVersion,
+  WrongKEK,
+  fromBetterSqlite3,
+  fromMysql2,
+  fromPg,
+  openKeyring,
+  rowContext,
+} from "../src/index.js";
+
+const PYTHON = process.env.KEYTURN_PYTHON ?? new URL("../../../.venv/bin/python", import.meta.url).pathname;
+
+/** A directory with keyturn.toml for `url`, a fresh KEK, and a way to run Python there. */
+function project(url, columns = "") {
+  const dir = mkdtempSync(join(tmpdir(), "keyturn-node-"));
+  writeFileSync(join(dir, "keyturn.toml"), `database = "${url.replace("{dir}", dir)}"\n${columns}`);
+  const env = { ...process.env, KEYTURN_KEK: randomBytes(32).toString("hex") };
+  const run = (...args) => execFileSync(PYTHON, args, { cwd: dir, env, encoding: "utf8" });
+  return { dir, env, cli: (...args) => run("-m", "keyturn", ...args), python: (code) => run("-c", code) };
+}
+
+/** Python's Store sealing `values` ({context: plaintext}), then opening `tokens` ({context: token}). */
+function pythonRoundTrip(p, values, tokens) {
+  const code = `
+import json, keyturn
+with keyturn.open() as store:
+    values, tokens = json.loads(${JSON.stringify(JSON.stringify([values, tokens]))})
+    print(json.dumps({
+        "sealed": {c: store.encrypt(v, context=c) for c, v in values.items()},
+        "opened": {c: store.decrypt(t, context=c) for c, t in tokens.items()},
+    }))
+`;
+  return JSON.parse(p.python(code));
+}
+
+test("SQLite: tokens cross between Python and Node, and Node follows a rotation", async () => {
+  const p = project("sqlite:///{dir}/app.db");
+  new Database(join(p.dir, "app.db")).close();
+  p.cli("init");
+  const db = new Database(join(p.dir, "app.db"));
+  process.env.KEYTURN_KEK = p.env.KEYTURN_KEK;
+  try {
+    const keyring = await openKeyring({
+      kek: "env:KEYTURN_KEK",
+      db: fromBetterSqlite3(db),
+      refreshSeconds: 0.2,
+    });
+    const context = rowContext("integrations", "api_key", [42, "eu,west"]);
+    const fromNode = await keyring.encrypt("sk_live_from_node_é", { context });
+    assert.match(fromNode, /^kt1:1:/);
+    const { sealed, opened } = pythonRoundTrip(p, { "users.secret": "from python ✓" }, { [context]: fromNode });
+    assert.equal(opened[context], "sk_live_from_node_é");
+    assert.equal(await keyring.decrypt(sealed["users.secret"], { context: "users.secret" }), "from python ✓");
+    await assert.rejects(keyring.decrypt(sealed["users.secret"], { context: "users.other" }), InvalidToken);
+    assert.equal(await keyring.decrypt(null, { context }), null);
+    assert.equal(await keyring.encrypt("", { context }), "");
+    await assert.rejects(keyring.encrypt("x", {}), ConfigError);
+
+    p.cli("rotate", "--yes"); // a new active version v2, minted by another process
+    const v2 = pythonRoundTrip(p, { "users.secret": "after rotation" }, {}).sealed["users.secret"];
+    assert.match(v2, /^kt1:2:/);
+    assert.equal(await keyring.decrypt(v2, { context: "users.secret" }), "after rotation"); // reloads
+    await new Promise((resolve) => setTimeout(resolve, 250)); // past refreshSeconds
+    assert.match(await keyring.encrypt("new", { context: "users.secret" }), /^kt1:2:/);
+    assert.equal(keyring.needsRewrap(fromNode), true);
+    await assert.rejects(keyring.decrypt("kt1:9:" + "A".repeat(40), { context }), UnknownKeyVersion);
+    assert.doesNotMatch(JSON.stringify(keyring) + String(keyring), new RegExp(p.env.KEYTURN_KEK));
+  } finally {
+    delete process.env.KEYTURN_KEK;
+    db.close();
+  }
+});
+
+test("a wrong KEK, a missing one, a malformed one and an unsafe key file are refused", async () => {
+  const p = project("sqlite:///{dir}/app.db");
+  new Database(join(p.dir, "app.db")).close();
+  p.cli("init");
+  const db = fromBetterSqlite3(new Database(join(p.dir, "app.db")));
+  const other = randomBytes(32).toString("hex");
+  process.env.KT_NODE_OTHER = other;
+  process.env.KT_NODE_SHORT = "abcd";
+  try {
+    await assert.rejects(openKeyring({ kek: "env:KT_NODE_OTHER", db }), WrongKEK);
+    await assert.rejects(openKeyring({ kek: "env:KT_NODE_MISSING", db }), InvalidKEK);
+    await assert.rejects(openKeyring({ kek: "env:KT_NODE_SHORT", db }), (err) => {
+      assert.ok(err instanceof InvalidKEK && !err.message.includes("abcd"));
+      return true;
+    });
+    const file = join(p.dir, "kek");
+    writeFileSync(file, p.env.KEYTURN_KEK + "\n");
+    chmodSync(file, 0o644);
+    await assert.rejects(openKeyring({ kek: `file:${file}`, db }), /chmod 600/);
+    chmodSync(file, 0o600);
+    const keyring = await openKeyring({ kek: `file:${file}`, db });
+    assert.equal(keyring.activeVersion, 1);
+    const wrongError = await openKeyring({ kek: "env:KT_NODE_OTHER", db }).catch((err) => err);
+    assert.doesNotMatch(wrongError.message, new RegExp(other));
+  } finally {
+    delete process.env.KT_NODE_OTHER;
+    delete process.env.KT_NODE_SHORT;
+  }
+});
+
+function reachable(port) {
+  return new Promise((resolve) => {
+    const socket = createConnection({ host: "127.0.0.1", port });
+    socket.setTimeout(2000);
+    socket.once("connect", () => resolve(socket.end() && true));
+    socket.once("error", () => resolve(false));
+    socket.once("timeout", () => resolve(socket.destroy() && false));
+  });
+}
+
+async function serverOrSkip(t, name, port) {
+  if (await reachable(port)) return true;
+  const reason = `${name} is not reachable on 127.0.0.1:${port}`;
+  if (process.env.KEYTURN_REQUIRE_SERVICES === "1") throw new Error(`${reason} and KEYTURN_REQUIRE_SERVICES=1`);
+  t.skip(reason);
+  return false;
+}
+
+for (const server of [
+  { name: "PostgreSQL", port: 5432, url: "postgresql+psycopg://postgres@127.0.0.1:5432/" },
+  { name: "MariaDB", port: 3306, url: "mysql+pymysql://root@127.0.0.1:3306/" },
+]) {
+  test(`${server.name}: the driver's adapter loads the keyring Python made`, async (t) => {
+    if (!(await serverOrSkip(t, server.name, server.port))) return;
+    const name = "kt_node_" + randomBytes(4).toString("hex");
+    let admin;
+    let pool;
+    if (server.name === "PostgreSQL") {
+      const { default: pg } = await import("pg");
+      admin = new pg.Client({ host: "127.0.0.1", user: "postgres", database: "test" });
+      await admin.connect();
+      await admin.query(`CREATE DATABASE ${name}`);
+      pool = new pg.Pool({ host: "127.0.0.1", user: "postgres", database: name });
+    } else {
+      const mysql = await import("mysql2/promise");
+      admin = await mysql.createConnection({ host: "127.0.0.1", user: "root" });
+      await admin.query(`CREATE DATABASE ${name}`);
+      pool = mysql.createPool({ host: "127.0.0.1", user: "root", database: name });
+    }
+    try {
+      const p = project(server.url + name);
+      p.cli("init");
+      const db = server.name === "PostgreSQL" ? fromPg(pool) : fromMysql2(pool);
+      process.env.KEYTURN_KEK = p.env.KEYTURN_KEK;
+      const keyring = await openKeyring({ kek: "env:KEYTURN_KEK", db });
+      const token = await keyring.encrypt("over the wire", { context: "t.c" });
+      assert.equal(pythonRoundTrip(p, {}, { "t.c": token }).opened["t.c"], "over the wire");
+      p.cli("rotate", "--yes");
+      const v2 = pythonRoundTrip(p, { "t.c": "v2" }, {}).sealed["t.c"];
+      assert.equal(await keyring.decrypt(v2, { context: "t.c" }), "v2");
+    } finally {
+      delete process.env.KEYTURN_KEK;
+      await pool.end();
+      const force = server.name === "PostgreSQL" ? " WITH (FORCE)" : "";
+      await admin.query(`DROP DATABASE IF EXISTS ${name}${force}`);
+      await admin.end();
+    }
+  });
+}
+
+test("the README's example runs as written", async () => {
+  const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
+  const [, snippet] = /```js\n([\s\S]*?)```/.exec(readme);
+  const p = project("sqlite:///{dir}/app.db");
+  new Database(join(p.dir, "app.db")).close();
+  p.cli("init");
+  // Beside the package, so that its imports resolve as an app's would; run in the app's directory.
+  const script = new URL(`./.readme-${randomBytes(4).toString("hex")}.mjs`, import.meta.url).pathname;
+  writeFileSync(
+    script,
+    snippet.replace('from "keyturn"', 'from "../src/index.js"') +
+      "console.log(JSON.stringify({ token, secret, sealed }));\n",
+  );
+  let out;
+  try {
+    out = JSON.parse(execFileSync(process.execPath, [script], { cwd: p.dir, env: p.env, encoding: "utf8" }));
+  } finally {
+    rmSync(script);
+  }
+  assert.equal(out.secret, "sk_live_…");
+  const back = pythonRoundTrip(p, {}, { "webhooks.secret#42": out.sealed }).opened["webhooks.secret#42"];
+  assert.equal(back, "whsec_…");
+});
