@@ -8,7 +8,10 @@ import { ConfigError, CorruptKeyring, NotInitialized, UnknownKeyVersion } from "
 import { localKek } from "./kek.js";
 import { header, openBlob, parse, seal } from "./tokens.js";
 
-const RELOAD_INTERVAL_MS = 1000;
+// Look-ups of a version newer than all held are spaced by this (waiting, never
+// refusing): forged headers cost at most 20 cheap queries a second, and a
+// genuine new version is always found (as Python's Store does).
+const PROBE_MS = 50;
 
 /** The AAD binding a wrapped DEK to its keyring and version. */
 function wrapAad(keyringId, version) {
@@ -29,16 +32,16 @@ export async function openKeyring({ kek, db, refreshSeconds = 30, now = Date.now
   if (!(refreshSeconds > 0 && refreshSeconds <= 86400)) {
     throw new ConfigError("refreshSeconds must be a number of seconds, 0 < s <= 86400");
   }
-  const theKek = typeof kek === "string" ? localKek(kek) : kek;
-  if (!theKek || typeof theKek.unwrap !== "function") {
+  if (typeof kek !== "string" && typeof kek?.unwrap !== "function") {
     throw new ConfigError('openKeyring needs kek: "env:NAME", "file:PATH" or a KEK object');
   }
-  const keyring = new Keyring(theKek, db, refreshSeconds * 1000, now);
+  const keyring = new Keyring(kek, db, refreshSeconds * 1000, now);
   await keyring.reload();
   return keyring;
 }
 
 export class Keyring {
+  #kekSource;
   #kek;
   #db;
   #refreshMs;
@@ -48,10 +51,11 @@ export class Keyring {
   #active = 0;
   #keyringId = "";
   #nextRefresh = 0;
-  #lastReload = -Infinity;
+  #nextProbe = 0;
+  #probe = Promise.resolve();
 
   constructor(kek, db, refreshMs, now) {
-    this.#kek = kek;
+    this.#kekSource = kek;
     this.#db = db;
     this.#refreshMs = refreshMs;
     this.#now = now;
@@ -66,8 +70,22 @@ export class Keyring {
     return this.#keyringId;
   }
 
-  /** Re-read every version and unwrap the ones not held yet (WrongKEK if one does not open). */
+  /**
+   * Read the KEK again (an env var or key file given by name) and unwrap every
+   * version with it: after `keyturn rotate-kek`, with the new KEK in place, the
+   * app picks it up here. WrongKEK if it does not open them all.
+   */
   async reload() {
+    this.#kek = typeof this.#kekSource === "string" ? localKek(this.#kekSource) : this.#kekSource;
+    await this.#load(false);
+  }
+
+  /** Re-read the versions; unwrap only those not held yet (a rotation's new key). */
+  async #refresh() {
+    await this.#load(true);
+  }
+
+  async #load(reuse) {
     let meta;
     let rows;
     try {
@@ -98,15 +116,14 @@ export class Keyring {
         destroyed.add(version);
         continue;
       }
-      const held = keyringId === this.#keyringId ? this.#keys.get(version) : undefined;
+      const held = reuse && keyringId === this.#keyringId ? this.#keys.get(version) : undefined;
       keys.set(version, held ?? (await this.#kek.unwrap(String(row.wrapped_dek), wrapAad(keyringId, version))));
     }
     this.#keyringId = keyringId;
     this.#keys = keys;
     this.#destroyed = destroyed;
     this.#active = active[0];
-    this.#lastReload = this.#now();
-    this.#nextRefresh = this.#lastReload + this.#refreshMs;
+    this.#nextRefresh = this.#now() + this.#refreshMs;
   }
 
   /** Seal `plaintext` (string or Buffer) for `context`; null stays null, "" stays "". */
@@ -117,7 +134,7 @@ export class Keyring {
     if (typeof plaintext !== "string" && !Buffer.isBuffer(plaintext)) {
       throw new TypeError(`encrypt takes a string or a Buffer, not ${typeof plaintext}`);
     }
-    if (this.#now() >= this.#nextRefresh) await this.reload();
+    if (this.#now() >= this.#nextRefresh) await this.#refresh();
     return seal(this.#keys.get(this.#active), this.#active, context, plaintext);
   }
 
@@ -134,16 +151,28 @@ export class Keyring {
     if (token === "") return "";
     const { version, blob } = parse(token);
     let key = this.#keys.get(version);
+    if (key === undefined && (await this.#reloadFor(version))) key = this.#keys.get(version);
     if (key === undefined) {
-      if (!this.#destroyed.has(version) && this.#now() - this.#lastReload >= RELOAD_INTERVAL_MS) {
-        await this.reload();
-        key = this.#keys.get(version);
-      }
-      if (key === undefined) {
-        throw new UnknownKeyVersion(version, this.#destroyed.has(version) ? "destroyed" : "");
-      }
+      throw new UnknownKeyVersion(version, this.#destroyed.has(version) ? "destroyed" : "");
     }
     return openBlob(key, version, blob, context);
+  }
+
+  /** Reload if `version` exists now: only a version newer than all held can have appeared. */
+  async #reloadFor(version) {
+    const known = [...this.#keys.keys(), ...this.#destroyed];
+    if (version <= Math.max(...known)) return false;
+    const probe = this.#probe.then(async () => {
+      if (this.#keys.has(version)) return;
+      const wait = this.#nextProbe - this.#now();
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      this.#nextProbe = this.#now() + PROBE_MS;
+      const [row] = await this.#db.query("SELECT max(version) AS newest FROM keyturn_keys", []);
+      if (row && version <= Number(row.newest)) await this.#refresh();
+    });
+    this.#probe = probe.catch(() => {});
+    await probe;
+    return this.#keys.has(version);
   }
 
   /** Whether a stored value should be re-saved through encrypt (not on the active version). */

@@ -4,13 +4,14 @@
 // where they answer (KEYTURN_REQUIRE_SERVICES=1 makes a missing server fail).
 
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import Database from "better-sqlite3";
 import {
   ConfigError,
@@ -73,10 +74,13 @@ test("SQLite: tokens cross between Python and Node, and Node follows a rotation"
     assert.equal(await keyring.encrypt("", { context }), "");
     await assert.rejects(keyring.encrypt("x", {}), ConfigError);
 
+    // A keyring whose clock stands still: it has just loaded, and must still find v2.
+    const frozen = await openKeyring({ kek: "env:KEYTURN_KEK", db: fromBetterSqlite3(db), now: () => 0 });
     p.cli("rotate", "--yes"); // a new active version v2, minted by another process
     const v2 = pythonRoundTrip(p, { "users.secret": "after rotation" }, {}).sealed["users.secret"];
     assert.match(v2, /^kt1:2:/);
     assert.equal(await keyring.decrypt(v2, { context: "users.secret" }), "after rotation"); // reloads
+    assert.equal(await frozen.decrypt(v2, { context: "users.secret" }), "after rotation");
     await new Promise((resolve) => setTimeout(resolve, 250)); // past refreshSeconds
     assert.match(await keyring.encrypt("new", { context: "users.secret" }), /^kt1:2:/);
     assert.equal(keyring.needsRewrap(fromNode), true);
@@ -200,4 +204,101 @@ test("the README's example runs as written", async () => {
   assert.equal(out.secret, "sk_live_…");
   const back = pythonRoundTrip(p, {}, { "webhooks.secret#42": out.sealed }).opened["webhooks.secret#42"];
   assert.equal(back, "whsec_…");
+});
+
+test("a Node app writing without pause through a killed and resumed `keyturn rotate --workers 2`", async () => {
+  const p = project(
+    "sqlite:///{dir}/app.db",
+    '[[columns]]\ntable = "accounts"\ncolumn = "api_key"\n[apps]\nrefresh_seconds = 0.1\nwrite_margin_seconds = 0.1\n',
+  );
+  const dbPath = join(p.dir, "app.db");
+  const setup = new Database(dbPath);
+  setup.exec("CREATE TABLE accounts (id INTEGER PRIMARY KEY, api_key TEXT)");
+  const expected = new Map();
+  const insert = setup.prepare("INSERT INTO accounts VALUES (?, ?)");
+  setup.transaction(() => {
+    for (let i = 1; i <= 2000; i++) {
+      expected.set(i, `sk_${i}_initial`);
+      insert.run(i, expected.get(i));
+    }
+  })();
+  p.cli("init");
+  p.cli("encrypt-existing");
+  const journal = join(p.dir, "journal.jsonl");
+  const stopfile = join(p.dir, "stop");
+  const app = spawn(process.execPath, [new URL("./fixtures/app.mjs", import.meta.url).pathname, dbPath, journal, stopfile, "7"], {
+    env: p.env,
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let appErr = "";
+  app.stderr.on("data", (chunk) => (appErr += chunk));
+  const appExit = new Promise((resolve) => app.on("exit", resolve));
+  try {
+    await sleep(500);
+    const rotation = spawn(PYTHON, ["-m", "keyturn", "rotate", "--yes", "--workers", "2", "--max-rate", "1500", "--rows-per-chunk", "300"], {
+      cwd: p.dir,
+      env: p.env,
+      stdio: "ignore",
+    });
+    const rotationExit = new Promise((resolve) => rotation.on("exit", resolve));
+    const jobs = setup.prepare("SELECT count(*) FROM keyturn_jobs").pluck();
+    while (!jobs.get()) await sleep(50);
+    await sleep(100 + Math.random() * 400);
+    rotation.kill("SIGKILL");
+    await rotationExit;
+    await sleep(300);
+    const resumed = JSON.parse(p.cli("rotate", "--yes", "--json"));
+    assert.equal(resumed.resumed, true);
+    assert.equal(resumed.new_version, 2);
+    await sleep(300);
+  } finally {
+    writeFileSync(stopfile, "");
+    await appExit;
+  }
+  const entries = readFileSync(journal, "utf8").trim().split("\n").map((line) => JSON.parse(line));
+  assert.equal(app.exitCode, 0, appErr + JSON.stringify(entries.filter((e) => e.error)));
+  assert.deepEqual(entries.filter((e) => e.error), []);
+  assert.ok(entries.length > 20, "the app hardly ran during the rotation");
+  for (const entry of entries) {
+    if (entry.deleted) expected.delete(entry.id);
+    else expected.set(entry.id, entry.api_key);
+  }
+  process.env.KEYTURN_KEK = p.env.KEYTURN_KEK;
+  try {
+    const keyring = await openKeyring({ kek: "env:KEYTURN_KEK", db: fromBetterSqlite3(setup) });
+    const rows = setup.prepare("SELECT id, api_key FROM accounts").all();
+    assert.deepEqual(new Set(rows.map((r) => r.id)), new Set(expected.keys()));
+    for (const row of rows) {
+      assert.match(row.api_key, /^kt1:2:/, `row ${row.id}`);
+      assert.equal(await keyring.decrypt(row.api_key, { context: "accounts.api_key" }), expected.get(row.id));
+    }
+  } finally {
+    delete process.env.KEYTURN_KEK;
+    setup.close();
+  }
+});
+
+test("after rotate-kek the app reopens with the new KEK, and the old one is refused", async () => {
+  const p = project("sqlite:///{dir}/app.db");
+  new Database(join(p.dir, "app.db")).close();
+  p.cli("init");
+  const db = fromBetterSqlite3(new Database(join(p.dir, "app.db")));
+  process.env.KEYTURN_KEK = p.env.KEYTURN_KEK;
+  const before = await openKeyring({ kek: "env:KEYTURN_KEK", db });
+  const token = await before.encrypt("kept across the KEK change", { context: "t.c" });
+  const fresh = randomBytes(32).toString("hex");
+  const file = join(p.dir, "new.kek");
+  writeFileSync(file, fresh + "\n", { mode: 0o600 });
+  p.cli("rotate-kek", "--new-kek-file", file, "--yes");
+  try {
+    await assert.rejects(openKeyring({ kek: "env:KEYTURN_KEK", db }), WrongKEK);
+    await assert.rejects(before.reload(), WrongKEK); // a running app reloading with the old KEK
+    const after = await openKeyring({ kek: `file:${file}`, db });
+    assert.equal(await after.decrypt(token, { context: "t.c" }), "kept across the KEK change");
+    process.env.KEYTURN_KEK = fresh; // the running app, once its env holds the new KEK
+    await before.reload();
+    assert.equal(await before.decrypt(token, { context: "t.c" }), "kept across the KEK change");
+  } finally {
+    delete process.env.KEYTURN_KEK;
+  }
 });
