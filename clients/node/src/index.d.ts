@@ -13,7 +13,7 @@ export interface KEK {
 }
 
 export interface OpenKeyringOptions {
-  /** "env:NAME", "file:PATH" (mode 0600), or a KEK object. */
+  /** "env:NAME", "file:PATH" (mode 0600), "transit://HOST:PORT/KEY", or a KEK object. */
   kek: string | KEK;
   /** fromBetterSqlite3(db), fromPg(pool) or fromMysql2(pool). */
   db: DatabaseAdapter;
@@ -53,6 +53,8 @@ export declare function versionOf(value: unknown): number | null;
 export declare function parse(token: string): { version: number; blob: Buffer };
 export declare function parseKek(text: string, source: string): Buffer;
 export declare function localKek(spec: string, env?: Record<string, string | undefined>): KEK;
+export declare function transitKek(spec: string, env?: Record<string, string | undefined>): KEK;
+export declare function isTransit(spec: string): boolean;
 export declare function isProduction(env?: Record<string, string | undefined>): boolean;
 
 export declare class KeyturnError extends Error {}
