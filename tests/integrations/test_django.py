@@ -377,14 +377,14 @@ def test_the_admin_masks_secrets_in_a_real_browser(
         name = driver.find_element(By.NAME, "name")
         name.clear()
         name.send_keys("renamed")
-        driver.find_element(By.NAME, "_continue").click()
+        _submit(driver, "_continue")
         assert "renamed" in driver.find_element(By.NAME, "name").get_attribute("value")
         kept = made.shell(
             "from vault.models import Credential\nprint(Credential.objects.get(id=1).api_key)\n"
         )
         assert kept.stdout.strip() == "sk_live_in_a_browser"
         driver.find_element(By.NAME, "api_key").send_keys("sk_live_typed_in")
-        driver.find_element(By.NAME, "_continue").click()
+        _submit(driver, "_continue")
         assert "sk_live_typed_in" not in driver.page_source
         changed = made.shell(
             "from vault.models import Credential\nprint(Credential.objects.get(id=1).api_key)\n"
@@ -395,6 +395,18 @@ def test_the_admin_masks_secrets_in_a_real_browser(
         server.terminate()
         _, err = server.communicate(timeout=20)
     assert "sk_live_in_a_browser" not in err and "sk_live_typed_in" not in err
+
+
+def _submit(driver: Any, button: str) -> None:
+    """Click a form's button and wait until the next page has replaced this one (else
+    an element found at once may be the old page's, gone a moment later)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.NAME, button).click()
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
 
 
 def _answers(url: str) -> bool:
