@@ -46,3 +46,6 @@ export class NotInitialized extends ConfigError {}
 
 /** The keyring's rows are inconsistent (edited by hand): restore them from a backup. */
 export class CorruptKeyring extends KeyManagementError {}
+
+/** A legacy reader's key is missing, malformed, or does not open its values. */
+export class LegacyKeyError extends KeyManagementError {}

@@ -19,7 +19,41 @@ export interface OpenKeyringOptions {
   db: DatabaseAdapter;
   /** keyturn.toml's [apps] refresh_seconds (default 30). */
   refreshSeconds?: number;
+  /** Per "table.column", its AES-GCM [[legacy]] entry (keyturn.toml's option names). */
+  legacy?: Record<string, LegacyEntry>;
+  /** Called for each value read in a legacy layout (to be re-saved through encrypt). */
+  onRewrapNeeded?: (column: string, kind: string) => void;
 }
+
+export interface LegacyEntry {
+  format: "aes-gcm";
+  key_env?: string | string[];
+  key_file?: string | string[];
+  prefix?: string;
+  encoding?: "base64" | "base64url" | "hex";
+  order?: "iv,tag,ct" | "iv,ct,tag";
+  separator?: string;
+  iv_len?: number;
+  kdf?: "raw" | "sha256" | "pbkdf2" | "scrypt";
+  suffix?: string;
+  salt?: string;
+  iterations?: number;
+  hash?: "sha256" | "sha512" | "sha1";
+  n?: number;
+  r?: number;
+  p?: number;
+}
+
+export interface LegacyReader {
+  readonly name: string;
+  recognises(value: unknown): boolean;
+  decrypt(value: string): Buffer;
+}
+
+export declare function legacyReader(
+  entry: LegacyEntry & { name?: string },
+  env?: Record<string, string | undefined>,
+): LegacyReader;
 
 export interface ContextOption {
   /** "table.column", rowContext(...) for a row-bound column, fieldContext(...) for a JSON field. */
@@ -36,6 +70,8 @@ export declare class Keyring {
   decrypt(token: null | undefined, options: ContextOption): Promise<null>;
   decryptBytes(token: string, options: ContextOption): Promise<Buffer | "">;
   needsRewrap(value: string | null | undefined): boolean;
+  /** Per column, how many values were read in a legacy layout. */
+  readonly rewrapNeeded: Record<string, number>;
 }
 
 export declare function openKeyring(options: OpenKeyringOptions): Promise<Keyring>;
@@ -66,6 +102,7 @@ export declare class UnknownKeyVersion extends KeyManagementError {
 export declare class WrongKEK extends KeyManagementError {}
 export declare class InvalidKEK extends KeyManagementError {}
 export declare class KMSError extends KeyManagementError {}
+export declare class LegacyKeyError extends KeyManagementError {}
 export declare class CorruptKeyring extends KeyManagementError {}
 export declare class ConfigError extends KeyturnError {}
 export declare class NotInitialized extends ConfigError {}

@@ -11,11 +11,13 @@ export {
   KeyManagementError,
   KeyturnError,
   KMSError,
+  LegacyKeyError,
   NotInitialized,
   UnknownKeyVersion,
   WrongKEK,
 } from "./errors.js";
 export { isProduction, localKek, parseKek } from "./kek.js";
 export { Keyring, openKeyring } from "./keyring.js";
+export { legacyReader } from "./legacy.js";
 export { isTransit, transitKek } from "./transit.js";
 export { header, parse, versionOf } from "./tokens.js";

@@ -4,8 +4,15 @@
 // least every `refreshSeconds`, and a token under a version this process has
 // not seen yet makes it reload (at most once a second).
 
-import { ConfigError, CorruptKeyring, NotInitialized, UnknownKeyVersion } from "./errors.js";
+import {
+  ConfigError,
+  CorruptKeyring,
+  InvalidToken,
+  NotInitialized,
+  UnknownKeyVersion,
+} from "./errors.js";
 import { localKek } from "./kek.js";
+import { legacyReader } from "./legacy.js";
 import { isTransit, transitKek } from "./transit.js";
 import { header, openBlob, parse, seal } from "./tokens.js";
 
@@ -25,8 +32,19 @@ function wrapAad(keyringId, version) {
  * @param {string|object} options.kek "env:NAME", "file:PATH", or a KEK object ({ unwrap })
  * @param {object} options.db an adapter: fromBetterSqlite3(db), fromPg(pool), fromMysql2(pool)
  * @param {number} [options.refreshSeconds=30] the [apps] refresh_seconds of keyturn.toml
+ * @param {object} [options.legacy] per column ("table.column"), its [[legacy]] entry
+ *   (format "aes-gcm", keyturn.toml's option names): values in that layout are read
+ *   too, and counted in `rewrapNeeded`, until `keyturn import-legacy` converts them
+ * @param {function} [options.onRewrapNeeded] called (column, kind) for each such read
  */
-export async function openKeyring({ kek, db, refreshSeconds = 30, now = Date.now } = {}) {
+export async function openKeyring({
+  kek,
+  db,
+  refreshSeconds = 30,
+  legacy = {},
+  onRewrapNeeded = () => {},
+  now = Date.now,
+} = {}) {
   if (!db || typeof db.query !== "function") {
     throw new ConfigError("openKeyring needs db: an adapter such as fromBetterSqlite3(database)");
   }
@@ -36,7 +54,10 @@ export async function openKeyring({ kek, db, refreshSeconds = 30, now = Date.now
   if (typeof kek !== "string" && typeof kek?.unwrap !== "function") {
     throw new ConfigError('openKeyring needs kek: "env:NAME", "file:PATH" or a KEK object');
   }
-  const keyring = new Keyring(kek, db, refreshSeconds * 1000, now);
+  const readers = new Map(
+    Object.entries(legacy).map(([column, entry]) => [column, legacyReader({ name: column, ...entry })]),
+  );
+  const keyring = new Keyring(kek, db, refreshSeconds * 1000, now, readers, onRewrapNeeded);
   await keyring.reload();
   return keyring;
 }
@@ -53,9 +74,15 @@ export class Keyring {
   #keyringId = "";
   #nextRefresh = 0;
   #nextProbe = 0;
+  #readers;
+  #onRewrap;
+  /** Per column, how many values were read in a legacy layout (to be re-saved). */
+  rewrapNeeded = {};
   #probe = Promise.resolve();
 
-  constructor(kek, db, refreshMs, now) {
+  constructor(kek, db, refreshMs, now, readers = new Map(), onRewrap = () => {}) {
+    this.#readers = readers;
+    this.#onRewrap = onRewrap;
     this.#kekSource = kek;
     this.#db = db;
     this.#refreshMs = refreshMs;
@@ -152,13 +179,34 @@ export class Keyring {
     checkContext(context);
     if (token === null || token === undefined) return null;
     if (token === "") return "";
-    const { version, blob } = parse(token);
+    let parsed;
+    try {
+      parsed = parse(token);
+    } catch (err) {
+      return this.#legacy(err, token, context);
+    }
+    const { version, blob } = parsed;
     let key = this.#keys.get(version);
     if (key === undefined && (await this.#reloadFor(version))) key = this.#keys.get(version);
     if (key === undefined) {
       throw new UnknownKeyVersion(version, this.#destroyed.has(version) ? "destroyed" : "");
     }
-    return openBlob(key, version, blob, context);
+    try {
+      return openBlob(key, version, blob, context);
+    } catch (err) {
+      return this.#legacy(err, token, context);
+    }
+  }
+
+  /** A value the keyring does not open, read by its column's legacy reader if it has one. */
+  #legacy(err, value, context) {
+    const column = context.split("#")[0].split("$")[0];
+    const reader = this.#readers.get(column);
+    if (!(err instanceof InvalidToken) || !reader || !reader.recognises(value)) throw err;
+    const plaintext = reader.decrypt(value);
+    this.rewrapNeeded[column] = (this.rewrapNeeded[column] ?? 0) + 1;
+    this.#onRewrap(column, "aes-gcm");
+    return plaintext;
   }
 
   /** Reload if `version` exists now: only a version newer than all held can have appeared. */
