@@ -169,7 +169,11 @@ for (const server of [
       process.env.KEYTURN_KEK = p.env.KEYTURN_KEK;
       const keyring = await openKeyring({ kek: "env:KEYTURN_KEK", db });
       const token = await keyring.encrypt("over the wire", { context: "t.c" });
-      assert.equal(pythonRoundTrip(p, {}, { "t.c": token }).opened["t.c"], "over the wire");
+      const row = rowContext("t", "c", [7, "a,b"]);
+      const rowToken = await keyring.encrypt("bound to its row", { context: row });
+      const both = pythonRoundTrip(p, { [row]: "row from python" }, { "t.c": token, [row]: rowToken });
+      assert.deepEqual(both.opened, { "t.c": "over the wire", [row]: "bound to its row" });
+      assert.equal(await keyring.decrypt(both.sealed[row], { context: row }), "row from python");
       p.cli("rotate", "--yes");
       const v2 = pythonRoundTrip(p, { "t.c": "v2" }, {}).sealed["t.c"];
       assert.equal(await keyring.decrypt(v2, { context: "t.c" }), "v2");
