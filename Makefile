@@ -37,6 +37,8 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/crypto_overhead.py
 	$(PY) bench/rotate.py
+	$(PY) bench/json_rotate.py
+	cd clients/node && npm ci --no-audit --no-fund --loglevel=error && node bench/tokens.mjs
 
 clean:
 	rm -rf $(VENV) demo/work .pytest_cache .mypy_cache .ruff_cache clients/node/node_modules
