@@ -101,3 +101,10 @@ test("versionOf reads only the header", () => {
     assert.equal(versionOf(value), null, String(value));
   }
 });
+
+test("every export has a declaration in index.d.ts", async () => {
+  const declared = readFileSync(new URL("../src/index.d.ts", import.meta.url), "utf8");
+  const exported = Object.keys(await import("../src/index.js"));
+  const missing = exported.filter((name) => !new RegExp(`(function|class) ${name}\\b`).test(declared));
+  assert.deepEqual(missing, []);
+});
