@@ -557,3 +557,39 @@ def test_documents_survive_a_killed_parallel_rotation(
                 context = keyturn.row_context("workflow_run", "variables", (i,))
                 opened = store.decrypt(item["value"], context=context + "$.secrets[*].value")
                 assert opened == f"s{i}-{suffix}"
+
+
+def test_backed_up_documents_keep_their_key_version_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rotation's backup of a JSON column holds whole documents: the tokens in them
+    count as uses of their version, so it is neither retired nor destroyed while
+    the backup could restore them; pruning the backup releases it."""
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "app.db") as conn:
+        conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, doc TEXT)")
+        for i in range(1, 6):
+            conn.execute(
+                "INSERT INTO docs VALUES (?, ?)", (i, json.dumps({"a": f"s{i}", "b": "x"}))
+            )
+    conn.close()
+    (tmp_path / "keyturn.toml").write_text(
+        'database = "sqlite:///app.db"\n[[columns]]\ntable = "docs"\ncolumn = "doc"\n'
+        'json_fields = ["$.a", "$.b"]\n[apps]\nrefresh_seconds = 0.1\nwrite_margin_seconds = 0.1\n'
+    )
+    monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
+    monkeypatch.chdir(tmp_path)
+    app = App(tmp_path, dict(os.environ))
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    rotated = report(app, "rotate", "--yes")
+    assert rotated["draining"]["1"]["backup_jobs"] == [rotated["job"]]
+    time.sleep(0.3)  # past the [apps] grace
+    keys = {k["version"]: k for k in json.loads(app.cli("keys", "--json", check=True).stdout)}
+    assert keys[1]["backups"] == 10 and keys[1]["rows"] == 0
+    refused = app.cli("destroy-key", "1", "--yes")
+    assert refused.returncode == 3, refused.stderr
+    app.cli("prune", rotated["job"], "--yes", check=True)
+    keys = {k["version"]: k for k in json.loads(app.cli("keys", "--json", check=True).stdout)}
+    assert keys[1]["backups"] == 0 and keys[1]["state"] == "retired"

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Text, bindparam, delete, select, update
+from sqlalchemy import Connection, Engine, Text, bindparam, delete, or_, select, update
 from sqlalchemy.engine import make_url
 
 from keyturn.db import schema
@@ -97,7 +97,9 @@ _RECORD = ("job_id", "table_name", "column_name", "pk", "old_token", "new_token"
 def jobs_referencing(conn: Connection, version: int) -> list[str]:
     b = schema.backup.c
     rows = conn.execute(
-        select(b.job_id).where(b.old_token.like(f"kt1:{version}:%")).distinct()
+        select(b.job_id)
+        .where(or_(b.old_token.like(f"kt1:{version}:%"), b.old_token.like(f'%"kt1:{version}:%')))
+        .distinct()
     ).all()
     return [r[0] for r in rows]
 

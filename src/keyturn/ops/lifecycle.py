@@ -64,7 +64,9 @@ def refresh_states(store: Store, conn: Connection, *, write: bool = True) -> dic
         for column in store.bound_columns()
     ]
     if inspect(conn).has_table(schema.backup.name):
+        # Backed-up tokens, and documents of JSON columns holding tokens.
         holders.append((schema.backup.c.old_token, [], False))
+        holders.append((schema.backup.c.old_token, [], True))
     states: dict[int, str] = {}
     versions = [meta for meta, _ in keystore.read_versions(conn)]
     ends = grace_ends(store.config.apps.grace_seconds, versions)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -9,7 +10,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, case, func, inspect, or_, select
+from sqlalchemy import Connection, case, func, inspect, not_, or_, select
 
 from keyturn._core import tokens
 from keyturn._core.jsonpath import locate
@@ -230,11 +231,23 @@ def count_fields(
     ]
 
 
+_TOKEN_HEADERS = re.compile(r'"kt1:([0-9]+):')
+
+
 def backup_references(conn: Connection) -> Counter[int]:
     """How many backed-up tokens (keyturn_backup) use each key version."""
     if not inspect(conn).has_table(schema.backup.name):
         return Counter()
-    return _count_headers(conn, schema.backup.c.old_token)[3]
+    counts = _count_headers(conn, schema.backup.c.old_token)[3]
+    # A JSON column's backed-up documents: each token string in them counts.
+    old = schema.backup.c.old_token
+    documents = select(old).where(old.like('%"kt1:%'), not_(old.like("kt1:%")))
+    for (document,) in stream_raw(conn, documents):
+        for text in _TOKEN_HEADERS.findall(document):
+            version = tokens.version_of(f"kt1:{text}:x")
+            if version is not None:
+                counts[version] += 1
+    return counts
 
 
 def key_versions(store: Store) -> list[dict[str, Any]]:
