@@ -1,8 +1,8 @@
 // The keyring an app process reads and writes with: the data keys of
 // `keyturn_keys`, unwrapped by the KEK, following rotations under the
 // app-process contract (docs/ROTATION.md): the active version is re-read at
-// least every `refreshSeconds`, and a token under a version this process has
-// not seen yet makes it reload (at most once a second).
+// least every `refreshSeconds`, and a token under a version newer than all this
+// process holds makes it look that version up (and reload if it exists).
 
 import {
   ConfigError,
@@ -79,6 +79,7 @@ export class Keyring {
   /** Per column, how many values were read in a legacy layout (to be re-saved). */
   rewrapNeeded = {};
   #probe = Promise.resolve();
+  #refreshing = null;
 
   constructor(kek, db, refreshMs, now, readers = new Map(), onRewrap = () => {}) {
     this.#readers = readers;
@@ -110,9 +111,13 @@ export class Keyring {
     await this.#load(false);
   }
 
-  /** Re-read the versions; unwrap only those not held yet (a rotation's new key). */
-  async #refresh() {
-    await this.#load(true);
+  /** Re-read the versions; unwrap only those not held yet (a rotation's new key).
+   * Concurrent callers share one refresh. */
+  #refresh() {
+    this.#refreshing ??= this.#load(true).finally(() => {
+      this.#refreshing = null;
+    });
+    return this.#refreshing;
   }
 
   async #load(reuse) {
