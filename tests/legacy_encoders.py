@@ -54,6 +54,18 @@ def scrypt_hex(key_text: str, plaintext: bytes) -> str:
     return "s1$" + (iv + tag + ct).hex()
 
 
+def node_text_key(key_text: str, plaintext: bytes) -> str:
+    """A Node app's `Buffer.from(KEY).subarray(0, 32)` as the key; hex 'iv:tag:ct'."""
+    iv, ct, tag = _gcm(key_text.encode()[:32], 12, plaintext)
+    return f"{iv.hex()}:{tag.hex()}:{ct.hex()}"
+
+
+def hex_looking_text_key(key_text: str, plaintext: bytes) -> str:
+    """A 32-character key of hex digits used as its characters (AES-256, not 128)."""
+    iv, ct, tag = _gcm(key_text.encode(), 12, plaintext)
+    return "h1." + base64.b64encode(iv + ct + tag).decode()
+
+
 def fernet(key_text: str, plaintext: bytes) -> str:
     """Python's Fernet, as django-fernet-fields and friends store it."""
     return Fernet(key_text.encode()).encrypt(plaintext).decode()
@@ -65,6 +77,15 @@ def raw_key() -> str:
 
 def passphrase() -> str:
     return base64.b64encode(os.urandom(24)).decode()
+
+
+def long_text_key() -> str:
+    """A 40-character key (a passphrase-like env var an app cuts to 32 bytes)."""
+    return base64.b64encode(os.urandom(30)).decode()
+
+
+def hex_text_key() -> str:
+    return os.urandom(16).hex()  # 32 hex characters
 
 
 def fernet_key() -> str:
@@ -95,6 +116,17 @@ LAYOUTS: dict[str, tuple[str, Callable[[str, bytes], str], Callable[[], str]]] =
         'salt = "pepper"\nsuffix = "|tokens"\n',
         scrypt_hex,
         passphrase,
+    ),
+    "node-text-key": (
+        'format = "aes-gcm"\nencoding = "hex"\nseparator = ":"\nkey_encoding = "utf8"\n'
+        "key_bytes = 32\n",
+        node_text_key,
+        long_text_key,
+    ),
+    "hex-looking-text-key": (
+        'format = "aes-gcm"\nprefix = "h1."\norder = "iv,ct,tag"\nkey_encoding = "utf8"\n',
+        hex_looking_text_key,
+        hex_text_key,
     ),
     "fernet": ('format = "fernet"\n', fernet, fernet_key),
 }

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import re
 import sqlite3
 import subprocess
 import tomllib
@@ -101,12 +102,46 @@ def test_previous_key_is_tried_in_order() -> None:
         ('format = "fernet"\nkey_env = "X"\niv_len = 16', "do not apply to format fernet"),
         ('format = "aes-gcm"', "exactly one of `key_env`"),
         ('format = "rot13"\nkey_env = "X"', "`format`"),
+        ('format = "aes-gcm"\nkey_env = "X"\nkey_encoding = "ebcdic"', "`key_encoding`"),
+        ('format = "aes-gcm"\nkey_env = "X"\nkey_bytes = 32', "cuts a key read with"),
+        (
+            'format = "aes-gcm"\nkey_env = "X"\nkey_encoding = "utf8"\nkey_bytes = 20',
+            "16, 24 or 32",
+        ),
+        (
+            'format = "aes-gcm"\nkey_env = "X"\nkdf = "sha256"\nkey_encoding = "utf8"',
+            "only to kdf raw",
+        ),
     ],
 )
 def test_legacy_config_errors(entry: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match) as info:
         parse_legacy(tomllib.loads('name = "old"\n' + entry), "keyturn.toml: [[legacy]] entry 1")
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "key", "told"),
+    [
+        (
+            "",
+            "k" * 64,
+            "hex (not hex), base64 (48 bytes), base64url (48 bytes), its characters (64",
+        ),
+        ('key_encoding = "hex"\n', "zz" * 16, "read as hex (not hex)"),
+        ('key_encoding = "utf8"\n', "short", "its characters (5 UTF-8 bytes)"),
+        ('key_encoding = "utf8"\nkey_bytes = 32\n', "x" * 20, "its characters (20 UTF-8 bytes)"),
+    ],
+)
+def test_a_key_read_the_wrong_way_says_how_it_was_read(options: str, key: str, told: str) -> None:
+    """The error names every way the key text was read, and never the key."""
+    spec = parse_legacy(
+        tomllib.loads(f'name = "old"\nkey_env = "{OLD}"\nformat = "aes-gcm"\n{options}'), "test"
+    )
+    reader = LegacyReader(spec, lambda s: [(f"env:{OLD}", key)])
+    with pytest.raises(LegacyKeyError, match=re.escape(told)) as info:
+        reader.keys()
+    assert key not in str(info.value) and "key_encoding" in str(info.value)
 
 
 # -- a whole app: mixed columns through the CLI -----------------------------------------
@@ -387,3 +422,43 @@ def test_legacy_key_file_must_be_private(app: App, monkeypatch: pytest.MonkeyPat
     assert report["failed"] == 0 and report["imported"] == 18
     assert read_all(app) == expected
     assert_no_secret(loose.stdout + loose.stderr, key)
+
+
+NODE_APP_ENCRYPT = """
+const crypto = require("crypto");
+const key = Buffer.from(process.env.APP_KEY).subarray(0, 32);  // the app's own scheme
+for (const plaintext of JSON.parse(process.argv[1])) {
+  const iv = crypto.randomBytes(12);
+  const cipher = crypto.createCipheriv("aes-256-gcm", key, iv);
+  const ct = Buffer.concat([cipher.update(plaintext, "utf8"), cipher.final()]);
+  console.log([iv, cipher.getAuthTag(), ct].map((b) => b.toString("hex")).join(":"));
+}
+"""
+
+
+def test_values_a_node_app_wrote_with_a_text_key_are_read() -> None:
+    """Written by Node's crypto as a Node app does (the key text's UTF-8 bytes cut to
+    32), read back through the node-text-key layout."""
+    import shutil
+
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    key = "a-long-app-secret-from-the-env-file-0123456789"
+    plaintexts = ["sk_live_from_node", "Pässwörd ✓", "x"]
+    written = subprocess.run(
+        ["node", "-e", NODE_APP_ENCRYPT, json.dumps(plaintexts)],
+        env={**os.environ, "APP_KEY": key},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    body, _, _ = LAYOUTS["node-text-key"]
+    spec = parse_legacy(tomllib.loads(f'name = "node"\nkey_env = "{OLD}"\n' + body), "test")
+    reader = LegacyReader(spec, lambda s: [(f"env:{OLD}", key)])
+    assert [reader.decrypt(v).decode() for v in written] == plaintexts
+    auto = parse_legacy(
+        tomllib.loads(f'name = "node"\nkey_env = "{OLD}"\nformat = "aes-gcm"\nencoding = "hex"\n'
+                      'separator = ":"\n'), "test"
+    )  # fmt: skip
+    with pytest.raises(LegacyKeyError, match="key_bytes = 32"):
+        LegacyReader(auto, lambda s: [(f"env:{OLD}", key)]).keys()

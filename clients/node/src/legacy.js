@@ -17,7 +17,8 @@ const KDFS = ["raw", "sha256", "pbkdf2", "scrypt"];
 const HASHES = ["sha256", "sha512", "sha1"];
 const OPTIONS = new Set([
   "name", "format", "key_env", "key_file", "prefix", "encoding", "order", "separator",
-  "iv_len", "kdf", "suffix", "salt", "iterations", "hash", "n", "r", "p",
+  "iv_len", "kdf", "suffix", "salt", "iterations", "hash", "n", "r", "p", "key_encoding",
+  "key_bytes",
 ]);
 const TAG_LEN = 16;
 const AES_KEY_LENGTHS = [16, 24, 32];
@@ -41,6 +42,7 @@ export function legacyReader(entry, env = process.env) {
   const spec = {
     prefix: "", encoding: "base64", order: "iv,tag,ct", separator: "", iv_len: 12,
     kdf: "raw", suffix: "", salt: "", iterations: 0, hash: "sha256", n: 2 ** 14, r: 8, p: 1,
+    key_encoding: "auto", key_bytes: 0,
     ...entry,
   };
   const where = `[[legacy]] ${spec.name ?? "(no name)"}`;
@@ -143,13 +145,26 @@ function derive(spec, source, text) {
     return scryptSync(material, Buffer.from(spec.salt), 32, { N: spec.n, r: spec.r, p: spec.p, maxmem: 256 * spec.n * spec.r + 1024 * 1024 });
   }
   const raw = text.trim();
-  for (const encoding of ["hex", "base64", "base64url"]) {
-    const key = decode(raw, encoding);
-    if (key !== null && AES_KEY_LENGTHS.includes(key.length)) return key;
-  }
   const bytes = Buffer.from(raw, "utf8");
-  if (AES_KEY_LENGTHS.includes(bytes.length)) return bytes;
+  const tried = [];
+  if (spec.key_encoding === "utf8") {
+    const key = spec.key_bytes ? (bytes.length >= spec.key_bytes ? bytes.subarray(0, spec.key_bytes) : Buffer.alloc(0)) : bytes;
+    if (AES_KEY_LENGTHS.includes(key.length)) return key;
+    tried.push(`its characters (${bytes.length} UTF-8 bytes)`);
+  } else {
+    const auto = spec.key_encoding === "auto";
+    for (const encoding of auto ? ["hex", "base64", "base64url"] : [spec.key_encoding]) {
+      const key = decode(raw, encoding);
+      if (key !== null && AES_KEY_LENGTHS.includes(key.length)) return key;
+      tried.push(`${encoding} (${key === null ? `not ${encoding}` : `${key.length} bytes`})`);
+    }
+    if (auto) {
+      if (AES_KEY_LENGTHS.includes(bytes.length)) return bytes;
+      tried.push(`its characters (${bytes.length} UTF-8 bytes)`);
+    }
+  }
   throw new LegacyKeyError(
-    `legacy reader ${spec.name}: the key from ${source} is not a 128-, 192- or 256-bit key in hex, base64 or 16/24/32 characters (for a passphrase set kdf)`,
+    `legacy reader ${spec.name}: the key from ${source} is not a 16-, 24- or 32-byte AES key read as ${tried.join(", ")}; ` +
+      "set key_encoding (hex, base64, utf8) to say how the app reads it, key_bytes = 32 if it cuts a longer text, or `kdf` for a passphrase",
   );
 }

@@ -18,6 +18,7 @@ from keyturn.legacy.base import ENCODINGS, LegacySpec, decode
 
 ORDERS = ("iv,tag,ct", "iv,ct,tag")
 KDFS = ("raw", "sha256", "pbkdf2", "scrypt")
+KEY_ENCODINGS = ("auto", "hex", "base64", "base64url", "utf8")
 PBKDF2_HASHES: dict[str, hashes.HashAlgorithm] = {
     "sha256": hashes.SHA256(),
     "sha512": hashes.SHA512(),
@@ -33,7 +34,7 @@ class AesGcm:
     name = "aes-gcm"
     options = frozenset(
         {"encoding", "order", "separator", "iv_len", "kdf", "suffix",
-         "salt", "iterations", "hash", "n", "r", "p"}
+         "salt", "iterations", "hash", "n", "r", "p", "key_encoding", "key_bytes"}
     )  # fmt: skip
 
     def check(self, spec: LegacySpec, entry: dict[str, Any], where: str) -> None:
@@ -58,6 +59,16 @@ class AesGcm:
             raise ConfigError(f"{where}: scrypt needs `n` a power of two, `r` and `p` positive")
         if spec.kdf in ("raw", "sha256") and ({"salt", "iterations", "n", "r", "p"} & set(entry)):
             raise ConfigError(f"{where}: salt and work factors apply only to kdf pbkdf2 or scrypt")
+        if spec.key_encoding not in KEY_ENCODINGS:
+            raise ConfigError(f"{where}: `key_encoding` must be one of {', '.join(KEY_ENCODINGS)}")
+        if spec.kdf != "raw" and {"key_encoding", "key_bytes"} & set(entry):
+            raise ConfigError(f"{where}: key_encoding and key_bytes apply only to kdf raw")
+        if "key_bytes" in entry and (
+            spec.key_encoding != "utf8" or spec.key_bytes not in _AES_KEY_LENGTHS
+        ):
+            raise ConfigError(
+                f'{where}: `key_bytes` (16, 24 or 32) cuts a key read with key_encoding = "utf8"'
+            )
 
     def derive_keys(self, spec: LegacySpec, secrets: Sequence[tuple[str, str]]) -> Any:
         return tuple(_derive(spec, source, text) for source, text in secrets)
@@ -107,16 +118,38 @@ def _derive(spec: LegacySpec, source: str, text: str) -> AESGCM:
         return AESGCM(kdf.derive(material))
     if spec.kdf == "scrypt":
         return AESGCM(Scrypt(spec.salt.encode(), 32, spec.n, spec.r, spec.p).derive(material))
+    return AESGCM(raw_key(spec, source, text))
+
+
+def raw_key(spec: LegacySpec, source: str, text: str) -> bytes:
+    """The key a ``kdf = "raw"`` reader uses: read as ``key_encoding`` says, or (auto)
+    as hex, then base64, then its characters; the error says how it was read."""
     raw = text.strip()
-    for encoding in ("hex", "base64", "base64url"):
-        key = decode(raw, encoding)
-        if key is not None and len(key) in _AES_KEY_LENGTHS:
-            return AESGCM(key)
-    if len(raw.encode()) in _AES_KEY_LENGTHS:
-        return AESGCM(raw.encode())
+    tried = []
+    if spec.key_encoding == "utf8":
+        key = raw.encode()
+        if spec.key_bytes:
+            key = key[: spec.key_bytes] if len(key) >= spec.key_bytes else b""
+        if len(key) in _AES_KEY_LENGTHS:
+            return key
+        tried.append(f"its characters ({len(raw.encode())} UTF-8 bytes)")
+    else:
+        encodings = ("hex", "base64", "base64url") if spec.key_encoding == "auto" else ()
+        for encoding in encodings or (spec.key_encoding,):
+            decoded = decode(raw, encoding)
+            if decoded is not None and len(decoded) in _AES_KEY_LENGTHS:
+                return decoded
+            tried.append(
+                f"{encoding} ({'not ' + encoding if decoded is None else f'{len(decoded)} bytes'})"
+            )
+        if spec.key_encoding == "auto":
+            if len(raw.encode()) in _AES_KEY_LENGTHS:
+                return raw.encode()
+            tried.append(f"its characters ({len(raw.encode())} UTF-8 bytes)")
     raise LegacyKeyError(
-        f"legacy reader {spec.name}: the key from {source} is not a 128-, 192- or 256-bit "
-        "key in hex, base64 or 16/24/32 characters (for a passphrase set `kdf`)"
+        f"legacy reader {spec.name}: the key from {source} is not a 16-, 24- or 32-byte "
+        f"AES key read as {', '.join(tried)}; set key_encoding (hex, base64, utf8) to say "
+        "how the app reads it, key_bytes = 32 if it cuts a longer text, or `kdf` for a passphrase"
     )
 
 

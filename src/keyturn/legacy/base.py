@@ -38,6 +38,11 @@ class LegacySpec:
     n: int = 2**14
     r: int = 8
     p: int = 1
+    #: kdf "raw": how the key text is read ("auto": hex, then base64, then its characters).
+    key_encoding: str = "auto"
+    #: kdf "raw" with key_encoding "utf8": cut the key's bytes to this length (0: not cut),
+    #: as apps that do `Buffer.from(key).subarray(0, 32)` do.
+    key_bytes: int = 0
 
     @property
     def key_sources(self) -> tuple[str, ...]:
