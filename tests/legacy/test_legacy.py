@@ -103,6 +103,10 @@ def test_previous_key_is_tried_in_order() -> None:
         ('format = "aes-gcm"', "exactly one of `key_env`"),
         ('format = "rot13"\nkey_env = "X"', "`format`"),
         ('format = "aes-gcm"\nkey_env = "X"\nkey_encoding = "ebcdic"', "`key_encoding`"),
+        ('format = "fernet"\nkey_env = "X"\nkdf = "md5"', "`kdf` must be one of"),
+        ('format = "fernet"\nkey_env = "X"\nkdf = "pbkdf2"\nsalt = "s"', "and `iterations`"),
+        ('format = "fernet"\nkey_env = "X"\nsalt = "s"', "apply to a derived key"),
+        ('format = "fernet"\nkey_env = "X"\nkdf = "hkdf"\nsalts = ["a"]', "applies to kdf pbkdf2"),
         ('format = "aes-gcm"\nkey_env = "X"\nkey_bytes = 32', "cuts a key read with"),
         (
             'format = "aes-gcm"\nkey_env = "X"\nkey_encoding = "utf8"\nkey_bytes = 20',

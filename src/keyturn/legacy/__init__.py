@@ -79,8 +79,11 @@ def parse_legacy(entry: Any, where: str) -> LegacySpec:
         )
     fields: dict[str, Any] = {"key_env": key_env, "key_file": key_file}
     for key in sorted(set(entry) & (layout.options | {"prefix"})):
-        kind = _TYPES[key]
         value = entry[key]
+        if key == "salts":
+            fields[key] = _names(value, where, key)
+            continue
+        kind = _TYPES[key]
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ConfigError(f"{where}: `{key}` must be a {kind.__name__}")
         fields[key] = value

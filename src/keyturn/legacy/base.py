@@ -38,6 +38,10 @@ class LegacySpec:
     n: int = 2**14
     r: int = 8
     p: int = 1
+    #: HKDF's info (kdf "hkdf" of format fernet).
+    info: str = ""
+    #: More salts, each tried with every key (PBKDF2-derived Fernet keys rotate salts).
+    salts: tuple[str, ...] = ()
     #: kdf "raw": how the key text is read ("auto": hex, then base64, then its characters).
     key_encoding: str = "auto"
     #: kdf "raw" with key_encoding "utf8": cut the key's bytes to this length (0: not cut),
