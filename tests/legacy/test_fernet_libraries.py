@@ -36,7 +36,13 @@ SECRET = "django-insecure-Xy7!not-a-fernet-key-at-all-just-an-app-secret"
 PLAINTEXTS = {1: "sk_live_one", 2: "Pässwörd ✓", 3: "x"}
 
 
-def take_over(app: App, legacy: str, stored: dict[int, str]) -> None:
+def take_over(
+    app: App,
+    legacy: str,
+    stored: dict[int, str],
+    fmt: str = "fernet",
+    plaintexts: dict[int, str] = PLAINTEXTS,
+) -> None:
     """accounts(id, api_key) holding ``stored``, taken over through ``[[legacy]]``:
     a wrong secret and a dry run write nothing, the import opens every value."""
     with sqlite3.connect(app.db) as conn:
@@ -45,7 +51,7 @@ def take_over(app: App, legacy: str, stored: dict[int, str]) -> None:
     conn.close()
     app.write_config(
         app.config.read_text()
-        + f'\n[[legacy]]\nname = "lib"\nformat = "fernet"\nkey_env = "APP_SECRET"\n{legacy}\n'
+        + f'\n[[legacy]]\nname = "lib"\nformat = "{fmt}"\nkey_env = "APP_SECRET"\n{legacy}\n'
         '[[columns]]\ntable = "accounts"\ncolumn = "api_key"\nlegacy = "lib"\n'
     )
     app.env["APP_SECRET"] = SECRET
@@ -63,7 +69,7 @@ def take_over(app: App, legacy: str, stored: dict[int, str]) -> None:
     assert done["imported"] == len(stored) and done["failed"] == 0
     with keyturn.open(app.config) as store:
         for i, token in app.sql("SELECT id, api_key FROM accounts"):
-            assert store.decrypt(token, context="accounts.api_key") == PLAINTEXTS[i]
+            assert store.decrypt(token, context="accounts.api_key") == plaintexts[i]
 
 
 def test_sqlalchemy_utils_fernet_engine(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,7 +93,7 @@ def test_sqlalchemy_utils_fernet_engine(app: App, monkeypatch: pytest.MonkeyPatc
         stored = dict(raw.execute("SELECT id, api_key FROM accounts").fetchall())
     raw.close()
     engine.dispose()
-    take_over(app, recipe("sqlalchemy-utils"), stored)
+    take_over(app, recipe("sqlalchemy-utils FernetEngine"), stored)
 
 
 DJANGO_FIELDS = """
@@ -142,3 +148,33 @@ def test_django_fernet_fields_hkdf(app: App) -> None:
     legacy = recipe("django-fernet-fields")
     assert f'salt = "{hkdf.salt.decode()}"' in legacy and f'info = "{hkdf.info.decode()}"' in legacy
     take_over(app, legacy, stored)
+
+
+@pytest.mark.parametrize("padding", ["naive", "pkcs5"])
+def test_sqlalchemy_utils_aes_engine_cbc(app: App, padding: str) -> None:
+    """StringEncryptedType(..., AesEngine): AES-CBC with no tag, the IV the key's first
+    16 bytes. Every value is counted as legacy (none as plaintext), a wrong key is
+    refused by the sample check, and every value opens after the import."""
+    from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine
+    from sqlalchemy_utils import StringEncryptedType
+    from sqlalchemy_utils.types.encrypted.encrypted_type import AesEngine
+
+    engine = create_engine(f"sqlite:///{app.dir / 'lib.db'}")
+    table = Table(
+        "accounts",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("api_key", StringEncryptedType(String, SECRET, AesEngine, padding)),
+    )
+    table.metadata.create_all(engine)
+    values = {i: f"sk_live_{i}_{'é' * (i % 5)}" for i in range(1, 301)}
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"id": i, "api_key": p} for i, p in values.items()])
+    with sqlite3.connect(app.dir / "lib.db") as raw:
+        stored = dict(raw.execute("SELECT id, api_key FROM accounts").fetchall())
+    raw.close()
+    engine.dispose()
+    legacy = recipe("sqlalchemy-utils AesEngine").replace(
+        'padding = "naive"', f'padding = "{padding}"'
+    )
+    take_over(app, legacy.replace('"pkcs5"', '"pkcs7"'), stored, "aes-cbc", values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -466,3 +467,57 @@ def test_values_a_node_app_wrote_with_a_text_key_are_read() -> None:
     )  # fmt: skip
     with pytest.raises(LegacyKeyError, match="key_bytes = 32"):
         LegacyReader(auto, lambda s: [(f"env:{OLD}", key)]).keys()
+
+
+@pytest.mark.parametrize(
+    ("padding", "padded", "plain"),
+    [
+        ("pkcs7", b"abc" + bytes([13]) * 13, b"abc"),
+        ("pkcs7", b"abc" + bytes([12]) * 12 + bytes([13]), None),
+        ("pkcs7", b"abc" + bytes([0]) * 13, None),
+        ("pkcs7", bytes([16]) * 16, b""),
+        ("naive", b"abc" + b"*" * 13, b"abc"),
+        ("naive", b"abc" + b"x" * 13, None),
+        ("zeroes", b"abc" + b"\0" * 12 + bytes([13]), b"abc"),
+        ("zeroes", b"abc" + b"\1" * 12 + bytes([13]), None),
+        ("oneandzeroes", b"abc\x80" + b"\0" * 12, b"abc"),
+        ("oneandzeroes", b"abc" + b"\0" * 13, None),
+    ],
+)
+def test_cbc_padding_is_checked_exactly(padding: str, padded: bytes, plain: bytes | None) -> None:
+    from keyturn.legacy.aescbc import _unpad
+
+    assert _unpad(padded, padding) == plain
+
+
+def test_a_wrong_cbc_key_is_refused_with_a_count(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No tag: every sampled value must open, and the refusal says how many did not."""
+    from cryptography.hazmat.primitives import padding as pad
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key = os.urandom(32)
+
+    def cbc(plain: bytes) -> str:
+        padder = pad.PKCS7(128).padder()
+        data = padder.update(plain) + padder.finalize()
+        encryptor = Cipher(algorithms.AES(key), modes.CBC(key[:16])).encryptor()
+        return base64.b64encode(encryptor.update(data) + encryptor.finalize()).decode()
+
+    with sqlite3.connect(app.db) as conn:
+        conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, api_key TEXT)")
+        conn.executemany(
+            "INSERT INTO accounts VALUES (?, ?)", [(i, cbc(f"s{i}".encode())) for i in range(50)]
+        )
+    conn.close()
+    app.write_config(
+        app.config.read_text()
+        + f'\n[[legacy]]\nname = "cbc"\nformat = "aes-cbc"\npadding = "pkcs7"\nkey_env = "{OLD}"\n'
+        '[[columns]]\ntable = "accounts"\ncolumn = "api_key"\nlegacy = "cbc"\n'
+    )
+    app.cli("init", check=True)
+    before = app.sql("SELECT * FROM accounts")
+    wrong = app.cli("import-legacy", "--yes", env={**app.env, OLD: os.urandom(32).hex()})
+    assert wrong.returncode == 3 and "of the first 50 values" in wrong.stderr, wrong.stderr
+    assert app.sql("SELECT * FROM accounts") == before
+    done = app.cli("import-legacy", "--yes", env={**app.env, OLD: key.hex()}, check=True)
+    assert "legacy key checked on 50 value(s)" in done.stdout

@@ -324,6 +324,10 @@ def import_legacy_cmd(
             )
             outcome.update(audit_summary(report))
     _print_rewrite(report, as_json, "imported")
+    if not as_json:
+        for column, sampled in report.extra.get("key_check_sampled", {}).items():
+            if sampled:
+                click.echo(f"  {column}: legacy key checked on {sampled} value(s) before writing")
     plaintext = report.totals["plaintext"]
     if plaintext and not include_plaintext and not as_json:
         click.echo(

@@ -18,12 +18,14 @@ from typing import Any
 
 from keyturn.errors import ConfigError, InvalidToken, LegacyKeyError
 from keyturn.keyfiles import read_private_file
-from keyturn.legacy import aesgcm, fernet
+from keyturn.legacy import aescbc, aesgcm, fernet
 from keyturn.legacy.base import LegacyFormat, LegacySpec
 
 AES_GCM = aesgcm.FORMAT.name
 FERNET = fernet.FORMAT.name
-_FORMATS: dict[str, LegacyFormat] = {f.name: f for f in (aesgcm.FORMAT, fernet.FORMAT)}
+_FORMATS: dict[str, LegacyFormat] = {
+    f.name: f for f in (aesgcm.FORMAT, aescbc.FORMAT, fernet.FORMAT)
+}
 
 _COMMON_KEYS = {"name", "format", "prefix", "key_env", "key_file"}
 # Each option is typed by its LegacySpec field.

@@ -44,6 +44,10 @@ class AesGcm:
             raise ConfigError(f'{where}: `order` must be "iv,tag,ct" or "iv,ct,tag"')
         if not 8 <= spec.iv_len <= 64:
             raise ConfigError(f"{where}: `iv_len` must be between 8 and 64 bytes")
+        self.check_key_options(spec, entry, where)
+
+    def check_key_options(self, spec: LegacySpec, entry: dict[str, Any], where: str) -> None:
+        """The key derivation's options (shared with aes-cbc)."""
         if spec.kdf not in KDFS:
             raise ConfigError(f"{where}: `kdf` must be one of {', '.join(KDFS)}")
         if spec.kdf in ("pbkdf2", "scrypt") and not spec.salt:
@@ -110,15 +114,21 @@ class AesGcm:
 
 
 def _derive(spec: LegacySpec, source: str, text: str) -> AESGCM:
+    return AESGCM(derive_key(spec, source, text))
+
+
+def derive_key(spec: LegacySpec, source: str, text: str) -> bytes:
+    """The AES key from a key text, by the reader's ``kdf`` (shared with aes-cbc)."""
     material = (text + spec.suffix).encode()
     if spec.kdf == "sha256":
-        return AESGCM(hashlib.sha256(material).digest())
+        return hashlib.sha256(material).digest()
     if spec.kdf == "pbkdf2":
-        kdf = PBKDF2HMAC(PBKDF2_HASHES[spec.hash], 32, spec.salt.encode(), spec.iterations)
-        return AESGCM(kdf.derive(material))
+        return PBKDF2HMAC(PBKDF2_HASHES[spec.hash], 32, spec.salt.encode(), spec.iterations).derive(
+            material
+        )
     if spec.kdf == "scrypt":
-        return AESGCM(Scrypt(spec.salt.encode(), 32, spec.n, spec.r, spec.p).derive(material))
-    return AESGCM(raw_key(spec, source, text))
+        return Scrypt(spec.salt.encode(), 32, spec.n, spec.r, spec.p).derive(material)
+    return raw_key(spec, source, text)
 
 
 def raw_key(spec: LegacySpec, source: str, text: str) -> bytes:

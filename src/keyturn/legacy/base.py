@@ -38,6 +38,10 @@ class LegacySpec:
     n: int = 2**14
     r: int = 8
     p: int = 1
+    #: aes-cbc: where the IV is ("key": its first 16 bytes; "prefix": before the data).
+    iv: str = "key"
+    #: aes-cbc: the padding ("pkcs7", "naive" '*'s, "zeroes" ANSI X.923, "oneandzeroes").
+    padding: str = "naive"
     #: HKDF's info (kdf "hkdf" of format fernet).
     info: str = ""
     #: More salts, each tried with every key (PBKDF2-derived Fernet keys rotate salts).

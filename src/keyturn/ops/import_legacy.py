@@ -30,6 +30,9 @@ PLAINTEXT = "plaintext"
 EMPTY = "skipped_empty"
 CATEGORIES = (IMPORTED, ALREADY, PLAINTEXT, EMPTY)
 SAMPLE = 20
+# A format without an authentication tag (aes-cbc) is sampled wider, and every
+# sampled value must open: padding and UTF-8 are all that tell a wrong key.
+UNAUTHENTICATED_SAMPLE = 200
 
 
 def import_legacy(
@@ -54,8 +57,9 @@ def import_legacy(
             "no [[columns]] entry names a legacy reader (`legacy = NAME`); nothing to import "
             "(docs/ADOPTING.md)"
         )
+    sampled = {}
     for column in columns:
-        check_legacy_key(store, column)
+        sampled[column.spec.name] = check_legacy_key(store, column)
         _check_width(store, column, include_plaintext)
     results = rewrite_columns(
         store,
@@ -72,24 +76,27 @@ def import_legacy(
         results,
         dry_run=dry_run,
         seconds=time.monotonic() - started,
-        extra={"include_plaintext": include_plaintext},
+        extra={"include_plaintext": include_plaintext, "key_check_sampled": sampled},
     )
 
 
 def check_legacy_key(store: Store, column: BoundColumn) -> int:
-    """Refuse unless the column's legacy key opens some of its first legacy values.
+    """Refuse unless the column's legacy key opens some of its first legacy values
+    (every one of them, for a format without an authentication tag).
 
     Returns how many were sampled (0: the column holds no legacy value, and no
     key is needed). A wrong key opens none; a few values that fail among many
     that open are reported per row by the import instead.
     """
     reader = _reader(store, column)
+    authenticated = getattr(reader.format, "authenticated", True)
+    size = SAMPLE if authenticated else UNAUTHENTICATED_SAMPLE
     sample: list[str] = []
     with store.engine.connect() as conn:
         for candidate in column.secret_values(conn, in_order=True):
             if reader.recognises(candidate):
                 sample.append(candidate)
-                if len(sample) == SAMPLE:
+                if len(sample) == size:
                     break
     if not sample:
         return 0
@@ -101,6 +108,14 @@ def check_legacy_key(store: Store, column: BoundColumn) -> int:
         except InvalidToken:
             continue
         opened += 1
+    if not authenticated and opened < len(sample):
+        raise LegacyKeyError(
+            f"{column.spec.name}: {len(sample) - opened} of the first {len(sample)} values in "
+            f"the {reader.spec.format} layout of legacy reader {reader.spec.name} do not open "
+            f"with its key(s) ({', '.join(reader.spec.key_sources)}). {reader.spec.format} has "
+            "no authentication tag, so every sampled value must open (padding and UTF-8): a "
+            "wrong key, padding or layout. Nothing was written."
+        )
     if not opened:
         raise LegacyKeyError(
             f"{column.spec.name}: the key(s) of legacy reader {reader.spec.name} "
