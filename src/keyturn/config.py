@@ -23,6 +23,7 @@ from keyturn._core.context import column_context, row_context, unescaped_row_con
 from keyturn._core.jsonpath import JsonPath, parse_path
 from keyturn.errors import ConfigError, InvalidToken
 from keyturn.legacy import LegacySpec, parse_legacy
+from keyturn.legacy.python import load_hooks
 
 CONFIG_NAME = "keyturn.toml"
 CONFIG_ENV = "KEYTURN_CONFIG"
@@ -233,6 +234,9 @@ def parse_config(data: dict[str, Any], file: Path) -> Config:
         parse_legacy(entry, f"{file}: [[legacy]] entry {i}")
         for i, entry in enumerate(raw_legacy, 1)
     )
+    for i, spec in enumerate(legacy, 1):
+        if spec.format == "python":
+            load_hooks(spec, file.parent, f"{file}: [[legacy]] entry {i} ({spec.name})")
     names = [spec.name for spec in legacy]
     for name in names:
         if names.count(name) > 1:

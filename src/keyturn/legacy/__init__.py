@@ -18,13 +18,13 @@ from typing import Any
 
 from keyturn.errors import ConfigError, InvalidToken, LegacyKeyError
 from keyturn.keyfiles import read_private_file
-from keyturn.legacy import aescbc, aesgcm, fernet
+from keyturn.legacy import aescbc, aesgcm, fernet, python
 from keyturn.legacy.base import LegacyFormat, LegacySpec
 
 AES_GCM = aesgcm.FORMAT.name
 FERNET = fernet.FORMAT.name
 _FORMATS: dict[str, LegacyFormat] = {
-    f.name: f for f in (aesgcm.FORMAT, aescbc.FORMAT, fernet.FORMAT)
+    f.name: f for f in (aesgcm.FORMAT, aescbc.FORMAT, fernet.FORMAT, python.FORMAT)
 }
 
 _COMMON_KEYS = {"name", "format", "prefix", "key_env", "key_file"}

@@ -42,6 +42,9 @@ class LegacySpec:
     iv: str = "key"
     #: aes-cbc: the padding ("pkcs7", "naive" '*'s, "zeroes" ANSI X.923, "oneandzeroes").
     padding: str = "naive"
+    #: format python: the app's "module:function" reading a value, and telling its values.
+    reader: str = ""
+    recognise: str = ""
     #: HKDF's info (kdf "hkdf" of format fernet).
     info: str = ""
     #: More salts, each tried with every key (PBKDF2-derived Fernet keys rotate salts).
