@@ -368,3 +368,30 @@ def test_long_values_are_swapped_in_statements_the_server_accepts(
         rows = database.rows("SELECT id, secret FROM blobs")
         assert all(t.startswith("kt1:2:") for _, t in rows)
         assert {i: store.decrypt(t, context="blobs.secret") for i, t in rows} == secret
+
+
+def test_status_counts_every_kind_of_value_by_its_header(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """status counts in the database: tokens per version (v10 apart from v1), a version
+    this keyring never had, a header with no payload or a bad version (plaintext),
+    plaintext, NULL and '' — and reads no value into Python."""
+    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    with keyturn.open() as store:
+        v1 = store.encrypt("x", context="creds.oauth")
+    weird = {
+        1: v1.replace("kt1:1:", "kt1:10:"),  # a version never held: counted as v10
+        2: "kt1:1:",  # a header with no payload: plaintext
+        3: "kt1:01:" + v1[6:],  # not a canonical version: plaintext
+        4: "kt1: spaced",  # plaintext
+        5: None,
+        6: "",
+    }
+    for i, value in weird.items():
+        database.execute("UPDATE creds SET oauth = :v WHERE id = :i", v=value, i=i)
+    status = json.loads(app.cli("status", "--json", check=True).stdout)
+    oauth = next(c for c in status["columns"] if c["column"] == "creds.oauth")
+    assert oauth["by_version"] == {"1": 34, "10": 1}
+    assert (oauth["rows"], oauth["plaintext"], oauth["empty"]) == (40, 3, 2)
