@@ -317,6 +317,7 @@ def test_openapi_schema_lists_every_endpoint(server: LocalServer) -> None:
         "/v1/admin/encryption/jobs/{job_id}",
         "/v1/admin/encryption/rotate-kek",
         "/v1/admin/audit",
+        "/metrics",
     }
 
 
@@ -576,3 +577,32 @@ def test_a_refused_token_is_throttled_by_its_name_from_any_address(app: App) -> 
         if e["action"] == "token.refused"
     ]
     assert len(refused) == 5 and {e["details"]["name"] for e in refused} == {"evil"}
+
+
+def test_metrics_for_prometheus_behind_a_read_token(app: App, server: LocalServer) -> None:
+    """GET /metrics: the counts `status` reports, in Prometheus' format, for a read
+    token only; refused authentications counted; no secret, token or key in it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reader = token(app, "prometheus")
+    assert server.call("GET", "/metrics").status == 401
+    assert server.call("GET", "/metrics", "kta_" + secrets.token_urlsafe(32)).status == 401
+    reply = server.call("GET", "/metrics", reader)
+    assert reply.status == 200 and reply.headers["content-type"].startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(reply.text)
+        for s in family.samples
+    }
+    status = json.loads(app.cli("status", "--json", check=True).stdout)
+    for column in status["columns"]:
+        for version, n in column["by_version"].items():
+            key = ("keyturn_values", (("column", column["column"]), ("version", version)))
+            assert samples[key] == n
+        plain = ("keyturn_plaintext_values", (("column", column["column"]),))
+        assert samples[plain] == column["plaintext"]
+    assert samples[("keyturn_active_version", ())] == status["active_version"]
+    assert samples[("keyturn_cryptoperiod_days", ())] == status["cryptoperiod_days"]
+    assert samples[("keyturn_key_state", (("state", "active"), ("version", "1")))] == 1
+    assert samples[("keyturn_refused_authentications", ())] >= 1
+    assert_no_secret(reply.text, app.env["KEYTURN_KEK"], reader)

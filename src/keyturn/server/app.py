@@ -44,6 +44,7 @@ from keyturn.ops.reports import audit_summary
 from keyturn.ops.rotate import KIND, RotateOptions, Rotator
 from keyturn.ops.rotate_kek import rotate_kek
 from keyturn.ops.status import status
+from keyturn.server import metrics
 from keyturn.server import page as html
 from keyturn.store import Store
 from keyturn.store import open as open_store
@@ -143,6 +144,8 @@ class _Service:
         self.store = store
         self.limiter = limiter
         self.jobs: dict[str, _HttpJob] = {}
+        #: Requests refused for a token that does not authenticate (for /metrics).
+        self.refused = 0
         self._lock = threading.Lock()
         self._rotate_options = RotateOptions()
 
@@ -355,6 +358,7 @@ def create_app(
             token, throttled = service.check(presented)
             if token is None:
                 if presented:  # a guess; a request with no credentials is not
+                    service.refused += 1
                     service.limiter.fail(client)
                     throttled = max(throttled, service.limiter.backstop())
                 if throttled:
@@ -389,6 +393,10 @@ def create_app(
 
     def encryption(_: Request, __: ApiToken) -> Response:
         return JSONResponse(status(service.store).to_dict())
+
+    def metrics_route(_: Request, __: ApiToken) -> Response:
+        body = metrics.render(status(service.store), service.refused)
+        return Response(body, media_type=metrics.CONTENT_TYPE)
 
     def rotate(_: Request, token: ApiToken) -> Response:
         job = service.start_rotation(f"token:{token.name}")
@@ -503,6 +511,7 @@ def create_app(
             "/v1/admin/encryption/rotate-kek", guarded("admin", rotate_kek_route), methods=["POST"]
         ),
         Route("/v1/admin/audit", guarded("read", audit_route)),
+        Route("/metrics", guarded("read", metrics_route)),
         Route("/admin/encryption", page),
         Route("/admin/sign-in", sign_in, methods=["POST"]),
         Route("/admin/sign-out", sign_out, methods=["POST"]),

@@ -288,6 +288,13 @@ OPENAPI: dict[str, Any] = {
                 errors=("409",),
             )
         },
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics: values per column and version, plaintext and legacy "
+                "counts, key ages, the cryptoperiod, refused authentications",
+                "read",
+            )
+        },
         "/v1/admin/audit": {
             "get": {
                 **_op("Audit entries, oldest first, paginated by seq", "read", errors=("400",)),

@@ -1,0 +1,53 @@
+"""``GET /metrics``: the keyring and every configured column in Prometheus' text
+format, built with prometheus-client from the same counts as ``status`` (one
+pass per column in the database, no value read), never a key or a secret."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from keyturn.ops.status import StatusReport
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def render(report: StatusReport, refused_authentications: int) -> bytes:
+    """The metrics of one status report, in the exposition format."""
+    registry = CollectorRegistry()
+
+    def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, doc, labels, registry=registry)
+
+    values = gauge(
+        "keyturn_values", "Values (tokens) per column and key version", ("column", "version")
+    )
+    plaintext = gauge("keyturn_plaintext_values", "Values still in plaintext", ("column",))
+    legacy = gauge("keyturn_legacy_values", "Values in a legacy layout", ("column",))
+    invalid = gauge("keyturn_invalid_values", "JSON fields that are not a string", ("column",))
+    empty = gauge("keyturn_empty_values", "NULL or empty values", ("column",))
+    for column in report.columns:
+        for version, n in column.by_version.items():
+            values.labels(column.column, str(version)).set(n)
+        plaintext.labels(column.column).set(column.plaintext)
+        legacy.labels(column.column).set(column.legacy)
+        invalid.labels(column.column).set(column.invalid)
+        empty.labels(column.column).set(column.empty)
+    state = gauge("keyturn_key_state", "1 for each key version's state", ("version", "state"))
+    rows = gauge("keyturn_key_values", "Configured values under each key version", ("version",))
+    for key in report.keys:
+        state.labels(str(key.version), key.state).set(1)
+        rows.labels(str(key.version)).set(key.rows)
+    gauge("keyturn_active_version", "The key version new values are sealed under").set(
+        report.active_version
+    )
+    gauge("keyturn_active_key_age_days", "Age of the active key version, in days").set(
+        report.active_age_days
+    )
+    gauge("keyturn_cryptoperiod_days", "The configured cryptoperiod, in days").set(
+        report.cryptoperiod_days
+    )
+    gauge("keyturn_warnings", "Warnings `keyturn status` prints").set(len(report.warnings))
+    gauge("keyturn_refused_authentications", "Requests refused for a missing or wrong token").set(
+        refused_authentications
+    )
+    return generate_latest(registry)
