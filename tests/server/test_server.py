@@ -606,3 +606,45 @@ def test_metrics_for_prometheus_behind_a_read_token(app: App, server: LocalServe
     assert samples[("keyturn_key_state", (("state", "active"), ("version", "1")))] == 1
     assert samples[("keyturn_refused_authentications", ())] >= 1
     assert_no_secret(reply.text, app.env["KEYTURN_KEK"], reader)
+
+
+def _scrape(server: Server, reader: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reply = server.call("GET", "/metrics", reader)
+    assert reply.status == 200
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(reply.text)
+        for s in family.samples
+    }
+
+
+def test_metrics_scraped_during_a_rotation_show_it_progress(app: App) -> None:
+    """A real `keyturn serve` scraped while `keyturn rotate` runs in another process:
+    the job shows as running with its counts rising, and at the end every value is
+    on the new version."""
+    app.cli("init", check=True)
+    fill_users(app, 3000)
+    app.cli("encrypt-existing", check=True)
+    reader = token(app, "prometheus")
+    for server in serve(app):
+        rotation = app.start("rotate", "--yes", "--max-rate", "1500", output=subprocess.DEVNULL)
+        seen: list[float] = []
+        while rotation.poll() is None:
+            samples = _scrape(server, reader)
+            done = [
+                n
+                for (name, labels), n in samples.items()
+                if name == "keyturn_job_values" and ("outcome", "rotated") in labels
+            ]
+            if samples.get(("keyturn_jobs", (("kind", "rotate"), ("state", "running")))):
+                seen.append(sum(done))
+            time.sleep(0.2)
+        assert rotation.returncode == 0
+        assert len(seen) >= 2 and seen[-1] > seen[0], seen
+        after = _scrape(server, reader)
+        assert after[("keyturn_jobs", (("kind", "rotate"), ("state", "succeeded")))] == 1
+        assert after[("keyturn_active_version", ())] == 2
+        key = ("keyturn_values", (("column", "users.secret"), ("version", "2")))
+        assert after[key] == 3000 - 3000 // 97

@@ -395,7 +395,9 @@ def create_app(
         return JSONResponse(status(service.store).to_dict())
 
     def metrics_route(_: Request, __: ApiToken) -> Response:
-        body = metrics.render(status(service.store), service.refused)
+        body = metrics.render(
+            status(service.store), service.refused, jobs.list_all(service.store.engine)
+        )
         return Response(body, media_type=metrics.CONTENT_TYPE)
 
     def rotate(_: Request, token: ApiToken) -> Response:

@@ -4,15 +4,19 @@ pass per column in the database, no value read), never a key or a secret."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
+from keyturn.engine.jobs import RUNNING, Job
 from keyturn.ops.status import StatusReport
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def render(report: StatusReport, refused_authentications: int) -> bytes:
-    """The metrics of one status report, in the exposition format."""
+def render(report: StatusReport, refused_authentications: int, jobs: Sequence[Job] = ()) -> bytes:
+    """The metrics of one status report and the jobs, in the exposition format."""
     registry = CollectorRegistry()
 
     def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
@@ -50,4 +54,19 @@ def render(report: StatusReport, refused_authentications: int) -> bytes:
     gauge("keyturn_refused_authentications", "Requests refused for a missing or wrong token").set(
         refused_authentications
     )
+    states = gauge("keyturn_jobs", "Jobs (rotations, imports) by kind and state", ("kind", "state"))
+    for (kind, job_state), n in Counter((j.kind, j.state) for j in jobs).items():
+        states.labels(kind, job_state).set(n)
+    done = gauge(
+        "keyturn_job_values",
+        "Values a running job has handled so far, by column and outcome",
+        ("job", "column", "outcome"),
+    )
+    for job in jobs:
+        if job.state != RUNNING:
+            continue
+        for column, tally in (job.progress or {}).get("columns", {}).items():
+            for outcome, n in (tally.get("counts") or {}).items():
+                path, _, category = outcome.rpartition("\t")  # a JSON field's path, if any
+                done.labels(job.id, column + path, category).set(n)
     return generate_latest(registry)
