@@ -76,9 +76,9 @@ class Server:
         raise AssertionError(f"job {job_id} did not finish")
 
 
-def serve(app: App) -> Iterator[Server]:
+def serve(app: App, *options: str) -> Iterator[Server]:
     port = free_port()
-    proc = app.start("serve", "--port", str(port))
+    proc = app.start("serve", "--port", str(port), *options)
     server = Server(f"http://127.0.0.1:{port}", proc)
     deadline = time.monotonic() + 20
     while True:
@@ -648,3 +648,23 @@ def test_metrics_scraped_during_a_rotation_show_it_progress(app: App) -> None:
         assert after[("keyturn_active_version", ())] == 2
         key = ("keyturn_values", (("column", "users.secret"), ("version", "2")))
         assert after[key] == 3000 - 3000 // 97
+
+
+def test_request_logs_as_json_lines(app: App) -> None:
+    """`keyturn serve --log-format json`: one JSON object per request and per refused
+    sign-in, with structured fields and never a token."""
+    app.cli("init", check=True)
+    ops = token(app, "ops", "rotate")
+    for server in serve(app, "--log-format", "json"):
+        assert server.call("GET", "/v1/admin/encryption", ops).status == 200
+        assert server.call("GET", "/v1/admin/encryption", "kta_wrong").status == 401
+    records = [json.loads(x) for x in server.output.splitlines() if x.startswith("{")]
+    requests_ = [r for r in records if r.get("event") == "request"]
+    assert {(r["method"], r["path"], r["status"]) for r in requests_} >= {
+        ("GET", "/v1/admin/encryption", 200),
+        ("GET", "/v1/admin/encryption", 401),
+    }
+    ok = next(r for r in requests_ if r["status"] == 200 and r["path"] != "/healthz")
+    assert ok["token_name"] == "ops" and ok["level"] == "info" and ok["at"].endswith("Z")
+    assert isinstance(ok["duration_ms"], float)
+    assert ops not in server.output and "kta_wrong" not in server.output

@@ -475,15 +475,27 @@ def create_app(
         client = _client(request, service.store.config.server.trusted_proxies)
         back = RedirectResponse("/admin/encryption", status_code=303)
         if service.limiter.retry_after(client):
-            log.warning("sign-in refused client=%s: too many failures", client)
+            log.warning(
+                "sign-in refused client=%s: too many failures",
+                client,
+                extra={"event": "sign_in_refused", "client": client, "reason": "throttled"},
+            )
             return RedirectResponse("/admin/encryption?error=locked", status_code=303)
         if not _csrf_ok(request, str(form.get("csrf", ""))):
-            log.warning("sign-in refused client=%s: missing or wrong CSRF token", client)
+            log.warning(
+                "sign-in refused client=%s: missing or wrong CSRF token",
+                client,
+                extra={"event": "sign_in_refused", "client": client, "reason": "csrf"},
+            )
             return RedirectResponse("/admin/encryption?error=csrf", status_code=303)
         presented = str(form.get("token", "")).strip()
         if service.authenticate(presented) is None:
             service.limiter.fail(client)
-            log.warning("sign-in refused client=%s: no live token matches", client)
+            log.warning(
+                "sign-in refused client=%s: no live token matches",
+                client,
+                extra={"event": "sign_in_refused", "client": client, "reason": "no token"},
+            )
             return RedirectResponse("/admin/encryption?error=token", status_code=303)
         _set_cookie(request, back, SESSION_COOKIE, presented, max_age=SESSION_SECONDS)
         return back
@@ -568,13 +580,22 @@ class _RequestLog:
             await self.app(scope, receive, sending)
         finally:
             token = scope.get("state", {}).get("token_name")
+            ms = round((time.perf_counter() - started) * 1000, 1)
             log.info(
                 "%s %s %d %.1fms%s",
                 scope["method"],
                 scope["path"],
                 status,
-                (time.perf_counter() - started) * 1000,
+                ms,
                 f" token={token}" if token else "",
+                extra={
+                    "event": "request",
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": ms,
+                    "token_name": token,
+                },
             )
 
 
