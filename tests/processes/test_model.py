@@ -100,8 +100,13 @@ class Scheduler:
         return ["encrypt-existing"]
 
     def run(self, args: list[str]) -> int:
-        code = self.app.cli(*args).returncode
-        self.log.append(f"{' '.join(args)} -> {code}")
+        proc = self.app.cli(*args)
+        code = proc.returncode
+        said = proc.stderr.strip().splitlines()
+        # An operation that failed says why on its last line (never a secret).
+        self.log.append(
+            f"{' '.join(args)} -> {code}" + (f": {said[-1]}" if code == 1 and said else "")
+        )
         return code
 
     def runbook(self) -> None:
@@ -224,7 +229,7 @@ def test_random_interleavings_lose_nothing(database: Database, tmp_path: Path) -
             proc.wait(timeout=60)
         for path in errors:
             assert "Traceback" not in path.read_text(), path.read_text()
-        failed = [entry for entry in scheduler.log if entry.endswith("-> 1")]
+        failed = [entry for entry in scheduler.log if "-> 1" in entry]
         assert not failed, f"operations failed: {failed}"
         final = app.cli("rotate", "--yes", "--wait", "60")  # resumes a killed rotation
         assert final.returncode == 0, final.stderr
