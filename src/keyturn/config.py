@@ -6,9 +6,7 @@ checked against the database by ``keyturn.db.columns``.
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -21,6 +19,7 @@ from sqlalchemy.exc import ArgumentError
 
 from keyturn._core.context import column_context, row_context, unescaped_row_context
 from keyturn._core.jsonpath import JsonPath, parse_path
+from keyturn.appimport import import_object
 from keyturn.errors import ConfigError, InvalidToken
 from keyturn.legacy import LegacySpec, parse_legacy
 from keyturn.legacy.python import load_hooks
@@ -302,21 +301,8 @@ def _with_models(columns: tuple[ColumnSpec, ...], value: Any, file: Path) -> tup
 
 def _model_tables(target: str, file: Path) -> list[Any]:
     """The tables of ``module:attribute``, imported with the config's directory on the path."""
-    module_name, _, attribute = target.partition(":")
     where = f"{file}: models = {target!r}"
-    base = str(file.parent)
-    added = base not in sys.path
-    if added:
-        sys.path.append(base)
-    try:
-        found = getattr(importlib.import_module(module_name), attribute)
-    except ImportError as exc:
-        raise ConfigError(f"{where}: cannot import {module_name} ({exc})") from None
-    except AttributeError:
-        raise ConfigError(f"{where}: {module_name} has no {attribute}") from None
-    finally:
-        if added:
-            sys.path.remove(base)
+    found = import_object(target, file.parent, where)
     tables = getattr(getattr(found, "metadata", found), "tables", None)
     if not isinstance(tables, Mapping):
         raise ConfigError(f"{where}: that is neither a declarative base nor a MetaData")

@@ -5,24 +5,14 @@ import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import Database from "better-sqlite3";
+import { PYTHON, freePort } from "./helpers.js";
 
-const PYTHON = process.env.KEYTURN_PYTHON ?? new URL("../../../.venv/bin/python", import.meta.url).pathname;
 
-function freePort() {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 test("the example app: taken over, serving, and rotated while it serves", async () => {
   const dir = mkdtempSync(join(tmpdir(), "keyturn-example-"));

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createConnection, createServer } from "node:net";
+import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { test } from "node:test";
@@ -26,8 +26,8 @@ import {
   openKeyring,
   rowContext,
 } from "../src/index.js";
+import { PYTHON, freePort } from "./helpers.js";
 
-const PYTHON = process.env.KEYTURN_PYTHON ?? new URL("../../../.venv/bin/python", import.meta.url).pathname;
 
 /** A directory with keyturn.toml for `url`, a fresh KEK, and a way to run Python there. */
 function project(url, columns = "") {
@@ -308,16 +308,6 @@ test("after rotate-kek the app reopens with the new KEK, and the old one is refu
   }
 });
 
-/** A free loopback port, from the OS. */
-function freePort() {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 test("Transit: a real `bao server -dev` unwraps the keyring Python made, and fails closed", async (t) => {
   const bao = join(dirname(PYTHON), "bao");

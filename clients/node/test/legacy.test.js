@@ -11,8 +11,8 @@ import { join } from "node:path";
 import { test } from "node:test";
 import Database from "better-sqlite3";
 import { InvalidToken, LegacyKeyError, fromBetterSqlite3, legacyReader, openKeyring } from "../src/index.js";
+import { PYTHON } from "./helpers.js";
 
-const PYTHON = process.env.KEYTURN_PYTHON ?? new URL("../../../.venv/bin/python", import.meta.url).pathname;
 const TESTS = new URL("../../../tests", import.meta.url).pathname;
 
 /** Per AES-GCM layout: its [[legacy]] body, a key, and values the encoder wrote. */

@@ -13,12 +13,11 @@ open. The module is imported with keyturn.toml's directory on the path.
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from keyturn.appimport import import_object
 from keyturn.errors import ConfigError, InvalidToken
 from keyturn.legacy.base import LegacySpec
 
@@ -84,20 +83,7 @@ def load_hooks(spec: LegacySpec, base_dir: Path, where: str) -> None:
     for target in (spec.reader, spec.recognise):
         if not target or target in _HOOKS:
             continue
-        module_name, _, attribute = target.partition(":")
-        base = str(base_dir)
-        added = base not in sys.path
-        if added:
-            sys.path.append(base)
-        try:
-            found = getattr(importlib.import_module(module_name), attribute)
-        except ImportError as exc:
-            raise ConfigError(f"{where}: cannot import {module_name} ({exc.name})") from None
-        except AttributeError:
-            raise ConfigError(f"{where}: {module_name} has no {attribute}") from None
-        finally:
-            if added:
-                sys.path.remove(base)
+        found = import_object(target, base_dir, where)
         if not callable(found):
             raise ConfigError(f"{where}: {target} is not a function")
         _HOOKS[target] = found
