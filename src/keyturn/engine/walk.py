@@ -126,6 +126,8 @@ class TableRewriter:
         # The rows a ``where`` filter selects: read, and swapped only while they match.
         self.rows = row_filter(self.table, self.columns[0].spec)
         self.filter = list(self.columns[0].spec.where)
+        # Its values in order, bound after every other value of a swap.
+        self.filter_values = [v for _, values in self.filter for v in values]
         self._statements: dict[tuple[int, ...], DriverStatement] = {}
         self._bulk_statements: dict[tuple[int, ...], mysql.BulkStatement] = {}
         self._array_statements: dict[tuple[int, ...], tuple[str, list[str], str]] = {}
@@ -279,7 +281,7 @@ class TableRewriter:
             statement = self._statements.get(indexes)
             if statement is None:
                 statement = self._statements[indexes] = self._compile(indexes, dialect)
-            constants = [[v] * len(rows) for _, values in self.filter for v in values]
+            constants = [[v] * len(rows) for v in self.filter_values]
             many = [(statement.sql, statement.from_columns([*written, *constants]))]
             return _Write(indexes, rows, written, many, many=True)
         # MariaDB/MySQL: many rows per UPDATE statement. Tokens and ints are put in
@@ -291,13 +293,12 @@ class TableRewriter:
                 dialect, self.table, self.pk, self.values, indexes, self.values_rows, self.filter
             )
         per_statement = max(1, min(mysql.STATEMENT_ROWS, mysql.STATEMENT_VALUES // len(written)))
-        filter_values = [v for _, values in self.filter for v in values]
         statements: list[tuple[str, Any]] = []
         for start, stop in _spans(written, per_statement, mysql.STATEMENT_CHARS):
             text, bound = bulk.render([column[start:stop] for column in written])
             # Always with parameters, even none: the driver then reads the
             # preparer's %% in a name as %, as it does for a statement with values.
-            statements.append((text, (*bound, *filter_values)))
+            statements.append((text, (*bound, *self.filter_values)))
         return _Write(indexes, rows, written, statements, many=False)
 
     def _prepare_arrays(
@@ -322,7 +323,7 @@ class TableRewriter:
                     return None
                 exprs.append(array[0])
                 texts.append(array[1])
-            texts += [v for _, values in self.filter for v in values]
+            texts += self.filter_values
             statements.append((head + ", ".join(exprs) + tail, texts))
         return _Write(indexes, rows, written, statements, many=False, setup=postgresql.NESTED_LOOPS)
 
