@@ -83,6 +83,7 @@ def test_encrypt_existing_status_and_round_trip(
         "legacy": 0,
         "where": "",
         "invalid": 0,
+        "unknown": 0,
     }
     assert status["keys"][0]["rows"] == 14 and status["keys"][0]["state"] == "active"
     human = app.cli("status", check=True).stdout

@@ -221,6 +221,16 @@ def _print_rewrite(
             click.echo(f"  {name}: {detail or 'no rows'}")
         for row in report.failed_rows:
             click.echo(f"  failed: {row['table']}.{row['column']} at primary key {row['pk']}")
+        for row in report.unknown_rows:
+            click.echo(f"  unknown: {row['table']}.{row['column']} at primary key {row['pk']}")
+    if report.unknown_rows and not as_json:
+        click.echo(
+            f"keyturn: {len(report.unknown_rows)} value(s) look encrypted by a scheme keyturn "
+            "cannot read and were left as they are: describe it in a [[legacy]] entry, or if "
+            "they are plaintext (random keys in hex or base64) run `keyturn encrypt-existing "
+            "--include-unknown` (docs/ADOPTING.md, 'Unknown values')",
+            err=True,
+        )
     if report.failed:
         click.echo(
             f"keyturn: {report.failed} value(s) failed (listed by primary key); {failure}",
@@ -248,23 +258,38 @@ def _confirm(yes: bool, question: str | Callable[[], str]) -> None:
 
 @cli.command("encrypt-existing")
 @click.option("--dry-run", is_flag=True, help="Count what would be encrypted; write nothing.")
+@click.option(
+    "--include-unknown",
+    is_flag=True,
+    help="Also encrypt values shaped like ciphertext that no reader opens (`unknown`): "
+    "say they are plaintext, e.g. random keys in hex or base64.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @_pacing_options
 @click.pass_context
 def encrypt_existing_cmd(
-    ctx: click.Context, dry_run: bool, as_json: bool, chunk_time: float, max_rate: float | None
+    ctx: click.Context,
+    dry_run: bool,
+    include_unknown: bool,
+    as_json: bool,
+    chunk_time: float,
+    max_rate: float | None,
 ) -> None:
     """Encrypt the plaintext values of every configured column, in place.
 
     Works in batches by compare-and-swap while the app keeps running. NULL and
     empty values are left alone; values that are already keyturn tokens are
-    counted, never encrypted twice. Safe to interrupt: run it again to finish.
-    Exits 1 if any value failed (e.g. looks like a token but does not decrypt).
+    counted, never encrypted twice. Values shaped like another scheme's
+    ciphertext that no [[legacy]] reader recognises are `unknown`: listed by
+    primary key and left alone, unless --include-unknown. Safe to interrupt:
+    run it again to finish. Exits 1 if any value failed (e.g. looks like a
+    token but does not decrypt).
     """
     with _open(ctx) as store, _audited(store, "encrypt-existing", deferred=True) as outcome:
         report = encrypt_existing(
             store,
             dry_run=dry_run,
+            include_unknown=include_unknown,
             pacing=Pacing(chunk_time=chunk_time, max_rate=max_rate),
             progress=None if as_json else progress_factory(),
             before_write=outcome.begin,
@@ -412,6 +437,7 @@ def _status_text(r: StatusReport) -> str:
             f"  {c.column:<30} {c.rows} rows; encrypted {versions}; "
             f"plaintext {c.plaintext}; "
             + (f"legacy {c.legacy}; " if c.legacy else "")
+            + (f"unknown {c.unknown}; " if c.unknown else "")
             + f"empty {c.empty}"
             + (f"\n  {'':<30} (only rows where {c.where})" if c.where else "")
         )

@@ -52,11 +52,13 @@ from keyturn.errors import SchemaError
 
 FAILED = "failed"
 CONTENDED = "contended"
+# Shaped like another scheme's ciphertext, opened by no reader: never sealed as
+# plaintext unless the operator says so (keyturn._core.shapes); listed by key.
+UNKNOWN = "unknown"
 PK = tuple[Any, ...]
 # What a value counts as: a category, or for a JSON document one per field it
 # holds, each "<path>\t<category>" (see keyturn.engine.fields).
 Category = str | tuple[str, ...]
-FIELD_FAILED = "\t" + FAILED
 # decide(pk, current value) -> (category, new value or None to leave it alone)
 Decide = Callable[[PK, Any], tuple[str, str | None]]
 # The same for one column of a whole batch: (primary keys, values) -> (the
@@ -72,11 +74,13 @@ OnBatch = Callable[[Connection, PK | None, dict[str, Counter[str]], list[Swap]],
 
 @dataclass(frozen=True)
 class ColumnResult:
-    """What happened to one column: counts by category and the rows that failed."""
+    """What happened to one column: counts by category, the rows that failed and
+    the rows holding values of unknown shape."""
 
     column: str
     counts: dict[str, int]
     failed_pks: tuple[PK, ...] = ()
+    unknown_pks: tuple[PK, ...] = ()
 
 
 class TableRewriter:
@@ -146,6 +150,7 @@ class TableRewriter:
     def _run(self, after: PK | None) -> list[ColumnResult]:
         counts = [Counter[str]() for _ in self.columns]
         failed: list[list[PK]] = [[] for _ in self.columns]
+        unknown: list[list[PK]] = [[] for _ in self.columns]
         missed: dict[PK, tuple[int, ...]] = {}
         pipelined = (
             self.conn is None
@@ -159,7 +164,7 @@ class TableRewriter:
                 if not batch:
                     break
                 after = tuple(batch[-1][: len(self.pk)])
-                decided = self._decide(batch, failed)
+                decided = self._decide(batch, failed, unknown)
                 pipeline.submit(partial(self._settle, decided, after, counts, missed))
                 self.pacing.after_batch(len(batch), time.monotonic() - started)
         # Rows whose swap missed were changed by the application between our read
@@ -173,21 +178,27 @@ class TableRewriter:
             for start in range(0, len(retry), 500):
                 current = self._read_pks(retry[start : start + 500])
                 if current:
-                    self._settle(self._decide(current, failed), None, counts, missed)
+                    decided = self._decide(current, failed, unknown)
+                    self._settle(decided, None, counts, missed)
         for indexes in missed.values():
             for i in indexes:
                 counts[i][CONTENDED] += 1
         return [
-            ColumnResult(c.spec.name, dict(counts[i]), tuple(failed[i]))
+            ColumnResult(c.spec.name, dict(counts[i]), tuple(failed[i]), tuple(unknown[i]))
             for i, c in enumerate(self.columns)
         ]
 
-    def _decide(self, batch: Sequence[tuple[Any, ...]], failed: list[list[PK]]) -> _Decided:
-        """Decide every value of a (non-empty) batch; note the rows that failed."""
+    def _decide(
+        self, batch: Sequence[tuple[Any, ...]], failed: list[list[PK]], unknown: list[list[PK]]
+    ) -> _Decided:
+        """Decide every value of a (non-empty) batch; note the rows that failed and
+        those of unknown shape."""
         with _gc_paused():
-            return self._decide_paused(batch, failed)
+            return self._decide_paused(batch, failed, unknown)
 
-    def _decide_paused(self, batch: Sequence[tuple[Any, ...]], failed: list[list[PK]]) -> _Decided:
+    def _decide_paused(
+        self, batch: Sequence[tuple[Any, ...]], failed: list[list[PK]], unknown: list[list[PK]]
+    ) -> _Decided:
         n = len(self.pk)
         # The batch by column: the primary key's parts, then the values.
         fields = list(zip(*batch, strict=True))
@@ -198,9 +209,10 @@ class TableRewriter:
         news = [new for _, new in decided]
         counts = [count_categories(c) for c in categories]
         for i, part in enumerate(counts):
-            if part[FAILED] or any(k.endswith(FIELD_FAILED) for k in part):
-                failing = zip(pks, categories[i], strict=True)
-                failed[i].extend(pk for pk, c in failing if is_failed(c))
+            for name, listed in ((FAILED, failed), (UNKNOWN, unknown)):
+                if part[name] or any(k.endswith("\t" + name) for k in part):
+                    pairs = zip(pks, categories[i], strict=True)
+                    listed[i].extend(pk for pk, c in pairs if is_category(c, name))
         self._check_width(news)
         groups = {} if self.dry_run else _group_changes(news, len(pks))
         writes = []
@@ -485,9 +497,14 @@ def count_categories(categories: Sequence[Category]) -> Counter[str]:
 
 def is_failed(category: Category) -> bool:
     """Whether a value (or a field of a JSON document) failed."""
+    return is_category(category, FAILED)
+
+
+def is_category(category: Category, name: str) -> bool:
+    """Whether a value (or a field of a JSON document) counts as ``name``."""
     if type(category) is str:
-        return category == FAILED
-    return any(c == FAILED or c.endswith(FIELD_FAILED) for c in category)
+        return category == name
+    return any(c == name or c.endswith("\t" + name) for c in category)
 
 
 def each_value(decide: Decide) -> DecideBatch:

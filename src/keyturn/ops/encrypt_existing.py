@@ -14,12 +14,14 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from keyturn._core import tokens
+from keyturn._core.shapes import looks_encrypted
 from keyturn.db.columns import BoundColumn
 from keyturn.engine.fields import batch_decider
 from keyturn.engine.pacing import Pacing
 from keyturn.engine.walk import (
     FAILED,
     PK,
+    UNKNOWN,
     ColumnResult,
     Decide,
     TableRewriter,
@@ -34,7 +36,7 @@ ENCRYPTED = "encrypted"
 ALREADY = "already_encrypted"
 EMPTY = "skipped_empty"
 LEGACY = "skipped_legacy"
-CATEGORIES = (ENCRYPTED, ALREADY, EMPTY, LEGACY)
+CATEGORIES = (ENCRYPTED, ALREADY, EMPTY, LEGACY, UNKNOWN)
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
@@ -43,21 +45,24 @@ def encrypt_existing(
     store: Store,
     *,
     dry_run: bool = False,
+    include_unknown: bool = False,
     pacing: Pacing | None = None,
     progress: ProgressFactory | None = None,
     before_write: Callable[[], None] | None = None,
 ) -> RewriteReport:
     """Encrypt the plaintext of every configured column; NULL and '' stay as they are,
-    and so do values a column's legacy reader recognises (see ``import_legacy``).
+    and so do values a column's legacy reader recognises (see ``import_legacy``) and
+    values shaped like another scheme's ciphertext (``unknown``, listed by primary
+    key), unless ``include_unknown`` says they are plaintext.
     ``before_write`` runs after the checks, before the first write (the audit entry)."""
     started = time.monotonic()
     columns = store.bound_columns()
     for column in columns:
-        _check_width(store, column)
+        _check_width(store, column, include_unknown)
     results = rewrite_columns(
         store,
         columns,
-        lambda column: _decider(store, column),
+        lambda column: _decider(store, column, include_unknown),
         dry_run=dry_run,
         pacing=pacing,
         progress=progress,
@@ -69,6 +74,7 @@ def encrypt_existing(
         results,
         dry_run=dry_run,
         seconds=time.monotonic() - started,
+        extra={"include_unknown": include_unknown},
     )
 
 
@@ -120,7 +126,7 @@ def count_rows(store: Store, column: BoundColumn, conn: Connection | None = None
         return int(own.execute(query).scalar_one())
 
 
-def _decider(store: Store, column: BoundColumn) -> Decide:
+def _decider(store: Store, column: BoundColumn, include_unknown: bool) -> Decide:
     spec = column.spec
     reader = store.legacy_reader(spec.name)
 
@@ -141,12 +147,14 @@ def _decider(store: Store, column: BoundColumn) -> Decide:
             # Already encrypted, by the app's old scheme: encrypting it again would
             # bury it (the double-encryption bug); `import-legacy` converts it.
             return LEGACY, None
+        if not include_unknown and looks_encrypted(value):
+            return UNKNOWN, None
         return ENCRYPTED, store.encrypt(value, context=context)
 
     return decide
 
 
-def _check_width(store: Store, column: BoundColumn) -> None:
+def _check_width(store: Store, column: BoundColumn, include_unknown: bool) -> None:
     """Refuse before writing anything if the longest plaintext's token cannot fit.
 
     Reads the non-token values on the driver's cursor (no logger sees them)."""
@@ -156,6 +164,8 @@ def _check_width(store: Store, column: BoundColumn) -> None:
     longest = 0
     with store.engine.connect() as conn:
         for value in column.secret_values(conn):
-            if isinstance(value, str) and not (reader is not None and reader.recognises(value)):
+            if not isinstance(value, str) or (reader is not None and reader.recognises(value)):
+                continue
+            if include_unknown or not looks_encrypted(value):
                 longest = max(longest, len(value.encode()))
     column.check_fits(tokens.token_length(store.active_version, longest), "the longest value")

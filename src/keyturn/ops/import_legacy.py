@@ -15,9 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from keyturn._core import tokens
+from keyturn._core.shapes import looks_encrypted
 from keyturn.db.columns import BoundColumn
 from keyturn.engine.pacing import Pacing
-from keyturn.engine.walk import FAILED, PK, Decide
+from keyturn.engine.walk import FAILED, PK, UNKNOWN, Decide
 from keyturn.errors import ConfigError, InvalidToken, LegacyKeyError
 from keyturn.legacy import LegacyReader
 from keyturn.ops.encrypt_existing import ProgressFactory, rewrite_columns
@@ -28,7 +29,7 @@ IMPORTED = "imported"
 ALREADY = "already_kt1"
 PLAINTEXT = "plaintext"
 EMPTY = "skipped_empty"
-CATEGORIES = (IMPORTED, ALREADY, PLAINTEXT, EMPTY)
+CATEGORIES = (IMPORTED, ALREADY, PLAINTEXT, EMPTY, UNKNOWN)
 SAMPLE = 20
 # A format without an authentication tag (aes-cbc) is sampled wider, and every
 # sampled value must open: padding and UTF-8 are all that tell a wrong key.
@@ -144,7 +145,7 @@ def _check_width(store: Store, column: BoundColumn, include_plaintext: bool) -> 
                     longest = max(longest, len(reader.decrypt(value)))
                 except InvalidToken:
                     continue
-            elif include_plaintext:
+            elif include_plaintext and not looks_encrypted(value):
                 longest = max(longest, len(value.encode()))
     column.check_fits(tokens.token_length(store.active_version, longest), "the longest value")
 
@@ -172,6 +173,8 @@ def _decider(store: Store, column: BoundColumn, include_plaintext: bool) -> Deci
             except InvalidToken:
                 return FAILED, None  # listed by primary key; the value is left as it is
             return IMPORTED, store.encrypt(plaintext, context=spec.context(pk))
+        if looks_encrypted(value):
+            return UNKNOWN, None  # another scheme's ciphertext: never sealed here
         if include_plaintext:
             return PLAINTEXT, store.encrypt(value, context=spec.context(pk))
         return PLAINTEXT, None

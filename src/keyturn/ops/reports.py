@@ -27,6 +27,8 @@ class RewriteReport:
     failed_rows: tuple[dict[str, Any], ...]
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Values shaped like another scheme's ciphertext that no reader opens, by key.
+    unknown_rows: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def build(
@@ -42,15 +44,24 @@ class RewriteReport:
         cats = tuple(dict.fromkeys([*categories, FAILED, CONTENDED]))
         columns: dict[str, dict[str, int]] = {}
         failed: list[dict[str, Any]] = []
+        unknown: list[dict[str, Any]] = []
         for result in results:
             for name, counts in split_counts(result.column, result.counts).items():
                 if counts or name == result.column:
                     columns[name] = {c: counts.get(c, 0) for c in cats}
             table, column = result.column.split(".", 1)
-            failed.extend(
-                {"table": table, "column": column, "pk": pk_json(pk)} for pk in result.failed_pks
-            )
-        return cls(operation, dry_run, cats, columns, tuple(failed), round(seconds, 3), extra or {})
+            for pks, rows in ((result.failed_pks, failed), (result.unknown_pks, unknown)):
+                rows.extend({"table": table, "column": column, "pk": pk_json(pk)} for pk in pks)
+        return cls(
+            operation,
+            dry_run,
+            cats,
+            columns,
+            tuple(failed),
+            round(seconds, 3),
+            extra or {},
+            tuple(unknown),
+        )
 
     @property
     def totals(self) -> dict[str, int]:
@@ -68,6 +79,7 @@ class RewriteReport:
             **self.totals,
             "columns": self.columns,
             "failed_rows": list(self.failed_rows),
+            "unknown_rows": list(self.unknown_rows),
             "seconds": self.seconds,
         }
 

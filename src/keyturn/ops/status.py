@@ -15,6 +15,7 @@ from sqlalchemy import Connection, case, func, inspect, not_, or_, select
 from keyturn._core import tokens
 from keyturn._core.jsonpath import locate
 from keyturn._core.keyring import ACTIVE, DESTROYED, DRAINING
+from keyturn._core.shapes import looks_encrypted
 from keyturn.db import schema
 from keyturn.db.columns import BoundColumn
 from keyturn.db.database import stream_raw, utcnow
@@ -25,7 +26,8 @@ from keyturn.store import Store
 
 @dataclass(frozen=True)
 class ColumnStatus:
-    """Counts of one column's values: by key version, plaintext, legacy and empty."""
+    """Counts of one column's values: by key version, plaintext, legacy, unknown and
+    empty."""
 
     column: str
     rows: int
@@ -38,6 +40,9 @@ class ColumnStatus:
     #: JSON fields only: documents that are not JSON, or hold something other than a
     #: string or null at this path (``verify`` lists them by primary key).
     invalid: int = 0
+    #: Shaped like another scheme's ciphertext, recognised by no legacy reader
+    #: (``verify`` lists them by primary key); never counted as plaintext.
+    unknown: int = 0
 
 
 @dataclass(frozen=True)
@@ -174,23 +179,32 @@ def count_column(store: Store, column: BoundColumn, conn: Connection | None = No
             sum(f.legacy for f in fields),
             column.spec.describe_where(),
             sum(f.invalid for f in fields),
+            sum(f.unknown for f in fields),
         )
     reader = store.legacy_reader(column.spec.name)
-    legacy = 0
+    kinds: Counter[str] = Counter()
     with nullcontext(conn) if conn is not None else store.engine.connect() as c:
-        rows, empty, plaintext, by_version = _count_headers(c, column.value, column.rows)
-        if reader is not None and plaintext:
+        rows, empty, plaintext, by_version = _count_headers(c, column.text, column.rows)
+        if plaintext:  # which of them are legacy or unknown: by shape, never decrypted
             for value in column.secret_values(c):
-                legacy += reader.recognises(value)
+                kinds[_kind(value, reader)] += 1
     return ColumnStatus(
         column.spec.name,
         rows,
-        plaintext - legacy,
+        plaintext - kinds["legacy"] - kinds["unknown"],
         empty,
         dict(sorted(by_version.items())),
-        legacy,
+        kinds["legacy"],
         column.spec.describe_where(),
+        unknown=kinds["unknown"],
     )
+
+
+def _kind(value: Any, reader: Any) -> str:
+    """ "legacy", "unknown" or "plaintext": a value that is not a kt1 token, by shape."""
+    if reader is not None and reader.recognises(value):
+        return "legacy"
+    return "unknown" if looks_encrypted(value) else "plaintext"
 
 
 def count_fields(
@@ -224,10 +238,8 @@ def count_fields(
                         count["invalid"] += 1
                     elif (version := tokens.version_of(field)) is not None:
                         by_version[version] += 1
-                    elif reader is not None and reader.recognises(field):
-                        count["legacy"] += 1
                     else:
-                        count["plaintext"] += 1
+                        count[_kind(field, reader)] += 1
     return [
         ColumnStatus(
             spec.name + path.text,
@@ -238,6 +250,7 @@ def count_fields(
             count["legacy"],
             spec.describe_where(),
             count["invalid"],
+            count["unknown"],
         )
         for path, count, by_version in zip(paths, counts, versions, strict=True)
     ]
@@ -316,6 +329,13 @@ def status(store: Store) -> StatusReport:
             warnings.append(
                 f"{col.column}: {col.invalid} value(s) are not a JSON string or null there, "
                 "or their document is not JSON: run `keyturn verify` to list them by primary key"
+            )
+        if col.unknown:
+            warnings.append(
+                f"{col.column}: {col.unknown} value(s) look encrypted by a scheme keyturn cannot "
+                "read: describe it in a [[legacy]] entry, or if they are plaintext (random keys "
+                "in hex or base64) run `keyturn encrypt-existing --include-unknown` "
+                "(docs/ADOPTING.md, 'Unknown values')"
             )
         if col.legacy:
             warnings.append(

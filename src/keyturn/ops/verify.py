@@ -11,8 +11,9 @@ import time
 from typing import Any
 
 from keyturn._core import tokens
+from keyturn._core.shapes import looks_encrypted
 from keyturn.db.columns import BoundColumn
-from keyturn.engine.walk import FAILED, PK, Decide
+from keyturn.engine.walk import FAILED, PK, UNKNOWN, Decide
 from keyturn.errors import InvalidToken, LegacyKeyError, UnknownKeyVersion
 from keyturn.ops.encrypt_existing import ProgressFactory, rewrite_columns
 from keyturn.ops.reports import RewriteReport
@@ -23,7 +24,7 @@ LEGACY_OK = "legacy_ok"
 LEGACY_UNCHECKED = "legacy_unchecked"
 PLAINTEXT = "plaintext"
 EMPTY = "empty"
-CATEGORIES = (OK, LEGACY_OK, LEGACY_UNCHECKED, PLAINTEXT, EMPTY)
+CATEGORIES = (OK, LEGACY_OK, LEGACY_UNCHECKED, PLAINTEXT, UNKNOWN, EMPTY)
 
 
 def verify(store: Store, *, progress: ProgressFactory | None = None) -> RewriteReport:
@@ -81,6 +82,6 @@ def _decider(store: Store, column: BoundColumn, legacy_keys: bool) -> Decide:
             except InvalidToken:
                 return FAILED, None
             return LEGACY_OK, None
-        return PLAINTEXT, None
+        return (UNKNOWN if looks_encrypted(value) else PLAINTEXT), None
 
     return decide
