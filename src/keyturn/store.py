@@ -28,7 +28,7 @@ from keyturn._core.keyring import Keyring, KeyVersion
 from keyturn._core.tokens import header
 from keyturn.config import Config, load_config
 from keyturn.db import migrations
-from keyturn.db.columns import BoundColumn, bind_columns
+from keyturn.db.columns import BoundColumn, bind_columns, from_stored
 from keyturn.db.database import connect
 from keyturn.errors import (
     ConfigError,
@@ -155,13 +155,14 @@ class Store:
         return self._keyring.encrypt(data, context)
 
     @overload
-    def decrypt_bytes(self, token: str, *, context: str) -> bytes: ...
+    def decrypt_bytes(self, token: str | bytes, *, context: str) -> bytes: ...
     @overload
     def decrypt_bytes(self, token: None, *, context: str) -> None: ...
 
-    def decrypt_bytes(self, token: str | None, *, context: str) -> bytes | None:
+    def decrypt_bytes(self, token: str | bytes | None, *, context: str) -> bytes | None:
         """Open a token sealed for ``context``. InvalidToken if it fails for any reason;
-        None (NULL) stays None, and '' (an empty column) stays empty.
+        None (NULL) stays None, and '' (an empty column) stays empty. A BLOB or
+        bytea column's value is given as the bytes read.
 
         On a column with a ``legacy`` reader, a value in that legacy layout is
         decrypted with the legacy key; on a column with ``read_plaintext = true``
@@ -169,10 +170,15 @@ class Store:
         returned as it is. Both are counted in :attr:`rewrap_needed` and logged
         as ``keyturn.rewrap_needed``.
         """
-        if token is None or token == "":
+        if token is None or token == "" or token == b"":
             return None if token is None else b""
+        if isinstance(token, bytes | bytearray | memoryview):
+            stored = from_stored(token)
+            if isinstance(stored, bytes):  # not UTF-8: not a token, maybe legacy
+                return self._not_a_token(stored, context)
+            token = stored
         if not isinstance(token, str):
-            raise TypeError(f"decrypt takes a str token, not {type(token).__name__}")
+            raise TypeError(f"decrypt takes a str or bytes token, not {type(token).__name__}")
         try:
             return self._keyring.decrypt(token, context)
         except UnknownKeyVersion as exc:
@@ -180,23 +186,32 @@ class Store:
                 raise
             return self._keyring.decrypt(token, context)
         except InvalidToken:
-            column = column_of(context)
-            reader = self._legacy.get(column)
-            if reader is not None and reader.recognises(token):
-                plaintext = reader.decrypt(token)
-                self._note_rewrap(column, reader.spec.format, reader.spec.name)
-                return plaintext
-            if column in self._plaintext_columns and not token.startswith("kt1:"):
+            return self._not_a_token(token, context)
+
+    def _not_a_token(self, value: str | bytes, context: str) -> bytes:
+        """A value that did not open as a kt1 token: read by the column's legacy
+        reader or, in its migration mode, as plaintext; else InvalidToken."""
+        column = column_of(context)
+        reader = self._legacy.get(column)
+        if reader is not None and reader.recognises(value):
+            plaintext = reader.decrypt(value)
+            self._note_rewrap(column, reader.spec.format, reader.spec.name)
+            return plaintext
+        if isinstance(value, bytes):
+            if column in self._plaintext_columns:
                 self._note_rewrap(column, "plaintext", "read_plaintext")
-                return token.encode()
-            raise
+                return value
+        elif column in self._plaintext_columns and not value.startswith("kt1:"):
+            self._note_rewrap(column, "plaintext", "read_plaintext")
+            return value.encode()
+        raise InvalidToken()
 
     @overload
-    def decrypt(self, token: str, *, context: str) -> str: ...
+    def decrypt(self, token: str | bytes, *, context: str) -> str: ...
     @overload
     def decrypt(self, token: None, *, context: str) -> None: ...
 
-    def decrypt(self, token: str | None, *, context: str) -> str | None:
+    def decrypt(self, token: str | bytes | None, *, context: str) -> str | None:
         """Like :meth:`decrypt_bytes`, decoded as UTF-8."""
         if token is None:
             return None

@@ -102,7 +102,7 @@ def test_unknown_older_version_does_not_reload(app: App) -> None:
         ("DROP TABLE integrations", "table 'integrations' does not exist"),
         ("ALTER TABLE users RENAME COLUMN secret TO other", "has no column 'secret'"),
         ("ALTER TABLE users ADD COLUMN tiny VARCHAR(20)", "too narrow"),
-        ("ALTER TABLE users ADD COLUMN num INTEGER", "cannot hold text"),
+        ("ALTER TABLE users ADD COLUMN num INTEGER", "cannot hold tokens"),
     ],
 )
 def test_schema_problems_name_the_column(app: App, ddl: str, match: str) -> None:

@@ -599,8 +599,9 @@ def test_metrics_for_prometheus_behind_a_read_token(app: App, server: LocalServe
         for version, n in column["by_version"].items():
             key = ("keyturn_values", (("column", column["column"]), ("version", version)))
             assert samples[key] == n
-        plain = ("keyturn_plaintext_values", (("column", column["column"]),))
-        assert samples[plain] == column["plaintext"]
+        for kind in ("plaintext", "legacy", "unknown", "empty"):
+            sample = (f"keyturn_{kind}_values", (("column", column["column"]),))
+            assert samples[sample] == column[kind]
     assert samples[("keyturn_active_version", ())] == status["active_version"]
     assert samples[("keyturn_cryptoperiod_days", ())] == status["cryptoperiod_days"]
     assert samples[("keyturn_key_state", (("state", "active"), ("version", "1")))] == 1

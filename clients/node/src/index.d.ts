@@ -66,9 +66,10 @@ export declare class Keyring {
   reload(): Promise<void>;
   encrypt(plaintext: string | Buffer, options: ContextOption): Promise<string>;
   encrypt(plaintext: null | undefined, options: ContextOption): Promise<null>;
-  decrypt(token: string, options: ContextOption): Promise<string>;
+  /** `token` as read: a string, or a BLOB/bytea column's Buffer. */
+  decrypt(token: string | Uint8Array, options: ContextOption): Promise<string>;
   decrypt(token: null | undefined, options: ContextOption): Promise<null>;
-  decryptBytes(token: string, options: ContextOption): Promise<Buffer | "">;
+  decryptBytes(token: string | Uint8Array, options: ContextOption): Promise<Buffer | "">;
   needsRewrap(value: string | null | undefined): boolean;
   /** Per column, how many values were read in a legacy layout. */
   readonly rewrapNeeded: Record<string, number>;

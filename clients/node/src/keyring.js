@@ -16,6 +16,9 @@ import { legacyReader } from "./legacy.js";
 import { isTransit, transitKek } from "./transit.js";
 import { header, openBlob, parse, seal } from "./tokens.js";
 
+/** Tokens are ASCII: a binary column's bytes that are not UTF-8 hold none. */
+const STRICT_UTF8 = new TextDecoder("utf-8", { fatal: true });
+
 // Look-ups of a version newer than all held are spaced by this (waiting, never
 // refusing): forged headers cost at most 20 cheap queries a second, and a
 // genuine new version is always found (as Python's Store does).
@@ -179,10 +182,18 @@ export class Keyring {
     return opened === null || opened === "" ? opened : opened.toString("utf8");
   }
 
-  /** Open a token as a Buffer. InvalidToken for anything that does not open, with no detail. */
+  /** Open a token as a Buffer (a BLOB or bytea column's Buffer is read as its text).
+   * InvalidToken for anything that does not open, with no detail. */
   async decryptBytes(token, { context } = {}) {
     checkContext(context);
     if (token === null || token === undefined) return null;
+    if (token instanceof Uint8Array) {
+      try {
+        token = STRICT_UTF8.decode(token);
+      } catch {
+        throw new InvalidToken(); // bytes that are not text are no token
+      }
+    }
     if (token === "") return "";
     let parsed;
     try {

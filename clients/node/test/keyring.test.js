@@ -72,6 +72,9 @@ test("SQLite: tokens cross between Python and Node, and Node follows a rotation"
     assert.equal(await keyring.decrypt(sealed["users.secret"], { context: "users.secret" }), "from python ✓");
     await assert.rejects(keyring.decrypt(sealed["users.secret"], { context: "users.other" }), InvalidToken);
     assert.equal(await keyring.decrypt(null, { context }), null);
+    // A BLOB or bytea column's Buffer holds the token's ASCII bytes.
+    assert.equal(await keyring.decrypt(Buffer.from(fromNode), { context }), "sk_live_from_node_é");
+    await assert.rejects(keyring.decrypt(Buffer.from([0x80, 1, 2]), { context }), InvalidToken);
     assert.equal(await keyring.encrypt("", { context }), "");
     await assert.rejects(keyring.encrypt("x", {}), ConfigError);
 

@@ -20,7 +20,9 @@ from sqlalchemy import (
     not_,
     select,
 )
-from sqlalchemy.types import JSON, NullType
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import JSON, LargeBinary, NullType, _Binary
 
 from keyturn._core import tokens
 from keyturn._core.jsonpath import locate
@@ -50,9 +52,16 @@ class BoundColumn:
 
     @property
     def text(self) -> Any:
-        """The value as text, for reading and comparing: a JSON-typed column cast
-        (drivers would otherwise parse it, and ``LIKE`` or ``= ''`` fail on it)."""
+        """The value as text, for comparing (``LIKE 'kt1:%'``, ``= ''``) and reading
+        tokens: a JSON-typed column cast (drivers would otherwise parse it, and
+        ``LIKE`` or ``= ''`` fail on it), a binary one seen as text."""
         return text_of(self.value)
+
+    @property
+    def binary(self) -> bool:
+        """Whether the column is BLOB, bytea or (VAR)BINARY: values are read as bytes
+        (see :func:`from_stored`) and tokens written as their ASCII bytes."""
+        return is_binary(self.value.type)
 
     @property
     def rows(self) -> list[ColumnElement[bool]]:
@@ -75,7 +84,7 @@ class BoundColumn:
             query = query.order_by(*self.pk)
         for (value,) in stream_raw(conn, query, 1000 if in_order else 10_000):
             if not paths:
-                yield value
+                yield from_stored(value)
                 continue
             try:
                 found = locate(value, paths) if isinstance(value, str) else []
@@ -87,10 +96,11 @@ class BoundColumn:
                         yield field
 
     def non_token_values(self) -> Select[tuple[Any]]:
-        """The column's non-empty values that are not kt1 tokens (plaintext or legacy)."""
-        value = self.value
-        return select(value).where(
-            *self.rows, value.is_not(None), value != "", not_(value.like("kt1:%"))
+        """The column's non-empty values that are not kt1 tokens (plaintext or legacy),
+        as stored (bytes from a binary column)."""
+        text = self.text
+        return select(self.value).where(
+            *self.rows, text.is_not(None), text != "", not_(text.like("kt1:%"))
         )
 
     def check_fits(self, need: int, what: str) -> None:
@@ -124,10 +134,11 @@ def bind_columns(conn: Connection, specs: Sequence[ColumnSpec]) -> list[BoundCol
         col_type = reflected[spec.column]["type"]
         if spec.json_fields and isinstance(col_type, JSON):
             pass  # a JSON type: documents read and written as their text
+        elif is_binary(col_type) and not spec.json_fields:
+            pass  # BLOB/bytea: tokens stored as their ASCII bytes
         elif not isinstance(col_type, String | NullType):
-            raise SchemaError(
-                f"{where}: column type {col_type} cannot hold text tokens; use TEXT or VARCHAR"
-            )
+            kinds = "TEXT or VARCHAR" + ("" if spec.json_fields else ", or BLOB/bytea")
+            raise SchemaError(f"{where}: column type {col_type} cannot hold tokens; use {kinds}")
         width = getattr(col_type, "length", None)
         if width is not None and width < MIN_TOKEN_WIDTH:
             raise SchemaError(
@@ -166,8 +177,64 @@ def _check_filter_type(where: str, name: str, col_type: Any, values: tuple[Any, 
 
 def text_of(column: Any) -> Any:
     """``column`` as text: JSON types cast (PostgreSQL's json and jsonb, a JSON
-    declared column elsewhere), every other type as it is."""
-    return cast(column, Text) if isinstance(column.type, JSON) else column
+    declared column elsewhere), binary types seen as text (:class:`_BinaryText`),
+    every other type as it is."""
+    if isinstance(column.type, JSON):
+        return cast(column, Text)
+    if is_binary(column.type):
+        return _BinaryText(column)
+    return column
+
+
+def read_as(column: Any) -> Any:
+    """What the batch engine reads and compares: a binary column as its bytes (its
+    compare-and-swap must match them exactly, UTF-8 or not), others as text."""
+    return column if is_binary(column.type) else text_of(column)
+
+
+def is_binary(col_type: Any) -> bool:
+    """BLOB, bytea, BINARY, VARBINARY and the like."""
+    return isinstance(col_type, _Binary | LargeBinary)
+
+
+def from_stored(value: Any) -> Any:
+    """A value of a binary column as the operations judge it: text if it is UTF-8
+    (kt1 tokens, base64 or hex ciphertexts, text), else the bytes themselves."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return raw
+    return value
+
+
+class _BinaryText(FunctionElement[str]):
+    """A binary column seen as text, for ``LIKE``, ``=``, ``length`` and ``substr``
+    on the tokens and text it holds: SQLite's CAST, PostgreSQL's
+    ``encode(…, 'escape')`` (one-to-one: a byte that is not printable ASCII
+    becomes ``\\ooo``), MariaDB's CONVERT to utf8mb4 (bytes that are not UTF-8
+    become ``?``: never a token's bytes)."""
+
+    type = Text()
+    name = "binary_text"
+    inherit_cache = True
+
+
+@compiles(_BinaryText)
+def _binary_text(element: _BinaryText, compiler: Any, **kw: Any) -> str:
+    return f"CAST({compiler.process(element.clauses, **kw)} AS TEXT)"
+
+
+@compiles(_BinaryText, "postgresql")
+def _binary_text_pg(element: _BinaryText, compiler: Any, **kw: Any) -> str:
+    return f"encode({compiler.process(element.clauses, **kw)}, 'escape')"
+
+
+@compiles(_BinaryText, "mysql")
+@compiles(_BinaryText, "mariadb")
+def _binary_text_mysql(element: _BinaryText, compiler: Any, **kw: Any) -> str:
+    return f"CONVERT({compiler.process(element.clauses, **kw)} USING utf8mb4)"
 
 
 def stored_as(column: Any, value: Any, dialect: Any) -> Any:

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, Text, bindparam, delete, or_, select,
 from sqlalchemy.engine import make_url
 
 from keyturn.db import schema
-from keyturn.db.columns import BoundColumn, stored_as
+from keyturn.db.columns import BoundColumn, from_stored, stored_as
 from keyturn.db.database import DriverStatement, exact_equals, write_transaction
 from keyturn.engine.walk import Swap
 
@@ -85,6 +85,8 @@ def record(conn: Connection, job_id: str, applied: Sequence[Swap]) -> None:
         key = keys.get(pk)
         if key is None:
             key = keys[pk] = _pk_json(list(pk))
+        if column.binary:  # a binary column's tokens, kept as the text they are
+            old, new = from_stored(old), from_stored(new)
         rows.append((job_id, column.spec.table, column.spec.column, key, old, new))
     DriverStatement(insert, conn.dialect, list(_RECORD)).executemany(conn, rows)
 
@@ -129,6 +131,10 @@ def restore(engine: Engine, job_id: str, columns: Sequence[BoundColumn]) -> dict
             if col is None:
                 counts["skipped_unconfigured"] += len(params)
                 continue
+            if col.binary:
+                for p in params:
+                    p["_old"] = p["_old"].encode()
+            old = bindparam("_old", type_=col.value.type if col.binary else Text)
             same_row = [c == bindparam(f"_pk{i}") for i, c in enumerate(col.pk)]
             swap = (
                 update(col.table)
@@ -137,13 +143,7 @@ def restore(engine: Engine, job_id: str, columns: Sequence[BoundColumn]) -> dict
                     *col.rows,
                     exact_equals(col.text, bindparam("_new", type_=Text), conn.dialect),
                 )
-                .values(
-                    {
-                        col.value.name: stored_as(
-                            col.value, bindparam("_old", type_=Text), conn.dialect
-                        )
-                    }
-                )
+                .values({col.value.name: stored_as(col.value, old, conn.dialect)})
             )
             for p in params:  # one by one: each swap's own rowcount is needed
                 if conn.execute(swap, p).rowcount == 1:

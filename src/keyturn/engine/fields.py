@@ -17,7 +17,7 @@ from typing import Any
 
 from keyturn._core.jsonpath import locate, splice
 from keyturn.config import ColumnSpec
-from keyturn.db.columns import BoundColumn
+from keyturn.db.columns import BoundColumn, from_stored
 from keyturn.engine.walk import FAILED, PK, Category, DecideBatch
 from keyturn.errors import InvalidDocument
 
@@ -111,10 +111,24 @@ def batch_decider(
     column: BoundColumn, decider: Callable[[BoundColumn], DecideBatch], empty: str
 ) -> DecideBatch:
     """``decider(column)`` for a plain column; for a JSON column, the same decider
-    applied to each field (a column whose spec is the field's)."""
+    applied to each field (a column whose spec is the field's); for a binary
+    column, deciding values as :func:`from_stored` gives them, tokens written as
+    bytes."""
+    if column.binary:
+        return _as_bytes(decider(column))
     if not column.spec.json_fields:
         return decider(column)
     return each_field(column.spec, lambda field: decider(replace(column, spec=field)), empty)
+
+
+def _as_bytes(decide: DecideBatch) -> DecideBatch:
+    def decide_binary(
+        pks: Sequence[PK], values: Sequence[Any]
+    ) -> tuple[Sequence[Category], list[Any]]:
+        categories, news = decide(pks, [from_stored(v) for v in values])
+        return categories, [None if new is None else new.encode() for new in news]
+
+    return decide_binary
 
 
 def split_counts(name: str, counts: dict[str, int]) -> dict[str, dict[str, int]]:

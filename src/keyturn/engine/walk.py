@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
-from keyturn.db.columns import BoundColumn, row_filter, stored_as, table_of, text_of
+from keyturn.db.columns import BoundColumn, read_as, row_filter, stored_as, table_of
 from keyturn.db.database import (
     DriverStatement,
     database_error,
@@ -125,8 +125,8 @@ class TableRewriter:
         self.table = table_of(self.columns)
         self.pk = [self.table.c[n] for n in self.columns[0].spec.primary_key]
         self.values = [self.table.c[c.spec.column] for c in self.columns]
-        # What is read and compared: the values as text (JSON types cast).
-        self.texts = [text_of(v) for v in self.values]
+        # What is read and compared: the values as text (JSON types cast), or bytes.
+        self.texts = [read_as(v) for v in self.values]
         # The rows a ``where`` filter selects: read, and swapped only while they match.
         self.rows = row_filter(self.table, self.columns[0].spec)
         self.filter = list(self.columns[0].spec.where)

@@ -118,8 +118,14 @@ class LegacyReader:
         return f"LegacyReader(name={self.spec.name!r}, format={self.spec.format!r})"
 
     def recognises(self, value: Any) -> bool:
-        """Whether ``value`` has this layout's shape (checked without any key)."""
-        return isinstance(value, str) and bool(value) and self._parts(value) is not None
+        """Whether ``value`` has this layout's shape (checked without any key). Bytes
+        (a binary column's value that is not UTF-8) only for a format reading them."""
+        if isinstance(value, bytes):
+            if not getattr(self.format, "reads_bytes", False):
+                return False
+        elif not isinstance(value, str):
+            return False
+        return bool(value) and self._parts(value) is not None
 
     def keys(self) -> Any:
         """The derived keys; LegacyKeyError names the missing or malformed source."""
@@ -137,7 +143,7 @@ class LegacyReader:
             return False
         return True
 
-    def decrypt(self, value: str) -> bytes:
+    def decrypt(self, value: str | bytes) -> bytes:
         """The plaintext, trying each key in order. InvalidToken if none opens it."""
         keys = self.keys()
         parts = self._parts(value)
@@ -145,12 +151,16 @@ class LegacyReader:
             raise InvalidToken()
         return self.format.decrypt(keys, parts)
 
-    def _parts(self, value: str) -> Any | None:
-        prefix = self.spec.prefix
-        if prefix:
-            body = value[len(prefix) :] if value.startswith(prefix) else None
+    def _parts(self, value: str | bytes) -> Any | None:
+        if isinstance(value, bytes):
+            prefix: str | bytes = self.spec.prefix.encode()
+            token: str | bytes = b"kt1:"
         else:
-            body = None if value.startswith("kt1:") else value
+            prefix, token = self.spec.prefix, "kt1:"
+        if prefix:
+            body = value[len(prefix) :] if value.startswith(prefix) else None  # type: ignore[arg-type]
+        else:
+            body = None if value.startswith(token) else value  # type: ignore[arg-type]
         return None if body is None else self.format.parse(self.spec, body)
 
 

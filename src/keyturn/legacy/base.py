@@ -82,8 +82,9 @@ class LegacyFormat(Protocol):
         """Keys from ``(source, secret text)`` pairs; LegacyKeyError names a bad source."""
         ...
 
-    def parse(self, spec: LegacySpec, body: str) -> Any | None:
-        """The parts of a value (its prefix removed) of this layout, or None."""
+    def parse(self, spec: LegacySpec, body: Any) -> Any | None:
+        """The parts of a value (its prefix removed) of this layout, or None: text,
+        or bytes for a format with ``reads_bytes``."""
         ...
 
     def decrypt(self, keys: Any, parts: Any) -> bytes:

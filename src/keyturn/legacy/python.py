@@ -2,13 +2,14 @@
 an app's own envelope), read by the app's own function.
 
 ``reader = "module:function"`` is called as ``function(value, keys)``: the stored
-value and the texts of the reader's ``key_env`` / ``key_file`` keys, in order; it
-returns the plaintext bytes, or None if the value does not open. Values are
-recognised by ``prefix``, or by ``recognise = "module:function"`` (value in,
-bool out, no key). Anything the function raises counts as "does not open" and
-its message is never shown (it could hold the value). There is no tag keyturn
-can check, so ``import-legacy`` samples as for aes-cbc: every sampled value must
-open. The module is imported with keyturn.toml's directory on the path.
+value (text; from a BLOB or bytea column, bytes when they are not UTF-8) and the
+texts of the reader's ``key_env`` / ``key_file`` keys, in order; it returns the
+plaintext bytes, or None if the value does not open. Values are recognised by
+``prefix``, or by ``recognise = "module:function"`` (value in, bool out, no key).
+Anything the function raises counts as "does not open" and its message is never
+shown (it could hold the value). There is no tag keyturn can check, so
+``import-legacy`` samples as for aes-cbc: every sampled value must open. The
+module is imported with keyturn.toml's directory on the path.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class PythonFormat:
 
     name = "python"
     authenticated = False
+    #: Given a binary column's bytes that are not UTF-8 (a pickled, signed payload).
+    reads_bytes = True
     options = frozenset({"reader", "recognise"})
 
     def check(self, spec: LegacySpec, entry: dict[str, Any], where: str) -> None:
@@ -48,8 +51,8 @@ class PythonFormat:
     def derive_keys(self, spec: LegacySpec, secrets: Sequence[tuple[str, str]]) -> Any:
         return hook(spec.reader), [text for _, text in secrets]
 
-    def parse(self, spec: LegacySpec, body: str) -> str | None:
-        value = spec.prefix + body
+    def parse(self, spec: LegacySpec, body: str | bytes) -> str | bytes | None:
+        value = spec.prefix.encode() + body if isinstance(body, bytes) else spec.prefix + body
         if spec.recognise:
             try:
                 if not hook(spec.recognise)(value):

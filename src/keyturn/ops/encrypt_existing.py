@@ -133,10 +133,10 @@ def _decider(store: Store, column: BoundColumn, include_unknown: bool) -> Decide
     def decide(pk: PK, value: Any) -> tuple[str, str | None]:
         if value is None or value == "":
             return EMPTY, None
-        if not isinstance(value, str):
+        if not isinstance(value, str | bytes):  # bytes: a binary column's, not UTF-8
             return FAILED, None
         context = spec.context(pk)
-        if tokens.version_of(value) is not None:
+        if type(value) is str and tokens.version_of(value) is not None:
             try:
                 spec.open_token(lambda t, c: store.decrypt_bytes(t, context=c), value, pk)
             except (InvalidToken, UnknownKeyVersion):
@@ -164,8 +164,8 @@ def _check_width(store: Store, column: BoundColumn, include_unknown: bool) -> No
     longest = 0
     with store.engine.connect() as conn:
         for value in column.secret_values(conn):
-            if not isinstance(value, str) or (reader is not None and reader.recognises(value)):
+            if reader is not None and reader.recognises(value):
                 continue
             if include_unknown or not looks_encrypted(value):
-                longest = max(longest, len(value.encode()))
+                longest = max(longest, len(value.encode() if isinstance(value, str) else value))
     column.check_fits(tokens.token_length(store.active_version, longest), "the longest value")

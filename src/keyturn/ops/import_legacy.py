@@ -138,15 +138,13 @@ def _check_width(store: Store, column: BoundColumn, include_plaintext: bool) -> 
     longest = 0
     with store.engine.connect() as conn:
         for value in column.secret_values(conn):
-            if not isinstance(value, str):
-                continue
             if reader.recognises(value):
                 try:
                     longest = max(longest, len(reader.decrypt(value)))
                 except InvalidToken:
                     continue
             elif include_plaintext and not looks_encrypted(value):
-                longest = max(longest, len(value.encode()))
+                longest = max(longest, len(value.encode() if isinstance(value, str) else value))
     column.check_fits(tokens.token_length(store.active_version, longest), "the longest value")
 
 
@@ -163,9 +161,9 @@ def _decider(store: Store, column: BoundColumn, include_plaintext: bool) -> Deci
     def decide(pk: PK, value: Any) -> tuple[str, str | None]:
         if value is None or value == "":
             return EMPTY, None
-        if not isinstance(value, str):
+        if not isinstance(value, str | bytes):  # bytes: a binary column's, not UTF-8
             return FAILED, None
-        if tokens.version_of(value) is not None:
+        if type(value) is str and tokens.version_of(value) is not None:
             return ALREADY, None
         if reader.recognises(value):
             try:

@@ -27,6 +27,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from keyturn._core import tokens
 from keyturn._core.jsonpath import locate
 from keyturn._core.keyring import ACTIVE, DRAINING, DataKey, Keyring
+from keyturn._core.shapes import looks_encrypted
 from keyturn.config import ColumnSpec
 from keyturn.db import migrations, schema
 from keyturn.db.columns import BoundColumn, text_of
@@ -39,6 +40,7 @@ from keyturn.engine.walk import (
     CONTENDED,
     FAILED,
     PK,
+    UNKNOWN,
     ColumnResult,
     DecideBatch,
     OnBatch,
@@ -71,7 +73,7 @@ EMPTY = "skipped_empty"
 PLAINTEXT = "skipped_plaintext"
 LEGACY = "skipped_legacy"
 SWEPT = "swept"
-CATEGORIES = (ROTATED, CURRENT, EMPTY, PLAINTEXT, LEGACY, SWEPT)
+CATEGORIES = (ROTATED, CURRENT, EMPTY, PLAINTEXT, LEGACY, UNKNOWN, SWEPT)
 KIND = "rotate"
 SAMPLE = 20
 
@@ -760,13 +762,15 @@ def _decider(
         """The category of a value that is not re-encrypted."""
         if value is None or value == "":
             return EMPTY
-        if not isinstance(value, str):
+        if not isinstance(value, str | bytes):
             state.fail(pk)
             return FAILED
-        if value.startswith(current):
+        if isinstance(value, str) and value.startswith(current):
             return CURRENT
-        if not value.startswith("kt1:"):
-            return LEGACY if reader is not None and reader.recognises(value) else PLAINTEXT
+        if isinstance(value, bytes) or not value.startswith("kt1:"):  # bytes: not UTF-8
+            if reader is not None and reader.recognises(value):
+                return LEGACY
+            return UNKNOWN if looks_encrypted(value) else PLAINTEXT
         if tokens.version_of(value) is None:
             return PLAINTEXT  # text that merely starts with "kt1:"
         state.fail(pk)  # a token that does not decrypt
@@ -828,7 +832,7 @@ def _stale(
             *(
                 _stale_document(text_of(v), target)
                 if column.spec.json_fields
-                else and_(v.like("kt1:%"), not_(v.like(f"kt1:{target}:%")))
+                else and_(text_of(v).like("kt1:%"), not_(text_of(v).like(f"kt1:{target}:%")))
                 for v, column in zip(values, group, strict=True)
             )
         )

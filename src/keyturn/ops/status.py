@@ -84,7 +84,7 @@ class StatusReport:
 
 
 def _count_headers(
-    conn: Connection, expression: Any, rows_: Sequence[Any] = ()
+    conn: Connection, table: Any, expression: Any, rows_: Sequence[Any] = ()
 ) -> tuple[int, int, int, Counter[int]]:
     """(rows, empty, plaintext, count by key version) of a text expression's values
     in the rows ``rows_`` selects, counted by the database from their headers: no
@@ -95,7 +95,6 @@ def _count_headers(
     GROUP BY on the headers (docs/PERFORMANCE.md). Anything else that starts
     with ``kt1:`` (a version this keyring never had, or a malformed header) is
     rare, and grouped apart."""
-    table = expression.table
     versions = sorted(v for (v,) in conn.execute(select(schema.keys.c.version)))
     empty = or_(expression.is_(None), expression == "")
     token = expression.like("kt1:%")
@@ -141,10 +140,11 @@ def version_text(conn: Connection, expression: Any) -> tuple[Any, Any]:
 
 def longest_tokens(conn: Connection, column: BoundColumn) -> dict[int, int]:
     """The longest token's length per key version, counted by the database."""
-    version, _ = version_text(conn, column.value)
+    value = column.text
+    version, _ = version_text(conn, value)
     query = (
-        select(version, func.max(func.length(column.value)))
-        .where(*column.rows, column.value.like("kt1:%"))
+        select(version, func.max(func.length(value)))
+        .where(*column.rows, value.like("kt1:%"))
         .group_by(version)
     )
     out: dict[int, int] = {}
@@ -184,7 +184,9 @@ def count_column(store: Store, column: BoundColumn, conn: Connection | None = No
     reader = store.legacy_reader(column.spec.name)
     kinds: Counter[str] = Counter()
     with nullcontext(conn) if conn is not None else store.engine.connect() as c:
-        rows, empty, plaintext, by_version = _count_headers(c, column.text, column.rows)
+        rows, empty, plaintext, by_version = _count_headers(
+            c, column.table, column.text, column.rows
+        )
         if plaintext:  # which of them are legacy or unknown: by shape, never decrypted
             for value in column.secret_values(c):
                 kinds[_kind(value, reader)] += 1
@@ -263,7 +265,7 @@ def backup_references(conn: Connection) -> Counter[int]:
     """How many backed-up tokens (keyturn_backup) use each key version."""
     if not inspect(conn).has_table(schema.backup.name):
         return Counter()
-    counts = _count_headers(conn, schema.backup.c.old_token)[3]
+    counts = _count_headers(conn, schema.backup, schema.backup.c.old_token)[3]
     # A JSON column's backed-up documents: each token string in them counts.
     old = schema.backup.c.old_token
     documents = select(old).where(old.like('%"kt1:%'), not_(old.like("kt1:%")))

@@ -66,9 +66,9 @@ def _decider(store: Store, column: BoundColumn, legacy_keys: bool) -> Decide:
     def decide(pk: PK, value: Any) -> tuple[str, str | None]:
         if value is None or value == "":
             return EMPTY, None
-        if not isinstance(value, str):
+        if not isinstance(value, str | bytes):  # bytes: a binary column's, not UTF-8
             return FAILED, None
-        if tokens.version_of(value) is not None:
+        if type(value) is str and tokens.version_of(value) is not None:
             try:
                 spec.open_token(ring.decrypt, value, pk)
             except (InvalidToken, UnknownKeyVersion):

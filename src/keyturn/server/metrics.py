@@ -27,6 +27,9 @@ def render(report: StatusReport, refused_authentications: int, jobs: Sequence[Jo
     )
     plaintext = gauge("keyturn_plaintext_values", "Values still in plaintext", ("column",))
     legacy = gauge("keyturn_legacy_values", "Values in a legacy layout", ("column",))
+    unknown = gauge(
+        "keyturn_unknown_values", "Values shaped like ciphertext no reader opens", ("column",)
+    )
     invalid = gauge("keyturn_invalid_values", "JSON fields that are not a string", ("column",))
     empty = gauge("keyturn_empty_values", "NULL or empty values", ("column",))
     for column in report.columns:
@@ -34,6 +37,7 @@ def render(report: StatusReport, refused_authentications: int, jobs: Sequence[Jo
             values.labels(column.column, str(version)).set(n)
         plaintext.labels(column.column).set(column.plaintext)
         legacy.labels(column.column).set(column.legacy)
+        unknown.labels(column.column).set(column.unknown)
         invalid.labels(column.column).set(column.invalid)
         empty.labels(column.column).set(column.empty)
     state = gauge("keyturn_key_state", "1 for each key version's state", ("version", "state"))
