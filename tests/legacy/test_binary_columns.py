@@ -1,6 +1,7 @@
 """BLOB and bytea columns taken over in place (issue 21): values written by
-sqlalchemy-utils' EncryptedType and by django-cryptography themselves, plaintext
-bytes and bytes of unknown shape, on SQLite, PostgreSQL and MariaDB."""
+sqlalchemy-utils' EncryptedType, django-cryptography and django-fernet-fields
+themselves, plaintext bytes and bytes of unknown shape, on SQLite, PostgreSQL
+and MariaDB."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ APP_SECRET = "app-key-text-given-to-EncryptedType"
 DJANGO_SECRET = "django-insecure-" + "x7!" * 12
 API_KEYS = {1: "sk_live_one", 2: "Pässwörd ✓", 3: "x"}
 PROFILES = {1: "profile-secret-1", 2: "ünïcode ✓", 3: ""}
+TOKENS = {1: "xoxb-token-1", 2: "tökén ✓"}
 NOTES: dict[int, bytes | None] = {
     1: "plain note ✓".encode(),
     2: b"\xff\x00\x01",  # a short binary secret: plaintext
@@ -31,6 +33,9 @@ NOTES: dict[int, bytes | None] = {
     4: None,
     5: b"",
 }
+
+
+NAMES = ("api_key", "profile", "note", "token")
 
 
 def block(opening: str, fence: str) -> str:
@@ -41,16 +46,17 @@ def block(opening: str, fence: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def django4(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Python with Django 4.2 and django-cryptography (which does not import under
-    Django 5), keyturn's own environment after them: what such an app runs."""
-    where = tmp_path_factory.mktemp("django4")
+def django3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Python with Django 3.2, django-cryptography and django-fernet-fields (neither
+    imports under Django 4 or 5), keyturn's own environment after them: what such an
+    app runs."""
+    where = tmp_path_factory.mktemp("django3")
     venv.create(where, with_pip=True)
     python = where / "bin" / "python"
+    libraries = ["django>=3.2,<3.3", "django-cryptography==1.1", "django-fernet-fields==0.6"]
     pip = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "django>=4.2,<5", "django-cryptography==1.1"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [python, "-m", "pip", "install", "-q", *libraries], capture_output=True, text=True
+    )
     if pip.returncode != 0:
         reason = f"cannot install django-cryptography: {pip.stderr.strip()[-300:]}"
         if os.environ.get("KEYTURN_REQUIRE_SERVICES") == "1":
@@ -67,23 +73,29 @@ def django4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return python
 
 
-DJANGO_CRYPTOGRAPHY = """
+DJANGO_FIELDS = """
 import json, sys
 from django.conf import settings
-settings.configure(SECRET_KEY=sys.argv[1], INSTALLED_APPS=[])
+settings.configure(
+    SECRET_KEY=sys.argv[1], INSTALLED_APPS=[],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+)
 import django
 django.setup()
-from django.db import models
+from django.db import connection, models
 from django_cryptography.fields import encrypt
-field = encrypt(models.CharField(max_length=200))
-print(json.dumps({i: field._dump(v).hex() for i, v in json.loads(sys.argv[2]).items()}))
+from fernet_fields import EncryptedTextField
+fields = {"cryptography": encrypt(models.CharField(max_length=200)), "fernet": EncryptedTextField()}
+field = fields[sys.argv[2]]
+values = json.loads(sys.argv[3])
+print(json.dumps({i: bytes(field.get_db_prep_save(v, connection)).hex() for i, v in values.items()}))
 """
 
 
-def django_cryptography(python: Path, values: dict[int, str]) -> dict[int, bytes]:
-    """Values as django-cryptography's encrypted field seals them (its own code)."""
+def django_field(python: Path, library: str, values: dict[int, str]) -> dict[int, bytes]:
+    """Values as a Django library's encrypted field saves them (its own code)."""
     out = subprocess.run(
-        [python, "-c", DJANGO_CRYPTOGRAPHY, DJANGO_SECRET, json.dumps(values)],
+        [python, "-c", DJANGO_FIELDS, DJANGO_SECRET, library, json.dumps(values)],
         capture_output=True, text=True, check=True, env=os.environ,
     )  # fmt: skip
     return {int(i): bytes.fromhex(v) for i, v in json.loads(out.stdout).items()}
@@ -108,15 +120,23 @@ def binary_app(
         Column("api_key", api_key_type),
         Column("profile", LargeBinary),
         Column("note", LargeBinary),
+        Column("token", LargeBinary),
     )
     engine = create_engine(database.url)
     table.metadata.create_all(engine)
-    profiles = django_cryptography(python, PROFILES)
+    profiles = django_field(python, "cryptography", PROFILES)
+    tokens = django_field(python, "fernet", TOKENS)
     with engine.begin() as conn:
         conn.execute(
             table.insert(),
             [
-                {"id": i, "api_key": API_KEYS.get(i), "profile": profiles.get(i), "note": NOTES[i]}
+                {
+                    "id": i,
+                    "api_key": API_KEYS.get(i),
+                    "profile": profiles.get(i),
+                    "note": NOTES[i],
+                    "token": tokens.get(i),
+                }
                 for i in NOTES
             ],
         )
@@ -127,14 +147,18 @@ def binary_app(
     fernet = block("# sqlalchemy-utils FernetEngine", "toml").replace(
         'name = "sqlalchemy-utils"', 'name = "sqlalchemy-utils"\n'
     )
+    hkdf = block("# django-fernet-fields", "toml").replace("APP_SECRET", "DJANGO_SECRET_KEY")
     (tmp_path / "keyturn.toml").write_text(
         f'database = "{database.url}"\n\n'
         + fernet
+        + "\n"
+        + hkdf
         + "\n"
         + block("# django-cryptography", "toml")
         + '\n[[columns]]\ntable = "accounts"\ncolumn = "api_key"\nlegacy = "sqlalchemy-utils"\n'
         '\n[[columns]]\ntable = "accounts"\ncolumn = "profile"\nlegacy = "django-cryptography"\n'
         '\n[[columns]]\ntable = "accounts"\ncolumn = "note"\n'
+        '\n[[columns]]\ntable = "accounts"\ncolumn = "token"\nlegacy = "django-fernet-fields"\n'
     )
     kek = secrets.token_hex(32)
     keys = {"KEYTURN_KEK": kek, "APP_SECRET": APP_SECRET, "DJANGO_SECRET_KEY": DJANGO_SECRET}
@@ -149,7 +173,7 @@ def stored(database: Database) -> list[tuple[Any, ...]]:
     """Every row as the database holds it, values as bytes."""
     return sorted(
         (i, *(None if v is None else bytes(v) for v in values))
-        for i, *values in database.rows("SELECT id, api_key, profile, note FROM accounts")
+        for i, *values in database.rows("SELECT id, api_key, profile, note, token FROM accounts")
     )
 
 
@@ -164,18 +188,18 @@ def cli(app: App, python: Path, *args: str, **env: str) -> subprocess.CompletedP
 def report(app: App, python: Path, *args: str) -> dict[str, Any]:
     proc = cli(app, python, *args, "--json")
     assert proc.returncode == 0, proc.stderr
-    planted = [v for v in (*API_KEYS.values(), *PROFILES.values()) if len(v) > 3]
+    planted = [v for v in (*API_KEYS.values(), *PROFILES.values(), *TOKENS.values()) if len(v) > 3]
     assert_no_secret(proc.stdout + proc.stderr, APP_SECRET, DJANGO_SECRET, *planted)
     data: dict[str, Any] = json.loads(proc.stdout)
     return data
 
 
 def test_binary_columns_are_taken_over_in_place(
-    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, django4: Path
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, django3: Path
 ) -> None:
-    app = binary_app(database, tmp_path, monkeypatch, django4)
-    assert cli(app, django4, "init").returncode == 0
-    columns = {c["column"]: c for c in report(app, django4, "status")["columns"]}
+    app = binary_app(database, tmp_path, monkeypatch, django3)
+    assert cli(app, django3, "init").returncode == 0
+    columns = {c["column"]: c for c in report(app, django3, "status")["columns"]}
     kinds = {
         name: (c["legacy"], c["plaintext"], c["unknown"], c["empty"]) for name, c in columns.items()
     }
@@ -183,26 +207,28 @@ def test_binary_columns_are_taken_over_in_place(
         "accounts.api_key": (3, 0, 0, 2),
         "accounts.profile": (3, 0, 0, 2),
         "accounts.note": (0, 2, 1, 2),
+        "accounts.token": (2, 0, 0, 3),
     }
     # verify agrees with status on every value.
-    verified = report(app, django4, "verify")["columns"]
+    verified = report(app, django3, "verify")["columns"]
     assert verified["accounts.api_key"]["legacy_ok"] == 3
     assert verified["accounts.profile"]["legacy_ok"] == 3
+    assert verified["accounts.token"]["legacy_ok"] == 2
     note = verified["accounts.note"]
     assert (note["plaintext"], note["unknown"], note["empty"], note["failed"]) == (2, 1, 2, 0)
 
     before = stored(database)
-    wrong = cli(app, django4, "import-legacy", "--yes", APP_SECRET="not-the-key")
+    wrong = cli(app, django3, "import-legacy", "--yes", APP_SECRET="not-the-key")
     assert wrong.returncode == 3, wrong.stderr
-    wrong = cli(app, django4, "import-legacy", "--yes", DJANGO_SECRET_KEY="wrong")
-    assert wrong.returncode == 3, wrong.stderr
+    wrong = cli(app, django3, "import-legacy", "--yes", DJANGO_SECRET_KEY="wrong")
+    assert wrong.returncode == 3, wrong.stderr  # both Django libraries' columns refuse it
     for args in (("import-legacy", "--dry-run"), ("encrypt-existing", "--dry-run")):
-        assert cli(app, django4, *args).returncode == 0
+        assert cli(app, django3, *args).returncode == 0
     assert stored(database) == before
 
-    imported = report(app, django4, "import-legacy", "--yes")
-    assert imported["imported"] == 6 and imported["failed"] == 0
-    sealed = report(app, django4, "encrypt-existing")
+    imported = report(app, django3, "import-legacy", "--yes")
+    assert imported["imported"] == 8 and imported["failed"] == 0
+    sealed = report(app, django3, "encrypt-existing")
     assert sealed["encrypted"] == 2 and sealed["unknown_rows"] == [
         {"table": "accounts", "column": "note", "pk": 3}
     ]
@@ -210,13 +236,14 @@ def test_binary_columns_are_taken_over_in_place(
         "api_key": {i: v.encode() for i, v in API_KEYS.items()},
         "profile": {i: v.encode() for i, v in PROFILES.items()},
         "note": {i: v for i, v in NOTES.items() if i in (1, 2)},
+        "token": {i: v.encode() for i, v in TOKENS.items()},
     }
 
     def opened(version: int) -> dict[str, dict[int, bytes]]:
-        out: dict[str, dict[int, bytes]] = {"api_key": {}, "profile": {}, "note": {}}
+        out: dict[str, dict[int, bytes]] = {name: {} for name in NAMES}
         with keyturn.open() as store:
             for i, *values in stored(database):
-                for name, value in zip(("api_key", "profile", "note"), values, strict=True):
+                for name, value in zip(NAMES, values, strict=True):
                     if value is None or value == b"" or (name, i) == ("note", 3):
                         continue
                     assert isinstance(value, bytes) and value.startswith(f"kt1:{version}:".encode())
@@ -226,15 +253,16 @@ def test_binary_columns_are_taken_over_in_place(
     assert opened(1) == expected
     assert stored(database)[2][3] == NOTES[3]  # the unknown value, exactly as it was
 
-    rotated = report(app, django4, "rotate", "--yes")
-    assert rotated["rotated"] == 8 and rotated["failed"] == 0
+    rotated = report(app, django3, "rotate", "--yes")
+    assert rotated["rotated"] == 10 and rotated["failed"] == 0
     assert opened(2) == expected
-    columns = {c["column"]: c for c in report(app, django4, "status")["columns"]}
+    columns = {c["column"]: c for c in report(app, django3, "status")["columns"]}
     assert {n: c["by_version"] for n, c in columns.items()} == {
         "accounts.api_key": {"2": 3},
         "accounts.profile": {"2": 3},
         "accounts.note": {"2": 2},
+        "accounts.token": {"2": 2},
     }
-    restored = report(app, django4, "restore", rotated["job"], "--yes")
-    assert restored["restored"] == 8
+    restored = report(app, django3, "restore", rotated["job"], "--yes")
+    assert restored["restored"] == 10
     assert opened(1) == expected
