@@ -87,8 +87,8 @@ from django_cryptography.fields import encrypt
 from fernet_fields import EncryptedTextField
 fields = {"cryptography": encrypt(models.CharField(max_length=200)), "fernet": EncryptedTextField()}
 field = fields[sys.argv[2]]
-values = json.loads(sys.argv[3])
-print(json.dumps({i: bytes(field.get_db_prep_save(v, connection)).hex() for i, v in values.items()}))
+saved = {i: field.get_db_prep_save(v, connection) for i, v in json.loads(sys.argv[3]).items()}
+print(json.dumps({i: bytes(v).hex() for i, v in saved.items()}))
 """
 
 
