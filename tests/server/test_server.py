@@ -22,7 +22,18 @@ from typing import Any
 
 import pytest
 from browser import chrome
-from conftest import PLAINTEXTS, App, assert_no_secret, fill_users, free_port
+from conftest import (
+    APPS,
+    PLAINTEXTS,
+    App,
+    Database,
+    after_grace,
+    assert_no_secret,
+    fill_users,
+    free_port,
+)
+
+import keyturn
 
 
 @dataclass
@@ -315,6 +326,9 @@ def test_openapi_schema_lists_every_endpoint(server: LocalServer) -> None:
         "/v1/admin/encryption",
         "/v1/admin/encryption/rotate",
         "/v1/admin/encryption/jobs/{job_id}",
+        "/v1/admin/encryption/jobs/{job_id}/prune",
+        "/v1/admin/encryption/jobs/{job_id}/restore",
+        "/v1/admin/encryption/keys/{version}/destroy",
         "/v1/admin/encryption/rotate-kek",
         "/v1/admin/audit",
         "/metrics",
@@ -669,3 +683,100 @@ def test_request_logs_as_json_lines(app: App) -> None:
     assert ok["token_name"] == "ops" and ok["level"] == "info" and ok["at"].endswith("Z")
     assert isinstance(ok["duration_ms"], float)
     assert ops not in server.output and "kta_wrong" not in server.output
+
+
+def _signed_in(value: str) -> dict[str, str]:
+    """The page's cookies for a token, and the CSRF header its script sends."""
+    return {"Cookie": f"keyturn_session={value}; keyturn_csrf=c5rf", "X-CSRF-Token": "c5rf"}
+
+
+def test_page_actions_restore_prune_and_destroy_on_every_backend(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs, backups and keys acted on from the page (an admin token, the CSRF
+    header) and the API: each audited, refused with a reason where the rules say no,
+    and the job ids are those of `keyturn jobs`."""
+    from keyturn.server import create_app
+
+    database.execute("CREATE TABLE creds (id INTEGER PRIMARY KEY, secret TEXT)")
+    for i in range(1, 41):
+        database.execute("INSERT INTO creds VALUES (:i, :s)", i=i, s=f"sk_live_{i}_{i * 7}")
+    (tmp_path / "keyturn.toml").write_text(
+        f'database = "{database.url}"\n{APPS}\n[[columns]]\ntable = "creds"\ncolumn = "secret"\n'
+    )
+    kek = secrets.token_hex(32)
+    monkeypatch.setenv("KEYTURN_KEK", kek)
+    monkeypatch.chdir(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
+    app = App(tmp_path, {**env, "KEYTURN_KEK": kek})
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    app.cli("verify", check=True)
+    root, viewer = token(app, "root", "admin"), token(app, "viewer", "read")
+    first = json.loads(app.cli("rotate", "--yes", "--json", check=True).stdout)["job"]
+    local = LocalServer(create_app(app.config), io.StringIO())
+
+    def on(version: int) -> int:
+        return int(
+            database.rows(f"SELECT count(*) FROM creds WHERE secret LIKE 'kt1:{version}:%'")[0][0]
+        )
+
+    try:
+        page = local.call("GET", "/admin/encryption", headers=_signed_in(root)).text
+        for shown in (first, "Drop backups", "Restore", "Audit log", "Failed at last verify"):
+            assert shown in page
+        assert "normal after a rotation" in page  # v1 draining: a state, not a warning
+        assert "Needs attention" not in page
+        viewer_page = local.call("GET", "/admin/encryption", headers=_signed_in(viewer))
+        assert "data-action" not in viewer_page.text  # no action for a read token
+        path = f"/admin/api/jobs/{first}/restore"
+        assert local.call("POST", path, headers=_signed_in(viewer)).status == 403
+        no_csrf = {"Cookie": f"keyturn_session={root}; keyturn_csrf=c5rf"}
+        assert local.call("POST", path, headers=no_csrf).status == 403
+        assert on(2) == 40
+
+        restored = local.call("POST", path, headers=_signed_in(root))
+        assert restored.status == 200 and restored.body["restored"] == 40, restored.text
+        assert "restored 40 value(s)" in restored.body["message"]
+        assert on(1) == 40
+        missing = local.call("POST", "/v1/admin/encryption/jobs/feedfacecafe/prune", root)
+        assert missing.status == 404
+
+        started = local.call("POST", "/v1/admin/encryption/rotate", root)
+        assert started.status == 202
+        second = started.body["id"]
+        deadline = time.monotonic() + 60
+        while local.call("GET", f"/v1/admin/encryption/jobs/{second}", root).body["state"] in (
+            "queued",
+            "running",
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        listed = json.loads(app.cli("jobs", "--json", check=True).stdout)
+        assert [j["id"] for j in listed] == [first, second]  # one id for CLI and HTTP
+        assert on(3) == 40
+
+        early = local.call("POST", "/v1/admin/encryption/keys/1/destroy", root)
+        assert early.status == 409 and "backed-up" in early.body["error"], early.text
+        for job in (first, second):
+            pruned = local.call("POST", f"/admin/api/jobs/{job}/prune", headers=_signed_in(root))
+            assert pruned.status == 200 and "dropped" in pruned.body["message"], pruned.text
+        after_grace()
+        app.cli("status", check=True)  # retires what nothing uses, once the grace is over
+        active = local.call("POST", "/v1/admin/encryption/keys/3/destroy", root)
+        assert active.status == 409
+        assert local.call("POST", "/v1/admin/encryption/keys/x9/destroy", root).status == 404
+        page = local.call("GET", "/admin/encryption", headers=_signed_in(root)).text
+        assert "data-action='destroy' data-target='1'" in page
+        destroyed = local.call("POST", "/admin/api/keys/1/destroy", headers=_signed_in(root))
+        assert destroyed.status == 200, destroyed.text
+        states = dict(database.rows("SELECT version, state FROM keyturn_keys"))
+        assert states[1] == "destroyed" and states[3] == "active"
+        with keyturn.open(app.config) as store:
+            actions = [(e.actor, e.action) for e in store.audit.latest(40)]
+        for action in ("restore", "prune", "destroy-key"):
+            assert ("token:root", action) in actions
+        page = local.call("GET", "/admin/encryption", headers=_signed_in(root)).text
+        assert_no_secret(page, kek, root, viewer, "sk_live_1_7")
+    finally:
+        local.app.state.keyturn.store.close()

@@ -387,6 +387,21 @@ class AuditLog:
             for r in rows
         ]
 
+    def latest(self, limit: int, action: str | None = None) -> list[Entry]:
+        """The newest ``limit`` entries (of ``action`` only, if given), newest first."""
+        a = schema.audit.c
+        query = select(a.seq, a.at, a.actor, a.action, a.details, a.mac)
+        if action is not None:
+            query = query.where(a.action == action)
+        with self.engine.connect() as conn:
+            if not inspect(conn).has_table(schema.audit.name):
+                return []
+            rows = conn.execute(query.order_by(a.seq.desc()).limit(limit)).all()
+        return [
+            Entry(r[0], _text(r[1]), _text(r[2]), _text(r[3]), _details(r[4]), _text(r[5]))
+            for r in rows
+        ]
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             if not inspect(conn).has_table(schema.audit.name):

@@ -85,8 +85,12 @@ class RewriteReport:
 
 
 def audit_summary(report: RewriteReport) -> dict[str, Any]:
-    """What the audit log keeps of a report: totals, job and version; no primary keys."""
+    """What the audit log keeps of a report: totals, failed values per column, job and
+    version; no primary keys."""
     data: dict[str, Any] = {"totals": report.totals}
+    failed = {name: counts[FAILED] for name, counts in report.columns.items() if counts[FAILED]}
+    if failed:
+        data["columns_failed"] = failed
     for key in ("job", "new_version", "resumed"):
         if key in report.extra:
             data[key] = report.extra[key]

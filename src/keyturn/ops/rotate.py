@@ -131,8 +131,11 @@ class Rotator:
         progress: ProgressFactory | None = None,
         before_write: Callable[[], None] | None = None,
         lock: KeyringLock | None = None,
+        job_id: str | None = None,
     ) -> None:
         self.store = store
+        #: The new job's id, chosen by the caller (the admin API answers with it at once).
+        self.job_id = job_id
         self.options = options or RotateOptions()
         self.actor = actor
         self.progress = progress
@@ -264,7 +267,7 @@ class Rotator:
 
     def _start(self, columns: list[BoundColumn]) -> jobs.Job:
         """Back up, then mint the new version and the job in one transaction."""
-        job_id = jobs.new_id()
+        job_id = self.job_id or jobs.new_id()
         backup_path = self._file_backup(job_id)
         workers = self.options.workers
         with write_transaction(self.store.engine) as conn:
@@ -505,7 +508,7 @@ class Rotator:
 
     def _run_atomic(self, columns: list[BoundColumn], started: float) -> RewriteReport:
         """Everything, minting included, in one transaction: all or nothing."""
-        job_id = jobs.new_id()
+        job_id = self.job_id or jobs.new_id()
         backup_path = self._file_backup(job_id)
         with write_transaction(self.store.engine) as conn:
             dek, job = self._mint_job(conn, job_id, backup_path, {"atomic": True})

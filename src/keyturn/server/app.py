@@ -17,11 +17,10 @@ import os
 import secrets
 import threading
 import time
-import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from ipaddress import ip_address
 from typing import Any
 
@@ -40,7 +39,10 @@ from keyturn.errors import JobNotFound, KeyManagementError, KeyringBusy, Keyturn
 from keyturn.kek import is_managed, new_kek
 from keyturn.ops import api_tokens
 from keyturn.ops.api_tokens import ApiToken
+from keyturn.ops.lifecycle import destroy_key
+from keyturn.ops.overview import overview
 from keyturn.ops.reports import audit_summary
+from keyturn.ops.restore import prune_job, restore_job
 from keyturn.ops.rotate import KIND, RotateOptions, Rotator
 from keyturn.ops.rotate_kek import rotate_kek
 from keyturn.ops.status import status
@@ -122,9 +124,21 @@ class _HttpJob:
     columns: dict[str, dict[str, int]] = field(default_factory=dict)
     report: dict[str, Any] | None = None
     error: str | None = None
+    #: When each column's walk started (monotonic), for rows/s and the ETA.
+    started: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        columns = {k: dict(v) for k, v in dict(self.columns).items()}  # the worker adds to it
+        columns: dict[str, dict[str, Any]] = {
+            k: dict(v)
+            for k, v in dict(self.columns).items()  # the worker adds to it
+        }
+        now = time.monotonic()
+        for name, c in columns.items():
+            elapsed = now - self.started.get(name, now)
+            rate = c["done"] / elapsed if c["done"] and elapsed > 0 else None
+            c["rate"] = round(rate, 1) if rate else None
+            left = max(c["total"] - c["done"], 0)
+            c["eta_seconds"] = round(left / rate, 1) if rate and self.state == RUNNING else None
         done = sum(c["done"] for c in columns.values())
         total = sum(c["total"] for c in columns.values())
         return {
@@ -205,7 +219,7 @@ class _Service:
                 lock = KeyringLock(self.store.engine, KIND).acquire()
             except KeyringBusy as exc:
                 return exc
-            job = _HttpJob(uuid.uuid4().hex, actor)
+            job = _HttpJob(jobs.new_id(), actor)  # the job's id in keyturn_jobs too
             self.jobs[job.id] = job
         threading.Thread(target=self._rotate, args=(job, lock), daemon=True).start()
         return job
@@ -216,6 +230,7 @@ class _Service:
         def progress(label: str, total: int) -> Callable[[int], None]:
             counts = job.columns.setdefault(label, {"done": 0, "total": total})
             counts["total"] = total
+            job.started.setdefault(label, time.monotonic())
 
             def advance(rows: int) -> None:
                 counts["done"] += rows
@@ -233,6 +248,7 @@ class _Service:
                     progress=progress,
                     before_write=out.begin,
                     lock=lock,
+                    job_id=job.id,
                 ).run()
                 out.update(audit_summary(report))
         except KeyturnError as exc:
@@ -247,6 +263,9 @@ class _Service:
             return
         job.report = report.to_dict()
         job.state = FAILED if report.failed else SUCCEEDED
+        resumed = report.extra.get("job")
+        if resumed and resumed != job.id:  # an unfinished job was resumed: known by both ids
+            self.jobs[resumed] = job
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         found = self.jobs.get(job_id)
@@ -277,6 +296,33 @@ class _Service:
             result = rotate_kek(self.store, new, before_write=out.begin)
             out.update(result.to_dict())
         return result.to_dict()
+
+    def prune(self, job_id: str, actor: str) -> dict[str, Any]:
+        """Drop a job's backups (audited by prune itself); a message saying what was done."""
+        result = prune_job(self.store, job_id, actor)
+        retired = ", ".join(f"v{v}" for v in result.newly_retired) or "none"
+        message = (
+            f"Job {result.job}: dropped {result.dropped} backed-up token(s) and "
+            f"{len(result.removed_files)} file copy(ies); newly retired: {retired}."
+        )
+        return {**asdict(result), "message": message}
+
+    def restore(self, job_id: str, actor: str) -> dict[str, Any]:
+        """Put back the tokens a job replaced, audited as the CLI's restore is."""
+        job = jobs.lookup(self.store.engine, job_id)
+        with self.store.audit.operation(actor, "restore", {"job": job.id}, deferred=True) as out:
+            result = restore_job(self.store, job.id, before_write=out.begin)
+            out.update(result.counts())
+        message = (
+            f"Job {job.id}: restored {result.restored} value(s); {result.changed_since} "
+            "changed since and were kept."
+        )
+        return {**result.to_dict(), "message": message}
+
+    def destroy(self, version: int, actor: str) -> dict[str, Any]:
+        """Destroy a retired key version (its own checks and audit entry)."""
+        destroy_key(self.store, version, actor)
+        return {"version": version, "message": f"Key v{version} was destroyed."}
 
     def rotate_kek_enabled(self) -> bool:
         spec = self.store.config.server
@@ -450,6 +496,35 @@ def create_app(
             }
         )
 
+    def lifecycle(action: Callable[[str, str], dict[str, Any]], param: str) -> Handler:
+        """An admin action on a job or key: refused (409) while a rotation runs or
+        another operation holds the keyring lock, or when its own checks say no."""
+
+        def handler(request: Request, token: ApiToken) -> Response:
+            target = request.path_params[param]
+            reason = service.busy()
+            if reason:
+                return _error(409, f"{reason}; wait for it to finish")
+            try:
+                return JSONResponse(action(target, f"token:{token.name}"))
+            except JobNotFound:
+                return _error(404, f"no such {param.replace('_', ' ')}")
+            except KeyringBusy as exc:
+                return _busy(exc)
+            except KeyturnError as exc:
+                return _error(409, str(exc))
+
+        return handler
+
+    def destroy_version(version: str, actor: str) -> dict[str, Any]:
+        if not version.isdigit() or len(version) > 9:
+            raise JobNotFound(version)
+        return service.destroy(int(version), actor)
+
+    prune_route = lifecycle(service.prune, "job_id")
+    restore_route = lifecycle(service.restore, "job_id")
+    destroy_route = lifecycle(destroy_version, "version")
+
     # -- the page ---------------------------------------------------------------------
 
     def page(request: Request) -> Response:
@@ -464,7 +539,7 @@ def create_app(
                 token,
                 csrf,
                 done.to_dict() if done else None,
-                service.store.audit.count(),
+                overview(service.store),
             )
         response = HTMLResponse(body, headers=html.SECURITY_HEADERS)
         _set_cookie(request, response, CSRF_COOKIE, csrf)
@@ -525,6 +600,21 @@ def create_app(
             "/v1/admin/encryption/rotate-kek", guarded("admin", rotate_kek_route), methods=["POST"]
         ),
         Route("/v1/admin/audit", guarded("read", audit_route)),
+        Route(
+            "/v1/admin/encryption/jobs/{job_id}/prune",
+            guarded("admin", prune_route),
+            methods=["POST"],
+        ),
+        Route(
+            "/v1/admin/encryption/jobs/{job_id}/restore",
+            guarded("admin", restore_route),
+            methods=["POST"],
+        ),
+        Route(
+            "/v1/admin/encryption/keys/{version}/destroy",
+            guarded("admin", destroy_route),
+            methods=["POST"],
+        ),
         Route("/metrics", guarded("read", metrics_route)),
         Route("/admin/encryption", page),
         Route("/admin/sign-in", sign_in, methods=["POST"]),
@@ -533,6 +623,21 @@ def create_app(
         Route("/admin/static/admin.css", page_style),
         Route("/admin/api/rotate", guarded("rotate", rotate, cookie=True), methods=["POST"]),
         Route("/admin/api/jobs/{job_id}", guarded("read", job, cookie=True)),
+        Route(
+            "/admin/api/jobs/{job_id}/prune",
+            guarded("admin", prune_route, cookie=True),
+            methods=["POST"],
+        ),
+        Route(
+            "/admin/api/jobs/{job_id}/restore",
+            guarded("admin", restore_route, cookie=True),
+            methods=["POST"],
+        ),
+        Route(
+            "/admin/api/keys/{version}/destroy",
+            guarded("admin", destroy_route, cookie=True),
+            methods=["POST"],
+        ),
     ]
 
     @asynccontextmanager

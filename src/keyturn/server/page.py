@@ -69,10 +69,47 @@ def sign_in(csrf: str, error: str | None) -> str:
 
 
 def _card(label: str, value: str, note: str, ident: str) -> str:
+    hint = f"<p class='note'>{_code(note)}</p>" if note else ""
     return (
         f"<section class='card' id='{ident}'><h2>{escape(label)}</h2>"
-        f"<p class='value'>{escape(value)}</p><p class='note'>{escape(note)}</p></section>"
+        f"<p class='value'>{escape(value)}</p>{hint}</section>"
     )
+
+
+def _code(text: str) -> str:
+    """``text`` escaped, with its `backticked` commands rendered as code."""
+    parts = escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _table(ident: str, caption: str, heads: list[str], rows: list[str], empty: str) -> str:
+    """A table that scrolls sideways on a narrow screen, or ``empty`` if no rows."""
+    if not rows:
+        return f"<p class='hint' id='{ident}-empty'>{escape(empty)}</p>"
+    head = "".join(f"<th scope='col'>{escape(h)}</th>" for h in heads)
+    return (
+        f"<div class='scroll' role='region' aria-label='{escape(caption)}' tabindex='0'>"
+        f"<table id='{ident}'><caption>{escape(caption)}</caption><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _versions(counts: dict[Any, int]) -> str:
+    return ", ".join(f"v{v}: {n}" for v, n in sorted(counts.items(), key=lambda i: int(i[0])))
+
+
+def _action(action: str, target: str, label: str, confirm: str) -> str:
+    """A button the page's script turns into a confirmed, CSRF-protected POST."""
+    return (
+        f"<button type='button' class='action' data-action='{escape(action)}' "
+        f"data-target='{escape(target)}' data-confirm='{escape(confirm)}'>{escape(label)}</button>"
+    )
+
+
+def _is_routine(warning: str) -> bool:
+    """A status warning the page shows as a key's state instead: a version
+    draining after a rotation is the normal state, not something to fix."""
+    return warning.startswith("key v") and " is draining" in warning
 
 
 def dashboard(
@@ -80,73 +117,63 @@ def dashboard(
     token: ApiToken,
     csrf: str,
     finished: dict[str, Any] | None,
-    audit_entries: int,
+    overview: Any,
 ) -> str:
+    """The page: cards, what needs attention, jobs, keys, columns, audit."""
     columns = report["columns"]
     per_version: dict[str, int] = {}
     for col in columns:
         for version, n in col["by_version"].items():
             per_version[version] = per_version.get(version, 0) + n
     active = report["active_version"]
-    cards = "".join(
-        [
+    plaintext = sum(c["plaintext"] for c in columns)
+    legacy = sum(c["legacy"] for c in columns)
+    unknown = sum(c.get("unknown", 0) for c in columns)
+    cards = [
+        _card(
+            "Active key",
+            f"v{active}",
+            f"{report['active_age_days']:.0f} days old; "
+            f"cryptoperiod {report['cryptoperiod_days']} days",
+            "card-active",
+        ),
+        _card(
+            "Secrets per key version",
+            _versions(per_version) or "none",
+            f"{len(columns)} column(s) configured",
+            "card-versions",
+        ),
+        _card(
+            "Plaintext values",
+            str(plaintext),
+            "run `keyturn encrypt-existing` to encrypt them" if plaintext else "",
+            "card-plaintext",
+        ),
+        _card(
+            "Legacy values",
+            str(legacy),
+            "run `keyturn import-legacy` to convert them" if legacy else "",
+            "card-legacy",
+        ),
+    ]
+    if unknown:
+        cards.append(
             _card(
-                "Active key",
-                f"v{active}",
-                f"{report['active_age_days']:.0f} days old; "
-                f"cryptoperiod {report['cryptoperiod_days']} days",
-                "card-active",
-            ),
-            _card(
-                "Secrets per key version",
-                ", ".join(
-                    f"v{v}: {n}" for v, n in sorted(per_version.items(), key=lambda i: int(i[0]))
-                )
-                or "none",
-                f"{len(columns)} column(s) configured",
-                "card-versions",
-            ),
-            _card(
-                "Plaintext values",
-                str(sum(c["plaintext"] for c in columns)),
-                "run `keyturn encrypt-existing` to encrypt them",
-                "card-plaintext",
-            ),
-            _card(
-                "Legacy values",
-                str(sum(c["legacy"] for c in columns)),
-                "run `keyturn import-legacy` to convert them",
-                "card-legacy",
-            ),
-        ]
-    )
-    history = "".join(
-        f"<tr><td>v{k['version']}</td><td>{escape(k['state'])}</td>"
-        f"<td>{escape(k['created_at'][:19].replace('T', ' '))}</td>"
-        f"<td>{k['age_days']:.1f}</td><td>{k['rows']}</td><td>{escape(k['created_by'])}</td></tr>"
-        for k in reversed(report["keys"])
-    )
-    warnings = "".join(f"<li>{escape(w)}</li>" for w in report["warnings"])
-    banner = ""
-    if finished is not None:
-        r = finished.get("report") or {}
-        extra = (
-            f"key v{r.get('new_version')} is active; {r.get('rotated', 0)} value(s) "
-            f"re-encrypted, {r.get('failed', 0)} failed"
-            if finished["state"] == "succeeded"
-            else escape(str(finished.get("error") or "see `keyturn jobs`"))
+                "Unknown values",
+                str(unknown),
+                "shaped like ciphertext no reader opens: see docs/ADOPTING.md",
+                "card-unknown",
+            )
         )
-        banner = (
-            f"<p class='banner {escape(finished['state'])}' id='finished' role='status'>"
-            f"Rotation {escape(finished['state'])}: {extra}.</p>"
-        )
-    can_rotate = token.allows("rotate")
-    rotate = (
-        "<button type='button' id='rotate' data-active='" + str(active) + "'>Rotate data key"
-        "</button>"
-        if can_rotate
-        else "<p class='hint'>Your token's scope is read: ask for a rotate token to rotate.</p>"
+    warnings = [w for w in report["warnings"] if not _is_routine(w)]
+    attention = (
+        "<section id='attention'><h2>Needs attention</h2><ul class='warnings'>"
+        + "".join(f"<li>{_code(w)}</li>" for w in warnings)
+        + "</ul></section>"
+        if warnings
+        else ""
     )
+    admin = token.allows("admin")
     return _layout(
         "keyturn: encryption",
         "<header><h1>Encryption</h1>"
@@ -155,40 +182,274 @@ def dashboard(
         "<form method='post' action='/admin/sign-out'>"
         f"<input type='hidden' name='csrf' value='{escape(csrf)}'>"
         "<button type='submit' class='link'>Sign out</button></form></header>"
-        f"{banner}<div class='cards'>{cards}</div>"
-        + (f"<ul class='warnings'>{warnings}</ul>" if warnings else "")
-        + "<section class='rotate'><h2>Rotate</h2>"
-        "<p>Creates a new data key version and re-encrypts every secret with it, online.</p>"
-        f"{rotate}<div id='progress' hidden><progress id='bar' max='1' value='0'></progress>"
-        "<span id='progress-text' role='status'></span></div></section>"
-        "<section><h2>Key history</h2><table id='history'><thead><tr><th>Version</th>"
-        "<th>State</th><th>Created (UTC)</th><th>Age (days)</th><th>Secrets</th>"
-        f"<th>Created by</th></tr></thead><tbody>{history}</tbody></table></section>"
-        f"<section><h2>How this works</h2><p>{escape(HOW_IT_WORKS)}</p>"
-        f"<p class='hint'>Audit log: {audit_entries} entries (<code>keyturn audit verify"
-        "</code> checks them).</p></section>",
+        f"{_banner(finished)}<p id='notice' role='status' hidden></p>"
+        f"<div class='cards'>{''.join(cards)}</div>{attention}"
+        + _rotate_section(token, active)
+        + _jobs_section(overview, admin)
+        + _keys_section(report, overview, admin)
+        + _columns_section(columns, overview.last_verify)
+        + _audit_section(overview.audit)
+        + f"<section><h2>How this works</h2><p>{escape(HOW_IT_WORKS)}</p></section>",
         csrf,
+    )
+
+
+def _banner(finished: dict[str, Any] | None) -> str:
+    if finished is None:
+        return ""
+    r = finished.get("report") or {}
+    extra = (
+        f"key v{r.get('new_version')} is active; {r.get('rotated', 0)} value(s) "
+        f"re-encrypted, {r.get('failed', 0)} failed"
+        if finished["state"] == "succeeded"
+        else escape(str(finished.get("error") or "see `keyturn jobs`"))
+    )
+    return (
+        f"<p class='banner {escape(finished['state'])}' id='finished' role='status'>"
+        f"Rotation {escape(finished['id'])} {escape(finished['state'])}: {extra}.</p>"
+    )
+
+
+def _rotate_section(token: ApiToken, active: int) -> str:
+    rotate = (
+        f"<button type='button' id='rotate' data-active='{active}'>Rotate data key</button>"
+        if token.allows("rotate")
+        else "<p class='hint'>Your token's scope is read: ask for a rotate token to rotate.</p>"
+    )
+    return (
+        "<section class='rotate'><h2>Rotate</h2>"
+        "<p>Creates a new data key version and re-encrypts every secret with it, online.</p>"
+        f"{rotate}<div id='progress' hidden><progress id='bar' max='1' value='0' "
+        "aria-label='Rotation progress'></progress>"
+        "<span id='progress-text' role='status'></span>"
+        "<table id='progress-columns'><caption>Progress per column</caption><thead><tr>"
+        "<th scope='col'>Column</th><th scope='col'>Rows done</th><th scope='col'>Rows/s</th>"
+        "<th scope='col'>ETA</th></tr></thead><tbody></tbody></table></div></section>"
+    )
+
+
+def _jobs_section(overview: Any, admin: bool) -> str:
+    rows = []
+    for job in overview.jobs:
+        totals = ", ".join(f"{n} {k}" for k, n in job.totals.items())
+        if job.progress:
+            done = sum(sum(c.values()) for c in job.progress.values())
+            totals = f"{done} value(s) so far (running)"
+        held = _versions(job.backups)
+        if job.file_copies:
+            held = (held + "; " if held else "") + f"{job.file_copies} file copy"
+        actions = ""
+        if admin and job.kind == "rotate" and job.state != "running":
+            if job.backups and job.state != "restored":
+                actions += _action(
+                    "restore",
+                    job.id,
+                    "Restore",
+                    f"Put back the tokens job {job.id} replaced, where a row still holds what "
+                    "the job wrote (values the app changed since are kept)?",
+                )
+            if job.has_backups:
+                actions += _action(
+                    "prune",
+                    job.id,
+                    "Drop backups",
+                    f"Drop the backups of job {job.id} ({held})? `restore {job.id}` will no "
+                    "longer be possible; key versions nothing else uses then retire.",
+                )
+        rows.append(
+            f"<tr><td><code>{escape(job.id)}</code></td><td>{escape(job.kind)}</td>"
+            f"<td>{escape(job.state)}</td>"
+            f"<td>{'v' + str(job.target_version) if job.target_version else ''}</td>"
+            f"<td>{escape(job.created_at[:19].replace('T', ' '))}</td>"
+            f"<td>{escape(job.created_by)}</td><td>{escape(totals)}</td>"
+            f"<td>{escape(held) or 'none'}</td><td>{actions}</td></tr>"
+        )
+    return (
+        "<section id='jobs'><h2>Jobs</h2>"
+        + _table(
+            "jobs-table",
+            "Jobs, newest first: the same ids as `keyturn jobs`",
+            ["Job", "Kind", "State", "Key", "Started (UTC)", "By", "Outcome", "Backups", "Actions"],
+            rows,
+            "No job has run yet.",
+        )
+        + "</section>"
+    )
+
+
+def _keys_section(report: dict[str, Any], overview: Any, admin: bool) -> str:
+    in_backups: dict[int, list[str]] = {}
+    for job in overview.jobs:
+        for version in job.backups:
+            in_backups.setdefault(int(version), []).append(job.id)
+    rows = []
+    for k in reversed(report["keys"]):
+        state = k["state"]
+        note = ""
+        if state == "draining":
+            held = in_backups.get(k["version"], [])
+            parts = [f"{k['rows']} value(s)"] if k["rows"] else []
+            parts += [f"backups of job {j}" for j in held]
+            note = "normal after a rotation; retires once nothing uses it" + (
+                f": still used by {', '.join(parts)}" if parts else " (the [apps] grace)"
+            )
+        action = ""
+        if admin and state == "retired":
+            action = _action(
+                "destroy",
+                str(k["version"]),
+                "Destroy",
+                f"Destroy key v{k['version']}? Its wrapped bytes are erased for good: any "
+                "value or backup still sealed under it could never be read again "
+                "(keyturn refuses while one exists).",
+            )
+        rows.append(
+            f"<tr><td>v{k['version']}</td><td>{escape(state)}"
+            + (f"<br><span class='note'>{escape(note)}</span>" if note else "")
+            + f"</td><td>{escape(k['created_at'][:19].replace('T', ' '))}</td>"
+            f"<td>{k['age_days']:.1f}</td><td>{k['rows']}</td>"
+            f"<td>{escape(k['created_by'])}</td><td>{action}</td></tr>"
+        )
+    return (
+        "<section id='keys'><h2>Keys</h2>"
+        + _table(
+            "history",
+            "Key history, newest first",
+            ["Version", "State", "Created (UTC)", "Age (days)", "Secrets", "Created by", "Actions"],
+            rows,
+            "No key yet.",
+        )
+        + "</section>"
+    )
+
+
+def _columns_section(columns: list[dict[str, Any]], last_verify: dict[str, Any] | None) -> str:
+    failed = (last_verify or {}).get("columns_failed", {})
+    rows = [
+        f"<tr><td><code>{escape(c['column'])}</code>"
+        + (f"<br><span class='note'>rows where {escape(c['where'])}</span>" if c["where"] else "")
+        + f"</td><td>{c['rows']}</td><td>{escape(_versions(c['by_version'])) or '-'}</td>"
+        f"<td>{c['plaintext']}</td><td>{c['legacy']}</td><td>{c.get('unknown', 0)}</td>"
+        f"<td>{c['empty']}</td>"
+        f"<td>{failed.get(c['column'], 0) if last_verify else 'not run'}</td></tr>"
+        for c in columns
+    ]
+    when = (
+        f"Last <code>keyturn verify</code>: {escape(last_verify['at'][:19].replace('T', ' '))} "
+        f"UTC by {escape(last_verify['by'])}, {escape(last_verify['outcome'])}."
+        if last_verify
+        else "No <code>keyturn verify</code> on record: run it to check every value opens."
+    )
+    return (
+        "<section id='columns'><h2>Columns</h2>"
+        + _table(
+            "columns-table",
+            "Values per configured column",
+            [
+                "Column",
+                "Rows",
+                "Per key",
+                "Plaintext",
+                "Legacy",
+                "Unknown",
+                "Empty",
+                "Failed at last verify",
+            ],
+            rows,
+            "No column is configured.",
+        )
+        + f"<p class='hint'>{when}</p></section>"
+    )
+
+
+def _audit_section(audit: Any) -> str:
+    state = (
+        f"<p id='audit-state' class='ok'>All {audit.entries} entries verify.</p>"
+        if audit.ok
+        else "<div id='audit-state' class='error' role='alert'><p>The audit log fails its "
+        "check: run <code>keyturn audit verify</code> (SECURITY.md).</p><ul>"
+        + "".join(f"<li>{escape(p)}</li>" for p in audit.problems[:5])
+        + "</ul></div>"
+    )
+    head = (
+        "<label for='audit-head'>Signed head: keep a copy outside the database "
+        "(<code>keyturn audit verify --head FILE</code> checks against it)</label>"
+        f"<textarea id='audit-head' readonly rows='3'>{escape(audit.head)}</textarea>"
+        if audit.head
+        else ""
+    )
+    rows = [
+        f"<tr><td>{e.seq}</td><td>{escape(e.at[:19].replace('T', ' '))}</td>"
+        f"<td>{escape(e.actor)}</td><td>{escape(e.action)}</td>"
+        f"<td>{escape(str(e.details.get('outcome', '')))}</td></tr>"
+        for e in audit.latest
+    ]
+    return (
+        "<section id='audit'><h2>Audit log</h2>"
+        + state
+        + head
+        + _table(
+            "audit-table",
+            "Latest audit entries, newest first",
+            ["#", "At (UTC)", "Actor", "Action", "Outcome"],
+            rows,
+            "No audit entry yet.",
+        )
+        + "</section>"
     )
 
 
 SCRIPT = """\
 "use strict";
 document.addEventListener("DOMContentLoaded", () => {
+  const csrf = document.querySelector("meta[name=csrf-token]").content;
+  const notice = document.getElementById("notice");
+  const said = window.sessionStorage.getItem("keyturn-notice");
+  if (said && notice) {
+    notice.hidden = false;
+    notice.textContent = said;
+    window.sessionStorage.removeItem("keyturn-notice");
+  }
+  const post = (url) => fetch(url, {
+    method: "POST", credentials: "same-origin", headers: {"X-CSRF-Token": csrf},
+  });
+  const paths = {
+    prune: (id) => "/admin/api/jobs/" + encodeURIComponent(id) + "/prune",
+    restore: (id) => "/admin/api/jobs/" + encodeURIComponent(id) + "/restore",
+    destroy: (id) => "/admin/api/keys/" + encodeURIComponent(id) + "/destroy",
+  };
+  for (const button of document.querySelectorAll("button.action")) {
+    button.addEventListener("click", async () => {
+      if (!window.confirm(button.dataset.confirm)) return;
+      button.disabled = true;
+      const r = await post(paths[button.dataset.action](button.dataset.target));
+      const body = await r.json();
+      if (!r.ok) {
+        notice.hidden = false;
+        notice.className = "error";
+        notice.textContent = "Refused: " + body.error;
+        button.disabled = false;
+        return;
+      }
+      window.sessionStorage.setItem("keyturn-notice", body.message);
+      window.location.reload();
+    });
+  }
   const button = document.getElementById("rotate");
   if (!button) return;
-  const csrf = document.querySelector("meta[name=csrf-token]").content;
   const box = document.getElementById("progress");
   const bar = document.getElementById("bar");
   const label = document.getElementById("progress-text");
+  const perColumn = document.querySelector("#progress-columns tbody");
   const show = (text) => { box.hidden = false; label.textContent = text; };
+  const eta = (s) => s === null ? "-" : s < 60 ? Math.ceil(s) + " s" : Math.ceil(s / 60) + " min";
+  const cell = (row, text) => { const td = row.insertCell(); td.textContent = text; };
   button.addEventListener("click", async () => {
     const next = Number(button.dataset.active) + 1;
     if (!window.confirm("Rotate to data key v" + next + " and re-encrypt every secret?")) return;
     button.disabled = true;
     show("starting…");
-    const started = await fetch("/admin/api/rotate", {
-      method: "POST", credentials: "same-origin", headers: {"X-CSRF-Token": csrf},
-    });
+    const started = await post("/admin/api/rotate");
     const body = await started.json();
     if (started.status !== 202) {
       show("Could not start: " + body.error);
@@ -198,9 +459,17 @@ document.addEventListener("DOMContentLoaded", () => {
     const poll = async () => {
       const r = await fetch("/admin/api/jobs/" + body.id, {credentials: "same-origin"});
       const job = await r.json();
-      const p = job.progress || {done: 0, total: 0};
+      const p = job.progress || {done: 0, total: 0, columns: {}};
       bar.max = Math.max(p.total, 1); bar.value = p.done;
-      show(job.state + ": " + p.done + " / " + p.total + " secrets");
+      show("job " + job.id + " " + job.state + ": " + p.done + " / " + p.total + " secrets");
+      perColumn.replaceChildren();
+      for (const [name, c] of Object.entries(p.columns || {})) {
+        const row = perColumn.insertRow();
+        cell(row, name);
+        cell(row, c.done + " / " + c.total);
+        cell(row, c.rate === null ? "-" : String(Math.round(c.rate)));
+        cell(row, eta(c.eta_seconds));
+      }
       if (job.state === "succeeded" || job.state === "failed") {
         window.location.assign("/admin/encryption?done=" + encodeURIComponent(body.id));
       } else {
@@ -214,24 +483,44 @@ document.addEventListener("DOMContentLoaded", () => {
 
 STYLE = """\
 body { font-family: system-ui, sans-serif; margin: 0; background: #f5f6f8; color: #1d2330; }
-main { max-width: 960px; margin: 0 auto; padding: 24px; }
-header { display: flex; align-items: baseline; gap: 16px; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px; }
+header { display: flex; flex-wrap: wrap; align-items: baseline; gap: 8px 16px; }
 header h1 { margin-right: auto; }
+section { margin: 20px 0; }
 .cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(200px, 1fr)); gap: 12px; }
 .card { background: #fff; border-radius: 8px; padding: 12px 16px; box-shadow: 0 1px 2px #0002; }
-.card h2 { font-size: 0.9rem; margin: 0; color: #5a6272; }
+.card h2 { font-size: 0.9rem; margin: 0; color: #4a5262; }
 .card .value { font-size: 1.6rem; margin: 6px 0; font-weight: 600; }
-.note, .hint { color: #5a6272; font-size: 0.85rem; }
+.note, .hint { color: #4a5262; font-size: 0.85rem; }
 .error, .warnings li { color: #a11; }
-.banner { padding: 10px 14px; border-radius: 6px; background: #e4f5e8; }
-.banner.failed { background: #fbe4e4; }
+.ok { color: #176b2c; }
+code { font-family: ui-monospace, monospace; background: #e9ecf1; padding: 1px 4px;
+       border-radius: 4px; font-size: 0.9em; overflow-wrap: anywhere; }
+.banner, #notice { padding: 10px 14px; border-radius: 6px; background: #e4f5e8; }
+.banner.failed, #notice.error { background: #fbe4e4; }
+.scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; width: 100%; background: #fff; }
-th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid #e3e6eb; }
+caption { text-align: left; color: #4a5262; font-size: 0.85rem; padding: 4px 0; }
+th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid #e3e6eb;
+         vertical-align: top; }
 button { font: inherit; padding: 6px 14px; border-radius: 6px; border: 1px solid #345;
-         background: #234; color: #fff; cursor: pointer; }
+         background: #234; color: #fff; cursor: pointer; margin: 2px; }
+button.action { padding: 3px 10px; font-size: 0.9rem; background: #fff; color: #234; }
 button.link { background: none; color: #234; border: none; text-decoration: underline; }
-input[type=password] { font: inherit; padding: 6px; width: 28em; display: block; margin: 6px 0; }
+button:focus-visible, .scroll:focus-visible, textarea:focus-visible {
+  outline: 3px solid #1a73e8; outline-offset: 2px; }
+button:disabled { opacity: 0.6; cursor: default; }
+input[type=password] { font: inherit; padding: 6px; width: 100%; max-width: 28em;
+                       display: block; margin: 6px 0; box-sizing: border-box; }
+textarea { width: 100%; box-sizing: border-box; font-family: ui-monospace, monospace;
+           font-size: 0.8rem; margin-top: 4px; }
 progress { width: 60%; }
+@media (max-width: 600px) {
+  main { padding: 12px; }
+  .card .value { font-size: 1.3rem; }
+  th, td { padding: 4px 6px; font-size: 0.9rem; }
+  progress { width: 100%; }
+}
 """
 
 _ERROR = {
@@ -258,6 +547,8 @@ def _op(
         op["description"] = f"Needs a token with scope `{scope}` or above."
     return op
 
+
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -287,6 +578,39 @@ OPENAPI: dict[str, Any] = {
                 "admin",
                 errors=("409",),
             )
+        },
+        "/v1/admin/encryption/jobs/{job_id}/prune": {
+            "post": {
+                **_op(
+                    "Drop a job's backups; key versions nothing else uses retire",
+                    "admin",
+                    errors=("404", "409"),
+                ),
+                "parameters": [_JOB_ID],
+            }
+        },
+        "/v1/admin/encryption/jobs/{job_id}/restore": {
+            "post": {
+                **_op(
+                    "Put back the tokens a job replaced where rows still hold what it wrote",
+                    "admin",
+                    errors=("404", "409"),
+                ),
+                "parameters": [_JOB_ID],
+            }
+        },
+        "/v1/admin/encryption/keys/{version}/destroy": {
+            "post": {
+                **_op("Destroy a retired key version nothing uses", "admin", errors=("404", "409")),
+                "parameters": [
+                    {
+                        "name": "version",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer"},
+                    }
+                ],
+            }
         },
         "/metrics": {
             "get": _op(
