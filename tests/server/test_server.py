@@ -780,3 +780,121 @@ def test_page_actions_restore_prune_and_destroy_on_every_backend(
         assert_no_secret(page, kek, root, viewer, "sk_live_1_7")
     finally:
         local.app.state.keyturn.store.close()
+
+
+SCREENSHOTS = Path(__file__).parents[2] / "docs" / "screenshots"
+
+
+def _page_checks(driver: Any) -> None:
+    """Nothing wider than the screen but scrolling tables, a name on every control,
+    and the first action reachable by keyboard."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    overflow = driver.execute_script(
+        "return document.documentElement.scrollWidth - window.innerWidth"
+    )
+    assert overflow <= 0, f"the page is {overflow}px wider than the window"
+    unnamed = driver.execute_script(
+        "return [...document.querySelectorAll('button, input:not([type=hidden]), textarea,"
+        " progress')].filter(e => !(e.labels && e.labels.length) && !e.getAttribute("
+        "'aria-label') && !e.textContent.trim()).map(e => e.outerHTML)"
+    )
+    assert unnamed == []
+    body = driver.find_element(By.TAG_NAME, "body")
+    for _ in range(40):
+        body = driver.switch_to.active_element
+        if body.get_attribute("class") == "action":
+            break
+        body.send_keys(Keys.TAB)
+    assert driver.switch_to.active_element.get_attribute("class") == "action"
+
+
+def test_admin_page_actions_in_chromium_at_desktop_and_phone_widths(
+    app: App, tmp_path: Path
+) -> None:
+    """Every action of the page in a real browser: drop a job's backups, destroy the
+    key that retires, rotate, restore; at a desktop's and a phone's width, with
+    screenshots (ADMIN_SCREENSHOTS=1 keeps them in docs/screenshots)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    fill_users(app, 2_000)
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    app.cli("verify", check=True)
+    first = json.loads(app.cli("rotate", "--yes", "--json", check=True).stdout)["job"]
+    root = token(app, "root", "admin")
+    shots: list[Path] = []
+
+    def act(driver: Any, wait: Any, selector: str, expect: str) -> str:
+        """Click an action, accept its confirmation, and return the notice after."""
+        page = driver.find_element(By.TAG_NAME, "html")
+        driver.find_element(By.CSS_SELECTOR, selector).click()
+        wait.until(ec.alert_is_present())
+        question = driver.switch_to.alert.text
+        driver.switch_to.alert.accept()
+        wait.until(ec.staleness_of(page))  # the page reloads after a successful action
+        wait.until(ec.visibility_of_element_located((By.ID, "notice")))
+        notice = driver.find_element(By.ID, "notice").text
+        assert expect in notice, notice
+        return question
+
+    for server in serve(app):
+        driver = chrome()
+        try:
+            wait = WebDriverWait(driver, 30)
+            driver.set_window_size(390, 844)  # a phone
+            driver.get(server.base + "/admin/encryption")
+            driver.find_element(By.ID, "token").send_keys(root)
+            driver.find_element(By.CSS_SELECTOR, "#sign-in button").click()
+            wait.until(ec.presence_of_element_located((By.ID, "jobs-table")))
+            shots.append(tmp_path / "admin-phone.png")
+            driver.save_screenshot(str(shots[-1]))
+            _page_checks(driver)
+            assert first in driver.find_element(By.ID, "jobs-table").text
+
+            driver.set_window_size(1280, 1000)
+            driver.refresh()
+            shots.append(tmp_path / "admin-desktop.png")
+            driver.save_screenshot(str(shots[-1]))
+            _page_checks(driver)
+            after_grace()
+            question = act(
+                driver, wait, f"button[data-action=prune][data-target='{first}']", "dropped"
+            )
+            assert first in question and "no longer be possible" in question
+            question = act(
+                driver, wait, "button[data-action=destroy][data-target='1']", "destroyed"
+            )
+            assert "v1" in question and "erased for good" in question
+
+            driver.find_element(By.ID, "rotate").click()
+            wait.until(ec.alert_is_present())
+            driver.switch_to.alert.accept()
+            wait.until(ec.presence_of_element_located((By.ID, "finished")))
+            banner = driver.find_element(By.ID, "finished").text
+            assert "succeeded" in banner and "key v3 is active" in banner, banner
+            second = json.loads(app.cli("jobs", "--json", check=True).stdout)[-1]["id"]
+            assert second in banner  # the id the CLI knows
+            question = act(
+                driver,
+                wait,
+                f"button[data-action=restore][data-target='{second}']",
+                "restored 1980 value(s)",  # every 97th of the 2,000 users is NULL
+            )
+            assert second in question
+            shots.append(tmp_path / "admin-after-actions.png")
+            driver.save_screenshot(str(shots[-1]))
+            assert_no_secret(driver.page_source, app.env["KEYTURN_KEK"], root, *PLAINTEXTS)
+        finally:
+            driver.quit()
+    states = dict(app.sql("SELECT version, state FROM keyturn_keys"))
+    assert states[1] == "destroyed" and states[3] == "active"
+    assert app.sql("SELECT count(*) FROM users WHERE secret LIKE 'kt1:2:%'")[0][0] > 1_900
+    for shot in shots:
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("ADMIN_SCREENSHOTS") == "1":
+            SCREENSHOTS.mkdir(exist_ok=True)
+            shutil.copy(shot, SCREENSHOTS / shot.name)

@@ -89,7 +89,7 @@ def _table(ident: str, caption: str, heads: list[str], rows: list[str], empty: s
     head = "".join(f"<th scope='col'>{escape(h)}</th>" for h in heads)
     return (
         f"<div class='scroll' role='region' aria-label='{escape(caption)}' tabindex='0'>"
-        f"<table id='{ident}'><caption>{escape(caption)}</caption><thead><tr>{head}</tr></thead>"
+        f"<table id='{ident}'><caption>{_code(caption)}</caption><thead><tr>{head}</tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
 
@@ -487,7 +487,7 @@ main { max-width: 1100px; margin: 0 auto; padding: 24px; }
 header { display: flex; flex-wrap: wrap; align-items: baseline; gap: 8px 16px; }
 header h1 { margin-right: auto; }
 section { margin: 20px 0; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(200px, 1fr)); gap: 12px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(160px, 1fr)); gap: 12px; }
 .card { background: #fff; border-radius: 8px; padding: 12px 16px; box-shadow: 0 1px 2px #0002; }
 .card h2 { font-size: 0.9rem; margin: 0; color: #4a5262; }
 .card .value { font-size: 1.6rem; margin: 6px 0; font-weight: 600; }
@@ -499,6 +499,7 @@ code { font-family: ui-monospace, monospace; background: #e9ecf1; padding: 1px 4
 .banner, #notice { padding: 10px 14px; border-radius: 6px; background: #e4f5e8; }
 .banner.failed, #notice.error { background: #fbe4e4; }
 .scroll { overflow-x: auto; max-width: 100%; }
+td code { white-space: nowrap; }
 table { border-collapse: collapse; width: 100%; background: #fff; }
 caption { text-align: left; color: #4a5262; font-size: 0.85rem; padding: 4px 0; }
 th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid #e3e6eb;
