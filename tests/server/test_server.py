@@ -635,18 +635,41 @@ def _scrape(server: Server, reader: str) -> dict[tuple[str, tuple[tuple[str, str
     }
 
 
-def test_metrics_scraped_during_a_rotation_show_it_progress(app: App) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+def test_metrics_scraped_during_a_rotation_show_it_progress(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A real `keyturn serve` scraped while `keyturn rotate` runs in another process:
-    the job shows as running with its counts rising, and at the end every value is
-    on the new version."""
+    the job shows as running with its counts and rate rising, and at the end every
+    value is on the new version; no planted secret or token in any metric."""
+    database.execute("CREATE TABLE creds (id INTEGER PRIMARY KEY, secret TEXT)")
+    planted = {i: f"sk_live_planted_{i:05d}" for i in range(1, 3001)}
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database.url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO creds VALUES (:i, :s)"),
+            [{"i": i, "s": s} for i, s in planted.items()],
+        )
+    engine.dispose()
+    (tmp_path / "keyturn.toml").write_text(
+        f'database = "{database.url}"\n{APPS}\n[[columns]]\ntable = "creds"\ncolumn = "secret"\n'
+    )
+    kek = secrets.token_hex(32)
+    monkeypatch.chdir(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
+    app = App(tmp_path, {**env, "KEYTURN_KEK": kek, "PYTHONUNBUFFERED": "1"})
     app.cli("init", check=True)
-    fill_users(app, 3000)
     app.cli("encrypt-existing", check=True)
     reader = token(app, "prometheus")
     for server in serve(app):
         rotation = app.start("rotate", "--yes", "--max-rate", "1500", output=subprocess.DEVNULL)
         seen: list[float] = []
+        rates: list[float] = []
         while rotation.poll() is None:
+            raw = server.call("GET", "/metrics", reader).text
+            assert_no_secret(raw, kek, reader, *planted.values())
             samples = _scrape(server, reader)
             done = [
                 n
@@ -655,14 +678,19 @@ def test_metrics_scraped_during_a_rotation_show_it_progress(app: App) -> None:
             ]
             if samples.get(("keyturn_jobs", (("kind", "rotate"), ("state", "running")))):
                 seen.append(sum(done))
+                rates += [
+                    n for (name, _), n in samples.items() if name == "keyturn_job_rows_per_second"
+                ]
             time.sleep(0.2)
         assert rotation.returncode == 0
         assert len(seen) >= 2 and seen[-1] > seen[0], seen
+        assert rates and max(rates) > 0, rates
         after = _scrape(server, reader)
         assert after[("keyturn_jobs", (("kind", "rotate"), ("state", "succeeded")))] == 1
         assert after[("keyturn_active_version", ())] == 2
-        key = ("keyturn_values", (("column", "users.secret"), ("version", "2")))
-        assert after[key] == 3000 - 3000 // 97
+        assert after[("keyturn_values", (("column", "creds.secret"), ("version", "2")))] == 3000
+        assert after[("keyturn_audit_ok", ())] == 1
+        assert after[("keyturn_audit_entries", ())] > 0
 
 
 def test_request_logs_as_json_lines(app: App) -> None:

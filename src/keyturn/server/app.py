@@ -441,8 +441,13 @@ def create_app(
         return JSONResponse(status(service.store).to_dict())
 
     def metrics_route(_: Request, __: ApiToken) -> Response:
+        store = service.store
         body = metrics.render(
-            status(service.store), service.refused, jobs.list_all(service.store.engine)
+            status(store),
+            service.refused,
+            jobs.list_all(store.engine),
+            store.audit.verify(),
+            store.rewrap_needed,
         )
         return Response(body, media_type=metrics.CONTENT_TYPE)
 

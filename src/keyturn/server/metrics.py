@@ -5,18 +5,27 @@ pass per column in the database, no value read), never a key or a secret."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from keyturn.engine.jobs import RUNNING, Job
+from keyturn.keys.audit import AuditCheck
 from keyturn.ops.status import StatusReport
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def render(report: StatusReport, refused_authentications: int, jobs: Sequence[Job] = ()) -> bytes:
-    """The metrics of one status report and the jobs, in the exposition format."""
+def render(
+    report: StatusReport,
+    refused_authentications: int,
+    jobs: Sequence[Job] = (),
+    audit: AuditCheck | None = None,
+    rewrap_needed: Mapping[str, int] | None = None,
+) -> bytes:
+    """The metrics of one status report, the jobs, the audit log's check and this
+    process's legacy or plaintext reads, in the exposition format."""
     registry = CollectorRegistry()
 
     def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
@@ -66,11 +75,33 @@ def render(report: StatusReport, refused_authentications: int, jobs: Sequence[Jo
         "Values a running job has handled so far, by column and outcome",
         ("job", "column", "outcome"),
     )
+    rate = gauge(
+        "keyturn_job_rows_per_second",
+        "Values a running job has handled per second since it started",
+        ("job",),
+    )
+    now = datetime.now(UTC).replace(tzinfo=None)
     for job in jobs:
         if job.state != RUNNING:
             continue
+        handled = 0
         for column, tally in (job.progress or {}).get("columns", {}).items():
             for outcome, n in (tally.get("counts") or {}).items():
                 path, _, category = outcome.rpartition("\t")  # a JSON field's path, if any
                 done.labels(job.id, column + path, category).set(n)
+                handled += int(n)
+        elapsed = (now - job.created_at).total_seconds()
+        rate.labels(job.id).set(round(handled / elapsed, 1) if elapsed > 0 else 0)
+    if audit is not None:
+        gauge("keyturn_audit_ok", "1 if every audit entry and the head verify, else 0").set(
+            1 if audit.ok else 0
+        )
+        gauge("keyturn_audit_entries", "Entries in the audit log").set(audit.entries)
+    reads = gauge(
+        "keyturn_rewrap_needed_reads",
+        "Legacy or plaintext values this process read (an app exports its own)",
+        ("column",),
+    )
+    for name, n in (rewrap_needed or {}).items():
+        reads.labels(name).set(n)
     return generate_latest(registry)

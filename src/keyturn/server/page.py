@@ -615,8 +615,9 @@ OPENAPI: dict[str, Any] = {
         },
         "/metrics": {
             "get": _op(
-                "Prometheus metrics: values per column and version, plaintext and legacy "
-                "counts, key ages, the cryptoperiod, refused authentications",
+                "Prometheus metrics: values per column and version, plaintext, legacy and "
+                "unknown counts, key ages, the cryptoperiod, jobs and their rate, the audit "
+                "log's check, refused authentications",
                 "read",
             )
         },
