@@ -304,3 +304,28 @@ def test_status_warns_past_the_cryptoperiod(app: App) -> None:
     assert data["cryptoperiod_days"] == 5000 and data["warnings"] == [
         w for w in data["warnings"] if "plaintext" in w
     ]
+
+
+def test_operations_log_their_start_end_and_counts_on_request(
+    app: App, expected: dict[tuple[str, int], str | None], kek_hex: str
+) -> None:
+    """--log-format json (or $KEYTURN_LOG_FORMAT): each audited operation logs its
+    start and its end with outcome, counts and seconds, one JSON object per line,
+    never a value; without it, nothing more is printed."""
+    app.cli("init", check=True)
+    quiet = app.cli("encrypt-existing", "--dry-run", check=True)
+    assert "operation" not in quiet.stderr
+    run = app.cli("--log-format", "json", "encrypt-existing", check=True)
+    records = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    start, end = records[0], records[-1]
+    assert (start["event"], start["operation"]) == ("operation.start", "encrypt-existing")
+    assert (end["event"], end["outcome"]) == ("operation.end", "succeeded")
+    assert end["counts"]["encrypted"] == 14 and end["seconds"] >= 0
+    env = {**app.env, "KEYTURN_LOG_FORMAT": "text"}
+    rotated = app.cli("rotate", "--yes", env=env, check=True)
+    assert "keyturn: rotate started" in rotated.stderr
+    assert "keyturn: rotate succeeded in" in rotated.stderr and "14 rotated" in rotated.stderr
+    bad = app.cli("--log-format", "json", "restore", "feedfacecafe", "--yes")
+    assert bad.returncode == 2  # no such job: refused before the operation began
+    for proc in (run, rotated, bad):
+        assert_no_secret(proc.stdout + proc.stderr, kek_hex, *(v for v in expected.values() if v))

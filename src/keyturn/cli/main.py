@@ -14,8 +14,8 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +121,18 @@ def actor() -> str:
     envvar="KEYTURN_CONFIG",
     help="Path to keyturn.toml (default: ./keyturn.toml, or $KEYTURN_CONFIG).",
 )
+@click.option(
+    "--log-format",
+    "log_format",
+    type=click.Choice(["text", "json"]),
+    envvar="KEYTURN_LOG_FORMAT",
+    default=None,
+    help="Log each operation's start and end (outcome, counts, seconds; never a value) on "
+    "stderr, as text or one JSON object per line ($KEYTURN_LOG_FORMAT).",
+)
 @click.version_option(package_name="keyturn")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None) -> None:
+def cli(ctx: click.Context, config_path: str | None, log_format: str | None) -> None:
     """keyturn: encrypt an app's secrets in its own SQL database and rotate every key.
 
     Keys are never accepted as command-line values: the KEK comes from
@@ -131,6 +140,16 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     """
     if not isinstance(ctx.obj, Config):  # a caller may pass one built in code
         ctx.obj = config_path
+    _oplog.handlers = []
+    _oplog.setLevel(logging.WARNING)  # operations are logged only when asked
+    if log_format is not None:
+        handler = _Stderr()
+        handler.setFormatter(
+            _JsonLines() if log_format == "json" else logging.Formatter("%(asctime)s %(message)s")
+        )
+        _oplog.handlers = [handler]
+        _oplog.setLevel(logging.INFO)
+    _oplog.propagate = False
 
 
 def _config(ctx: click.Context) -> Config:
@@ -143,12 +162,47 @@ def _open(ctx: click.Context) -> Store:
     return open_store(ctx.obj)
 
 
+#: Operations' start and end, with --log-format (off otherwise).
+_oplog = logging.getLogger("keyturn.cli")
+
+
+@contextmanager
 def _audited(
     store: Store, action: str, deferred: bool = False, **details: Any
-) -> AbstractContextManager[audit.Operation]:
+) -> Iterator[audit.Operation]:
     """Audit a CLI operation: started, then succeeded or failed. A ``deferred`` one
-    is started by its ``before_write`` hook, after its checks; dry runs never are."""
-    return store.audit.operation(actor(), action, details, deferred=deferred)
+    is started by its ``before_write`` hook, after its checks; dry runs never are.
+    With --log-format, its start and end are logged too (counts, never values)."""
+    started = time.monotonic()
+    _oplog.info(
+        "keyturn: %s started", action, extra={"event": "operation.start", "operation": action}
+    )
+    outcome, error, counts = "failed", None, None
+    try:
+        with store.audit.operation(actor(), action, details, deferred=deferred) as op:
+            yield op
+            counts = op.get("totals") or {k: v for k, v in op.items() if isinstance(v, int)}
+        outcome = "succeeded"
+    except BaseException as exc:
+        error = type(exc).__name__
+        raise
+    finally:
+        seconds = round(time.monotonic() - started, 3)
+        _oplog.info(
+            "keyturn: %s %s in %.2fs%s",
+            action,
+            outcome,
+            seconds,
+            f": {', '.join(f'{n} {k}' for k, n in counts.items() if n)}" if counts else "",
+            extra={
+                "event": "operation.end",
+                "operation": action,
+                "outcome": outcome,
+                "seconds": seconds,
+                "counts": counts,
+                "error": error,
+            },
+        )
 
 
 def _emit(as_json: bool, data: dict[str, Any], human: str) -> None:
@@ -1064,12 +1118,24 @@ def main() -> None:
     cli(prog_name="keyturn")
 
 
+class _Stderr(logging.Handler):
+    """Writes to the stderr of the moment (a test runner may swap it per command)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
 class _JsonLines(logging.Formatter):
     """A log record as one JSON object: when, level, message, and the record's
     structured fields (the request log's method, path, status and token name)."""
 
     FIELDS = (
         "event", "method", "path", "status", "duration_ms", "token_name", "client", "reason",
+        "operation", "outcome", "seconds", "counts", "error",
     )  # fmt: skip
 
     def format(self, record: logging.LogRecord) -> str:
