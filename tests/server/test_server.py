@@ -763,6 +763,19 @@ def test_page_actions_restore_prune_and_destroy_on_every_backend(
         assert local.call("POST", path, headers=no_csrf).status == 403
         assert on(2) == 40
 
+        from sqlalchemy import create_engine
+
+        from keyturn.db.locking import KeyringLock
+
+        engine = create_engine(database.url)
+        lock = KeyringLock(engine, "rotate").acquire()  # another process's operation
+        try:
+            busy = local.call("POST", path, headers=_signed_in(root))
+            assert busy.status == 409 and "locked by rotate" in busy.body["error"], busy.text
+        finally:
+            lock.release()
+            engine.dispose()
+        assert on(2) == 40
         restored = local.call("POST", path, headers=_signed_in(root))
         assert restored.status == 200 and restored.body["restored"] == 40, restored.text
         assert "restored 40 value(s)" in restored.body["message"]
@@ -781,7 +794,7 @@ def test_page_actions_restore_prune_and_destroy_on_every_backend(
             assert time.monotonic() < deadline
             time.sleep(0.1)
         listed = json.loads(app.cli("jobs", "--json", check=True).stdout)
-        assert [j["id"] for j in listed] == [first, second]  # one id for CLI and HTTP
+        assert {j["id"] for j in listed} == {first, second}  # one id for CLI and HTTP
         assert on(3) == 40
 
         early = local.call("POST", "/v1/admin/encryption/keys/1/destroy", root)
