@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) bench/crypto_overhead.py
 	$(PY) bench/rotate.py
 	$(PY) bench/json_rotate.py
+	$(PY) bench/cli_start.py
 	$(PY) bench/status_scale.py
 	cd clients/node && npm ci --no-audit --no-fund --loglevel=error && node bench/tokens.mjs
 

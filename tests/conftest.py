@@ -219,6 +219,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def app_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str, **env: str) -> App:
+    """An app in ``tmp_path`` (the working directory) with ``config`` as keyturn.toml,
+    a fresh KEK and ``env`` set for this process and for the CLI it runs."""
+    (tmp_path / "keyturn.toml").write_text(config, encoding="utf-8")
+    keys = {"KEYTURN_KEK": secrets.token_hex(32), **env}
+    for name in list(os.environ):
+        if name.startswith("KEYTURN_"):
+            monkeypatch.delenv(name)
+    for name, value in keys.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    return App(tmp_path, {**base_env(), **keys})
+
+
 def key_file(path: Path) -> Path:
     """A new random 256-bit KEK in a key file with mode 0600, as keyturn requires."""
     path.write_text(os.urandom(32).hex())

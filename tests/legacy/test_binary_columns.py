@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import venv
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import App, Database, assert_no_secret
+from conftest import App, Database, app_at, assert_no_secret
 
 import keyturn
 
@@ -148,7 +147,7 @@ def binary_app(
         'name = "sqlalchemy-utils"', 'name = "sqlalchemy-utils"\n'
     )
     hkdf = block("# django-fernet-fields", "toml").replace("APP_SECRET", "DJANGO_SECRET_KEY")
-    (tmp_path / "keyturn.toml").write_text(
+    config = (
         f'database = "{database.url}"\n\n'
         + fernet
         + "\n"
@@ -160,13 +159,9 @@ def binary_app(
         '\n[[columns]]\ntable = "accounts"\ncolumn = "note"\n'
         '\n[[columns]]\ntable = "accounts"\ncolumn = "token"\nlegacy = "django-fernet-fields"\n'
     )
-    kek = secrets.token_hex(32)
-    keys = {"KEYTURN_KEK": kek, "APP_SECRET": APP_SECRET, "DJANGO_SECRET_KEY": DJANGO_SECRET}
-    for name, value in keys.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.chdir(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
-    return App(tmp_path, {**env, **keys})
+    return app_at(
+        tmp_path, monkeypatch, config, APP_SECRET=APP_SECRET, DJANGO_SECRET_KEY=DJANGO_SECRET
+    )
 
 
 def stored(database: Database) -> list[tuple[Any, ...]]:

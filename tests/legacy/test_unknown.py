@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import App, Database
+from conftest import App, Database, app_at
 from legacy_encoders import floh, passphrase, raw_key, trek
 
 import keyturn
@@ -37,18 +37,12 @@ def unknown_app(
     database.execute("CREATE TABLE creds (id INTEGER PRIMARY KEY, secret TEXT)")
     for i, value in rows.items():
         database.execute("INSERT INTO creds VALUES (:i, :v)", i=i, v=value)
-    (tmp_path / "keyturn.toml").write_text(
+    config = (
         f'database = "{database.url}"\n\n[[legacy]]\nname = "trek"\nkey_env = "{OLD}"\n'
         'format = "aes-gcm"\nprefix = "enc:v1:"\nkdf = "sha256"\nsuffix = ":api_keys:v1"\n\n'
         '[[columns]]\ntable = "creds"\ncolumn = "secret"\nlegacy = "trek"\n'
     )
-    kek = secrets.token_hex(32)
-    monkeypatch.setenv("KEYTURN_KEK", kek)
-    monkeypatch.setenv(OLD, old)
-    monkeypatch.chdir(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
-    env.update(KEYTURN_KEK=kek, **{OLD: old})
-    return App(tmp_path, env), rows
+    return app_at(tmp_path, monkeypatch, config, **{OLD: old}), rows
 
 
 def report(app: App, *args: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import App, Database, assert_no_secret
+from conftest import App, Database, app_at, assert_no_secret
 from legacy_encoders import passphrase, trek
 from parallel_app import kill_mid_job_and_resume
 from sqlalchemy import create_engine, text
@@ -63,18 +63,12 @@ def settings_app(
     database.execute(f"CREATE TABLE app_settings ({key_} VARCHAR(100) PRIMARY KEY, value TEXT)")
     for key, value in {**stored, **plain}.items():
         database.execute("INSERT INTO app_settings VALUES (:k, :v)", k=key, v=value)
-    (tmp_path / "keyturn.toml").write_text(
+    config = (
         f'database = "{database.url}"\n\n{TREK_LEGACY}\n'
         '[[columns]]\ntable = "app_settings"\ncolumn = "value"\nprimary_key = "key"\n'
         f'bind = "row"\nlegacy = "trek"\nwhere = {{ key = {json.dumps(SECRET_KEYS)} }}\n'
     )
-    kek = secrets.token_hex(32)
-    monkeypatch.setenv("KEYTURN_KEK", kek)
-    monkeypatch.setenv(OLD, old_key)
-    monkeypatch.chdir(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
-    env.update(KEYTURN_KEK=kek, **{OLD: old_key})
-    return App(tmp_path, env), dict(secrets_), plain
+    return app_at(tmp_path, monkeypatch, config, **{OLD: old_key}), dict(secrets_), plain
 
 
 def plain_rows(database: Database, plain: dict[str, str]) -> dict[str, Any]:

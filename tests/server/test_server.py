@@ -28,6 +28,7 @@ from conftest import (
     App,
     Database,
     after_grace,
+    app_at,
     assert_no_secret,
     fill_users,
     free_port,
@@ -653,13 +654,8 @@ def test_metrics_scraped_during_a_rotation_show_it_progress(
             [{"i": i, "s": s} for i, s in planted.items()],
         )
     engine.dispose()
-    (tmp_path / "keyturn.toml").write_text(
-        f'database = "{database.url}"\n{APPS}\n[[columns]]\ntable = "creds"\ncolumn = "secret"\n'
-    )
-    kek = secrets.token_hex(32)
-    monkeypatch.chdir(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
-    app = App(tmp_path, {**env, "KEYTURN_KEK": kek, "PYTHONUNBUFFERED": "1"})
+    app = app_at(tmp_path, monkeypatch, _creds_config(database))
+    kek = app.env["KEYTURN_KEK"]
     app.cli("init", check=True)
     app.cli("encrypt-existing", check=True)
     reader = token(app, "prometheus")
@@ -713,6 +709,10 @@ def test_request_logs_as_json_lines(app: App) -> None:
     assert ops not in server.output and "kta_wrong" not in server.output
 
 
+def _creds_config(database: Database) -> str:
+    return f'database = "{database.url}"\n{APPS}\n[[columns]]\ntable = "creds"\ncolumn = "secret"\n'
+
+
 def _signed_in(value: str) -> dict[str, str]:
     """The page's cookies for a token, and the CSRF header its script sends."""
     return {"Cookie": f"keyturn_session={value}; keyturn_csrf=c5rf", "X-CSRF-Token": "c5rf"}
@@ -729,14 +729,8 @@ def test_page_actions_restore_prune_and_destroy_on_every_backend(
     database.execute("CREATE TABLE creds (id INTEGER PRIMARY KEY, secret TEXT)")
     for i in range(1, 41):
         database.execute("INSERT INTO creds VALUES (:i, :s)", i=i, s=f"sk_live_{i}_{i * 7}")
-    (tmp_path / "keyturn.toml").write_text(
-        f'database = "{database.url}"\n{APPS}\n[[columns]]\ntable = "creds"\ncolumn = "secret"\n'
-    )
-    kek = secrets.token_hex(32)
-    monkeypatch.setenv("KEYTURN_KEK", kek)
-    monkeypatch.chdir(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYTURN_")}
-    app = App(tmp_path, {**env, "KEYTURN_KEK": kek})
+    app = app_at(tmp_path, monkeypatch, _creds_config(database))
+    kek = app.env["KEYTURN_KEK"]
     app.cli("init", check=True)
     app.cli("encrypt-existing", check=True)
     app.cli("verify", check=True)

@@ -17,16 +17,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from keyturn._core.kek import KEK, LocalKEK, generate_kek_bytes, parse_kek
 from keyturn.cli.progress import progress_factory
-from keyturn.config import Config, load_config
-from keyturn.db.database import DRIVER_ERRORS, database_error, quiet_driver_logs
-from keyturn.engine import jobs
-from keyturn.engine.pacing import Pacing
 from keyturn.errors import (
     ConfigError,
     DatabaseError,
@@ -34,21 +29,15 @@ from keyturn.errors import (
     KeyringBusy,
     KeyturnError,
 )
-from keyturn.kek import check_strength, is_managed, new_kek
-from keyturn.keyfiles import write_key_file
-from keyturn.keys import audit
-from keyturn.ops import api_tokens
-from keyturn.ops.encrypt_existing import encrypt_existing
-from keyturn.ops.import_legacy import import_legacy
-from keyturn.ops.init import init as init_keyring
-from keyturn.ops.lifecycle import destroy_key
-from keyturn.ops.reports import RewriteReport, audit_summary
-from keyturn.ops.restore import prune_job, restore_job
-from keyturn.ops.rotate import RotateOptions, Rotator
-from keyturn.ops.rotate_kek import rotate_kek
-from keyturn.ops.status import StatusReport, key_versions, status
-from keyturn.ops.verify import verify as verify_all
-from keyturn.store import Store
+from keyturn.ops.scopes import SCOPES
+
+if TYPE_CHECKING:  # the commands import what they use: `keyturn --help` loads none of it
+    from keyturn._core.kek import KEK
+    from keyturn.config import Config
+    from keyturn.keys import audit
+    from keyturn.ops.reports import RewriteReport
+    from keyturn.ops.status import StatusReport
+    from keyturn.store import Store
 
 EXIT_CODES = """\b
 Exit codes:
@@ -87,7 +76,13 @@ class _Group(click.Group):
         except KeyturnError as exc:
             click.echo(f"keyturn: error: {exc}", err=True)
             ctx.exit(exit_code(exc))
-        except DRIVER_ERRORS as exc:
+        except Exception as exc:
+            if "keyturn.db.database" not in sys.modules:
+                raise  # no database was touched: not a driver's error
+            from keyturn.db.database import DRIVER_ERRORS, database_error
+
+            if not isinstance(exc, DRIVER_ERRORS):
+                raise
             self._database_error(ctx, database_error(exc))
 
     @staticmethod
@@ -138,7 +133,7 @@ def cli(ctx: click.Context, config_path: str | None, log_format: str | None) -> 
     Keys are never accepted as command-line values: the KEK comes from
     $KEYTURN_KEK, a key file, or `kek = ...` in keyturn.toml (docs/KEYS.md).
     """
-    if not isinstance(ctx.obj, Config):  # a caller may pass one built in code
+    if ctx.obj is None:  # else a caller passed a Config built in code
         ctx.obj = config_path
     _oplog.handlers = []
     _oplog.setLevel(logging.WARNING)  # operations are logged only when asked
@@ -153,12 +148,20 @@ def cli(ctx: click.Context, config_path: str | None, log_format: str | None) -> 
 
 
 def _config(ctx: click.Context) -> Config:
+    """The configuration; the commands reach the database layer through here or
+    :func:`_open`, and only then is it imported (`keyturn --help` stays fast)."""
+    from keyturn.config import Config, load_config
+    from keyturn.db.database import quiet_driver_logs
+
+    quiet_driver_logs()
     return ctx.obj if isinstance(ctx.obj, Config) else load_config(ctx.obj)
 
 
 def _open(ctx: click.Context) -> Store:
+    from keyturn.db.database import quiet_driver_logs
     from keyturn.store import open as open_store
 
+    quiet_driver_logs()
     return open_store(ctx.obj)
 
 
@@ -231,6 +234,8 @@ def init(ctx: click.Context, as_json: bool, wait: float) -> None:
     Outside production, if no KEK is provided, a random one is written to
     data/.keyturn_kek beside keyturn.toml (mode 0600), with a warning.
     """
+    from keyturn.ops.init import init as init_keyring
+
     result = init_keyring(_config(ctx), actor=actor(), wait=wait)
     human = (
         f"initialized keyturn: key v{result.active_version} is active, wrapped by the KEK "
@@ -339,6 +344,10 @@ def encrypt_existing_cmd(
     run it again to finish. Exits 1 if any value failed (e.g. looks like a
     token but does not decrypt).
     """
+    from keyturn.engine.pacing import Pacing
+    from keyturn.ops.encrypt_existing import encrypt_existing
+    from keyturn.ops.reports import audit_summary
+
     with _open(ctx) as store, _audited(store, "encrypt-existing", deferred=True) as outcome:
         report = encrypt_existing(
             store,
@@ -384,6 +393,10 @@ def import_legacy_cmd(
     interrupt: run it again to finish. Exits 1 if any value failed (listed by
     primary key, left as it is). See docs/ADOPTING.md.
     """
+    from keyturn.engine.pacing import Pacing
+    from keyturn.ops.import_legacy import import_legacy
+    from keyturn.ops.reports import audit_summary
+
     with _open(ctx) as store:
         if not dry_run:
             _confirm(
@@ -429,6 +442,9 @@ def verify(ctx: click.Context, as_json: bool) -> None:
     Run it before and after any migration; each run is recorded in the audit
     log (the admin page shows the last). Exits 1 if any value fails.
     """
+    from keyturn.ops.reports import audit_summary
+    from keyturn.ops.verify import verify as verify_all
+
     with _open(ctx) as store, _audited(store, "verify") as outcome:
         report = verify_all(store, progress=None if as_json else progress_factory())
         outcome.update(audit_summary(report))  # the admin page shows the last one
@@ -461,6 +477,8 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     secret is printed. Warns when the active key is past its cryptoperiod
     (`cryptoperiod_days`, default 730) or plaintext values remain.
     """
+    from keyturn.ops.status import status
+
     with _open(ctx) as store:
         report = status(store)
     if as_json:
@@ -571,6 +589,9 @@ def rotate(
     Holds the keyring lock while it runs: rotate-kek, destroy-key, prune,
     restore and a second rotate refuse meanwhile (exit 4), or queue with --wait.
     """
+    from keyturn.ops.reports import audit_summary
+    from keyturn.ops.rotate import RotateOptions, Rotator
+
     if atomic and (workers > 1 or join):
         raise click.UsageError("--atomic runs in one transaction; it cannot use --workers/--join")
     if join and dry_run:
@@ -648,6 +669,9 @@ def _draining_hint(why: dict[str, Any]) -> str:
 
 
 def _new_kek(env_name: str | None, file: Path | None) -> KEK:
+    from keyturn._core.kek import LocalKEK, parse_kek
+    from keyturn.kek import check_strength, new_kek
+
     if env_name and file:
         raise click.UsageError("give one of --new-kek-env and --new-kek-file")
     if env_name or file:
@@ -703,6 +727,9 @@ def rotate_kek_cmd(
     Transit key inside OpenBao/Vault and rewraps each data key with Transit's
     rewrap; --retire-kms-versions then archives the older Transit versions.
     """
+    from keyturn.kek import is_managed
+    from keyturn.ops.rotate_kek import rotate_kek
+
     with _open(ctx) as store:  # the current KEK is checked before the new one is asked for
         if is_managed(store.kek):
             if new_kek_env or new_kek_file:
@@ -769,6 +796,8 @@ def rotate_kek_cmd(
 @click.pass_context
 def keys(ctx: click.Context, as_json: bool) -> None:
     """List data key versions with state, age, and how many values and backups use each."""
+    from keyturn.ops.status import key_versions
+
     with _open(ctx) as store:
         rows = key_versions(store)
     if as_json:
@@ -796,6 +825,8 @@ def destroy_key_cmd(ctx: click.Context, version: int, yes: bool, wait: float) ->
     when it is allowed. Values encrypted under a destroyed version can never be
     decrypted again. Make sure no table outside keyturn.toml holds its tokens.
     """
+    from keyturn.ops.lifecycle import destroy_key
+
     with _open(ctx) as store:
         _confirm(yes, f"destroy key v{version}? This cannot be undone")
         destroy_key(store, version, actor(), wait=wait)
@@ -814,6 +845,9 @@ def restore(ctx: click.Context, job_id: str, yes: bool, wait: float, as_json: bo
     A row is restored only if it still holds the token the job wrote; a value
     the app changed since is kept and counted as changed_since.
     """
+    from keyturn.engine import jobs
+    from keyturn.ops.restore import restore_job
+
     with _open(ctx) as store:
         job = jobs.lookup(store.engine, job_id)
         _confirm(yes, f"restore the tokens job {job.id} replaced?")
@@ -846,6 +880,9 @@ def prune(ctx: click.Context, job_id: str, yes: bool, wait: float) -> None:
     a file is reported and left alone. Afterwards old key versions that nothing
     else uses become retired (once the [apps] grace has passed).
     """
+    from keyturn.engine import jobs
+    from keyturn.ops.restore import prune_job
+
     with _open(ctx) as store:
         job = jobs.lookup(store.engine, job_id)
         _confirm(yes, f"drop the backups of job {job.id}? `restore {job.id}` will no longer work")
@@ -870,6 +907,8 @@ def prune(ctx: click.Context, job_id: str, yes: bool, wait: float) -> None:
 @click.pass_context
 def jobs_cmd(ctx: click.Context, as_json: bool) -> None:
     """List rotation jobs, newest last."""
+    from keyturn.engine import jobs
+
     with _open(ctx) as store:
         found = jobs.list_all(store.engine)
     if as_json:
@@ -898,6 +937,9 @@ def gen_kek(path: Path | None) -> None:
     secret. Without, prints it as 64 hex characters on stdout, for piping into
     a secret manager (like `openssl rand -hex 32`).
     """
+    from keyturn._core.kek import generate_kek_bytes
+    from keyturn.keyfiles import write_key_file
+
     key = generate_kek_bytes()
     if path is None:
         click.echo(key.hex())
@@ -925,7 +967,7 @@ def token() -> None:
 @click.option("--name", required=True, help="A name for the token, e.g. the person or system.")
 @click.option(
     "--scope",
-    type=click.Choice(api_tokens.SCOPES),
+    type=click.Choice(SCOPES),
     default="read",
     show_default=True,
     help="What the token may do; each scope includes the ones before it.",
@@ -939,6 +981,9 @@ def token() -> None:
 @click.pass_context
 def token_create(ctx: click.Context, name: str, scope: str, output: Path | None) -> None:
     """Create a token and print it alone on stdout, once; it cannot be shown again."""
+    from keyturn.keyfiles import write_key_file
+    from keyturn.ops import api_tokens
+
     if output is not None and output.exists():
         raise click.UsageError(f"{output} exists; it was left as it is")
     with _open(ctx) as store:
@@ -961,6 +1006,8 @@ def token_create(ctx: click.Context, name: str, scope: str, output: Path | None)
 @click.pass_context
 def token_list(ctx: click.Context, as_json: bool) -> None:
     """List tokens by name, scope and state (never the tokens themselves)."""
+    from keyturn.ops import api_tokens
+
     with _open(ctx) as store:
         found = api_tokens.all_tokens(store.audit)
     if as_json:
@@ -990,6 +1037,8 @@ def token_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def token_revoke(ctx: click.Context, name: str) -> None:
     """Revoke a token at once: requests carrying it get 401 from then on."""
+    from keyturn.ops import api_tokens
+
     with _open(ctx) as store:
         api_tokens.revoke(store.audit, name, actor())
     click.echo(f"token {name!r} revoked")
@@ -1017,6 +1066,8 @@ def audit_group() -> None:
 @click.pass_context
 def audit_verify(ctx: click.Context, head_file: Any, as_json: bool) -> None:
     """Check every entry's link and the head; exit 1 naming each problem found."""
+    from keyturn.keys import audit
+
     with _open(ctx) as store:
         external = audit.Head.from_text(head_file.read()) if head_file else None
         check = store.audit.verify(external)
@@ -1095,6 +1146,9 @@ def serve(ctx: click.Context, host: str, port: int, log_format: str) -> None:
         raise click.UsageError(
             "the admin server needs Starlette and uvicorn: pip install 'keyturn[server]'"
         ) from None
+    from keyturn.db.database import quiet_driver_logs
+
+    quiet_driver_logs()
     app = create_app(ctx.obj)
     handler = logging.StreamHandler()
     handler.setFormatter(
@@ -1114,7 +1168,6 @@ def serve(ctx: click.Context, host: str, port: int, log_format: str) -> None:
 
 
 def main() -> None:
-    quiet_driver_logs()
     cli(prog_name="keyturn")
 
 

@@ -11,8 +11,17 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, Engine, String, cast, create_engine, event, type_coerce
-from sqlalchemy.dialects.mysql import BINARY as mysql_binary
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    LargeBinary,
+    String,
+    cast,
+    create_engine,
+    event,
+    type_coerce,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
 
@@ -248,7 +257,7 @@ def exact_equals(column: Any, value: Any, dialect: Any) -> Any:
     keeps the swap exact.
     """
     if dialect.name in ("mysql", "mariadb"):
-        return cast(column, mysql_binary()) == cast(value, mysql_binary())
+        return cast(column, LargeBinary) == cast(value, LargeBinary)  # CAST(… AS BINARY)
     return column == value
 
 

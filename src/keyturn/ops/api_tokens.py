@@ -28,9 +28,10 @@ from keyturn.db import schema
 from keyturn.db.database import bound_actor, utcnow
 from keyturn.errors import TokenError
 from keyturn.keys.audit import AuditLog
+from keyturn.ops.scopes import SCOPES
 
 PREFIX = "kta_"
-SCOPES = ("read", "rotate", "admin")  # each includes the ones before it
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 
