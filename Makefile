@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/rotate.py
 	$(PY) bench/json_rotate.py
 	$(PY) bench/cli_start.py
+	$(PY) bench/bulk_ops.py
 	$(PY) bench/status_scale.py
 	cd clients/node && npm ci --no-audit --no-fund --loglevel=error && node bench/tokens.mjs
 

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, overload
 
 from sqlalchemy import Connection, Engine
@@ -153,6 +153,13 @@ class Store:
             self._refresh_active()
         data = plaintext.encode() if isinstance(plaintext, str) else plaintext
         return self._keyring.encrypt(data, context)
+
+    def encrypt_many(self, plaintexts: Sequence[bytes], contexts: Sequence[str]) -> list[str]:
+        """:meth:`encrypt` for a batch (bytes, a context each), under the same rule:
+        the active version is confirmed once for the batch."""
+        if time.monotonic() >= self._next_refresh:
+            self._refresh_active()
+        return self._keyring.encrypt_many(plaintexts, contexts)
 
     @overload
     def decrypt_bytes(self, token: str | bytes, *, context: str) -> bytes: ...

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from conftest import vectors
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keyturn import InvalidToken, UnknownKeyVersion
@@ -162,3 +162,21 @@ def test_version_of_reads_only_the_header() -> None:
     assert tokens.version_of("kt1:012:x") is None
     assert tokens.version_of("plain") is None
     assert tokens.version_of("kt1:5:") is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=20), st.sampled_from(["t.c", "t.c#1", "x$.a"]))
+def test_batch_sealing_and_checking_agree_with_one_at_a_time(
+    plaintexts: list[bytes], context: str
+) -> None:
+    """``encrypt_many`` makes tokens ``decrypt`` opens (a fresh nonce each);
+    ``opens`` says True exactly where ``decrypt`` would succeed."""
+    ring = Keyring({1: DataKey.generate(1), 2: DataKey.generate(2)}, 2)
+    sealed = ring.encrypt_many(plaintexts, [context] * len(plaintexts))
+    assert [ring.decrypt(t, context) for t in sealed] == plaintexts
+    assert len({t.split(":")[2][:16] for t in sealed}) == len(sealed)  # distinct nonces
+    other = Keyring({9: DataKey.generate(9)}, 9).encrypt(b"x", context)
+    mixed = [*sealed, ring.encrypt(b"old", context), other, "kt1:2:AAAA", "plain", "kt1:2"]
+    expected = [True] * (len(sealed) + 1) + [False] * 4
+    assert ring.opens(mixed, context) == expected
+    assert not any(ring.opens(sealed, context + "x"))

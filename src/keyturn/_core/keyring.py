@@ -108,6 +108,28 @@ class Keyring:
         key = self._active
         return tokens.seal(key.aead, key.header, context, plaintext, nonce)
 
+    def encrypt_many(self, plaintexts: Sequence[bytes], contexts: Sequence[str]) -> list[str]:
+        """:meth:`encrypt` of each plaintext for its context, with one nonce draw and
+        one AAD per context for the whole batch (``encrypt-existing``'s hot path)."""
+        key = self._active
+        header = key.header
+        seal = key.aead.encrypt
+        nonces = os.urandom(tokens.NONCE_LEN * len(plaintexts))
+        aads: dict[str, bytes] = {}
+        out: list[str] = []
+        append = out.append
+        end = 0
+        for plaintext, context in zip(plaintexts, contexts, strict=True):
+            start, end = end, end + tokens.NONCE_LEN
+            aad = aads.get(context)
+            if aad is None:
+                aad = aads[context] = (header + context).encode()
+            nonce = nonces[start:end]
+            blob = nonce + seal(nonce, plaintext, aad)
+            encoded = binascii.b2a_base64(blob, newline=False).translate(tokens.TO_URLSAFE)
+            append(header + encoded.rstrip(b"=").decode("ascii"))
+        return out
+
     def reencrypt_many(self, tokens_: Sequence[str], contexts: Sequence[str]) -> list[str | None]:
         """Decrypt each token and seal its plaintext under the active version, with
         one nonce draw for the whole batch; the plaintexts never leave here.
@@ -146,6 +168,28 @@ class Keyring:
             blob = nonce + seal(nonce, plaintext, pair[1])
             encoded = binascii.b2a_base64(blob, newline=False).translate(tokens.TO_URLSAFE)
             append(header + encoded.rstrip(b"=").decode("ascii"))
+        return out
+
+    def opens(self, tokens_: Sequence[str], context: str) -> list[bool]:
+        """Whether each token opens for ``context`` (``verify``'s hot path: each
+        version's AAD built once, no plaintext kept)."""
+        entries = {
+            text: (key, (key.header + context).encode()) for text, key in self._by_text.items()
+        }
+        out: list[bool] = []
+        append = out.append
+        for token in tokens_:
+            parts = token.split(":", 2)
+            entry = entries.get(parts[1]) if len(parts) == 3 and parts[0] == tokens.MAGIC else None
+            if entry is None:
+                append(False)
+                continue
+            try:
+                _open(entry[0], parts[2], entry[1])
+            except InvalidToken:
+                append(False)
+                continue
+            append(True)
         return out
 
     def opener(self, context: str) -> Callable[[str], bytes]:

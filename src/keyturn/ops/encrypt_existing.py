@@ -8,7 +8,7 @@ compare-and-swap, so a run killed at any point is finished by running it again.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, func, select
@@ -24,8 +24,8 @@ from keyturn.engine.walk import (
     UNKNOWN,
     ColumnResult,
     Decide,
+    DecideBatch,
     TableRewriter,
-    each_value,
     group_by_table,
 )
 from keyturn.errors import InvalidToken, UnknownKeyVersion
@@ -62,7 +62,7 @@ def encrypt_existing(
     results = rewrite_columns(
         store,
         columns,
-        lambda column: _decider(store, column, include_unknown),
+        lambda column: _batch_decider(store, column, include_unknown),
         dry_run=dry_run,
         pacing=pacing,
         progress=progress,
@@ -81,7 +81,7 @@ def encrypt_existing(
 def rewrite_columns(
     store: Store,
     columns: list[BoundColumn],
-    decider: Callable[[BoundColumn], Decide],
+    decider: Callable[[BoundColumn], DecideBatch],
     *,
     dry_run: bool = False,
     pacing: Pacing | None = None,
@@ -90,7 +90,8 @@ def rewrite_columns(
     empty: str = EMPTY,
 ) -> list[ColumnResult]:
     """One batch-engine pass per table over ``columns``, with ``decider(column)``
-    (for a JSON column, per field; ``empty`` counts a NULL document or field)."""
+    deciding a batch of values (for a JSON column, per field; ``empty`` counts a
+    NULL document or field); :func:`each_value` makes one from a per-value one."""
     if before_write is not None and not dry_run:
         before_write()
     results = []
@@ -98,7 +99,7 @@ def rewrite_columns(
         rewriter = TableRewriter(
             store.engine,
             group,
-            [batch_decider(c, lambda c: each_value(decider(c)), empty) for c in group],
+            [batch_decider(c, decider, empty) for c in group],
             dry_run=dry_run,
             pacing=pacing,
             progress=progress(group_label(group), count_rows(store, group[0]))
@@ -124,6 +125,41 @@ def count_rows(store: Store, column: BoundColumn, conn: Connection | None = None
         return int(conn.execute(query).scalar_one())
     with store.engine.connect() as own:
         return int(own.execute(query).scalar_one())
+
+
+def _batch_decider(store: Store, column: BoundColumn, include_unknown: bool) -> DecideBatch:
+    """The batch's plaintext text sealed in one call (``Store.encrypt_many``: one
+    nonce draw); every other value decided one by one, as :func:`_decider` does."""
+    one = _decider(store, column, include_unknown)
+    spec = column.spec
+    reader = store.legacy_reader(spec.name)
+    fixed = spec.context(()) if spec.bind == "column" else None
+
+    def decide(pks: Sequence[PK], values: Sequence[Any]) -> tuple[list[str], list[str | None]]:
+        categories: list[str] = []
+        news: list[str | None] = [None] * len(values)
+        todo: list[int] = []
+        for j, value in enumerate(values):
+            if (
+                type(value) is str
+                and value
+                and not value.startswith("kt1:")
+                and not (reader is not None and reader.recognises(value))
+                and (include_unknown or not looks_encrypted(value))
+            ):
+                categories.append(ENCRYPTED)
+                todo.append(j)
+                continue
+            category, news[j] = one(pks[j], value)
+            categories.append(category)
+        if todo:
+            contexts = [fixed] * len(todo) if fixed else [spec.context(pks[j]) for j in todo]
+            sealed = store.encrypt_many([values[j].encode() for j in todo], contexts)
+            for j, token in zip(todo, sealed, strict=True):
+                news[j] = token
+        return categories, news
+
+    return decide
 
 
 def _decider(store: Store, column: BoundColumn, include_unknown: bool) -> Decide:

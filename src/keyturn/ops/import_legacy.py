@@ -18,7 +18,7 @@ from keyturn._core import tokens
 from keyturn._core.shapes import looks_encrypted
 from keyturn.db.columns import BoundColumn
 from keyturn.engine.pacing import Pacing
-from keyturn.engine.walk import FAILED, PK, UNKNOWN, Decide
+from keyturn.engine.walk import FAILED, PK, UNKNOWN, Decide, each_value
 from keyturn.errors import ConfigError, InvalidToken, LegacyKeyError
 from keyturn.legacy import LegacyReader
 from keyturn.ops.encrypt_existing import ProgressFactory, rewrite_columns
@@ -65,7 +65,7 @@ def import_legacy(
     results = rewrite_columns(
         store,
         columns,
-        lambda column: _decider(store, column, include_plaintext),
+        lambda column: each_value(_decider(store, column, include_plaintext)),
         dry_run=dry_run,
         pacing=pacing,
         progress=progress,

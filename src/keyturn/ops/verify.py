@@ -8,12 +8,13 @@ legacy key where that key is present (otherwise it is counted as unchecked).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from keyturn._core import tokens
 from keyturn._core.shapes import looks_encrypted
 from keyturn.db.columns import BoundColumn
-from keyturn.engine.walk import FAILED, PK, UNKNOWN, Decide
+from keyturn.engine.walk import FAILED, PK, UNKNOWN, Decide, DecideBatch
 from keyturn.errors import InvalidToken, LegacyKeyError, UnknownKeyVersion
 from keyturn.ops.encrypt_existing import ProgressFactory, rewrite_columns
 from keyturn.ops.reports import RewriteReport
@@ -43,7 +44,7 @@ def verify(store: Store, *, progress: ProgressFactory | None = None) -> RewriteR
     results = rewrite_columns(
         store,
         columns,
-        lambda column: _decider(store, column, column.spec.name not in missing_keys),
+        lambda column: _batch_decider(store, column, column.spec.name not in missing_keys),
         dry_run=True,
         progress=progress,
         empty=EMPTY,
@@ -56,6 +57,27 @@ def verify(store: Store, *, progress: ProgressFactory | None = None) -> RewriteR
         seconds=time.monotonic() - started,
         extra={"legacy_keys_missing": missing_keys},
     )
+
+
+def _batch_decider(store: Store, column: BoundColumn, legacy_keys: bool) -> DecideBatch:
+    """Tokens of a column-bound column opened together (``Keyring.opens``: each
+    version's AAD built once); every other value, and a token that does not open
+    there, as :func:`_decider` decides it (which names the reason)."""
+    one = _decider(store, column, legacy_keys)
+    spec = column.spec
+    fixed = spec.context(()) if spec.bind == "column" else None
+
+    def decide(pks: Sequence[PK], values: Sequence[Any]) -> tuple[list[str], list[str | None]]:
+        ring = store.keyring
+        opened = [False] * len(values)
+        if fixed is not None:
+            todo = [j for j, v in enumerate(values) if type(v) is str and v.startswith("kt1:")]
+            for j, ok in zip(todo, ring.opens([values[j] for j in todo], fixed), strict=True):
+                opened[j] = ok
+        categories = [OK if opened[j] else one(pks[j], value)[0] for j, value in enumerate(values)]
+        return categories, [None] * len(values)
+
+    return decide
 
 
 def _decider(store: Store, column: BoundColumn, legacy_keys: bool) -> Decide:
