@@ -28,6 +28,13 @@ _INDEX = {c: i for i, c in enumerate(_ALPHABET)}
 # Unused low bits of the last character, by payload length mod 4. They must be
 # zero, so that every token has exactly one spelling and any edit is caught.
 _SPARE_BITS = {2: 0x0F, 3: 0x03}
+#: By payload length mod 4: the characters a payload may end with (those whose
+#: spare bits are zero); a payload of length 1 mod 4 is never valid.
+CLEAN_ENDS: tuple[frozenset[str], ...] = (
+    frozenset(_ALPHABET),
+    frozenset(),
+    *(frozenset(c for c in _ALPHABET if not _INDEX[c] & _SPARE_BITS[r]) for r in (2, 3)),
+)
 # base64url -> standard alphabet; "+", "/" and "=" become "!", which the strict
 # decoder rejects, so only the url-safe alphabet gets through.
 TO_STANDARD = bytes.maketrans(b"-_+/=", b"+/!!!")
@@ -115,11 +122,6 @@ def token_length(version: int, plaintext_bytes: int) -> int:
     return len(header(version)) + (n * 4 + 2) // 3
 
 
-def spare_bits_set(text: str, rem: int) -> bool:
-    """True if the last character of a payload of length ``rem`` mod 4 has spare bits set."""
-    return bool(_INDEX.get(text[-1], 0) & _SPARE_BITS[rem])
-
-
 def _parse_version(text: str) -> int:
     if not (0 < len(text) <= 10 and text.isascii() and text.isdigit()) or text[0] == "0":
         raise InvalidToken()
@@ -132,7 +134,7 @@ def _parse_version(text: str) -> int:
 def decode_payload(text: str) -> bytes:
     """Strictly decode a token's payload: canonical unpadded base64url, >= 28 bytes."""
     rem = len(text) % 4
-    if rem == 1 or (rem and spare_bits_set(text, rem)):
+    if rem and text[-1] not in CLEAN_ENDS[rem]:
         raise InvalidToken()
     try:
         raw = text.encode("ascii").translate(TO_STANDARD) + PADDING[rem]
