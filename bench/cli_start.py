@@ -1,17 +1,21 @@
 """How long a keyturn process takes to start, against the floor of its CLI framework
 (goals, issue 23: `keyturn --help` within 3x of `python -c "import click"`; a
-command on SQLite imports neither the PostgreSQL nor the MySQL dialect).
+command on SQLite imports neither the PostgreSQL nor the MySQL dialect; a whole
+`keyturn rotate` process at 100,000 rows at least 0.75x of the bare loop's).
 
-Usage: .venv/bin/python bench/cli_start.py [--rounds 15]
+Usage: .venv/bin/python bench/cli_start.py [--rounds 15] [--rotate-rows 100000]
 
 Each figure is the median of ROUNDS whole processes (start, import, run, exit),
-measured from here; `python -c pass` is shown for scale.
+measured from here; `python -c pass` is shown for scale. The rotation: the bare
+loop of bench/rotate.py as a process of its own (sqlite3 and cryptography only)
+against `keyturn rotate --yes` and `--no-backup`, best of 3, on fresh copies.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -41,10 +45,70 @@ def imported(args: list[str], cwd: Path) -> set[str]:
     return {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
 
 
+BARE = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from rotate import bare_rotate
+bare_rotate(Path(sys.argv[1]), AESGCM(bytes.fromhex(sys.argv[3])))
+"""
+
+
+def whole_rotation(rows: int) -> None:
+    """`keyturn rotate` as a process against the bare loop as a process."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from rotate import build  # bench/rotate.py
+
+    import keyturn
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "base"
+        build(base, rows)
+        with keyturn.open(base / "keyturn.toml") as store:
+            key = store.keyring._keys[1].key.hex()
+        runs = {
+            "bare loop (process)": [
+                sys.executable,
+                "-c",
+                BARE,
+                "{dir}",
+                str(Path(__file__).parent),
+                key,
+            ],
+            "keyturn rotate --no-backup": [
+                sys.executable,
+                "-m",
+                "keyturn",
+                "rotate",
+                "--yes",
+                "--no-backup",
+            ],
+            "keyturn rotate": [sys.executable, "-m", "keyturn", "rotate", "--yes"],
+        }
+        best: dict[str, float] = {}
+        for _ in range(3):
+            for name, args in runs.items():
+                work = Path(tmp) / "run"
+                shutil.rmtree(work, ignore_errors=True)
+                shutil.copytree(base, work)
+                argv = [a.replace("{dir}", str(work)) for a in args]
+                started = time.perf_counter()
+                subprocess.run(argv, cwd=work, check=True, capture_output=True)
+                elapsed = time.perf_counter() - started
+                best[name] = min(best.get(name, elapsed), elapsed)
+    bare = best["bare loop (process)"]
+    print(f"whole processes, rotating {rows:,} rows x 2 columns, best of 3:")
+    for name, seconds_ in best.items():
+        print(f"  {name:<28} {seconds_:6.2f} s  {bare / seconds_:.2f}x (goal 0.75x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
-    rounds = parser.parse_args().rounds
+    parser.add_argument("--rotate-rows", type=int, default=100_000)
+    options = parser.parse_args()
+    rounds = options.rounds
     python = sys.executable
     os.environ.setdefault("KEYTURN_KEK", os.urandom(32).hex())
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,6 +136,8 @@ def main() -> None:
     print(f"keyturn status (SQLite):  {status * 1000:6.1f} ms")
     others = [d for d in DIALECTS if d in loaded]
     print(f"status on SQLite imports: {', '.join(others) or 'no other dialect'} (goal: none)")
+    if options.rotate_rows:
+        whole_rotation(options.rotate_rows)
 
 
 if __name__ == "__main__":

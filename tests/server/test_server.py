@@ -663,7 +663,12 @@ def test_metrics_scraped_during_a_rotation_show_it_progress(
         rotation = app.start("rotate", "--yes", "--max-rate", "1500", output=subprocess.DEVNULL)
         seen: list[float] = []
         rates: list[float] = []
+        pages: list[str] = []
         while rotation.poll() is None:
+            page = server.call(
+                "GET", "/admin/encryption", headers={"Cookie": f"keyturn_session={reader}"}
+            )
+            pages.append(page.text)
             raw = server.call("GET", "/metrics", reader).text
             assert_no_secret(raw, kek, reader, *planted.values())
             samples = _scrape(server, reader)
@@ -681,6 +686,10 @@ def test_metrics_scraped_during_a_rotation_show_it_progress(
         assert rotation.returncode == 0
         assert len(seen) >= 2 and seen[-1] > seen[0], seen
         assert rates and max(rates) > 0, rates
+        running = [p for p in pages if "data-running=" in p]  # the CLI's job, on the page
+        assert running and "Rows/s" in running[-1] and "creds.secret" in running[-1]
+        for page_text in pages:
+            assert_no_secret(page_text, kek, reader, *planted.values())
         after = _scrape(server, reader)
         assert after[("keyturn_jobs", (("kind", "rotate"), ("state", "succeeded")))] == 1
         assert after[("keyturn_active_version", ())] == 2

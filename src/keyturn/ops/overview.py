@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from keyturn.db.database import utcnow
 from keyturn.engine import backups, jobs
 from keyturn.errors import AuditError
 from keyturn.keys.audit import Entry
@@ -34,6 +35,8 @@ class JobSummary:
     file_copies: int
     #: Progress of a running job, per column: the counts checkpointed so far.
     progress: dict[str, dict[str, int]]
+    #: Seconds since the job started (for a running job's rows/s).
+    elapsed_seconds: float = 0.0
 
     @property
     def has_backups(self) -> bool:
@@ -78,6 +81,7 @@ def overview(store: Store, *, job_limit: int = 20, audit_limit: int = 10) -> Ove
             dict(sorted(held.get(job.id, {}).items())),
             len(backups.file_copies(store.config.database, job.id)),
             _progress(job.progress) if job.state == jobs.RUNNING else {},
+            max((utcnow() - job.created_at).total_seconds(), 0.0),
         )
         for job in reversed(listed)
     )

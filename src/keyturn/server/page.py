@@ -185,6 +185,7 @@ def dashboard(
         f"{_banner(finished)}<p id='notice' role='status' hidden></p>"
         f"<div class='cards'>{''.join(cards)}</div>{attention}"
         + _rotate_section(token, active)
+        + _running_section(overview, {c["column"]: c["rows"] for c in columns})
         + _jobs_section(overview, admin)
         + _keys_section(report, overview, admin)
         + _columns_section(columns, overview.last_verify)
@@ -226,6 +227,39 @@ def _rotate_section(token: ApiToken, active: int) -> str:
         "<th scope='col'>Column</th><th scope='col'>Rows done</th><th scope='col'>Rows/s</th>"
         "<th scope='col'>ETA</th></tr></thead><tbody></tbody></table></div></section>"
     )
+
+
+def _running_section(overview: Any, rows: dict[str, int]) -> str:
+    """A job running anywhere (the CLI, another host): its progress per column from
+    its checkpoints, rows/s since it started and the time left; the page reloads
+    itself every few seconds meanwhile."""
+    out = []
+    for job in overview.jobs:
+        if not job.progress:
+            continue
+        lines = []
+        for column, counts in job.progress.items():
+            done = sum(counts.values())
+            rate = done / job.elapsed_seconds if job.elapsed_seconds > 0 else 0.0
+            total = rows.get(column, 0)
+            left = f"{(total - done) / rate:.0f} s" if rate and total > done else "-"
+            lines.append(
+                f"<tr><td><code>{escape(column)}</code></td><td>{done} / {total}</td>"
+                f"<td>{rate:.0f}</td><td>{left}</td></tr>"
+            )
+        out.append(
+            f"<section id='running' data-running='{escape(job.id)}'>"
+            f"<h2>Running: {escape(job.kind)} <code>{escape(job.id)}</code></h2>"
+            + _table(
+                f"running-{job.id}",
+                f"Started by {job.created_by}; checkpointed progress, refreshed every 5 s",
+                ["Column", "Rows done", "Rows/s", "Time left"],
+                lines,
+                "No checkpoint yet.",
+            )
+            + "</section>"
+        )
+    return "".join(out)
 
 
 def _jobs_section(overview: Any, admin: bool) -> str:
@@ -435,6 +469,10 @@ document.addEventListener("DOMContentLoaded", () => {
       window.location.reload();
     });
   }
+  let rotating = false;
+  if (document.querySelector("[data-running]")) {  // a job running elsewhere: follow it
+    window.setTimeout(() => { if (!rotating) window.location.reload(); }, 5000);
+  }
   const button = document.getElementById("rotate");
   if (!button) return;
   const box = document.getElementById("progress");
@@ -447,6 +485,7 @@ document.addEventListener("DOMContentLoaded", () => {
   button.addEventListener("click", async () => {
     const next = Number(button.dataset.active) + 1;
     if (!window.confirm("Rotate to data key v" + next + " and re-encrypt every secret?")) return;
+    rotating = true;
     button.disabled = true;
     show("starting…");
     const started = await post("/admin/api/rotate");
