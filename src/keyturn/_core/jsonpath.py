@@ -22,6 +22,8 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 _MISSING = object()
+# Member names as they stand quoted in a document's text (the paths' names: few).
+_QUOTED: dict[str, str] = {}
 # The json module's own string scanner: (text, index after the opening quote) -> (string, end).
 _scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 #: A ``[*]`` segment.
@@ -110,7 +112,7 @@ def _find_plain(document: str, paths: Sequence[JsonPath]) -> list[list[Found]] |
     or where a member the paths pass through may be named twice in an object
     (the json module keeps only the last; the thorough way sees every one)."""
     try:
-        value = json.loads(document)
+        value = _DECODER.decode(document)  # json.loads without its argument checks
     except ValueError:
         raise InvalidDocument("not valid JSON") from None
     found: list[list[Found]] = []
@@ -148,7 +150,10 @@ def _find_plain(document: str, paths: Sequence[JsonPath]) -> list[list[Found]] |
     for name, _ in passed:
         counts[name] = counts.get(name, 0) + 1
     for name, n in counts.items():
-        if document.count('"' + name + '"') != n:
+        spelled = _QUOTED.get(name)
+        if spelled is None:
+            spelled = _QUOTED[name] = '"' + name + '"'
+        if document.count(spelled) != n:
             return None
     return found
 
