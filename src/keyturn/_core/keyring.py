@@ -141,24 +141,31 @@ class Keyring:
         header = key.header
         seal = key.aead.encrypt
         by_text = self._by_text
-        nonces = os.urandom(tokens.NONCE_LEN * len(tokens_))
+        step, magic, to_urlsafe, b2a = _NONCE, tokens.MAGIC, tokens.TO_URLSAFE, _b2a_base64
+        nonces = os.urandom(step * len(tokens_))
         # (version, context) -> the AADs to open and to seal with: a batch has
-        # few versions and, usually, one context.
+        # few versions and, usually, one context (the last pair is reused as is).
         aads: dict[tuple[int, str], tuple[bytes, bytes]] = {}
+        last: tuple[DataKey | None, str | None, tuple[bytes, bytes]] = (None, None, (b"", b""))
         out: list[str | None] = []
         append = out.append
         end = 0
         for token, context in zip(tokens_, contexts, strict=True):
-            start, end = end, end + tokens.NONCE_LEN
+            start, end = end, end + step
             parts = token.split(":", 2) if isinstance(token, str) else ()
             old = by_text.get(parts[1]) if len(parts) == 3 else None
-            if old is None or parts[0] != tokens.MAGIC:
+            if old is None or parts[0] != magic:
                 append(None)
                 continue
-            pair = aads.get((old.version, context))
-            if pair is None:
-                pair = (old.header + context).encode(), (header + context).encode()
-                aads[old.version, context] = pair
+            if old is last[0] and context is last[1]:
+                pair = last[2]
+            else:
+                found = aads.get((old.version, context))
+                if found is None:
+                    found = (old.header + context).encode(), (header + context).encode()
+                    aads[old.version, context] = found
+                pair = found
+                last = (old, context, pair)
             try:
                 plaintext = _open(old, parts[2], pair[0])
             except InvalidToken:
@@ -166,8 +173,7 @@ class Keyring:
                 continue
             nonce = nonces[start:end]
             blob = nonce + seal(nonce, plaintext, pair[1])
-            encoded = binascii.b2a_base64(blob, newline=False).translate(tokens.TO_URLSAFE)
-            append(header + encoded.rstrip(b"=").decode("ascii"))
+            append(header + b2a(blob, newline=False).translate(to_urlsafe).rstrip(b"=").decode())
         return out
 
     def opens(self, tokens_: Sequence[str], context: str) -> list[bool]:
@@ -219,19 +225,24 @@ class Keyring:
         return _open(key, parts[2], (key.header + context).encode())
 
 
+# The hot paths' constants, bound once (a module attribute lookup per value shows).
+_NONCE, _OVERHEAD = tokens.NONCE_LEN, tokens.OVERHEAD
+_CLEAN_ENDS, _TO_STANDARD, _PADDING = tokens.CLEAN_ENDS, tokens.TO_STANDARD, tokens.PADDING
+_b2a_base64 = binascii.b2a_base64
+
+
 def _open(key: DataKey, payload: str, aad: bytes) -> bytes:
     """Decrypt a token's payload (what follows its header) under ``key``:
     ``tokens.decode_payload`` and ``tokens.open_with_aad`` in one, as this is the
     hot path of every read and of rotation (bench/crypto_overhead.py)."""
     rem = len(payload) % 4
-    if rem and payload[-1] not in tokens.CLEAN_ENDS[rem]:
+    if rem and payload[-1] not in _CLEAN_ENDS[rem]:
         raise InvalidToken()
     try:
         blob = a2b_base64(
-            payload.encode("ascii").translate(tokens.TO_STANDARD) + tokens.PADDING[rem],
-            strict_mode=True,
+            payload.encode("ascii").translate(_TO_STANDARD) + _PADDING[rem], strict_mode=True
         )
-        if len(blob) < tokens.OVERHEAD:
+        if len(blob) < _OVERHEAD:
             raise InvalidToken()
         return key.aead.decrypt(blob[:12], blob[12:], aad)
     except (UnicodeEncodeError, binascii.Error, InvalidTag):
