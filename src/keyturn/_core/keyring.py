@@ -114,19 +114,19 @@ class Keyring:
         key = self._active
         header = key.header
         seal = key.aead.encrypt
-        nonces = os.urandom(tokens.NONCE_LEN * len(plaintexts))
+        nonces = os.urandom(_NONCE * len(plaintexts))
         aads: dict[str, bytes] = {}
         out: list[str] = []
         append = out.append
         end = 0
         for plaintext, context in zip(plaintexts, contexts, strict=True):
-            start, end = end, end + tokens.NONCE_LEN
+            start, end = end, end + _NONCE
             aad = aads.get(context)
             if aad is None:
                 aad = aads[context] = (header + context).encode()
             nonce = nonces[start:end]
             blob = nonce + seal(nonce, plaintext, aad)
-            encoded = binascii.b2a_base64(blob, newline=False).translate(tokens.TO_URLSAFE)
+            encoded = _b2a_base64(blob, newline=False).translate(tokens.TO_URLSAFE)
             append(header + encoded.rstrip(b"=").decode("ascii"))
         return out
 
@@ -179,9 +179,7 @@ class Keyring:
     def opens(self, tokens_: Sequence[str], context: str) -> list[bool]:
         """Whether each token opens for ``context`` (``verify``'s hot path: each
         version's AAD built once, no plaintext kept)."""
-        entries = {
-            text: (key, (key.header + context).encode()) for text, key in self._by_text.items()
-        }
+        entries = self._opening(context)
         out: list[bool] = []
         append = out.append
         for token in tokens_:
@@ -198,12 +196,14 @@ class Keyring:
             append(True)
         return out
 
+    def _opening(self, context: str) -> dict[str, tuple[DataKey, bytes]]:
+        """Each held version's header text -> its key and its AAD for ``context``."""
+        return {text: (key, (key.header + context).encode()) for text, key in self._by_text.items()}
+
     def opener(self, context: str) -> Callable[[str], bytes]:
         """:meth:`decrypt` for one fixed context, each version's AAD built once: for
         opening many values of one column (an ORM load)."""
-        entries = {
-            text: (key, (key.header + context).encode()) for text, key in self._by_text.items()
-        }
+        entries = self._opening(context)
 
         def open_(token: str) -> bytes:
             parts = token.split(":", 2)
