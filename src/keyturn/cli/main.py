@@ -95,6 +95,8 @@ class _Group(click.Group):
 
 
 _RESUMABLE = ("rotate", "encrypt-existing", "import-legacy")
+# --log-format's choices: text, or one JSON object per line (_JsonLines).
+_LOG_FORMATS = click.Choice(["text", "json"])
 
 
 def actor() -> str:
@@ -119,7 +121,7 @@ def actor() -> str:
 @click.option(
     "--log-format",
     "log_format",
-    type=click.Choice(["text", "json"]),
+    type=_LOG_FORMATS,
     envvar="KEYTURN_LOG_FORMAT",
     default=None,
     help="Log each operation's start and end (outcome, counts, seconds; never a value) on "
@@ -137,14 +139,9 @@ def cli(ctx: click.Context, config_path: str | None, log_format: str | None) -> 
         ctx.obj = config_path
     _oplog.handlers = []
     _oplog.setLevel(logging.WARNING)  # operations are logged only when asked
-    if log_format is not None:
-        handler = _Stderr()
-        handler.setFormatter(
-            _JsonLines() if log_format == "json" else logging.Formatter("%(asctime)s %(message)s")
-        )
-        _oplog.handlers = [handler]
-        _oplog.setLevel(logging.INFO)
     _oplog.propagate = False
+    if log_format is not None:
+        _log_to_stderr(_oplog, log_format, "%(asctime)s %(message)s")
 
 
 def _config(ctx: click.Context) -> Config:
@@ -1122,7 +1119,7 @@ def audit_list(ctx: click.Context, after: int, limit: int, as_json: bool) -> Non
 @click.option("--port", type=click.IntRange(1, 65535), default=8077, show_default=True)
 @click.option(
     "--log-format",
-    type=click.Choice(["text", "json"]),
+    type=_LOG_FORMATS,
     default="text",
     show_default=True,
     help="json: one JSON object per line (at, level, event, method, path, status, "
@@ -1150,15 +1147,9 @@ def serve(ctx: click.Context, host: str, port: int, log_format: str) -> None:
 
     quiet_driver_logs()
     app = create_app(ctx.obj)
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        _JsonLines()
-        if log_format == "json"
-        else logging.Formatter("%(asctime)s keyturn: %(message)s")
+    _log_to_stderr(
+        logging.getLogger("keyturn.server"), log_format, "%(asctime)s keyturn: %(message)s"
     )
-    server_log = logging.getLogger("keyturn.server")
-    server_log.addHandler(handler)
-    server_log.setLevel(logging.INFO)
     click.echo(f"keyturn: serving the admin API on http://{host}:{port}", err=True)
     # uvicorn would believe X-Forwarded-For from 127.0.0.1; keyturn believes it only
     # from [server] trusted_proxies.
@@ -1169,6 +1160,14 @@ def serve(ctx: click.Context, host: str, port: int, log_format: str) -> None:
 
 def main() -> None:
     cli(prog_name="keyturn")
+
+
+def _log_to_stderr(logger: logging.Logger, log_format: str, text: str) -> None:
+    """Send ``logger``'s INFO records to stderr: one JSON object per line, or ``text``."""
+    handler = _Stderr()
+    handler.setFormatter(_JsonLines() if log_format == "json" else logging.Formatter(text))
+    logger.handlers = [handler]
+    logger.setLevel(logging.INFO)
 
 
 class _Stderr(logging.Handler):
