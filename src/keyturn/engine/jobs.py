@@ -59,6 +59,22 @@ class Job:
         }
 
 
+def counts_by_column(job: Job) -> dict[str, dict[str, int]]:
+    """A job's checkpointed counts per column (outcome -> values; a JSON field's
+    outcome is ``<path>\t<outcome>``), as its progress holds them."""
+    columns = job.progress.get("columns", {})
+    return {
+        name: {outcome: int(n) for outcome, n in (tally.get("counts") or {}).items()}
+        for name, tally in columns.items()
+        if isinstance(tally, dict)
+    }
+
+
+def seconds_running(job: Job) -> float:
+    """Seconds since the job started (0 for a clock behind its start)."""
+    return max((utcnow() - job.created_at).total_seconds(), 0.0)
+
+
 def _row_to_job(row: Any) -> Job:
     """A job as stored. A field edited into something unreadable is read as empty
     (progress: the walk restarts, harmlessly, by compare-and-swap) and the

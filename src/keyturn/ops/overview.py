@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from keyturn.db.database import utcnow
 from keyturn.engine import backups, jobs
 from keyturn.errors import AuditError
 from keyturn.keys.audit import Entry
@@ -80,8 +79,8 @@ def overview(store: Store, *, job_limit: int = 20, audit_limit: int = 10) -> Ove
             _totals(job.report),
             dict(sorted(held.get(job.id, {}).items())),
             len(backups.file_copies(store.config.database, job.id)),
-            _progress(job.progress) if job.state == jobs.RUNNING else {},
-            max((utcnow() - job.created_at).total_seconds(), 0.0),
+            jobs.counts_by_column(job) if job.state == jobs.RUNNING else {},
+            jobs.seconds_running(job),
         )
         for job in reversed(listed)
     )
@@ -97,15 +96,6 @@ def _totals(report: dict[str, Any] | None) -> dict[str, int]:
         k: v
         for k, v in report.items()
         if isinstance(v, int) and not isinstance(v, bool) and v and k not in skip
-    }
-
-
-def _progress(progress: dict[str, Any]) -> dict[str, dict[str, int]]:
-    columns = progress.get("columns", {}) if isinstance(progress, dict) else {}
-    return {
-        name: {k: int(v) for k, v in (tally.get("counts") or {}).items()}
-        for name, tally in columns.items()
-        if isinstance(tally, dict)
     }
 
 

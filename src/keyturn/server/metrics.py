@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from keyturn.engine.jobs import RUNNING, Job
+from keyturn.engine.jobs import RUNNING, Job, counts_by_column, seconds_running
 from keyturn.keys.audit import AuditCheck
 from keyturn.ops.status import StatusReport
 
@@ -80,17 +79,16 @@ def render(
         "Values a running job has handled per second since it started",
         ("job",),
     )
-    now = datetime.now(UTC).replace(tzinfo=None)
     for job in jobs:
         if job.state != RUNNING:
             continue
         handled = 0
-        for column, tally in (job.progress or {}).get("columns", {}).items():
-            for outcome, n in (tally.get("counts") or {}).items():
+        for name, counts in counts_by_column(job).items():
+            for outcome, n in counts.items():
                 path, _, category = outcome.rpartition("\t")  # a JSON field's path, if any
-                done.labels(job.id, column + path, category).set(n)
-                handled += int(n)
-        elapsed = (now - job.created_at).total_seconds()
+                done.labels(job.id, name + path, category).set(n)
+                handled += n
+        elapsed = seconds_running(job)
         rate.labels(job.id).set(round(handled / elapsed, 1) if elapsed > 0 else 0)
     if audit is not None:
         gauge("keyturn_audit_ok", "1 if every audit entry and the head verify, else 0").set(
