@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from rotate import pages  # bench/rotate.py: the bare loops read pages the same way
 
 import keyturn
 from keyturn.cli import cli
@@ -60,14 +61,7 @@ def bare_encrypt(workdir: Path, aead: AESGCM) -> float:
     started = time.perf_counter()
     db = sqlite3.connect(workdir / "app.db")
     aad_a, aad_b = b"kt1:1:secrets.a", b"kt1:1:secrets.b"
-    last = 0
-    while True:
-        rows = db.execute(
-            "SELECT id, a, b FROM secrets WHERE id > ? ORDER BY id LIMIT ?", (last, BATCH)
-        ).fetchall()
-        if not rows:
-            break
-        last = rows[-1][0]
+    for rows in pages(db, BATCH):
         nonces = os.urandom(24 * len(rows))
         out = []
         for j, (i, a, b) in enumerate(rows):
@@ -97,14 +91,8 @@ def bare_verify(workdir: Path, aead: AESGCM) -> float:
         blob = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
         return aead.decrypt(blob[:12], blob[12:], aad)
 
-    last, n = 0, 0
-    while True:
-        rows = db.execute(
-            "SELECT id, a, b FROM secrets WHERE id > ? ORDER BY id LIMIT ?", (last, BATCH)
-        ).fetchall()
-        if not rows:
-            break
-        last = rows[-1][0]
+    n = 0
+    for rows in pages(db, BATCH):
         for _, a, b in rows:
             opened(a, aad_a)
             opened(b, aad_b)

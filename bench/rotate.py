@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -71,6 +72,20 @@ def build(workdir: Path, rows: int, columns: int = 2) -> None:
         db.close()
 
 
+def pages(db: sqlite3.Connection, batch: int = 5000) -> Iterator[list[tuple[int, str, str]]]:
+    """Every row of ``secrets``, a keyset page at a time, each fetched whole before it
+    is handed out (so the caller may write between pages, as the bare loops do)."""
+    last = 0
+    while True:
+        rows = db.execute(
+            "SELECT id, a, b FROM secrets WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
+        ).fetchall()
+        if not rows:
+            return
+        last = rows[-1][0]
+        yield rows
+
+
 def bare_rotate(workdir: Path, old: AESGCM, batch: int = 5000) -> float:
     """The limit: decrypt + encrypt + executemany UPDATE, nothing else."""
     new = AESGCM(AESGCM.generate_key(256))
@@ -85,14 +100,7 @@ def bare_rotate(workdir: Path, old: AESGCM, batch: int = 5000) -> float:
         out = nonce + new.encrypt(nonce, plain, ("kt1:2:" + context).encode())
         return "kt1:2:" + base64.urlsafe_b64encode(out).rstrip(b"=").decode()
 
-    last = 0
-    while True:
-        rows = db.execute(
-            "SELECT id, a, b FROM secrets WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
-        ).fetchall()
-        if not rows:
-            break
-        last = rows[-1][0]
+    for rows in pages(db, batch):
         db.executemany(
             "UPDATE secrets SET a = ?, b = ? WHERE id = ?",
             [(turn(a, "secrets.a"), turn(b, "secrets.b"), i) for i, a, b in rows],
