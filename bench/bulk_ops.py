@@ -22,19 +22,11 @@ import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from rotate import pages  # bench/rotate.py: the bare loops read pages the same way
+from rotate import CONFIG, pages  # bench/rotate.py: the same table, read the same way
 
 import keyturn
 from keyturn.cli import cli
 
-CONFIG = """database = "sqlite:///app.db"
-[[columns]]
-table = "secrets"
-column = "a"
-[[columns]]
-table = "secrets"
-column = "b"
-"""
 BATCH = 5000
 
 
