@@ -140,11 +140,28 @@ def throughput(args: argparse.Namespace, tmp: Path) -> None:
             else:
                 results[name].append(keyturn_rotate(run, backup="backup)" in name))
     bare = min(results["bare loop"])
+    kept, tokens_, grown = backup_size(base, tmp / "run")
     print(f"\n1. rotate {args.rows:,} rows x 2 columns ({values:,} values), best of {args.rounds}")
     print(f"   {'':<28} {'seconds':>8} {'values/s':>10} {'vs bare':>8}")
     for name, times in results.items():
         best = min(times)
         print(f"   {name:<28} {best:>8.2f} {values / best:>10,.0f} {bare / best:>7.2f}x")
+    print(
+        f"   backup: {kept / 2**20:,.1f} MiB of packs for {tokens_ / 2**20:,.1f} MiB of tokens "
+        f"replaced ({kept / tokens_:.2f}x); the database grew {grown / 2**20:,.1f} MiB"
+    )
+
+
+def backup_size(base: Path, run: Path) -> tuple[int, int, int]:
+    """The last backed-up run's packs, the tokens they keep, and the file's growth."""
+    db = sqlite3.connect(run / "app.db")
+    (kept,) = db.execute("SELECT SUM(LENGTH(data)) FROM keyturn_backup_batches").fetchone()
+    db.close()
+    db = sqlite3.connect(base / "app.db")
+    (tokens_,) = db.execute("SELECT SUM(LENGTH(a) + LENGTH(b)) FROM secrets").fetchone()
+    db.close()
+    grown = (run / "app.db").stat().st_size - (base / "app.db").stat().st_size
+    return int(kept), int(tokens_), grown
 
 
 def kek_cost(args: argparse.Namespace, tmp: Path) -> None:

@@ -303,6 +303,20 @@ def fill_users(app: App, rows: int) -> dict[int, str | None]:
     return values
 
 
+def backed_up(url: str, job: str | None = None) -> list[tuple[str, str, Any, Any]]:
+    """(table, column, primary key, value replaced) of every value the backups of
+    ``job`` (or of every job) keep in the database at ``url``."""
+    from keyturn.db.database import connect
+    from keyturn.engine import backups
+
+    engine = connect(url)
+    try:
+        with engine.connect() as conn:
+            return list(backups.entries(conn, job))
+    finally:
+        engine.dispose()
+
+
 # -- real database servers ----------------------------------------------------
 
 SERVERS = {

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import App, after_grace, assert_no_secret, fill_users, users_only
+from conftest import App, after_grace, assert_no_secret, backed_up, fill_users, users_only
 from cryptography.fernet import Fernet
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -67,8 +67,8 @@ def test_rotate_reencrypts_everything_and_keeps_values(
     assert values(app) == expected
     # The backup keeps v1 in use until pruned; then it retires.
     assert key_states(app) == {1: "draining", 2: "active"}
-    backed = dict(app.sql("SELECT pk, old_token FROM keyturn_backup WHERE table_name='users'"))
-    assert {json.loads(k)[0]: v for k, v in backed.items()} == {
+    backed = backed_up(f"sqlite:///{app.db}", report["job"])
+    assert {pk[0]: old for table, _, pk, old in backed if table == "users"} == {
         i: v for i, v in before.items() if v
     }
     assert_no_secret(proc.stdout + proc.stderr, app.env["KEYTURN_KEK"])

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import App, Database, base_env, key_file
+from conftest import App, Database, backed_up, base_env, key_file
 
 import keyturn
 from keyturn._core.tokens import version_of
@@ -195,7 +195,7 @@ def check_invariants(app: App, database: Database, journals: list[Path]) -> None
             if stored.startswith("kt1:"):
                 got = store.decrypt(stored, context=f"app_secrets.value#{row}")
             assert got in values, f"row {row} holds {got!r}, expected one of {values}"
-        for (old,) in database.rows("SELECT old_token FROM keyturn_backup"):
+        for _, _, _, old in backed_up(database.url):
             assert version_of(old) in store.keyring.versions, "a backup names a lost version"
 
 

@@ -574,7 +574,7 @@ def rotate(
     Resumable: if a rotation was interrupted, this resumes it (no new version
     is minted). Before the first write it checks the KEK, that each column's
     sample decrypts, and (unless --no-backup) copies a SQLite database file
-    and keeps each replaced token in keyturn_backup for `keyturn restore JOB`.
+    and keeps each replaced token in keyturn_backup_batches for `keyturn restore JOB`.
     Old versions are retired once nothing uses them. Exits 1 if any row failed.
 
     Parallel: --workers N splits each table into primary-key chunks leased in
@@ -837,7 +837,7 @@ def destroy_key_cmd(ctx: click.Context, version: int, yes: bool, wait: float) ->
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def restore(ctx: click.Context, job_id: str, yes: bool, wait: float, as_json: bool) -> None:
-    """Put back the tokens a rotation job replaced (from keyturn_backup).
+    """Put back the tokens a rotation job replaced (from keyturn_backup_batches).
 
     A row is restored only if it still holds the token the job wrote; a value
     the app changed since is kept and counted as changed_since.
@@ -870,7 +870,7 @@ def restore(ctx: click.Context, job_id: str, yes: bool, wait: float, as_json: bo
 @_wait_option
 @click.pass_context
 def prune(ctx: click.Context, job_id: str, yes: bool, wait: float) -> None:
-    """Drop a job's backups: its rows in keyturn_backup and its database file copy.
+    """Drop a job's backups: its rows in keyturn_backup_batches and its database file copy.
 
     The file copy is found by keyturn's own name for it beside the database
     (`<db>.keyturn-JOB-<time>.bak`); a path the database names that is not such

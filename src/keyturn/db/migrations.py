@@ -10,13 +10,17 @@ know what the newer tables mean.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, inspect, select, update
+from sqlalchemy import Connection, column, inspect, select, table, update
 from sqlalchemy.exc import IntegrityError
 
+from keyturn._core import packs
 from keyturn.db import schema
+from keyturn.db.database import fetch_raw, stream_raw
 from keyturn.errors import SchemaError
 
 VERSION_ROW = "schema_version"
@@ -42,11 +46,70 @@ def _api_token_macs(conn: Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN mac VARCHAR(64)")
 
 
+# keyturn_backup, before migration 3: one row per value a job replaced.
+_UNPACKED = table(
+    "keyturn_backup",
+    column("id"), column("job_id"), column("table_name"), column("column_name"),
+    column("pk"), column("old_token"), column("new_token"),
+)  # fmt: skip
+_PACK_ROWS = 20_000
+
+
+def unpacked_backups(conn: Connection) -> Iterator[tuple[str, str]]:
+    """(job, value replaced) of each backup row an older keyturn kept one per value,
+    while migration 3 has not packed them yet."""
+    if inspect(conn).has_table(_UNPACKED.name):
+        b = _UNPACKED.c
+        yield from stream_raw(conn, select(b.job_id, b.old_token))
+
+
+def _pack_backups(conn: Connection) -> None:
+    schema.backup_batches.create(conn, checkfirst=True)
+    if not inspect(conn).has_table(_UNPACKED.name):
+        return
+    b = _UNPACKED.c
+    groups = conn.execute(select(b.job_id, b.table_name, b.column_name).distinct()).all()
+    for job, table_, column_ in groups:
+        after = None
+        while True:  # a page at a time: an old backup table may be big
+            query = select(b.id, b.pk, b.old_token, b.new_token).where(
+                b.job_id == job, b.table_name == table_, b.column_name == column_
+            )
+            if after is not None:
+                query = query.where(b.id > after)
+            part = fetch_raw(conn, query.order_by(b.id).limit(_PACK_ROWS))
+            if not part:
+                break
+            after = part[-1][0]
+            pks = [_old_pk(r[1]) for r in part]
+            data, used = packs.pack(pks, [r[2] for r in part], [r[3] for r in part])
+            versions = json.dumps({str(v): n for v, n in sorted(used.items())})
+            conn.execute(
+                schema.backup_batches.insert().values(
+                    job_id=job, table_name=table_, column_name=column_,
+                    value_count=len(part), versions=versions, data=data,
+                )
+            )  # fmt: skip
+    conn.exec_driver_sql("DROP TABLE " + conn.dialect.identifier_preparer.quote(_UNPACKED.name))
+
+
+def _old_pk(text: Any) -> list[Any]:
+    """A keyturn_backup row's primary key (a JSON list); [] if it is not one, which
+    the pack keeps as unreadable (restore skips it as corrupt)."""
+    try:
+        key = json.loads(text)
+    except (TypeError, ValueError):
+        return []
+    return key if isinstance(key, list) and key else []
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "keyturn's tables (keys, meta, jobs, chunks, backup, audit, tokens, lock)",
               _create_tables),
     Migration(2, "keyturn_api_tokens.mac: a MAC over each admin API token's record",
               _api_token_macs),
+    Migration(3, "keyturn_backup_batches: backups packed one row per batch and column; the "
+              "rows of keyturn_backup moved into it", _pack_backups),
 )  # fmt: skip
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

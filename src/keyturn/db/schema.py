@@ -9,6 +9,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -96,18 +97,21 @@ chunks = Table(
     Column("counts", Text, nullable=False, default="{}"),
 )
 
-# The previous token of each row a job changed (ciphertext only), and the token
-# it wrote, so a restore is itself a compare-and-swap.
-backup = Table(
-    "keyturn_backup",
+# The values a job replaced (ciphertext only), one row per batch and column:
+# ``data`` is a pack (keyturn._core.packs) holding each row's primary key, the
+# value replaced and a fingerprint of the value written, so a restore is itself
+# a compare-and-swap; ``versions`` counts the pack's tokens per key version (JSON),
+# so what a backup keeps in use is known without unpacking it.
+backup_batches = Table(
+    "keyturn_backup_batches",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("job_id", String(32), nullable=False, index=True),
     Column("table_name", String(128), nullable=False),
     Column("column_name", String(128), nullable=False),
-    Column("pk", Text, nullable=False),  # JSON list of the primary key's values
-    Column("old_token", Text, nullable=False),
-    Column("new_token", Text, nullable=False),
+    Column("value_count", Integer, nullable=False),
+    Column("versions", Text, nullable=False),
+    Column("data", LargeBinary(2**32 - 1), nullable=False),  # MySQL: LONGBLOB
 )
 
 # The tamper-evident audit log: each entry's ``mac`` is an HMAC over its fields

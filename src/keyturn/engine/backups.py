@@ -1,8 +1,10 @@
-"""Backups taken before a rotation writes: a SQLite file copy, and old tokens per row.
+"""Backups taken before a rotation writes: a SQLite file copy, and the values replaced.
 
-``keyturn_backup`` keeps, for each row a job changed, the token it replaced and
-the token it wrote (ciphertext only, never plaintext). ``restore`` swaps them
-back by compare-and-swap, so a value the app wrote after the job is kept.
+``keyturn_backup_batches`` keeps, for each batch and column a job changed, one
+pack (keyturn._core.packs): each row's key, the value the job replaced
+(ciphertext only, never plaintext) and a fingerprint of the value it wrote.
+``restore`` puts a value back only where the row still holds what the job
+wrote, by compare-and-swap, so a value the app wrote after the job is kept.
 """
 
 from __future__ import annotations
@@ -14,17 +16,29 @@ import re
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Text, bindparam, delete, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Text,
+    bindparam,
+    delete,
+    func,
+    inspect,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import make_url
 
-from keyturn.db import schema
-from keyturn.db.columns import BoundColumn, from_stored, stored_as
+from keyturn._core import packs
+from keyturn.db import migrations, schema
+from keyturn.db.columns import BoundColumn, read_as, stored_as
 from keyturn.db.database import DriverStatement, exact_equals, write_transaction
-from keyturn.engine.walk import Swap
+from keyturn.engine.walk import Applied
 
 _JOB_ID = re.compile(r"[0-9a-f]{12}")
 _FILE_STAMP = re.compile(r"\d{8}T\d{6}Z")
@@ -74,82 +88,126 @@ def file_copies(url: str, job_id: str) -> list[Path]:
     return sorted(found)
 
 
-def record(conn: Connection, job_id: str, applied: Sequence[Swap]) -> None:
-    """Keep the old and new token of each applied swap, in the batch's transaction."""
-    if not applied:
-        return
-    insert = schema.backup.insert().values({name: bindparam(name) for name in _RECORD})
-    keys: dict[tuple[Any, ...], str] = {}  # a row's key is spelled once for all its columns
+def record(conn: Connection, job_id: str, applied: Sequence[Applied]) -> None:
+    """Keep what each applied swap replaced, and a fingerprint of what it wrote, in
+    the batch's transaction: one packed row per column (more for huge values)."""
     rows = []
-    for column, pk, old, new in applied:
-        key = keys.get(pk)
-        if key is None:
-            key = keys[pk] = _pk_json(list(pk))
-        if column.binary:  # a binary column's tokens, kept as the text they are
-            old, new = from_stored(old), from_stored(new)
-        rows.append((job_id, column.spec.table, column.spec.column, key, old, new))
-    DriverStatement(insert, conn.dialect, list(_RECORD)).executemany(conn, rows)
+    for column, pks, olds, news in applied:
+        if not pks:
+            continue
+        for lo, hi in _slices(olds):
+            data, used = packs.pack(pks[lo:hi], olds[lo:hi], news[lo:hi])
+            versions = _json({str(v): n for v, n in sorted(used.items())})
+            spec = column.spec
+            rows.append((job_id, spec.table, spec.column, hi - lo, versions, data))
+    if rows:
+        b = schema.backup_batches
+        insert = b.insert().values({name: bindparam(name) for name in _RECORD})
+        DriverStatement(insert, conn.dialect, list(_RECORD)).executemany(conn, rows)
 
 
-# One encoder for every key (json.dumps with an argument builds a new one per call).
-_pk_json = json.JSONEncoder(default=str).encode
-_RECORD = ("job_id", "table_name", "column_name", "pk", "old_token", "new_token")
+_RECORD = ("job_id", "table_name", "column_name", "value_count", "versions", "data")
+_json = json.JSONEncoder(separators=(",", ":")).encode
+#: At most this many bytes of replaced values per pack: under MariaDB's 16 MiB
+#: packet with room to spare, and a restore's memory bounded by it.
+PACK_BYTES = 4 << 20
+
+
+def _slices(olds: Sequence[Any]) -> list[tuple[int, int]]:
+    """Index ranges of ``olds`` of at most PACK_BYTES each (one range, usually)."""
+    sizes = list(map(len, olds))
+    if sum(sizes) <= PACK_BYTES:
+        return [(0, len(olds))]
+    out, lo, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if total and total + size > PACK_BYTES:
+            out.append((lo, i))
+            lo, total = i, 0
+        total += size
+    out.append((lo, len(olds)))
+    return out
+
+
+def versions_by_job(conn: Connection) -> dict[str, Counter[int]]:
+    """Per job, how many of the tokens its backups keep use each key version
+    (tokens inside backed-up JSON documents included)."""
+    out: dict[str, Counter[int]] = {}
+    if inspect(conn).has_table(schema.backup_batches.name):
+        b = schema.backup_batches.c
+        for job_id, versions in conn.execute(select(b.job_id, b.versions)):
+            counts = out.setdefault(job_id, Counter())
+            for version, n in _versions(versions).items():
+                counts[version] += n
+    for job_id, old in migrations.unpacked_backups(conn):  # not yet migrated
+        out.setdefault(job_id, Counter()).update(packs.versions_used([old]))
+    return out
+
+
+def _versions(text: Any) -> Counter[int]:
+    """A pack's ``versions`` column; empty if it was edited into something else."""
+    try:
+        found = json.loads(text)
+        return Counter({int(v): int(n) for v, n in found.items()})
+    except (TypeError, ValueError, AttributeError):
+        return Counter()
+
+
+def references(conn: Connection) -> Counter[int]:
+    """How many backed-up tokens use each key version, over every job."""
+    total: Counter[int] = Counter()
+    for counts in versions_by_job(conn).values():
+        total.update(counts)
+    return total
 
 
 def jobs_referencing(conn: Connection, version: int) -> list[str]:
-    b = schema.backup.c
-    rows = conn.execute(
-        select(b.job_id)
-        .where(or_(b.old_token.like(f"kt1:{version}:%"), b.old_token.like(f'%"kt1:{version}:%')))
-        .distinct()
-    ).all()
-    return [r[0] for r in rows]
+    """The jobs whose backups keep a token of ``version``."""
+    return sorted(job for job, counts in versions_by_job(conn).items() if counts[version])
+
+
+def entries(
+    conn: Connection, job_id: str | None = None
+) -> Iterator[tuple[str, str, list[Any] | None, Any]]:
+    """(table, column, primary key or None if unreadable, value replaced) of each
+    value a job's backups (or every job's) keep, in the order they were kept;
+    CorruptPack if a pack does not parse."""
+    for _, table, column, _, data in _packs(conn, job_id):
+        found = packs.unpack(data)
+        for pk, old in zip(found.pks, found.olds, strict=True):
+            yield table, column, pk, old
+
+
+def _packs(conn: Connection, job_id: str | None) -> Iterator[tuple[int, str, str, int, bytes]]:
+    """A job's (or every job's) packs, one at a time (each is up to a few MiB)."""
+    b = schema.backup_batches.c
+    query = select(b.id).order_by(b.id)
+    ids = conn.execute(query if job_id is None else query.where(b.job_id == job_id)).scalars()
+    ids = ids.all()
+    for pack_id in ids:
+        row = conn.execute(
+            select(b.table_name, b.column_name, b.value_count, b.data).where(b.id == pack_id)
+        ).one()
+        yield pack_id, row[0], row[1], int(row[2]), bytes(row[3])
 
 
 def restore(engine: Engine, job_id: str, columns: Sequence[BoundColumn]) -> dict[str, int]:
-    """Put back the tokens a job replaced where the row still holds what the job wrote."""
+    """Put back the values a job replaced where the row still holds what the job
+    wrote (its fingerprint matches), by compare-and-swap on the value read."""
     by_name = {c.spec.name: c for c in columns}
-    b = schema.backup.c
     counts: Counter[str] = Counter()
     with write_transaction(engine) as conn:
-        rows = conn.execute(
-            select(b.table_name, b.column_name, b.pk, b.old_token, b.new_token)
-            .where(b.job_id == job_id)
-            .order_by(b.id)
-        ).all()
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for table, column, pk, old, new in rows:
-            key = _stored_pk(pk)
-            if key is None:  # a row edited by hand: reported, never guessed at
-                counts["skipped_corrupt"] += 1
-                continue
-            groups.setdefault(f"{table}.{column}", []).append(
-                {**{f"_pk{i}": v for i, v in enumerate(key)}, "_old": old, "_new": new}
-            )
-        for name, params in groups.items():
-            col = by_name.get(name)
+        migrations.upgrade(conn)  # backups kept by an older keyturn are packed first
+        for _, table, column, n, data in list(_packs(conn, job_id)):
+            col = by_name.get(f"{table}.{column}")
             if col is None:
-                counts["skipped_unconfigured"] += len(params)
+                counts["skipped_unconfigured"] += n
                 continue
-            if col.binary:
-                for p in params:
-                    p["_old"] = p["_old"].encode()
-            old = bindparam("_old", type_=col.value.type if col.binary else Text)
-            same_row = [c == bindparam(f"_pk{i}") for i, c in enumerate(col.pk)]
-            swap = (
-                update(col.table)
-                .where(
-                    *same_row,
-                    *col.rows,
-                    exact_equals(col.text, bindparam("_new", type_=Text), conn.dialect),
-                )
-                .values({col.value.name: stored_as(col.value, old, conn.dialect)})
-            )
-            for p in params:  # one by one: each swap's own rowcount is needed
-                if conn.execute(swap, p).rowcount == 1:
-                    counts["restored"] += 1
-                else:
-                    counts["changed_since"] += 1
+            try:
+                found = packs.unpack(data)
+            except packs.CorruptPack:
+                counts["skipped_corrupt"] += n
+                continue
+            _restore_pack(conn, col, found, counts)
     return {
         "restored": counts["restored"],
         "changed_since": counts["changed_since"],
@@ -158,15 +216,71 @@ def restore(engine: Engine, job_id: str, columns: Sequence[BoundColumn]) -> dict
     }
 
 
-def _stored_pk(text: Any) -> list[Any] | None:
-    """A backed-up row's primary key (a JSON list), or None if it is not one."""
-    try:
-        key = json.loads(text)
-    except (TypeError, ValueError):
-        return None
-    return key if isinstance(key, list) and key else None
+def _restore_pack(
+    conn: Connection, col: BoundColumn, found: packs.Pack, counts: Counter[str]
+) -> None:
+    value = read_as(col.value)
+    # Bound as what it is (a JSON column's type would encode the text as a JSON string).
+    old = bindparam("_old", type_=col.value.type if col.binary else Text)
+    swap = (
+        update(col.table)
+        .where(
+            *[c == bindparam(f"_pk{i}") for i, c in enumerate(col.pk)],
+            *col.rows,
+            exact_equals(value, bindparam("_now", type_=value.type), conn.dialect),
+        )
+        .values({col.value.name: stored_as(col.value, old, conn.dialect)})
+    )
+    rows = list(zip(found.pks, found.olds, found.fingerprints, strict=True))
+    for start in range(0, len(rows), _READ_ROWS):
+        part = rows[start : start + _READ_ROWS]
+        keys = [pk for pk, _, _ in part if pk is not None and len(pk) == len(col.pk)]
+        current = _current(conn, col, value, keys)
+        for pk, was, print_ in part:
+            if pk is None or len(pk) != len(col.pk):
+                counts["skipped_corrupt"] += 1
+                continue
+            now = current.get(_key(pk), _MISSING)
+            if now is _MISSING or packs.fingerprint(now) != print_:
+                counts["changed_since"] += 1  # the app wrote it since, or deleted it
+                continue
+            if col.binary and isinstance(was, str):
+                was = was.encode()
+            params = {**{f"_pk{i}": v for i, v in enumerate(pk)}, "_now": now, "_old": was}
+            # One by one: each swap's own rowcount says whether it applied.
+            counts["restored" if conn.execute(swap, params).rowcount == 1 else "changed_since"] += 1
+
+
+_READ_ROWS = 500
+_MISSING = object()
+
+
+def _key(pk: Sequence[Any]) -> str:
+    """A primary key as the packs spell it (JSON, other types as text)."""
+    return _pk_json(list(pk))
+
+
+_pk_json = json.JSONEncoder(default=str).encode
+
+
+def _current(
+    conn: Connection, col: BoundColumn, value: Any, keys: list[list[Any]]
+) -> dict[str, Any]:
+    """The values the rows ``keys`` hold now, by :func:`_key`."""
+    if not keys:
+        return {}
+    if len(col.pk) == 1:
+        match = col.pk[0].in_([k[0] for k in keys])
+    else:
+        match = tuple_(*col.pk).in_([tuple(k) for k in keys])
+    query = select(*col.pk, value).where(match, *col.rows)
+    return {_key(row[:-1]): row[-1] for row in conn.execute(query)}
 
 
 def prune(conn: Connection, job_id: str) -> int:
-    """Drop a job's backed-up tokens; return how many rows went."""
-    return int(conn.execute(delete(schema.backup).where(schema.backup.c.job_id == job_id)).rowcount)
+    """Drop a job's backed-up values; return how many went."""
+    migrations.upgrade(conn)
+    b = schema.backup_batches
+    gone = conn.execute(select(func.sum(b.c.value_count)).where(b.c.job_id == job_id)).scalar()
+    conn.execute(delete(b).where(b.c.job_id == job_id))
+    return int(gone or 0)

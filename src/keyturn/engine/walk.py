@@ -64,12 +64,13 @@ Decide = Callable[[PK, Any], tuple[str, str | None]]
 # The same for one column of a whole batch: (primary keys, values) -> (the
 # categories, the new values or None), in the batch's order.
 DecideBatch = Callable[[Sequence[PK], Sequence[Any]], tuple[Sequence[Category], list[str | None]]]
-# A swap that applied: (column, primary key, value read, value written).
-Swap = tuple[BoundColumn, PK, Any, str]
+# The swaps that applied in one column of a batch: (column, primary keys, values
+# read, values written), in the same order.
+Applied = tuple[BoundColumn, Sequence[PK], Sequence[Any], Sequence[Any]]
 # on_batch(conn, last pk or None outside the walk, counts of this batch by
 # column name, the swaps that applied): runs inside the batch's transaction,
 # e.g. to checkpoint a job and back up old tokens atomically with the rows.
-OnBatch = Callable[[Connection, PK | None, dict[str, Counter[str]], list[Swap]], None]
+OnBatch = Callable[[Connection, PK | None, dict[str, Counter[str]], list[Applied]], None]
 
 
 @dataclass(frozen=True)
@@ -249,15 +250,18 @@ class TableRewriter:
                                     batch.counts[i].subtract(
                                         count_categories([batch.categories[i][j]])
                                     )
-                applied: list[Swap] = []
+                applied: list[Applied] = []
                 if self.collect_applied:
                     for write in batch.writes:
                         rows = write.rows
                         kept = [j for j in rows if pks[j] not in missing] if missing else rows
                         for i in write.indexes:
-                            column, old = self.columns[i], olds[i]
-                            new: Sequence[Any] = news[i]  # not None in the rows kept
-                            applied += [(column, pks[j], old[j], new[j]) for j in kept]
+                            column, old, new = self.columns[i], olds[i], news[i]
+                            if len(kept) == len(pks):  # every row of the batch: as it is
+                                applied.append((column, pks, old, new))
+                            else:
+                                picked = [pks[j] for j in kept], [old[j] for j in kept]
+                                applied.append((column, *picked, [new[j] for j in kept]))
                 if self.on_batch:
                     by_name = {c.spec.name: batch.counts[i] for i, c in enumerate(self.columns)}
                     self.on_batch(conn, last, by_name, applied)

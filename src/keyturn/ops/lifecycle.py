@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, inspect, literal, select, update
+from sqlalchemy import Connection, literal, select, update
 
 from keyturn._core.keyring import ACTIVE, DESTROYED, DRAINING, RETIRED
 from keyturn.db import schema
@@ -16,7 +16,7 @@ from keyturn.engine import backups
 from keyturn.errors import KeyInUse, KeyManagementError
 from keyturn.keys import keystore
 from keyturn.keys.keystore import grace_ends
-from keyturn.ops.status import backup_references, count_column
+from keyturn.ops.status import count_column
 from keyturn.store import Store
 
 
@@ -34,9 +34,9 @@ def references(store: Store, conn: Connection | None = None) -> References:
         rows.update(count_column(store, column, conn).by_version)
     if conn is None:
         with store.engine.connect() as own:
-            in_backups = backup_references(own)
+            in_backups = backups.references(own)
     else:
-        in_backups = backup_references(conn)
+        in_backups = backups.references(conn)
     return References(dict(rows), dict(in_backups))
 
 
@@ -63,10 +63,7 @@ def refresh_states(store: Store, conn: Connection, *, write: bool = True) -> dic
         (column.text, column.rows, bool(column.spec.json_fields))
         for column in store.bound_columns()
     ]
-    if inspect(conn).has_table(schema.backup.name):
-        # Backed-up tokens, and documents of JSON columns holding tokens.
-        holders.append((schema.backup.c.old_token, [], False))
-        holders.append((schema.backup.c.old_token, [], True))
+    in_backups = backups.references(conn)  # tokens the backups keep, per version
     states: dict[int, str] = {}
     versions = [meta for meta, _ in keystore.read_versions(conn)]
     ends = grace_ends(store.config.apps.grace_seconds, versions)
@@ -75,7 +72,7 @@ def refresh_states(store: Store, conn: Connection, *, write: bool = True) -> dic
         state = meta.state
         if state in (DRAINING, RETIRED):
             in_grace = now < ends.get(meta.version, now)
-            used = in_grace or _in_use(conn, holders, meta.version)
+            used = in_grace or in_backups[meta.version] > 0 or _in_use(conn, holders, meta.version)
             state = DRAINING if used else RETIRED
             if state != meta.state and write:
                 conn.execute(

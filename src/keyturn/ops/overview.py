@@ -9,7 +9,6 @@ from typing import Any
 from keyturn.engine import backups, jobs
 from keyturn.errors import AuditError
 from keyturn.keys.audit import Entry
-from keyturn.ops.status import backups_by_job
 from keyturn.store import Store
 
 #: How many verify entries the page looks through for the last finished one.
@@ -28,7 +27,7 @@ class JobSummary:
     updated_at: str
     created_by: str
     totals: dict[str, int]
-    #: Backed-up tokens (keyturn_backup) per key version they use.
+    #: Backed-up tokens (keyturn_backup_batches) per key version they use.
     backups: dict[int, int]
     #: Database file copies (SQLite) kept for the job.
     file_copies: int
@@ -65,7 +64,7 @@ class Overview:
 def overview(store: Store, *, job_limit: int = 20, audit_limit: int = 10) -> Overview:
     """Jobs (newest first), their backups, the audit log and the last verify."""
     with store.engine.connect() as conn:
-        held = backups_by_job(conn)
+        held = backups.versions_by_job(conn)
     listed = jobs.list_all(store.engine)[-job_limit:]
     summaries = tuple(
         JobSummary(

@@ -41,10 +41,10 @@ from keyturn.engine.walk import (
     FAILED,
     PK,
     UNKNOWN,
+    Applied,
     ColumnResult,
     DecideBatch,
     OnBatch,
-    Swap,
     TableRewriter,
     group_by_table,
 )
@@ -441,7 +441,10 @@ class Rotator:
             return {name: state.dump() for name, state in states.items()}
 
         def on_batch(
-            conn: Connection, last: PK | None, counts: dict[str, Counter[str]], applied: list[Swap]
+            conn: Connection,
+            last: PK | None,
+            counts: dict[str, Counter[str]],
+            applied: list[Applied],
         ) -> None:
             if keep_backup:
                 backups.record(conn, job.id, applied)
@@ -615,7 +618,7 @@ class Rotator:
             conn: Connection,
             last: PK | None,
             counts: dict[str, Counter[str]],
-            applied: list[Swap],
+            applied: list[Applied],
         ) -> None:
             if keep_backup:
                 backups.record(conn, job.id, applied)

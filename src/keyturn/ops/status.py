@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, case, func, inspect, not_, or_, select
+from sqlalchemy import Connection, case, func, not_, or_, select
 
 from keyturn._core import tokens
 from keyturn._core.jsonpath import locate
@@ -19,6 +18,7 @@ from keyturn._core.shapes import looks_encrypted
 from keyturn.db import schema
 from keyturn.db.columns import BoundColumn
 from keyturn.db.database import stream_raw, utcnow
+from keyturn.engine import backups
 from keyturn.errors import InvalidDocument
 from keyturn.keys.keystore import grace_ends
 from keyturn.store import Store
@@ -258,64 +258,11 @@ def count_fields(
     ]
 
 
-_TOKEN_HEADERS = re.compile(r'"kt1:([0-9]+):')
-
-
-def backup_references(conn: Connection) -> Counter[int]:
-    """How many backed-up tokens (keyturn_backup) use each key version: one pass
-    counting headers (faster than :func:`backups_by_job`'s grouping)."""
-    if not inspect(conn).has_table(schema.backup.name):
-        return Counter()
-    counts = _count_headers(conn, schema.backup, schema.backup.c.old_token)[3]
-    for document in _backed_up_documents(conn):
-        for version in _versions_in(document[1]):
-            counts[version] += 1
-    return counts
-
-
-def backups_by_job(conn: Connection) -> dict[str, Counter[int]]:
-    """Per job, how many of its backed-up tokens use each key version, counted by
-    the database from their headers (a JSON column's documents read for theirs)."""
-    if not inspect(conn).has_table(schema.backup.name):
-        return {}
-    b = schema.backup.c
-    version, _ = version_text(conn, b.old_token)
-    out: dict[str, Counter[int]] = {}
-    grouped = (
-        select(b.job_id, version, func.count())
-        .where(b.old_token.like("kt1:%"))
-        .group_by(b.job_id, version)
-    )
-    for job_id, text, n in conn.execute(grouped):
-        parsed = tokens.version_of(f"kt1:{text}:x")
-        if parsed is not None:
-            out.setdefault(job_id, Counter())[parsed] += int(n)
-    for job_id, document in _backed_up_documents(conn):
-        for parsed in _versions_in(document):
-            out.setdefault(job_id, Counter())[parsed] += 1
-    return out
-
-
-def _backed_up_documents(conn: Connection) -> Iterator[tuple[str, str]]:
-    """(job, document) of a JSON column's backed-up documents holding tokens."""
-    old = schema.backup.c.old_token
-    query = select(schema.backup.c.job_id, old).where(old.like('%"kt1:%'), not_(old.like("kt1:%")))
-    yield from stream_raw(conn, query)
-
-
-def _versions_in(document: str) -> Iterator[int]:
-    """The key version of each token string in a JSON document."""
-    for text in _TOKEN_HEADERS.findall(document):
-        version = tokens.version_of(f"kt1:{text}:x")
-        if version is not None:
-            yield version
-
-
 def key_versions(store: Store) -> list[dict[str, Any]]:
     """``keyturn keys``: each version's status with the backed-up tokens that use it."""
     report = status(store)
     with store.engine.connect() as conn:
-        in_backups = backup_references(conn)
+        in_backups = backups.references(conn)
     return [{**asdict(k), "backups": in_backups[k.version]} for k in report.keys]
 
 
@@ -379,7 +326,7 @@ def status(store: Store) -> StatusReport:
                 "`keyturn import-legacy` (docs/ADOPTING.md)"
             )
     with store.engine.connect() as conn:
-        in_backups = backup_references(conn)
+        in_backups = backups.references(conn)
     ends = grace_ends(store.config.apps.grace_seconds, store.versions)
     for k in keys:
         if k.state == DRAINING and not k.rows and not in_backups[k.version]:

@@ -1,0 +1,299 @@
+"""The packed backup format: the values one batch replaced in one column, as one blob.
+
+A rotation keeps each value it replaced (to put it back) and a fingerprint of
+the value it wrote (so that a restore touches only rows that still hold it).
+Packing a batch into one blob, with kt1 tokens kept as the bytes their base64
+spells, makes a backup smaller than the tokens it keeps and costs one insert
+per batch instead of one per value (docs/FORMAT.md, "Backups")::
+
+    pack    := b"ktb1" u32 len(header) header  u32 len(keys) keys
+               u32 len(values) values  fingerprints
+    header  := zlib(JSON {"pks", "form", "length" | "lengths"[, "version" | "versions"]})
+    keys    := zlib(one integer column's keys as signed 64-bit little-endian,
+               or else JSON: a list of each row's key as a list)
+    values  := form "tokens": every token's base64url body, each zero-filled
+               ("A") to a multiple of 4 characters, decoded as one;
+               form "text" or "bytes": zlib of the values joined
+    fingerprints := FINGERPRINT characters per value, see :func:`fingerprint`
+
+``length(s)`` is each value's length (a token's body, in characters; text in
+characters; bytes in bytes), ``version(s)`` each token's version text (one
+for all, or one per token).
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import json
+import re
+import struct
+import sys
+import zlib
+from array import array
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from operator import add
+from typing import Any
+
+from keyturn._core import tokens
+from keyturn.errors import KeyturnError
+
+MAGIC = b"ktb1"
+#: Characters of a fingerprint: a token's last 11 (66 bits of its GCM tag), or
+#: 8 bytes of BLAKE2b of any other value, in base64url (:func:`fingerprint`).
+FINGERPRINT = 11
+_HEAD = struct.Struct(">4sI")
+_SIZE = struct.Struct(">I")
+_LINE_HEADER = re.compile(r"^kt1:([0-9]+):", re.M)
+_QUOTED_HEADER = re.compile(r'"kt1:([0-9]+):')
+_FILL = ("", "AAA", "AA", "A")  # to a whole base64 quad, by length % 4
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_json = json.JSONEncoder(default=str, separators=(",", ":")).encode
+
+
+class CorruptPack(KeyturnError):
+    """A stored backup pack that does not parse (edited by hand, truncated)."""
+
+
+@dataclass(frozen=True)
+class Pack:
+    """One pack's rows: primary keys (None where unreadable), the values replaced
+    and the fingerprints of the values written, in the same order."""
+
+    pks: list[list[Any] | None]
+    olds: list[Any]
+    fingerprints: list[str]
+
+    def __repr__(self) -> str:  # the values are ciphertexts, but keep them out of logs
+        return f"Pack({len(self.olds)} values)"
+
+
+def fingerprint(value: Any) -> str:
+    """What identifies a written value: a kt1 token's tail (random: part of its GCM
+    tag), else a BLAKE2b digest. Restore compares it, then swaps on the whole value."""
+    if isinstance(value, bytes | bytearray | memoryview):  # a binary column's value
+        raw = bytes(value)
+        try:
+            value = raw.decode()
+        except UnicodeDecodeError:
+            value = None
+    else:
+        raw = b""
+    if isinstance(value, str):
+        if value.startswith("kt1:") and len(value) >= FINGERPRINT:
+            return value[-FINGERPRINT:]
+        raw = value.encode("utf-8", "surrogatepass")
+    digest = hashlib.blake2b(raw, digest_size=8).digest()
+    return binascii.b2a_base64(digest, newline=False).translate(tokens.TO_URLSAFE)[:11].decode()
+
+
+def fingerprints(news: Sequence[Any]) -> str:
+    """Every value's :func:`fingerprint`, joined: the tails in one pass when all are tokens."""
+    try:
+        joined = "\n" + "\n".join(news)
+    except TypeError:
+        joined = ""
+    if news and joined.count("\nkt1:") == len(news) == joined.count("\n"):
+        tails = "".join([v[-FINGERPRINT:] for v in news])
+        if len(tails) == FINGERPRINT * len(news):  # none shorter than a fingerprint
+            return tails
+    return "".join(map(fingerprint, news))
+
+
+def pack(
+    pks: Sequence[Sequence[Any]], olds: Sequence[Any], news: Sequence[Any]
+) -> tuple[bytes, Counter[int]]:
+    """One blob holding the replaced values ``olds`` of the rows ``pks`` and the
+    fingerprints of ``news``, the values written over them; and how many tokens
+    of each key version ``olds`` hold (:func:`versions_used`)."""
+    if not len(pks) == len(olds) == len(news):
+        raise ValueError("pks, olds and news differ in length")
+    header: dict[str, Any] = {}
+    keys = _pack_pks(pks, header)
+    values = _pack_tokens(olds, header) if olds else None
+    if values is None:
+        values = _pack_other(olds, header)
+        used = versions_used(olds)
+    elif "version" in header:
+        used = _by_version(Counter({header["version"]: len(olds)}))
+    else:
+        used = _by_version(Counter(header["versions"]))
+    prints = fingerprints(news).encode("ascii")
+    head = zlib.compress(_json(header).encode(), 1)
+    parts = (_HEAD.pack(MAGIC, len(head)), head, _SIZE.pack(len(keys)), keys)
+    return b"".join((*parts, _SIZE.pack(len(values)), values, prints)), used
+
+
+def _pack_pks(pks: Sequence[Sequence[Any]], header: dict[str, Any]) -> bytes:
+    """Primary keys of one integer column as 64-bit integers, others as JSON; zlib'd."""
+    if pks and set(map(len, pks)) == {1}:
+        try:
+            ints = array("q", [pk[0] for pk in pks])
+        except (TypeError, OverflowError):
+            pass
+        else:
+            if ints.itemsize == 8:
+                if sys.byteorder == "big":
+                    ints.byteswap()
+                header["pks"] = "int64"
+                return zlib.compress(ints.tobytes(), 1)
+    header["pks"] = "json"
+    return zlib.compress(_json([list(pk) for pk in pks]).encode(), 1)
+
+
+def _pack_tokens(olds: Sequence[Any], header: dict[str, Any]) -> bytes | None:
+    """The tokens' bodies as bytes, or None unless every value is a kt1 token whose
+    body is base64url (so that it comes back character for character)."""
+    n = len(olds)
+    try:
+        joined = "\n" + "\n".join(olds)
+    except TypeError:
+        return None
+    if "+" in joined or "/" in joined:  # would come back as "-" and "_"
+        return None
+    first = olds[0]
+    head = first[: first.find(":", 4) + 1]
+    bodies: Any
+    if head.startswith("kt1:") and head[4:-1].isdigit() and joined.count("\n" + head) == n:
+        text = joined.replace("\n" + head, "\n")  # "\n" body "\n" body ...
+        length = len(first) - len(head)
+        if len(text) == n * (length + 1) and text[:: length + 1] == "\n" * n:
+            # One version, one length (the common case): no per-token work.
+            fill = _FILL[length & 3]
+            header.update(form="tokens", version=head[4:-1], length=length)
+            return _decoded(text[1:].replace("\n", fill) + fill)
+        bodies = text[1:].split("\n")
+        versions: Any = head[4:-1]
+    else:
+        parts = [v.split(":", 2) for v in olds]
+        if not all(len(p) == 3 and p[0] == "kt1" and p[1].isdigit() for p in parts):
+            return None
+        versions, bodies = [p[1] for p in parts], [p[2] for p in parts]
+    if len(bodies) != n:
+        return None
+    lengths = list(map(len, bodies))
+    filled = "".join(map(add, bodies, map(_FILL.__getitem__, map((3).__and__, lengths))))
+    header.update(form="tokens", lengths=lengths)
+    header["version" if isinstance(versions, str) else "versions"] = versions
+    return _decoded(filled)
+
+
+def _decoded(text: str) -> bytes | None:
+    """Base64url text (a whole number of quads) as bytes; None if it is not that."""
+    try:
+        return binascii.a2b_base64(text.encode("ascii").translate(_TO_STANDARD), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError):
+        return None
+
+
+def _pack_other(olds: Sequence[Any], header: dict[str, Any]) -> bytes:
+    """Text as text; a pack holding any bytes (a binary column's) as bytes, its
+    text UTF-8 encoded."""
+    if all(isinstance(v, str) for v in olds):
+        header.update(form="text", lengths=list(map(len, olds)))
+        return zlib.compress("".join(olds).encode("utf-8", "surrogatepass"), 1)
+    raw = [v if isinstance(v, bytes) else str(v).encode("utf-8", "surrogatepass") for v in olds]
+    header.update(form="bytes", lengths=list(map(len, raw)))
+    return zlib.compress(b"".join(raw), 1)
+
+
+def unpack(data: bytes) -> Pack:
+    """A pack's rows; CorruptPack if ``data`` is not one."""
+    try:
+        magic, size = _HEAD.unpack_from(data, 0)
+        if magic != MAGIC:
+            raise CorruptPack("not a keyturn backup pack")
+        at = _HEAD.size + size
+        header = json.loads(zlib.decompress(data[_HEAD.size : at]))
+        keys, at = _part(data, at)
+        values, at = _part(data, at)
+        prints = data[at:].decode("ascii")
+        pks = _unpack_pks(header, zlib.decompress(keys))
+        olds = _unpack_values(header, values, len(pks))
+    except CorruptPack:
+        raise
+    except (ValueError, TypeError, KeyError, struct.error, zlib.error, UnicodeDecodeError):
+        raise CorruptPack("a backup pack does not parse") from None
+    if len(olds) != len(pks) or len(prints) != FINGERPRINT * len(pks):
+        raise CorruptPack("a backup pack's parts disagree in length")
+    found = [prints[i : i + FINGERPRINT] for i in range(0, len(prints), FINGERPRINT)]
+    return Pack(pks, olds, found)
+
+
+def _part(data: bytes, at: int) -> tuple[bytes, int]:
+    (size,) = _SIZE.unpack_from(data, at)
+    start = at + _SIZE.size
+    if start + size > len(data):
+        raise ValueError("truncated")
+    return data[start : start + size], start + size
+
+
+def _unpack_pks(header: dict[str, Any], keys: bytes) -> list[list[Any] | None]:
+    if header["pks"] == "int64":
+        ints = array("q")
+        ints.frombytes(keys)
+        if sys.byteorder == "big":
+            ints.byteswap()
+        return [[k] for k in ints]
+    if header["pks"] != "json":
+        raise ValueError("unknown key form")
+    return [pk if isinstance(pk, list) and pk else None for pk in json.loads(keys)]
+
+
+def _unpack_values(header: dict[str, Any], values: bytes, n: int) -> list[Any]:
+    form = header["form"]
+    lengths = header["lengths"] if "lengths" in header else [int(header["length"])] * n
+    if form == "tokens":
+        versions = header["versions"] if "versions" in header else [header["version"]] * n
+        text = binascii.b2a_base64(values, newline=False).translate(tokens.TO_URLSAFE).decode()
+        out, at = [], 0
+        for version, length in zip(versions, lengths, strict=True):
+            if not (isinstance(version, str) and version.isdigit()):
+                raise ValueError("a token's version is not a number")
+            out.append(f"kt1:{version}:" + text[at : at + length])
+            at += (length + 3) & ~3
+        if at != len(text):
+            raise ValueError("token bodies and lengths disagree")
+        return out
+    if form not in ("text", "bytes"):
+        raise ValueError("unknown form")
+    joined: Any = zlib.decompress(values)
+    if form == "text":
+        joined = joined.decode("utf-8", "surrogatepass")
+    out, at = [], 0
+    for length in lengths:
+        out.append(joined[at : at + length])
+        at += length
+    if at != len(joined):
+        raise ValueError("values and lengths disagree")
+    return out
+
+
+def versions_used(olds: Sequence[Any]) -> Counter[int]:
+    """How many tokens of each key version the values hold: tokens themselves, and
+    token strings inside JSON documents."""
+    counts: Counter[int] = Counter()
+    try:
+        joined = "\n".join(olds)
+    except TypeError:
+        olds = [v if isinstance(v, str) else bytes(v).decode("utf-8", "replace") for v in olds]
+        joined = "\n".join(olds)
+    if joined.count("\n") == len(olds) - 1:
+        starts = _LINE_HEADER.findall(joined)
+    else:  # a value spans lines: only its own start counts
+        starts = [m[1] for v in olds if (m := _LINE_HEADER.match(v))]
+    for found in (starts, _QUOTED_HEADER.findall(joined)):
+        counts.update(_by_version(Counter(found)))
+    return counts
+
+
+def _by_version(found: Counter[str]) -> Counter[int]:
+    """Counts by version text as counts by version (odd spellings are not tokens)."""
+    counts: Counter[int] = Counter()
+    for text, n in found.items():
+        version = tokens.version_of(f"kt1:{text}:x")
+        if version is not None:
+            counts[version] += n
+    return counts
