@@ -181,8 +181,9 @@ def _packs(conn: Connection, job_id: str | None) -> Iterator[tuple[int, str, str
     """A job's (or every job's) packs, one at a time (each is up to a few MiB)."""
     b = schema.backup_batches.c
     query = select(b.id).order_by(b.id)
-    ids = conn.execute(query if job_id is None else query.where(b.job_id == job_id)).scalars()
-    ids = ids.all()
+    if job_id is not None:
+        query = query.where(b.job_id == job_id)
+    ids = conn.execute(query).scalars().all()
     for pack_id in ids:
         row = conn.execute(
             select(b.table_name, b.column_name, b.value_count, b.data).where(b.id == pack_id)
