@@ -86,12 +86,16 @@ def test_near_tokens_are_kept_as_text_and_come_back() -> None:
 
 
 def test_tokens_are_kept_in_less_space_than_their_text() -> None:
-    for size in (28, 40, 62, 200, 2000):  # 28 bytes: the token of an empty secret
-        olds = [token(1, size) for _ in range(1000)]
-        news = [token(2, size) for _ in range(1000)]
+    for secret in (*range(4, 40), 200, 2000):  # a token is 28 bytes more than its secret
+        olds = [token(1, 28 + secret) for _ in range(1000)]
+        news = [token(2, 28 + secret) for _ in range(1000)]
         data, used = packs.pack([(i,) for i in range(1000)], olds, news)
-        assert len(data) <= sum(map(len, olds)), size
+        assert len(data) <= sum(map(len, olds)), secret
         assert used == {1: 1000}
+    for secret in range(4):  # the header and fingerprint weigh most on the shortest
+        olds = [token(1, 28 + secret) for _ in range(1000)]
+        data, _ = packs.pack([(i,) for i in range(1000)], olds, olds)
+        assert len(data) <= 1.05 * sum(map(len, olds)), secret
     mixed = [token(v, 34 + v) for v in range(1, 1001)]
     data, _ = packs.pack([(i,) for i in range(1000)], mixed, mixed)
     assert len(data) <= sum(map(len, mixed))

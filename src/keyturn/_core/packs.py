@@ -11,12 +11,13 @@ per batch instead of one per value (docs/FORMAT.md, "Backups")::
     header  := zlib(JSON {"pks", "form", "length" | "lengths"[, "version" | "versions"]})
     keys    := zlib(one integer column's keys as signed 64-bit little-endian,
                or else JSON: a list of each row's key as a list)
-    values  := form "tokens": every token's base64url body, each zero-filled
-               ("A") to a multiple of 4 characters, decoded as one;
+    values  := form "tokens": every token without its two colons ("kt1", the
+               version, the body: all base64url characters), each filled with
+               "A" to a multiple of 4 characters, decoded as one;
                form "text" or "bytes": zlib of the values joined
     fingerprints := FINGERPRINT characters per value, see :func:`fingerprint`
 
-``length(s)`` is each value's length (a token's body, in characters; text in
+``length(s)`` is each value's length (a token's, in characters; text in
 characters; bytes in bytes), ``version(s)`` each token's version text (one
 for all, or one per token).
 """
@@ -103,15 +104,19 @@ def fingerprints(news: Sequence[Any]) -> str:
 
 
 def pack(
-    pks: Sequence[Sequence[Any]], olds: Sequence[Any], news: Sequence[Any]
+    pks: Sequence[Sequence[Any]],
+    olds: Sequence[Any],
+    news: Sequence[Any],
+    keys: tuple[str, bytes] | None = None,
 ) -> tuple[bytes, Counter[int]]:
     """One blob holding the replaced values ``olds`` of the rows ``pks`` and the
     fingerprints of ``news``, the values written over them; and how many tokens
-    of each key version ``olds`` hold (:func:`versions_used`)."""
+    of each key version ``olds`` hold (:func:`versions_used`). ``keys`` is
+    :func:`pack_keys` of ``pks`` if the caller has it already."""
     if not len(pks) == len(olds) == len(news):
         raise ValueError("pks, olds and news differ in length")
-    header: dict[str, Any] = {}
-    keys = _pack_pks(pks, header)
+    form, packed_keys = keys or pack_keys(pks)
+    header: dict[str, Any] = {"pks": form}
     values = _pack_tokens(olds, header) if olds else None
     if values is None:
         values = _pack_other(olds, header)
@@ -122,12 +127,13 @@ def pack(
         used = _by_version(Counter(header["versions"]))
     prints = fingerprints(news).encode("ascii")
     head = zlib.compress(_json(header).encode(), 1)
-    parts = (_HEAD.pack(MAGIC, len(head)), head, _SIZE.pack(len(keys)), keys)
+    parts = (_HEAD.pack(MAGIC, len(head)), head, _SIZE.pack(len(packed_keys)), packed_keys)
     return b"".join((*parts, _SIZE.pack(len(values)), values, prints)), used
 
 
-def _pack_pks(pks: Sequence[Sequence[Any]], header: dict[str, Any]) -> bytes:
-    """Primary keys of one integer column as 64-bit integers, others as JSON; zlib'd."""
+def pack_keys(pks: Sequence[Sequence[Any]]) -> tuple[str, bytes]:
+    """Primary keys of one integer column as 64-bit integers ("int64"), others as
+    JSON ("json"); zlib'd. (Columns of one batch share it.)"""
     if pks and set(map(len, pks)) == {1}:
         try:
             ints = array("q", [pk[0] for pk in pks])
@@ -137,53 +143,53 @@ def _pack_pks(pks: Sequence[Sequence[Any]], header: dict[str, Any]) -> bytes:
             if ints.itemsize == 8:
                 if sys.byteorder == "big":
                     ints.byteswap()
-                header["pks"] = "int64"
-                return zlib.compress(ints.tobytes(), 1)
-    header["pks"] = "json"
-    return zlib.compress(_json([list(pk) for pk in pks]).encode(), 1)
+                return "int64", zlib.compress(ints.tobytes(), 1)
+    return "json", zlib.compress(_json([list(pk) for pk in pks]).encode(), 1)
 
 
 def _pack_tokens(olds: Sequence[Any], header: dict[str, Any]) -> bytes | None:
-    """The tokens' bodies as bytes, or None unless every value is a kt1 token whose
-    body is base64url (so that it comes back character for character)."""
+    """The tokens, their two colons taken out, decoded as base64url; None unless
+    every value is a kt1 token that comes back from that character for character."""
     n = len(olds)
     try:
-        joined = "\n" + "\n".join(olds)
+        joined = "".join(olds)
     except TypeError:
         return None
-    if "+" in joined or "/" in joined:  # would come back as "-" and "_"
+    # "+" and "/" would come back as "-" and "_"; a colon past the header would be lost.
+    if "+" in joined or "/" in joined or joined.count(":") != 2 * n:
         return None
     first = olds[0]
     head = first[: first.find(":", 4) + 1]
-    bodies: Any
-    if head.startswith("kt1:") and head[4:-1].isdigit() and joined.count("\n" + head) == n:
-        text = joined.replace("\n" + head, "\n")  # "\n" body "\n" body ...
-        length = len(first) - len(head)
-        if len(text) == n * (length + 1) and text[:: length + 1] == "\n" * n:
-            # One version, one length (the common case): no per-token work.
-            fill = _FILL[length & 3]
-            header.update(form="tokens", version=head[4:-1], length=length)
-            return _decoded(text[1:].replace("\n", fill) + fill)
-        bodies = text[1:].split("\n")
-        versions: Any = head[4:-1]
-    else:
-        parts = [v.split(":", 2) for v in olds]
-        if not all(len(p) == 3 and p[0] == "kt1" and p[1].isdigit() for p in parts):
-            return None
-        versions, bodies = [p[1] for p in parts], [p[2] for p in parts]
-    if len(bodies) != n:
+    size = len(first)
+    if (
+        head.startswith("kt1:")
+        and head[4:-1].isdigit()
+        and len(joined) == n * size
+        and set(map(len, olds)) == {size}
+    ):
+        # One version, one length (the common case): checked and filled by the
+        # string, with no work per token.
+        fill = _FILL[(size - 2) & 3]
+        joined = fill.join(olds) + fill
+        step = size + len(fill)
+        if all(joined[i::step] == c * n for i, c in enumerate(head)):
+            header.update(form="tokens", version=head[4:-1], length=size)
+            return _decoded(joined)
+    parts = [v.split(":", 2) for v in olds]
+    if not all(len(p) == 3 and p[0] == "kt1" and p[1].isdigit() for p in parts):
         return None
-    lengths = list(map(len, bodies))
-    filled = "".join(map(add, bodies, map(_FILL.__getitem__, map((3).__and__, lengths))))
-    header.update(form="tokens", lengths=lengths)
-    header["version" if isinstance(versions, str) else "versions"] = versions
-    return _decoded(filled)
+    lengths = list(map(len, olds))
+    fills = map(_FILL.__getitem__, map((3).__and__, map((2).__rsub__, lengths)))
+    header.update(form="tokens", versions=[p[1] for p in parts], lengths=lengths)
+    return _decoded("".join(map(add, olds, fills)))
 
 
 def _decoded(text: str) -> bytes | None:
-    """Base64url text (a whole number of quads) as bytes; None if it is not that."""
+    """Tokens (each filled to whole quads once its colons are out) as bytes; None if
+    what is left is not base64url."""
     try:
-        return binascii.a2b_base64(text.encode("ascii").translate(_TO_STANDARD), strict_mode=True)
+        colons_out = text.encode("ascii").translate(_TO_STANDARD, b":")
+        return binascii.a2b_base64(colons_out, strict_mode=True)
     except (binascii.Error, UnicodeEncodeError):
         return None
 
@@ -252,8 +258,9 @@ def _unpack_values(header: dict[str, Any], values: bytes, n: int) -> list[Any]:
         for version, length in zip(versions, lengths, strict=True):
             if not (isinstance(version, str) and version.isdigit()):
                 raise ValueError("a token's version is not a number")
-            out.append(f"kt1:{version}:" + text[at : at + length])
-            at += (length + 3) & ~3
+            start = at + 3 + len(version)  # past "kt1" and the version
+            out.append(f"kt1:{version}:" + text[start : at + length - 2])
+            at += (length - 2 + 3) & ~3
         if at != len(text):
             raise ValueError("token bodies and lengths disagree")
         return out

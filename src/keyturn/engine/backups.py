@@ -92,11 +92,18 @@ def record(conn: Connection, job_id: str, applied: Sequence[Applied]) -> None:
     """Keep what each applied swap replaced, and a fingerprint of what it wrote, in
     the batch's transaction: one packed row per column (more for huge values)."""
     rows = []
+    keys: dict[int, tuple[str, bytes]] = {}  # columns swapped in the same rows share them
     for column, pks, olds, news in applied:
         if not pks:
             continue
         for lo, hi in _slices(olds):
-            data, used = packs.pack(pks[lo:hi], olds[lo:hi], news[lo:hi])
+            if (lo, hi) == (0, len(pks)):
+                found = keys.get(id(pks))
+                if found is None:
+                    found = keys[id(pks)] = packs.pack_keys(pks)
+                data, used = packs.pack(pks, olds, news, found)
+            else:
+                data, used = packs.pack(pks[lo:hi], olds[lo:hi], news[lo:hi])
             versions = _json({str(v): n for v, n in sorted(used.items())})
             spec = column.spec
             rows.append((job_id, spec.table, spec.column, hi - lo, versions, data))

@@ -264,7 +264,8 @@ class TableRewriter:
                                 applied.append((column, *picked, [new[j] for j in kept]))
                 if self.on_batch:
                     by_name = {c.spec.name: batch.counts[i] for i, c in enumerate(self.columns)}
-                    self.on_batch(conn, last, by_name, applied)
+                    with _gc_paused():  # a backup packs the batch's values
+                        self.on_batch(conn, last, by_name, applied)
         for total, part in zip(counts, batch.counts, strict=True):
             total.update(part)
         missed.update(missing)
