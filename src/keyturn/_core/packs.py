@@ -15,7 +15,8 @@ per batch instead of one per value (docs/FORMAT.md, "Backups")::
                version, the body: all base64url characters), each filled with
                "A" to a multiple of 4 characters, decoded as one;
                form "text" or "bytes": zlib of the values joined
-    fingerprints := FINGERPRINT characters per value, see :func:`fingerprint`
+    fingerprints := FINGERPRINT characters per value (see :func:`fingerprint`),
+               column by column (see :func:`fingerprints`)
 
 ``length(s)`` is each value's length (a token's, in characters; text in
 characters; bytes in bytes), ``version(s)`` each token's version text (one
@@ -91,16 +92,23 @@ def fingerprint(value: Any) -> str:
 
 
 def fingerprints(news: Sequence[Any]) -> str:
-    """Every value's :func:`fingerprint`, joined: the tails in one pass when all are tokens."""
+    """Every value's :func:`fingerprint`, stored column by column: the first
+    character of each, then the second... (row ``k``'s is ``result[k::len(news)]``),
+    so tokens of one length are fingerprinted by slicing one string."""
+    n = len(news)
     try:
-        joined = "\n" + "\n".join(news)
+        joined = "".join(news)
     except TypeError:
         joined = ""
-    if news and joined.count("\nkt1:") == len(news) == joined.count("\n"):
-        tails = "".join([v[-FINGERPRINT:] for v in news])
-        if len(tails) == FINGERPRINT * len(news):  # none shorter than a fingerprint
-            return tails
-    return "".join(map(fingerprint, news))
+    size = len(news[0]) if n else 0
+    if (
+        size >= FINGERPRINT
+        and len(joined) == n * size
+        and set(map(len, news)) == {size}
+        and all(joined[i::size] == c * n for i, c in enumerate("kt1:"))
+    ):
+        return "".join([joined[size - FINGERPRINT + j :: size] for j in range(FINGERPRINT)])
+    return "".join(map("".join, zip(*map(fingerprint, news), strict=True)))
 
 
 def pack(
@@ -224,8 +232,8 @@ def unpack(data: bytes) -> Pack:
         raise CorruptPack("a backup pack does not parse") from None
     if len(olds) != len(pks) or len(prints) != FINGERPRINT * len(pks):
         raise CorruptPack("a backup pack's parts disagree in length")
-    found = [prints[i : i + FINGERPRINT] for i in range(0, len(prints), FINGERPRINT)]
-    return Pack(pks, olds, found)
+    n = len(pks)
+    return Pack(pks, olds, [prints[k::n] for k in range(n)])
 
 
 def _part(data: bytes, at: int) -> tuple[bytes, int]:
