@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,25 @@ _TABLES = {
     "postgresql": "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
     "mysql": "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()",
 }
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_the_sqlite_file_copy_is_the_database_before_the_rotation(
+    journal: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "app.db"
+    sqlite3.connect(path).close()
+    database = Database("sqlite", f"sqlite:///{path}")
+    app = users_app(database, tmp_path, monkeypatch)
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute(f"PRAGMA journal_mode = {journal}").fetchone() == (journal,)
+    conn.close()
+    before = values(database)
+    copy = Path(str(rotate(app)["backup_file"]))
+    assert copy.stat().st_mode & 0o777 == 0o600
+    assert values(Database("sqlite", f"sqlite:///{copy}")) == before
+    with sqlite3.connect(copy) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.close()
