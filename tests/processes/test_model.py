@@ -128,12 +128,14 @@ class Scheduler:
         procs = []
         for name in names:
             args = self.args(name)
-            procs.append((args, self.app.start(*args, output=subprocess.DEVNULL)))
+            # stderr to a file: a failure's reason goes into the schedule's log.
+            said = (self.app.dir / f"step{len(self.log)}-{len(procs)}.err").open("w+")
+            procs.append((args, self.app.start(*args, output=said.fileno()), said))
             time.sleep(self.rng.uniform(0, 0.3))
         kill_at = self.rng.uniform(0.2, 2.5) if self.rng.random() < 0.35 else None
         victim = self.rng.randrange(len(procs))
         started = time.monotonic()
-        for k, (args, proc) in enumerate(procs):
+        for k, (args, proc, said) in enumerate(procs):
             if kill_at is not None and k == victim:
                 time.sleep(max(0.0, kill_at - (time.monotonic() - started)))
                 if proc.poll() is None:
@@ -141,7 +143,12 @@ class Scheduler:
                     for pid in _children(proc.pid):  # rotate --workers 2: its helper too
                         os.kill(pid, signal.SIGKILL)
             code = proc.wait(timeout=300)
-            self.log.append(f"{' '.join(args)} -> {code}")
+            said.seek(0)
+            last = said.read().strip().splitlines()[-1:]
+            said.close()
+            self.log.append(
+                f"{' '.join(args)} -> {code}" + (f": {last[0]}" if code == 1 and last else "")
+            )
 
 
 def _children(pid: int) -> list[int]:
