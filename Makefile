@@ -37,6 +37,7 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/crypto_overhead.py
 	$(PY) bench/rotate.py
+	$(PY) bench/alternatives.py
 	$(PY) bench/json_rotate.py
 	$(PY) bench/cli_start.py
 	$(PY) bench/bulk_ops.py
