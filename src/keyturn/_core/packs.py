@@ -14,7 +14,7 @@ per batch instead of one per value (docs/FORMAT.md, "Backups")::
     values  := form "tokens": every token without its two colons ("kt1", the
                version, the body: all base64url characters), each filled with
                "A" to a multiple of 4 characters, decoded as one;
-               form "text" or "bytes": zlib of the values joined
+               form "text" or "bytes": the values joined (UTF-8)
     fingerprints := FINGERPRINT characters per value (see :func:`fingerprint`),
                column by column (see :func:`fingerprints`)
 
@@ -48,7 +48,7 @@ MAGIC = b"ktb1"
 FINGERPRINT = 11
 _HEAD = struct.Struct(">4sI")
 _SIZE = struct.Struct(">I")
-_LINE_HEADER = re.compile(r"^kt1:([0-9]+):", re.M)
+_LINE_HEADER = re.compile(r"(?:^|(?<=\n))kt1:([0-9]+):")
 _QUOTED_HEADER = re.compile(r'"kt1:([0-9]+):')
 _FILL = ("", "AAA", "AA", "A")  # to a whole base64 quad, by length % 4
 _TO_STANDARD = bytes.maketrans(b"-_", b"+/")
@@ -87,8 +87,11 @@ def fingerprint(value: Any) -> str:
         if value.startswith("kt1:") and len(value) >= FINGERPRINT:
             return value[-FINGERPRINT:]
         raw = value.encode("utf-8", "surrogatepass")
-    digest = hashlib.blake2b(raw, digest_size=8).digest()
+    digest = hashlib.blake2b(raw, digest_size=_DIGEST).digest()
     return binascii.b2a_base64(digest, newline=False).translate(tokens.TO_URLSAFE)[:11].decode()
+
+
+_DIGEST = 9  # bytes: 12 base64 characters, of which a fingerprint keeps 11
 
 
 def fingerprints(news: Sequence[Any]) -> str:
@@ -108,6 +111,15 @@ def fingerprints(news: Sequence[Any]) -> str:
         and all(joined[i::size] == c * n for i, c in enumerate("kt1:"))
     ):
         return "".join([joined[size - FINGERPRINT + j :: size] for j in range(FINGERPRINT)])
+    if n and joined and "\nkt1:" not in "\n" + "\n".join(news):
+        # Text, no token (JSON documents): digests in one list, sliced as above.
+        blake2b = hashlib.blake2b
+        digests = [
+            blake2b(v.encode("utf-8", "surrogatepass"), digest_size=_DIGEST).digest() for v in news
+        ]
+        text = binascii.b2a_base64(b"".join(digests), newline=False).translate(tokens.TO_URLSAFE)
+        step = _DIGEST * 4 // 3
+        return "".join([text[j::step].decode() for j in range(FINGERPRINT)])
     return "".join(map("".join, zip(*map(fingerprint, news), strict=True)))
 
 
@@ -207,10 +219,10 @@ def _pack_other(olds: Sequence[Any], header: dict[str, Any]) -> bytes:
     text UTF-8 encoded."""
     if all(isinstance(v, str) for v in olds):
         header.update(form="text", lengths=list(map(len, olds)))
-        return zlib.compress("".join(olds).encode("utf-8", "surrogatepass"), 1)
+        return "".join(olds).encode("utf-8", "surrogatepass")
     raw = [v if isinstance(v, bytes) else str(v).encode("utf-8", "surrogatepass") for v in olds]
     header.update(form="bytes", lengths=list(map(len, raw)))
-    return zlib.compress(b"".join(raw), 1)
+    return b"".join(raw)
 
 
 def unpack(data: bytes) -> Pack:
@@ -274,7 +286,7 @@ def _unpack_values(header: dict[str, Any], values: bytes, n: int) -> list[Any]:
         return out
     if form not in ("text", "bytes"):
         raise ValueError("unknown form")
-    joined: Any = zlib.decompress(values)
+    joined: Any = values
     if form == "text":
         joined = joined.decode("utf-8", "surrogatepass")
     out, at = [], 0
@@ -291,17 +303,29 @@ def versions_used(olds: Sequence[Any]) -> Counter[int]:
     token strings inside JSON documents."""
     counts: Counter[int] = Counter()
     try:
-        joined = "\n".join(olds)
+        joined = "\n" + "\n".join(olds)
     except TypeError:
         olds = [v if isinstance(v, str) else bytes(v).decode("utf-8", "replace") for v in olds]
-        joined = "\n".join(olds)
-    if joined.count("\n") == len(olds) - 1:
-        starts = _LINE_HEADER.findall(joined)
+        joined = "\n" + "\n".join(olds)
+    if joined.count("\n") == len(olds):
+        counts.update(_headers(joined, "\n", _LINE_HEADER))
     else:  # a value spans lines: only its own start counts
-        starts = [m[1] for v in olds if (m := _LINE_HEADER.match(v))]
-    for found in (starts, _QUOTED_HEADER.findall(joined)):
-        counts.update(_by_version(Counter(found)))
+        starts = Counter(m[1] for v in olds if (m := _LINE_HEADER.match(v)))
+        counts.update(_by_version(starts))
+    counts.update(_headers(joined, '"', _QUOTED_HEADER))
     return counts
+
+
+def _headers(text: str, before: str, pattern: re.Pattern[str]) -> Counter[int]:
+    """Tokens by version among the headers ``before + "kt1:V:"`` in ``text``: counted
+    by ``str.count`` when they all name the first one's version (no regex scan)."""
+    total = text.count(before + "kt1:")
+    if not total:
+        return Counter()
+    first = pattern.search(text)
+    if first is not None and text.count(f"{before}kt1:{first[1]}:") == total:
+        return _by_version(Counter({first[1]: total}))
+    return _by_version(Counter(pattern.findall(text)))
 
 
 def _by_version(found: Counter[str]) -> Counter[int]:
