@@ -44,7 +44,8 @@ from keyturn.errors import KeyturnError
 
 MAGIC = b"ktb1"
 #: Characters of a fingerprint: a token's last 11 (66 bits of its GCM tag), or
-#: 8 bytes of BLAKE2b of any other value, in base64url (:func:`fingerprint`).
+#: the first 11 base64url characters of a 9-byte BLAKE2b digest of any other
+#: value (:func:`fingerprint`).
 FINGERPRINT = 11
 _HEAD = struct.Struct(">4sI")
 _SIZE = struct.Struct(">I")
