@@ -191,14 +191,15 @@ def entries(
     """(table, column, primary key or None if unreadable, value replaced) of each
     value a job's backups (or every job's) keep, in the order they were kept;
     CorruptPack if a pack does not parse."""
-    for _, table, column, _, data in _packs(conn, job_id):
+    for table, column, _, data in _packs(conn, job_id):
         found = packs.unpack(data)
         for pk, old in zip(found.pks, found.olds, strict=True):
             yield table, column, pk, old
 
 
-def _packs(conn: Connection, job_id: str | None) -> Iterator[tuple[int, str, str, int, bytes]]:
-    """A job's (or every job's) packs, one at a time (each is up to a few MiB)."""
+def _packs(conn: Connection, job_id: str | None) -> Iterator[tuple[str, str, int, bytes]]:
+    """(table, column, values, data) of a job's (or every job's) packs, read one at a
+    time: each is up to a few MiB, a job's all of them as big as its tokens."""
     b = schema.backup_batches.c
     query = select(b.id).order_by(b.id)
     if job_id is not None:
@@ -208,7 +209,7 @@ def _packs(conn: Connection, job_id: str | None) -> Iterator[tuple[int, str, str
         row = conn.execute(
             select(b.table_name, b.column_name, b.value_count, b.data).where(b.id == pack_id)
         ).one()
-        yield pack_id, row[0], row[1], int(row[2]), bytes(row[3])
+        yield row[0], row[1], int(row[2]), bytes(row[3])
 
 
 def restore(engine: Engine, job_id: str, columns: Sequence[BoundColumn]) -> dict[str, int]:
@@ -218,7 +219,7 @@ def restore(engine: Engine, job_id: str, columns: Sequence[BoundColumn]) -> dict
     counts: Counter[str] = Counter()
     with write_transaction(engine) as conn:
         migrations.upgrade(conn)  # backups kept by an older keyturn are packed first
-        for _, table, column, n, data in list(_packs(conn, job_id)):
+        for table, column, n, data in _packs(conn, job_id):
             col = by_name.get(f"{table}.{column}")
             if col is None:
                 counts["skipped_unconfigured"] += n
