@@ -24,7 +24,6 @@ Each prints seconds and how many times faster keyturn --no-backup is.
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import shutil
 import sqlite3
@@ -36,7 +35,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, MultiFernet
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from rotate import build, keyturn_rotate, pages  # bench/rotate.py: the same table
+from rotate import build, keyturn_rotate, pages, turner  # bench/rotate.py: the same table
 
 import keyturn
 
@@ -44,21 +43,6 @@ import keyturn
 def plaintexts(i: int) -> tuple[str, str]:
     """The secrets bench/rotate.py's build() seals in row ``i``."""
     return f"sk_live_{i:012d}_abcdefghij", f"ghp_{i:012d}_klmnopqrstuv"
-
-
-def turner(old: AESGCM) -> Callable[[str, str], str]:
-    """kt1 token under the old key -> kt1 token under a new key (version 2)."""
-    new = AESGCM(AESGCM.generate_key(256))
-
-    def turn(token: str, context: str) -> str:
-        payload = token.split(":", 2)[2]
-        blob = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-        plain = old.decrypt(blob[:12], blob[12:], ("kt1:1:" + context).encode())
-        nonce = os.urandom(12)
-        out = nonce + new.encrypt(nonce, plain, ("kt1:2:" + context).encode())
-        return "kt1:2:" + base64.urlsafe_b64encode(out).rstrip(b"=").decode()
-
-    return turn
 
 
 def per_row_sqlite3(work: Path, old: AESGCM) -> float:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -86,11 +86,9 @@ def pages(db: sqlite3.Connection, batch: int = 5000) -> Iterator[list[tuple[int,
         yield rows
 
 
-def bare_rotate(workdir: Path, old: AESGCM, batch: int = 5000) -> float:
-    """The limit: decrypt + encrypt + executemany UPDATE, nothing else."""
+def turner(old: AESGCM) -> Callable[[str, str], str]:
+    """A v1 token under ``old`` -> a v2 token under a new key, as bare as it gets."""
     new = AESGCM(AESGCM.generate_key(256))
-    started = time.perf_counter()
-    db = sqlite3.connect(workdir / "app.db")
 
     def turn(token: str, context: str) -> str:
         payload = token.split(":", 2)[2]
@@ -100,6 +98,14 @@ def bare_rotate(workdir: Path, old: AESGCM, batch: int = 5000) -> float:
         out = nonce + new.encrypt(nonce, plain, ("kt1:2:" + context).encode())
         return "kt1:2:" + base64.urlsafe_b64encode(out).rstrip(b"=").decode()
 
+    return turn
+
+
+def bare_rotate(workdir: Path, old: AESGCM, batch: int = 5000) -> float:
+    """The limit: decrypt + encrypt + executemany UPDATE, nothing else."""
+    turn = turner(old)
+    started = time.perf_counter()
+    db = sqlite3.connect(workdir / "app.db")
     for rows in pages(db, batch):
         db.executemany(
             "UPDATE secrets SET a = ?, b = ? WHERE id = ?",

@@ -49,15 +49,21 @@ def rotate(app: App, *args: str) -> dict[str, object]:
     return json.loads(app.cli("rotate", "--yes", "--json", *args, check=True).stdout)
 
 
-def test_packed_backups_restore_every_token_and_count_their_versions(
-    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    app = users_app(database, tmp_path, monkeypatch)
+def rotated(app: App, database: Database) -> tuple[dict[tuple[str, str], str | None], str]:
+    """The values once sealed (before the rotation), and the rotation's job."""
     app.cli("init", check=True)
     app.cli("encrypt-existing", check=True)
     before = values(database)
     job = rotate(app)["job"]
     assert isinstance(job, str)
+    return before, job
+
+
+def test_packed_backups_restore_every_token_and_count_their_versions(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = users_app(database, tmp_path, monkeypatch)
+    before, job = rotated(app, database)
     packs = database.rows(
         "SELECT table_name, column_name, value_count, versions FROM keyturn_backup_batches"
     )
@@ -88,10 +94,7 @@ def test_backups_kept_one_row_per_value_are_packed_by_the_migration(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = users_app(database, tmp_path, monkeypatch)
-    app.cli("init", check=True)
-    app.cli("encrypt-existing", check=True)
-    before = values(database)
-    job = rotate(app)["job"]
+    before, job = rotated(app, database)
     kept = backed_up(database.url, job)
     now = values(database)
     # The database as keyturn 0.x left it: keyturn_backup, schema version 2.
