@@ -5,7 +5,8 @@ Usage: .venv/bin/python bench/rotate.py [--rows 150000] [--big 1000000]
 1. `keyturn rotate` on ROWS rows x 2 columns in SQLite, against a bare limit
    loop on an identical copy of the database: keyset-paged SELECT, AESGCM
    decrypt + encrypt, executemany UPDATE by primary key, a commit per batch;
-   no compare-and-swap, no checkpoints, no sweep. Goal: at least 0.8x.
+   no compare-and-swap, no checkpoints, no sweep. Goal: at least 0.8x. Also with
+   --workers N (default 2): goal, never slower than one worker.
 2. `rotate-kek` on 1,000 and BIG rows (goal: the same within noise, < 100 ms).
 3. Peak RSS of a `keyturn rotate` process at ROWS/10 and BIG rows (bounded
    by the batch, not the table).
@@ -116,10 +117,10 @@ def bare_rotate(workdir: Path, old: AESGCM, batch: int = 5000) -> float:
     return time.perf_counter() - started
 
 
-def keyturn_rotate(workdir: Path, backup: bool) -> float:
+def keyturn_rotate(workdir: Path, backup: bool, workers: int = 1) -> float:
     with keyturn.open(workdir / "keyturn.toml") as store:
         started = time.perf_counter()
-        report = Rotator(store, RotateOptions(backup=backup)).run()
+        report = Rotator(store, RotateOptions(backup=backup, workers=workers)).run()
         elapsed = time.perf_counter() - started
     assert report.totals["rotated"] > 0 and report.failed == 0
     return elapsed
@@ -136,6 +137,9 @@ def throughput(args: argparse.Namespace, tmp: Path) -> None:
         "keyturn rotate --no-backup": [],
         "keyturn rotate (backup)": [],
     }
+    if args.workers > 1:
+        results[f"--workers {args.workers} --no-backup"] = []
+        results[f"--workers {args.workers} (backup)"] = []
     for _ in range(args.rounds):
         for name in results:
             run = tmp / "run"
@@ -144,7 +148,8 @@ def throughput(args: argparse.Namespace, tmp: Path) -> None:
             if name == "bare loop":
                 results[name].append(bare_rotate(run, old))
             else:
-                results[name].append(keyturn_rotate(run, backup="backup)" in name))
+                workers = args.workers if name.startswith("--workers") else 1
+                results[name].append(keyturn_rotate(run, "(backup)" in name, workers))
     bare = min(results["bare loop"])
     kept, tokens_, grown = backup_size(base, tmp / "run")
     print(f"\n1. rotate {args.rows:,} rows x 2 columns ({values:,} values), best of {args.rounds}")
@@ -224,6 +229,9 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=["throughput", "kek", "rss"])
+    parser.add_argument(
+        "--workers", type=int, default=2, help="also rotate with this many workers (1: not)"
+    )
     args = parser.parse_args()
     os.environ["BENCH_KEK"] = os.environ["KEYTURN_KEK"] = os.urandom(32).hex()
     print(f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}")
