@@ -10,6 +10,7 @@ Usage: .venv/bin/python bench/rotate.py [--rows 150000] [--big 1000000]
 2. `rotate-kek` on 1,000 and BIG rows (goal: the same within noise, < 100 ms).
 3. Peak RSS of a `keyturn rotate` process at ROWS/10 and BIG rows (bounded
    by the batch, not the table).
+4. `restore` of a ROWS-row rotation from its packed backup.
 """
 
 from __future__ import annotations
@@ -223,12 +224,29 @@ def peak_rss(args: argparse.Namespace, tmp: Path) -> None:
         shutil.rmtree(work)
 
 
+def restore_cost(args: argparse.Namespace, tmp: Path) -> None:
+    """A rotation's packed backup put back: read, fingerprints compared, swapped."""
+    from keyturn.ops.restore import restore_job
+
+    work = tmp / "restore"
+    build(work, args.rows)
+    with keyturn.open(work / "keyturn.toml") as store:
+        job = Rotator(store, RotateOptions(backup=True)).run().to_dict()["job"]
+        started = time.perf_counter()
+        result = restore_job(store, job)
+        elapsed = time.perf_counter() - started
+    assert result.restored == 2 * args.rows, result
+    print(f"\n4. restore a rotation of {args.rows:,} rows x 2 columns from its backup")
+    print(f"   {elapsed:.2f} s ({2 * args.rows / elapsed:,.0f} values/s)")
+    shutil.rmtree(work)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=150_000)
     parser.add_argument("--big", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", choices=["throughput", "kek", "rss"])
+    parser.add_argument("--only", choices=["throughput", "kek", "rss", "restore"])
     parser.add_argument(
         "--workers", type=int, default=2, help="also rotate with this many workers (1: not)"
     )
@@ -242,6 +260,8 @@ def main() -> None:
             kek_cost(args, Path(tmp))
         if args.only in (None, "rss"):
             peak_rss(args, Path(tmp))
+        if args.only in (None, "restore"):
+            restore_cost(args, Path(tmp))
 
 
 if __name__ == "__main__":
