@@ -76,6 +76,7 @@ def test_near_tokens_are_kept_as_text_and_come_back() -> None:
         good[:10] + "+" + good[11:],  # the standard alphabet, not url-safe
         good + "\n" + good,  # two lines
         "kt1:x:" + good[6:],
+        "kt1:\u00b2:" + good[6:],  # a digit, but not an ASCII one
         good + "=",
         "kt1:1:",
     ]

@@ -47,6 +47,7 @@ MAGIC = b"ktb1"
 #: the first 11 base64url characters of a 9-byte BLAKE2b digest of any other
 #: value (:func:`fingerprint`).
 FINGERPRINT = 11
+_DIGEST = 9  # bytes: 12 base64 characters, of which a fingerprint keeps 11
 _HEAD = struct.Struct(">4sI")
 _SIZE = struct.Struct(">I")
 _LINE_HEADER = re.compile(r"(?:^|(?<=\n))kt1:([0-9]+):")
@@ -89,10 +90,8 @@ def fingerprint(value: Any) -> str:
             return value[-FINGERPRINT:]
         raw = value.encode("utf-8", "surrogatepass")
     digest = hashlib.blake2b(raw, digest_size=_DIGEST).digest()
-    return binascii.b2a_base64(digest, newline=False).translate(tokens.TO_URLSAFE)[:11].decode()
-
-
-_DIGEST = 9  # bytes: 12 base64 characters, of which a fingerprint keeps 11
+    text = binascii.b2a_base64(digest, newline=False).translate(tokens.TO_URLSAFE)
+    return text[:FINGERPRINT].decode()
 
 
 def fingerprints(news: Sequence[Any]) -> str:
@@ -194,15 +193,19 @@ def _pack_tokens(olds: Sequence[Any], header: dict[str, Any]) -> bytes | None:
         joined = fill.join(olds) + fill
         step = size + len(fill)
         if all(joined[i::step] == c * n for i, c in enumerate(head)):
-            header.update(form="tokens", version=head[4:-1], length=size)
-            return _decoded(joined)
+            raw = _decoded(joined)
+            if raw is not None:
+                header.update(form="tokens", version=head[4:-1], length=size)
+            return raw
     parts = [v.split(":", 2) for v in olds]
     if not all(len(p) == 3 and p[0] == "kt1" and p[1].isdigit() for p in parts):
         return None
     lengths = list(map(len, olds))
     fills = map(_FILL.__getitem__, map((3).__and__, map((2).__rsub__, lengths)))
-    header.update(form="tokens", versions=[p[1] for p in parts], lengths=lengths)
-    return _decoded("".join(map(add, olds, fills)))
+    raw = _decoded("".join(map(add, olds, fills)))
+    if raw is not None:
+        header.update(form="tokens", versions=[p[1] for p in parts], lengths=lengths)
+    return raw
 
 
 def _decoded(text: str) -> bytes | None:
