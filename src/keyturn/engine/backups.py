@@ -271,9 +271,10 @@ def _restore_pack(
             if col.binary and isinstance(was, str):
                 was = was.encode()
             swaps.append({**{f"_pk{i}": v for i, v in enumerate(pk)}, "_now": now, "_old": was})
-        if swaps and conn.dialect.supports_sane_multi_rowcount:
+        if swaps and conn.dialect.supports_sane_multi_rowcount and not col.rows:
             # A swap misses only if the app wrote the row since it was read: the
-            # total says how many applied, which is all the counts need.
+            # total says how many applied, which is all the counts need. (A ``where``
+            # filter's IN list cannot go to executemany: such rows go one by one.)
             applied = conn.execute(swap, swaps).rowcount
             counts["restored"] += applied
             counts["changed_since"] += len(swaps) - applied
