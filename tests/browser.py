@@ -39,4 +39,8 @@ def chrome() -> Any:
         "--window-size=1200,1000",
     ):
         options.add_argument(flag)
-    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    # An element looked up right after a click that navigates (a login form's
+    # submit) may not be on the page yet: lookups wait for it, up to 10 s.
+    driver.implicitly_wait(10)
+    return driver
