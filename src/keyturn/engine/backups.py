@@ -180,9 +180,14 @@ def references(conn: Connection) -> Counter[int]:
     return total
 
 
-def jobs_referencing(conn: Connection, version: int) -> list[str]:
-    """The jobs whose backups keep a token of ``version``."""
-    return sorted(job for job, counts in versions_by_job(conn).items() if counts[version])
+def jobs_by_version(conn: Connection) -> dict[int, list[str]]:
+    """Per key version, the jobs whose backups keep a token of it (sorted)."""
+    out: dict[int, list[str]] = {}
+    for job, counts in sorted(versions_by_job(conn).items()):
+        for version, n in counts.items():
+            if n:
+                out.setdefault(version, []).append(job)
+    return out
 
 
 def entries(

@@ -108,7 +108,7 @@ def _check_destroyable(store: Store, conn: Connection, version: int, *, write: b
             f"from {ends[version]:%Y-%m-%d %H:%M:%S}Z. Nothing was destroyed."
         )
     refs = references(store, conn)
-    jobs = backups.jobs_referencing(conn, version)
+    jobs = backups.jobs_by_version(conn).get(version, [])
     hint = f"; prune their backups with `keyturn prune {jobs[0]}`" if jobs else ""
     raise KeyInUse(
         f"key version {version} is still used by {refs.rows.get(version, 0)} value(s) "

@@ -702,6 +702,7 @@ class Rotator:
         draining = sorted(v for v, st in key_states.items() if st == DRAINING)
         versions = [meta for meta, _ in keystore.read_versions(conn)]
         grace, now = grace_ends(self.store.config.apps.grace_seconds, versions), utcnow()
+        held = backups.jobs_by_version(conn) if draining else {}
         extra = {
             "job": job.id,
             "new_version": job.target_version,
@@ -713,7 +714,7 @@ class Rotator:
             # those), and until when app processes may still seal under it.
             "draining": {
                 str(v): {
-                    "backup_jobs": backups.jobs_referencing(conn, v),
+                    "backup_jobs": held.get(v, []),
                     "grace_until": grace[v].isoformat() + "Z" if grace[v] > now else None,
                 }
                 for v in draining
