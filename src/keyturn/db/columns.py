@@ -19,6 +19,7 @@ from sqlalchemy import (
     inspect,
     not_,
     select,
+    tuple_,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -243,6 +244,13 @@ def stored_as(column: Any, value: Any, dialect: Any) -> Any:
     if dialect.name == "postgresql" and isinstance(column.type, JSON):
         return cast(value, column.type)
     return value
+
+
+def keys_in(pk: Sequence[Any], keys: Sequence[Sequence[Any]]) -> ColumnElement[bool]:
+    """The rows whose primary key (columns ``pk``) is one of ``keys``."""
+    if len(pk) == 1:
+        return pk[0].in_([k[0] for k in keys])  # type: ignore[no-any-return]
+    return tuple_(*pk).in_([tuple(k) for k in keys])
 
 
 def row_filter(table: Table, spec: ColumnSpec) -> list[ColumnElement[bool]]:

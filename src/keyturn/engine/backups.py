@@ -30,14 +30,13 @@ from sqlalchemy import (
     func,
     inspect,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.engine import make_url
 
 from keyturn._core import packs
 from keyturn.db import migrations, schema
-from keyturn.db.columns import BoundColumn, read_as, stored_as
+from keyturn.db.columns import BoundColumn, keys_in, read_as, stored_as
 from keyturn.db.database import DriverStatement, exact_equals, write_transaction
 from keyturn.engine.walk import Applied
 
@@ -305,11 +304,7 @@ def _current(
     """The values the rows ``keys`` hold now, by :func:`_key`."""
     if not keys:
         return {}
-    if len(col.pk) == 1:
-        match = col.pk[0].in_([k[0] for k in keys])
-    else:
-        match = tuple_(*col.pk).in_([tuple(k) for k in keys])
-    query = select(*col.pk, value).where(match, *col.rows)
+    query = select(*col.pk, value).where(keys_in(col.pk, keys), *col.rows)
     return {_key(row[:-1]): row[-1] for row in conn.execute(query)}
 
 

@@ -30,13 +30,12 @@ from sqlalchemy import (
     not_,
     or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
-from keyturn.db.columns import BoundColumn, read_as, row_filter, stored_as, table_of
+from keyturn.db.columns import BoundColumn, keys_in, read_as, row_filter, stored_as, table_of
 from keyturn.db.database import (
     DriverStatement,
     database_error,
@@ -448,10 +447,7 @@ class TableRewriter:
         return self._rows(query, setup=in_order)
 
     def _read_pks(self, pks: Sequence[PK], conn: Connection | None = None) -> list[tuple[Any, ...]]:
-        if len(self.pk) == 1:
-            cond: ColumnElement[bool] = self.pk[0].in_([p[0] for p in pks])
-        else:
-            cond = tuple_(*self.pk).in_(pks)
+        cond = keys_in(self.pk, pks)
         return self._rows(select(*self.pk, *self.texts).where(cond, *self.rows), conn)
 
 
