@@ -108,7 +108,7 @@ def fingerprints(news: Sequence[Any]) -> str:
         size >= FINGERPRINT
         and len(joined) == n * size
         and set(map(len, news)) == {size}
-        and all(joined[i::size] == c * n for i, c in enumerate("kt1:"))
+        and _each_starts(joined, size, "kt1:", n)
     ):
         return "".join([joined[size - FINGERPRINT + j :: size] for j in range(FINGERPRINT)])
     if n and joined and "\nkt1:" not in "\n" + "\n".join(news):
@@ -121,6 +121,17 @@ def fingerprints(news: Sequence[Any]) -> str:
         step = _DIGEST * 4 // 3
         return "".join([text[j::step].decode() for j in range(FINGERPRINT)])
     return "".join(map("".join, zip(*map(fingerprint, news), strict=True)))
+
+
+def _each_starts(joined: str, step: int, prefix: str, n: int) -> bool:
+    """Whether each of the ``n`` values, ``step`` characters apart in ``joined``,
+    starts with ``prefix``: one strided slice per character, no loop per value."""
+    return all(joined[i::step] == c * n for i, c in enumerate(prefix))
+
+
+def versions_text(used: Counter[int]) -> str:
+    """A pack's token counts per key version as stored beside it (JSON)."""
+    return _json({str(v): n for v, n in sorted(used.items())})
 
 
 def pack(
@@ -192,7 +203,7 @@ def _pack_tokens(olds: Sequence[Any], header: dict[str, Any]) -> bytes | None:
         fill = _FILL[(size - 2) & 3]
         joined = fill.join(olds) + fill
         step = size + len(fill)
-        if all(joined[i::step] == c * n for i, c in enumerate(head)):
+        if _each_starts(joined, step, head, n):
             raw = _decoded(joined)
             if raw is not None:
                 header.update(form="tokens", version=head[4:-1], length=size)

@@ -83,11 +83,10 @@ def _pack_backups(conn: Connection) -> None:
             after = part[-1][0]
             pks = [_old_pk(r[1]) for r in part]
             data, used = packs.pack(pks, [r[2] for r in part], [r[3] for r in part])
-            versions = json.dumps({str(v): n for v, n in sorted(used.items())})
             conn.execute(
                 schema.backup_batches.insert().values(
                     job_id=job, table_name=table_, column_name=column_,
-                    value_count=len(part), versions=versions, data=data,
+                    value_count=len(part), versions=packs.versions_text(used), data=data,
                 )
             )  # fmt: skip
     conn.exec_driver_sql("DROP TABLE " + conn.dialect.identifier_preparer.quote(_UNPACKED.name))

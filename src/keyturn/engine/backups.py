@@ -116,9 +116,8 @@ def record(conn: Connection, job_id: str, applied: Sequence[Applied]) -> None:
                 data, used = packs.pack(pks, olds, news, found)
             else:
                 data, used = packs.pack(pks[lo:hi], olds[lo:hi], news[lo:hi])
-            versions = _json({str(v): n for v, n in sorted(used.items())})
             spec = column.spec
-            rows.append((job_id, spec.table, spec.column, hi - lo, versions, data))
+            rows.append((job_id, spec.table, spec.column, hi - lo, packs.versions_text(used), data))
     if rows:
         b = schema.backup_batches
         insert = b.insert().values({name: bindparam(name) for name in _RECORD})
@@ -126,7 +125,6 @@ def record(conn: Connection, job_id: str, applied: Sequence[Applied]) -> None:
 
 
 _RECORD = ("job_id", "table_name", "column_name", "value_count", "versions", "data")
-_json = json.JSONEncoder(separators=(",", ":")).encode
 #: At most this many bytes of replaced values per pack: under MariaDB's 16 MiB
 #: packet with room to spare, and a restore's memory bounded by it.
 PACK_BYTES = 4 << 20
