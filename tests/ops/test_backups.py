@@ -5,13 +5,11 @@ migration 3 with nothing lost."""
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import App, Database, backed_up
+from conftest import App, Database, app_at, backed_up
 
 from keyturn.db import migrations
 
@@ -27,14 +25,13 @@ def users_app(database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         value = None if i % 10 == 0 else f"sk_live_{i:04d}_{'x' * (i % 7)}"
         database.execute("INSERT INTO users VALUES (:i, :v, 'n')", i=i, v=value)
         database.execute("INSERT INTO tags VALUES (:n, :i, :v)", n=f"t{i % 3}", i=i, v=f"tag{i}")
-    (tmp_path / "keyturn.toml").write_text(
+    return app_at(
+        tmp_path,
+        monkeypatch,
         f'database = "{database.url}"\n'
         '[[columns]]\ntable = "users"\ncolumn = "secret"\nbind = "row"\n'
-        '[[columns]]\ntable = "tags"\ncolumn = "secret"\nprimary_key = ["name", "n"]\n'
+        '[[columns]]\ntable = "tags"\ncolumn = "secret"\nprimary_key = ["name", "n"]\n',
     )
-    monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
-    monkeypatch.chdir(tmp_path)
-    return App(tmp_path, dict(os.environ))
 
 
 def values(database: Database) -> dict[tuple[str, str], str | None]:

@@ -5,7 +5,6 @@ every operation leaves the other rows exactly as they are (seed 000, TREK's
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -179,14 +178,12 @@ def test_a_row_that_leaves_the_filter_mid_batch_is_not_written(
     for i in range(1, 31):
         name = "smtp_pass" if i % 2 else "smtp_host"
         database.execute("INSERT INTO settings VALUES (:i, :n, :v)", i=i, n=name, v=f"v{i}")
-    (tmp_path / "keyturn.toml").write_text(
+    config = (
         f'database = "{database.url}"\n'
         '[[columns]]\ntable = "settings"\ncolumn = "value"\n'
         'where = { name = ["smtp_pass", "oidc_client_secret"] }\n'
     )
-    monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
-    monkeypatch.chdir(tmp_path)
-    App(tmp_path, dict(os.environ)).cli("init", check=True)
+    app_at(tmp_path, monkeypatch, config).cli("init", check=True)
     seen: list[int] = []
     with keyturn.open() as store:
         (column,) = store.bound_columns()
@@ -224,15 +221,13 @@ def test_plain_rows_survive_a_killed_parallel_rotation(
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO tenant_settings VALUES (:t, :n, :v)"), rows)
     engine.dispose()
-    (tmp_path / "keyturn.toml").write_text(
+    config = (
         f'database = "{database.url}"\n'
         '[[columns]]\ntable = "tenant_settings"\ncolumn = "value"\n'
         'primary_key = ["tenant", "name"]\nbind = "row"\n'
         'where = { name = ["smtp_pass", "webhook_secret", "api_token"] }\n'
     )
-    monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
-    monkeypatch.chdir(tmp_path)
-    app = App(tmp_path, dict(os.environ))
+    app = app_at(tmp_path, monkeypatch, config)
     app.cli("init", check=True)
     assert counts(app, "encrypt-existing")["encrypted"] == 4500
     before = database.rows("SELECT tenant, name, value FROM tenant_settings")
