@@ -116,8 +116,13 @@ class Store:
     def audit(self) -> AuditLog:
         """The keyring's tamper-evident audit log (``keyturn_audit``)."""
         if self._audit is None or self._audit.kek is not self.kek:
-            self._audit = AuditLog(self.engine, self.kek, self.keyring_id)
+            self._audit = AuditLog(self.engine, self.kek, self.keyring_id, self._kek_now)
         return self._audit
+
+    def _kek_now(self) -> KEK:
+        """The KEK that opens the keyring now (after a rotate-kek elsewhere), reloaded."""
+        self.reload()
+        return self.kek
 
     @property
     def keyring(self) -> Keyring:

@@ -27,6 +27,7 @@ from keyturn import KEKChanged, KeyringBusy, UnknownKeyVersion
 from keyturn._core.kek import LocalKEK
 from keyturn.db.database import write_transaction
 from keyturn.db.locking import KeyringLock
+from keyturn.kek.local import from_file
 from keyturn.ops.rotate import Rotator
 from keyturn.ops.rotate_kek import rotate_kek
 
@@ -143,6 +144,9 @@ def test_a_mint_under_a_stale_kek_is_refused_in_its_own_transaction(app: App) ->
         rotate_kek(other, LocalKEK(os.urandom(32), "test"))
         rotator = Rotator(stale)
         changed = "rotate-kek ran meanwhile; this step was rolled back"
+        # Its first audit entry says the KEK changed (exit 3), not that the log was tampered.
+        with pytest.raises(KEKChanged, match="rotate-kek ran"):
+            stale.audit.record("tester", "check", {})
         with pytest.raises(KEKChanged, match=changed), write_transaction(stale.engine) as conn:
             rotator._mint(conn)
         # Reloading finds the configured KEK no longer opens the keyring: it says so.
@@ -151,6 +155,30 @@ def test_a_mint_under_a_stale_kek_is_refused_in_its_own_transaction(app: App) ->
         with pytest.raises(KEKChanged):
             Rotator(stale).run()
     assert app.sql("SELECT version FROM keyturn_keys") == [(1,)]
+
+
+def test_an_operation_that_loaded_the_kek_before_a_rotate_kek_still_audits(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reproduction (model seed 311094613): encrypt-existing loaded the key file's KEK,
+    rotate-kek ran, and its first audit entry failed with "the audit key does not open
+    with this KEK". The audit key is unchanged, only rewrapped: it opens with the file's
+    new KEK, as the data keys do after a reload."""
+    (app.dir / "kek").write_text(app.env["KEYTURN_KEK"])
+    (app.dir / "kek").chmod(0o600)
+    app.write_config(
+        app.config.read_text().replace("[[columns]]", 'kek = "file:kek"\n[[columns]]', 1)
+    )
+    monkeypatch.delenv("KEYTURN_KEK")
+    app = App(app.dir, {k: v for k, v in app.env.items() if k != "KEYTURN_KEK"})
+    app.cli("init", check=True)
+    with keyturn.open() as stale:
+        with keyturn.open() as other:
+            rotate_kek(other, from_file(key_file(app.dir / "new.kek")))
+        stale.audit.record("tester", "check", {"n": 1})
+        assert stale.kek.kek_id == other.kek.kek_id
+    checked = app.cli("audit", "verify")
+    assert checked.returncode == 0 and "2 entries" in checked.stdout, checked.stderr
 
 
 def test_destroy_waits_for_the_app_contract_and_an_app_secret_survives(app: App) -> None:

@@ -17,7 +17,7 @@ import hmac
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +30,7 @@ from sqlalchemy import Connection, Engine, func, inspect, select
 from keyturn._core.kek import KEK
 from keyturn.db import migrations, schema
 from keyturn.db.database import bound_actor, write_transaction
-from keyturn.errors import AuditError, AuditHeadInvalid, WrongKEK
+from keyturn.errors import AuditError, AuditHeadInvalid, KEKChanged, WrongKEK
 from keyturn.keys.wrapped import AUDIT_KEY
 from keyturn.keys.wrapped import read as read_wrapped
 
@@ -158,9 +158,18 @@ class Operation(dict[str, Any]):
 class AuditLog:
     """The audit log of one keyring, opened with its KEK."""
 
-    def __init__(self, engine: Engine, kek: KEK, keyring_id: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        kek: KEK,
+        keyring_id: str,
+        current_kek: Callable[[], KEK] | None = None,
+    ) -> None:
         self.engine = engine
         self.kek = kek
+        #: Called when rotate-kek rewrapped the keyring after ``kek`` was loaded:
+        #: returns the KEK that opens it now (the store's reload), or raises KEKChanged.
+        self.current_kek = current_kek
         self.keyring_id = keyring_id
         self._keys: _Keys | None = None
         self._tables_ready = False
@@ -176,14 +185,36 @@ class AuditLog:
             wrapped = read_wrapped(conn, AUDIT_KEY)
             if wrapped is None:
                 return None
+            aad = AUDIT_KEY.aad(self.keyring_id)
             try:
-                self._keys = _derive(self.kek.unwrap(wrapped, AUDIT_KEY.aad(self.keyring_id)))
+                self._keys = _derive(self.kek.unwrap(wrapped, aad))
             except WrongKEK:
-                raise AuditError(
-                    "the audit key does not open with this KEK (keyturn_meta.audit_key was "
-                    "changed or comes from another keyring); run `keyturn audit verify`"
-                ) from None
+                self._keys = _derive(self._unwrap_after_rotate_kek(conn, aad))
         return self._keys
+
+    def _unwrap_after_rotate_kek(self, conn: Connection, aad: bytes) -> bytes:
+        """The audit key did not open. If rotate-kek rewrapped the keyring since this
+        process loaded its KEK (the key itself is unchanged), take the KEK that opens
+        the keyring now and unwrap again; otherwise the wrapping was tampered with."""
+        from keyturn.keys import keystore  # keystore imports this module
+
+        try:
+            keystore.load(conn, self.kek)
+        except WrongKEK:
+            if self.current_kek is None:
+                raise KEKChanged(
+                    f"the keyring is no longer wrapped by this process's KEK "
+                    f"({self.kek.kek_id}): rotate-kek ran; run again with the current KEK"
+                ) from None
+            self.kek = self.current_kek()
+            wrapped = read_wrapped(conn, AUDIT_KEY)
+            if wrapped is not None:
+                with suppress(WrongKEK):
+                    return self.kek.unwrap(wrapped, aad)
+        raise AuditError(
+            "the audit key does not open with this KEK (keyturn_meta.audit_key was "
+            "changed or comes from another keyring); run `keyturn audit verify`"
+        )
 
     def create_key(self, conn: Connection) -> _Keys:
         """Create the audit key and an empty head (in the caller's transaction)."""
@@ -313,7 +344,7 @@ class AuditLog:
         try:
             with self._lock, self.transaction() as conn:
                 return self.append(conn, actor, action, details)
-        except AuditError:
+        except (AuditError, KEKChanged):
             raise
         except Exception as exc:
             raise AuditError(
