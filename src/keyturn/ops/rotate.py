@@ -64,7 +64,7 @@ from keyturn.ops.encrypt_existing import count_rows, group_label
 from keyturn.ops.lifecycle import refresh_states
 from keyturn.ops.reports import RewriteReport, pk_json
 from keyturn.ops.rotate_progress import ColumnState, JobProgress, TableWalk
-from keyturn.ops.status import count_column, longest_tokens
+from keyturn.ops.status import count_column, longest_token, longest_tokens
 from keyturn.store import Store
 
 ROTATED = "rotated"
@@ -164,7 +164,10 @@ class Rotator:
         version gains a digit (v9 to v10)."""
         if column.width is None:
             return
+        grows = len(tokens.header(target)) - len(tokens.header(1))
         with self.store.engine.connect() as conn:
+            if longest_token(conn, column) + grows <= column.width:
+                return  # even a v1 token, the shortest header, grown to the target fits
             longest = longest_tokens(conn, column)
         need = max(
             (n - len(tokens.header(v)) + len(tokens.header(target)) for v, n in longest.items()),

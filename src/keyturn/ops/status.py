@@ -138,6 +138,14 @@ def version_text(conn: Connection, expression: Any) -> tuple[Any, Any]:
     return case((colon > 0, func.substr(expression, 5, colon - 1)), else_=""), colon
 
 
+def longest_token(conn: Connection, column: BoundColumn) -> int:
+    """The longest token's length, any version (0 if none): one cheap pass, where
+    :func:`longest_tokens` must also parse each token's version."""
+    value = column.text
+    query = select(func.max(func.length(value))).where(*column.rows, value.like("kt1:%"))
+    return int(conn.execute(query).scalar() or 0)
+
+
 def longest_tokens(conn: Connection, column: BoundColumn) -> dict[int, int]:
     """The longest token's length per key version, counted by the database."""
     value = column.text
