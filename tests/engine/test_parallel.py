@@ -128,3 +128,20 @@ def test_uuid_primary_key(
         for key, token in database.rows("SELECT id, secret FROM hooks"):
             assert token.startswith("kt1:2:")
             assert store.decrypt(token, context=f"hooks.secret#{key}") == values[key]
+
+
+def test_the_coordinator_notices_at_once_that_its_last_helper_exited() -> None:
+    """It waited up to a second per poll for the helper's last chunk; now it returns
+    as the helper exits, and sleeps the whole period only when no helper runs."""
+    import subprocess
+    import sys
+
+    from keyturn.ops.rotate import _wait_for_any
+
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    started = time.monotonic()
+    _wait_for_any([helper], 10.0)
+    assert helper.returncode == 0 and time.monotonic() - started < 2.0
+    started = time.monotonic()
+    _wait_for_any([helper], 0.2)  # exited already: nothing to wait for but the period
+    assert 0.2 <= time.monotonic() - started < 1.0

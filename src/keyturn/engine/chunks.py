@@ -21,6 +21,8 @@ from sqlalchemy import Column, ColumnElement, Connection, and_, func, or_, selec
 
 from keyturn.db import schema
 from keyturn.db.database import utcnow
+from keyturn.engine import dialects
+from keyturn.engine.dialects import postgresql
 from keyturn.engine.jobs import dead_here
 from keyturn.engine.walk import PK, after_key
 from keyturn.errors import LeaseLost
@@ -72,6 +74,10 @@ def plan(
     """
     bounds: list[PK] = []
     last: PK | None = None
+    if conn.dialect.name in dialects.ARRAY:
+        # By the index, as the walk reads: on a table never analyzed the planner
+        # sorts the whole table for each page (0.25 s against 0.02 s, 200,000 rows).
+        conn.exec_driver_sql(postgresql.INDEX_ORDER)
     while True:
         # The boundary is the last key of the next page: a keyset page read
         # through the index, skipping to its end (cost: the page, not the table).

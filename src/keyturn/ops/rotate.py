@@ -395,7 +395,7 @@ class Rotator:
                 with self.store.engine.connect() as conn:
                     if chunks.remaining(conn, job.id) == 0:
                         return mine
-                time.sleep(min(1.0, lease / 4))
+                _wait_for_any(helpers, min(1.0, lease / 4))
                 continue
             done = self._work_chunk(groups[chunk.table_key], chunk, ring, job, owner, pacing)
             for name, state in done.items():
@@ -829,6 +829,17 @@ def _reseal_old_contexts(
         if old is not None:
             with suppress(InvalidToken, UnknownKeyVersion):  # else classified as failed
                 fresh[i] = ring.encrypt(ring.decrypt(values[j], old), contexts[i])
+
+
+def _wait_for_any(helpers: Sequence[subprocess.Popen[bytes]], seconds: float) -> None:
+    """Sleep ``seconds``, or until a running helper exits: a helper exits when it
+    finds no chunk left to claim, so the chunks may all be done then."""
+    deadline = time.monotonic() + seconds
+    running = [h for h in helpers if h.poll() is None]
+    while time.monotonic() < deadline:
+        if any(h.poll() is not None for h in running):
+            return
+        time.sleep(0.02)
 
 
 def _stale(
