@@ -135,6 +135,48 @@ def test_wrong_kek_and_dry_run_change_nothing(
     assert snapshot(database) == before
 
 
+def test_a_walk_whose_lease_is_lost_stops_and_the_next_walk_goes_on(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's chunks share one writer (TableRewriter.queue). Another worker took
+    this chunk over (LeaseLost from its checkpoint, which rolls that batch back): no
+    batch of it is written after, its end reports None, and the next chunk's walk on
+    the same writer runs to its end."""
+    from keyturn.engine.pacing import Pacing, Pipeline
+    from keyturn.engine.walk import ColumnResult, TableRewriter, each_value, pipelined
+    from keyturn.errors import LeaseLost
+
+    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
+    app.cli("init", check=True)
+    with keyturn.open() as store:
+        (oauth,) = [c for c in store.bound_columns() if c.spec.name == "creds.oauth"]
+        checkpoints: list[Any] = []
+
+        def on_batch(conn: Any, last: Any, counts: Any, applied: Any) -> None:
+            checkpoints.append(last)
+            if len(checkpoints) == 2:
+                raise LeaseLost("chunk 0 is leased by another worker")
+
+        def walk(until: int | None, hook: Any) -> TableRewriter:
+            return TableRewriter(
+                store.engine,
+                [oauth],
+                [each_value(lambda pk, value: ("seen", f"{value}|w"))],
+                pacing=Pacing(batch_size=5, max_batch=5),
+                on_batch=hook,
+                until=(until,) if until else None,
+            )
+
+        ended: list[list[ColumnResult] | None] = []
+        with Pipeline(pipelined(store.engine)) as pipeline:
+            walk(20, on_batch).queue(pipeline, ended.append)
+            walk(None, None).queue(pipeline, ended.append, after=(20,))
+    assert ended[0] is None and ended[1] is not None
+    assert ended[1][0].counts == {"seen": 20}
+    rows = dict(database.rows("SELECT id, oauth FROM creds"))
+    assert [i for i in range(1, 41) if rows[i].endswith("|w")] == [*range(1, 6), *range(21, 41)]
+
+
 def test_compare_and_swap_is_exact(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -58,6 +58,33 @@ def test_an_error_while_deciding_waits_for_the_write_in_flight() -> None:
     assert done.is_set()
 
 
+def test_a_follow_up_does_not_hold_up_the_caller_and_runs_after_the_write() -> None:
+    """Pipeline.then (a walk's end): queued behind the write in flight without waiting
+    for it; the next submit waits for both, and an error of either is raised there."""
+    order: list[str] = []
+    release = threading.Event()
+
+    def write() -> None:
+        release.wait(5)
+        order.append("write")
+
+    with _Pipeline(True) as pipeline:
+        pipeline.submit(write)
+        pipeline.then(lambda: order.append("end"))
+        order.append("caller")  # reached while the write still waits
+        release.set()
+        pipeline.submit(lambda: order.append("next"))
+    assert order == ["caller", "write", "end", "next"]
+
+    def fail() -> None:
+        raise RuntimeError("checkpoint failed")
+
+    with pytest.raises(RuntimeError, match="checkpoint failed"), _Pipeline(True) as pipeline:
+        pipeline.then(fail)
+        pipeline.submit(lambda: order.append("never"))
+    assert "never" not in order
+
+
 @given(
     widths=st.lists(st.integers(0, 50), min_size=1, max_size=60),
     rows=st.integers(1, 10),

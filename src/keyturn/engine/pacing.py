@@ -45,20 +45,26 @@ class Pipeline:
 
     def __init__(self, enabled: bool) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="keyturn-write") if enabled else None
-        self._pending: Future[None] | None = None
+        self._pending: list[Future[None]] = []
 
     def submit(self, write: Callable[[], None]) -> None:
+        """Write after everything queued before is done (one batch in flight)."""
         self.wait()
+        self.then(write)
+
+    def then(self, task: Callable[[], None]) -> None:
+        """Run ``task`` after everything queued before, without waiting for it here:
+        for small follow-ups (a walk's end) that must not hold up the next read."""
         if self._pool is None:
-            write()
+            task()
         else:
-            self._pending = self._pool.submit(write)
+            self._pending.append(self._pool.submit(task))
 
     def wait(self) -> None:
-        """Until the batch being written is committed (or has failed: raised here)."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+        """Until everything queued is done (or has failed: the first error raised here)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
 
     def __enter__(self) -> Pipeline:
         return self
@@ -67,8 +73,8 @@ class Pipeline:
         try:
             if error is None:
                 self.wait()
-            elif self._pending is not None:
-                wait_for([self._pending])  # let it commit or roll back; ours is the error
+            elif self._pending:
+                wait_for(self._pending)  # let them commit or roll back; ours is the error
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)

@@ -15,7 +15,7 @@ import time
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from itertools import accumulate, chain
@@ -47,7 +47,7 @@ from keyturn.db.database import (
 from keyturn.engine import dialects
 from keyturn.engine.dialects import mysql, postgresql
 from keyturn.engine.pacing import Pacing, Pipeline
-from keyturn.errors import SchemaError
+from keyturn.errors import LeaseLost, SchemaError
 
 FAILED = "failed"
 CONTENDED = "contended"
@@ -142,31 +142,79 @@ class TableRewriter:
         A database failure leaves as keyturn's DatabaseError, never as the
         driver's exception: the swap statements may hold the values they write."""
         try:
-            return self._run(after)
+            with Pipeline(self._pipelined()) as pipeline:
+                self._walk(after, pipeline)
+            return self._finish()
         except DBAPIError as exc:
             error = database_error(exc)
         raise error  # outside the except: no __context__ holding the statement's values
 
-    def _run(self, after: PK | None) -> list[ColumnResult]:
-        counts = [Counter[str]() for _ in self.columns]
-        failed: list[list[PK]] = [[] for _ in self.columns]
-        unknown: list[list[PK]] = [[] for _ in self.columns]
-        missed: dict[PK, tuple[int, ...]] = {}
-        pipelined = (
-            self.conn is None
-            and not self.dry_run
-            and self.engine.dialect.name in dialects.PIPELINED
-        )
-        with Pipeline(pipelined) as pipeline:
-            while True:
-                started = time.monotonic()
-                batch = self._read_after(after, self.pacing.batch_size)
-                if not batch:
-                    break
-                after = tuple(batch[-1][: len(self.pk)])
-                decided = self._decide(batch, failed, unknown)
-                pipeline.submit(partial(self._settle, decided, after, counts, missed))
-                self.pacing.after_batch(len(batch), time.monotonic() - started)
+    def queue(
+        self,
+        pipeline: Pipeline,
+        then: Callable[[list[ColumnResult] | None], None],
+        after: PK | None = None,
+    ) -> None:
+        """:meth:`run`, with the writes queued on ``pipeline``, shared by consecutive
+        walks (a worker's chunks): returns once the last batch is queued, so the
+        next walk's first read overlaps this one's last write. The retry of missed
+        rows and ``then(results)`` run on the pipeline, after that write.
+
+        ``LeaseLost`` from ``on_batch`` (another worker took the rows over) ends
+        the walk quietly: what it wrote stays, and ``then(None)`` is called."""
+
+        def finish() -> None:
+            results = None
+            if not self._lost:
+                with suppress(LeaseLost):
+                    results = self._finish()
+            then(results)
+
+        try:
+            self._walk(after, pipeline, yield_lease=True)
+            pipeline.then(finish)
+        except DBAPIError as exc:
+            error = database_error(exc)
+        else:
+            return
+        raise error
+
+    def _pipelined(self) -> bool:
+        return self.conn is None and not self.dry_run and pipelined(self.engine)
+
+    def _walk(self, after: PK | None, pipeline: Pipeline, yield_lease: bool = False) -> None:
+        """Read, decide and queue every batch. ``yield_lease``: LeaseLost from
+        ``on_batch`` stops the walk (``_lost``) instead of failing it."""
+        self._counts = [Counter[str]() for _ in self.columns]
+        self._failed: list[list[PK]] = [[] for _ in self.columns]
+        self._unknown: list[list[PK]] = [[] for _ in self.columns]
+        self._missed: dict[PK, tuple[int, ...]] = {}
+        self._lost = False
+        while not self._lost:
+            started = time.monotonic()
+            batch = self._read_after(after, self.pacing.batch_size)
+            if not batch:
+                break
+            after = tuple(batch[-1][: len(self.pk)])
+            decided = self._decide(batch, self._failed, self._unknown)
+            settle = self._settle_or_lose if yield_lease else self._settle_batch
+            pipeline.submit(partial(settle, decided, after))
+            self.pacing.after_batch(len(batch), time.monotonic() - started)
+
+    def _settle_batch(self, decided: _Decided, after: PK) -> None:
+        self._settle(decided, after, self._counts, self._missed)
+
+    def _settle_or_lose(self, decided: _Decided, after: PK) -> None:
+        if self._lost:
+            return  # a batch queued before the lease was found lost: not ours to write
+        try:
+            self._settle_batch(decided, after)
+        except LeaseLost:
+            self._lost = True
+
+    def _finish(self) -> list[ColumnResult]:
+        """Once every queued write is done: retry the missed rows, then the results."""
+        counts, failed, unknown, missed = self._counts, self._failed, self._unknown, self._missed
         # Rows whose swap missed were changed by the application between our read
         # and our write. Re-read and retry them; a row deleted meanwhile is gone
         # from the re-read and so is never brought back.
@@ -453,6 +501,24 @@ class TableRewriter:
     def _read_pks(self, pks: Sequence[PK], conn: Connection | None = None) -> list[tuple[Any, ...]]:
         cond = keys_in(self.pk, pks)
         return self._rows(select(*self.pk, *self.texts).where(cond, *self.rows), conn)
+
+
+def pipelined(engine: Engine) -> bool:
+    """Whether a walk's writes go on a thread of their own here (dialects.PIPELINED:
+    the servers, not SQLite)."""
+    return engine.dialect.name in dialects.PIPELINED
+
+
+def drain(pipeline: Pipeline) -> None:
+    """Wait for everything queued on a walk's ``pipeline``; a database failure there
+    leaves as keyturn's DatabaseError, as from :meth:`TableRewriter.run`."""
+    try:
+        pipeline.wait()
+    except DBAPIError as exc:
+        error = database_error(exc)
+    else:
+        return
+    raise error  # outside the except: no __context__ holding the statement's values
 
 
 @dataclass

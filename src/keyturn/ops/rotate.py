@@ -35,7 +35,7 @@ from keyturn.db.database import fetch_raw, utcnow, write_transaction
 from keyturn.db.locking import KeyringLock, me
 from keyturn.engine import backups, chunks, jobs
 from keyturn.engine.fields import SEPARATOR, batch_decider
-from keyturn.engine.pacing import Pacing
+from keyturn.engine.pacing import Pacing, Pipeline
 from keyturn.engine.walk import (
     CONTENDED,
     FAILED,
@@ -46,7 +46,9 @@ from keyturn.engine.walk import (
     DecideBatch,
     OnBatch,
     TableRewriter,
+    drain,
     group_by_table,
+    pipelined,
 )
 from keyturn.errors import (
     ConfigError,
@@ -378,28 +380,31 @@ class Rotator:
             c.spec.name: ColumnState() for group in groups.values() for c in group
         }
         bar = self._chunk_bar(groups, job) if coordinator else None
-        while True:
-            if coordinator and self.lock is not None:
-                self.lock.verify()
-            for helper in helpers:
-                helper.poll()  # reaps an exited helper: no zombie that looks alive
-            with write_transaction(self.store.engine) as conn:
-                chunk = chunks.claim(conn, job.id, owner, lease)
-                if coordinator:
-                    jobs.heartbeat(conn, job.id)
-            if bar is not None:
-                bar()
-            if chunk is None:
-                if not coordinator:
-                    return mine
-                with self.store.engine.connect() as conn:
-                    if chunks.remaining(conn, job.id) == 0:
+        # One writer for all this worker's chunks: a chunk's last write overlaps the
+        # next chunk's first read (a chunk is often one batch).
+        with Pipeline(pipelined(self.store.engine)) as pipeline:
+            while True:
+                if coordinator and self.lock is not None:
+                    self.lock.verify()
+                for helper in helpers:
+                    helper.poll()  # reaps an exited helper: no zombie that looks alive
+                with write_transaction(self.store.engine) as conn:
+                    chunk = chunks.claim(conn, job.id, owner, lease)
+                    if coordinator:
+                        jobs.heartbeat(conn, job.id)
+                if bar is not None:
+                    bar()
+                if chunk is None:
+                    drain(pipeline)  # our last chunk is done (or given up) before we count
+                    if not coordinator:
                         return mine
-                _wait_for_any(helpers, min(1.0, lease / 4))
-                continue
-            done = self._work_chunk(groups[chunk.table_key], chunk, ring, job, owner, pacing)
-            for name, state in done.items():
-                mine[name].merge(state)
+                    with self.store.engine.connect() as conn:
+                        if chunks.remaining(conn, job.id) == 0:
+                            return mine
+                    _wait_for_any(helpers, min(1.0, lease / 4))
+                    continue
+                group = groups[chunk.table_key]
+                self._work_chunk(group, chunk, ring, job, owner, pacing, pipeline, mine)
 
     def _chunk_bar(
         self, groups: dict[str, list[BoundColumn]], job: jobs.Job
@@ -433,8 +438,12 @@ class Rotator:
         job: jobs.Job,
         owner: str,
         pacing: Pacing,
-    ) -> dict[str, ColumnState]:
-        """Rotate one chunk from its cursor to its end; checkpoint it with each batch."""
+        pipeline: Pipeline,
+        mine: dict[str, ColumnState],
+    ) -> None:
+        """Rotate one chunk from its cursor to its end, checkpointing it with each
+        batch; its last write, its ``done`` checkpoint and its tally into ``mine``
+        follow on ``pipeline`` while the worker claims its next chunk."""
         states = {c.spec.name: ColumnState.load(chunk.counts.get(c.spec.name)) for c in group}
         before = {name: ColumnState.load(state.dump()) for name, state in states.items()}
         lease = self.options.lease_seconds
@@ -455,6 +464,17 @@ class Rotator:
                 states[name].counts.update(batch)
             chunks.checkpoint(conn, chunk, owner, lease, cursor=last, counts=tally())
 
+        def finished(results: list[ColumnResult] | None) -> None:
+            if results is not None:  # None: our lease expired and another worker continues
+                for result in results:
+                    states[result.column].counts[CONTENDED] += result.counts.get(CONTENDED, 0)
+                with suppress(LeaseLost), write_transaction(self.store.engine) as conn:
+                    chunks.checkpoint(
+                        conn, chunk, owner, lease, cursor=None, counts=tally(), done=True
+                    )
+            for name, state in states.items():
+                mine[name].merge(state.minus(before[name]))
+
         rewriter = TableRewriter(
             self.store.engine,
             group,
@@ -464,14 +484,7 @@ class Rotator:
             collect_applied=keep_backup,
             until=chunk.hi,
         )
-        try:
-            for result in rewriter.run(after=chunk.cursor or chunk.lo):
-                states[result.column].counts[CONTENDED] += result.counts.get(CONTENDED, 0)
-            with write_transaction(self.store.engine) as conn:
-                chunks.checkpoint(conn, chunk, owner, lease, cursor=None, counts=tally(), done=True)
-        except LeaseLost:
-            pass  # our lease expired and another worker continues this chunk
-        return {name: state.minus(before[name]) for name, state in states.items()}
+        rewriter.queue(pipeline, finished, after=chunk.cursor or chunk.lo)
 
     def _file_backup(self, job_id: str) -> str | None:
         """Copy a SQLite database file before the first write (if backups are on)."""
