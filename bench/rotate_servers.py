@@ -6,6 +6,7 @@ Usage: .venv/bin/python bench/rotate_servers.py [--rows 200000] [--backends post
 For each backend, on identical fresh copies of a table of ROWS kt1 tokens:
   keyturn     `Rotator` (one worker): keyset walk, CAS bulk writes, checkpoints, sweep
   2workers    the same with --workers 2 (leased chunks; one helper process)
+  auto        the same with --workers auto (helpers only for the cores left idle)
   per-row     keyturn's engine with bulk writes off (driver executemany)
   (a) seeds   the seeds' script: SELECT all, then one UPDATE per row, one transaction
   (b) bare    the fastest bare loop with the same driver: keyset SELECT, AESGCM,
@@ -93,12 +94,13 @@ def build(kind: str, rows: int, workdir: Path) -> tuple[str, Path]:
     return name, config
 
 
-def run_keyturn(config: Path, bulk: bool, workers: int = 1) -> float:
+def run_keyturn(config: Path, bulk: bool, workers: int = 1, auto: bool = False) -> float:
     TableRewriter.bulk = bulk
+    options = RotateOptions(backup=False, chunk_time=0.5, workers=workers, auto_workers=auto)
     try:
         with keyturn.open(config) as store:
             started = time.perf_counter()
-            Rotator(store, RotateOptions(backup=False, chunk_time=0.5, workers=workers)).run()
+            Rotator(store, options).run()
             return time.perf_counter() - started
     finally:
         TableRewriter.bulk = True
@@ -229,6 +231,7 @@ def main() -> None:
         runs = [
             ("keyturn", lambda c: run_keyturn(c, True)),
             ("2workers", lambda c: run_keyturn(c, True, workers=2)),
+            ("auto", lambda c: run_keyturn(c, True, workers=os.cpu_count() or 1, auto=True)),
             ("per-row", lambda c: run_keyturn(c, False)),
             ("(a)seeds", run_seeds_script),
             ("(b)bare", lambda c, kind=kind: run_bare_bulk(c, kind)),
@@ -255,8 +258,9 @@ def main() -> None:
         k = results.get("keyturn")
         if k is None:
             continue
-        if "2workers" in results:
-            print(f"{kind:<11} 2 workers vs 1: {k / results['2workers']:.2f}x")
+        for label in ("2workers", "auto"):
+            if label in results:
+                print(f"{kind:<11} {label} vs 1 worker: {k / results[label]:.2f}x")
         # How many times faster keyturn (one worker) is than each baseline run.
         ratios = [
             f"vs {label} {results[label] / k:.2f}x{goal}"

@@ -145,3 +145,44 @@ def test_the_coordinator_notices_at_once_that_its_last_helper_exited() -> None:
     started = time.monotonic()
     _wait_for_any([helper], 0.2)  # exited already: nothing to wait for but the period
     assert 0.2 <= time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(("idle", "workers"), [(1.0, 2), (0.3, 1), (None, 1)])
+def test_auto_workers_start_a_helper_only_for_an_idle_core(
+    database: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    idle: float | None,
+    workers: int,
+) -> None:
+    """--workers auto: the first worker runs alone while the machine's idle cores are
+    measured, then a helper starts per idle core (none if none is idle, or if this
+    machine cannot tell). The rotation is whole either way."""
+    from keyturn.ops import rotate
+    from keyturn.ops.rotate import RotateOptions, Rotator
+
+    app = parallel_app(database, tmp_path, monkeypatch)
+    monkeypatch.setattr(rotate, "PROBE_SECONDS", 0.0)
+    monkeypatch.setattr(rotate.IdleCores, "idle", lambda self: idle)
+    options = RotateOptions(workers=4, auto_workers=True, rows_per_chunk=200, max_rate=3000)
+    with keyturn.open(app.config) as store:
+        report = Rotator(store, options).run()
+    assert report.extra["workers"] == workers
+    assert report.extra.get("idle_cores") == idle
+    owners = {owner for _, owner in chunk_rows(database)}
+    assert len(owners) == workers
+    check_all_rotated(app, database, 2)
+
+
+def test_workers_auto_on_the_command_line(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = parallel_app(database, tmp_path, monkeypatch)
+    for bad in ("0", "65", "two"):
+        refused = app.cli("rotate", "--yes", "--workers", bad)
+        assert refused.returncode == 2 and "--workers" in refused.stderr, refused.stderr
+    done = app.cli("rotate", "--yes", "--workers", "auto", "--rows-per-chunk", "500")
+    assert done.returncode == 0, done.stderr
+    assert "workers: 1 (auto: no idle cores measured: done within" in done.stdout
+    check_all_rotated(app, database, 2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import os
 import socket
 import sys
 import time
@@ -517,16 +518,35 @@ def _status_text(r: StatusReport) -> str:
     return "\n".join(lines)
 
 
+AUTO_WORKERS = 0
+
+
+def _workers(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
+    """``--workers``: a number from 1 to 64, or ``auto`` (AUTO_WORKERS)."""
+    if value.strip().lower() == "auto":
+        return AUTO_WORKERS
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a number of workers nor 'auto'") from None
+    if not 1 <= n <= 64:
+        raise click.BadParameter(f"{n} workers: give 1 to 64, or 'auto'")
+    return n
+
+
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Report what would be done; write nothing at all.")
 @click.option("--atomic", is_flag=True, help="Do everything in one transaction (small databases).")
 @click.option("--no-backup", is_flag=True, help="Skip the backup file and per-row backup.")
 @click.option(
     "--workers",
-    type=click.IntRange(min=1, max=64),
-    default=1,
+    metavar="N|auto",
+    default="1",
+    callback=_workers,
     show_default=True,
-    help="Processes re-encrypting disjoint primary-key ranges in parallel (leased chunks).",
+    help="Processes re-encrypting disjoint primary-key ranges in parallel (leased chunks). "
+    "'auto': start alone, and after half a second add one per core the machine left idle "
+    "meanwhile (a database server on this machine counts): no helper competes for a busy core.",
 )
 @click.option(
     "--join",
@@ -581,7 +601,9 @@ def rotate(
     the database; `keyturn rotate --join` on another host works on the same
     job. --max-rate applies per worker. A killed worker's chunk is taken over
     after --lease-seconds; a killed coordinator's job is resumed by
-    `keyturn rotate`.
+    `keyturn rotate`. --workers auto starts alone and adds a helper for each
+    core left idle during its first half second (none where a local database
+    server already keeps the cores busy).
 
     Holds the keyring lock while it runs: rotate-kek, destroy-key, prune,
     restore and a second rotate refuse meanwhile (exit 4), or queue with --wait.
@@ -589,8 +611,11 @@ def rotate(
     from keyturn.ops.reports import audit_summary
     from keyturn.ops.rotate import RotateOptions, Rotator
 
-    if atomic and (workers > 1 or join):
+    if atomic and (workers != 1 or join):
         raise click.UsageError("--atomic runs in one transaction; it cannot use --workers/--join")
+    auto = workers == AUTO_WORKERS
+    if auto:  # the most; helpers only for idle cores (at most 8: the chunks' claims contend)
+        workers = min(8, os.cpu_count() or 1)
     if join and dry_run:
         raise click.UsageError("--join works on a running job; --dry-run writes nothing")
     with _open(ctx) as store:
@@ -601,6 +626,7 @@ def rotate(
             chunk_time,
             max_rate,
             workers=workers,
+            auto_workers=auto,
             join=join,
             rows_per_chunk=rows_per_chunk,
             lease_seconds=lease_seconds,
@@ -635,6 +661,17 @@ def rotate(
             f"job {extra['job']}: key v{extra['new_version']} is active"
             + (" (resumed)" if extra.get("resumed") else "")
         )
+        if "idle_cores" in extra:
+            idle = extra["idle_cores"]
+            click.echo(
+                f"workers: {extra['workers']} (auto: "
+                + (
+                    f"{idle:.1f} idle core(s) measured while the first worker ran alone)"
+                    if idle is not None
+                    else "no idle cores measured: done within the first half second, "
+                    "or this machine has no /proc/stat)"
+                )
+            )
         if extra.get("backup_file"):
             click.echo(f"backup of the database file: {extra['backup_file']}")
         for version, why in extra.get("draining", {}).items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -93,6 +94,9 @@ class RotateOptions:
     max_rate: float | None = None
     #: Processes re-encrypting disjoint primary-key ranges (chunks) in parallel.
     workers: int = 1
+    #: ``workers`` is then the most: helpers start only for the cores this machine
+    #: leaves idle while the first worker runs (``--workers auto``).
+    auto_workers: bool = False
     #: Work on the chunks of the unfinished parallel job, then exit (another host).
     join: bool = False
     rows_per_chunk: int = 10_000
@@ -145,6 +149,10 @@ class Rotator:
         self.before_write = before_write
         #: The keyring lock, if the caller took it already; run() releases it.
         self.lock = lock
+        #: How many processes worked on the chunks (this one and its helpers), and
+        #: for ``--workers auto`` the idle cores measured before helpers started.
+        self.workers_used = 1
+        self.idle_cores: float | None = None
 
     # -- checks ---------------------------------------------------------------
 
@@ -308,9 +316,24 @@ class Rotator:
         from keyturn.ops.rotate_helper import spawn  # it imports this module
 
         config_path = self.store.config.path
-        helpers = [spawn(config_path, self.options) for _ in range(self.options.workers - 1)]
+        most, auto = self.options.workers - 1, self.options.auto_workers
+        helpers = [] if auto else [spawn(config_path, self.options) for _ in range(most)]
+        probe = IdleCores() if auto else None
+
+        def grow() -> None:
+            """``--workers auto``: once the first worker has run for a while, a helper
+            for each core the machine left idle meanwhile (none if it cannot tell)."""
+            nonlocal probe
+            if probe is None or probe.seconds() < PROBE_SECONDS:
+                return
+            idle, probe = probe.idle(), None
+            wanted = min(most, int(idle + 0.2)) if idle is not None else 0
+            helpers.extend(spawn(config_path, self.options) for _ in range(wanted))
+            self.idle_cores = None if idle is None else round(idle, 2)
+
         try:
-            self._work_chunks(groups, ring, job, coordinator=True, helpers=helpers)
+            self._work_chunks(groups, ring, job, coordinator=True, helpers=helpers, grow=grow)
+            self.workers_used = 1 + len(helpers)
         finally:
             for helper in helpers:
                 if helper.wait() != 0:
@@ -369,6 +392,7 @@ class Rotator:
         *,
         coordinator: bool,
         helpers: Sequence[subprocess.Popen[bytes]] = (),
+        grow: Callable[[], None] | None = None,
     ) -> dict[str, ColumnState]:
         """Claim and rotate chunks until none is left. The coordinator also waits for
         chunks other workers hold, taking over any whose lease expires, and reaps
@@ -405,6 +429,8 @@ class Rotator:
                     continue
                 group = groups[chunk.table_key]
                 self._work_chunk(group, chunk, ring, job, owner, pacing, pipeline, mine)
+                if grow is not None:
+                    grow()
 
     def _chunk_bar(
         self, groups: dict[str, list[BoundColumn]], job: jobs.Job
@@ -723,6 +749,9 @@ class Rotator:
             "job": job.id,
             "new_version": job.target_version,
             "resumed": resumed,
+            "workers": self.workers_used,
+            # --workers auto: the idle cores measured (None: done before, or not measurable).
+            **({"idle_cores": self.idle_cores} if self.options.auto_workers else {}),
             "backup_file": job.backup_path,
             "key_states": {str(v): s for v, s in key_states.items()},
             "still_in_use": draining,
@@ -842,6 +871,42 @@ def _reseal_old_contexts(
         if old is not None:
             with suppress(InvalidToken, UnknownKeyVersion):  # else classified as failed
                 fresh[i] = ring.encrypt(ring.decrypt(values[j], old), contexts[i])
+
+
+#: How long the first worker of ``--workers auto`` runs alone while idle cores are measured.
+PROBE_SECONDS = 0.5
+
+
+class IdleCores:
+    """The cores this machine leaves idle from now on, from /proc/stat (Linux): what
+    a helper worker would get. Counts every process, a local database server too."""
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+        self._times = _cpu_times()
+
+    def seconds(self) -> float:
+        return time.monotonic() - self._started
+
+    def idle(self) -> float | None:
+        """Idle cores on average since created; None where it cannot be measured."""
+        now = _cpu_times()
+        if self._times is None or now is None or now[1] <= self._times[1]:
+            return None
+        busy, total = now[0] - self._times[0], now[1] - self._times[1]
+        return (os.cpu_count() or 1) * (1 - busy / total)
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) CPU time of the whole machine in clock ticks, or None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    return sum(fields) - fields[3] - fields[4], sum(fields)  # idle and iowait are idle
 
 
 def _wait_for_any(helpers: Sequence[subprocess.Popen[bytes]], seconds: float) -> None:
