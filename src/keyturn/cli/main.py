@@ -556,9 +556,9 @@ def _workers(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
 @click.option(
     "--rows-per-chunk",
     type=click.IntRange(min=10),
-    default=10_000,
-    show_default=True,
-    help="With --workers: rows per leased chunk.",
+    default=None,
+    help="With --workers: rows per leased chunk. [default: 10000; 50000 with --workers auto, "
+    "whose first worker often runs alone: each chunk costs a claim and a checkpoint]",
 )
 @click.option(
     "--lease-seconds",
@@ -580,7 +580,7 @@ def rotate(
     no_backup: bool,
     workers: int,
     join: bool,
-    rows_per_chunk: int,
+    rows_per_chunk: int | None,
     lease_seconds: float,
     as_json: bool,
     yes: bool,

@@ -99,7 +99,9 @@ class RotateOptions:
     auto_workers: bool = False
     #: Work on the chunks of the unfinished parallel job, then exit (another host).
     join: bool = False
-    rows_per_chunk: int = 10_000
+    #: Rows per leased chunk; None: 10,000, or 50,000 with ``auto_workers``, whose
+    #: first worker often runs alone (each chunk costs a claim and a checkpoint).
+    rows_per_chunk: int | None = None
     #: How long a killed worker's chunk stays leased before another takes it.
     lease_seconds: float = float(jobs.LEASE_SECONDS)
     #: How long to wait for the keyring lock if another operation holds it.
@@ -112,6 +114,12 @@ class RotateOptions:
             raise ConfigError("an atomic rotation runs in one transaction: no workers, no join")
         if self.join and self.dry_run:
             raise ConfigError("join works on a running job; a dry run writes nothing")
+
+    @property
+    def chunk_rows(self) -> int:
+        if self.rows_per_chunk is not None:
+            return self.rows_per_chunk
+        return 50_000 if self.auto_workers else 10_000
 
     @property
     def mode(self) -> str:
@@ -310,9 +318,7 @@ class Rotator:
             if not chunks.is_planned(conn, job.id):
                 for key, group in groups.items():
                     first = group[0]
-                    chunks.plan(
-                        conn, job.id, key, first.pk, self.options.rows_per_chunk, first.rows
-                    )
+                    chunks.plan(conn, job.id, key, first.pk, self.options.chunk_rows, first.rows)
         from keyturn.ops.rotate_helper import spawn  # it imports this module
 
         config_path = self.store.config.path
