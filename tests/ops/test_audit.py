@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 from pathlib import Path
@@ -280,3 +281,35 @@ def test_audit_log_on_every_backend(
     database.execute("UPDATE keyturn_audit SET action = 'init' WHERE seq = 4")
     bad = cli("audit", "verify")
     assert bad.returncode == 1 and "entry 4 fails its MAC" in bad.stdout
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_connection_lost_while_writing_an_entry_is_a_database_error(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reproduction (CI, test_connection_killed_mid_rotation): the session writing
+    a rotation's audit entry was killed, and the CLI said the entry "could not be
+    written; the operation was refused". A lost connection is a database error (exit
+    1, "run it again to resume"), not a refusal by the log."""
+    import keyturn
+    from keyturn.keys.audit import AuditLog
+
+    database.execute("CREATE TABLE creds (id INTEGER PRIMARY KEY, api_key VARCHAR(255))")
+    (tmp_path / "keyturn.toml").write_text(
+        f'database = "{database.url}"\n[[columns]]\ntable = "creds"\ncolumn = "api_key"\n'
+    )
+    monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
+    env = {**base_env(), "KEYTURN_KEK": os.environ["KEYTURN_KEK"]}
+    assert run_cli("init", cwd=tmp_path, env=env).returncode == 0
+    append = AuditLog.append
+
+    def killed(self: AuditLog, conn: Any, *args: Any) -> Any:
+        conn.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+        return append(self, conn, *args)
+
+    monkeypatch.setattr(AuditLog, "append", killed)
+    with (
+        keyturn.open(tmp_path / "keyturn.toml") as store,
+        pytest.raises(keyturn.DatabaseError, match="database error"),
+    ):
+        store.audit.record("tester", "rotate", {})

@@ -26,11 +26,12 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Connection, Engine, func, inspect, select
+from sqlalchemy.exc import DBAPIError
 
 from keyturn._core.kek import KEK
 from keyturn.db import migrations, schema
-from keyturn.db.database import bound_actor, write_transaction
-from keyturn.errors import AuditError, AuditHeadInvalid, KEKChanged, WrongKEK
+from keyturn.db.database import bound_actor, database_error, write_transaction
+from keyturn.errors import AuditError, AuditHeadInvalid, DatabaseError, KEKChanged, WrongKEK
 from keyturn.keys.wrapped import AUDIT_KEY
 from keyturn.keys.wrapped import read as read_wrapped
 
@@ -346,11 +347,19 @@ class AuditLog:
                 return self.append(conn, actor, action, details)
         except (AuditError, KEKChanged):
             raise
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise AuditError(
+                    f"the audit entry for {action} could not be written "
+                    f"({type(exc).__name__}); the operation was refused"
+                ) from exc
+            lost = database_error(exc)  # the connection, not the log: say so, as elsewhere
         except Exception as exc:
             raise AuditError(
                 f"the audit entry for {action} could not be written ({type(exc).__name__}); "
                 "the operation was refused"
             ) from exc
+        raise lost
 
     @contextmanager
     def operation(
@@ -378,7 +387,7 @@ class AuditLog:
             if op.begun:
                 # If this entry cannot be written either, the operation's own error
                 # is the one to report; its ``started`` entry stays without outcome.
-                with suppress(AuditError):
+                with suppress(AuditError, DatabaseError):
                     failed = {**op.base, "outcome": "failed", "error": type(exc).__name__}
                     self.record(actor, action, failed)
             raise
