@@ -149,16 +149,17 @@ def test_the_coordinator_notices_at_once_that_its_last_helper_exited() -> None:
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 @pytest.mark.parametrize(("idle", "workers"), [(1.0, 2), (0.3, 1), (None, 1)])
-def test_auto_workers_start_a_helper_only_for_an_idle_core(
+def test_auto_workers_go_parallel_only_for_an_idle_core(
     database: Database,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     idle: float | None,
     workers: int,
 ) -> None:
-    """--workers auto: the first worker runs alone while the machine's idle cores are
-    measured, then a helper starts per idle core (none if none is idle, or if this
-    machine cannot tell). The rotation is whole either way."""
+    """--workers auto walks sequentially while the machine's idle cores are measured;
+    with one idle, it stops there, plans chunks for the rest of the table and starts
+    a helper; without (or if this machine cannot tell), it stays one sequential
+    walk. The rotation is whole and counted once either way."""
     from keyturn.ops import rotate
     from keyturn.ops.rotate import RotateOptions, Rotator
 
@@ -169,9 +170,47 @@ def test_auto_workers_start_a_helper_only_for_an_idle_core(
     with keyturn.open(app.config) as store:
         report = Rotator(store, options).run()
     assert report.extra["workers"] == workers
-    assert report.extra.get("idle_cores") == idle
-    owners = {owner for _, owner in chunk_rows(database)}
-    assert len(owners) == workers
+    assert report.extra["idle_cores"] == idle
+    assert report.totals["rotated"] == ROWS + ROWS - ROWS // 10
+    chunk_owners = {owner for _, owner in chunk_rows(database)}
+    if workers == 1:
+        assert chunk_owners == set(), "no idle core: no chunks, one sequential walk"
+    else:
+        assert len(chunk_owners) == 2, "the coordinator and its helper took chunks"
+        (first,) = database.rows("SELECT lo FROM keyturn_chunks WHERE chunk_no = 0")[0]
+        assert first is not None, "the chunks begin where the sequential walk stopped"
+    check_all_rotated(app, database, 2)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+def test_a_rotation_that_dies_as_it_goes_parallel_resumes_whole(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The switch of --workers auto writes the chunks and the job's chunk mode in one
+    transaction after the walk's last checkpoint: a rotation that dies right after is
+    resumed by `keyturn rotate`, the walked rows counted once, the rest by chunks."""
+    from keyturn.ops import rotate, rotate_helper
+    from keyturn.ops.rotate import RotateOptions, Rotator
+
+    app = parallel_app(database, tmp_path, monkeypatch)
+    monkeypatch.setattr(rotate, "PROBE_SECONDS", 0.0)
+    monkeypatch.setattr(rotate.IdleCores, "idle", lambda self: 1.0)
+
+    def dies(*args: object, **kwargs: object) -> None:
+        raise SystemExit("killed as its first helper starts")
+
+    monkeypatch.setattr(rotate_helper, "spawn", dies)
+    options = RotateOptions(workers=2, auto_workers=True, rows_per_chunk=300, max_rate=5000)
+    with keyturn.open(app.config) as store, pytest.raises(SystemExit):
+        Rotator(store, options).run()
+    assert database.rows("SELECT state FROM keyturn_jobs") == [("running",)]
+    assert {s for s, _ in chunk_rows(database)} == {"pending"}
+    final = app.cli("rotate", "--yes", "--json")
+    assert final.returncode == 0, final.stderr
+    report = json.loads(final.stdout)
+    assert report["resumed"] is True and report["new_version"] == 2
+    assert report["rotated"] == ROWS + ROWS - ROWS // 10
+    assert {s for s, _ in chunk_rows(database)} == {"done"}
     check_all_rotated(app, database, 2)
 
 
@@ -182,7 +221,7 @@ def test_workers_auto_on_the_command_line(
     for bad in ("0", "65", "two"):
         refused = app.cli("rotate", "--yes", "--workers", bad)
         assert refused.returncode == 2 and "--workers" in refused.stderr, refused.stderr
-    done = app.cli("rotate", "--yes", "--workers", "auto", "--rows-per-chunk", "500")
+    done = app.cli("rotate", "--yes", "--workers", "auto")
     assert done.returncode == 0, done.stderr
     assert "workers: 1 (auto: no idle cores measured: done within" in done.stdout
     check_all_rotated(app, database, 2)

@@ -106,12 +106,17 @@ class TableRewriter:
         conn: Connection | None = None,
         collect_applied: bool = False,
         until: PK | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
         """``where(value columns)`` limits the walk to matching rows; ``conn`` runs
         every batch inside that connection's transaction (``--atomic``);
         ``collect_applied`` hands ``on_batch`` every applied swap (for backups);
-        ``until`` ends the walk at that primary key, inclusive (a chunk)."""
+        ``until`` ends the walk at that primary key, inclusive (a chunk); ``stop()``,
+        asked after each batch, ends it early (``stopped``; the cursor is where the
+        last ``on_batch`` put it)."""
         self.until = until
+        self.stop = stop
+        self.stopped = False
         self.collect_applied = collect_applied
         self.engine = engine
         self.columns = list(columns)
@@ -200,6 +205,9 @@ class TableRewriter:
             settle = self._settle_or_lose if yield_lease else self._settle_batch
             pipeline.submit(partial(settle, decided, after))
             self.pacing.after_batch(len(batch), time.monotonic() - started)
+            if self.stop is not None and self.stop():
+                self.stopped = True
+                break
 
     def _settle_batch(self, decided: _Decided, after: PK) -> None:
         self._settle(decided, after, self._counts, self._missed)

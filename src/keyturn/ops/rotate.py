@@ -298,7 +298,7 @@ class Rotator:
                 backup_path,
                 {"columns": [c.spec.name for c in columns], "workers": workers},
             )
-            if workers > 1:
+            if workers > 1 and not self.options.auto_workers:  # auto starts sequential
                 job = replace(job, progress=JobProgress(chunked=True).dump())
                 jobs.checkpoint(conn, job.id, job.progress)
         self.store.reload()
@@ -307,38 +307,48 @@ class Rotator:
     # -- parallel: leased chunks ------------------------------------------------
 
     def _run_chunks(
-        self, columns: list[BoundColumn], ring: Keyring, job: jobs.Job, progress: JobProgress
+        self,
+        columns: list[BoundColumn],
+        ring: Keyring,
+        job: jobs.Job,
+        progress: JobProgress,
+        helpers_wanted: int | None = None,
     ) -> None:
-        """Plan the chunks (once), work on them with N-1 helper processes until all
-        are done, then hand the closing sweep to the sequential code, once."""
+        """Plan the chunks (once), work on them with helper processes until all are
+        done, then hand the closing sweep to the sequential code, once.
+
+        ``helpers_wanted``: how many helpers ``--workers auto`` measured room for,
+        the sequential walk having stopped where the chunks begin (its counts and
+        cursors are in ``progress``); otherwise N-1."""
         if progress.sweeping:
             return
         groups = {_table_key(g): g for g in group_by_table(columns)}
         with write_transaction(self.store.engine) as conn:
             if not chunks.is_planned(conn, job.id):
                 for key, group in groups.items():
-                    first = group[0]
-                    chunks.plan(conn, job.id, key, first.pk, self.options.chunk_rows, first.rows)
+                    walked = progress.tables.get(key, TableWalk())
+                    if walked.done:
+                        continue
+                    first, start = group[0], walked.cursor
+                    chunks.plan(
+                        conn,
+                        job.id,
+                        key,
+                        first.pk,
+                        self.options.chunk_rows,
+                        first.rows,
+                        start=tuple(start) if start else None,
+                    )
+                if not progress.chunked:  # with the plan, or not at all
+                    progress.chunked = True
+                    jobs.checkpoint(conn, job.id, progress.dump())
         from keyturn.ops.rotate_helper import spawn  # it imports this module
 
         config_path = self.store.config.path
-        most, auto = self.options.workers - 1, self.options.auto_workers
-        helpers = [] if auto else [spawn(config_path, self.options) for _ in range(most)]
-        probe = IdleCores() if auto else None
-
-        def grow() -> None:
-            """``--workers auto``: once the first worker has run for a while, a helper
-            for each core the machine left idle meanwhile (none if it cannot tell)."""
-            nonlocal probe
-            if probe is None or probe.seconds() < PROBE_SECONDS:
-                return
-            idle, probe = probe.idle(), None
-            wanted = min(most, int(idle + 0.2)) if idle is not None else 0
-            helpers.extend(spawn(config_path, self.options) for _ in range(wanted))
-            self.idle_cores = None if idle is None else round(idle, 2)
-
+        wanted = self.options.workers - 1 if helpers_wanted is None else helpers_wanted
+        helpers = [spawn(config_path, self.options) for _ in range(wanted)]
         try:
-            self._work_chunks(groups, ring, job, coordinator=True, helpers=helpers, grow=grow)
+            self._work_chunks(groups, ring, job, coordinator=True, helpers=helpers)
             self.workers_used = 1 + len(helpers)
         finally:
             for helper in helpers:
@@ -348,7 +358,12 @@ class Rotator:
                         "its chunks were taken over",
                         file=sys.stderr,
                     )
-        merged = {name: ColumnState() for name in (c.spec.name for c in columns)}
+        # From what a sequential walk counted before the chunks began (none if the
+        # job was parallel from the start), plus every chunk's tally.
+        merged = {
+            name: ColumnState.load(progress.column(name).dump())
+            for name in (c.spec.name for c in columns)
+        }
         with self.store.engine.connect() as conn:
             for tally in chunks.all_counts(conn, job.id):
                 for name, data in tally.items():
@@ -398,7 +413,6 @@ class Rotator:
         *,
         coordinator: bool,
         helpers: Sequence[subprocess.Popen[bytes]] = (),
-        grow: Callable[[], None] | None = None,
     ) -> dict[str, ColumnState]:
         """Claim and rotate chunks until none is left. The coordinator also waits for
         chunks other workers hold, taking over any whose lease expires, and reaps
@@ -435,8 +449,6 @@ class Rotator:
                     continue
                 group = groups[chunk.table_key]
                 self._work_chunk(group, chunk, ring, job, owner, pacing, pipeline, mine)
-                if grow is not None:
-                    grow()
 
     def _chunk_bar(
         self, groups: dict[str, list[BoundColumn]], job: jobs.Job
@@ -592,15 +604,19 @@ class Rotator:
         progress: JobProgress,
         conn: Connection | None,
     ) -> dict[str, ColumnState]:
-        """Walk every table, then sweep it; checkpoint after every batch."""
+        """Walk every table, then sweep it; checkpoint after every batch.
+
+        ``--workers auto`` (not resuming chunks): the walk stops once the probe
+        finds idle cores, and the rest of the tables go to leased chunks."""
         target = ring.active_version
         states = {c.spec.name: progress.column(c.spec.name) for c in columns}
-        walks = progress.tables
         pacing = Pacing(chunk_time=self.options.chunk_time, max_rate=self.options.max_rate)
+        auto = self.options.auto_workers and self.options.workers > 1 and conn is None
+        probe = _Probe(self.options.workers - 1) if auto and not progress.chunked else None
         for sweep in (False, True):
             for group in group_by_table(columns):
                 key = _table_key(group)
-                walk = walks.setdefault(key, TableWalk())
+                walk = progress.tables.setdefault(key, TableWalk())
                 if walk.swept if sweep else walk.done:
                     continue
                 bar = None
@@ -621,15 +637,24 @@ class Rotator:
                     conn=conn,
                     on_batch=self._on_batch(job, walk, states, progress, sweep=sweep),
                     collect_applied=self.options.backup,
+                    stop=probe.due if probe is not None and not sweep else None,
                 )
                 after = tuple(walk.cursor) if walk.cursor and not sweep else None
                 for result in rewriter.run(after=after):
                     states[result.column].counts[CONTENDED] += result.counts.get(CONTENDED, 0)
+                if rewriter.stopped and probe is not None:
+                    self._checkpoint(conn, job, progress, states)
+                    self._run_chunks(columns, ring, job, progress, helpers_wanted=probe.helpers)
+                    self.idle_cores = probe.idle
+                    states = {c.spec.name: progress.column(c.spec.name) for c in columns}
+                    break  # every walk is done now; the sweep follows
                 if sweep:
                     walk.swept = True
                 else:
                     walk.done = True
                 self._checkpoint(conn, job, progress, states)
+        if probe is not None and probe.decided:
+            self.idle_cores = probe.idle
         return states
 
     def _deciders(
@@ -901,6 +926,28 @@ class IdleCores:
             return None
         busy, total = now[0] - self._times[0], now[1] - self._times[1]
         return (os.cpu_count() or 1) * (1 - busy / total)
+
+
+class _Probe:
+    """``--workers auto``: decides once, after the sequential walk has run for
+    PROBE_SECONDS, how many helpers the idle cores make room for (``due``: stop
+    the walk and go parallel)."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.cores = IdleCores()
+        self.decided = False
+        self.idle: float | None = None
+        self.helpers = 0
+
+    def due(self) -> bool:
+        if self.decided or self.cores.seconds() < PROBE_SECONDS:
+            return False
+        self.decided = True
+        idle = self.cores.idle()
+        self.idle = None if idle is None else round(idle, 2)
+        self.helpers = min(self.most, int(idle + 0.2)) if idle is not None else 0
+        return self.helpers > 0
 
 
 def _cpu_times() -> tuple[int, int] | None:
