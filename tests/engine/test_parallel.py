@@ -166,19 +166,37 @@ def test_auto_workers_go_parallel_only_for_an_idle_core(
     app = parallel_app(database, tmp_path, monkeypatch)
     monkeypatch.setattr(rotate, "PROBE_SECONDS", 0.0)
     monkeypatch.setattr(rotate.IdleCores, "idle", lambda self: idle)
-    options = RotateOptions(workers=4, auto_workers=True, rows_per_chunk=200, max_rate=3000)
+    options = RotateOptions(workers=4, auto_workers=True, rows_per_chunk=200)
     with keyturn.open(app.config) as store:
         report = Rotator(store, options).run()
     assert report.extra["workers"] == workers
     assert report.extra["idle_cores"] == idle
     assert report.totals["rotated"] == ROWS + ROWS - ROWS // 10
-    chunk_owners = {owner for _, owner in chunk_rows(database)}
+    planned = chunk_rows(database)
     if workers == 1:
-        assert chunk_owners == set(), "no idle core: no chunks, one sequential walk"
+        assert planned == [], "no idle core: no chunks, one sequential walk"
     else:
-        assert len(chunk_owners) == 2, "the coordinator and its helper took chunks"
+        assert planned and {state for state, _ in planned} == {"done"}
         (first,) = database.rows("SELECT lo FROM keyturn_chunks WHERE chunk_no = 0")[0]
         assert first is not None, "the chunks begin where the sequential walk stopped"
+    check_all_rotated(app, database, 2)
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_auto_workers_stay_alone_under_a_rate_limit(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--max-rate applies per worker: auto going parallel would multiply it."""
+    from keyturn.ops import rotate
+    from keyturn.ops.rotate import RotateOptions, Rotator
+
+    app = parallel_app(database, tmp_path, monkeypatch)
+    monkeypatch.setattr(rotate, "PROBE_SECONDS", 0.0)
+    monkeypatch.setattr(rotate.IdleCores, "idle", lambda self: 1.0)
+    options = RotateOptions(workers=4, auto_workers=True, max_rate=20_000)
+    with keyturn.open(app.config) as store:
+        report = Rotator(store, options).run()
+    assert report.extra["workers"] == 1 and chunk_rows(database) == []
     check_all_rotated(app, database, 2)
 
 
@@ -200,7 +218,7 @@ def test_a_rotation_that_dies_as_it_goes_parallel_resumes_whole(
         raise SystemExit("killed as its first helper starts")
 
     monkeypatch.setattr(rotate_helper, "spawn", dies)
-    options = RotateOptions(workers=2, auto_workers=True, rows_per_chunk=300, max_rate=5000)
+    options = RotateOptions(workers=2, auto_workers=True, rows_per_chunk=300)
     with keyturn.open(app.config) as store, pytest.raises(SystemExit):
         Rotator(store, options).run()
     assert database.rows("SELECT state FROM keyturn_jobs") == [("running",)]
@@ -221,7 +239,8 @@ def test_workers_auto_on_the_command_line(
     for bad in ("0", "65", "two"):
         refused = app.cli("rotate", "--yes", "--workers", bad)
         assert refused.returncode == 2 and "--workers" in refused.stderr, refused.stderr
-    done = app.cli("rotate", "--yes", "--workers", "auto")
+    done = app.cli("rotate", "--yes", "--workers", "auto", "--json")
     assert done.returncode == 0, done.stderr
-    assert "workers: 1 (auto: no idle cores measured: done within" in done.stdout
+    report = json.loads(done.stdout)
+    assert report["workers"] == 1 and report["idle_cores"] is None, "done within the probe"
     check_all_rotated(app, database, 2)

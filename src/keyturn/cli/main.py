@@ -541,12 +541,13 @@ def _workers(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
 @click.option(
     "--workers",
     metavar="N|auto",
-    default="1",
+    default="auto",
     callback=_workers,
     show_default=True,
     help="Processes re-encrypting disjoint primary-key ranges in parallel (leased chunks). "
-    "'auto': start alone, and after half a second add one per core the machine left idle "
-    "meanwhile (a database server on this machine counts): no helper competes for a busy core.",
+    "'auto': walk alone, and after half a second go parallel with one helper per core the "
+    "machine left idle meanwhile (a database server on this machine counts); never with "
+    "--max-rate, which applies per worker.",
 )
 @click.option(
     "--join",
@@ -601,9 +602,10 @@ def rotate(
     the database; `keyturn rotate --join` on another host works on the same
     job. --max-rate applies per worker. A killed worker's chunk is taken over
     after --lease-seconds; a killed coordinator's job is resumed by
-    `keyturn rotate`. --workers auto starts alone and adds a helper for each
-    core left idle during its first half second (none where a local database
-    server already keeps the cores busy).
+    `keyturn rotate`. The default, --workers auto, walks alone and goes
+    parallel with a helper for each core left idle during its first half
+    second (none where a local database server keeps the cores busy, none
+    with --max-rate); --workers 1 never starts a helper.
 
     Holds the keyring lock while it runs: rotate-kek, destroy-key, prune,
     restore and a second rotate refuse meanwhile (exit 4), or queue with --wait.
@@ -611,11 +613,14 @@ def rotate(
     from keyturn.ops.reports import audit_summary
     from keyturn.ops.rotate import RotateOptions, Rotator
 
-    if atomic and (workers != 1 or join):
+    explicit = ctx.get_parameter_source("workers") != click.core.ParameterSource.DEFAULT
+    if atomic and ((explicit and workers != 1) or join):
         raise click.UsageError("--atomic runs in one transaction; it cannot use --workers/--join")
-    auto = workers == AUTO_WORKERS
+    auto = workers == AUTO_WORKERS and not atomic and not join
     if auto:  # the most; helpers only for idle cores (at most 8: the chunks' claims contend)
         workers = min(8, os.cpu_count() or 1)
+    elif workers == AUTO_WORKERS:
+        workers = 1
     if join and dry_run:
         raise click.UsageError("--join works on a running job; --dry-run writes nothing")
     with _open(ctx) as store:
@@ -661,16 +666,10 @@ def rotate(
             f"job {extra['job']}: key v{extra['new_version']} is active"
             + (" (resumed)" if extra.get("resumed") else "")
         )
-        if "idle_cores" in extra:
-            idle = extra["idle_cores"]
+        if extra.get("idle_cores") is not None:
             click.echo(
-                f"workers: {extra['workers']} (auto: "
-                + (
-                    f"{idle:.1f} idle core(s) measured while the first worker ran alone)"
-                    if idle is not None
-                    else "no idle cores measured: done within the first half second, "
-                    "or this machine has no /proc/stat)"
-                )
+                f"workers: {extra['workers']} (auto: {extra['idle_cores']:.1f} idle core(s) "
+                "measured while walking alone)"
             )
         if extra.get("backup_file"):
             click.echo(f"backup of the database file: {extra['backup_file']}")

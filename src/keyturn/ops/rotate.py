@@ -276,8 +276,14 @@ class Rotator:
         progress = JobProgress.load(job.progress)
         # If anything below raises, the job stays `running`; its owner (this
         # process) is then dead or gone, so the next `keyturn rotate` resumes it.
-        if progress.chunked:
-            self._run_chunks(columns, ring, job, progress)
+        if progress.chunked:  # resumed: --workers auto goes on alone (no probe while resuming)
+            self._run_chunks(
+                columns,
+                ring,
+                job,
+                progress,
+                helpers_wanted=0 if self.options.auto_workers else None,
+            )
         results = self._rotate_columns(columns, ring, job, progress, None)
         with write_transaction(self.store.engine) as conn:
             states = refresh_states(self.store, conn)
@@ -611,7 +617,13 @@ class Rotator:
         target = ring.active_version
         states = {c.spec.name: progress.column(c.spec.name) for c in columns}
         pacing = Pacing(chunk_time=self.options.chunk_time, max_rate=self.options.max_rate)
-        auto = self.options.auto_workers and self.options.workers > 1 and conn is None
+        # --max-rate applies per worker: under it, auto does not multiply the load.
+        auto = (
+            self.options.auto_workers
+            and self.options.workers > 1
+            and conn is None
+            and self.options.max_rate is None
+        )
         probe = _Probe(self.options.workers - 1) if auto and not progress.chunked else None
         for sweep in (False, True):
             for group in group_by_table(columns):
