@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 
 import pytest
 from conftest import VECTORS, App
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import keyturn
@@ -20,8 +19,17 @@ parts = st.lists(st.text() | st.integers(), min_size=1, max_size=4)
 
 def split_row_context(context: str) -> list[str]:
     """The inverse of row_context's key encoding: split on unescaped commas, unescape."""
-    key = context.split("#", 1)[1]
-    return [re.sub(r"\\(.)", r"\1", p) for p in re.split(r"(?<!\\)((?:\\\\)*),", key)[::2]]
+    parts, current = [], []
+    chars = iter(context.split("#", 1)[1])
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars))
+        elif char == ",":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    return [*parts, "".join(current)]
 
 
 def test_the_vectors() -> None:
@@ -30,6 +38,7 @@ def test_the_vectors() -> None:
 
 
 @given(parts)
+@example(["\\", ""])  # the test's own inverse once dropped an escaped backslash before a comma
 def test_the_key_can_be_read_back(pk: list[str | int]) -> None:
     assert split_row_context(row_context("t", "c", pk)) == [str(v) for v in pk]
 
