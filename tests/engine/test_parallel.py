@@ -147,6 +147,17 @@ def test_the_coordinator_notices_at_once_that_its_last_helper_exited() -> None:
     assert 0.2 <= time.monotonic() - started < 1.0
 
 
+def probed_app(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, idle: float | None
+) -> Any:
+    """parallel_app, where --workers auto's probe decides at once and measures ``idle``."""
+    from keyturn.ops import rotate
+
+    monkeypatch.setattr(rotate, "PROBE_SECONDS", 0.0)
+    monkeypatch.setattr(rotate.IdleCores, "idle", lambda self: idle)
+    return parallel_app(database, tmp_path, monkeypatch)
+
+
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 @pytest.mark.parametrize(("idle", "workers"), [(1.0, 2), (0.3, 1), (None, 1)])
 def test_auto_workers_go_parallel_only_for_an_idle_core(
@@ -160,12 +171,9 @@ def test_auto_workers_go_parallel_only_for_an_idle_core(
     with one idle, it stops there, plans chunks for the rest of the table and starts
     a helper; without (or if this machine cannot tell), it stays one sequential
     walk. The rotation is whole and counted once either way."""
-    from keyturn.ops import rotate
     from keyturn.ops.rotate import RotateOptions, Rotator
 
-    app = parallel_app(database, tmp_path, monkeypatch)
-    monkeypatch.setattr(rotate, "PROBE_SECONDS", 0.0)
-    monkeypatch.setattr(rotate.IdleCores, "idle", lambda self: idle)
+    app = probed_app(database, tmp_path, monkeypatch, idle)
     options = RotateOptions(workers=4, auto_workers=True, rows_per_chunk=200)
     with keyturn.open(app.config) as store:
         report = Rotator(store, options).run()
@@ -187,12 +195,9 @@ def test_auto_workers_stay_alone_under_a_rate_limit(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--max-rate applies per worker: auto going parallel would multiply it."""
-    from keyturn.ops import rotate
     from keyturn.ops.rotate import RotateOptions, Rotator
 
-    app = parallel_app(database, tmp_path, monkeypatch)
-    monkeypatch.setattr(rotate, "PROBE_SECONDS", 0.0)
-    monkeypatch.setattr(rotate.IdleCores, "idle", lambda self: 1.0)
+    app = probed_app(database, tmp_path, monkeypatch, 1.0)
     options = RotateOptions(workers=4, auto_workers=True, max_rate=20_000)
     with keyturn.open(app.config) as store:
         report = Rotator(store, options).run()
@@ -207,12 +212,10 @@ def test_a_rotation_that_dies_as_it_goes_parallel_resumes_whole(
     """The switch of --workers auto writes the chunks and the job's chunk mode in one
     transaction after the walk's last checkpoint: a rotation that dies right after is
     resumed by `keyturn rotate`, the walked rows counted once, the rest by chunks."""
-    from keyturn.ops import rotate, rotate_helper
+    from keyturn.ops import rotate_helper
     from keyturn.ops.rotate import RotateOptions, Rotator
 
-    app = parallel_app(database, tmp_path, monkeypatch)
-    monkeypatch.setattr(rotate, "PROBE_SECONDS", 0.0)
-    monkeypatch.setattr(rotate.IdleCores, "idle", lambda self: 1.0)
+    app = probed_app(database, tmp_path, monkeypatch, 1.0)
 
     def dies(*args: object, **kwargs: object) -> None:
         raise SystemExit("killed as its first helper starts")
