@@ -19,7 +19,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from itertools import accumulate, chain
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -48,6 +48,8 @@ from keyturn.engine import dialects
 from keyturn.engine.dialects import mysql, postgresql
 from keyturn.engine.pacing import Pacing, Pipeline
 from keyturn.errors import LeaseLost, SchemaError
+
+_T = TypeVar("_T")
 
 FAILED = "failed"
 CONTENDED = "contended"
@@ -146,13 +148,13 @@ class TableRewriter:
 
         A database failure leaves as keyturn's DatabaseError, never as the
         driver's exception: the swap statements may hold the values they write."""
-        try:
+
+        def walk() -> list[ColumnResult]:
             with Pipeline(self._pipelined()) as pipeline:
                 self._walk(after, pipeline)
             return self._finish()
-        except DBAPIError as exc:
-            error = database_error(exc)
-        raise error  # outside the except: no __context__ holding the statement's values
+
+        return _keyturn_errors(walk)
 
     def queue(
         self,
@@ -175,14 +177,11 @@ class TableRewriter:
                     results = self._finish()
             then(results)
 
-        try:
+        def walk() -> None:
             self._walk(after, pipeline, yield_lease=True)
             pipeline.then(finish)
-        except DBAPIError as exc:
-            error = database_error(exc)
-        else:
-            return
-        raise error
+
+        _keyturn_errors(walk)
 
     def _pipelined(self) -> bool:
         return self.conn is None and not self.dry_run and pipelined(self.engine)
@@ -520,12 +519,16 @@ def pipelined(engine: Engine) -> bool:
 def drain(pipeline: Pipeline) -> None:
     """Wait for everything queued on a walk's ``pipeline``; a database failure there
     leaves as keyturn's DatabaseError, as from :meth:`TableRewriter.run`."""
+    _keyturn_errors(pipeline.wait)
+
+
+def _keyturn_errors(call: Callable[[], _T]) -> _T:
+    """``call()``, with a database failure raised as keyturn's DatabaseError, never as
+    the driver's exception: the swap statements may hold the values they write."""
     try:
-        pipeline.wait()
+        return call()
     except DBAPIError as exc:
         error = database_error(exc)
-    else:
-        return
     raise error  # outside the except: no __context__ holding the statement's values
 
 

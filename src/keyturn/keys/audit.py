@@ -347,18 +347,13 @@ class AuditLog:
                 return self.append(conn, actor, action, details)
         except (AuditError, KEKChanged):
             raise
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
+        except Exception as exc:
+            if not (isinstance(exc, DBAPIError) and exc.connection_invalidated):
                 raise AuditError(
                     f"the audit entry for {action} could not be written "
                     f"({type(exc).__name__}); the operation was refused"
                 ) from exc
             lost = database_error(exc)  # the connection, not the log: say so, as elsewhere
-        except Exception as exc:
-            raise AuditError(
-                f"the audit entry for {action} could not be written ({type(exc).__name__}); "
-                "the operation was refused"
-            ) from exc
         raise lost
 
     @contextmanager

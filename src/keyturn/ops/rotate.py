@@ -657,7 +657,6 @@ class Rotator:
                 if rewriter.stopped and probe is not None:
                     self._checkpoint(conn, job, progress, states)
                     self._run_chunks(columns, ring, job, progress, helpers_wanted=probe.helpers)
-                    self.idle_cores = probe.idle
                     states = {c.spec.name: progress.column(c.spec.name) for c in columns}
                     break  # every walk is done now; the sweep follows
                 if sweep:
