@@ -21,7 +21,8 @@ from sqlalchemy import create_engine, text
 
 import keyturn
 from keyturn import ConfigError
-from keyturn._core.jsonpath import locate, parse_path, splice
+from keyturn._core.jsonpath import locate, parse_path, quick_finder, splice
+from keyturn.errors import InvalidDocument
 
 PATHS = ["$.apiKey", "$.oauth.refresh_token", "$.headers[*].value"]
 JSON_FIELDS = json.dumps(PATHS)
@@ -384,6 +385,10 @@ def assert_both_ways_agree(document: str, paths: list[Any]) -> None:
     from keyturn._core.jsonpath import _find_plain, _parse
 
     fast, thorough = _find_plain(document, paths), _parse(document, paths)
+    quick = quick_finder(paths)
+    found = quick(document) if quick else None
+    if found is not None:  # one string per path, where the thorough parse finds it
+        assert [[f] for f in found] == thorough
     if fast is None:
         return
     for quick, slow in zip(fast, thorough, strict=True):
@@ -391,6 +396,71 @@ def assert_both_ways_agree(document: str, paths: list[Any]) -> None:
             f for f in slow if isinstance(f[2], str)
         ]
         assert [(v, e < 0) for _, e, v in quick] == [(v, e < 0) for _, e, v in slow]
+
+
+# JSON text written by hand: members may repeat, text is not escaped unless it must be.
+_MEMBERS = st.sampled_from(["a", "b", "apiKey", "x y", "é"])
+_TEXT = st.text(alphabet=st.sampled_from('ab"\\é :,{}[]\x01'), max_size=6)
+_JSON_TEXT = st.recursive(
+    st.sampled_from(["null", "1", "true", ' "a" ', '"apiKey"'])
+    | _TEXT.map(lambda t: json.dumps(t, ensure_ascii=False)),
+    lambda inner: (
+        st.lists(inner, max_size=3).map(lambda items: "[" + ",".join(items) + "]")
+        | st.lists(st.tuples(_MEMBERS, inner), max_size=4).map(
+            lambda pairs: (
+                "{" + ", ".join(json.dumps(k, ensure_ascii=False) + ":" + v for k, v in pairs) + "}"
+            )
+        )
+    ),
+    max_leaves=10,
+)
+
+
+def _object(pairs: list[tuple[str, str]]) -> str:
+    return "{" + ", ".join(json.dumps(k, ensure_ascii=False) + ": " + v for k, v in pairs) + "}"
+
+
+# Documents that mostly hold the fields $.apiKey and $.a.b, beside look-alikes:
+# the same strings elsewhere, members named twice, member names as values.
+_FIELD = st.sampled_from(['"kt1:1:AAAA"', '"apiKey"', '"b"', '"é"', "null", "7"]) | st.text(
+    alphabet="abcé:- ", max_size=8
+).map(lambda t: f'"{t}"')
+_INNER = st.tuples(
+    st.tuples(st.just("b"), _FIELD),
+    st.lists(st.tuples(st.sampled_from(["b", "apiKey"]), _FIELD | _JSON_TEXT), max_size=1),
+).flatmap(lambda t: st.permutations([t[0], *t[1]]))
+_DOCUMENTS = (
+    st.tuples(
+        st.tuples(st.just("apiKey"), _FIELD),
+        st.tuples(st.just("a"), _INNER.map(_object)),
+        st.lists(st.tuples(st.sampled_from(["x y", "é", "b", "apiKey"]), _FIELD), max_size=2),
+    )
+    .flatmap(lambda t: st.permutations([t[0], t[1], *t[2]]))
+    .map(_object)
+)
+
+
+@settings(max_examples=800, deadline=None)
+@given(_DOCUMENTS | _JSON_TEXT, st.sampled_from([" ", "", "x", "\n"]))
+def test_the_quick_finder_finds_what_the_thorough_parse_finds(document: str, tail: str) -> None:
+    """Where the quick way answers (each field once, as a string), it is the
+    thorough parse's answer, members named twice, look-alike strings and
+    unescaped text included; where the text is not JSON it does not answer."""
+    paths = [parse_path(p) for p in ["$.apiKey", "$.a.b"]]
+    document += tail
+    try:
+        thorough = _parse_fields(document, paths)
+    except InvalidDocument:
+        assert quick_finder(paths)(document) is None  # type: ignore[misc]
+        return
+    assert_both_ways_agree(document, paths)
+    assert thorough is not None
+
+
+def _parse_fields(document: str, paths: list[Any]) -> list[Any]:
+    from keyturn._core.jsonpath import _parse
+
+    return _parse(document, paths)
 
 
 @pytest.mark.parametrize(

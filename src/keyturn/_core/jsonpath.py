@@ -21,6 +21,11 @@ from keyturn.errors import ConfigError, InvalidDocument
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
+# The decoder's scanner: (text, index) -> (value, end); StopIteration if no value starts there.
+_scan: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+_SPACES = frozenset(" \t\n\r")
+# What json.dumps escapes in a string; any other text is its own JSON between quotes.
+_ESCAPED = re.compile(r'[\x00-\x1f\\"]')
 _MISSING = object()
 # Member names as they stand quoted in a document's text (the paths' names: few).
 _QUOTED: dict[str, str] = {}
@@ -101,6 +106,53 @@ def locate(document: str, paths: Sequence[JsonPath]) -> list[list[Found]]:
         if found is not None:
             return found
     return _parse(document, paths)
+
+
+def quick_finder(paths: Sequence[JsonPath]) -> Callable[[str], list[Found] | None] | None:
+    """For paths without ``[*]`` (None if one has it): a function giving each path's
+    field, in a document whose fields all hold strings that can be found with one
+    parse and a few searches (a batch's hot path), and None for any other
+    document, to :func:`locate` instead. Each field's string must stand once in
+    the text (then it is the field's, as in :func:`_find_plain`), and each member
+    name on the way as often as the paths pass it (else a member may be named
+    twice, and the json module sees only the last)."""
+    if not paths or not all(path.direct for path in paths):
+        return None
+    routes = [path.segments for path in paths]
+    passed: dict[str, int] = {}  # member name -> the objects passed through it
+    for prefix in {route[: k + 1] for route in routes for k in range(len(route))}:
+        member = str(prefix[-1])  # no [*] here
+        passed[member] = passed.get(member, 0) + 1
+    counts = [('"' + name + '"', n) for name, n in passed.items()]
+
+    def find(document: str) -> list[Found] | None:
+        if "\\" in document or document[:1] in _SPACES:
+            return None
+        try:  # json.loads without its wrappers: the C scanner, then what trails
+            value, end = _scan(document, 0)
+        except (ValueError, StopIteration):
+            return None
+        if end != len(document) and _ws(document, end) != len(document):
+            return None
+        found: list[Found] = []
+        for route in routes:
+            node = value
+            for name in route:
+                node = node.get(name) if type(node) is dict else None
+            if type(node) is not str:
+                return None
+            quoted = '"' + node + '"'
+            start = document.find(quoted)
+            end = start + len(quoted)
+            if start < 0 or document.find(quoted, end) >= 0:
+                return None
+            found.append((start, end, node))
+        for spelled, n in counts:
+            if document.count(spelled) != n:
+                return None
+        return found
+
+    return find
 
 
 def _find_plain(document: str, paths: Sequence[JsonPath]) -> list[list[Found]] | None:
@@ -267,20 +319,44 @@ def _ws(text: str, pos: int) -> int:
     return _WS.match(text, pos).end()  # type: ignore[union-attr]
 
 
-def splice(document: str, edits: Sequence[tuple[int, int, str]]) -> str:
+def splice(document: str, edits: Sequence[tuple[int, int, str]], *, tokens: bool = False) -> str:
     """``document`` with each (start, end) span replaced by the JSON string of its
-    text; every other character stays as it was."""
+    text; every other character stays as it was. ``tokens``: every text is a
+    keyturn token (``kt1:``, its version, base64url), which needs no escaping."""
+    quote = _quote_token if tokens else _quote
+    if len(edits) == 1:
+        ((start, end, new),) = edits
+        return document[:start] + quote(new) + document[end:]
+    if len(edits) == 2:  # a document's usual two fields, without sort and join
+        first, second = edits
+        if first[0] > second[0]:
+            first, second = second, first
+        return (
+            document[: first[0]]
+            + quote(first[2])
+            + document[first[1] : second[0]]
+            + quote(second[2])
+            + document[second[1] :]
+        )
     parts = []
     last = 0
-    for start, end, new in sorted(edits) if len(edits) > 1 else edits:
+    for start, end, new in sorted(edits):
         parts.append(document[last:start])
-        if '"' in new or "\\" in new or not new.isprintable():
-            parts.append(json.dumps(new, ensure_ascii=False))
-        else:  # a token, and most text: nothing to escape
-            parts.append('"' + new + '"')
+        parts.append(quote(new))
         last = end
     parts.append(document[last:])
     return "".join(parts)
+
+
+def _quote(text: str) -> str:
+    """``text`` as a JSON string, as ``json.dumps(text, ensure_ascii=False)`` writes it."""
+    if _ESCAPED.search(text) is None:
+        return '"' + text + '"'  # most text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _quote_token(token: str) -> str:
+    return '"' + token + '"'
 
 
 def transform(value: Any, path: JsonPath, change: Callable[[Any], Any]) -> Any:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from keyturn._core.jsonpath import locate, splice
+from keyturn._core.jsonpath import Found, locate, quick_finder, splice
 from keyturn.config import ColumnSpec
 from keyturn.db.columns import BoundColumn, from_stored
 from keyturn.engine.walk import FAILED, PK, Category, DecideBatch
@@ -46,53 +46,107 @@ def each_field(
             spelled = names[i][category] = field_category(paths[i].text, category)
         return spelled
 
+    quick = quick_finder(paths)
+
     def decide(
         pks: Sequence[PK], documents: Sequence[Any]
     ) -> tuple[list[Category], list[str | None]]:
-        categories: list[list[str]] = [[] for _ in documents]
-        texts: list[str] = [""] * len(documents)
-        # Per path: its string fields in the batch (the document, the span, the value).
-        rows: list[list[int]] = [[] for _ in paths]
-        spans_: list[list[tuple[int, int]]] = [[] for _ in paths]
+        n = len(documents)
+        categories: list[Category] = [()] * n
+        out: list[str | None] = [None] * n
+        found = [quick(d) if type(d) is str else None for d in documents] if quick else [None] * n
+        fast = [j for j, f in enumerate(found) if f is not None]
+        if len(fast) == n:
+            decide_found(pks, documents, found, range(n), categories, out)  # type: ignore[arg-type]
+            return categories, out
+        if fast:
+            decide_found(
+                [pks[j] for j in fast],
+                [documents[j] for j in fast],
+                [found[j] for j in fast],  # type: ignore[misc]
+                fast,
+                categories,
+                out,
+            )
+        rest = [j for j, f in enumerate(found) if f is None]
+        decide_any([pks[j] for j in rest], [documents[j] for j in rest], rest, categories, out)
+        return categories, out
+
+    def decide_found(
+        pks: Sequence[PK],
+        documents: Sequence[str],
+        found: Sequence[list[Found]],
+        at: Sequence[int],
+        categories: list[Category],
+        out: list[str | None],
+    ) -> None:
+        """Documents whose fields :func:`quick_finder` found: one string per path each."""
+        named: list[list[str]] = []
+        news: list[list[str | None]] = []
+        for i, decide_field in enumerate(decides):
+            decided, new = decide_field(pks, [f[i][2] for f in found])
+            spelled = names[i]
+            named.append([spelled.get(c) or name(i, c) for c in decided])  # type: ignore[arg-type]
+            news.append(new)
+        for j, document, fields_, named_, news_ in zip(
+            at, documents, found, zip(*named, strict=True), zip(*news, strict=True), strict=True
+        ):
+            categories[j] = named_
+            edits = [
+                (f[0], f[1], new) for f, new in zip(fields_, news_, strict=True) if new is not None
+            ]
+            if edits:
+                out[j] = splice(document, edits, tokens=True)
+
+    def decide_any(
+        pks: Sequence[PK],
+        documents: Sequence[Any],
+        at: Sequence[int],
+        categories: list[Category],
+        out: list[str | None],
+    ) -> None:
+        """Any documents: NULL, not JSON, fields missing, null, not strings, or many."""
+        n = len(documents)
+        cats: list[list[str]] = [[] for _ in range(n)]
+        texts: list[str] = [""] * n
+        # Per path: where its string fields stand (document, start, end), and their values.
+        where: list[list[tuple[int, int, int]]] = [[] for _ in paths]
         values: list[list[str]] = [[] for _ in paths]
         for j, document in enumerate(documents):
             if type(document) is not str:
                 document = _as_text(document)
                 if document is None:
-                    categories[j].append(empty if documents[j] is None else FAILED)
+                    cats[j].append(empty if documents[j] is None else FAILED)
                     continue
             if not document:
-                categories[j].append(empty)
+                cats[j].append(empty)
                 continue
             texts[j] = document
             try:
-                found = locate(document, paths)
+                located = locate(document, paths)
             except InvalidDocument:
-                categories[j].append(FAILED)
+                cats[j].append(FAILED)
                 continue
-            for i, spans in enumerate(found):
+            for i, spans in enumerate(located):
                 for start, end, value in spans:
                     if type(value) is str and end >= 0:
-                        rows[i].append(j)
-                        spans_[i].append((start, end))
+                        where[i].append((j, start, end))
                         values[i].append(value)
                     else:
-                        categories[j].append(name(i, empty if value is None else FAILED))
-        edits: dict[int, list[tuple[int, int, str]]] = {}
+                        cats[j].append(name(i, empty if value is None else FAILED))
+        edits: list[list[tuple[int, int, str]]] = [[] for _ in range(n)]
         for i, decide_field in enumerate(decides):
             if not values[i]:
                 continue
-            decided, news = decide_field([pks[j] for j in rows[i]], values[i])
-            for j, (start, end), category, new in zip(
-                rows[i], spans_[i], decided, news, strict=True
-            ):
-                categories[j].append(name(i, category))  # type: ignore[arg-type]
+            decided, news = decide_field([pks[j] for j, _, _ in where[i]], values[i])
+            for (j, start, end), category, new in zip(where[i], decided, news, strict=True):
+                cats[j].append(name(i, category))  # type: ignore[arg-type]
                 if new is not None:
-                    edits.setdefault(j, []).append((start, end, new))
-        out: list[str | None] = [None] * len(documents)
-        for j, changes in edits.items():
-            out[j] = splice(texts[j], changes)
-        return [tuple(c) for c in categories], out
+                    edits[j].append((start, end, new))
+        for k, j in enumerate(at):
+            categories[j] = tuple(cats[k])
+            if edits[k]:
+                out[j] = splice(texts[k], edits[k], tokens=True)
 
     return decide
 
