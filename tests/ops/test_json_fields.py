@@ -632,7 +632,7 @@ def test_documents_survive_a_killed_parallel_rotation(
 def test_backed_up_documents_keep_their_key_version_in_use(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A rotation's backup of a JSON column holds whole documents: the tokens in them
+    """A rotation's backup of a JSON column holds the fields' replaced tokens: they
     count as uses of their version, so it is neither retired nor destroyed while
     the backup could restore them; pruning the backup releases it."""
     import sqlite3
@@ -663,3 +663,126 @@ def test_backed_up_documents_keep_their_key_version_in_use(
     app.cli("prune", rotated["job"], "--yes", check=True)
     keys = {k["version"]: k for k in json.loads(app.cli("keys", "--json", check=True).stdout)}
     assert keys[1]["backups"] == 0 and keys[1]["state"] == "retired"
+
+
+def test_a_restore_puts_back_the_fields_and_keeps_the_apps_edits(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rotation's backup keeps each field's replaced token, packed as tokens, not
+    whole documents; restore puts them back into
+    the documents as the app left them: another field edited since is kept, a
+    secret field the app rewrote since is left as the app wrote it."""
+    kind = KINDS[database.kind][-1]  # PostgreSQL's jsonb rewrites the documents' text
+    database.execute(f"CREATE TABLE docs (id INTEGER PRIMARY KEY, doc {kind})")
+    for i in range(1, 5):
+        document = {"name": f"n{i}", "a": f"secret-a-{i}", "h": [{"v": f"h{i}"}, {"v": "w"}]}
+        database.execute("INSERT INTO docs VALUES (:i, :d)", i=i, d=json.dumps(document))
+    (tmp_path / "keyturn.toml").write_text(
+        f'database = "{database.url}"\n[[columns]]\ntable = "docs"\ncolumn = "doc"\n'
+        'json_fields = ["$.a", "$.h[*].v"]\n'
+    )
+    monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
+    monkeypatch.chdir(tmp_path)
+    app = App(tmp_path, dict(os.environ))
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    as_text = "::text" if database.kind == "postgresql" else ""
+
+    def documents_now() -> dict[int, Any]:
+        return {i: json.loads(d) for i, d in database.rows(f"SELECT id, doc{as_text} FROM docs")}
+
+    before = documents_now()
+    rotated = report(app, "rotate", "--yes")
+    assert rotated["rotated"] == 12
+    packs_ = database.rows(
+        "SELECT column_name, value_count, data FROM keyturn_backup_batches ORDER BY column_name"
+    )
+    assert [(name, n) for name, n, _ in packs_] == [("doc$.a", 4), ("doc$.h[*].v", 8)]
+    from keyturn._core import packs
+
+    kept = [packs.unpack(bytes(data)).olds for _, _, data in packs_]
+    assert sorted(kept[0]) == sorted(d["a"] for d in before.values())
+    assert sorted(kept[1]) == sorted(h["v"] for d in before.values() for h in d["h"])
+
+    after = documents_now()
+    with keyturn.open(tmp_path / "keyturn.toml") as store:
+        rewritten = store.encrypt("the app's new secret", context="docs.doc$.a")
+    edited = {**after[1], "name": "renamed"}  # another field: the restore keeps it
+    database.execute(
+        "UPDATE docs SET doc = :d WHERE id = 1", d=json.dumps(edited, separators=(",", ":"))
+    )
+    database.execute(
+        "UPDATE docs SET doc = :d WHERE id = 2", d=json.dumps({**after[2], "a": rewritten})
+    )
+    database.execute("DELETE FROM docs WHERE id = 3")
+    restored = report(app, "restore", rotated["job"], "--yes")
+    assert (restored["restored"], restored["changed_since"]) == (3 + 2 + 3, 1 + 3)
+    now = documents_now()
+    assert now[1] == {**before[1], "name": "renamed"}
+    assert now[2] == {**before[2], "a": rewritten}
+    assert now[4] == before[4] and set(now) == {1, 2, 4}
+    assert report(app, "verify")["failed"] == 0
+
+
+def test_a_field_whose_backup_name_is_too_long_is_backed_up_in_its_document(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``doc`` and a path of 130 characters do not fit the backup table's name: the
+    backup keeps the whole documents, as before fields were kept, and restores."""
+    member = "m" * 130
+    with sqlite3.connect(tmp_path / "app.db") as conn:
+        conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, doc TEXT)")
+        for i in range(1, 4):
+            conn.execute("INSERT INTO docs VALUES (?, ?)", (i, json.dumps({member: f"s{i}"})))
+    conn.close()
+    (tmp_path / "keyturn.toml").write_text(
+        'database = "sqlite:///app.db"\n[[columns]]\ntable = "docs"\ncolumn = "doc"\n'
+        f'json_fields = ["$.{member}"]\n'
+    )
+    monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
+    monkeypatch.chdir(tmp_path)
+    app = App(tmp_path, dict(os.environ))
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    with sqlite3.connect(tmp_path / "app.db") as conn:
+        before = dict(conn.execute("SELECT id, doc FROM docs"))
+    rotated = report(app, "rotate", "--yes")
+    with sqlite3.connect(tmp_path / "app.db") as conn:
+        names = conn.execute("SELECT column_name FROM keyturn_backup_batches").fetchall()
+    conn.close()
+    assert names == [("doc",)]
+    assert report(app, "restore", rotated["job"], "--yes")["restored"] == 3
+    with sqlite3.connect(tmp_path / "app.db") as conn:
+        assert dict(conn.execute("SELECT id, doc FROM docs")) == before
+    conn.close()
+
+
+def test_the_sweep_finds_exactly_the_documents_holding_another_version(
+    database: Database,
+) -> None:
+    """The closing sweep's filter, run by each database: a document holding any
+    token not on the target version, among tokens that are, is found; one whose
+    tokens are all on it, or that holds none, is not."""
+    from sqlalchemy import Column, Integer, MetaData, Table, Text, create_engine, select
+
+    from keyturn.ops.rotate import _stale_document
+
+    documents = {
+        1: '{"a": "kt1:2:AAAA", "b": "kt1:2:BBBB"}',
+        2: '{"a": "kt1:2:AAAA", "b": "kt1:1:BBBB"}',
+        3: '{"a": "kt1:12:AAAA", "b": "kt1:2:BBBB"}',
+        4: '{"a": "plain", "kt1:2:": "kt1:2:x"}',
+        5: '{"note": "see kt1:1:x", "a": "kt1:2:A"}',
+        6: '{"a": ["kt1:2:A", "kt1:21:B"]}',
+    }
+    database.execute("CREATE TABLE sweepdocs (id INTEGER PRIMARY KEY, doc TEXT)")
+    for i, document in documents.items():
+        database.execute("INSERT INTO sweepdocs VALUES (:i, :d)", i=i, d=document)
+    table = Table("sweepdocs", MetaData(), Column("id", Integer), Column("doc", Text))
+    engine = create_engine(database.url)
+    try:
+        with engine.connect() as conn:
+            query = select(table.c.id).where(_stale_document(table.c.doc, 2)).order_by("id")
+            assert list(conn.execute(query).scalars()) == [2, 3, 6]
+    finally:
+        engine.dispose()

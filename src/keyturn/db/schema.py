@@ -97,6 +97,9 @@ chunks = Table(
     Column("counts", Text, nullable=False, default="{}"),
 )
 
+#: The longest table or column name a backup row holds (a JSON field's: doc$.apiKey).
+BACKUP_NAME = 128
+
 # The values a job replaced (ciphertext only), one row per batch and column:
 # ``data`` is a pack (keyturn._core.packs) holding each row's primary key, the
 # value replaced and a fingerprint of the value written, so a restore is itself
@@ -107,8 +110,8 @@ backup_batches = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("job_id", String(32), nullable=False, index=True),
-    Column("table_name", String(128), nullable=False),
-    Column("column_name", String(128), nullable=False),
+    Column("table_name", String(BACKUP_NAME), nullable=False),
+    Column("column_name", String(BACKUP_NAME), nullable=False),
     Column("value_count", Integer, nullable=False),
     Column("versions", Text, nullable=False),
     Column("data", LargeBinary(2**32 - 1), nullable=False),  # MySQL: LONGBLOB

@@ -34,7 +34,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-from keyturn._core import packs
+from keyturn._core import packs, tokens
+from keyturn._core.jsonpath import splice
 from keyturn.db import migrations, schema
 from keyturn.db.columns import BoundColumn, keys_in, read_as, stored_as
 from keyturn.db.database import DriverStatement, exact_equals, write_transaction
@@ -116,8 +117,9 @@ def record(conn: Connection, job_id: str, applied: Sequence[Applied]) -> None:
                 data, used = packs.pack(pks, olds, news, found)
             else:
                 data, used = packs.pack(pks[lo:hi], olds[lo:hi], news[lo:hi])
-            spec = column.spec
-            rows.append((job_id, spec.table, spec.column, hi - lo, packs.versions_text(used), data))
+            spec = column.spec  # a JSON column's field is kept as its own column: doc$.apiKey
+            name = spec.column + spec.path
+            rows.append((job_id, spec.table, name, hi - lo, packs.versions_text(used), data))
     if rows:
         b = schema.backup_batches
         insert = b.insert().values({name: bindparam(name) for name in _RECORD})
@@ -218,11 +220,13 @@ def restore(engine: Engine, job_id: str, columns: Sequence[BoundColumn]) -> dict
     """Put back the values a job replaced where the row still holds what the job
     wrote (its fingerprint matches), by compare-and-swap on the value read."""
     by_name = {c.spec.name: c for c in columns}
+    fields = {c.spec.name + p.text: c for c in columns for p in c.spec.json_fields}
     counts: Counter[str] = Counter()
     with write_transaction(engine) as conn:
         migrations.upgrade(conn)  # backups kept by an older keyturn are packed first
         for table, column, n, data in _packs(conn, job_id):
-            col = by_name.get(f"{table}.{column}")
+            field = fields.get(f"{table}.{column}")
+            col = by_name.get(f"{table}.{column}") or field
             if col is None:
                 counts["skipped_unconfigured"] += n
                 continue
@@ -231,7 +235,10 @@ def restore(engine: Engine, job_id: str, columns: Sequence[BoundColumn]) -> dict
             except packs.CorruptPack:
                 counts["skipped_corrupt"] += n
                 continue
-            _restore_pack(conn, col, found, counts)
+            if field is not None:
+                _restore_fields(conn, col, found, counts)
+            else:
+                _restore_pack(conn, col, found, counts)
     return {
         "restored": counts["restored"],
         "changed_since": counts["changed_since"],
@@ -240,13 +247,12 @@ def restore(engine: Engine, job_id: str, columns: Sequence[BoundColumn]) -> dict
     }
 
 
-def _restore_pack(
-    conn: Connection, col: BoundColumn, found: packs.Pack, counts: Counter[str]
-) -> None:
+def _swap(conn: Connection, col: BoundColumn) -> Any:
+    """UPDATE the row ``_pk0…`` to ``_old`` where it still holds ``_now``."""
     value = read_as(col.value)
     # Bound as what it is (a JSON column's type would encode the text as a JSON string).
     old = bindparam("_old", type_=col.value.type if col.binary else Text)
-    swap = (
+    return (
         update(col.table)
         .where(
             *[c == bindparam(f"_pk{i}") for i, c in enumerate(col.pk)],
@@ -255,6 +261,63 @@ def _restore_pack(
         )
         .values({col.value.name: stored_as(col.value, old, conn.dialect)})
     )
+
+
+def _restore_fields(
+    conn: Connection, col: BoundColumn, found: packs.Pack, counts: Counter[str]
+) -> None:
+    """A JSON column's field pack: in each document that still holds the token the job
+    wrote (found by its fingerprint), that token is replaced by the one it
+    replaced; the rest of the document stays as the app left it."""
+    value, swap, width = read_as(col.value), _swap(conn, col), len(col.pk)
+    rows = list(zip(found.pks, found.olds, found.fingerprints, strict=True))
+    for start in range(0, len(rows), _READ_ROWS):
+        part = rows[start : start + _READ_ROWS]
+        keys = [pk for pk, _, _ in part if pk is not None and len(pk) == width]
+        current = _current(conn, col, value, keys)
+        edited: dict[tuple[str, ...], list[Any]] = {}  # key -> [pk, read, now, fields]
+        for pk, was, print_ in part:
+            if pk is None or len(pk) != width:
+                counts["skipped_corrupt"] += 1
+                continue
+            key = _key(pk)
+            entry = edited.get(key)
+            if entry is None:
+                read = current.get(key, _MISSING)
+                if isinstance(read, bytes | bytearray):
+                    read = bytes(read).decode("utf-8", "replace")
+                entry = [pk, read, read, 0]
+            document = _put_back(entry[2], was, print_) if isinstance(entry[2], str) else None
+            if document is None:
+                counts["changed_since"] += 1  # the app wrote the field since, or deleted it
+                continue
+            entry[2], entry[3] = document, entry[3] + 1
+            edited[key] = entry
+        for pk, read, document, n in edited.values():
+            params = {**{f"_pk{i}": v for i, v in enumerate(pk)}, "_now": read, "_old": document}
+            done = conn.execute(swap, params).rowcount == 1
+            counts["restored" if done else "changed_since"] += n
+
+
+def _put_back(document: str, was: str, print_: str) -> str | None:
+    """``document`` with the token whose fingerprint is ``print_`` replaced by
+    ``was``; None unless exactly one token there has it."""
+    tail = print_ + '"'
+    end = document.find(tail)
+    if end < 0 or document.find(tail, end + 1) >= 0:
+        return None
+    end += len(print_)
+    start = document.rfind('"', 0, end) + 1
+    token = document[start:end]
+    if tokens.version_of(token) is None or packs.fingerprint(token) != print_:
+        return None
+    return splice(document, [(start - 1, end + 1, was)])
+
+
+def _restore_pack(
+    conn: Connection, col: BoundColumn, found: packs.Pack, counts: Counter[str]
+) -> None:
+    value, swap = read_as(col.value), _swap(conn, col)
     rows = list(zip(found.pks, found.olds, found.fingerprints, strict=True))
     width = len(col.pk)
     for start in range(0, len(rows), _READ_ROWS):

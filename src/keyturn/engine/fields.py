@@ -18,10 +18,12 @@ from typing import Any
 from keyturn._core.jsonpath import Found, locate, quick_finder, splice
 from keyturn.config import ColumnSpec
 from keyturn.db.columns import BoundColumn, from_stored
-from keyturn.engine.walk import FAILED, PK, Category, DecideBatch
+from keyturn.engine.walk import FAILED, PK, Category, DecideBatch, DocumentNews
 from keyturn.errors import InvalidDocument
 
 SEPARATOR = "\t"
+# A field's edits in a batch: its spec, the rows, the tokens replaced, those written.
+Changed = tuple[ColumnSpec, list[int], list[str], list[str]]
 
 
 def field_category(path: str, category: str) -> str:
@@ -54,11 +56,13 @@ def each_field(
         n = len(documents)
         categories: list[Category] = [()] * n
         out: list[str | None] = [None] * n
+        # Per field: (its spec, the rows edited, the tokens replaced, those written).
+        changed: list[Changed] = [(spec, [], [], []) for _, spec in fields]
         found = [quick(d) if type(d) is str else None for d in documents] if quick else [None] * n
         fast = [j for j, f in enumerate(found) if f is not None]
         if len(fast) == n:
-            decide_found(pks, documents, found, range(n), categories, out)  # type: ignore[arg-type]
-            return categories, out
+            decide_found(pks, documents, found, range(n), categories, out, changed)  # type: ignore[arg-type]
+            return categories, DocumentNews(out, [c for c in changed if c[1]])
         if fast:
             decide_found(
                 [pks[j] for j in fast],
@@ -67,10 +71,13 @@ def each_field(
                 fast,
                 categories,
                 out,
+                changed,
             )
         rest = [j for j, f in enumerate(found) if f is None]
-        decide_any([pks[j] for j in rest], [documents[j] for j in rest], rest, categories, out)
-        return categories, out
+        decide_any(
+            [pks[j] for j in rest], [documents[j] for j in rest], rest, categories, out, changed
+        )
+        return categories, DocumentNews(out, [c for c in changed if c[1]])
 
     def decide_found(
         pks: Sequence[PK],
@@ -79,15 +86,28 @@ def each_field(
         at: Sequence[int],
         categories: list[Category],
         out: list[str | None],
+        changed: list[Changed],
     ) -> None:
         """Documents whose fields :func:`quick_finder` found: one string per path each."""
         named: list[list[str]] = []
         news: list[list[str | None]] = []
         for i, decide_field in enumerate(decides):
-            decided, new = decide_field(pks, [f[i][2] for f in found])
+            values = [f[i][2] for f in found]
+            decided, new = decide_field(pks, values)
             spelled = names[i]
             named.append([spelled.get(c) or name(i, c) for c in decided])  # type: ignore[arg-type]
             news.append(new)
+            _, rows, olds, tokens = changed[i]
+            if None not in new:
+                rows += at
+                olds += values
+                tokens += new  # type: ignore[arg-type]
+            else:
+                for j, old, token in zip(at, values, new, strict=True):
+                    if token is not None:
+                        rows.append(j)
+                        olds.append(old)
+                        tokens.append(token)
         for j, document, fields_, named_, news_ in zip(
             at, documents, found, zip(*named, strict=True), zip(*news, strict=True), strict=True
         ):
@@ -104,6 +124,7 @@ def each_field(
         at: Sequence[int],
         categories: list[Category],
         out: list[str | None],
+        changed: list[Changed],
     ) -> None:
         """Any documents: NULL, not JSON, fields missing, null, not strings, or many."""
         n = len(documents)
@@ -139,10 +160,16 @@ def each_field(
             if not values[i]:
                 continue
             decided, news = decide_field([pks[j] for j, _, _ in where[i]], values[i])
-            for (j, start, end), category, new in zip(where[i], decided, news, strict=True):
+            _, rows, olds, tokens = changed[i]
+            for (j, start, end), old, category, new in zip(
+                where[i], values[i], decided, news, strict=True
+            ):
                 cats[j].append(name(i, category))  # type: ignore[arg-type]
                 if new is not None:
                     edits[j].append((start, end, new))
+                    rows.append(at[j])
+                    olds.append(old)
+                    tokens.append(new)
         for k, j in enumerate(at):
             categories[j] = tuple(cats[k])
             if edits[k]:

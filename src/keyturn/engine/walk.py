@@ -14,9 +14,9 @@ import gc
 import time
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from itertools import accumulate, chain
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
+from keyturn.config import ColumnSpec
 from keyturn.db.columns import BoundColumn, keys_in, read_as, row_filter, stored_as, table_of
 from keyturn.db.database import (
     DriverStatement,
@@ -44,6 +45,7 @@ from keyturn.db.database import (
     fetch_raw,
     write_transaction,
 )
+from keyturn.db.schema import BACKUP_NAME
 from keyturn.engine import dialects
 from keyturn.engine.dialects import mysql, postgresql
 from keyturn.engine.pacing import Pacing, Pipeline
@@ -72,6 +74,40 @@ Applied = tuple[BoundColumn, Sequence[PK], Sequence[Any], Sequence[Any]]
 # column name, the swaps that applied): runs inside the batch's transaction,
 # e.g. to checkpoint a job and back up old tokens atomically with the rows.
 OnBatch = Callable[[Connection, PK | None, dict[str, Counter[str]], list[Applied]], None]
+
+
+class DocumentNews(list[str | None]):
+    """A JSON column's new documents (None: left alone), with the field edits that
+    made them: per field, (its spec, the batch rows edited, the tokens replaced,
+    the tokens written). A backup keeps the fields, not the documents."""
+
+    def __init__(
+        self,
+        documents: list[str | None],
+        fields: list[tuple[ColumnSpec, list[int], list[str], list[str]]],
+    ) -> None:
+        super().__init__(documents)
+        self.fields = fields
+        #: Each field's backup name (``doc$.apiKey``) fits the backup table; else the
+        #: backup keeps whole documents, as it did before fields were kept.
+        self.by_field = all(len(s.column + s.path) <= BACKUP_NAME for s, *_ in fields)
+
+    def applied(
+        self, column: BoundColumn, pks: Sequence[PK], missed: Container[PK]
+    ) -> list[Applied]:
+        """Each field's swaps that applied, as a column of its own (the field's spec)."""
+        out: list[Applied] = []
+        for spec, rows, olds, news in self.fields:
+            if missed:
+                kept = [k for k, j in enumerate(rows) if pks[j] not in missed]
+                rows, olds, news = (
+                    [rows[k] for k in kept],
+                    [olds[k] for k in kept],
+                    [news[k] for k in kept],
+                )
+            if rows:
+                out.append((replace(column, spec=spec), [pks[j] for j in rows], olds, news))
+        return out
 
 
 @dataclass(frozen=True)
@@ -306,11 +342,16 @@ class TableRewriter:
                                     )
                 applied: list[Applied] = []
                 if self.collect_applied:
+                    for i, new in enumerate(news):
+                        if isinstance(new, DocumentNews) and new.by_field:
+                            applied += new.applied(self.columns[i], pks, missing)
                     for write in batch.writes:
                         rows = write.rows
                         kept = [j for j in rows if pks[j] not in missing] if missing else rows
                         for i in write.indexes:
                             column, old, new = self.columns[i], olds[i], news[i]
+                            if isinstance(new, DocumentNews) and new.by_field:
+                                continue
                             if len(kept) == len(pks):  # every row of the batch: as it is
                                 applied.append((column, pks, old, new))
                             else:
