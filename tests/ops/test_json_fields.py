@@ -21,7 +21,13 @@ from sqlalchemy import create_engine, text
 
 import keyturn
 from keyturn import ConfigError
-from keyturn._core.jsonpath import locate, parse_path, quick_finder, splice
+from keyturn._core.jsonpath import (
+    locate,
+    parse_path,
+    quick_finder,
+    splice,
+    token_splicer,
+)
 from keyturn.errors import InvalidDocument
 
 PATHS = ["$.apiKey", "$.oauth.refresh_token", "$.headers[*].value"]
@@ -389,6 +395,11 @@ def assert_both_ways_agree(document: str, paths: list[Any]) -> None:
     found = quick(document) if quick else None
     if found is not None:  # one string per path, where the thorough parse finds it
         assert [[f] for f in found] == thorough
+        splicer = token_splicer(len(paths))
+        if splicer is not None:  # the batch's way of putting tokens in, in any order
+            new = [f"kt1:1:T{i}" for i in range(len(found))]
+            edits = [(s, e, t) for (s, e, _), t in zip(found, new, strict=True)]
+            assert splicer(document, found, *new) == splice(document, edits)
     if fast is None:
         return
     for quick, slow in zip(fast, thorough, strict=True):

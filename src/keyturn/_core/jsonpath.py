@@ -23,7 +23,6 @@ _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 # The decoder's scanner: (text, index) -> (value, end); StopIteration if no value starts there.
 _scan: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
-_SPACES = frozenset(" \t\n\r")
 # What json.dumps escapes in a string; any other text is its own JSON between quotes.
 _ESCAPED = re.compile(r'[\x00-\x1f\\"]')
 _MISSING = object()
@@ -108,11 +107,11 @@ def locate(document: str, paths: Sequence[JsonPath]) -> list[list[Found]]:
     return _parse(document, paths)
 
 
-def quick_finder(paths: Sequence[JsonPath]) -> Callable[[str], list[Found] | None] | None:
+def quick_finder(paths: Sequence[JsonPath]) -> Callable[[Any], list[Found] | None] | None:
     """For paths without ``[*]`` (None if one has it): a function giving each path's
     field, in a document whose fields all hold strings that can be found with one
     parse and a few searches (a batch's hot path), and None for any other
-    document, to :func:`locate` instead. Each field's string must stand once in
+    document (or value that is not text), to :func:`locate` instead. Each field's string must stand once in
     the text (then it is the field's, as in :func:`_find_plain`), and each member
     name on the way as often as the paths pass it (else a member may be named
     twice, and the json module sees only the last)."""
@@ -125,10 +124,10 @@ def quick_finder(paths: Sequence[JsonPath]) -> Callable[[str], list[Found] | Non
         passed[member] = passed.get(member, 0) + 1
     counts = [('"' + name + '"', n) for name, n in passed.items()]
 
-    def find(document: str) -> list[Found] | None:
-        if "\\" in document or document[:1] in _SPACES:
+    def find(document: Any) -> list[Found] | None:
+        if type(document) is not str or "\\" in document:
             return None
-        try:  # json.loads without its wrappers: the C scanner, then what trails
+        try:  # json.loads without its wrappers: the C scanner (no leading space), then what trails
             value, end = _scan(document, 0)
         except (ValueError, StopIteration):
             return None
@@ -346,6 +345,27 @@ def splice(document: str, edits: Sequence[tuple[int, int, str]], *, tokens: bool
         last = end
     parts.append(document[last:])
     return "".join(parts)
+
+
+def token_splicer(count: int) -> Callable[..., str] | None:
+    """For documents of ``count`` fields (1 or 2, else None) found by a quick finder:
+    ``f(document, found, *tokens)``, the document with each field's string replaced
+    by its token (one token per field, in the paths' order). A batch's hot path,
+    so without :func:`splice`'s sort, loop and checks."""
+    splicers: dict[int, Callable[..., str]] = {1: _splice_one, 2: _splice_two}
+    return splicers.get(count)
+
+
+def _splice_one(document: str, found: Sequence[Found], token: str) -> str:
+    ((start, end, _),) = found
+    return f'{document[:start]}"{token}"{document[end:]}'
+
+
+def _splice_two(document: str, found: Sequence[Found], first: str, second: str) -> str:
+    (s0, e0, _), (s1, e1, _) = found
+    if s0 < s1:
+        return f'{document[:s0]}"{first}"{document[e0:s1]}"{second}"{document[e1:]}'
+    return f'{document[:s1]}"{second}"{document[e1:s0]}"{first}"{document[e0:]}'
 
 
 def _quote(text: str) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from keyturn._core.jsonpath import Found, locate, quick_finder, splice
+from keyturn._core.jsonpath import Found, locate, quick_finder, splice, token_splicer
 from keyturn.config import ColumnSpec
 from keyturn.db.columns import BoundColumn, from_stored
 from keyturn.engine.walk import FAILED, PK, Category, DecideBatch, DocumentNews
@@ -49,30 +49,31 @@ def each_field(
         return spelled
 
     quick = quick_finder(paths)
+    every = token_splicer(len(paths))
 
     def decide(
         pks: Sequence[PK], documents: Sequence[Any]
     ) -> tuple[list[Category], list[str | None]]:
         n = len(documents)
-        categories: list[Category] = [()] * n
-        out: list[str | None] = [None] * n
         # Per field: (its spec, the rows edited, the tokens replaced, those written).
         changed: list[Changed] = [(spec, [], [], []) for _, spec in fields]
-        found = [quick(d) if type(d) is str else None for d in documents] if quick else [None] * n
+        found = list(map(quick, documents)) if quick else [None] * n
         fast = [j for j, f in enumerate(found) if f is not None]
-        if len(fast) == n:
-            decide_found(pks, documents, found, range(n), categories, out, changed)  # type: ignore[arg-type]
+        if len(fast) == n:  # the usual batch
+            categories, out = decide_found(pks, documents, found, range(n), changed)  # type: ignore[arg-type]
             return categories, DocumentNews(out, [c for c in changed if c[1]])
+        categories = [()] * n
+        out = [None] * n
         if fast:
-            decide_found(
+            decided, news = decide_found(
                 [pks[j] for j in fast],
                 [documents[j] for j in fast],
                 [found[j] for j in fast],  # type: ignore[misc]
                 fast,
-                categories,
-                out,
                 changed,
             )
+            for j, category, new in zip(fast, decided, news, strict=True):
+                categories[j], out[j] = category, new
         rest = [j for j, f in enumerate(found) if f is None]
         decide_any(
             [pks[j] for j in rest], [documents[j] for j in rest], rest, categories, out, changed
@@ -84,11 +85,10 @@ def each_field(
         documents: Sequence[str],
         found: Sequence[list[Found]],
         at: Sequence[int],
-        categories: list[Category],
-        out: list[str | None],
         changed: list[Changed],
-    ) -> None:
-        """Documents whose fields :func:`quick_finder` found: one string per path each."""
+    ) -> tuple[list[Category], list[str | None]]:
+        """Documents whose fields :func:`quick_finder` found, one string per path each
+        (``at``: their rows in the batch): their categories and new text."""
         named: list[list[str]] = []
         news: list[list[str | None]] = []
         for i, decide_field in enumerate(decides):
@@ -108,15 +108,16 @@ def each_field(
                         rows.append(j)
                         olds.append(old)
                         tokens.append(token)
-        for j, document, fields_, named_, news_ in zip(
-            at, documents, found, zip(*named, strict=True), zip(*news, strict=True), strict=True
-        ):
-            categories[j] = named_
+        categories: list[Category] = list(zip(*named, strict=True))
+        if every is not None and all(None not in new for new in news):
+            return categories, list(map(every, documents, found, *news))  # every field changed
+        out: list[str | None] = []
+        for document, fields_, news_ in zip(documents, found, zip(*news, strict=True), strict=True):
             edits = [
                 (f[0], f[1], new) for f, new in zip(fields_, news_, strict=True) if new is not None
             ]
-            if edits:
-                out[j] = splice(document, edits, tokens=True)
+            out.append(splice(document, edits, tokens=True) if edits else None)
+        return categories, out
 
     def decide_any(
         pks: Sequence[PK],
