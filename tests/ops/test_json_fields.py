@@ -797,3 +797,58 @@ def test_the_sweep_finds_exactly_the_documents_holding_another_version(
             assert list(conn.execute(query).scalars()) == [2, 3, 6]
     finally:
         engine.dispose()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_DOCUMENTS | _JSON_TEXT | st.none(), max_size=6), st.booleans())
+def test_a_batch_of_documents_is_decided_as_each_document_alone(
+    documents: list[str | None], change_all: bool
+) -> None:
+    """The batch decider's quick and thorough ways give, per document, the
+    categories and text a per-document reference gives: each field decided on its
+    own (some changed, some left alone), every other character kept."""
+    from keyturn.config import ColumnSpec
+    from keyturn.engine.fields import each_field
+
+    spec = ColumnSpec(
+        "t", "doc", ("id",), json_fields=(parse_path("$.apiKey"), parse_path("$.a.b"))
+    )
+
+    def decide_value(value: str) -> tuple[str, str | None]:
+        if change_all or len(value) % 2:
+            return "rotated", f"kt1:9:{len(value)}x{sum(map(ord, value))}"
+        return "current", None
+
+    def field_decider(field: ColumnSpec) -> Any:
+        def decide(pks: Any, values: list[str]) -> tuple[list[str], list[str | None]]:
+            pairs = [decide_value(v) for v in values]
+            return [c for c, _ in pairs], [n for _, n in pairs]
+
+        return decide
+
+    paths = [p for p, _ in spec.fields()]
+    categories, news = each_field(spec, field_decider, "empty")(
+        [(i,) for i in range(len(documents))], documents
+    )
+    assert len(categories) == len(news) == len(documents)
+    for document, category, new in zip(documents, categories, news, strict=True):
+        if document is None or document == "":
+            assert (category, new) == (("empty",), None)
+            continue
+        try:
+            found = locate(document, paths)
+        except InvalidDocument:
+            assert (category, new) == (("failed",), None)
+            continue
+        expected, edits = [], []
+        for path, spans in zip(paths, found, strict=True):
+            for start, end, value in spans:
+                if type(value) is str and end >= 0:
+                    kind, token = decide_value(value)
+                    expected.append(f"{path.text}\t{kind}")
+                    if token is not None:
+                        edits.append((start, end, token))
+                else:
+                    expected.append(f"{path.text}\t{'empty' if value is None else 'failed'}")
+        assert sorted(category) == sorted(expected)
+        assert new == (splice(document, edits) if edits else None)

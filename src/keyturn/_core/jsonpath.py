@@ -111,10 +111,11 @@ def quick_finder(paths: Sequence[JsonPath]) -> Callable[[Any], list[Found] | Non
     """For paths without ``[*]`` (None if one has it): a function giving each path's
     field, in a document whose fields all hold strings that can be found with one
     parse and a few searches (a batch's hot path), and None for any other
-    document (or value that is not text), to :func:`locate` instead. Each field's string must stand once in
-    the text (then it is the field's, as in :func:`_find_plain`), and each member
-    name on the way as often as the paths pass it (else a member may be named
-    twice, and the json module sees only the last)."""
+    document (or value that is not text), to :func:`locate` instead. Each
+    field's string must stand once in the text (then it is the field's, as in
+    :func:`_find_plain`), and each member name on the way as often as the paths
+    pass it (else a member may be named twice, and the json module sees only
+    the last)."""
     if not paths or not all(path.direct for path in paths):
         return None
     routes = [path.segments for path in paths]

@@ -58,12 +58,12 @@ def each_field(
         # Per field: (its spec, the rows edited, the tokens replaced, those written).
         changed: list[Changed] = [(spec, [], [], []) for _, spec in fields]
         found = list(map(quick, documents)) if quick else [None] * n
-        fast = [j for j, f in enumerate(found) if f is not None]
-        if len(fast) == n:  # the usual batch
+        if None not in found:  # the usual batch
             categories, out = decide_found(pks, documents, found, range(n), changed)  # type: ignore[arg-type]
             return categories, DocumentNews(out, [c for c in changed if c[1]])
         categories = [()] * n
         out = [None] * n
+        fast = [j for j, f in enumerate(found) if f is not None]
         if fast:
             decided, news = decide_found(
                 [pks[j] for j in fast],
@@ -94,8 +94,11 @@ def each_field(
         for i, decide_field in enumerate(decides):
             values = [f[i][2] for f in found]
             decided, new = decide_field(pks, values)
-            spelled = names[i]
-            named.append([spelled.get(c) or name(i, c) for c in decided])  # type: ignore[arg-type]
+            if decided and decided.count(decided[0]) == len(decided):  # all one category
+                named.append([name(i, decided[0])] * len(decided))  # type: ignore[arg-type]
+            else:
+                spelled = names[i]
+                named.append([spelled.get(c) or name(i, c) for c in decided])  # type: ignore[arg-type]
             news.append(new)
             _, rows, olds, tokens = changed[i]
             if None not in new:
