@@ -7,7 +7,8 @@ Two SQLite databases with ROWS rows each, two secrets a row: one as columns
 ``secrets(id, a, b)``, one as ``$.apiKey`` and ``$.oauth.refresh_token`` of a
 small document in ``docs(id, doc)`` next to plain fields. Each round rotates a
 fresh copy of each (``keyturn rotate``, in-process, with and without its
-backup); the best round of each is compared.
+backup, with one worker and with the CLI's default ``--workers auto``); the
+best round of each is compared.
 """
 
 from __future__ import annotations
@@ -95,10 +96,21 @@ def build(workdir: Path, rows: int, documents: bool) -> None:
     db.close()
 
 
-def rotate(workdir: Path, backup: bool) -> float:
+# (label, backup, --workers auto): one worker, then the CLI's default, which walks
+# alone for half a second and adds a helper per idle core.
+RUNS = [
+    ("--no-backup", False, False),
+    ("with backup", True, False),
+    ("--workers auto --no-backup", False, True),
+    ("default (auto, backup)", True, True),
+]
+
+
+def rotate(workdir: Path, backup: bool, auto: bool) -> float:
+    options = RotateOptions(backup=backup, workers=min(8, os.cpu_count() or 1), auto_workers=True)
     with keyturn.open(workdir / "keyturn.toml") as store:
         started = time.perf_counter()
-        report = Rotator(store, RotateOptions(backup=backup)).run()
+        report = Rotator(store, options if auto else RotateOptions(backup=backup)).run()
         elapsed = time.perf_counter() - started
     assert report.totals["rotated"] > 0 and report.failed == 0, report.totals
     return elapsed
@@ -114,23 +126,23 @@ def main() -> None:
         work = Path(tmp)
         for name, documents in (("columns", False), ("documents", True)):
             build(work / name, args.rows, documents)
-        results: dict[tuple[str, bool], list[float]] = {}
+        results: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.rounds):
-            for backup in (False, True):
+            for label, backup, auto in RUNS:
                 for name in ("columns", "documents"):
                     run = work / "run"
                     shutil.rmtree(run, ignore_errors=True)
                     shutil.copytree(work / name, run)
-                    results.setdefault((name, backup), []).append(rotate(run, backup))
+                    results.setdefault((name, label), []).append(rotate(run, backup, auto))
     values = args.rows * 2
     print(f"rotate {args.rows:,} rows x 2 secrets ({values:,} values), best of {args.rounds}")
-    print(f"   {'':<34} {'seconds':>8} {'values/s':>10} {'vs columns':>11}")
-    for backup in (False, True):
-        columns = min(results[("columns", backup)])
+    print(f"   {'':<44} {'seconds':>8} {'values/s':>10} {'vs columns':>11}")
+    for label, _, _ in RUNS:
+        columns = min(results[("columns", label)])
         for name in ("columns", "documents"):
-            best = min(results[(name, backup)])
-            label = f"{name}, {'with backup' if backup else '--no-backup'}"
-            print(f"   {label:<34} {best:>8.2f} {values / best:>10,.0f} {best / columns:>10.2f}x")
+            best = min(results[(name, label)])
+            row = f"{name}, {label}"
+            print(f"   {row:<44} {best:>8.2f} {values / best:>10,.0f} {best / columns:>10.2f}x")
 
 
 if __name__ == "__main__":

@@ -130,21 +130,27 @@ def quick_finder(paths: Sequence[JsonPath]) -> Callable[[Any], list[Found] | Non
             return None
         try:  # json.loads without its wrappers: the C scanner (no leading space), then what trails
             value, end = _scan(document, 0)
-        except (ValueError, StopIteration):
+            nodes = []
+            for route in routes:
+                node = value
+                for name in route:
+                    node = node[name]  # KeyError if missing, TypeError if not an object
+                nodes.append(node)
+        except (ValueError, StopIteration, KeyError, TypeError):
             return None
-        if end != len(document) and _ws(document, end) != len(document):
+        size = len(document)
+        if end != size and _ws(document, end) != size:
             return None
         found: list[Found] = []
-        for route in routes:
-            node = value
-            for name in route:
-                node = node.get(name) if type(node) is dict else None
+        for node in nodes:
             if type(node) is not str:
                 return None
-            quoted = '"' + node + '"'
+            quoted = f'"{node}"'
             start = document.find(quoted)
+            if start < 0:
+                return None
             end = start + len(quoted)
-            if start < 0 or document.find(quoted, end) >= 0:
+            if document.find(quoted, end) >= 0:
                 return None
             found.append((start, end, node))
         for spelled, n in counts:
