@@ -640,30 +640,43 @@ def test_documents_survive_a_killed_parallel_rotation(
                 assert opened == f"s{i}-{suffix}"
 
 
-def test_backed_up_documents_keep_their_key_version_in_use(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A rotation's backup of a JSON column holds the fields' replaced tokens: they
-    count as uses of their version, so it is neither retired nor destroyed while
-    the backup could restore them; pruning the backup releases it."""
-    import sqlite3
-
+def sqlite_documents_app(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    documents_: list[dict[str, Any]],
+    json_fields: list[str],
+    extra: str = "",
+) -> App:
+    """An app whose SQLite table ``docs(id, doc)`` holds ``documents_`` (ids from 1),
+    their ``json_fields`` sealed by encrypt-existing."""
     with sqlite3.connect(tmp_path / "app.db") as conn:
         conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, doc TEXT)")
-        for i in range(1, 6):
-            conn.execute(
-                "INSERT INTO docs VALUES (?, ?)", (i, json.dumps({"a": f"s{i}", "b": "x"}))
-            )
+        conn.executemany(
+            "INSERT INTO docs VALUES (?, ?)",
+            [(i, json.dumps(d)) for i, d in enumerate(documents_, start=1)],
+        )
     conn.close()
     (tmp_path / "keyturn.toml").write_text(
         'database = "sqlite:///app.db"\n[[columns]]\ntable = "docs"\ncolumn = "doc"\n'
-        'json_fields = ["$.a", "$.b"]\n[apps]\nrefresh_seconds = 0.1\nwrite_margin_seconds = 0.1\n'
+        f"json_fields = {json.dumps(json_fields)}\n{extra}"
     )
     monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
     monkeypatch.chdir(tmp_path)
     app = App(tmp_path, dict(os.environ))
     app.cli("init", check=True)
     app.cli("encrypt-existing", check=True)
+    return app
+
+
+def test_backed_up_documents_keep_their_key_version_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rotation's backup of a JSON column holds the fields' replaced tokens: they
+    count as uses of their version, so it is neither retired nor destroyed while
+    the backup could restore them; pruning the backup releases it."""
+    documents_ = [{"a": f"s{i}", "b": "x"} for i in range(1, 6)]
+    apps = "[apps]\nrefresh_seconds = 0.1\nwrite_margin_seconds = 0.1\n"
+    app = sqlite_documents_app(tmp_path, monkeypatch, documents_, ["$.a", "$.b"], apps)
     rotated = report(app, "rotate", "--yes")
     assert rotated["draining"]["1"]["backup_jobs"] == [rotated["job"]]
     time.sleep(0.3)  # past the [apps] grace
@@ -741,20 +754,8 @@ def test_a_field_whose_backup_name_is_too_long_is_backed_up_in_its_document(
     """``doc`` and a path of 130 characters do not fit the backup table's name: the
     backup keeps the whole documents, as before fields were kept, and restores."""
     member = "m" * 130
-    with sqlite3.connect(tmp_path / "app.db") as conn:
-        conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, doc TEXT)")
-        for i in range(1, 4):
-            conn.execute("INSERT INTO docs VALUES (?, ?)", (i, json.dumps({member: f"s{i}"})))
-    conn.close()
-    (tmp_path / "keyturn.toml").write_text(
-        'database = "sqlite:///app.db"\n[[columns]]\ntable = "docs"\ncolumn = "doc"\n'
-        f'json_fields = ["$.{member}"]\n'
-    )
-    monkeypatch.setenv("KEYTURN_KEK", secrets.token_hex(32))
-    monkeypatch.chdir(tmp_path)
-    app = App(tmp_path, dict(os.environ))
-    app.cli("init", check=True)
-    app.cli("encrypt-existing", check=True)
+    documents_ = [{member: f"s{i}"} for i in range(1, 4)]
+    app = sqlite_documents_app(tmp_path, monkeypatch, documents_, [f"$.{member}"])
     with sqlite3.connect(tmp_path / "app.db") as conn:
         before = dict(conn.execute("SELECT id, doc FROM docs"))
     rotated = report(app, "rotate", "--yes")
