@@ -746,6 +746,9 @@ def test_a_restore_puts_back_the_fields_and_keeps_the_apps_edits(
     assert now[2] == {**before[2], "a": rewritten}
     assert now[4] == before[4] and set(now) == {1, 2, 4}
     assert report(app, "verify")["failed"] == 0
+    again = report(app, "restore", rotated["job"], "--yes")  # nothing left to put back
+    assert (again["restored"], again["changed_since"]) == (0, 12)
+    assert documents_now() == now
 
 
 def test_a_field_whose_backup_name_is_too_long_is_backed_up_in_its_document(
