@@ -56,7 +56,7 @@ def each_field(
     ) -> tuple[list[Category], list[str | None]]:
         n = len(documents)
         # Per field: (its spec, the rows edited, the tokens replaced, those written).
-        changed: list[Changed] = [(spec, [], [], []) for _, spec in fields]
+        changed: list[Changed] = [(field, [], [], []) for _, field in fields]
         found = list(map(quick, documents)) if quick else [None] * n
         if None not in found:  # the usual batch
             categories, out = decide_found(pks, documents, found, range(n), changed)  # type: ignore[arg-type]
