@@ -293,10 +293,9 @@ def _restore_fields(
                 continue
             entry[2], entry[3] = document, entry[3] + 1
             edited[key] = entry
-        for pk, read, document, n in edited.values():
-            params = {**{f"_pk{i}": v for i, v in enumerate(pk)}, "_now": read, "_old": document}
-            done = conn.execute(swap, params).rowcount == 1
-            counts["restored" if done else "changed_since"] += n
+        entries = list(edited.values())
+        swaps = [_swap_params(pk, read, document) for pk, read, document, _ in entries]
+        _run_swaps(conn, col, swap, swaps, [n for *_, n in entries], counts)
 
 
 def _put_back(document: str, was: str, print_: str) -> str | None:
@@ -335,18 +334,37 @@ def _restore_pack(
                 continue
             if col.binary and isinstance(was, str):
                 was = was.encode()
-            swaps.append({**{f"_pk{i}": v for i, v in enumerate(pk)}, "_now": now, "_old": was})
-        if swaps and conn.dialect.supports_sane_multi_rowcount and not col.rows:
-            # A swap misses only if the app wrote the row since it was read: the
-            # total says how many applied, which is all the counts need. (A ``where``
-            # filter's IN list cannot go to executemany: such rows go one by one.)
-            applied = conn.execute(swap, swaps).rowcount
-            counts["restored"] += applied
-            counts["changed_since"] += len(swaps) - applied
-        else:
-            for params in swaps:  # one by one: each swap's own rowcount
-                done = conn.execute(swap, params).rowcount == 1
-                counts["restored" if done else "changed_since"] += 1
+            swaps.append(_swap_params(pk, now, was))
+        _run_swaps(conn, col, swap, swaps, [1] * len(swaps), counts)
+
+
+def _swap_params(pk: Sequence[Any], now: Any, old: Any) -> dict[str, Any]:
+    """The parameters of :func:`_swap` for one row."""
+    return {**{f"_pk{i}": v for i, v in enumerate(pk)}, "_now": now, "_old": old}
+
+
+def _run_swaps(
+    conn: Connection,
+    col: BoundColumn,
+    swap: Any,
+    swaps: list[dict[str, Any]],
+    values: list[int],
+    counts: Counter[str],
+) -> None:
+    """Run the swaps, each putting back ``values[k]`` values (a document's fields),
+    and count them restored or ``changed_since``."""
+    if swaps and conn.dialect.supports_sane_multi_rowcount and not col.rows and set(values) == {1}:
+        # A swap misses only if the app wrote the row since it was read: the
+        # total says how many applied, which is all the counts need. (A ``where``
+        # filter's IN list cannot go to executemany: such rows go one by one; so
+        # do swaps standing for more than one value, each counted by its own.)
+        applied = conn.execute(swap, swaps).rowcount
+        counts["restored"] += applied
+        counts["changed_since"] += len(swaps) - applied
+        return
+    for params, n in zip(swaps, values, strict=True):  # one by one: each swap's own rowcount
+        done = conn.execute(swap, params).rowcount == 1
+        counts["restored" if done else "changed_since"] += n
 
 
 _READ_ROWS = 500
