@@ -107,10 +107,15 @@ RUNS = [
 
 
 def rotate(workdir: Path, backup: bool, auto: bool) -> float:
-    options = RotateOptions(backup=backup, workers=min(8, os.cpu_count() or 1), auto_workers=True)
+    if auto:  # as the CLI sets it up
+        options = RotateOptions(
+            backup=backup, workers=min(8, os.cpu_count() or 1), auto_workers=True
+        )
+    else:
+        options = RotateOptions(backup=backup)
     with keyturn.open(workdir / "keyturn.toml") as store:
         started = time.perf_counter()
-        report = Rotator(store, options if auto else RotateOptions(backup=backup)).run()
+        report = Rotator(store, options).run()
         elapsed = time.perf_counter() - started
     assert report.totals["rotated"] > 0 and report.failed == 0, report.totals
     return elapsed

@@ -333,17 +333,6 @@ def splice(document: str, edits: Sequence[tuple[int, int, str]], *, tokens: bool
     if len(edits) == 1:
         ((start, end, new),) = edits
         return document[:start] + quote(new) + document[end:]
-    if len(edits) == 2:  # a document's usual two fields, without sort and join
-        first, second = edits
-        if first[0] > second[0]:
-            first, second = second, first
-        return (
-            document[: first[0]]
-            + quote(first[2])
-            + document[first[1] : second[0]]
-            + quote(second[2])
-            + document[second[1] :]
-        )
     parts = []
     last = 0
     for start, end, new in sorted(edits):

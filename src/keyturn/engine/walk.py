@@ -342,16 +342,20 @@ class TableRewriter:
                                     )
                 applied: list[Applied] = []
                 if self.collect_applied:
-                    for i, new in enumerate(news):
-                        if isinstance(new, DocumentNews) and new.by_field:
-                            applied += new.applied(self.columns[i], pks, missing)
+                    by_field = {
+                        i: new
+                        for i, new in enumerate(news)
+                        if isinstance(new, DocumentNews) and new.by_field
+                    }
+                    for i, documents in by_field.items():
+                        applied += documents.applied(self.columns[i], pks, missing)
                     for write in batch.writes:
                         rows = write.rows
                         kept = [j for j in rows if pks[j] not in missing] if missing else rows
                         for i in write.indexes:
-                            column, old, new = self.columns[i], olds[i], news[i]
-                            if isinstance(new, DocumentNews) and new.by_field:
+                            if i in by_field:
                                 continue
+                            column, old, new = self.columns[i], olds[i], news[i]
                             if len(kept) == len(pks):  # every row of the batch: as it is
                                 applied.append((column, pks, old, new))
                             else:
