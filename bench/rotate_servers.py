@@ -13,7 +13,8 @@ For each backend, on identical fresh copies of a table of ROWS kt1 tokens:
               one multi-row UPDATE per batch (no swap check, no checkpoint)
   (b) piped   the same with each UPDATE on a second connection in a thread while
               the next batch is read and re-encrypted, as keyturn does
-Goals (issue 5): keyturn >= 5x (a) and >= 0.8x (b). Prints rows/s and ratios.
+Goals: keyturn >= 5x (a) and >= 0.8x (b)bare (issue 5); one worker >= 0.9x
+(b)piped, the fastest bare loop (issue 23). Prints rows/s and ratios.
 """
 
 from __future__ import annotations
@@ -268,7 +269,7 @@ def main() -> None:
                 ("per-row", ""),
                 ("(a)seeds", " (goal >= 5x)"),
                 ("(b)bare", " (goal >= 0.8x)"),
-                ("(b)piped", " (goal >= 0.8x)"),
+                ("(b)piped", " (goal >= 0.9x)"),
             )
             if label in results
         ]

@@ -384,6 +384,72 @@ def test_connection_killed_mid_rotation(
     assert read_back(database, ["id"]) == expected
 
 
+@pytest.mark.parametrize("database", ["postgresql", "mysql"], indirect=True)
+def test_a_checkpoint_checks_the_lock_on_the_server(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint's UPDATE carries the lock's condition, so a batch checks the lock
+    without pinging the lock session: true while the session holds the lock, false
+    (nothing written) once the server ended that session."""
+    from sqlalchemy import select
+
+    from keyturn.db import schema
+    from keyturn.db.database import write_transaction
+    from keyturn.db.locking import KeyringLock
+    from keyturn.engine import jobs
+    from keyturn.errors import KeyringBusy
+
+    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
+    app.cli("init", check=True)
+    with keyturn.open() as store:
+        lock = KeyringLock(store.engine, "rotate").acquire()
+        try:
+            with write_transaction(store.engine) as conn:
+                job = jobs.create(conn, "rotate", 2, "test", {})
+            guard = lock.guard()
+            assert guard is not None
+            for _ in range(2):  # the same progress twice: still a row written (found rows)
+                with write_transaction(store.engine) as conn:
+                    assert jobs.checkpoint(conn, job.id, {"n": 1}, guard)
+            session = lock._session_id
+            if database.kind == "postgresql":
+                database.rows(f"SELECT pg_terminate_backend({int(session)})")  # type: ignore[arg-type]
+            else:
+                database.execute(f"KILL {int(session)}")  # type: ignore[arg-type]
+            with write_transaction(store.engine) as conn:
+                assert not jobs.checkpoint(conn, job.id, {"n": 2}, guard)
+                with pytest.raises(KeyringBusy, match="the keyring lock was lost"):
+                    lock.verify(conn)
+            with store.engine.connect() as conn:
+                progress = conn.execute(
+                    select(schema.jobs.c.progress).where(schema.jobs.c.id == job.id)
+                ).scalar()
+            assert json.loads(progress) == {"n": 1}
+        finally:
+            lock.release()
+
+
+@pytest.mark.parametrize("database", ["postgresql", "mysql"], indirect=True)
+def test_the_width_preflight_scans_only_when_tokens_can_grow(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-encrypted under v2..v9 a token keeps its length, and the server already holds
+    it within the column's width: no scan. Under v10 (one character more) it scans."""
+    from keyturn.ops import rotate
+
+    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    scans = spy_on(monkeypatch, rotate, "longest_token")
+    with keyturn.open() as store:
+        rotator = rotate.Rotator(store, rotate.RotateOptions(backup=False))
+        rotator.preflight()
+        assert scans == []
+        (api_key,) = [c for c in store.bound_columns() if c.spec.name == "creds.api_key"]
+        rotator._check_width(api_key, 10)
+        assert len(scans) == 1
+
+
 def test_long_values_are_swapped_in_statements_the_server_accepts(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import Connection, Engine, inspect, select, text, update
+from sqlalchemy import Connection, Engine, TextClause, inspect, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from keyturn.db import schema
@@ -164,6 +164,8 @@ class KeyringLock:
         self.job = job
         self.owner = me()[:255]
         self._session: Connection | None = None
+        self._session_id: int | None = None  # the lock session's id on the server
+        self._key: Any = None
         self._held = False
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
@@ -208,8 +210,10 @@ class KeyringLock:
             return
         session = self.engine.connect()
         try:
-            got = session.execute(_TRY[dialect], {"key": _lock_key(session)}).scalar()
+            key = _lock_key(session)
+            got, self._session_id = session.execute(_TRY[dialect], {"key": key}).one()
             session.commit()  # the lock belongs to the session; no transaction stays open
+            self._key = key
         except BaseException:
             session.invalidate()
             session.close()
@@ -249,6 +253,20 @@ class KeyringLock:
                 .where(lk.name == LOCK_NAME, lk.owner == self.owner)
                 .values(**values)
             )
+
+    def guard(self) -> TextClause | None:
+        """A condition true, in any transaction on this database, exactly while the
+        lock session holds the lock (PostgreSQL: ``pg_locks``; MariaDB:
+        ``IS_USED_LOCK``). A checkpoint's UPDATE carries it, so each batch checks
+        the lock without a round trip of its own. None on SQLite (:meth:`verify`)."""
+        if self._session is None or self._session_id is None:
+            return None
+        if self.engine.dialect.name == "postgresql":
+            key = self._key & 0xFFFF_FFFF_FFFF_FFFF
+            return _HELD_PG.bindparams(
+                kt_holder=self._session_id, kt_hi=key >> 32, kt_lo=key & 0xFFFF_FFFF
+            )
+        return _HELD_MYSQL.bindparams(kt_holder=self._session_id, kt_key=self._key)
 
     def verify(self, conn: Connection | None = None) -> None:
         """KeyringBusy unless this process still holds the lock: its lock session is
@@ -319,11 +337,19 @@ class KeyringLock:
         self.release()
 
 
-_TRY = {
-    "postgresql": text("SELECT pg_try_advisory_lock(:key)"),
-    "mysql": text("SELECT GET_LOCK(:key, 0)"),
-    "mariadb": text("SELECT GET_LOCK(:key, 0)"),
+_TRY = {  # whether the lock was taken, and by which server session
+    "postgresql": text("SELECT pg_try_advisory_lock(:key), pg_backend_pid()"),
+    "mysql": text("SELECT GET_LOCK(:key, 0), CONNECTION_ID()"),
+    "mariadb": text("SELECT GET_LOCK(:key, 0), CONNECTION_ID()"),
 }
+# A bigint advisory lock shows in pg_locks as its high and low 32 bits.
+_HELD_PG = text(
+    "EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND pid = :kt_holder AND objsubid = 1 AND classid::bigint = :kt_hi "
+    "AND objid::bigint = :kt_lo AND database = "
+    "(SELECT oid FROM pg_database WHERE datname = current_database()))"
+)
+_HELD_MYSQL = text("IS_USED_LOCK(:kt_key) = :kt_holder")
 _RELEASE = {
     "postgresql": text("SELECT pg_advisory_unlock(:key)"),
     "mysql": text("SELECT RELEASE_LOCK(:key)"),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, inspect, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, TextClause, inspect, select, update
 
 from keyturn.db import schema
 from keyturn.db.database import bound_actor, raw_columns, stored_datetime, utcnow
@@ -233,13 +233,20 @@ def claim(conn: Connection, job: Job) -> None:
         raise JobInProgress(f"job {job.id} was just claimed by another process")
 
 
-def checkpoint(conn: Connection, job_id: str, progress: dict[str, Any]) -> None:
+def checkpoint(
+    conn: Connection,
+    job_id: str,
+    progress: dict[str, Any],
+    guard: ColumnElement[bool] | TextClause | None = None,
+) -> bool:
+    """Save a job's progress; False if no row was written (no such job, or ``guard``,
+    a condition such as the keyring lock's, was false)."""
     now = utcnow()
-    conn.execute(
-        update(schema.jobs)
-        .where(schema.jobs.c.id == job_id)
-        .values(progress=json.dumps(progress), updated_at=now, heartbeat_at=now)
-    )
+    query = update(schema.jobs).where(schema.jobs.c.id == job_id)
+    if guard is not None:
+        query = query.where(guard)
+    values = {"progress": json.dumps(progress), "updated_at": now, "heartbeat_at": now}
+    return bool(conn.execute(query.values(**values)).rowcount == 1)
 
 
 def heartbeat(conn: Connection, job_id: str) -> None:

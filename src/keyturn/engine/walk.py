@@ -374,7 +374,7 @@ class TableRewriter:
     def _check_width(self, news: list[list[str | None]]) -> None:
         for column, new in zip(self.columns, news, strict=True):
             width = column.width
-            if width is not None and any(v is not None and len(v) > width for v in new):
+            if width is not None and max(map(len, filter(None, new)), default=0) > width:
                 raise SchemaError(
                     f"[[columns]] {column.spec.name}: a token would exceed "
                     f"the column's {width} characters; widen the column "

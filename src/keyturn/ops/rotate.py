@@ -183,6 +183,10 @@ class Rotator:
         if column.width is None:
             return
         grows = len(tokens.header(target)) - len(tokens.header(1))
+        if not grows and self.store.engine.dialect.name != "sqlite":
+            # Re-encrypted, a token keeps its length, and the server keeps every
+            # value within the width (SQLite does not): no table scan needed.
+            return
         with self.store.engine.connect() as conn:
             if longest_token(conn, column) + grows <= column.width:
                 return  # even a v1 token, the shortest header, grown to the target fits
@@ -732,9 +736,13 @@ class Rotator:
         progress.columns = states
         # Inside the batch's transaction: a lost lock rolls the batch back.
         if conn is not None:
-            if self.lock is not None:
-                self.lock.verify(conn)
-            jobs.checkpoint(conn, job.id, progress.dump())
+            lock = self.lock
+            guard = lock.guard() if lock is not None else None
+            if lock is not None and guard is None:
+                lock.verify(conn)
+            saved = jobs.checkpoint(conn, job.id, progress.dump(), guard)
+            if not saved and lock is not None and guard is not None:
+                lock.verify(conn)  # raises if the lock was lost (else the job row was)
         else:
             with write_transaction(self.store.engine) as own:
                 if self.lock is not None:
