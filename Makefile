@@ -42,6 +42,10 @@ bench: $(STAMP)
 	$(PY) bench/cli_start.py
 	$(PY) bench/bulk_ops.py
 	$(PY) bench/status_scale.py
+	$(PY) bench/rotate_servers.py --rounds 3 --runs "keyturn,2workers,auto,(a)seeds,(b)piped"
+	$(PY) bench/orm_load.py
+	$(PY) bench/django_load.py
+	$(PY) bench/orm_instructions.py
 	cd clients/node && npm ci --no-audit --no-fund --loglevel=error && node bench/tokens.mjs
 
 clean:

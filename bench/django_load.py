@@ -14,18 +14,15 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=15)
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp())
+def prepare(work: Path, rows: int) -> tuple[Callable[[str], float], Callable[[], float]]:
+    """Django configured on a SQLite file in ``work``, both tables with ``rows``
+    rows: a load function (by table name) and the bare decrypt loop."""
     os.environ.setdefault("KEYTURN_KEK", os.urandom(32).hex())
-
     import django
     from django.conf import settings
 
@@ -62,14 +59,15 @@ def main() -> None:
         editor.create_model(Plain)
         editor.create_model(Encrypted)
     init(build_config())
-    values = [f"sk_live_{i:08d}_{os.urandom(12).hex()}" for i in range(args.rows)]
+    values = [f"sk_live_{i:08d}_{os.urandom(12).hex()}" for i in range(rows)]
     Plain.objects.bulk_create(Plain(name=f"u{i}", api_key=v) for i, v in enumerate(values))
     Encrypted.objects.bulk_create(Encrypted(name=f"u{i}", api_key=v) for i, v in enumerate(values))
     tokens = [t for (t,) in connection.cursor().execute("SELECT api_key FROM keyturn_encrypted")]
+    tables: dict[str, Any] = {"plain": Plain, "encrypted": Encrypted}
 
-    def load(model: Any) -> float:
+    def load(name: str) -> float:
         started = time.perf_counter()
-        assert all(row.api_key for row in model.objects.all())
+        assert all(row.api_key for row in tables[name].objects.all())
         return time.perf_counter() - started
 
     def bare() -> float:
@@ -79,10 +77,19 @@ def main() -> None:
             open_(token).decode()
         return time.perf_counter() - started
 
+    return load, bare
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    load, bare = prepare(Path(tempfile.mkdtemp()), args.rows)
     best = {"plain": float("inf"), "encrypted": float("inf"), "decrypt": float("inf")}
     for _ in range(args.rounds):
-        best["plain"] = min(best["plain"], load(Plain))
-        best["encrypted"] = min(best["encrypted"], load(Encrypted))
+        best["plain"] = min(best["plain"], load("plain"))
+        best["encrypted"] = min(best["encrypted"], load("encrypted"))
         best["decrypt"] = min(best["decrypt"], bare())
     ratio = best["encrypted"] / best["plain"]
     floor = best["plain"] + best["decrypt"]

@@ -14,7 +14,8 @@ For each backend, on identical fresh copies of a table of ROWS kt1 tokens:
   (b) piped   the same with each UPDATE on a second connection in a thread while
               the next batch is read and re-encrypted, as keyturn does
 Goals: keyturn >= 5x (a) and >= 0.8x (b)bare (issue 5); one worker >= 0.9x
-(b)piped, the fastest bare loop (issue 23). Prints rows/s and ratios.
+(b)piped, the fastest bare loop (issue 23). Prints rows/s and ratios: of the
+best rounds, and (with --rounds > 1) of each round's keyturn and piped runs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import base64
 import os
 import secrets
+import statistics
 import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -95,16 +97,49 @@ def build(kind: str, rows: int, workdir: Path) -> tuple[str, Path]:
     return name, config
 
 
-def run_keyturn(config: Path, bulk: bool, workers: int = 1, auto: bool = False) -> float:
+# --phases: where one worker's time goes, summed per step over a run.
+PHASES = (
+    (Rotator, "preflight", "preflight (width, sample)"),
+    (Rotator, "_start", "mint the version and job"),
+    (TableRewriter, "_read_after", "reads (main thread)"),
+    (TableRewriter, "_write", "swap statements (writer)"),
+    (Rotator, "_checkpoint", "checkpoints (writer)"),
+)
+
+
+def run_keyturn(
+    config: Path, bulk: bool, workers: int = 1, auto: bool = False, phases: bool = False
+) -> float:
     TableRewriter.bulk = bulk
     options = RotateOptions(backup=False, chunk_time=0.5, workers=workers, auto_workers=auto)
+    spent: dict[str, list[float]] = {label: [] for _, _, label in PHASES}
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in PHASES]
+    if phases:
+        for (owner, name, label), (_, _, method) in zip(PHASES, originals, strict=True):
+            setattr(owner, name, _timed(method, spent[label]))
     try:
         with keyturn.open(config) as store:
             started = time.perf_counter()
             Rotator(store, options).run()
-            return time.perf_counter() - started
+            took = time.perf_counter() - started
     finally:
         TableRewriter.bulk = True
+        for owner, name, method in originals:
+            setattr(owner, name, method)
+    for label, times in spent.items() if phases else ():
+        print(f"    {label:<27} {sum(times):6.3f} s in {len(times)} call(s)")
+    return took
+
+
+def _timed(method: Any, into: list[float]) -> Any:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            into.append(time.perf_counter() - started)
+
+    return timed
 
 
 def _keys(config: Path) -> tuple[Any, AESGCM, str]:
@@ -223,6 +258,9 @@ def main() -> None:
     parser.add_argument(
         "--runs", default="all", help="comma-separated labels to run, e.g. keyturn,(b)bare"
     )
+    parser.add_argument(
+        "--phases", action="store_true", help="print where each keyturn run's time went"
+    )
     args = parser.parse_args()
     os.environ.setdefault("KEYTURN_KEK", secrets.token_hex(32))
     print(f"{args.rows} rows x 1 column, backup off, best of {args.rounds} round(s)")
@@ -230,7 +268,7 @@ def main() -> None:
     for kind in args.backends.split(","):
         results: dict[str, float] = {}
         runs = [
-            ("keyturn", lambda c: run_keyturn(c, True)),
+            ("keyturn", lambda c: run_keyturn(c, True, phases=args.phases)),
             ("2workers", lambda c: run_keyturn(c, True, workers=2)),
             ("auto", lambda c: run_keyturn(c, True, workers=os.cpu_count() or 1, auto=True)),
             ("per-row", lambda c: run_keyturn(c, False)),
@@ -274,6 +312,15 @@ def main() -> None:
             if label in results
         ]
         print(f"{kind:<11} keyturn " + ", ".join(ratios))
+        if "(b)piped" in times and args.rounds > 1:
+            # Each round's pair ran minutes apart at most: the median of their ratios
+            # moves less with this machine's drift than the best rounds do.
+            paired = sorted(p / k for p, k in zip(times["(b)piped"], times["keyturn"], strict=True))
+            print(
+                f"{kind:<11} keyturn vs (b)piped, round by round: "
+                + "  ".join(f"{r:.2f}" for r in paired)
+                + f"  (median {statistics.median(paired):.2f}x)"
+            )
 
 
 if __name__ == "__main__":
