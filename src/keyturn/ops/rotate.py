@@ -182,8 +182,11 @@ class Rotator:
         version gains a digit (v9 to v10)."""
         if column.width is None:
             return
-        grows = len(tokens.header(target)) - len(tokens.header(1))
-        if not grows and self.store.engine.dialect.name != "sqlite":
+        # Only tokens under a held version are re-encrypted; the oldest has the shortest header.
+        held = self.store.keyring.versions or {1}
+        shortest = min(len(tokens.header(v)) for v in held)
+        grows = len(tokens.header(target)) - shortest
+        if grows <= 0 and self.store.engine.dialect.name != "sqlite":
             # Re-encrypted, a token keeps its length, and the server keeps every
             # value within the width (SQLite does not): no table scan needed.
             return
