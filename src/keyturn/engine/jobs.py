@@ -246,7 +246,7 @@ def checkpoint(
     if guard is not None:
         query = query.where(guard)
     values = {"progress": json.dumps(progress), "updated_at": now, "heartbeat_at": now}
-    return bool(conn.execute(query.values(**values)).rowcount == 1)
+    return conn.execute(query.values(**values)).rowcount == 1
 
 
 def heartbeat(conn: Connection, job_id: str) -> None:

@@ -192,7 +192,7 @@ class Rotator:
             return
         with self.store.engine.connect() as conn:
             if longest_token(conn, column) + grows <= column.width:
-                return  # even a v1 token, the shortest header, grown to the target fits
+                return  # even a token under the oldest key held, grown to the target, fits
             longest = longest_tokens(conn, column)
         need = max(
             (n - len(tokens.header(v)) + len(tokens.header(target)) for v, n in longest.items()),
