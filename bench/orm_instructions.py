@@ -16,6 +16,7 @@ ORM's interpreted code few): the timed benches give the ratios users see.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -54,6 +55,7 @@ def count(orm: str, run: str, rows: int, loads: int) -> int:
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict and set layouts each run
     )
     found = re.search(r"Collected : (\d+)", proc.stderr)
     if found is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django import forms
@@ -15,7 +15,9 @@ from keyturn._core.tokens import token_length
 from keyturn.config import ColumnSpec
 from keyturn.documents import JsonFields
 from keyturn.errors import ConfigError, UnqueryableColumn
+from keyturn.integrations.django import conf
 from keyturn.integrations.django.conf import store
+from keyturn.store import Store
 
 
 class _Opened(str):
@@ -49,6 +51,8 @@ class _EncryptedMixin:
     """Shared by both fields: strict reads, sealing on save, lookups refused."""
 
     keyturn_encrypted = True
+    # The Store the opener below was made by, and that opener (per field, once).
+    _keyturn_opener: tuple[Store, Callable[[str], str]] | None = None
 
     def _context(self) -> str:
         return column_context(self.model._meta.db_table, self.column)  # type: ignore[attr-defined]
@@ -56,12 +60,12 @@ class _EncryptedMixin:
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
         """The secret, carrying the token it came from (opened by the Store's opener
         for this column: the fast path of an ORM load)."""
-        if value is None or value == "":
-            return value
-        current = store()
-        cached = self.__dict__.get("_keyturn_opener")
-        if cached is None or cached[0] is not current:
-            cached = self.__dict__["_keyturn_opener"] = (current, current.opener(self._context()))
+        if not value:
+            return value  # None or ''
+        cached = self._keyturn_opener
+        if cached is None or cached[0] is not conf._store:
+            current = store()
+            cached = self._keyturn_opener = (current, current.opener(self._context()))
         opened = _Opened(cached[1](value))
         opened.token = value
         return opened
