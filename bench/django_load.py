@@ -5,7 +5,8 @@ Usage: .venv/bin/python bench/django_load.py [--rows 10000] [--rounds 15]
 
 The Django twin of bench/orm_load.py: both tables in one SQLite file, rounds
 alternating, the best round of each compared, beside the floor (the plain load
-plus a bare decrypt loop over the same tokens).
+plus a bare decrypt loop over the same tokens); the goal is judged on the
+median of each round's own ratio (orm_load.compare).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from orm_load import compare
 
 
 def prepare(work: Path, rows: int) -> tuple[Callable[[str], float], Callable[[], float]]:
@@ -86,18 +89,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
     load, bare = prepare(Path(tempfile.mkdtemp()), args.rows)
-    best = {"plain": float("inf"), "encrypted": float("inf"), "decrypt": float("inf")}
-    for _ in range(args.rounds):
-        best["plain"] = min(best["plain"], load("plain"))
-        best["encrypted"] = min(best["encrypted"], load("encrypted"))
-        best["decrypt"] = min(best["decrypt"], bare())
-    ratio = best["encrypted"] / best["plain"]
-    floor = best["plain"] + best["decrypt"]
-    print(f"load {args.rows:,} Django model instances, best of {args.rounds}")
-    print(f"   plain CharField             {best['plain'] * 1000:8.1f} ms   1.00x")
-    print(f"   floor: plain + bare decrypt {floor * 1000:8.1f} ms   {floor / best['plain']:.2f}x")
-    print(f"   EncryptedCharField          {best['encrypted'] * 1000:8.1f} ms   {ratio:.2f}x")
-    print(f"goal: at most 1.3x -> {'met' if ratio <= 1.3 else 'NOT met'}")
+    what = f"{args.rows:,} Django model instances"
+    compare(what, ("CharField", "EncryptedCharField"), load, bare, args.rounds)
 
 
 if __name__ == "__main__":
