@@ -102,9 +102,13 @@ def compare(
     round ratios: on a noisy machine one slow round of the plain load alone can
     make the best rounds' ratio look met (or not)."""
     times: dict[str, list[float]] = {"plain": [], "encrypted": [], "decrypt": []}
-    runs = {"plain": lambda: load_table("plain"), "encrypted": lambda: load_table("encrypted")}
+    steps = [
+        ("plain", lambda: load_table("plain")),
+        ("encrypted", lambda: load_table("encrypted")),
+        ("decrypt", bare),
+    ]
     for _ in range(rounds):
-        for name, run in [*runs.items(), ("decrypt", bare)]:
+        for name, run in steps:
             gc.collect()  # each starts from a clean heap: no collection of another's garbage
             times[name].append(run())
     best = {name: min(measured) for name, measured in times.items()}
@@ -112,10 +116,13 @@ def compare(
     paired = sorted(e / p for p, e in zip(times["plain"], times["encrypted"], strict=True))
     median = statistics.median(paired)
     print(f"load {what}, best of {rounds}")
-    print(f"   plain {columns[0]:<25} {best['plain'] * 1000:8.1f} ms   1.00x")
-    print(f"   floor: plain + bare decrypt {floor * 1000:8.1f} ms   {floor / best['plain']:.2f}x")
-    ratio = best["encrypted"] / best["plain"]
-    print(f"   {columns[1]:<31} {best['encrypted'] * 1000:8.1f} ms   {ratio:.2f}x")
+    rows = [
+        ("plain " + columns[0], best["plain"]),
+        ("floor: plain + bare decrypt", floor),
+        (columns[1], best["encrypted"]),
+    ]
+    for label, seconds in rows:
+        print(f"   {label:<28} {seconds * 1000:8.1f} ms   {seconds / best['plain']:.2f}x")
     print(f"   each round, encrypted over plain: {paired[0]:.2f}x-{paired[-1]:.2f}x")
     print(
         f"goal: at most 1.3x, median round {median:.2f}x -> {'met' if median <= 1.3 else 'NOT met'}"
