@@ -736,21 +736,19 @@ class Rotator:
         progress: JobProgress,
         states: dict[str, ColumnState],
     ) -> None:
+        if conn is None:
+            with write_transaction(self.store.engine) as own:
+                self._checkpoint(own, job, progress, states)
+            return
         progress.columns = states
         # Inside the batch's transaction: a lost lock rolls the batch back.
-        if conn is not None:
-            lock = self.lock
-            guard = lock.guard() if lock is not None else None
-            if lock is not None and guard is None:
-                lock.verify(conn)
-            saved = jobs.checkpoint(conn, job.id, progress.dump(), guard)
-            if not saved and lock is not None and guard is not None:
-                lock.verify(conn)  # raises if the lock was lost (else the job row was)
-        else:
-            with write_transaction(self.store.engine) as own:
-                if self.lock is not None:
-                    self.lock.verify(own)
-                jobs.checkpoint(own, job.id, progress.dump())
+        lock = self.lock
+        guard = lock.guard() if lock is not None else None
+        if lock is not None and guard is None:
+            lock.verify(conn)
+        saved = jobs.checkpoint(conn, job.id, progress.dump(), guard)
+        if not saved and lock is not None and guard is not None:
+            lock.verify(conn)  # raises if the lock was lost (else the job row was)
 
     def _dry_run(
         self, columns: list[BoundColumn], job: jobs.Job | None, started: float
@@ -826,6 +824,12 @@ class Rotator:
             seconds=time.monotonic() - started,
             extra=extra,
         )
+
+
+def most_auto_workers() -> int:
+    """How many workers ``--workers auto`` may use at most: one per core, at most 8
+    (more chunks' claims contend)."""
+    return min(8, os.cpu_count() or 1)
 
 
 def _tokens_in(spec: ColumnSpec, value: Any) -> list[tuple[ColumnSpec, str]]:

@@ -60,8 +60,8 @@ class _EncryptedMixin:
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
         """The secret, carrying the token it came from (opened by the Store's opener
         for this column: the fast path of an ORM load)."""
-        if not value:
-            return value  # None or ''
+        if value is None or value == "":
+            return value
         cached = self._keyturn_opener
         if cached is None or cached[0] is not conf._store:
             current = store()
