@@ -24,7 +24,7 @@ from pathlib import Path
 
 import keyturn
 from keyturn.cli import cli
-from keyturn.ops.rotate import RotateOptions, Rotator
+from keyturn.ops.rotate import RotateOptions, Rotator, most_auto_workers
 
 COLUMNS = """database = "sqlite:///app.db"
 [[columns]]
@@ -108,9 +108,7 @@ RUNS = [
 
 def rotate(workdir: Path, backup: bool, auto: bool) -> float:
     if auto:  # as the CLI sets it up
-        options = RotateOptions(
-            backup=backup, workers=min(8, os.cpu_count() or 1), auto_workers=True
-        )
+        options = RotateOptions(backup=backup, workers=most_auto_workers(), auto_workers=True)
     else:
         options = RotateOptions(backup=backup)
     with keyturn.open(workdir / "keyturn.toml") as store:

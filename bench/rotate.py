@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 import keyturn
 from keyturn._core.kek import LocalKEK
 from keyturn.cli import cli
-from keyturn.ops.rotate import RotateOptions, Rotator
+from keyturn.ops.rotate import RotateOptions, Rotator, most_auto_workers
 from keyturn.ops.rotate_kek import rotate_kek
 
 CONFIG = """database = "sqlite:///app.db"
@@ -151,8 +151,7 @@ def throughput(args: argparse.Namespace, tmp: Path) -> None:
             if name == "bare loop":
                 results[name].append(bare_rotate(run, old))
             elif name.startswith("--workers auto"):
-                most = os.cpu_count() or 1
-                results[name].append(keyturn_rotate(run, False, most, auto=True))
+                results[name].append(keyturn_rotate(run, False, most_auto_workers(), auto=True))
             else:
                 workers = args.workers if name.startswith("--workers") else 1
                 results[name].append(keyturn_rotate(run, "(backup)" in name, workers))

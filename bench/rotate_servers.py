@@ -39,7 +39,7 @@ from keyturn.cli import cli
 from keyturn.engine.dialects.postgresql import INDEX_ORDER as _INDEX_ORDER
 from keyturn.engine.dialects.postgresql import NESTED_LOOPS as _NESTED_LOOPS
 from keyturn.engine.walk import TableRewriter
-from keyturn.ops.rotate import RotateOptions, Rotator
+from keyturn.ops.rotate import RotateOptions, Rotator, most_auto_workers
 
 SERVERS = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/",
@@ -270,7 +270,7 @@ def main() -> None:
         runs = [
             ("keyturn", lambda c: run_keyturn(c, True, phases=args.phases)),
             ("2workers", lambda c: run_keyturn(c, True, workers=2)),
-            ("auto", lambda c: run_keyturn(c, True, workers=os.cpu_count() or 1, auto=True)),
+            ("auto", lambda c: run_keyturn(c, True, workers=most_auto_workers(), auto=True)),
             ("per-row", lambda c: run_keyturn(c, False)),
             ("(a)seeds", run_seeds_script),
             ("(b)bare", lambda c, kind=kind: run_bare_bulk(c, kind)),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import getpass
 import json
 import logging
-import os
 import socket
 import sys
 import time
@@ -611,14 +610,14 @@ def rotate(
     restore and a second rotate refuse meanwhile (exit 4), or queue with --wait.
     """
     from keyturn.ops.reports import audit_summary
-    from keyturn.ops.rotate import RotateOptions, Rotator
+    from keyturn.ops.rotate import RotateOptions, Rotator, most_auto_workers
 
     explicit = ctx.get_parameter_source("workers") != click.core.ParameterSource.DEFAULT
     if atomic and ((explicit and workers != 1) or join):
         raise click.UsageError("--atomic runs in one transaction; it cannot use --workers/--join")
     auto = workers == AUTO_WORKERS and not atomic and not join
-    if auto:  # the most; helpers only for idle cores (at most 8: the chunks' claims contend)
-        workers = min(8, os.cpu_count() or 1)
+    if auto:  # the most; helpers only for idle cores
+        workers = most_auto_workers()
     elif workers == AUTO_WORKERS:
         workers = 1
     if join and dry_run:
