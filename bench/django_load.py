@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from orm_load import aead_alone, compare
+from orm_load import aead_alone, bare_decrypt, compare
 
 
 def prepare(
@@ -93,14 +93,8 @@ def prepare(
         assert all(row.api_key for row in tables[name].objects.all())
         return time.perf_counter() - started
 
-    def bare() -> float:
-        open_ = store().keyring.opener("keyturn_encrypted.api_key")
-        started = time.perf_counter()
-        for token in tokens:
-            open_(token).decode()
-        return time.perf_counter() - started
-
-    return load, bare, aead_alone(store(), "keyturn_encrypted.api_key", tokens)
+    context = "keyturn_encrypted.api_key"
+    return load, bare_decrypt(store(), context, tokens), aead_alone(store(), context, tokens)
 
 
 def main() -> None:

@@ -43,10 +43,8 @@ def child(orm: str, run: str, rows: int, loads: int) -> None:
         import orm_load
 
         load_table, store, tokens = orm_load.prepare(work, rows)
-        aead = orm_load.aead_alone(store, "encrypted_accounts.api_key", tokens)
-
-        def bare() -> float:
-            return orm_load.bare_decrypt(store, tokens)
+        bare = orm_load.bare_decrypt(store, orm_load.CONTEXT, tokens)
+        aead = orm_load.aead_alone(store, orm_load.CONTEXT, tokens)
     else:
         import django_load
 
