@@ -181,9 +181,13 @@ def test_compare_and_swap_is_exact(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An app write differing only in case or trailing space is never overwritten
-    (MySQL/MariaDB collations would call the two equal)."""
+    (MySQL/MariaDB collations would call the two equal). On MariaDB the walk's
+    batches lock their rows instead; the compare is what its retries and sweeps
+    run, tested here with the locks off."""
+    from keyturn.engine import dialects
     from keyturn.engine.walk import TableRewriter, each_value
 
+    monkeypatch.setattr(dialects, "LOCKED_READS", ())
     app, _ = setup_app(database, tmp_path, "int", monkeypatch)
     app.cli("init", check=True)
     database.execute("UPDATE creds SET oauth = 'Secret' WHERE id = 1")
@@ -218,9 +222,12 @@ def test_bulk_swap_never_resurrects_or_overwrites(
     the app changed between our read and our write is retried from its new value,
     a row it deleted is never brought back, and every other row is swapped once.
     On MariaDB both ways of sending the rows: a VALUES list, and SELECT … UNION ALL
-    (what MySQL gets)."""
+    (what MySQL gets), with the walk's row locks off (the compare is what its
+    retries and sweeps run; test_a_locked_batch_holds_off_the_app for the locks)."""
+    from keyturn.engine import dialects
     from keyturn.engine.walk import TableRewriter, each_value
 
+    monkeypatch.setattr(dialects, "LOCKED_READS", ())
     if rows_as == "selects":
         if database.kind != "mysql":
             pytest.skip("only MariaDB/MySQL has two ways to send the rows")
@@ -258,6 +265,63 @@ def test_bulk_swap_never_resurrects_or_overwrites(
     assert all(v.endswith("|rewritten") and v.count("|") == 1 for v in rows.values())
     assert len(rows) == len(keys) - 2
     assert results[0].counts.get("contended", 0) == 0
+
+
+@pytest.mark.parametrize("database", ["mysql"], indirect=True)
+@pytest.mark.parametrize("pk_type", ["int", "composite"])
+def test_a_locked_batch_holds_off_the_app(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pk_type: str
+) -> None:
+    """MariaDB: a batch's rows are locked from its read to its commit, and its swap
+    sends no values read. An app write to one of them waits for the batch, then
+    lands: it is never overwritten, a row it deletes is never brought back, and
+    nothing misses or is retried."""
+    import threading
+
+    from keyturn.engine.walk import TableRewriter, each_value
+
+    app, expected = setup_app(database, tmp_path, pk_type, monkeypatch)
+    app.cli("init", check=True)
+    _, pk = PK_TYPES[pk_type]
+    keys = sorted({k[:-1] for k in expected}, key=repr)
+    changed, deleted = keys[4], keys[9]
+    where = " AND ".join(f"{c} = :k{j}" for j, c in enumerate(pk))
+    app_writes: list[threading.Thread] = []
+    waited: list[bool] = []
+
+    def app_write() -> None:
+        database.execute(
+            f"UPDATE creds SET oauth = 'app-wrote' WHERE {where}",
+            f"DELETE FROM creds WHERE {where.replace(':k', ':g')}",
+            **{f"k{j}": v for j, v in enumerate(changed)},
+            **{f"g{j}": v for j, v in enumerate(deleted)},
+        )
+
+    with keyturn.open() as store:
+        (oauth,) = [c for c in store.bound_columns() if c.spec.name == "creds.oauth"]
+
+        def decide(key: tuple[Any, ...], value: Any) -> tuple[str, str | None]:
+            if tuple(key) == changed and not app_writes:
+                app_writes.append(threading.Thread(target=app_write))
+                app_writes[0].start()
+                app_writes[0].join(1.0)
+                waited.append(app_writes[0].is_alive())
+            return "seen", f"{value}|rewritten"
+
+        rewriter = TableRewriter(store.engine, [oauth], [each_value(decide)])
+        prepared = spy_on(monkeypatch, rewriter, "_prepare")
+        results = rewriter.run()
+        app_writes[0].join(30)
+    assert waited == [True], "the app wrote a row of a batch between its read and its write"
+    assert prepared and all("AS o0" not in sql for w in prepared for sql, _ in w.statements)
+    rows = {
+        tuple(r[:-1]): r[-1] for r in database.rows(f"SELECT {', '.join(pk)}, oauth FROM creds")
+    }
+    assert deleted not in rows, "a row deleted after the batch was brought back"
+    assert rows.pop(changed) == "app-wrote", "the app's later write was overwritten"
+    assert all(v.endswith("|rewritten") and v.count("|") == 1 for v in rows.values())
+    assert len(rows) == len(keys) - 2
+    assert results[0].counts == {"seen": len(keys)}
 
 
 def spy_on(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str) -> list[Any]:

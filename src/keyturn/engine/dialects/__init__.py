@@ -24,12 +24,20 @@ ARRAY = ("postgresql",)
 # rollback journal our next read holds off the previous batch's commit, and the
 # busy handler sleeps (measured slower, docs/PERFORMANCE.md).
 PIPELINED = ("postgresql", "mysql", "mariadb")
+# Where a pipelined walk reads each batch with its rows locked (READ COMMITTED,
+# ``FOR UPDATE``) and writes it in that same transaction: no one can change the
+# rows in between, so the swap need not carry and compare the values read. An
+# InnoDB row lock costs the server next to nothing; the compare cost it a fifth
+# more CPU per batch (docs/PERFORMANCE.md). Not PostgreSQL: its row locks are
+# written to the table, dearer than the compare.
+LOCKED_READS = ("mysql", "mariadb")
 
 
 @dataclass(frozen=True)
 class SwapNames:
     """What both server swaps name alike: the quoted table ``t``; the columns of the
-    joined rows ``v`` (``k…`` the key, ``o…`` the values read, ``n…`` those to write);
+    joined rows ``v`` (``k…`` the key, ``o…`` the values read unless the rows are
+    locked since, ``n…`` those to write);
     the join of ``t`` and ``v`` on the primary key; and the ``where`` filter's
     conditions on ``t``, with a ``%s`` for each of its values, bound after all others."""
 
@@ -46,13 +54,15 @@ def swap_names(
     pk: Sequence[Column[Any]],
     indexes: tuple[int, ...],
     filter: Sequence[tuple[str, Sequence[Any]]] = (),
+    compare: bool = True,
 ) -> SwapNames:
     # The preparer escapes a % in a name already (%%), as the driver's
     # placeholders need: the statements are always run with parameters.
     preparer = dialect.identifier_preparer
     quote = preparer.quote
     keys = [f"k{j}" for j in range(len(pk))]
-    names = keys + [f"o{i}" for i in indexes] + [f"n{i}" for i in indexes]
+    olds = [f"o{i}" for i in indexes] if compare else []
+    names = keys + olds + [f"n{i}" for i in indexes]
     same_row = [f"t.{quote(c.name)} = v.{k}" for c, k in zip(pk, keys, strict=True)]
     selected = [
         f"t.{quote(name)} IN ({', '.join(['%s'] * len(values))})" for name, values in filter

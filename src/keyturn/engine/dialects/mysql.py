@@ -24,6 +24,9 @@ PLAIN_CHARS = (string.ascii_letters + string.digits + ":_.-").encode()
 STATEMENT_ROWS = 5_000
 STATEMENT_VALUES = 30_000
 STATEMENT_CHARS = 2 * 1024 * 1024
+# Run before a locked read (dialects.LOCKED_READS), for that transaction only:
+# record locks and no gap locks, so the app's inserts never wait for a batch.
+READ_COMMITTED = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
 
 
 @dataclass(frozen=True)
@@ -104,14 +107,18 @@ def swap_statement(
     indexes: tuple[int, ...],
     values_rows: bool,
     filter: Sequence[tuple[str, Sequence[Any]]] = (),
+    compare: bool = True,
 ) -> BulkStatement:
     """MariaDB/MySQL: ``UPDATE t JOIN (<rows>) v ON t.pk = v.k AND t.col = v.old
     SET …`` (with a placeholder for each value of ``filter``, bound after the
-    rows' values). A deleted row joins nothing, so it is never brought back."""
-    swap = swap_names(dialect, table, pk, indexes, filter)
+    rows' values). A deleted row joins nothing, so it is never brought back.
+    ``compare=False``: rows locked since they were read, joined on the key alone
+    (the rows then hold no ``v.old``)."""
+    swap = swap_names(dialect, table, pk, indexes, filter, compare)
     quote, names = swap.quote, swap.names
     unchanged = [
-        f"CAST(t.{quote(values[i].name)} AS BINARY) = CAST(v.o{i} AS BINARY)" for i in indexes
+        f"CAST(t.{quote(values[i].name)} AS BINARY) = CAST(v.o{i} AS BINARY)"
+        for i in (indexes if compare else ())
     ]
     head = f"UPDATE {swap.table} AS t JOIN ("
     first = "SELECT " + ", ".join(f"{{}} AS {n}" for n in names)
