@@ -4,7 +4,8 @@ Usage: .venv/bin/python bench/rotate_servers.py [--rows 200000] [--backends post
        [--rounds 3] [--runs keyturn,(b)bare]
 
 For each backend, on identical fresh copies of a table of ROWS kt1 tokens:
-  keyturn     `Rotator` (one worker): keyset walk, CAS bulk writes, checkpoints, sweep
+  keyturn     `Rotator` (one worker): keyset walk, bulk swaps (PostgreSQL: by xmin;
+              MariaDB: rows locked since their read), checkpoints, sweep
   2workers    the same with --workers 2 (leased chunks; one helper process)
   auto        the same with --workers auto (helpers only for the cores left idle)
   per-row     keyturn's engine with bulk writes off (driver executemany)

@@ -324,6 +324,41 @@ def test_a_locked_batch_holds_off_the_app(
     assert results[0].counts == {"seen": len(keys)}
 
 
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_postgresql_swap_compares_the_rows_xmin(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: a bulk swap carries each row's xmin as read, not its tokens. A row
+    the app wrote after our read, even in a column we do not change, misses and is
+    retried from what is there now: the app's write stays, ours lands once."""
+    from keyturn.engine.walk import TableRewriter, each_value
+
+    app, expected = setup_app(database, tmp_path, "int", monkeypatch)
+    app.cli("init", check=True)
+    with keyturn.open() as store:
+        (oauth,) = [c for c in store.bound_columns() if c.spec.name == "creds.oauth"]
+
+        wrote: list[bool] = []
+
+        def decide(key: tuple[Any, ...], value: Any) -> tuple[str, str | None]:
+            if key == (5,) and not wrote:
+                wrote.append(True)
+                database.execute("UPDATE creds SET api_key = 'app-wrote' WHERE id = 5")
+                database.execute("UPDATE creds SET oauth = oauth || '!' WHERE id = 6")
+            return "seen", f"{value}|rewritten"
+
+        rewriter = TableRewriter(store.engine, [oauth], [each_value(decide)])
+        prepared = spy_on(monkeypatch, rewriter, "_prepare")
+        results = rewriter.run()
+    statements = [sql for w in prepared if len(w.rows) > 1 for sql, _ in w.statements]
+    assert statements and all("t.xmin = v.x" in s and "AS v(k0, x, n0)" in s for s in statements)
+    rows = {i: (a, o) for i, a, o in database.rows("SELECT id, api_key, oauth FROM creds")}
+    assert rows.pop(5) == ("app-wrote", "ya29.token-5|rewritten")
+    assert rows.pop(6)[1] == "ya29.token-6!|rewritten"
+    assert all(o == f"ya29.token-{i}|rewritten" for i, (_, o) in rows.items())
+    assert results[0].counts == {"seen": 40}
+
+
 def spy_on(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str) -> list[Any]:
     """Record what ``obj.name(...)`` returns, calling through."""
     returned: list[Any] = []

@@ -4,8 +4,9 @@ Rows are read in primary-key order by keyset pagination (never OFFSET), every
 configured column of a table in the same walk; crypto happens outside any
 transaction; each batch is written in one short transaction by
 compare-and-swap, so a value the application changed or deleted meanwhile is
-never overwritten or brought back (on MariaDB/MySQL, in the transaction that
-read it with its rows locked: dialects.LOCKED_READS). Both ``encrypt-existing`` and ``rotate``
+never overwritten or brought back (PostgreSQL compares each row's xmin; MariaDB
+and MySQL write in the transaction that read the batch with its rows locked:
+dialects.LOCKED_READS). Both ``encrypt-existing`` and ``rotate``
 are a ``decide`` function per column handed to :class:`TableRewriter`.
 """
 
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Engine,
     and_,
     bindparam,
+    literal_column,
     not_,
     or_,
     select,
@@ -172,6 +174,10 @@ class TableRewriter:
         # What is read and compared: the values as text (JSON types cast), or bytes.
         self.texts = [read_as(v) for v in self.values]
         self._dialect = engine.dialect.name
+        # PostgreSQL: each row read with its xmin, which its swap compares.
+        self._xmin = self._dialect in dialects.ARRAY
+        xmin: list[Any] = [literal_column(postgresql.XMIN)] if self._xmin else []
+        self._read = [*self.pk, *self.texts, *xmin]
         # The rows a ``where`` filter selects: read, and swapped only while they match.
         self.rows = row_filter(self.table, self.columns[0].spec)
         self.filter = list(self.columns[0].spec.where)
@@ -179,7 +185,7 @@ class TableRewriter:
         self.filter_values = [v for _, values in self.filter for v in values]
         self._statements: dict[tuple[int, ...], DriverStatement] = {}
         self._bulk_statements: dict[tuple[tuple[int, ...], bool], mysql.BulkStatement] = {}
-        self._array_statements: dict[tuple[int, ...], tuple[str, list[str], str]] = {}
+        self._array_statements: dict[tuple[tuple[int, ...], bool], tuple[str, list[str], str]] = {}
 
     def run(self, after: PK | None = None) -> list[ColumnResult]:
         """Walk the table from just after ``after`` to the end, then retry missed rows.
@@ -316,6 +322,7 @@ class TableRewriter:
         n = len(self.pk)
         # The batch by column: the primary key's parts, then the values.
         fields = list(zip(*batch, strict=True))
+        xmins = fields.pop() if self._xmin else None
         pks: list[PK] = list(zip(*fields[:n], strict=True))
         olds = fields[n:]
         decided = [decide(pks, olds[i]) for i, decide in enumerate(self.decides)]
@@ -334,9 +341,11 @@ class TableRewriter:
             indexes = _bits(mask)
             written: list[Sequence[Any]] = [*fields[:n], *[olds[i] for i in indexes]]
             written += [news[i] for i in indexes]
+            row_xmins: Sequence[str] | None = xmins
             if len(rows) < len(pks):
                 written = [[column[j] for j in rows] for column in written]
-            writes.append(self._prepare(indexes, rows, written, compare=held is None))
+                row_xmins = xmins and [xmins[j] for j in rows]
+            writes.append(self._prepare(indexes, rows, written, held is None, row_xmins))
         return _Decided(pks, olds, categories, news, counts, writes, held)
 
     def _settle(
@@ -420,16 +429,18 @@ class TableRewriter:
         rows: list[int],
         written: list[Sequence[Any]],
         compare: bool = True,
+        xmins: Sequence[str] | None = None,
     ) -> _Write:
         """The statements that swap the columns ``indexes`` of these rows; ``written``
         holds, column by column, the primary key's parts, the values read and the
         values to write. Built before the transaction (and off the writing thread).
         ``compare=False``: the rows are locked since they were read; a bulk swap
-        then sends no values read."""
+        then sends no values read. ``xmins``: each row's xmin as read (PostgreSQL),
+        which a bulk swap compares instead of the values."""
         dialect = self.engine.dialect
         many_rows = self.bulk and len(rows) > 1
         if many_rows and dialect.name in dialects.ARRAY:
-            arrays = self._prepare_arrays(indexes, rows, written)
+            arrays = self._prepare_arrays(indexes, rows, written, xmins)
             if arrays is not None:
                 return arrays
         if not (many_rows and dialect.name in dialects.BULK):
@@ -466,22 +477,31 @@ class TableRewriter:
         return _Write(indexes, rows, written, statements, many=False)
 
     def _prepare_arrays(
-        self, indexes: tuple[int, ...], rows: list[int], written: list[Sequence[Any]]
+        self,
+        indexes: tuple[int, ...],
+        rows: list[int],
+        written: list[Sequence[Any]],
+        xmins: Sequence[str] | None,
     ) -> _Write | None:
         """PostgreSQL: the swap as ``UPDATE … FROM unnest(arrays)``, or None if a
         primary key holds a type not sent as an array here."""
-        statement = self._array_statements.get(indexes)
+        by_xmin = xmins is not None
+        statement = self._array_statements.get((indexes, by_xmin))
         if statement is None:
             statement = postgresql.swap_sql(
-                self.engine.dialect, self.table, self.pk, self.values, indexes, self.filter
+                self.engine.dialect, self.table, self.pk, self.values, indexes, self.filter, by_xmin
             )
-            self._array_statements[indexes] = statement
+            self._array_statements[indexes, by_xmin] = statement
         head, types, tail = statement
+        sent = written
+        if xmins is not None:
+            n = len(self.pk)
+            sent = [*written[:n], xmins, *written[n + len(indexes) :]]
         statements: list[tuple[str, Any]] = []
-        for start, stop in _spans(written, postgresql.ARRAY_ROWS, postgresql.ARRAY_CHARS):
+        for start, stop in _spans(sent, postgresql.ARRAY_ROWS, postgresql.ARRAY_CHARS):
             exprs: list[str] = []
             texts: list[Any] = []
-            for column, kind in zip(written, types, strict=True):
+            for column, kind in zip(sent, types, strict=True):
                 array = postgresql.array_of(column[start:stop], kind)
                 if array is None:
                     return None
@@ -590,7 +610,7 @@ class TableRewriter:
     ) -> tuple[list[tuple[Any, ...]], Connection | None]:
         """The next batch; with ``lock``, its rows locked in a transaction left open
         on the connection returned with them (None otherwise)."""
-        query = select(*self.pk, *self.texts).order_by(*self.pk).limit(limit)
+        query = select(*self._read).order_by(*self.pk).limit(limit)
         if after is not None:
             query = query.where(after_key(self.pk, after))
         if self.until is not None:
@@ -618,7 +638,7 @@ class TableRewriter:
 
     def _read_pks(self, pks: Sequence[PK], conn: Connection | None = None) -> list[tuple[Any, ...]]:
         cond = keys_in(self.pk, pks)
-        return self._rows(select(*self.pk, *self.texts).where(cond, *self.rows), conn)
+        return self._rows(select(*self._read).where(cond, *self.rows), conn)
 
 
 def pipelined(engine: Engine) -> bool:

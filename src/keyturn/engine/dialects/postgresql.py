@@ -26,6 +26,12 @@ ARRAY_CHARS = 16 * 1024 * 1024
 # (docs/PERFORMANCE.md)
 NESTED_LOOPS = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
 INDEX_ORDER = "SET LOCAL enable_sort = off"
+# Read with each row: the id of the transaction that wrote its current version.
+# A swap that carries it back (``t.xmin = v.x``) misses a row anyone wrote since,
+# whatever column changed (stricter than comparing the values read; a missed row
+# is re-read and retried), and sends one number a row instead of every token
+# read (docs/PERFORMANCE.md).
+XMIN = "xmin::text"
 
 
 def array_of(values: Sequence[Any], kind: str) -> tuple[str, str] | None:
@@ -62,24 +68,31 @@ def swap_sql(
     values: Sequence[Column[Any]],
     indexes: tuple[int, ...],
     filter: Sequence[tuple[str, Sequence[Any]]] = (),
+    by_xmin: bool = False,
 ) -> tuple[str, list[str], str]:
     """``UPDATE t SET col = v.n FROM unnest(<arrays>) AS v(k…, o…, n…) WHERE
     t.pk = v.k AND t.col = v.o``, in pieces: the text before the arrays, the
     type of each array, the text after (with a placeholder for each value of
-    ``filter``). A deleted row joins nothing, so it is never brought back."""
-    swap = swap_names(dialect, table, pk, indexes, filter)
+    ``filter``). A deleted row joins nothing, so it is never brought back.
+    ``by_xmin``: the rows carry the xmin each was read with, not the values
+    read (``v(k…, x, n…)``, ``t.xmin = v.x``)."""
+    swap = swap_names(dialect, table, pk, indexes, filter, compare=not by_xmin)
     quote = swap.quote
     types = [str(c.type.compile(dialect=dialect)) for c in pk]
-    types += ["text"] * (2 * len(indexes))
+    types += ["xid"] if by_xmin else ["text"] * len(indexes)
+    types += ["text"] * len(indexes)
+    names = swap.names[: len(pk)] + ["x"] * by_xmin + swap.names[len(pk) :]
     # A JSON column is compared as text and written cast to its own type.
     json = {i: str(values[i].type.compile(dialect=dialect)) for i in indexes if _is_json(values[i])}
     unchanged = [
         f"t.{quote(values[i].name)}{'::text' if i in json else ''} = v.o{i}" for i in indexes
     ]
+    if by_xmin:
+        unchanged = ["t.xmin = v.x"]
     sets = [
         f"{quote(values[i].name)} = v.n{i}" + (f"::{json[i]}" if i in json else "") for i in indexes
     ]
     head = f"UPDATE {swap.table} AS t SET {', '.join(sets)} FROM unnest("
     where = " AND ".join(swap.same_row + unchanged + swap.selected)
-    tail = f") AS v({', '.join(swap.names)}) WHERE {where}"
+    tail = f") AS v({', '.join(names)}) WHERE {where}"
     return head, types, tail
