@@ -333,7 +333,7 @@ def test_a_postgresql_swap_compares_the_rows_xmin(
     retried from what is there now: the app's write stays, ours lands once."""
     from keyturn.engine.walk import TableRewriter, each_value
 
-    app, expected = setup_app(database, tmp_path, "int", monkeypatch)
+    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
     app.cli("init", check=True)
     with keyturn.open() as store:
         (oauth,) = [c for c in store.bound_columns() if c.spec.name == "creds.oauth"]
