@@ -17,6 +17,9 @@ For each backend, on identical fresh copies of a table of ROWS kt1 tokens:
 Goals: keyturn >= 5x (a) and >= 0.8x (b)bare (issue 5); one worker >= 0.9x
 (b)piped, the fastest bare loop (issue 23). Prints rows/s and ratios: of the
 best rounds, and (with --rounds > 1) of each round's keyturn and piped runs.
+--cpu also prints each run's CPU seconds, median of the rounds: this process's,
+and the local server's (its processes' counters in /proc), which this noisy
+2-core machine repeats far better than wall times.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import base64
 import os
 import secrets
 import statistics
+import subprocess
 import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,6 +56,22 @@ ADMIN_DB = "test"
 # on PostgreSQL 20,000, read in index order (piped 2.50-2.67 s against
 # 2.67-2.78 s with 5,000 rows, which the planner already reads by the index).
 BATCH = {"postgresql": 20_000, "mysql": 5_000}
+SERVER_PROCESS = {"postgresql": "postgres", "mysql": "mariadbd"}
+
+
+def cpu_seconds(kind: str) -> tuple[float, float]:
+    """CPU seconds used so far by this process and by the local server's processes
+    (with the backends that have exited, counted in their parent's)."""
+    mine = os.times()
+    found = subprocess.run(["pgrep", "-x", SERVER_PROCESS[kind]], capture_output=True, text=True)
+    ticks = 0
+    for pid in found.stdout.split():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue  # a backend that ended meanwhile: in its parent's counters now
+        ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return mine.user + mine.system, ticks / os.sysconf("SC_CLK_TCK")
 
 
 def make_db(kind: str) -> str:
@@ -262,6 +282,9 @@ def main() -> None:
     parser.add_argument(
         "--phases", action="store_true", help="print where each keyturn run's time went"
     )
+    parser.add_argument(
+        "--cpu", action="store_true", help="print each run's CPU seconds, client and server"
+    )
     args = parser.parse_args()
     os.environ.setdefault("KEYTURN_KEK", secrets.token_hex(32))
     print(f"{args.rows} rows x 1 column, backup off, best of {args.rounds} round(s)")
@@ -280,12 +303,16 @@ def main() -> None:
         if args.runs != "all":
             runs = [(label, run) for label, run in runs if label in args.runs.split(",")]
         times: dict[str, list[float]] = {label: [] for label, _ in runs}
+        cpu: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in runs}
         for _ in range(args.rounds):  # rounds alternate the runs, so drift hits them alike
             for label, run in runs:
                 with tempfile.TemporaryDirectory() as tmp:
                     name, config = build(kind, args.rows, Path(tmp))
                     try:
+                        before = cpu_seconds(kind)
                         times[label].append(run(config))
+                        after = cpu_seconds(kind)
+                        cpu[label].append((after[0] - before[0], after[1] - before[1]))
                     finally:
                         drop_db(kind, name)
         for label, measured in times.items():
@@ -295,6 +322,10 @@ def main() -> None:
                 f"{kind:<11} {label:<9} {results[label]:>8.2f} {args.rows / results[label]:>9.0f}"
                 f"   (each round: {spread})"
             )
+        for label, used in cpu.items() if args.cpu else ():
+            client = statistics.median(c for c, _ in used)
+            server = statistics.median(s for _, s in used)
+            print(f"{kind:<11} {label:<9} CPU s: client {client:.2f}, server {server:.2f}")
         k = results.get("keyturn")
         if k is None:
             continue
