@@ -251,15 +251,13 @@ def test_bulk_swap_never_resurrects_or_overwrites(
                                  **{k.replace("k", "g"): v for k, v in gone.items()})  # fmt: skip
             return "seen", f"{value}|rewritten"
 
-        rewriter = TableRewriter(store.engine, [oauth], [each_value(decide)])
-        prepared = spy_on(monkeypatch, rewriter, "_prepare")
-        results = rewriter.run()
+        results, prepared = run_spied(
+            monkeypatch, TableRewriter(store.engine, [oauth], [each_value(decide)])
+        )
     if database.kind == "postgresql":  # the arrays path, not the driver's executemany
         batches = [write for write in prepared if len(write.rows) > 1]
         assert batches and not any(write.many for write in batches)
-    rows = {
-        tuple(r[:-1]): r[-1] for r in database.rows(f"SELECT {', '.join(pk)}, oauth FROM creds")
-    }
+    rows = oauth_by_key(database, pk)
     assert deleted not in rows, "a row deleted meanwhile was brought back"
     assert rows.pop(changed) == "app-wrote|rewritten", "the app's write was overwritten"
     assert all(v.endswith("|rewritten") and v.count("|") == 1 for v in rows.values())
@@ -308,15 +306,13 @@ def test_a_locked_batch_holds_off_the_app(
                 waited.append(app_writes[0].is_alive())
             return "seen", f"{value}|rewritten"
 
-        rewriter = TableRewriter(store.engine, [oauth], [each_value(decide)])
-        prepared = spy_on(monkeypatch, rewriter, "_prepare")
-        results = rewriter.run()
+        results, prepared = run_spied(
+            monkeypatch, TableRewriter(store.engine, [oauth], [each_value(decide)])
+        )
         app_writes[0].join(30)
     assert waited == [True], "the app wrote a row of a batch between its read and its write"
     assert prepared and all("AS o0" not in sql for w in prepared for sql, _ in w.statements)
-    rows = {
-        tuple(r[:-1]): r[-1] for r in database.rows(f"SELECT {', '.join(pk)}, oauth FROM creds")
-    }
+    rows = oauth_by_key(database, pk)
     assert deleted not in rows, "a row deleted after the batch was brought back"
     assert rows.pop(changed) == "app-wrote", "the app's later write was overwritten"
     assert all(v.endswith("|rewritten") and v.count("|") == 1 for v in rows.values())
@@ -347,9 +343,9 @@ def test_a_postgresql_swap_compares_the_rows_xmin(
                 database.execute("UPDATE creds SET oauth = oauth || '!' WHERE id = 6")
             return "seen", f"{value}|rewritten"
 
-        rewriter = TableRewriter(store.engine, [oauth], [each_value(decide)])
-        prepared = spy_on(monkeypatch, rewriter, "_prepare")
-        results = rewriter.run()
+        results, prepared = run_spied(
+            monkeypatch, TableRewriter(store.engine, [oauth], [each_value(decide)])
+        )
     statements = [sql for w in prepared if len(w.rows) > 1 for sql, _ in w.statements]
     assert statements and all("t.xmin = v.x" in s and "AS v(k0, x, n0)" in s for s in statements)
     rows = {i: (a, o) for i, a, o in database.rows("SELECT id, api_key, oauth FROM creds")}
@@ -357,6 +353,18 @@ def test_a_postgresql_swap_compares_the_rows_xmin(
     assert rows.pop(6)[1] == "ya29.token-6!|rewritten"
     assert all(o == f"ya29.token-{i}|rewritten" for i, (_, o) in rows.items())
     assert results[0].counts == {"seen": 40}
+
+
+def run_spied(monkeypatch: pytest.MonkeyPatch, rewriter: Any) -> tuple[Any, list[Any]]:
+    """Run a TableRewriter; its results, and every write it prepared."""
+    prepared = spy_on(monkeypatch, rewriter, "_prepare")
+    return rewriter.run(), prepared
+
+
+def oauth_by_key(database: Database, pk: list[str]) -> dict[tuple[Any, ...], Any]:
+    """Each row of ``creds``: its oauth value by its primary key."""
+    rows = database.rows(f"SELECT {', '.join(pk)}, oauth FROM creds")
+    return {tuple(r[:-1]): r[-1] for r in rows}
 
 
 def spy_on(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str) -> list[Any]:

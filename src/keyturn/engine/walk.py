@@ -264,7 +264,8 @@ class TableRewriter:
                 break
 
     def _settle_batch(self, decided: _Decided, after: PK) -> None:
-        self._settle(decided, after, self._counts, self._missed)
+        with _released(decided.held):
+            self._settle(decided, after, self._counts, self._missed)
 
     def _settle_or_lose(self, decided: _Decided, after: PK) -> None:
         if self._lost:
@@ -355,18 +356,9 @@ class TableRewriter:
         counts: list[Counter[str]],
         missed: dict[PK, tuple[int, ...]],
     ) -> None:
-        """Write a decided batch in one transaction (with ``on_batch``); add its
-        counts to ``counts`` and the rows whose swap missed to ``missed``."""
-        with _released(batch.held):
-            self._settle_held(batch, last, counts, missed)
-
-    def _settle_held(
-        self,
-        batch: _Decided,
-        last: PK | None,
-        counts: list[Counter[str]],
-        missed: dict[PK, tuple[int, ...]],
-    ) -> None:
+        """Write a decided batch in one transaction (with ``on_batch``; in the batch's
+        own if it holds one); add its counts to ``counts`` and the rows whose swap
+        missed to ``missed``."""
         pks, olds, news = batch.pks, batch.olds, batch.news
         missing: dict[PK, tuple[int, ...]] = {}
         if batch.writes or (self.on_batch and not self.dry_run):

@@ -28,8 +28,8 @@ PIPELINED = ("postgresql", "mysql", "mariadb")
 # ``FOR UPDATE``) and writes it in that same transaction: no one can change the
 # rows in between, so the swap need not carry and compare the values read. An
 # InnoDB row lock costs the server next to nothing; the compare cost it a fifth
-# to a third more CPU than the bare UPDATE (docs/PERFORMANCE.md). Not PostgreSQL: its row locks are
-# written to the table, dearer than the compare.
+# to a third more CPU than the bare UPDATE (docs/PERFORMANCE.md). Not
+# PostgreSQL: its row locks are written to the table, dearer than the compare.
 LOCKED_READS = ("mysql", "mariadb")
 
 
