@@ -233,12 +233,9 @@ def test_bulk_swap_never_resurrects_or_overwrites(
             pytest.skip("only MariaDB/MySQL has two ways to send the rows")
         monkeypatch.setattr(TableRewriter, "values_rows", False)
 
-    app, expected = setup_app(database, tmp_path, pk_type, monkeypatch)
-    app.cli("init", check=True)
-    _, pk = PK_TYPES[pk_type]
-    keys = sorted({k[:-1] for k in expected}, key=repr)
-    changed, deleted = keys[4], keys[9]
-    where = " AND ".join(f"{c} = :k{j}" for j, c in enumerate(pk))
+    pk, keys, changed, deleted, where = rows_the_app_touches(
+        database, tmp_path, pk_type, monkeypatch
+    )
     params = {f"k{j}": v for j, v in enumerate(changed)}
     gone = {f"k{j}": v for j, v in enumerate(deleted)}
     with keyturn.open() as store:
@@ -278,12 +275,9 @@ def test_a_locked_batch_holds_off_the_app(
 
     from keyturn.engine.walk import TableRewriter, each_value
 
-    app, expected = setup_app(database, tmp_path, pk_type, monkeypatch)
-    app.cli("init", check=True)
-    _, pk = PK_TYPES[pk_type]
-    keys = sorted({k[:-1] for k in expected}, key=repr)
-    changed, deleted = keys[4], keys[9]
-    where = " AND ".join(f"{c} = :k{j}" for j, c in enumerate(pk))
+    pk, keys, changed, deleted, where = rows_the_app_touches(
+        database, tmp_path, pk_type, monkeypatch
+    )
     app_writes: list[threading.Thread] = []
     waited: list[bool] = []
 
@@ -353,6 +347,19 @@ def test_a_postgresql_swap_compares_the_rows_xmin(
     assert rows.pop(6)[1] == "ya29.token-6!|rewritten"
     assert all(o == f"ya29.token-{i}|rewritten" for i, (_, o) in rows.items())
     assert results[0].counts == {"seen": 40}
+
+
+def rows_the_app_touches(
+    database: Database, tmp_path: Path, pk_type: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[str], list[tuple[Any, ...]], tuple[Any, ...], tuple[Any, ...], str]:
+    """An initialized app (setup_app): its primary key's columns, its rows' keys, the
+    row the app changes and the row it deletes, and one row's WHERE (``:k0``, …)."""
+    app, expected = setup_app(database, tmp_path, pk_type, monkeypatch)
+    app.cli("init", check=True)
+    _, pk = PK_TYPES[pk_type]
+    keys = sorted({k[:-1] for k in expected}, key=repr)
+    where = " AND ".join(f"{c} = :k{j}" for j, c in enumerate(pk))
+    return pk, keys, keys[4], keys[9], where
 
 
 def run_spied(monkeypatch: pytest.MonkeyPatch, rewriter: Any) -> tuple[Any, list[Any]]:
