@@ -263,17 +263,36 @@ def test_bulk_swap_never_resurrects_or_overwrites(
 
 
 @pytest.mark.parametrize("database", ["mysql"], indirect=True)
-@pytest.mark.parametrize("pk_type", ["int", "composite"])
+@pytest.mark.parametrize(("pk_type", "binlog"), [("int", "mixed"), ("composite", "statement")])
 def test_a_locked_batch_holds_off_the_app(
-    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pk_type: str
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pk_type: str, binlog: str
 ) -> None:
     """MariaDB: a batch's rows are locked from its read to its commit, and its swap
     sends no values read. An app write to one of them waits for the batch, then
     lands: it is never overwritten, a row it deletes is never brought back, and
-    nothing misses or is retried."""
+    nothing misses or is retried. Under READ COMMITTED, or, where the server logs
+    statements (which InnoDB refuses to write under it), the session's level."""
     import threading
 
+    from keyturn.engine.dialects import mysql
     from keyturn.engine.walk import TableRewriter, each_value
+
+    if binlog == "statement":
+        monkeypatch.setattr(mysql, "logs_statements", lambda conn: True)
+    levels: list[str] = []
+    read_locked = TableRewriter._read_locked
+
+    def spy(self: Any, query: Any) -> Any:
+        rows, held = read_locked(self, query)
+        cursor = held.connection.dbapi_connection.cursor()
+        cursor.execute(
+            "SELECT trx_isolation_level FROM information_schema.innodb_trx "
+            "WHERE trx_mysql_thread_id = CONNECTION_ID()"
+        )
+        levels.append(cursor.fetchone()[0])
+        return rows, held
+
+    monkeypatch.setattr(TableRewriter, "_read_locked", spy)
 
     pk, keys, changed, deleted, where = rows_the_app_touches(
         database, tmp_path, pk_type, monkeypatch
@@ -305,6 +324,8 @@ def test_a_locked_batch_holds_off_the_app(
         )
         app_writes[0].join(30)
     assert waited == [True], "the app wrote a row of a batch between its read and its write"
+    level = "REPEATABLE READ" if binlog == "statement" else "READ COMMITTED"
+    assert levels and set(levels) == {level}
     assert prepared and all("AS o0" not in sql for w in prepared for sql, _ in w.statements)
     rows = oauth_by_key(database, pk)
     assert deleted not in rows, "a row deleted after the batch was brought back"

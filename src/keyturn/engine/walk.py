@@ -174,6 +174,7 @@ class TableRewriter:
         # What is read and compared: the values as text (JSON types cast), or bytes.
         self.texts = [read_as(v) for v in self.values]
         self._dialect = engine.dialect.name
+        self._read_committed: bool | None = None  # locked reads: known at the first walk
         # PostgreSQL: each row read with its xmin, which its swap compares.
         self._xmin = self._dialect in dialects.ARRAY
         xmin: list[Any] = [literal_column(postgresql.XMIN)] if self._xmin else []
@@ -245,6 +246,9 @@ class TableRewriter:
         self._missed: dict[PK, tuple[int, ...]] = {}
         self._lost = False
         lock = self._locks_rows()
+        if lock and self._read_committed is None:
+            with self.engine.connect() as conn:
+                self._read_committed = not mysql.logs_statements(conn)
         while not self._lost:
             started = time.monotonic()
             batch, held = self._read_after(after, self.pacing.batch_size, lock)
@@ -573,7 +577,7 @@ class TableRewriter:
         if self.conn is not None:
             yield self.conn
         elif held is not None:
-            with held.begin():  # the locked read's transaction goes on
+            with held.get_transaction() or held.begin():  # the locked read's goes on
                 yield held
         else:
             with write_transaction(self.engine) as conn:
@@ -622,7 +626,8 @@ class TableRewriter:
     def _read_locked(self, query: Any) -> tuple[list[tuple[Any, ...]], Connection]:
         held = self.engine.connect()
         try:
-            _run_setup(held, mysql.READ_COMMITTED)
+            if self._read_committed:
+                _run_setup(held, mysql.READ_COMMITTED)
             return fetch_raw(held, query), held
         except BaseException:
             held.close()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from itertools import chain, islice
 from typing import Any
 
-from sqlalchemy import Column, Table
+from sqlalchemy import Column, Connection, Table
 
 from keyturn.engine.dialects import swap_names
 
@@ -27,6 +27,14 @@ STATEMENT_CHARS = 2 * 1024 * 1024
 # Run before a locked read (dialects.LOCKED_READS), for that transaction only:
 # record locks and no gap locks, so the app's inserts never wait for a batch.
 READ_COMMITTED = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+
+
+def logs_statements(conn: Connection) -> bool:
+    """Whether the server writes its binary log as statements: InnoDB refuses writes
+    under READ COMMITTED then, so a locked read keeps the session's level (its
+    next-key locks also hold off inserts into a batch's range until it commits)."""
+    query = "SELECT @@log_bin = 1 AND @@binlog_format = 'STATEMENT'"
+    return bool(conn.exec_driver_sql(query).scalar())
 
 
 @dataclass(frozen=True)
