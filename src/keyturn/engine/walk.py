@@ -268,8 +268,10 @@ class TableRewriter:
                 break
 
     def _settle_batch(self, decided: _Decided, after: PK) -> None:
-        with _released(decided.held):
+        try:
             self._settle(decided, after, self._counts, self._missed)
+        finally:
+            _release(decided.held)
 
     def _settle_or_lose(self, decided: _Decided, after: PK) -> None:
         if self._lost:
@@ -461,8 +463,7 @@ class TableRewriter:
                 self.filter,
                 compare,
             )
-        n = len(self.pk)
-        sent = written if compare else [*written[:n], *written[n + len(indexes) :]]
+        sent = written if compare else self._read_replaced(written, indexes, [])
         per_statement = max(1, min(mysql.STATEMENT_ROWS, mysql.STATEMENT_VALUES // len(sent)))
         statements: list[tuple[str, Any]] = []
         for start, stop in _spans(sent, per_statement, mysql.STATEMENT_CHARS):
@@ -489,10 +490,7 @@ class TableRewriter:
             )
             self._array_statements[indexes, by_xmin] = statement
         head, types, tail = statement
-        sent = written
-        if xmins is not None:
-            n = len(self.pk)
-            sent = [*written[:n], xmins, *written[n + len(indexes) :]]
+        sent = written if xmins is None else self._read_replaced(written, indexes, [xmins])
         statements: list[tuple[str, Any]] = []
         for start, stop in _spans(sent, postgresql.ARRAY_ROWS, postgresql.ARRAY_CHARS):
             exprs: list[str] = []
@@ -537,6 +535,14 @@ class TableRewriter:
             if pk not in now
             or any(now[pk][i] != new[at] for i, new in zip(write.indexes, news, strict=True))
         ]
+
+    def _read_replaced(
+        self, written: list[Sequence[Any]], indexes: tuple[int, ...], by: list[Sequence[Any]]
+    ) -> list[Sequence[Any]]:
+        """``written`` with the columns of values read replaced ``by`` what a swap
+        compares instead (nothing for rows locked since their read; xmins)."""
+        n = len(self.pk)
+        return [*written[:n], *by, *written[n + len(indexes) :]]
 
     def _compile(self, indexes: tuple[int, ...], dialect: Any) -> DriverStatement:
         # The compare-and-swap: a row is written only if every column we change
@@ -677,14 +683,6 @@ def _release(held: Connection | None) -> None:
     """Roll back and return a locked read's connection (its locks go with it)."""
     if held is not None:
         held.close()
-
-
-@contextmanager
-def _released(held: Connection | None) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        _release(held)
 
 
 @dataclass(frozen=True)
