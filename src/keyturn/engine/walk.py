@@ -249,9 +249,14 @@ class TableRewriter:
         if lock and self._read_committed is None:
             with self.engine.connect() as conn:
                 self._read_committed = not mysql.logs_statements(conn)
+        # The batch being written and the one written before it, so that one is
+        # freed here once the next read is back, while the writer waits on the
+        # server: freed by the writer, 20,000 rows held up the next write 1-2 ms.
+        kept: list[_Decided] = []
         while not self._lost:
             started = time.monotonic()
             batch, held = self._read_after(after, self.pacing.batch_size, lock)
+            del kept[:-1]
             try:
                 if not batch:
                     break
@@ -259,6 +264,7 @@ class TableRewriter:
                 decided = self._decide(batch, self._failed, self._unknown, held)
                 settle = self._settle_or_lose if yield_lease else self._settle_batch
                 pipeline.submit(partial(settle, decided, after))
+                kept.append(decided)
                 held = None  # the write releases it
             finally:
                 _release(held)
