@@ -42,7 +42,7 @@ bench: $(STAMP)
 	$(PY) bench/cli_start.py
 	$(PY) bench/bulk_ops.py
 	$(PY) bench/status_scale.py
-	$(PY) bench/rotate_servers.py --rounds 3 --runs "keyturn,2workers,auto,(a)seeds,(b)piped"
+	$(PY) bench/rotate_servers.py --rounds 3 --runs "keyturn,2workers,auto,(a)seeds,(b)piped,(b)ctid"
 	$(PY) bench/orm_load.py
 	$(PY) bench/django_load.py
 	$(PY) bench/orm_instructions.py
