@@ -370,6 +370,50 @@ def test_a_postgresql_swap_compares_the_rows_xmin(
     assert results[0].counts == {"seen": 40}
 
 
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_row_moved_between_read_and_swap_gets_its_own_value(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: CLUSTER (as VACUUM FULL) between our read and our swap moves
+    every row and keeps its xmin. With the rows all written by one transaction and
+    put in reverse order, each row now sits where another was read, with the xmin
+    read: the swap finds each row by its primary key, so every row gets its own
+    value (never another row's), at once, since none changed."""
+    from sqlalchemy import create_engine
+
+    from keyturn.engine.walk import TableRewriter, each_value
+
+    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
+    database.execute(  # one xmin for every row, at ctids in key order
+        "CREATE TABLE saved AS SELECT * FROM creds ORDER BY id",
+        "TRUNCATE creds",
+        "INSERT INTO creds SELECT * FROM saved ORDER BY id",
+        "DROP TABLE saved",
+        "CREATE INDEX creds_backwards ON creds (id DESC)",
+    )
+    app.cli("init", check=True)
+    autocommit = create_engine(database.url, isolation_level="AUTOCOMMIT")
+    with keyturn.open() as store:
+        (oauth,) = [c for c in store.bound_columns() if c.spec.name == "creds.oauth"]
+        moved: list[bool] = []
+
+        def decide(key: tuple[Any, ...], value: Any) -> tuple[str, str | None]:
+            if not moved:
+                moved.append(True)
+                with autocommit.connect() as conn:
+                    conn.exec_driver_sql("CLUSTER creds USING creds_backwards")
+            return "seen", f"{value}|rewritten"
+
+        results, prepared = run_spied(
+            monkeypatch, TableRewriter(store.engine, [oauth], [each_value(decide)])
+        )
+    autocommit.dispose()
+    assert [len(w.rows) for w in prepared] == [40], "a moved row's swap missed"
+    rows = {i: o for i, o in database.rows("SELECT id, oauth FROM creds")}
+    assert rows == {i: f"ya29.token-{i}|rewritten" for i in range(1, 41)}
+    assert results[0].counts == {"seen": 40}
+
+
 def rows_the_app_touches(
     database: Database, tmp_path: Path, pk_type: str, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[list[str], list[tuple[Any, ...]], tuple[Any, ...], tuple[Any, ...], str]:
