@@ -683,3 +683,58 @@ def test_status_counts_every_kind_of_value_by_its_header(
     oauth = next(c for c in status["columns"] if c["column"] == "creds.oauth")
     assert oauth["by_version"] == {"1": 34, "10": 1}
     assert (oauth["rows"], oauth["plaintext"], oauth["empty"]) == (40, 3, 2)
+
+
+@pytest.mark.parametrize("database", ["postgresql", "mysql"], indirect=True)
+def test_the_sweep_ahead_and_the_rest_catch_old_tokens(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One table on a server: the closing sweep reads the rows the walk passed while
+    the walk's last batch is written, then the rest. An app process still sealing
+    under v1 rewrites row 1 once the walk has passed it, and adds a row: both end
+    on v2, row 1 counted as swept."""
+    from parallel_app import ROWS, parallel_app
+
+    from keyturn.engine.walk import TableRewriter
+    from keyturn.ops.rotate import RotateOptions, Rotator
+
+    app = parallel_app(database, tmp_path, monkeypatch)
+    stale = keyturn.open(app.config)  # opened before the rotation: seals under v1
+    wrote: list[str] = []
+    settle, queue = TableRewriter._settle, TableRewriter.queue
+    sweeps_ahead: list[Any] = []
+
+    def settle_then_write(self: TableRewriter, *args: Any) -> None:
+        settle(self, *args)
+        if self.where is None and not wrote:  # the walk's first batch is written
+            wrote.append(stale.encrypt("sk_1-again", context="secrets.a"))
+            wrote.append(stale.encrypt("sk_new", context="secrets.a"))
+            database.execute(
+                "UPDATE secrets SET a = :a WHERE id = 1",
+                f"INSERT INTO secrets VALUES ({ROWS + 1}, :n, NULL)",
+                a=wrote[0],
+                n=wrote[1],
+            )
+
+    def spied_queue(self: TableRewriter, *args: Any, **kwargs: Any) -> None:
+        if self.where is not None:
+            sweeps_ahead.append(self.until)
+        queue(self, *args, **kwargs)
+
+    monkeypatch.setattr(TableRewriter, "_settle", settle_then_write)
+    monkeypatch.setattr(TableRewriter, "queue", spied_queue)
+    with keyturn.open(app.config) as store:
+        report = Rotator(store, RotateOptions(backup=False, chunk_time=0.02)).run().to_dict()
+    stale.close()
+    assert all(w.startswith("kt1:1:") for w in wrote)
+    assert len(sweeps_ahead) == 1 and sweeps_ahead[0] is not None, "no sweep ahead"
+    tokens = ROWS + ROWS - ROWS // 10
+    # Row 1 swept ahead; the new row walked, or swept with the rest if it came late.
+    assert report["swept"] in (1, 2) and report["rotated"] + report["swept"] == tokens + 2
+    with keyturn.open(app.config) as store:
+        (a1,), (new,) = database.rows(
+            f"SELECT a FROM secrets WHERE id IN (1, {ROWS + 1}) ORDER BY id"
+        )
+        assert a1.startswith("kt1:2:") and new.startswith("kt1:2:")
+        assert store.decrypt(a1, context="secrets.a") == "sk_1-again"
+        assert store.decrypt(new, context="secrets.a") == "sk_new"

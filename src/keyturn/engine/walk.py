@@ -245,6 +245,8 @@ class TableRewriter:
         self._unknown: list[list[PK]] = [[] for _ in self.columns]
         self._missed: dict[PK, tuple[int, ...]] = {}
         self._lost = False
+        #: The key the last batch read was read after (None: from the start, or no batch).
+        self.last_batch_from: PK | None = None
         lock = self._locks_rows()
         if lock and self._read_committed is None:
             with self.engine.connect() as conn:
@@ -260,6 +262,7 @@ class TableRewriter:
             try:
                 if not batch:
                     break
+                self.last_batch_from = after
                 after = tuple(batch[-1][: len(self.pk)])
                 decided = self._decide(batch, self._failed, self._unknown, held)
                 settle = self._settle_or_lose if yield_lease else self._settle_batch

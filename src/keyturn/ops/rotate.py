@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Column, Connection, and_, func, inspect, not_, or_, select, update
@@ -621,7 +622,6 @@ class Rotator:
 
         ``--workers auto`` (not resuming chunks): the walk stops once the probe
         finds idle cores, and the rest of the tables go to leased chunks."""
-        target = ring.active_version
         states = {c.spec.name: progress.column(c.spec.name) for c in columns}
         pacing = Pacing(chunk_time=self.options.chunk_time, max_rate=self.options.max_rate)
         # --max-rate applies per worker: under it, auto does not multiply the load.
@@ -632,8 +632,14 @@ class Rotator:
             and self.options.max_rate is None
         )
         probe = _Probe(self.options.workers - 1) if auto and not progress.chunked else None
+        groups = group_by_table(columns)
+        # One table on a server: the closing sweep reads the rows the walk passed
+        # while the walk's last batch is written (see _walk_sweeping_ahead), and
+        # the rest, from ``swept_from``, once it is.
+        ahead = len(groups) == 1 and conn is None and pipelined(self.store.engine)
+        swept_from: dict[str, PK] = {}
         for sweep in (False, True):
-            for group in group_by_table(columns):
+            for group in groups:
                 key = _table_key(group)
                 walk = progress.tables.setdefault(key, TableWalk())
                 if walk.swept if sweep else walk.done:
@@ -643,23 +649,29 @@ class Rotator:
                     bar = self.progress(group_label(group), count_rows(self.store, group[0], conn))
                     if walk.cursor is not None:
                         bar(sum(states[group[0].spec.name].counts.values()))
-                # The closing sweep: tokens on an older version, written by app
-                # processes that had not yet seen the new version.
-                stale = _stale(target, group) if sweep else None
-                rewriter = TableRewriter(
-                    self.store.engine,
-                    group,
-                    self._deciders(ring, group, states),
+
+                rewriter_for = partial(
+                    self._table_rewriter,
+                    group=group,
+                    ring=ring,
+                    states=states,
+                    on_batch=partial(self._on_batch, job, walk, states, progress),
                     pacing=pacing,
-                    progress=bar,
-                    where=stale,
                     conn=conn,
-                    on_batch=self._on_batch(job, walk, states, progress, sweep=sweep),
-                    collect_applied=self.options.backup,
-                    stop=probe.due if probe is not None and not sweep else None,
+                    bar=bar,
+                    stop=probe.due if probe is not None else None,
                 )
-                after = tuple(walk.cursor) if walk.cursor and not sweep else None
-                for result in rewriter.run(after=after):
+                rewriter = rewriter_for(sweep, None)
+                if sweep:
+                    results = rewriter.run(after=swept_from.get(key))
+                elif ahead:
+                    after = tuple(walk.cursor) if walk.cursor else None
+                    results, boundary = self._walk_sweeping_ahead(rewriter, after, rewriter_for)
+                    if boundary is not None:
+                        swept_from[key] = boundary
+                else:
+                    results = rewriter.run(after=tuple(walk.cursor) if walk.cursor else None)
+                for result in results:
                     states[result.column].counts[CONTENDED] += result.counts.get(CONTENDED, 0)
                 if rewriter.stopped and probe is not None:
                     self._checkpoint(conn, job, progress, states)
@@ -674,6 +686,58 @@ class Rotator:
         if probe is not None and probe.decided:
             self.idle_cores = probe.idle
         return states
+
+    def _table_rewriter(
+        self,
+        sweep: bool,
+        until: PK | None,
+        *,
+        group: list[BoundColumn],
+        ring: Keyring,
+        states: dict[str, ColumnState],
+        on_batch: Callable[..., OnBatch],
+        pacing: Pacing,
+        conn: Connection | None,
+        bar: Callable[[int], None] | None,
+        stop: Callable[[], bool] | None,
+    ) -> TableRewriter:
+        """A walk of ``group`` onto the ring's active version, or (``sweep``) its
+        closing sweep: tokens on an older version, written by app processes that
+        had not yet seen the new version."""
+        return TableRewriter(
+            self.store.engine,
+            group,
+            self._deciders(ring, group, states),
+            pacing=pacing,
+            progress=None if sweep else bar,
+            where=_stale(ring.active_version, group) if sweep else None,
+            conn=conn,
+            on_batch=on_batch(sweep=sweep),
+            collect_applied=self.options.backup,
+            until=until,
+            stop=None if sweep else stop,
+        )
+
+    def _walk_sweeping_ahead(
+        self,
+        rewriter: TableRewriter,
+        after: PK | None,
+        rewriter_for: Callable[[bool, PK | None], TableRewriter],
+    ) -> tuple[list[ColumnResult], PK | None]:
+        """Walk; once every batch is read, while the last one is written, sweep the
+        rows before it (the sweep's reads then overlap that write; its writes queue
+        behind it). The walk's results with the sweep-ahead's, and the key after
+        which the sweep is left to do (None: all of it). A walk that stopped early
+        sweeps nothing yet."""
+        results: list[ColumnResult] = []
+        with Pipeline(True) as pipeline:
+            rewriter.queue(pipeline, lambda done: results.extend(done or ()), after)
+            boundary = None if rewriter.stopped else rewriter.last_batch_from
+            if boundary is not None:
+                ahead = rewriter_for(True, boundary)
+                ahead.queue(pipeline, lambda done: results.extend(done or ()))
+            drain(pipeline)
+        return results, boundary
 
     def _deciders(
         self, ring: Keyring, group: list[BoundColumn], states: dict[str, ColumnState]
