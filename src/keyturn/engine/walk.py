@@ -245,7 +245,7 @@ class TableRewriter:
         self._unknown: list[list[PK]] = [[] for _ in self.columns]
         self._missed: dict[PK, tuple[int, ...]] = {}
         self._lost = False
-        #: The key the last batch read was read after (None: from the start, or no batch).
+        #: The key after which the last batch was read (None: from the start, or none read).
         self.last_batch_from: PK | None = None
         lock = self._locks_rows()
         if lock and self._read_committed is None:

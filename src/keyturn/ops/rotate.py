@@ -649,7 +649,6 @@ class Rotator:
                     bar = self.progress(group_label(group), count_rows(self.store, group[0], conn))
                     if walk.cursor is not None:
                         bar(sum(states[group[0].spec.name].counts.values()))
-
                 rewriter_for = partial(
                     self._table_rewriter,
                     group=group,
