@@ -148,14 +148,17 @@ class TableRewriter:
         collect_applied: bool = False,
         until: PK | None = None,
         stop: Callable[[], bool] | None = None,
+        key_order: bool = False,
     ) -> None:
         """``where(value columns)`` limits the walk to matching rows; ``conn`` runs
         every batch inside that connection's transaction (``--atomic``);
         ``collect_applied`` hands ``on_batch`` every applied swap (for backups);
         ``until`` ends the walk at that primary key, inclusive (a chunk); ``stop()``,
         asked after each batch, ends it early (``stopped``; the cursor is where the
-        last ``on_batch`` put it)."""
+        last ``on_batch`` put it); ``key_order`` reads by the primary key's index even
+        with ``where`` (a sweep over a short range of keys)."""
         self.until = until
+        self.key_order = key_order
         self.stop = stop
         self.stopped = False
         self.collect_applied = collect_applied
@@ -632,11 +635,15 @@ class TableRewriter:
         # The walk reads by the primary key's index whatever the statistics say; a
         # sweep (``where``) expects few rows, and after the walk the index also leads
         # to every dead version of every row: a scan and a sort of what matches is
-        # 5x cheaper there (0.03 s against 0.13 s at 200,000 rows).
+        # 5x cheaper there (0.03 s against 0.13 s at 200,000 rows), unless the sweep
+        # covers a short range of keys (``key_order``).
         if lock:
             return self._read_locked(query.with_for_update())
-        in_order = self.where is None and self._dialect in dialects.ARRAY
-        return self._rows(query, setup=postgresql.INDEX_ORDER if in_order else None), None
+        if self._dialect not in dialects.ARRAY:
+            return self._rows(query), None
+        in_order = self.where is None or self.key_order
+        setup = f"{postgresql.INDEX_ORDER}; {postgresql.NO_JIT}" if in_order else postgresql.NO_JIT
+        return self._rows(query, setup=setup), None
 
     def _read_locked(self, query: Any) -> tuple[list[tuple[Any, ...]], Connection]:
         held = self.engine.connect()

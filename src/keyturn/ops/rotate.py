@@ -660,7 +660,8 @@ class Rotator:
                     bar=bar,
                     stop=probe.due if probe is not None else None,
                 )
-                rewriter = rewriter_for(sweep, None)
+                # What a sweep ahead left is about one batch of keys: read in key order.
+                rewriter = rewriter_for(sweep, None, key in swept_from)
                 if sweep:
                     results = rewriter.run(after=swept_from.get(key))
                 elif ahead:
@@ -690,6 +691,7 @@ class Rotator:
         self,
         sweep: bool,
         until: PK | None,
+        key_order: bool = False,
         *,
         group: list[BoundColumn],
         ring: Keyring,
@@ -715,6 +717,7 @@ class Rotator:
             collect_applied=self.options.backup,
             until=until,
             stop=None if sweep else stop,
+            key_order=key_order,
         )
 
     def _walk_sweeping_ahead(
