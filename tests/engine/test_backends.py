@@ -149,7 +149,7 @@ def test_a_walk_whose_lease_is_lost_stops_and_the_next_walk_goes_on(
     app, _ = setup_app(database, tmp_path, "int", monkeypatch)
     app.cli("init", check=True)
     with keyturn.open() as store:
-        (oauth,) = [c for c in store.bound_columns() if c.spec.name == "creds.oauth"]
+        oauth = oauth_column(store)
         checkpoints: list[Any] = []
 
         def on_batch(conn: Any, last: Any, counts: Any, applied: Any) -> None:
@@ -193,7 +193,7 @@ def test_compare_and_swap_is_exact(
     database.execute("UPDATE creds SET oauth = 'Secret' WHERE id = 1")
     database.execute("UPDATE creds SET oauth = 'tail' WHERE id = 2")
     with keyturn.open() as store:
-        (oauth,) = [c for c in store.bound_columns() if c.spec.name == "creds.oauth"]
+        oauth = oauth_column(store)
         changed: dict[int, str] = {1: "secret", 2: "tail "}
 
         def decide(pk: tuple[Any, ...], value: Any) -> tuple[str, str | None]:
@@ -239,7 +239,7 @@ def test_bulk_swap_never_resurrects_or_overwrites(
     params = {f"k{j}": v for j, v in enumerate(changed)}
     gone = {f"k{j}": v for j, v in enumerate(deleted)}
     with keyturn.open() as store:
-        (oauth,) = [c for c in store.bound_columns() if c.spec.name == "creds.oauth"]
+        oauth = oauth_column(store)
 
         def decide(key: tuple[Any, ...], value: Any) -> tuple[str, str | None]:
             if tuple(key) == changed and value != "app-wrote":
@@ -309,7 +309,7 @@ def test_a_locked_batch_holds_off_the_app(
         )
 
     with keyturn.open() as store:
-        (oauth,) = [c for c in store.bound_columns() if c.spec.name == "creds.oauth"]
+        oauth = oauth_column(store)
 
         def decide(key: tuple[Any, ...], value: Any) -> tuple[str, str | None]:
             if tuple(key) == changed and not app_writes:
@@ -347,7 +347,7 @@ def test_a_postgresql_swap_compares_the_rows_xmin(
     app, _ = setup_app(database, tmp_path, "int", monkeypatch)
     app.cli("init", check=True)
     with keyturn.open() as store:
-        (oauth,) = [c for c in store.bound_columns() if c.spec.name == "creds.oauth"]
+        oauth = oauth_column(store)
 
         wrote: list[bool] = []
 
@@ -394,7 +394,7 @@ def test_a_row_moved_between_read_and_swap_gets_its_own_value(
     app.cli("init", check=True)
     autocommit = create_engine(database.url, isolation_level="AUTOCOMMIT")
     with keyturn.open() as store:
-        (oauth,) = [c for c in store.bound_columns() if c.spec.name == "creds.oauth"]
+        oauth = oauth_column(store)
         moved: list[bool] = []
 
         def decide(key: tuple[Any, ...], value: Any) -> tuple[str, str | None]:
@@ -431,6 +431,12 @@ def run_spied(monkeypatch: pytest.MonkeyPatch, rewriter: Any) -> tuple[Any, list
     """Run a TableRewriter; its results, and every write it prepared."""
     prepared = spy_on(monkeypatch, rewriter, "_prepare")
     return rewriter.run(), prepared
+
+
+def oauth_column(store: Any) -> Any:
+    """The bound ``creds.oauth`` column of a store opened on setup_app's config."""
+    (oauth,) = [c for c in store.bound_columns() if c.spec.name == "creds.oauth"]
+    return oauth
 
 
 def oauth_by_key(database: Database, pk: list[str]) -> dict[tuple[Any, ...], Any]:
