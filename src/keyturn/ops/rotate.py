@@ -662,15 +662,15 @@ class Rotator:
                 )
                 # What a sweep ahead left is about one batch of keys: read in key order.
                 rewriter = rewriter_for(sweep, None, key in swept_from)
+                after = tuple(walk.cursor) if walk.cursor and not sweep else None
                 if sweep:
                     results = rewriter.run(after=swept_from.get(key))
                 elif ahead:
-                    after = tuple(walk.cursor) if walk.cursor else None
                     results, boundary = self._walk_sweeping_ahead(rewriter, after, rewriter_for)
                     if boundary is not None:
                         swept_from[key] = boundary
                 else:
-                    results = rewriter.run(after=tuple(walk.cursor) if walk.cursor else None)
+                    results = rewriter.run(after=after)
                 for result in results:
                     states[result.column].counts[CONTENDED] += result.counts.get(CONTENDED, 0)
                 if rewriter.stopped and probe is not None:
@@ -736,8 +736,8 @@ class Rotator:
             rewriter.queue(pipeline, lambda done: results.extend(done or ()), after)
             boundary = None if rewriter.stopped else rewriter.last_batch_from
             if boundary is not None:
-                ahead = rewriter_for(True, boundary)
-                ahead.queue(pipeline, lambda done: results.extend(done or ()))
+                sweeper = rewriter_for(True, boundary)
+                sweeper.queue(pipeline, lambda done: results.extend(done or ()))
             drain(pipeline)
         return results, boundary
 
