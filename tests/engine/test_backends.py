@@ -336,12 +336,14 @@ def test_a_locked_batch_holds_off_the_app(
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
-def test_a_postgresql_swap_compares_the_rows_xmin(
+def test_a_postgresql_swap_misses_a_row_written_since_its_read(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PostgreSQL: a bulk swap carries each row's xmin as read, not its tokens. A row
-    the app wrote after our read, even in a column we do not change, misses and is
-    retried from what is there now: the app's write stays, ours lands once."""
+    """PostgreSQL: a walk's bulk swap finds each row at the ctid it was read at and
+    compares its xmin with a horizon taken before the read, sending no tokens read.
+    A row the app wrote after our read, even in a column we do not change, misses
+    and is retried from what is there now, comparing its xmin as re-read: the
+    app's write stays, ours lands once."""
     from keyturn.engine.walk import TableRewriter, each_value
 
     app, _ = setup_app(database, tmp_path, "int", monkeypatch)
@@ -361,12 +363,57 @@ def test_a_postgresql_swap_compares_the_rows_xmin(
         results, prepared = run_spied(
             monkeypatch, TableRewriter(store.engine, [oauth], [each_value(decide)])
         )
-    statements = [sql for w in prepared if len(w.rows) > 1 for sql, _ in w.statements]
-    assert statements and all("t.xmin = v.x" in s and "AS v(k0, x, n0)" in s for s in statements)
+    (walked,), (retried,) = ([sql for sql, _ in w.statements] for w in prepared)
+    assert "AS v(c, k0, n0) WHERE t.ctid = v.c AND t.id = v.k0 AND age(t.xmin) > " in walked
+    assert "AS v(k0, x, n0) WHERE t.id = v.k0 AND t.xmin = v.x" in retried
+    assert [len(w.rows) for w in prepared] == [40, 2]
     rows = {i: (a, o) for i, a, o in database.rows("SELECT id, api_key, oauth FROM creds")}
     assert rows.pop(5) == ("app-wrote", "ya29.token-5|rewritten")
     assert rows.pop(6)[1] == "ya29.token-6!|rewritten"
     assert all(o == f"ya29.token-{i}|rewritten" for i, (_, o) in rows.items())
+    assert results[0].counts == {"seen": 40}
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_long_transaction_turns_the_walk_back_to_comparing_xmins(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: while a transaction that wrote stays open, the horizon stays before
+    it, and every row written since misses a swap by ctid. Once a batch has missed
+    more than a tenth of its rows, the walk reads xmins and compares them again:
+    the later batches land at once, and every row ends with its own value."""
+    from sqlalchemy import create_engine
+
+    from keyturn.engine.pacing import Pacing
+    from keyturn.engine.walk import TableRewriter, each_value
+
+    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
+    app.cli("init", check=True)
+    engine = create_engine(database.url)
+    with engine.connect() as long:
+        long.exec_driver_sql("SELECT txid_current()")  # holds an xid, and the horizon
+        database.execute("UPDATE creds SET oauth = oauth || '!'")
+        with keyturn.open() as store:
+            rewriter = TableRewriter(
+                store.engine,
+                [oauth_column(store)],
+                [each_value(lambda key, value: ("seen", f"{value}|rewritten"))],
+                pacing=Pacing(batch_size=10, max_batch=10),
+            )
+            results, prepared = run_spied(monkeypatch, rewriter)
+        long.rollback()
+    engine.dispose()
+    forms = [("ctid" if "t.ctid = v.c" in w.statements[0][0] else "xmin") for w in prepared]
+    # Batch 2 is read while batch 1 is written: both by ctid; the rest by xmin.
+    assert list(zip(forms, [len(w.rows) for w in prepared], strict=True)) == [
+        ("ctid", 10),
+        ("ctid", 10),
+        ("xmin", 10),
+        ("xmin", 10),
+        ("xmin", 20),  # the retry of the first two batches
+    ]
+    rows = dict(database.rows("SELECT id, oauth FROM creds"))
+    assert rows == {i: f"ya29.token-{i}!|rewritten" for i in range(1, 41)}
     assert results[0].counts == {"seen": 40}
 
 
@@ -377,8 +424,9 @@ def test_a_row_moved_between_read_and_swap_gets_its_own_value(
     """PostgreSQL: CLUSTER (as VACUUM FULL) between our read and our swap moves
     every row and keeps its xmin. With the rows all written by one transaction and
     put in reverse order, each row now sits where another was read, with the xmin
-    read: the swap finds each row by its primary key, so every row gets its own
-    value (never another row's), at once, since none changed."""
+    read, written before the horizon: the swap by ctid also compares the key, so
+    each moved row misses, and is re-read and retried by its key. Every row gets
+    its own value, never another row's."""
     from sqlalchemy import create_engine
 
     from keyturn.engine.walk import TableRewriter, each_value
@@ -408,7 +456,7 @@ def test_a_row_moved_between_read_and_swap_gets_its_own_value(
             monkeypatch, TableRewriter(store.engine, [oauth], [each_value(decide)])
         )
     autocommit.dispose()
-    assert [len(w.rows) for w in prepared] == [40], "a moved row's swap missed"
+    assert [len(w.rows) for w in prepared] == [40, 40], "a moved row's swap applied"
     rows = {i: o for i, o in database.rows("SELECT id, oauth FROM creds")}
     assert rows == {i: f"ya29.token-{i}|rewritten" for i in range(1, 41)}
     assert results[0].counts == {"seen": 40}
