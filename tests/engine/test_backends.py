@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,17 @@ PK_TYPES = {
 
 
 def setup_app(
-    database: Database, tmp_path: Path, pk_type: str, monkeypatch: pytest.MonkeyPatch
+    database: Database,
+    tmp_path: Path,
+    pk_type: str,
+    monkeypatch: pytest.MonkeyPatch,
+    create: bool = True,
 ) -> tuple[App, dict[tuple[Any, ...], str | None]]:
+    """An app's ``creds`` table of 40 rows (``create=False``: made already) and its
+    keyturn.toml; the rows' values by key and column."""
     columns, pk = PK_TYPES[pk_type]
-    database.execute(f"CREATE TABLE creds ({columns}, api_key VARCHAR(255), oauth TEXT)")
+    if create:
+        database.execute(f"CREATE TABLE creds ({columns}, api_key VARCHAR(255), oauth TEXT)")
     expected: dict[tuple[Any, ...], str | None] = {}
     for i in range(1, 41):
         key: tuple[Any, ...] = {
@@ -272,8 +281,6 @@ def test_a_locked_batch_holds_off_the_app(
     lands: it is never overwritten, a row it deletes is never brought back, and
     nothing misses or is retried. Under READ COMMITTED, or, where the server logs
     statements (which InnoDB refuses to write under it), the session's level."""
-    import threading
-
     from keyturn.engine.dialects import mysql
     from keyturn.engine.walk import TableRewriter, each_value
 
@@ -364,7 +371,10 @@ def test_a_postgresql_swap_misses_a_row_written_since_its_read(
             monkeypatch, TableRewriter(store.engine, [oauth], [each_value(decide)])
         )
     (walked,), (retried,) = ([sql for sql, _ in w.statements] for w in prepared)
-    assert "AS v(c, k0, n0) WHERE t.ctid = v.c AND t.id = v.k0 AND age(t.xmin) > " in walked
+    assert (
+        "AS v(c, k0, n0) WHERE t.ctid = v.c AND t.tableoid = %s::oid AND t.id = v.k0 "
+        "AND age(t.xmin) > age(%s::xid)" in walked
+    )
     assert "AS v(k0, x, n0) WHERE t.id = v.k0 AND t.xmin = v.x" in retried
     assert [len(w.rows) for w in prepared] == [40, 2]
     rows = {i: (a, o) for i, a, o in database.rows("SELECT id, api_key, oauth FROM creds")}
@@ -458,6 +468,90 @@ def test_a_row_moved_between_read_and_swap_gets_its_own_value(
     autocommit.dispose()
     assert [len(w.rows) for w in prepared] == [40, 40], "a moved row's swap applied"
     rows = {i: o for i, o in database.rows("SELECT id, oauth FROM creds")}
+    assert rows == {i: f"ya29.token-{i}|rewritten" for i in range(1, 41)}
+    assert results[0].counts == {"seen": 40}
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_table_renamed_in_place_between_read_and_swap_is_left_alone(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: a copy of the table, made before our read, renamed in its place
+    between our read and our swap, holds the same keys at the same places, written
+    before the horizon. The swap by ctid compares the table read too: it misses
+    every row of the copy and retries it there by key and xmin. The copy keeps its
+    own values, each re-encrypted once; the table read keeps what it held."""
+    from sqlalchemy import create_engine
+
+    from keyturn.engine.walk import TableRewriter, each_value
+
+    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
+    app.cli("init", check=True)
+    database.execute(
+        "CREATE TABLE copied AS SELECT * FROM creds ORDER BY id",
+        "TRUNCATE creds",
+        "INSERT INTO creds SELECT * FROM copied ORDER BY id",  # the same places
+        "UPDATE copied SET oauth = oauth || '-copy'",
+    )
+    autocommit = create_engine(database.url, isolation_level="AUTOCOMMIT")
+    with autocommit.connect() as conn:  # keeps xmin, back in key order from the first page
+        conn.exec_driver_sql("VACUUM FULL copied")
+    autocommit.dispose()
+    assert database.rows("SELECT ctid FROM copied ORDER BY id") == database.rows(
+        "SELECT ctid FROM creds ORDER BY id"
+    )
+    with keyturn.open() as store:
+        swapped: list[bool] = []
+
+        def decide(key: tuple[Any, ...], value: Any) -> tuple[str, str | None]:
+            if not swapped:
+                swapped.append(True)
+                database.execute(
+                    "ALTER TABLE creds RENAME TO original", "ALTER TABLE copied RENAME TO creds"
+                )
+            return "seen", f"{value}|rewritten"
+
+        results, prepared = run_spied(
+            monkeypatch, TableRewriter(store.engine, [oauth_column(store)], [each_value(decide)])
+        )
+    assert [len(w.rows) for w in prepared] == [40, 40], "the copy's rows were swapped by ctid"
+    rows = dict(database.rows("SELECT id, oauth FROM creds"))
+    assert rows == {i: f"ya29.token-{i}-copy|rewritten" for i in range(1, 41)}
+    original = dict(database.rows("SELECT id, oauth FROM original"))
+    assert original == {i: f"ya29.token-{i}" for i in range(1, 41)}
+    assert results[0].counts == {"seen": 40}
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("batch", [10, 200])
+def test_a_partitioned_table_is_swapped_by_ctid_within_one_partition(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """PostgreSQL: a ctid names a row only within its own partition. A batch read
+    from one partition is swapped by ctid in that partition alone; a batch that
+    spans two compares the values it read, and the walk compares xmins from
+    there on. Every row ends with its own value either way."""
+    from keyturn.engine.pacing import Pacing
+    from keyturn.engine.walk import TableRewriter, each_value
+
+    database.execute(
+        "CREATE TABLE creds (id INTEGER, api_key VARCHAR(255), oauth TEXT) PARTITION BY RANGE (id)",
+        "CREATE TABLE creds_low PARTITION OF creds FOR VALUES FROM (1) TO (21)",
+        "CREATE TABLE creds_high PARTITION OF creds FOR VALUES FROM (21) TO (41)",
+    )
+    app, _ = setup_app(database, tmp_path, "int", monkeypatch, create=False)
+    app.cli("init", check=True)
+    with keyturn.open() as store:
+        rewriter = TableRewriter(
+            store.engine,
+            [oauth_column(store)],
+            [each_value(lambda key, value: ("seen", f"{value}|rewritten"))],
+            pacing=Pacing(batch_size=batch, max_batch=batch),
+        )
+        results, prepared = run_spied(monkeypatch, rewriter)
+    forms = [re.findall(r" AS (v\(.*?\))", w.statements[0][0])[-1] for w in prepared]
+    assert forms == (["v(c, k0, n0)"] * 4 if batch == 10 else ["v(k0, o0, n0)"])
+    rows = dict(database.rows("SELECT id, oauth FROM creds"))
     assert rows == {i: f"ya29.token-{i}|rewritten" for i in range(1, 41)}
     assert results[0].counts == {"seen": 40}
 

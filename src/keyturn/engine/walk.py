@@ -182,15 +182,19 @@ class TableRewriter:
         self._dialect = engine.dialect.name
         self._read_committed: bool | None = None  # locked reads: known at the first walk
         # PostgreSQL: each row read with its xmin, which its swap compares; or, by a
-        # pipelined walk on PostgreSQL 12+, with its ctid, the swap then finding it
-        # there (postgresql.CTID), until a walk's swaps miss many rows (a long
-        # transaction holds the horizon back): then ``_exact`` again.
+        # pipelined walk on PostgreSQL 12+, with its ctid and table, the swap then
+        # finding it there (postgresql.CTID), until a batch spans tables
+        # (partitions) or misses many rows (a long transaction holds the horizon
+        # back): then ``_exact`` from there on.
         self._xmin = self._dialect in dialects.ARRAY
         xmin: list[Any] = [literal_column(postgresql.XMIN)] if self._xmin else []
         self._read = [*self.pk, *self.texts, *xmin]
-        self._located_read = [*self.pk, *self.texts, literal_column(postgresql.CTID)]
+        located: list[Any] = [literal_column(postgresql.CTID), literal_column(postgresql.TABLEOID)]
+        self._located_read = [*self.pk, *self.texts, *located]
         version = engine.dialect.server_version_info or (0,)
-        self._exact = not (self._xmin and conn is None and version >= postgresql.LOCATED_SINCE)
+        self._exact = not (
+            self._xmin and conn is None and not dry_run and version >= postgresql.LOCATED_SINCE
+        )
         # The rows a ``where`` filter selects: read, and swapped only while they match.
         self.rows = row_filter(self.table, self.columns[0].spec)
         self.filter = list(self.columns[0].spec.where)
@@ -338,7 +342,7 @@ class TableRewriter:
         """Decide every value of a (non-empty) batch; note the rows that failed and
         those of unknown shape. ``held``: the batch's rows are locked in its open
         transaction, where the batch is to be written. ``horizon``: the batch was
-        read with each row's ctid (else its xmin, on PostgreSQL), after it."""
+        read after it with each row's ctid and table (else its xmin, on PostgreSQL)."""
         with _gc_paused():
             return self._decide_paused(batch, failed, unknown, held, horizon)
 
@@ -353,7 +357,16 @@ class TableRewriter:
         n = len(self.pk)
         # The batch by column: the primary key's parts, then the values.
         fields = list(zip(*batch, strict=True))
+        located: tuple[int, str] | None = None
+        if horizon is not None:
+            tables = fields.pop()
+            if tables.count(tables[0]) == len(tables):
+                located = tables[0], horizon
+            else:  # partitions: each row's table would be one more array to send
+                self._exact = True
         xmins = fields.pop() if self._xmin else None  # or ctids, with a horizon
+        if horizon is not None and located is None:
+            xmins = None  # this batch compares the values it read
         pks: list[PK] = list(zip(*fields[:n], strict=True))
         olds = fields[n:]
         decided = [decide(pks, olds[i]) for i, decide in enumerate(self.decides)]
@@ -376,8 +389,8 @@ class TableRewriter:
             if len(rows) < len(pks):
                 written = [[column[j] for j in rows] for column in written]
                 row_xmins = xmins and [xmins[j] for j in rows]
-            writes.append(self._prepare(indexes, rows, written, held is None, row_xmins, horizon))
-        return _Decided(pks, olds, categories, news, counts, writes, held, horizon is not None)
+            writes.append(self._prepare(indexes, rows, written, held is None, row_xmins, located))
+        return _Decided(pks, olds, categories, news, counts, writes, held, located is not None)
 
     def _settle(
         self,
@@ -455,19 +468,19 @@ class TableRewriter:
         written: list[Sequence[Any]],
         compare: bool = True,
         xmins: Sequence[str] | None = None,
-        horizon: str | None = None,
+        located: tuple[int, str] | None = None,
     ) -> _Write:
         """The statements that swap the columns ``indexes`` of these rows; ``written``
         holds, column by column, the primary key's parts, the values read and the
         values to write. Built before the transaction (and off the writing thread).
         ``compare=False``: the rows are locked since they were read; a bulk swap
         then sends no values read. ``xmins``: each row's xmin as read (PostgreSQL),
-        which a bulk swap compares instead of the values; with ``horizon``, each
-        row's ctid instead (postgresql.LOCATED)."""
+        which a bulk swap compares instead of the values; with ``located`` (the
+        table read and the horizon), each row's ctid instead (postgresql.LOCATED)."""
         dialect = self.engine.dialect
         many_rows = self.bulk and len(rows) > 1
         if many_rows and dialect.name in dialects.ARRAY:
-            arrays = self._prepare_arrays(indexes, rows, written, xmins, horizon)
+            arrays = self._prepare_arrays(indexes, rows, written, xmins, located)
             if arrays is not None:
                 return arrays
         if not (many_rows and dialect.name in dialects.BULK):
@@ -508,13 +521,13 @@ class TableRewriter:
         rows: list[int],
         written: list[Sequence[Any]],
         xmins: Sequence[str] | None,
-        horizon: str | None,
+        located: tuple[int, str] | None,
     ) -> _Write | None:
         """PostgreSQL: the swap as ``UPDATE … FROM unnest(arrays)``, or None if a
         primary key holds a type not sent as an array here."""
         compare = postgresql.VALUES
         if xmins is not None:
-            compare = postgresql.BY_XMIN if horizon is None else postgresql.LOCATED
+            compare = postgresql.BY_XMIN if located is None else postgresql.LOCATED
         statement = self._array_statements.get((indexes, compare))
         if statement is None:
             statement = postgresql.swap_sql(
@@ -537,7 +550,7 @@ class TableRewriter:
                     return None
                 exprs.append(array[0])
                 texts.append(array[1])
-            texts += [horizon] * (compare == postgresql.LOCATED) + self.filter_values
+            texts += [*(located or ()), *self.filter_values]
             statements.append((head + ", ".join(exprs) + tail, texts))
         return _Write(indexes, rows, written, statements, many=False, setup=postgresql.NESTED_LOOPS)
 
@@ -644,8 +657,8 @@ class TableRewriter:
             return fetch_raw(c, query)
 
     def _located_rows(self, query: Any, settings: str) -> tuple[list[tuple[Any, ...]], str]:
-        """Raw rows, each with its ctid last, and the horizon taken just before (with
-        the ``SET LOCAL`` ``settings``, in the same transaction)."""
+        """Raw rows, each with its ctid and table last, and the horizon taken just
+        before (with the ``SET LOCAL`` ``settings``, in the same transaction)."""
         with self._reader() as c:
             sql = postgresql.settings_and_horizon(settings)
             with driver_cursor(c, sql) as cursor:
@@ -733,7 +746,7 @@ class _Decided:
     counts: list[Counter[str]]
     writes: list[_Write]
     held: Connection | None = None  # its rows locked in this open transaction
-    located: bool = False  # read with each row's ctid, after a horizon (postgresql.CTID)
+    located: bool = False  # its swaps find rows by ctid (postgresql.LOCATED)
 
 
 def _release(held: Connection | None) -> None:

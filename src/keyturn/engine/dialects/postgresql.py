@@ -36,17 +36,18 @@ NO_JIT = "SET LOCAL jit = off"
 # is re-read and retried), and sends one number a row instead of every token
 # read (docs/PERFORMANCE.md).
 XMIN = "xmin::text"
-# Read with each row instead, by a walk (PostgreSQL 12+, which joins on it): where
-# its current version sits. The swap then finds each row there (a TID scan, no
-# index lookup) and writes it only if it is still the row read (``t.k = v.k``)
-# and its version was written before HORIZON, taken before the read: a row
-# anyone wrote since has a later xmin (see ``located`` in swap_sql). 8-9% less
-# server time per swap than carrying each xmin back (docs/PERFORMANCE.md).
+# Read with each row instead, by a pipelined walk (PostgreSQL 12+, which joins on
+# ctid): where its current version sits, and in which table. The swap then finds
+# each row there (a TID scan, no index lookup) and writes it only if it is still
+# the row read and its version was written before HORIZON, taken before the read
+# (see LOCATED in swap_sql): no xmin sent back per row; about 5% less server
+# CPU per rotation (docs/PERFORMANCE.md).
 CTID = "ctid::text"
+TABLEOID = "tableoid"
 LOCATED_SINCE = (12,)
 # The oldest transaction id still running (as xid, as ``t.xmin`` is read): every
 # transaction that commits after this statement's snapshot has one as late.
-HORIZON = "(txid_snapshot_xmin(txid_current_snapshot()) % 4294967296)::text"
+HORIZON = "mod(txid_snapshot_xmin(txid_current_snapshot()), 4294967296)::text"
 
 
 def settings_and_horizon(*settings: str) -> str:
@@ -109,21 +110,25 @@ def swap_sql(
 
     ``compare``: what shows a row unchanged since it was read. VALUES: the values
     read. BY_XMIN: the xmin each row was read with (``v(k…, x, n…)``, ``t.xmin =
-    v.x``). LOCATED: each row found by the ctid it was read at, its version written
-    before a horizon taken before the read (``v(c, k…, n…)``, ``t.ctid = v.c``,
-    ``age(t.xmin) > age(%s::xid)``, that placeholder before the filter's). A
-    version written before the horizon had committed when the row was read; if it
-    is still the row's current one, it is the version read. The key is compared
-    too: CLUSTER and VACUUM FULL move rows and keep their xmin."""
+    v.x``). LOCATED: each row found at the ctid it was read at (``v(c, k…, n…)``,
+    ``t.ctid = v.c``), in the table it was read from (``t.tableoid = %s::oid``),
+    with its key, its version written before a horizon taken before the read
+    (``age(t.xmin) > age(%s::xid)``; both placeholders before the filter's). A
+    version written before the horizon had committed when the row was read; if
+    it is still the row's current one, it is the version read; any version
+    written since has a later xmin. The key is compared too: CLUSTER and VACUUM
+    FULL move rows and keep their xmin; the table, as a table renamed in its
+    place may hold the same keys at the same places."""
     swap = swap_names(dialect, table, pk, indexes, filter, compare=compare == VALUES)
     quote = swap.quote
-    keys = [str(c.type.compile(dialect=dialect)) for c in pk]
-    types = ["tid"] * (compare == LOCATED) + keys
+    types = [str(c.type.compile(dialect=dialect)) for c in pk]
     types += ["xid"] if compare == BY_XMIN else ["text"] * len(indexes) * (compare == VALUES)
     types += ["text"] * len(indexes)
     names = swap.names[: len(pk)] + ["x"] * (compare == BY_XMIN) + swap.names[len(pk) :]
+    same_row = swap.same_row
     if compare == LOCATED:
-        names = ["c", *names]
+        types, names = ["tid", *types], ["c", *names]
+        same_row = ["t.ctid = v.c", "t.tableoid = %s::oid", *same_row]
     # A JSON column is compared as text and written cast to its own type.
     json = {i: str(values[i].type.compile(dialect=dialect)) for i in indexes if _is_json(values[i])}
     unchanged = [
@@ -131,13 +136,12 @@ def swap_sql(
     ]
     if compare == BY_XMIN:
         unchanged = ["t.xmin = v.x"]
-    located = []
     if compare == LOCATED:
-        located, unchanged = ["t.ctid = v.c"], ["age(t.xmin) > age(%s::xid)"]
+        unchanged = ["age(t.xmin) > age(%s::xid)"]
     sets = [
         f"{quote(values[i].name)} = v.n{i}" + (f"::{json[i]}" if i in json else "") for i in indexes
     ]
     head = f"UPDATE {swap.table} AS t SET {', '.join(sets)} FROM unnest("
-    where = " AND ".join(located + swap.same_row + unchanged + swap.selected)
+    where = " AND ".join(same_row + unchanged + swap.selected)
     tail = f") AS v({', '.join(names)}) WHERE {where}"
     return head, types, tail
