@@ -10,7 +10,6 @@ import json
 import os
 import re
 import secrets
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +280,8 @@ def test_a_locked_batch_holds_off_the_app(
     lands: it is never overwritten, a row it deletes is never brought back, and
     nothing misses or is retried. Under READ COMMITTED, or, where the server logs
     statements (which InnoDB refuses to write under it), the session's level."""
+    import threading
+
     from keyturn.engine.dialects import mysql
     from keyturn.engine.walk import TableRewriter, each_value
 
@@ -343,14 +344,12 @@ def test_a_locked_batch_holds_off_the_app(
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
-def test_a_postgresql_swap_misses_a_row_written_since_its_read(
+def test_a_postgresql_swap_compares_the_rows_xmin(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PostgreSQL: a walk's bulk swap finds each row at the ctid it was read at and
-    compares its xmin with a horizon taken before the read, sending no tokens read.
-    A row the app wrote after our read, even in a column we do not change, misses
-    and is retried from what is there now, comparing its xmin as re-read: the
-    app's write stays, ours lands once."""
+    """PostgreSQL: a bulk swap carries each row's xmin as read, not its tokens. A row
+    the app wrote after our read, even in a column we do not change, misses and is
+    retried from what is there now: the app's write stays, ours lands once."""
     from keyturn.engine.walk import TableRewriter, each_value
 
     app, _ = setup_app(database, tmp_path, "int", monkeypatch)
@@ -370,60 +369,12 @@ def test_a_postgresql_swap_misses_a_row_written_since_its_read(
         results, prepared = run_spied(
             monkeypatch, TableRewriter(store.engine, [oauth], [each_value(decide)])
         )
-    (walked,), (retried,) = ([sql for sql, _ in w.statements] for w in prepared)
-    assert (
-        "AS v(c, k0, n0) WHERE t.ctid = v.c AND t.tableoid = %s::oid AND t.id = v.k0 "
-        "AND age(t.xmin) > age(%s::xid)" in walked
-    )
-    assert "AS v(k0, x, n0) WHERE t.id = v.k0 AND t.xmin = v.x" in retried
-    assert [len(w.rows) for w in prepared] == [40, 2]
+    statements = [sql for w in prepared if len(w.rows) > 1 for sql, _ in w.statements]
+    assert statements and all("t.xmin = v.x" in s and "AS v(k0, x, n0)" in s for s in statements)
     rows = {i: (a, o) for i, a, o in database.rows("SELECT id, api_key, oauth FROM creds")}
     assert rows.pop(5) == ("app-wrote", "ya29.token-5|rewritten")
     assert rows.pop(6)[1] == "ya29.token-6!|rewritten"
     assert all(o == f"ya29.token-{i}|rewritten" for i, (_, o) in rows.items())
-    assert results[0].counts == {"seen": 40}
-
-
-@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
-def test_a_long_transaction_turns_the_walk_back_to_comparing_xmins(
-    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """PostgreSQL: while a transaction that wrote stays open, the horizon stays before
-    it, and every row written since misses a swap by ctid. Once a batch has missed
-    more than a tenth of its rows, the walk reads xmins and compares them again:
-    the later batches land at once, and every row ends with its own value."""
-    from sqlalchemy import create_engine
-
-    from keyturn.engine.pacing import Pacing
-    from keyturn.engine.walk import TableRewriter, each_value
-
-    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
-    app.cli("init", check=True)
-    engine = create_engine(database.url)
-    with engine.connect() as long:
-        long.exec_driver_sql("SELECT txid_current()")  # holds an xid, and the horizon
-        database.execute("UPDATE creds SET oauth = oauth || '!'")
-        with keyturn.open() as store:
-            rewriter = TableRewriter(
-                store.engine,
-                [oauth_column(store)],
-                [each_value(lambda key, value: ("seen", f"{value}|rewritten"))],
-                pacing=Pacing(batch_size=10, max_batch=10),
-            )
-            results, prepared = run_spied(monkeypatch, rewriter)
-        long.rollback()
-    engine.dispose()
-    forms = [("ctid" if "t.ctid = v.c" in w.statements[0][0] else "xmin") for w in prepared]
-    # Batch 2 is read while batch 1 is written: both by ctid; the rest by xmin.
-    assert list(zip(forms, [len(w.rows) for w in prepared], strict=True)) == [
-        ("ctid", 10),
-        ("ctid", 10),
-        ("xmin", 10),
-        ("xmin", 10),
-        ("xmin", 20),  # the retry of the first two batches
-    ]
-    rows = dict(database.rows("SELECT id, oauth FROM creds"))
-    assert rows == {i: f"ya29.token-{i}!|rewritten" for i in range(1, 41)}
     assert results[0].counts == {"seen": 40}
 
 
@@ -434,9 +385,8 @@ def test_a_row_moved_between_read_and_swap_gets_its_own_value(
     """PostgreSQL: CLUSTER (as VACUUM FULL) between our read and our swap moves
     every row and keeps its xmin. With the rows all written by one transaction and
     put in reverse order, each row now sits where another was read, with the xmin
-    read, written before the horizon: the swap by ctid also compares the key, so
-    each moved row misses, and is re-read and retried by its key. Every row gets
-    its own value, never another row's."""
+    read: the swap finds each row by its primary key, so every row gets its own
+    value (never another row's), at once, since none changed."""
     from sqlalchemy import create_engine
 
     from keyturn.engine.walk import TableRewriter, each_value
@@ -466,7 +416,7 @@ def test_a_row_moved_between_read_and_swap_gets_its_own_value(
             monkeypatch, TableRewriter(store.engine, [oauth], [each_value(decide)])
         )
     autocommit.dispose()
-    assert [len(w.rows) for w in prepared] == [40, 40], "a moved row's swap applied"
+    assert [len(w.rows) for w in prepared] == [40], "a moved row's swap missed"
     rows = {i: o for i, o in database.rows("SELECT id, oauth FROM creds")}
     assert rows == {i: f"ya29.token-{i}|rewritten" for i in range(1, 41)}
     assert results[0].counts == {"seen": 40}
@@ -477,22 +427,23 @@ def test_a_table_renamed_in_place_between_read_and_swap_is_left_alone(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """PostgreSQL: a copy of the table, made before our read, renamed in its place
-    between our read and our swap, holds the same keys at the same places, written
-    before the horizon. The swap by ctid compares the table read too: it misses
-    every row of the copy and retries it there by key and xmin. The copy keeps its
-    own values, each re-encrypted once; the table read keeps what it held."""
+    between our read and our swap, holds the same keys at the same places. Its
+    rows were written by other transactions than the rows read: the swap, which
+    compares each row's xmin, misses every row of the copy and retries it there.
+    The copy keeps its own values, each re-encrypted once; the table read keeps
+    what it held. (A swap that found rows by their ctid and an xmin horizon alone
+    would write the table read's values into the copy.)"""
     from sqlalchemy import create_engine
 
     from keyturn.engine.walk import TableRewriter, each_value
 
     app, _ = setup_app(database, tmp_path, "int", monkeypatch)
     app.cli("init", check=True)
-    database.execute(
-        "CREATE TABLE copied AS SELECT * FROM creds ORDER BY id",
-        "TRUNCATE creds",
-        "INSERT INTO creds SELECT * FROM copied ORDER BY id",  # the same places
-        "UPDATE copied SET oauth = oauth || '-copy'",
+    database.execute("CREATE TABLE copied AS SELECT * FROM creds ORDER BY id")
+    database.execute(  # the same places
+        "TRUNCATE creds", "INSERT INTO creds SELECT * FROM copied ORDER BY id"
     )
+    database.execute("UPDATE copied SET oauth = oauth || '-copy'")  # another transaction
     autocommit = create_engine(database.url, isolation_level="AUTOCOMMIT")
     with autocommit.connect() as conn:  # keeps xmin, back in key order from the first page
         conn.exec_driver_sql("VACUUM FULL copied")
@@ -514,7 +465,7 @@ def test_a_table_renamed_in_place_between_read_and_swap_is_left_alone(
         results, prepared = run_spied(
             monkeypatch, TableRewriter(store.engine, [oauth_column(store)], [each_value(decide)])
         )
-    assert [len(w.rows) for w in prepared] == [40, 40], "the copy's rows were swapped by ctid"
+    assert [len(w.rows) for w in prepared] == [40, 40], "the copy's rows were swapped"
     rows = dict(database.rows("SELECT id, oauth FROM creds"))
     assert rows == {i: f"ya29.token-{i}-copy|rewritten" for i in range(1, 41)}
     original = dict(database.rows("SELECT id, oauth FROM original"))
@@ -524,13 +475,12 @@ def test_a_table_renamed_in_place_between_read_and_swap_is_left_alone(
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("batch", [10, 200])
-def test_a_partitioned_table_is_swapped_by_ctid_within_one_partition(
+def test_a_partitioned_table_is_swapped_by_key_and_xmin(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
 ) -> None:
-    """PostgreSQL: a ctid names a row only within its own partition. A batch read
-    from one partition is swapped by ctid in that partition alone; a batch that
-    spans two compares the values it read, and the walk compares xmins from
-    there on. Every row ends with its own value either way."""
+    """PostgreSQL: a partitioned table, in batches within one partition and in one
+    batch across both: the swap finds each row by its key and compares its xmin.
+    Every row ends with its own value, at once."""
     from keyturn.engine.pacing import Pacing
     from keyturn.engine.walk import TableRewriter, each_value
 
@@ -550,7 +500,7 @@ def test_a_partitioned_table_is_swapped_by_ctid_within_one_partition(
         )
         results, prepared = run_spied(monkeypatch, rewriter)
     forms = [re.findall(r" AS (v\(.*?\))", w.statements[0][0])[-1] for w in prepared]
-    assert forms == (["v(c, k0, n0)"] * 4 if batch == 10 else ["v(k0, o0, n0)"])
+    assert forms == ["v(k0, x, n0)"] * (4 if batch == 10 else 1)
     rows = dict(database.rows("SELECT id, oauth FROM creds"))
     assert rows == {i: f"ya29.token-{i}|rewritten" for i in range(1, 41)}
     assert results[0].counts == {"seen": 40}

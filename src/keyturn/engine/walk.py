@@ -58,9 +58,6 @@ _T = TypeVar("_T")
 
 FAILED = "failed"
 CONTENDED = "contended"
-# A walk whose swap by ctid misses more than one row in this many of a batch
-# compares xmins from then on (TableRewriter._exact).
-MISSED_SHARE = 10
 # Shaped like another scheme's ciphertext, opened by no reader: never sealed as
 # plaintext unless the operator says so (keyturn._core.shapes); listed by key.
 UNKNOWN = "unknown"
@@ -181,20 +178,10 @@ class TableRewriter:
         self.texts = [read_as(v) for v in self.values]
         self._dialect = engine.dialect.name
         self._read_committed: bool | None = None  # locked reads: known at the first walk
-        # PostgreSQL: each row read with its xmin, which its swap compares; or, by a
-        # pipelined walk on PostgreSQL 12+, with its ctid and table, the swap then
-        # finding it there (postgresql.CTID), until a batch spans tables
-        # (partitions) or misses many rows (a long transaction holds the horizon
-        # back): then ``_exact`` from there on.
+        # PostgreSQL: each row read with its xmin, which its swap compares.
         self._xmin = self._dialect in dialects.ARRAY
         xmin: list[Any] = [literal_column(postgresql.XMIN)] if self._xmin else []
         self._read = [*self.pk, *self.texts, *xmin]
-        located: list[Any] = [literal_column(postgresql.CTID), literal_column(postgresql.TABLEOID)]
-        self._located_read = [*self.pk, *self.texts, *located]
-        version = engine.dialect.server_version_info or (0,)
-        self._exact = not (
-            self._xmin and conn is None and not dry_run and version >= postgresql.LOCATED_SINCE
-        )
         # The rows a ``where`` filter selects: read, and swapped only while they match.
         self.rows = row_filter(self.table, self.columns[0].spec)
         self.filter = list(self.columns[0].spec.where)
@@ -202,7 +189,7 @@ class TableRewriter:
         self.filter_values = [v for _, values in self.filter for v in values]
         self._statements: dict[tuple[int, ...], DriverStatement] = {}
         self._bulk_statements: dict[tuple[tuple[int, ...], bool], mysql.BulkStatement] = {}
-        self._array_statements: dict[tuple[tuple[int, ...], str], tuple[str, list[str], str]] = {}
+        self._array_statements: dict[tuple[tuple[int, ...], bool], tuple[str, list[str], str]] = {}
 
     def run(self, after: PK | None = None) -> list[ColumnResult]:
         """Walk the table from just after ``after`` to the end, then retry missed rows.
@@ -273,14 +260,14 @@ class TableRewriter:
         kept: list[_Decided] = []
         while not self._lost:
             started = time.monotonic()
-            batch, held, horizon = self._read_after(after, self.pacing.batch_size, lock)
+            batch, held = self._read_after(after, self.pacing.batch_size, lock)
             del kept[:-1]
             try:
                 if not batch:
                     break
                 self.last_batch_from = after
                 after = tuple(batch[-1][: len(self.pk)])
-                decided = self._decide(batch, self._failed, self._unknown, held, horizon)
+                decided = self._decide(batch, self._failed, self._unknown, held)
                 settle = self._settle_or_lose if yield_lease else self._settle_batch
                 pipeline.submit(partial(settle, decided, after))
                 kept.append(decided)
@@ -337,14 +324,12 @@ class TableRewriter:
         failed: list[list[PK]],
         unknown: list[list[PK]],
         held: Connection | None = None,
-        horizon: str | None = None,
     ) -> _Decided:
         """Decide every value of a (non-empty) batch; note the rows that failed and
         those of unknown shape. ``held``: the batch's rows are locked in its open
-        transaction, where the batch is to be written. ``horizon``: the batch was
-        read after it with each row's ctid and table (else its xmin, on PostgreSQL)."""
+        transaction, where the batch is to be written."""
         with _gc_paused():
-            return self._decide_paused(batch, failed, unknown, held, horizon)
+            return self._decide_paused(batch, failed, unknown, held)
 
     def _decide_paused(
         self,
@@ -352,21 +337,11 @@ class TableRewriter:
         failed: list[list[PK]],
         unknown: list[list[PK]],
         held: Connection | None,
-        horizon: str | None,
     ) -> _Decided:
         n = len(self.pk)
         # The batch by column: the primary key's parts, then the values.
         fields = list(zip(*batch, strict=True))
-        located: tuple[int, str] | None = None
-        if horizon is not None:
-            tables = fields.pop()
-            if tables.count(tables[0]) == len(tables):
-                located = tables[0], horizon
-            else:  # partitions: each row's table would be one more array to send
-                self._exact = True
-        xmins = fields.pop() if self._xmin else None  # or ctids, with a horizon
-        if horizon is not None and located is None:
-            xmins = None  # this batch compares the values it read
+        xmins = fields.pop() if self._xmin else None
         pks: list[PK] = list(zip(*fields[:n], strict=True))
         olds = fields[n:]
         decided = [decide(pks, olds[i]) for i, decide in enumerate(self.decides)]
@@ -389,8 +364,8 @@ class TableRewriter:
             if len(rows) < len(pks):
                 written = [[column[j] for j in rows] for column in written]
                 row_xmins = xmins and [xmins[j] for j in rows]
-            writes.append(self._prepare(indexes, rows, written, held is None, row_xmins, located))
-        return _Decided(pks, olds, categories, news, counts, writes, held, located is not None)
+            writes.append(self._prepare(indexes, rows, written, held is None, row_xmins))
+        return _Decided(pks, olds, categories, news, counts, writes, held)
 
     def _settle(
         self,
@@ -444,9 +419,6 @@ class TableRewriter:
                         self.on_batch(conn, last, by_name, applied)
         for total, part in zip(counts, batch.counts, strict=True):
             total.update(part)
-        if batch.located and len(missing) * MISSED_SHARE > len(pks):
-            # Each such miss costs a re-read and a second swap: compare xmins again.
-            self._exact = True
         missed.update(missing)
         if self.progress and last is not None:
             self.progress(len(pks))
@@ -468,19 +440,17 @@ class TableRewriter:
         written: list[Sequence[Any]],
         compare: bool = True,
         xmins: Sequence[str] | None = None,
-        located: tuple[int, str] | None = None,
     ) -> _Write:
         """The statements that swap the columns ``indexes`` of these rows; ``written``
         holds, column by column, the primary key's parts, the values read and the
         values to write. Built before the transaction (and off the writing thread).
         ``compare=False``: the rows are locked since they were read; a bulk swap
         then sends no values read. ``xmins``: each row's xmin as read (PostgreSQL),
-        which a bulk swap compares instead of the values; with ``located`` (the
-        table read and the horizon), each row's ctid instead (postgresql.LOCATED)."""
+        which a bulk swap compares instead of the values."""
         dialect = self.engine.dialect
         many_rows = self.bulk and len(rows) > 1
         if many_rows and dialect.name in dialects.ARRAY:
-            arrays = self._prepare_arrays(indexes, rows, written, xmins, located)
+            arrays = self._prepare_arrays(indexes, rows, written, xmins)
             if arrays is not None:
                 return arrays
         if not (many_rows and dialect.name in dialects.BULK):
@@ -521,25 +491,18 @@ class TableRewriter:
         rows: list[int],
         written: list[Sequence[Any]],
         xmins: Sequence[str] | None,
-        located: tuple[int, str] | None,
     ) -> _Write | None:
         """PostgreSQL: the swap as ``UPDATE … FROM unnest(arrays)``, or None if a
         primary key holds a type not sent as an array here."""
-        compare = postgresql.VALUES
-        if xmins is not None:
-            compare = postgresql.BY_XMIN if located is None else postgresql.LOCATED
-        statement = self._array_statements.get((indexes, compare))
+        by_xmin = xmins is not None
+        statement = self._array_statements.get((indexes, by_xmin))
         if statement is None:
             statement = postgresql.swap_sql(
-                self.engine.dialect, self.table, self.pk, self.values, indexes, self.filter, compare
+                self.engine.dialect, self.table, self.pk, self.values, indexes, self.filter, by_xmin
             )
-            self._array_statements[indexes, compare] = statement
+            self._array_statements[indexes, by_xmin] = statement
         head, types, tail = statement
-        sent = written
-        if compare == postgresql.BY_XMIN:
-            sent = self._read_replaced(written, indexes, [xmins])  # type: ignore[list-item]
-        elif compare == postgresql.LOCATED:
-            sent = [xmins, *self._read_replaced(written, indexes, [])]  # type: ignore[list-item]
+        sent = written if xmins is None else self._read_replaced(written, indexes, [xmins])
         statements: list[tuple[str, Any]] = []
         for start, stop in _spans(sent, postgresql.ARRAY_ROWS, postgresql.ARRAY_CHARS):
             exprs: list[str] = []
@@ -550,7 +513,7 @@ class TableRewriter:
                     return None
                 exprs.append(array[0])
                 texts.append(array[1])
-            texts += [*(located or ()), *self.filter_values]
+            texts += self.filter_values
             statements.append((head + ", ".join(exprs) + tail, texts))
         return _Write(indexes, rows, written, statements, many=False, setup=postgresql.NESTED_LOOPS)
 
@@ -656,25 +619,12 @@ class TableRewriter:
                 _run_setup(c, setup)
             return fetch_raw(c, query)
 
-    def _located_rows(self, query: Any, settings: str) -> tuple[list[tuple[Any, ...]], str]:
-        """Raw rows, each with its ctid and table last, and the horizon taken just
-        before (with the ``SET LOCAL`` ``settings``, in the same transaction)."""
-        with self._reader() as c:
-            sql = postgresql.settings_and_horizon(settings)
-            with driver_cursor(c, sql) as cursor:
-                cursor.execute(sql)
-                horizon = cursor.fetchone()[-1]
-            return fetch_raw(c, query), horizon
-
     def _read_after(
         self, after: PK | None, limit: int, lock: bool = False
-    ) -> tuple[list[tuple[Any, ...]], Connection | None, str | None]:
+    ) -> tuple[list[tuple[Any, ...]], Connection | None]:
         """The next batch; with ``lock``, its rows locked in a transaction left open
-        on the connection returned with them (None otherwise); the horizon it was
-        read after, if it was read with each row's ctid (None otherwise)."""
-        located = not self._exact
-        query = select(*(self._located_read if located else self._read))
-        query = query.order_by(*self.pk).limit(limit)
+        on the connection returned with them (None otherwise)."""
+        query = select(*self._read).order_by(*self.pk).limit(limit)
         if after is not None:
             query = query.where(after_key(self.pk, after))
         if self.until is not None:
@@ -688,15 +638,12 @@ class TableRewriter:
         # 5x cheaper there (0.03 s against 0.13 s at 200,000 rows), unless the sweep
         # covers a short range of keys (``key_order``).
         if lock:
-            return *self._read_locked(query.with_for_update()), None
+            return self._read_locked(query.with_for_update())
         if self._dialect not in dialects.ARRAY:
-            return self._rows(query), None, None
+            return self._rows(query), None
         in_order = self.where is None or self.key_order
         setup = f"{postgresql.INDEX_ORDER}; {postgresql.NO_JIT}" if in_order else postgresql.NO_JIT
-        if located:
-            rows, horizon = self._located_rows(query, setup)
-            return rows, None, horizon
-        return self._rows(query, setup=setup), None, None
+        return self._rows(query, setup=setup), None
 
     def _read_locked(self, query: Any) -> tuple[list[tuple[Any, ...]], Connection]:
         held = self.engine.connect()
@@ -746,7 +693,6 @@ class _Decided:
     counts: list[Counter[str]]
     writes: list[_Write]
     held: Connection | None = None  # its rows locked in this open transaction
-    located: bool = False  # its swaps find rows by ctid (postgresql.LOCATED)
 
 
 def _release(held: Connection | None) -> None:

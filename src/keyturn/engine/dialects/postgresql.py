@@ -36,33 +36,6 @@ NO_JIT = "SET LOCAL jit = off"
 # is re-read and retried), and sends one number a row instead of every token
 # read (docs/PERFORMANCE.md).
 XMIN = "xmin::text"
-# Read with each row instead, by a pipelined walk (PostgreSQL 12+, which joins on
-# ctid): where its current version sits, and in which table. The swap then finds
-# each row there (a TID scan, no index lookup) and writes it only if it is still
-# the row read and its version was written before HORIZON, taken before the read
-# (see LOCATED in swap_sql): no xmin sent back per row; about 5% less server
-# CPU per rotation (docs/PERFORMANCE.md).
-CTID = "ctid::text"
-TABLEOID = "tableoid"
-LOCATED_SINCE = (12,)
-# The oldest transaction id still running (as xid, as ``t.xmin`` is read): every
-# transaction that commits after this statement's snapshot has one as late.
-HORIZON = "mod(txid_snapshot_xmin(txid_current_snapshot()), 4294967296)::text"
-
-
-def settings_and_horizon(*settings: str) -> str:
-    """One statement that applies ``SET LOCAL`` ``settings`` (as INDEX_ORDER) for
-    the rest of the transaction and returns HORIZON: one round trip, not two."""
-    calls = []
-    for setting in settings:
-        for one in setting.split(";"):
-            name, _, value = one.strip().removeprefix("SET LOCAL ").partition(" = ")
-            calls.append(f"set_config('{name}', '{value}', true)")
-    return f"SELECT {', '.join(calls)}, {HORIZON}"
-
-
-# What a swap compares (swap_sql).
-VALUES, BY_XMIN, LOCATED = "values", "xmin", "located"
 
 
 def array_of(values: Sequence[Any], kind: str) -> tuple[str, str] | None:
@@ -70,8 +43,6 @@ def array_of(values: Sequence[Any], kind: str) -> tuple[str, str] | None:
     makes it from one bound text, and that text. Ints, text and UUIDs only (None
     for other types): psycopg adapts a list element by element, 40x slower."""
     kinds = set(map(type, values))
-    if kind == "tid" and kinds == {str}:  # "(0,1)": quoted, never holds '"' or '\\'
-        return "%s::tid[]", '{"' + '","'.join(values) + '"}'
     if kinds == {int}:
         return f"%s::{kind}[]", "{" + str(list(values))[1:-1] + "}"  # "{1, 2}" parses
     if kinds == {str}:
@@ -101,47 +72,31 @@ def swap_sql(
     values: Sequence[Column[Any]],
     indexes: tuple[int, ...],
     filter: Sequence[tuple[str, Sequence[Any]]] = (),
-    compare: str = VALUES,
+    by_xmin: bool = False,
 ) -> tuple[str, list[str], str]:
     """``UPDATE t SET col = v.n FROM unnest(<arrays>) AS v(k…, o…, n…) WHERE
     t.pk = v.k AND t.col = v.o``, in pieces: the text before the arrays, the
     type of each array, the text after (with a placeholder for each value of
     ``filter``). A deleted row joins nothing, so it is never brought back.
-
-    ``compare``: what shows a row unchanged since it was read. VALUES: the values
-    read. BY_XMIN: the xmin each row was read with (``v(k…, x, n…)``, ``t.xmin =
-    v.x``). LOCATED: each row found at the ctid it was read at (``v(c, k…, n…)``,
-    ``t.ctid = v.c``), in the table it was read from (``t.tableoid = %s::oid``),
-    with its key, its version written before a horizon taken before the read
-    (``age(t.xmin) > age(%s::xid)``; both placeholders before the filter's). A
-    version written before the horizon had committed when the row was read; if
-    it is still the row's current one, it is the version read; any version
-    written since has a later xmin. The key is compared too: CLUSTER and VACUUM
-    FULL move rows and keep their xmin; the table, as a table renamed in its
-    place may hold the same keys at the same places."""
-    swap = swap_names(dialect, table, pk, indexes, filter, compare=compare == VALUES)
+    ``by_xmin``: the rows carry the xmin each was read with, not the values
+    read (``v(k…, x, n…)``, ``t.xmin = v.x``)."""
+    swap = swap_names(dialect, table, pk, indexes, filter, compare=not by_xmin)
     quote = swap.quote
     types = [str(c.type.compile(dialect=dialect)) for c in pk]
-    types += ["xid"] if compare == BY_XMIN else ["text"] * len(indexes) * (compare == VALUES)
+    types += ["xid"] if by_xmin else ["text"] * len(indexes)
     types += ["text"] * len(indexes)
-    names = swap.names[: len(pk)] + ["x"] * (compare == BY_XMIN) + swap.names[len(pk) :]
-    same_row = swap.same_row
-    if compare == LOCATED:
-        types, names = ["tid", *types], ["c", *names]
-        same_row = ["t.ctid = v.c", "t.tableoid = %s::oid", *same_row]
+    names = swap.names[: len(pk)] + ["x"] * by_xmin + swap.names[len(pk) :]
     # A JSON column is compared as text and written cast to its own type.
     json = {i: str(values[i].type.compile(dialect=dialect)) for i in indexes if _is_json(values[i])}
     unchanged = [
         f"t.{quote(values[i].name)}{'::text' if i in json else ''} = v.o{i}" for i in indexes
     ]
-    if compare == BY_XMIN:
+    if by_xmin:
         unchanged = ["t.xmin = v.x"]
-    if compare == LOCATED:
-        unchanged = ["age(t.xmin) > age(%s::xid)"]
     sets = [
         f"{quote(values[i].name)} = v.n{i}" + (f"::{json[i]}" if i in json else "") for i in indexes
     ]
     head = f"UPDATE {swap.table} AS t SET {', '.join(sets)} FROM unnest("
-    where = " AND ".join(same_row + unchanged + swap.selected)
+    where = " AND ".join(swap.same_row + unchanged + swap.selected)
     tail = f") AS v({', '.join(names)}) WHERE {where}"
     return head, types, tail
