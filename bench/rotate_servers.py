@@ -23,6 +23,8 @@ that round's fastest bare loop.
 --cpu also prints each run's CPU seconds, median of the rounds: this process's,
 and the local server's (its processes' counters in /proc), which this noisy
 2-core machine repeats far better than wall times.
+--without checkpoints,sweep patches those steps out of keyturn's runs (unsafe;
+to measure what they cost, never to rotate).
 """
 
 from __future__ import annotations
@@ -132,15 +134,23 @@ PHASES = (
 
 
 def run_keyturn(
-    config: Path, bulk: bool, workers: int = 1, auto: bool = False, phases: bool = False
+    config: Path,
+    bulk: bool,
+    workers: int = 1,
+    auto: bool = False,
+    phases: bool = False,
+    without: frozenset[str] = frozenset(),
 ) -> float:
     TableRewriter.bulk = bulk
     options = RotateOptions(backup=False, chunk_time=0.5, workers=workers, auto_workers=auto)
     spent: dict[str, list[float]] = {label: [] for _, _, label in PHASES}
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in PHASES]
-    if phases:
-        for (owner, name, label), (_, _, method) in zip(PHASES, originals, strict=True):
-            setattr(owner, name, _timed(method, spent[label]))
+    originals += [(owner, name, getattr(owner, name)) for _, owner, name, _ in WITHOUT]
+    for step, owner, name, patch in WITHOUT:
+        if step in without:
+            setattr(owner, name, patch(getattr(owner, name)))
+    for owner, name, label in PHASES if phases else ():
+        setattr(owner, name, _timed(getattr(owner, name), spent[label]))
     try:
         with keyturn.open(config) as store:
             started = time.perf_counter()
@@ -153,6 +163,29 @@ def run_keyturn(
     for label, times in spent.items() if phases else ():
         print(f"    {label:<27} {sum(times):6.3f} s in {len(times)} call(s)")
     return took
+
+
+def _no_sweep(method: Any) -> Any:
+    """A TableRewriter method that does nothing for a closing sweep (``where``)."""
+
+    def walk_only(self: TableRewriter, *args: Any, **kwargs: Any) -> Any:
+        if self.where is None:
+            return method(self, *args, **kwargs)
+        if method.__name__ == "queue":
+            pipeline, then = args[0], args[1]
+            pipeline.then(lambda: then([]))
+            return None
+        return []
+
+    return walk_only
+
+
+# --without: steps patched out of keyturn's runs, to measure what they cost.
+WITHOUT = (
+    ("checkpoints", Rotator, "_checkpoint", lambda method: lambda *args, **kwargs: None),
+    ("sweep", TableRewriter, "run", _no_sweep),
+    ("sweep", TableRewriter, "queue", _no_sweep),
+)
 
 
 def _timed(method: Any, into: list[float]) -> Any:
@@ -296,14 +329,22 @@ def main() -> None:
     parser.add_argument(
         "--cpu", action="store_true", help="print each run's CPU seconds, client and server"
     )
+    parser.add_argument(
+        "--without",
+        default="",
+        help="patch steps out of keyturn's runs to measure them: checkpoints, sweep (unsafe)",
+    )
     args = parser.parse_args()
+    without = frozenset(filter(None, args.without.split(",")))
+    if without - {"checkpoints", "sweep"}:
+        parser.error("--without takes checkpoints and/or sweep")
     os.environ.setdefault("KEYTURN_KEK", secrets.token_hex(32))
     print(f"{args.rows} rows x 1 column, backup off, best of {args.rounds} round(s)")
     print(f"{'backend':<11} {'run':<9} {'seconds':>8} {'rows/s':>9}")
     for kind in args.backends.split(","):
         results: dict[str, float] = {}
         runs = [
-            ("keyturn", lambda c: run_keyturn(c, True, phases=args.phases)),
+            ("keyturn", lambda c: run_keyturn(c, True, phases=args.phases, without=without)),
             ("2workers", lambda c: run_keyturn(c, True, workers=2)),
             ("auto", lambda c: run_keyturn(c, True, workers=most_auto_workers(), auto=True)),
             ("per-row", lambda c: run_keyturn(c, False)),

@@ -10,10 +10,14 @@ write statements, so the forms can be compared as the server sees them.
   MariaDB      CAS (keyturn's: VALUES join, binary compare of the old token),
                the same carrying the old token but not comparing it, and the
                bare VALUES join (new token only).
-  PostgreSQL   CAS with arrays each sent as one text, nested loops only
-               (keyturn's), CAS by executemany, CAS with arrays as lists
-               (unnest, and unnest with ``pk = ANY``), bare unnest (lists, and
-               texts with nested loops) and bare VALUES joins.
+  PostgreSQL   the key and each row's xmin as read, arrays each sent as one
+               text, nested loops only (keyturn's); the same with a horizon
+               instead of the xmins (``age(t.xmin) > age(h)``), and found by
+               ctid with the key and the horizon, with the table too, or by
+               ctid alone (the seventeenth session's swap, not kept); CAS with
+               the tokens read (texts, executemany, lists, ``pk = ANY``); bare
+               unnest (lists, and texts with nested loops) and bare VALUES
+               joins. ``--cpu`` also prints the server backend's CPU seconds.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -31,7 +37,9 @@ import pymysql
 from keyturn.engine.dialects.postgresql import NESTED_LOOPS as _NESTED_LOOPS
 from keyturn.engine.dialects.postgresql import array_of as _pg_array
 
-Form = Callable[[Any, list[str], list[str], int, int], int]
+# A form: (cursor, tokens read, tokens to write, first row, end row, each row's
+# xmin, ctid and table as read) -> rows swapped.
+Form = Callable[[Any, list[str], list[str], int, int, list[tuple[str, str, int]]], int]
 
 
 def tokens(version: int, n: int) -> list[str]:
@@ -43,7 +51,7 @@ def tokens(version: int, n: int) -> list[str]:
 
 
 def mariadb_values(cas: bool, compare: bool) -> Form:
-    def run(cur: Any, olds: list[str], news: list[str], lo: int, hi: int) -> int:
+    def run(cur: Any, olds: list[str], news: list[str], lo: int, hi: int, _: Any) -> int:
         if cas:
             first = f"SELECT {lo} AS k, '{olds[lo]}' AS o, '{news[lo]}' AS n"
             rows = ", ".join(f"({i}, '{olds[i]}', '{news[i]}')" for i in range(lo + 1, hi))
@@ -63,7 +71,7 @@ def mariadb_values(cas: bool, compare: bool) -> Form:
     return run
 
 
-def pg_executemany(cur: Any, olds: list[str], news: list[str], lo: int, hi: int) -> int:
+def pg_executemany(cur: Any, olds: list[str], news: list[str], lo: int, hi: int, _: Any) -> int:
     cur.executemany(
         "UPDATE swap_bench SET a = %s WHERE id = %s AND a = %s",
         [(news[i], i, olds[i]) for i in range(lo, hi)],
@@ -76,7 +84,7 @@ def pg_unnest(cas: bool, any_key: bool = False, texts: bool = False) -> Form:
     array literal, tokens joined by commas and split by the server), and
     nested-loop joins only, as keyturn plans them."""
 
-    def run(cur: Any, olds: list[str], news: list[str], lo: int, hi: int) -> int:
+    def run(cur: Any, olds: list[str], news: list[str], lo: int, hi: int, _: Any) -> int:
         keys: Any = list(range(lo, hi))
         names = "k, o, n" if cas else "k, n"
         where = "t.id = v.k AND t.a = v.o" if cas else "t.id = v.k"
@@ -100,7 +108,63 @@ def pg_unnest(cas: bool, any_key: bool = False, texts: bool = False) -> Form:
     return run
 
 
-def pg_values(cur: Any, olds: list[str], news: list[str], lo: int, hi: int) -> int:
+def pg_by_version(by: str) -> Form:
+    """The swap by what each row was read with: ``xmin`` (keyturn's: the key and
+    each xmin), ``horizon`` (the key and one horizon), ``ctid`` (where it sits,
+    its key and the horizon), ``ctid+table`` (and its table), ``ctid only``."""
+
+    def run(
+        cur: Any,
+        olds: list[str],
+        news: list[str],
+        lo: int,
+        hi: int,
+        seen: list[tuple[str, str, int]],
+    ) -> int:
+        cur.execute(_NESTED_LOOPS)
+        cur.execute(HORIZON_SQL)
+        horizon = cur.fetchone()[0]
+        rows = seen[lo:hi]
+        keys = "{" + ",".join(map(str, range(lo, hi))) + "}"
+        ctids = '{"' + '","'.join(c for _, c, _ in rows) + '"}'
+        located = "t.ctid = v.c AND t.id = v.k AND "
+        arrays, names, where, params = {
+            "xmin": (
+                "%s::integer[], string_to_array(%s, ',')::xid[]",
+                "k, x",
+                "t.id = v.k AND t.xmin = v.x",
+                [keys, ",".join(x for x, _, _ in rows)],
+            ),
+            "horizon": ("%s::integer[]", "k", "t.id = v.k AND " + AGE, [keys]),
+            "ctid": ("%s::tid[], %s::integer[]", "c, k", located + AGE, [ctids, keys]),
+            "ctid+table": (
+                "%s::tid[], %s::integer[]",
+                "c, k",
+                located + "t.tableoid = %s::oid AND " + AGE,
+                [ctids, keys],
+            ),
+            "ctid only": ("%s::tid[]", "c", "t.ctid = v.c", [ctids]),
+        }[by]
+        params.append(",".join(news[lo:hi]))
+        if "tableoid" in where:
+            params.append(rows[0][2])
+        if "age(" in where:
+            params.append(horizon)
+        cur.execute(
+            f"UPDATE swap_bench AS t SET a = v.n FROM unnest({arrays}, string_to_array(%s, ',')) "
+            f"AS v({names}, n) WHERE {where}",
+            params,
+        )
+        return int(cur.rowcount)
+
+    return run
+
+
+HORIZON_SQL = "SELECT mod(txid_snapshot_xmin(txid_current_snapshot()), 4294967296)::text"
+AGE = "age(t.xmin) > age(%s::xid)"
+
+
+def pg_values(cur: Any, olds: list[str], news: list[str], lo: int, hi: int, _: Any) -> int:
     rows = ", ".join(["(%s::integer, %s::text)"] + ["(%s, %s)"] * (hi - lo - 1))
     cur.execute(
         f"UPDATE swap_bench AS t SET a = v.n FROM (VALUES {rows}) AS v(k, n) WHERE t.id = v.k",
@@ -109,7 +173,9 @@ def pg_values(cur: Any, olds: list[str], news: list[str], lo: int, hi: int) -> i
     return int(cur.rowcount)
 
 
-def fill(kind: str, conn: Any, olds: list[str]) -> None:
+def fill(kind: str, conn: Any, olds: list[str]) -> list[tuple[str, str, int]]:
+    """A fresh table of the tokens read; on PostgreSQL each row's xmin, ctid and
+    table as read."""
     with conn.cursor() as cur:
         cur.execute("DROP TABLE IF EXISTS swap_bench")
         cur.execute("CREATE TABLE swap_bench (id INTEGER PRIMARY KEY, a VARCHAR(255))")
@@ -120,6 +186,13 @@ def fill(kind: str, conn: Any, olds: list[str]) -> None:
                 [(i, olds[i]) for i in range(start, min(len(olds), start + 10_000))],
             )
     conn.commit()
+    if kind != "postgresql":
+        return []
+    with conn.cursor() as cur:
+        cur.execute("SELECT xmin::text, ctid::text, tableoid FROM swap_bench ORDER BY id")
+        seen = cur.fetchall()
+    conn.commit()
+    return seen
 
 
 def main() -> None:
@@ -128,6 +201,7 @@ def main() -> None:
     parser.add_argument("--per-statement", type=int, default=5_000)
     parser.add_argument("--backends", default="postgresql,mysql")
     parser.add_argument("--rounds", type=int, default=2, help="best of this many runs each")
+    parser.add_argument("--cpu", action="store_true", help="PostgreSQL: the backend's CPU too")
     args = parser.parse_args()
     olds, news = tokens(1, args.rows), tokens(2, args.rows)
     forms: dict[str, dict[str, Form]] = {
@@ -137,7 +211,12 @@ def main() -> None:
             "bare VALUES join": mariadb_values(cas=False, compare=False),
         },
         "postgresql": {
-            "CAS unnest, texts (keyturn)": pg_unnest(cas=True, texts=True),
+            "xmin, texts (keyturn)": pg_by_version("xmin"),
+            "key and horizon": pg_by_version("horizon"),
+            "ctid, key and horizon": pg_by_version("ctid"),
+            "ctid, table, key and horizon": pg_by_version("ctid+table"),
+            "ctid only (unsafe)": pg_by_version("ctid only"),
+            "CAS unnest, texts": pg_unnest(cas=True, texts=True),
             "CAS executemany": pg_executemany,
             "CAS unnest": pg_unnest(cas=True),
             "CAS unnest + pk = ANY": pg_unnest(cas=True, any_key=True),
@@ -153,18 +232,21 @@ def main() -> None:
         else:
             conn = psycopg.connect("host=127.0.0.1 user=postgres dbname=test")
         times: dict[str, list[float]] = {name: [] for name in forms[kind]}
+        cpu: dict[str, list[float]] = {name: [] for name in forms[kind]}
+        backend = _backend(conn) if kind == "postgresql" else None
         for _ in range(args.rounds):
             for name, form in forms[kind].items():
-                fill(kind, conn, olds)
+                seen = fill(kind, conn, olds)
+                used = _cpu(backend)
                 started = time.perf_counter()
                 swapped = 0
                 with conn.cursor() as cur:
                     for lo in range(0, args.rows, args.per_statement):
-                        swapped += form(
-                            cur, olds, news, lo, min(args.rows, lo + args.per_statement)
-                        )
+                        hi = min(args.rows, lo + args.per_statement)
+                        swapped += form(cur, olds, news, lo, hi, seen)
                         conn.commit()
                 times[name].append(time.perf_counter() - started)
+                cpu[name].append(_cpu(backend) - used)
                 assert swapped == args.rows, (name, swapped)
         with conn.cursor() as cur:
             cur.execute("DROP TABLE swap_bench")
@@ -173,7 +255,26 @@ def main() -> None:
         base = min(times[next(iter(times))])
         for name, measured in times.items():
             best = min(measured)
-            print(f"{kind:<11} {name:<34} {best:6.2f} s  {best / base:5.2f}x of the first")
+            line = f"{kind:<11} {name:<34} {best:6.2f} s  {best / base:5.2f}x of the first"
+            if args.cpu and backend is not None:
+                line += f"  server CPU {statistics.median(cpu[name]):5.2f} s (median)"
+            print(line)
+
+
+def _backend(conn: Any) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        pid = int(cur.fetchone()[0])
+    conn.commit()
+    return pid
+
+
+def _cpu(pid: int | None) -> float:
+    """CPU seconds a local server process has used (0 if unknown)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":
