@@ -7,9 +7,10 @@ Rewrites ROWS random kt1-shaped tokens in a fresh table, PER_STATEMENT rows per
 statement and a commit per statement, with no crypto and no reads: only the
 write statements, so the forms can be compared as the server sees them.
 
-  MariaDB      CAS (keyturn's: VALUES join, binary compare of the old token),
-               the same carrying the old token but not comparing it, and the
-               bare VALUES join (new token only).
+  MariaDB      CAS (VALUES join, binary compare of the old token: keyturn's
+               swap before it read each batch locked), the same carrying the
+               old token but not comparing it, and the bare VALUES join (new
+               token only: keyturn's now, in the transaction of the locked read).
   PostgreSQL   the key and each row's xmin as read, arrays each sent as one
                text, nested loops only (keyturn's); the same with a horizon
                instead of the xmins (``age(t.xmin) > age(h)``), and found by
@@ -206,9 +207,9 @@ def main() -> None:
     olds, news = tokens(1, args.rows), tokens(2, args.rows)
     forms: dict[str, dict[str, Form]] = {
         "mysql": {
-            "CAS (keyturn)": mariadb_values(cas=True, compare=True),
+            "CAS": mariadb_values(cas=True, compare=True),
             "old token carried, not compared": mariadb_values(cas=True, compare=False),
-            "bare VALUES join": mariadb_values(cas=False, compare=False),
+            "bare VALUES join (keyturn, locked)": mariadb_values(cas=False, compare=False),
         },
         "postgresql": {
             "xmin, texts (keyturn)": pg_by_version("xmin"),
