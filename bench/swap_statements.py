@@ -123,8 +123,6 @@ def pg_by_version(by: str) -> Form:
         seen: list[tuple[str, str, int]],
     ) -> int:
         cur.execute(_NESTED_LOOPS)
-        cur.execute(HORIZON_SQL)
-        horizon = cur.fetchone()[0]
         rows = seen[lo:hi]
         keys = "{" + ",".join(map(str, range(lo, hi))) + "}"
         ctids = '{"' + '","'.join(c for _, c, _ in rows) + '"}'
@@ -149,8 +147,9 @@ def pg_by_version(by: str) -> Form:
         params.append(",".join(news[lo:hi]))
         if "tableoid" in where:
             params.append(rows[0][2])
-        if "age(" in where:
-            params.append(horizon)
+        if "age(" in where:  # taken here, after the rows were read (at fill)
+            cur.execute(HORIZON_SQL)
+            params.append(cur.fetchone()[0])
         cur.execute(
             f"UPDATE swap_bench AS t SET a = v.n FROM unnest({arrays}, string_to_array(%s, ',')) "
             f"AS v({names}, n) WHERE {where}",
