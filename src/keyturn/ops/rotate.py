@@ -732,12 +732,15 @@ class Rotator:
         which the sweep is left to do (None: all of it). A walk that stopped early
         sweeps nothing yet."""
         results: list[ColumnResult] = []
+
+        def collect(done: list[ColumnResult] | None) -> None:
+            results.extend(done or ())
+
         with Pipeline(True) as pipeline:
-            rewriter.queue(pipeline, lambda done: results.extend(done or ()), after)
+            rewriter.queue(pipeline, collect, after)
             boundary = None if rewriter.stopped else rewriter.last_batch_from
             if boundary is not None:
-                sweeper = rewriter_for(True, boundary)
-                sweeper.queue(pipeline, lambda done: results.extend(done or ()))
+                rewriter_for(True, boundary).queue(pipeline, collect)
             drain(pipeline)
         return results, boundary
 
