@@ -387,8 +387,6 @@ def test_a_row_moved_between_read_and_swap_gets_its_own_value(
     put in reverse order, each row now sits where another was read, with the xmin
     read: the swap finds each row by its primary key, so every row gets its own
     value (never another row's), at once, since none changed."""
-    from sqlalchemy import create_engine
-
     from keyturn.engine.walk import TableRewriter, each_value
 
     app, _ = setup_app(database, tmp_path, "int", monkeypatch)
@@ -400,7 +398,6 @@ def test_a_row_moved_between_read_and_swap_gets_its_own_value(
         "CREATE INDEX creds_backwards ON creds (id DESC)",
     )
     app.cli("init", check=True)
-    autocommit = create_engine(database.url, isolation_level="AUTOCOMMIT")
     with keyturn.open() as store:
         oauth = oauth_column(store)
         moved: list[bool] = []
@@ -408,14 +405,12 @@ def test_a_row_moved_between_read_and_swap_gets_its_own_value(
         def decide(key: tuple[Any, ...], value: Any) -> tuple[str, str | None]:
             if not moved:
                 moved.append(True)
-                with autocommit.connect() as conn:
-                    conn.exec_driver_sql("CLUSTER creds USING creds_backwards")
+                outside_a_transaction(database, "CLUSTER creds USING creds_backwards")
             return "seen", f"{value}|rewritten"
 
         results, prepared = run_spied(
             monkeypatch, TableRewriter(store.engine, [oauth], [each_value(decide)])
         )
-    autocommit.dispose()
     assert [len(w.rows) for w in prepared] == [40], "a moved row's swap missed"
     rows = {i: o for i, o in database.rows("SELECT id, oauth FROM creds")}
     assert rows == {i: f"ya29.token-{i}|rewritten" for i in range(1, 41)}
@@ -433,8 +428,6 @@ def test_a_table_renamed_in_place_between_read_and_swap_is_left_alone(
     The copy keeps its own values, each re-encrypted once; the table read keeps
     what it held. (A swap that found rows by their ctid and an xmin horizon alone
     would write the table read's values into the copy.)"""
-    from sqlalchemy import create_engine
-
     from keyturn.engine.walk import TableRewriter, each_value
 
     app, _ = setup_app(database, tmp_path, "int", monkeypatch)
@@ -444,10 +437,8 @@ def test_a_table_renamed_in_place_between_read_and_swap_is_left_alone(
         "TRUNCATE creds", "INSERT INTO creds SELECT * FROM copied ORDER BY id"
     )
     database.execute("UPDATE copied SET oauth = oauth || '-copy'")  # another transaction
-    autocommit = create_engine(database.url, isolation_level="AUTOCOMMIT")
-    with autocommit.connect() as conn:  # keeps xmin, back in key order from the first page
-        conn.exec_driver_sql("VACUUM FULL copied")
-    autocommit.dispose()
+    # Keeps xmin, back in key order from the first page.
+    outside_a_transaction(database, "VACUUM FULL copied")
     assert database.rows("SELECT ctid FROM copied ORDER BY id") == database.rows(
         "SELECT ctid FROM creds ORDER BY id"
     )
@@ -523,6 +514,19 @@ def run_spied(monkeypatch: pytest.MonkeyPatch, rewriter: Any) -> tuple[Any, list
     """Run a TableRewriter; its results, and every write it prepared."""
     prepared = spy_on(monkeypatch, rewriter, "_prepare")
     return rewriter.run(), prepared
+
+
+def outside_a_transaction(database: Database, statement: str) -> None:
+    """Run a statement PostgreSQL refuses inside a transaction block (VACUUM) or
+    that should commit on its own (CLUSTER)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(database.url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
 
 
 def oauth_column(store: Any) -> Any:
