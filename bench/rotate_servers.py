@@ -165,26 +165,32 @@ def run_keyturn(
     return took
 
 
-def _no_sweep(method: Any) -> Any:
-    """A TableRewriter method that does nothing for a closing sweep (``where``)."""
+def _no_sweep_run(method: Any) -> Any:
+    """TableRewriter.run, doing nothing for a closing sweep (``where``)."""
 
-    def walk_only(self: TableRewriter, *args: Any, **kwargs: Any) -> Any:
+    def run(self: TableRewriter, *args: Any, **kwargs: Any) -> Any:
+        return method(self, *args, **kwargs) if self.where is None else []
+
+    return run
+
+
+def _no_sweep_queue(method: Any) -> Any:
+    """TableRewriter.queue, handing a closing sweep's ``then`` no results at once."""
+
+    def queue(self: TableRewriter, pipeline: Any, then: Any, *args: Any, **kwargs: Any) -> None:
         if self.where is None:
-            return method(self, *args, **kwargs)
-        if method.__name__ == "queue":
-            pipeline, then = args[0], args[1]
+            method(self, pipeline, then, *args, **kwargs)
+        else:
             pipeline.then(lambda: then([]))
-            return None
-        return []
 
-    return walk_only
+    return queue
 
 
 # --without: steps patched out of keyturn's runs, to measure what they cost.
 WITHOUT = (
     ("checkpoints", Rotator, "_checkpoint", lambda method: lambda *args, **kwargs: None),
-    ("sweep", TableRewriter, "run", _no_sweep),
-    ("sweep", TableRewriter, "queue", _no_sweep),
+    ("sweep", TableRewriter, "run", _no_sweep_run),
+    ("sweep", TableRewriter, "queue", _no_sweep_queue),
 )
 
 

@@ -112,7 +112,17 @@ def pg_unnest(cas: bool, any_key: bool = False, texts: bool = False) -> Form:
 def pg_by_version(by: str) -> Form:
     """The swap by what each row was read with: ``xmin`` (keyturn's: the key and
     each xmin), ``horizon`` (the key and one horizon), ``ctid`` (where it sits,
-    its key and the horizon), ``ctid+table`` (and its table), ``ctid only``."""
+    its key and the horizon), ``ctid+table`` (and its table), ``ctid only``.
+    Keys, xmins and tokens are sent as keyturn sends them (``array_of``)."""
+    located = by.startswith("ctid")
+    keyed = by != "ctid only"
+    where = (["t.ctid = v.c"] if located else []) + (["t.id = v.k"] if keyed else [])
+    where += {
+        "xmin": ["t.xmin = v.x"],
+        "ctid+table": ["t.tableoid = %s::oid", AGE],
+        "ctid only": [],
+    }.get(by, [AGE])
+    names = ["c"] * located + ["k"] * keyed + ["x"] * (by == "xmin") + ["n"]
 
     def run(
         cur: Any,
@@ -124,35 +134,24 @@ def pg_by_version(by: str) -> Form:
     ) -> int:
         cur.execute(_NESTED_LOOPS)
         rows = seen[lo:hi]
-        keys = "{" + ",".join(map(str, range(lo, hi))) + "}"
-        ctids = '{"' + '","'.join(c for _, c, _ in rows) + '"}'
-        located = "t.ctid = v.c AND t.id = v.k AND "
-        arrays, names, where, params = {
-            "xmin": (
-                "%s::integer[], string_to_array(%s, ',')::xid[]",
-                "k, x",
-                "t.id = v.k AND t.xmin = v.x",
-                [keys, ",".join(x for x, _, _ in rows)],
-            ),
-            "horizon": ("%s::integer[]", "k", "t.id = v.k AND " + AGE, [keys]),
-            "ctid": ("%s::tid[], %s::integer[]", "c, k", located + AGE, [ctids, keys]),
-            "ctid+table": (
-                "%s::tid[], %s::integer[]",
-                "c, k",
-                located + "t.tableoid = %s::oid AND " + AGE,
-                [ctids, keys],
-            ),
-            "ctid only": ("%s::tid[]", "c", "t.ctid = v.c", [ctids]),
-        }[by]
-        params.append(",".join(news[lo:hi]))
-        if "tableoid" in where:
+        arrays: list[tuple[str, str] | None] = []
+        if located:  # "(0,1)": quoted in the array literal
+            arrays.append(("%s::tid[]", '{"' + '","'.join(c for _, c, _ in rows) + '"}'))
+        if keyed:
+            arrays.append(_pg_array(list(range(lo, hi)), "integer"))
+        if by == "xmin":
+            arrays.append(_pg_array([x for x, _, _ in rows], "xid"))
+        arrays.append(_pg_array(news[lo:hi], "text"))
+        sent = [array for array in arrays if array is not None]
+        params = [text for _, text in sent]
+        if by == "ctid+table":
             params.append(rows[0][2])
-        if "age(" in where:  # taken here, after the rows were read (at fill)
+        if AGE in where:  # taken here, after the rows were read (at fill)
             cur.execute(HORIZON_SQL)
             params.append(cur.fetchone()[0])
         cur.execute(
-            f"UPDATE swap_bench AS t SET a = v.n FROM unnest({arrays}, string_to_array(%s, ',')) "
-            f"AS v({names}, n) WHERE {where}",
+            f"UPDATE swap_bench AS t SET a = v.n FROM unnest({', '.join(sql for sql, _ in sent)}) "
+            f"AS v({', '.join(names)}) WHERE {' AND '.join(where)}",
             params,
         )
         return int(cur.rowcount)
