@@ -24,7 +24,8 @@ that round's fastest bare loop.
 and the local server's (its processes' counters in /proc), which this noisy
 2-core machine repeats far better than wall times.
 --without checkpoints,sweep patches those steps out of keyturn's runs (unsafe;
-to measure what they cost, never to rotate).
+to measure what they cost, never to rotate); --without pinned has PostgreSQL
+compare every batch by key and xmin instead of reading it pinned (safe).
 """
 
 from __future__ import annotations
@@ -191,6 +192,8 @@ WITHOUT = (
     ("checkpoints", Rotator, "_checkpoint", lambda method: lambda *args, **kwargs: None),
     ("sweep", TableRewriter, "run", _no_sweep_run),
     ("sweep", TableRewriter, "queue", _no_sweep_queue),
+    # PostgreSQL: every batch compared by key and xmin, not read pinned (safe).
+    ("pinned", TableRewriter, "pinned", lambda pinned: False),
 )
 
 
@@ -338,12 +341,13 @@ def main() -> None:
     parser.add_argument(
         "--without",
         default="",
-        help="patch steps out of keyturn's runs to measure them: checkpoints, sweep (unsafe)",
+        help="patch steps out of keyturn's runs to measure them: checkpoints, sweep "
+        "(unsafe), pinned (PostgreSQL: compare xmins)",
     )
     args = parser.parse_args()
     without = frozenset(filter(None, args.without.split(",")))
-    if without - {"checkpoints", "sweep"}:
-        parser.error("--without takes checkpoints and/or sweep")
+    if without - {step for step, *_ in WITHOUT}:
+        parser.error("--without takes checkpoints, sweep and/or pinned")
     os.environ.setdefault("KEYTURN_KEK", secrets.token_hex(32))
     print(f"{args.rows} rows x 1 column, backup off, best of {args.rounds} round(s)")
     print(f"{'backend':<11} {'run':<9} {'seconds':>8} {'rows/s':>9}")
