@@ -24,8 +24,7 @@ that round's fastest bare loop.
 and the local server's (its processes' counters in /proc), which this noisy
 2-core machine repeats far better than wall times.
 --without checkpoints,sweep patches those steps out of keyturn's runs (unsafe;
-to measure what they cost, never to rotate); --without pinned has PostgreSQL
-compare every batch by key and xmin instead of reading it pinned (safe).
+to measure what they cost, never to rotate).
 """
 
 from __future__ import annotations
@@ -192,8 +191,6 @@ WITHOUT = (
     ("checkpoints", Rotator, "_checkpoint", lambda method: lambda *args, **kwargs: None),
     ("sweep", TableRewriter, "run", _no_sweep_run),
     ("sweep", TableRewriter, "queue", _no_sweep_queue),
-    # PostgreSQL: every batch compared by key and xmin, not read pinned (safe).
-    ("pinned", TableRewriter, "pinned", lambda pinned: False),
 )
 
 
@@ -341,13 +338,12 @@ def main() -> None:
     parser.add_argument(
         "--without",
         default="",
-        help="patch steps out of keyturn's runs to measure them: checkpoints, sweep "
-        "(unsafe), pinned (PostgreSQL: compare xmins)",
+        help="patch steps out of keyturn's runs to measure them: checkpoints, sweep (unsafe)",
     )
     args = parser.parse_args()
     without = frozenset(filter(None, args.without.split(",")))
-    if without - {step for step, *_ in WITHOUT}:
-        parser.error("--without takes checkpoints, sweep and/or pinned")
+    if without - {"checkpoints", "sweep"}:
+        parser.error("--without takes checkpoints and/or sweep")
     os.environ.setdefault("KEYTURN_KEK", secrets.token_hex(32))
     print(f"{args.rows} rows x 1 column, backup off, best of {args.rounds} round(s)")
     print(f"{'backend':<11} {'run':<9} {'seconds':>8} {'rows/s':>9}")

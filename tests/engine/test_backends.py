@@ -10,7 +10,6 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -289,19 +288,19 @@ def test_a_locked_batch_holds_off_the_app(
     if binlog == "statement":
         monkeypatch.setattr(mysql, "logs_statements", lambda conn: True)
     levels: list[str] = []
-    read_held = TableRewriter._read_held
+    read_locked = TableRewriter._read_locked
 
     def spy(self: Any, query: Any) -> Any:
-        rows, held, horizon = read_held(self, query)
+        rows, held = read_locked(self, query)
         cursor = held.connection.dbapi_connection.cursor()
         cursor.execute(
             "SELECT trx_isolation_level FROM information_schema.innodb_trx "
             "WHERE trx_mysql_thread_id = CONNECTION_ID()"
         )
         levels.append(cursor.fetchone()[0])
-        return rows, held, horizon
+        return rows, held
 
-    monkeypatch.setattr(TableRewriter, "_read_held", spy)
+    monkeypatch.setattr(TableRewriter, "_read_locked", spy)
 
     pk, keys, changed, deleted, where = rows_the_app_touches(
         database, tmp_path, pk_type, monkeypatch
@@ -344,22 +343,15 @@ def test_a_locked_batch_holds_off_the_app(
     assert results[0].counts == {"seen": len(keys)}
 
 
-PINNED_FORM, XMIN_FORM = "v(c, n0)", "v(k0, x, n0)"
-
-
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
-@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "by-xmin"])
-def test_a_postgresql_swap_misses_any_row_written_since_its_read(
-    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pinned: bool
+def test_a_postgresql_swap_compares_the_rows_xmin(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PostgreSQL: a bulk swap carries no tokens read: each row's ctid (pinned: found
-    there, its version older than the read), or its key and xmin. A row the app
-    wrote after our read, even in a column we do not change, misses and is
-    retried from what is there now, by key and xmin: the app's write stays, ours
-    lands once."""
+    """PostgreSQL: a bulk swap carries each row's xmin as read, not its tokens. A row
+    the app wrote after our read, even in a column we do not change, misses and is
+    retried from what is there now: the app's write stays, ours lands once."""
     from keyturn.engine.walk import TableRewriter, each_value
 
-    monkeypatch.setattr(TableRewriter, "pinned", pinned)
     app, _ = setup_app(database, tmp_path, "int", monkeypatch)
     app.cli("init", check=True)
     with keyturn.open() as store:
@@ -377,8 +369,8 @@ def test_a_postgresql_swap_misses_any_row_written_since_its_read(
         results, prepared = run_spied(
             monkeypatch, TableRewriter(store.engine, [oauth], [each_value(decide)])
         )
-    assert swap_forms(prepared) == [PINNED_FORM if pinned else XMIN_FORM, XMIN_FORM]
-    assert [len(w.rows) for w in prepared] == [40, 2]
+    statements = [sql for w in prepared if len(w.rows) > 1 for sql, _ in w.statements]
+    assert statements and all("t.xmin = v.x" in s and "AS v(k0, x, n0)" in s for s in statements)
     rows = {i: (a, o) for i, a, o in database.rows("SELECT id, api_key, oauth FROM creds")}
     assert rows.pop(5) == ("app-wrote", "ya29.token-5|rewritten")
     assert rows.pop(6)[1] == "ya29.token-6!|rewritten"
@@ -394,12 +386,18 @@ def test_a_row_moved_between_read_and_swap_gets_its_own_value(
     every row and keeps its xmin. With the rows all written by one transaction and
     put in reverse order, each row now sits where another was read, with the xmin
     read: the swap finds each row by its primary key, so every row gets its own
-    value (never another row's), at once, since none changed. (Not pinned: a
-    pinned read holds CLUSTER off, test_a_pinned_read_holds_off_cluster.)"""
+    value (never another row's), at once, since none changed."""
     from keyturn.engine.walk import TableRewriter, each_value
 
-    monkeypatch.setattr(TableRewriter, "pinned", False)
-    rows_cluster_would_reverse(database, tmp_path, monkeypatch)
+    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
+    database.execute(  # one xmin for every row, at ctids in key order
+        "CREATE TABLE saved AS SELECT * FROM creds ORDER BY id",
+        "TRUNCATE creds",
+        "INSERT INTO creds SELECT * FROM saved ORDER BY id",
+        "DROP TABLE saved",
+        "CREATE INDEX creds_backwards ON creds (id DESC)",
+    )
+    app.cli("init", check=True)
     with keyturn.open() as store:
         oauth = oauth_column(store)
         moved: list[bool] = []
@@ -429,14 +427,21 @@ def test_a_table_renamed_in_place_between_read_and_swap_is_left_alone(
     compares each row's xmin, misses every row of the copy and retries it there.
     The copy keeps its own values, each re-encrypted once; the table read keeps
     what it held. (A swap that found rows by their ctid and an xmin horizon alone
-    would write the table read's values into the copy. Not pinned: a pinned read
-    holds the rename off, test_a_pinned_read_holds_off_a_rename.)"""
+    would write the table read's values into the copy.)"""
     from keyturn.engine.walk import TableRewriter, each_value
 
-    monkeypatch.setattr(TableRewriter, "pinned", False)
     app, _ = setup_app(database, tmp_path, "int", monkeypatch)
     app.cli("init", check=True)
-    a_copy_at_the_same_places(database)
+    database.execute("CREATE TABLE copied AS SELECT * FROM creds ORDER BY id")
+    database.execute(  # the same places
+        "TRUNCATE creds", "INSERT INTO creds SELECT * FROM copied ORDER BY id"
+    )
+    database.execute("UPDATE copied SET oauth = oauth || '-copy'")  # another transaction
+    # Keeps xmin, back in key order from the first page.
+    outside_a_transaction(database, "VACUUM FULL copied")
+    assert database.rows("SELECT ctid FROM copied ORDER BY id") == database.rows(
+        "SELECT ctid FROM creds ORDER BY id"
+    )
     with keyturn.open() as store:
         swapped: list[bool] = []
 
@@ -485,218 +490,11 @@ def test_a_partitioned_table_is_swapped_by_key_and_xmin(
             pacing=Pacing(batch_size=batch, max_batch=batch),
         )
         results, prepared = run_spied(monkeypatch, rewriter)
-    assert swap_forms(prepared) == [XMIN_FORM] * (4 if batch == 10 else 1)
+    forms = [re.findall(r" AS (v\(.*?\))", w.statements[0][0])[-1] for w in prepared]
+    assert forms == ["v(k0, x, n0)"] * (4 if batch == 10 else 1)
     rows = dict(database.rows("SELECT id, oauth FROM creds"))
     assert rows == {i: f"ya29.token-{i}|rewritten" for i in range(1, 41)}
     assert results[0].counts == {"seen": 40}
-
-
-@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
-def test_a_pinned_read_holds_off_cluster(
-    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """PostgreSQL: a pinned batch (rows found by the ctid read, no key compared)
-    keeps its read's transaction, and so its lock on the table, open until its
-    swap commits. CLUSTER, which would move every row and keep its xmin, waits
-    for the swap, then runs; every row gets its own value, at once."""
-    from keyturn.engine.walk import TableRewriter, each_value
-
-    rows_cluster_would_reverse(database, tmp_path, monkeypatch)
-    with keyturn.open() as store:
-        clustering = waiting_on_our_lock(database, "CLUSTER creds USING creds_backwards")
-
-        def decide(key: tuple[Any, ...], value: Any) -> tuple[str, str | None]:
-            if key == (1,):
-                next(clustering)
-            return "seen", f"{value}|rewritten"
-
-        results, prepared = run_spied(
-            monkeypatch, TableRewriter(store.engine, [oauth_column(store)], [each_value(decide)])
-        )
-    assert next(clustering, "ended") == "ended"
-    assert swap_forms(prepared) == [PINNED_FORM]
-    assert [len(w.rows) for w in prepared] == [40], "a row's swap missed"
-    rows = {i: o for i, o in database.rows("SELECT id, oauth FROM creds")}
-    assert rows == {i: f"ya29.token-{i}|rewritten" for i in range(1, 41)}
-    assert results[0].counts == {"seen": 40}
-
-
-@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
-def test_a_pinned_read_holds_off_a_rename(
-    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """PostgreSQL: a copy of the table at the same places, its rows written before
-    our read, to be renamed in its place between our read and our swap: the
-    rename waits for the pinned swap. The table read gets its values once; the
-    copy keeps its own (the walk had read past its keys)."""
-    from keyturn.engine.walk import TableRewriter, each_value
-
-    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
-    app.cli("init", check=True)
-    a_copy_at_the_same_places(database)
-    with keyturn.open() as store:
-        renaming = waiting_on_our_lock(
-            database, "ALTER TABLE creds RENAME TO original", "ALTER TABLE copied RENAME TO creds"
-        )
-
-        def decide(key: tuple[Any, ...], value: Any) -> tuple[str, str | None]:
-            if key == (1,):
-                next(renaming)
-            return "seen", f"{value}|rewritten"
-
-        results, prepared = run_spied(
-            monkeypatch, TableRewriter(store.engine, [oauth_column(store)], [each_value(decide)])
-        )
-    assert next(renaming, "ended") == "ended"
-    assert swap_forms(prepared) == [PINNED_FORM]
-    original = dict(database.rows("SELECT id, oauth FROM original"))
-    assert original == {i: f"ya29.token-{i}|rewritten" for i in range(1, 41)}
-    rows = dict(database.rows("SELECT id, oauth FROM creds"))
-    assert rows == {i: f"ya29.token-{i}-copy" for i in range(1, 41)}
-    assert results[0].counts == {"seen": 40}
-
-
-@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
-def test_a_table_put_first_on_the_search_path_is_not_swapped_by_ctid(
-    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """PostgreSQL: between our pinned read and its swap, a copy of the table at the
-    same places, its rows written before the read, moves into a schema ahead on
-    the search path, under the table's name. That needs no lock on the table read,
-    so the swap's name finds the copy: it checks each row's table, misses every
-    row, and retries it where it is now, by key and xmin. The copy keeps its own
-    values, each re-encrypted once; the table read keeps what it held."""
-    from keyturn.engine.walk import TableRewriter, each_value
-
-    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
-    app.cli("init", check=True)
-    a_copy_at_the_same_places(database)
-    (user,) = database.rows("SELECT current_user")[0]
-    assert database.rows("SHOW search_path") == [('"$user", public',)]
-    with keyturn.open() as store:
-        moved: list[bool] = []
-
-        def decide(key: tuple[Any, ...], value: Any) -> tuple[str, str | None]:
-            if not moved:
-                moved.append(True)
-                database.execute(
-                    f'CREATE SCHEMA "{user}"',
-                    f'ALTER TABLE copied SET SCHEMA "{user}"',
-                    f'ALTER TABLE "{user}".copied RENAME TO creds',
-                )
-            return "seen", f"{value}|rewritten"
-
-        results, prepared = run_spied(
-            monkeypatch, TableRewriter(store.engine, [oauth_column(store)], [each_value(decide)])
-        )
-    assert swap_forms(prepared) == [PINNED_FORM, XMIN_FORM]
-    assert [len(w.rows) for w in prepared] == [40, 40], "the copy's rows were swapped by ctid"
-    rows = dict(database.rows(f'SELECT id, oauth FROM "{user}".creds'))
-    assert rows == {i: f"ya29.token-{i}-copy|rewritten" for i in range(1, 41)}
-    original = dict(database.rows("SELECT id, oauth FROM public.creds"))
-    assert original == {i: f"ya29.token-{i}" for i in range(1, 41)}
-    assert results[0].counts == {"seen": 40}
-
-
-@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
-def test_a_long_transaction_turns_pinned_swaps_back_to_xmins(
-    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """PostgreSQL: a transaction open since before the rows were last written (an
-    app's idle session) holds the horizon back, so every pinned swap misses. Once
-    a batch misses more than a tenth of its rows, the walk compares xmins; the
-    rows missed are retried so. Every row is written once, none contended."""
-    from sqlalchemy import create_engine
-
-    from keyturn.engine.pacing import Pacing
-    from keyturn.engine.walk import TableRewriter, each_value
-
-    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
-    app.cli("init", check=True)
-    idle = create_engine(database.url)
-    try:
-        with idle.connect() as session, keyturn.open() as store:
-            session.exec_driver_sql("SELECT txid_current()")  # holds an xid, stays open
-            database.execute("UPDATE creds SET api_key = api_key")
-            rewriter = TableRewriter(
-                store.engine,
-                [oauth_column(store)],
-                [each_value(lambda key, value: ("seen", f"{value}|rewritten"))],
-                pacing=Pacing(batch_size=10, max_batch=10),
-            )
-            results, prepared = run_spied(monkeypatch, rewriter)
-    finally:
-        idle.dispose()
-    forms = swap_forms(prepared)
-    pinned = forms.count(PINNED_FORM)
-    assert 1 <= pinned <= 2, "pinned reads went on after a batch missed"
-    # Four batches, then one retry of the rows the pinned ones missed.
-    assert forms == [PINNED_FORM] * pinned + [XMIN_FORM] * (5 - pinned)
-    rows = dict(database.rows("SELECT id, oauth FROM creds"))
-    assert rows == {i: f"ya29.token-{i}|rewritten" for i in range(1, 41)}
-    assert results[0].counts == {"seen": 40}
-
-
-def rows_cluster_would_reverse(
-    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An initialized app (setup_app) whose rows were all written by one transaction
-    at ctids in key order, with an index by which CLUSTER puts them in reverse."""
-    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
-    database.execute(
-        "CREATE TABLE saved AS SELECT * FROM creds ORDER BY id",
-        "TRUNCATE creds",
-        "INSERT INTO creds SELECT * FROM saved ORDER BY id",
-        "DROP TABLE saved",
-        "CREATE INDEX creds_backwards ON creds (id DESC)",
-    )
-    app.cli("init", check=True)
-
-
-def a_copy_at_the_same_places(database: Database) -> None:
-    """``copied``: ``creds``'s rows at the same ctids, each with ``-copy`` added to its
-    oauth by a transaction before any read of ours."""
-    database.execute("CREATE TABLE copied AS SELECT * FROM creds ORDER BY id")
-    database.execute(  # the same places
-        "TRUNCATE creds", "INSERT INTO creds SELECT * FROM copied ORDER BY id"
-    )
-    database.execute("UPDATE copied SET oauth = oauth || '-copy'")  # another transaction
-    # Keeps xmin, back in key order from the first page.
-    outside_a_transaction(database, "VACUUM FULL copied")
-    assert database.rows("SELECT ctid FROM copied ORDER BY id") == database.rows(
-        "SELECT ctid FROM creds ORDER BY id"
-    )
-
-
-def waiting_on_our_lock(database: Database, *statements: str) -> Iterator[None]:
-    """Steps twice: runs ``statements`` in one transaction on a thread and returns
-    once they wait for a lock (ours); then returns once the thread has ended."""
-    import threading
-    import time
-
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            database.execute(*statements)
-        except BaseException as exc:  # handed to the test's thread
-            failed.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    waited = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-    deadline = time.monotonic() + 30
-    while database.rows(waited) != [(1,)]:
-        assert time.monotonic() < deadline and thread.is_alive(), failed or "never waited"
-        time.sleep(0.02)
-    yield
-    thread.join(30)
-    assert not thread.is_alive() and not failed, failed
-
-
-def swap_forms(prepared: list[Any]) -> list[str]:
-    """The joined rows' form (``v(…)``) of each bulk swap prepared."""
-    return [re.findall(r" AS (v\(.*?\))", w.statements[0][0])[-1] for w in prepared]
 
 
 def rows_the_app_touches(

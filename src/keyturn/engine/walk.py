@@ -4,10 +4,9 @@ Rows are read in primary-key order by keyset pagination (never OFFSET), every
 configured column of a table in the same walk; crypto happens outside any
 transaction; each batch is written in one short transaction by
 compare-and-swap, so a value the application changed or deleted meanwhile is
-never overwritten or brought back (PostgreSQL finds each row where it was read
-and checks its version is older than the read, or compares each row's xmin;
-MariaDB and MySQL write in the transaction that read the batch with its rows
-locked: dialects.LOCKED_READS). Both ``encrypt-existing`` and ``rotate``
+never overwritten or brought back (PostgreSQL compares each row's xmin; MariaDB
+and MySQL write in the transaction that read the batch with its rows locked:
+dialects.LOCKED_READS). Both ``encrypt-existing`` and ``rotate``
 are a ``decide`` function per column handed to :class:`TableRewriter`.
 """
 
@@ -59,9 +58,6 @@ _T = TypeVar("_T")
 
 FAILED = "failed"
 CONTENDED = "contended"
-# A walk whose pinned swaps miss more than one row in this many of a batch
-# compares xmins from then on (rows written since a long transaction began).
-MISSED_SHARE = 10
 # Shaped like another scheme's ciphertext, opened by no reader: never sealed as
 # plaintext unless the operator says so (keyturn._core.shapes); listed by key.
 UNKNOWN = "unknown"
@@ -136,10 +132,6 @@ class TableRewriter:
     #: Those rows as a table value constructor where the server has one (MariaDB
     #: 10.3.3+): parsed faster than a SELECT per row (False: SELECT … UNION ALL).
     values_rows = True
-    #: PostgreSQL: a pipelined walk of a plain table reads each batch with each
-    #: row's ctid and writes it in the read's transaction, by ctid (postgresql.PINNED;
-    #: False: every batch compares xmins).
-    pinned = True
 
     def __init__(
         self,
@@ -186,15 +178,10 @@ class TableRewriter:
         self.texts = [read_as(v) for v in self.values]
         self._dialect = engine.dialect.name
         self._read_committed: bool | None = None  # locked reads: known at the first walk
-        # PostgreSQL: each row read with its xmin, which its swap compares; or, in a
-        # pinned read, with its ctid (``_oid``: the table's, known at the first
-        # walk, 0 if it cannot be pinned; ``_unpinned``: a walk's swaps missed many).
+        # PostgreSQL: each row read with its xmin, which its swap compares.
         self._xmin = self._dialect in dialects.ARRAY
         xmin: list[Any] = [literal_column(postgresql.XMIN)] if self._xmin else []
         self._read = [*self.pk, *self.texts, *xmin]
-        self._pinned_read = [*self.pk, *self.texts, literal_column(postgresql.CTID)]
-        self._oid: int | None = None
-        self._unpinned = False
         # The rows a ``where`` filter selects: read, and swapped only while they match.
         self.rows = row_filter(self.table, self.columns[0].spec)
         self.filter = list(self.columns[0].spec.where)
@@ -202,7 +189,7 @@ class TableRewriter:
         self.filter_values = [v for _, values in self.filter for v in values]
         self._statements: dict[tuple[int, ...], DriverStatement] = {}
         self._bulk_statements: dict[tuple[tuple[int, ...], bool], mysql.BulkStatement] = {}
-        self._array_statements: dict[tuple[tuple[int, ...], str], tuple[str, list[str], str]] = {}
+        self._array_statements: dict[tuple[tuple[int, ...], bool], tuple[str, list[str], str]] = {}
 
     def run(self, after: PK | None = None) -> list[ColumnResult]:
         """Walk the table from just after ``after`` to the end, then retry missed rows.
@@ -247,25 +234,11 @@ class TableRewriter:
     def _pipelined(self) -> bool:
         return self.conn is None and not self.dry_run and pipelined(self.engine)
 
-    def _holds_reads(self) -> bool:
-        """Whether each batch is written in the transaction that read it, held open
-        in between: with its rows locked (dialects.LOCKED_READS), or on PostgreSQL
-        pinned (postgresql.PINNED). Not a filtered read (the closing sweep): it would
-        lock every row it scans; its few rows are compared instead. Asks the server
-        what it needs to know at the first walk."""
-        if self.where is not None or not self._pipelined():
-            return False
-        if self._dialect in dialects.LOCKED_READS:
-            if self._read_committed is None:
-                with self.engine.connect() as conn:
-                    self._read_committed = not mysql.logs_statements(conn)
-            return True
-        if self._dialect not in dialects.ARRAY or not self.pinned:
-            return False
-        if self._oid is None:
-            with self.engine.connect() as conn:
-                self._oid = postgresql.pinnable(conn, self.table) or 0
-        return self._oid != 0
+    def _locks_rows(self) -> bool:
+        """Whether each batch is read with its rows locked and written in that
+        transaction (dialects.LOCKED_READS). Not a filtered read (the closing sweep):
+        it would lock every row it scans; its few rows are compared instead."""
+        return self.where is None and self._pipelined() and self._dialect in dialects.LOCKED_READS
 
     def _walk(self, after: PK | None, pipeline: Pipeline, yield_lease: bool = False) -> None:
         """Read, decide and queue every batch. ``yield_lease``: LeaseLost from
@@ -277,22 +250,24 @@ class TableRewriter:
         self._lost = False
         #: The key after which the last batch was read (None: from the start, or none read).
         self.last_batch_from: PK | None = None
-        hold = self._holds_reads()
+        lock = self._locks_rows()
+        if lock and self._read_committed is None:
+            with self.engine.connect() as conn:
+                self._read_committed = not mysql.logs_statements(conn)
         # The batch being written and the one written before it, so that one is
         # freed here once the next read is back, while the writer waits on the
         # server: freed by the writer, 20,000 rows held up the next write 1-2 ms.
         kept: list[_Decided] = []
         while not self._lost:
             started = time.monotonic()
-            hold = hold and not self._unpinned
-            batch, held, horizon = self._read_after(after, self.pacing.batch_size, hold)
+            batch, held = self._read_after(after, self.pacing.batch_size, lock)
             del kept[:-1]
             try:
                 if not batch:
                     break
                 self.last_batch_from = after
                 after = tuple(batch[-1][: len(self.pk)])
-                decided = self._decide(batch, self._failed, self._unknown, held, horizon)
+                decided = self._decide(batch, self._failed, self._unknown, held)
                 settle = self._settle_or_lose if yield_lease else self._settle_batch
                 pipeline.submit(partial(settle, decided, after))
                 kept.append(decided)
@@ -349,14 +324,12 @@ class TableRewriter:
         failed: list[list[PK]],
         unknown: list[list[PK]],
         held: Connection | None = None,
-        horizon: str | None = None,
     ) -> _Decided:
         """Decide every value of a (non-empty) batch; note the rows that failed and
-        those of unknown shape. ``held``: the batch's open transaction, where it is
-        to be written; its rows locked there, or with ``horizon`` read pinned (each
-        row's ctid last, not its xmin: postgresql.PINNED)."""
+        those of unknown shape. ``held``: the batch's rows are locked in its open
+        transaction, where the batch is to be written."""
         with _gc_paused():
-            return self._decide_paused(batch, failed, unknown, held, horizon)
+            return self._decide_paused(batch, failed, unknown, held)
 
     def _decide_paused(
         self,
@@ -364,12 +337,11 @@ class TableRewriter:
         failed: list[list[PK]],
         unknown: list[list[PK]],
         held: Connection | None,
-        horizon: str | None,
     ) -> _Decided:
         n = len(self.pk)
         # The batch by column: the primary key's parts, then the values.
         fields = list(zip(*batch, strict=True))
-        xmins = fields.pop() if self._xmin else None  # or ctids, read pinned
+        xmins = fields.pop() if self._xmin else None
         pks: list[PK] = list(zip(*fields[:n], strict=True))
         olds = fields[n:]
         decided = [decide(pks, olds[i]) for i, decide in enumerate(self.decides)]
@@ -392,9 +364,8 @@ class TableRewriter:
             if len(rows) < len(pks):
                 written = [[column[j] for j in rows] for column in written]
                 row_xmins = xmins and [xmins[j] for j in rows]
-            compare = held is None or horizon is not None
-            writes.append(self._prepare(indexes, rows, written, compare, row_xmins, horizon))
-        return _Decided(pks, olds, categories, news, counts, writes, held, horizon is not None)
+            writes.append(self._prepare(indexes, rows, written, held is None, row_xmins))
+        return _Decided(pks, olds, categories, news, counts, writes, held)
 
     def _settle(
         self,
@@ -448,9 +419,6 @@ class TableRewriter:
                         self.on_batch(conn, last, by_name, applied)
         for total, part in zip(counts, batch.counts, strict=True):
             total.update(part)
-        if batch.pinned and len(missing) * MISSED_SHARE > len(pks):
-            # Each such miss costs a re-read and a second swap: compare xmins again.
-            self._unpinned = True
         missed.update(missing)
         if self.progress and last is not None:
             self.progress(len(pks))
@@ -472,19 +440,17 @@ class TableRewriter:
         written: list[Sequence[Any]],
         compare: bool = True,
         xmins: Sequence[str] | None = None,
-        horizon: str | None = None,
     ) -> _Write:
         """The statements that swap the columns ``indexes`` of these rows; ``written``
         holds, column by column, the primary key's parts, the values read and the
         values to write. Built before the transaction (and off the writing thread).
         ``compare=False``: the rows are locked since they were read; a bulk swap
         then sends no values read. ``xmins``: each row's xmin as read (PostgreSQL),
-        which a bulk swap compares instead of the values; with ``horizon``, each
-        row's ctid instead (postgresql.PINNED)."""
+        which a bulk swap compares instead of the values."""
         dialect = self.engine.dialect
         many_rows = self.bulk and len(rows) > 1
         if many_rows and dialect.name in dialects.ARRAY:
-            arrays = self._prepare_arrays(indexes, rows, written, xmins, horizon)
+            arrays = self._prepare_arrays(indexes, rows, written, xmins)
             if arrays is not None:
                 return arrays
         if not (many_rows and dialect.name in dialects.BULK):
@@ -525,27 +491,18 @@ class TableRewriter:
         rows: list[int],
         written: list[Sequence[Any]],
         xmins: Sequence[str] | None,
-        horizon: str | None,
     ) -> _Write | None:
         """PostgreSQL: the swap as ``UPDATE … FROM unnest(arrays)``, or None if a
         primary key holds a type not sent as an array here."""
-        compare = postgresql.VALUES
-        if xmins is not None:
-            compare = postgresql.BY_XMIN if horizon is None else postgresql.PINNED
-        statement = self._array_statements.get((indexes, compare))
+        by_xmin = xmins is not None
+        statement = self._array_statements.get((indexes, by_xmin))
         if statement is None:
             statement = postgresql.swap_sql(
-                self.engine.dialect, self.table, self.pk, self.values, indexes, self.filter, compare
+                self.engine.dialect, self.table, self.pk, self.values, indexes, self.filter, by_xmin
             )
-            self._array_statements[indexes, compare] = statement
+            self._array_statements[indexes, by_xmin] = statement
         head, types, tail = statement
-        sent = written
-        pinned: list[Any] = []
-        if xmins is not None and horizon is not None:  # ctids, then the new values
-            sent = [xmins, *written[len(self.pk) + len(indexes) :]]
-            pinned = [self._oid, horizon]
-        elif xmins is not None:
-            sent = self._read_replaced(written, indexes, [xmins])
+        sent = written if xmins is None else self._read_replaced(written, indexes, [xmins])
         statements: list[tuple[str, Any]] = []
         for start, stop in _spans(sent, postgresql.ARRAY_ROWS, postgresql.ARRAY_CHARS):
             exprs: list[str] = []
@@ -556,7 +513,7 @@ class TableRewriter:
                     return None
                 exprs.append(array[0])
                 texts.append(array[1])
-            texts += pinned + self.filter_values
+            texts += self.filter_values
             statements.append((head + ", ".join(exprs) + tail, texts))
         return _Write(indexes, rows, written, statements, many=False, setup=postgresql.NESTED_LOOPS)
 
@@ -663,14 +620,11 @@ class TableRewriter:
             return fetch_raw(c, query)
 
     def _read_after(
-        self, after: PK | None, limit: int, hold: bool = False
-    ) -> tuple[list[tuple[Any, ...]], Connection | None, str | None]:
-        """The next batch; with ``hold``, read in a transaction left open on the
-        connection returned with it (None otherwise), with its rows locked or on
-        PostgreSQL pinned, after the horizon returned last (None otherwise)."""
-        pinned = hold and self._xmin
-        query = select(*(self._pinned_read if pinned else self._read))
-        query = query.order_by(*self.pk).limit(limit)
+        self, after: PK | None, limit: int, lock: bool = False
+    ) -> tuple[list[tuple[Any, ...]], Connection | None]:
+        """The next batch; with ``lock``, its rows locked in a transaction left open
+        on the connection returned with them (None otherwise)."""
+        query = select(*self._read).order_by(*self.pk).limit(limit)
         if after is not None:
             query = query.where(after_key(self.pk, after))
         if self.until is not None:
@@ -683,28 +637,20 @@ class TableRewriter:
         # to every dead version of every row: a scan and a sort of what matches is
         # 5x cheaper there (0.03 s against 0.13 s at 200,000 rows), unless the sweep
         # covers a short range of keys (``key_order``).
-        if pinned:
-            return self._read_held(query)
-        if hold:
-            return self._read_held(query.with_for_update())
+        if lock:
+            return self._read_locked(query.with_for_update())
         if self._dialect not in dialects.ARRAY:
-            return self._rows(query), None, None
+            return self._rows(query), None
         in_order = self.where is None or self.key_order
         setup = f"{postgresql.INDEX_ORDER}; {postgresql.NO_JIT}" if in_order else postgresql.NO_JIT
-        return self._rows(query, setup=setup), None, None
+        return self._rows(query, setup=setup), None
 
-    def _read_held(self, query: Any) -> tuple[list[tuple[Any, ...]], Connection, str | None]:
+    def _read_locked(self, query: Any) -> tuple[list[tuple[Any, ...]], Connection]:
         held = self.engine.connect()
         try:
-            horizon = None
-            if self._xmin:
-                sql = postgresql.settings_and_horizon(postgresql.INDEX_ORDER, postgresql.NO_JIT)
-                with driver_cursor(held, sql) as cursor:
-                    cursor.execute(sql)
-                    horizon = cursor.fetchone()[-1]
-            elif self._read_committed:
+            if self._read_committed:
                 _run_setup(held, mysql.READ_COMMITTED)
-            return fetch_raw(held, query), held, horizon
+            return fetch_raw(held, query), held
         except BaseException:
             held.close()
             raise
@@ -746,8 +692,7 @@ class _Decided:
     news: list[list[str | None]]
     counts: list[Counter[str]]
     writes: list[_Write]
-    held: Connection | None = None  # read in this open transaction, to be written there
-    pinned: bool = False  # read with each row's ctid, after a horizon (postgresql.PINNED)
+    held: Connection | None = None  # its rows locked in this open transaction
 
 
 def _release(held: Connection | None) -> None:

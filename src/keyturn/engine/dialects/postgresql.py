@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import JSON, Column, Connection, Table
+from sqlalchemy import JSON, Column, Table
 
 from keyturn.engine.dialects import swap_names
 
@@ -36,42 +36,6 @@ NO_JIT = "SET LOCAL jit = off"
 # is re-read and retried), and sends one number a row instead of every token
 # read (docs/PERFORMANCE.md).
 XMIN = "xmin::text"
-# Read with each row instead, by a walk of a plain table (PostgreSQL 12+, which
-# joins on it): where its current version sits. The swap then finds each row
-# there, a TID scan with no index lookup (swap_sql's PINNED).
-CTID = "ctid::text"
-PINNED_SINCE = (12,)
-# The oldest transaction id still running, as an xid: every transaction that
-# commits after this statement's snapshot has one as late.
-HORIZON = "(txid_snapshot_xmin(txid_current_snapshot()) % 4294967296)::text"
-# What a swap compares (swap_sql).
-VALUES, BY_XMIN, PINNED = "values", "xmin", "pinned"
-
-
-def settings_and_horizon(*settings: str) -> str:
-    """One statement that applies ``SET LOCAL`` ``settings`` (as INDEX_ORDER) for
-    the rest of the transaction and returns HORIZON last: one round trip, not two."""
-    calls = []
-    for setting in settings:
-        for one in setting.split(";"):
-            name, _, value = one.strip().removeprefix("SET LOCAL ").partition(" = ")
-            calls.append(f"set_config('{name}', '{value}', true)")
-    return f"SELECT {', '.join(calls)}, {HORIZON}"
-
-
-def pinnable(conn: Connection, table: Table) -> int | None:
-    """The oid of ``table`` if a walk may read it pinned (PINNED): an ordinary table
-    with no partitions or inheritance children (a ctid names a row only within
-    one table), on PostgreSQL 12+; else None."""
-    if (conn.dialect.server_version_info or (0,)) < PINNED_SINCE:
-        return None
-    name = conn.dialect.identifier_preparer.format_table(table)
-    query = (
-        "SELECT c.oid FROM pg_class AS c WHERE c.oid = to_regclass(%(name)s)"
-        " AND c.relkind = 'r' AND NOT c.relhassubclass"
-    )
-    oid = conn.exec_driver_sql(query, {"name": name.replace("%%", "%")}).scalar()
-    return None if oid is None else int(oid)
 
 
 def array_of(values: Sequence[Any], kind: str) -> tuple[str, str] | None:
@@ -79,8 +43,6 @@ def array_of(values: Sequence[Any], kind: str) -> tuple[str, str] | None:
     makes it from one bound text, and that text. Ints, text and UUIDs only (None
     for other types): psycopg adapts a list element by element, 40x slower."""
     kinds = set(map(type, values))
-    if kind == "tid" and kinds == {str}:  # "(0,1)": quoted, never holds '"' or '\\'
-        return "%s::tid[]", '{"' + '","'.join(values) + '"}'
     if kinds == {int}:
         return f"%s::{kind}[]", "{" + str(list(values))[1:-1] + "}"  # "{1, 2}" parses
     if kinds == {str}:
@@ -110,48 +72,31 @@ def swap_sql(
     values: Sequence[Column[Any]],
     indexes: tuple[int, ...],
     filter: Sequence[tuple[str, Sequence[Any]]] = (),
-    compare: str = VALUES,
+    by_xmin: bool = False,
 ) -> tuple[str, list[str], str]:
     """``UPDATE t SET col = v.n FROM unnest(<arrays>) AS v(k…, o…, n…) WHERE
     t.pk = v.k AND t.col = v.o``, in pieces: the text before the arrays, the
     type of each array, the text after (with a placeholder for each value of
     ``filter``). A deleted row joins nothing, so it is never brought back.
-
-    ``compare``: what shows a row unchanged since it was read. VALUES: the values
-    read. BY_XMIN: the xmin each row was read with (``v(k…, x, n…)``, ``t.xmin =
-    v.x``). PINNED: each row found by the ctid it was read at (``v(c, n…)``,
-    ``t.ctid = v.c``), in the table read (``t.tableoid = %s``), its version
-    written before the horizon taken before the read (``age(t.xmin) > age(%s)``);
-    those two placeholders come before the filter's. A version written before
-    the horizon had committed when the row was read; if it is still current at
-    that ctid, it is the version read. Only while the read's transaction stays
-    open: its lock on the table keeps out CLUSTER and VACUUM FULL, which move rows
-    and keep their xmin."""
-    pinned = compare == PINNED
-    swap = swap_names(dialect, table, pk, indexes, filter, compare=compare == VALUES)
+    ``by_xmin``: the rows carry the xmin each was read with, not the values
+    read (``v(k…, x, n…)``, ``t.xmin = v.x``)."""
+    swap = swap_names(dialect, table, pk, indexes, filter, compare=not by_xmin)
     quote = swap.quote
-    keys = [] if pinned else [str(c.type.compile(dialect=dialect)) for c in pk]
-    types = ["tid"] * pinned + keys
-    types += ["xid"] if compare == BY_XMIN else ["text"] * len(indexes) * (compare == VALUES)
+    types = [str(c.type.compile(dialect=dialect)) for c in pk]
+    types += ["xid"] if by_xmin else ["text"] * len(indexes)
     types += ["text"] * len(indexes)
-    names = swap.names[: len(pk)] + ["x"] * (compare == BY_XMIN) + swap.names[len(pk) :]
-    if pinned:
-        names = ["c", *names[len(pk) :]]
+    names = swap.names[: len(pk)] + ["x"] * by_xmin + swap.names[len(pk) :]
     # A JSON column is compared as text and written cast to its own type.
     json = {i: str(values[i].type.compile(dialect=dialect)) for i in indexes if _is_json(values[i])}
-    same_row = swap.same_row
     unchanged = [
         f"t.{quote(values[i].name)}{'::text' if i in json else ''} = v.o{i}" for i in indexes
     ]
-    if compare == BY_XMIN:
+    if by_xmin:
         unchanged = ["t.xmin = v.x"]
-    if pinned:
-        same_row = ["t.ctid = v.c", "t.tableoid = %s::oid"]
-        unchanged = ["age(t.xmin) > age(%s::xid)"]
     sets = [
         f"{quote(values[i].name)} = v.n{i}" + (f"::{json[i]}" if i in json else "") for i in indexes
     ]
     head = f"UPDATE {swap.table} AS t SET {', '.join(sets)} FROM unnest("
-    where = " AND ".join(same_row + unchanged + swap.selected)
+    where = " AND ".join(swap.same_row + unchanged + swap.selected)
     tail = f") AS v({', '.join(names)}) WHERE {where}"
     return head, types, tail
