@@ -4,11 +4,14 @@ command on SQLite imports neither the PostgreSQL nor the MySQL dialect; a whole
 `keyturn rotate` process at 100,000 rows at least 0.75x of the bare loop's).
 
 Usage: .venv/bin/python bench/cli_start.py [--rounds 15] [--rotate-rows 100000]
+       [--servers postgresql,mysql]
 
 Each figure is the median of ROUNDS whole processes (start, import, run, exit),
 measured from here; `python -c pass` is shown for scale. The rotation: the bare
 loop of bench/rotate.py as a process of its own (sqlite3 and cryptography only)
 against `keyturn rotate --yes` and `--no-backup`, best of 3, on fresh copies.
+--servers also times `keyturn status` on the local PostgreSQL and MariaDB (a
+table of 100 rows, initialized), as ROUNDS whole processes each.
 """
 
 from __future__ import annotations
@@ -103,10 +106,40 @@ def whole_rotation(rows: int) -> None:
         print(f"  {name:<28} {seconds_:6.2f} s  {bare / seconds_:.2f}x (goal 0.75x)")
 
 
+def status_on_servers(kinds: list[str], rounds: int) -> None:
+    """`keyturn status` as a whole process on each server, median of ``rounds``."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from rotate_servers import SERVERS, drop_db, make_db  # bench/rotate_servers.py
+    from sqlalchemy import create_engine, text
+
+    for kind in kinds:
+        name = make_db(kind)
+        try:
+            url = SERVERS[kind] + name
+            engine = create_engine(url)
+            with engine.begin() as conn:
+                conn.execute(text("CREATE TABLE users (id INTEGER PRIMARY KEY, secret TEXT)"))
+                rows = [{"i": i, "s": f"s{i}"} for i in range(100)]
+                conn.execute(text("INSERT INTO users VALUES (:i, :s)"), rows)
+            engine.dispose()
+            with tempfile.TemporaryDirectory() as tmp:
+                work = Path(tmp)
+                (work / "keyturn.toml").write_text(
+                    f'database = "{url}"\n[[columns]]\ntable = "users"\ncolumn = "secret"\n'
+                )
+                keyturn = [sys.executable, "-m", "keyturn"]
+                subprocess.run([*keyturn, "init"], cwd=work, check=True, capture_output=True)
+                status = seconds([*keyturn, "status"], work, rounds)
+            print(f"keyturn status ({kind}):{' ' * (10 - len(kind))}{status * 1000:6.1f} ms")
+        finally:
+            drop_db(kind, name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--rotate-rows", type=int, default=100_000)
+    parser.add_argument("--servers", default="", help="e.g. postgresql,mysql: status there too")
     options = parser.parse_args()
     rounds = options.rounds
     python = sys.executable
@@ -136,6 +169,8 @@ def main() -> None:
     print(f"keyturn status (SQLite):  {status * 1000:6.1f} ms")
     others = [d for d in DIALECTS if d in loaded]
     print(f"status on SQLite imports: {', '.join(others) or 'no other dialect'} (goal: none)")
+    if options.servers:
+        status_on_servers(options.servers.split(","), rounds)
     if options.rotate_rows:
         whole_rotation(options.rotate_rows)
 

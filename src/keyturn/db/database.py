@@ -78,7 +78,12 @@ def connect(url: str) -> Engine:
             engine = create_engine(url, hide_parameters=True, connect_args={"timeout": 30})
             _sqlite_transactions(engine)
             return engine
-        return create_engine(url, hide_parameters=True, pool_pre_ping=True)
+        engine = create_engine(url, hide_parameters=True, pool_pre_ping=True)
+        if engine.dialect.driver == "pymysql":
+            from keyturn.db.pymysql_tls import share_preferred_tls
+
+            share_preferred_tls(engine)
+        return engine
     except NoSuchModuleError:
         raise ConfigError(
             f"`database`: unknown kind of database {backend!r}; keyturn supports sqlite://, "
