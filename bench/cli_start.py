@@ -11,7 +11,9 @@ measured from here; `python -c pass` is shown for scale. The rotation: the bare
 loop of bench/rotate.py as a process of its own (sqlite3 and cryptography only)
 against `keyturn rotate --yes` and `--no-backup`, best of 3, on fresh copies.
 --servers also times `keyturn status` on the local PostgreSQL and MariaDB (a
-table of 100 rows, initialized), as ROUNDS whole processes each.
+table of 100 rows, initialized), as ROUNDS whole processes each, and opening one
+connection in this process (median of ROUNDS, each on a new engine, after one
+first) through keyturn's engine and through SQLAlchemy's defaults.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 DIALECTS = ("sqlalchemy.dialects.postgresql", "sqlalchemy.dialects.mysql")
 
@@ -112,6 +115,8 @@ def status_on_servers(kinds: list[str], rounds: int) -> None:
     from rotate_servers import SERVERS, drop_db, make_db  # bench/rotate_servers.py
     from sqlalchemy import create_engine, text
 
+    from keyturn.db.database import connect
+
     for kind in kinds:
         name = make_db(kind)
         try:
@@ -131,8 +136,22 @@ def status_on_servers(kinds: list[str], rounds: int) -> None:
                 subprocess.run([*keyturn, "init"], cwd=work, check=True, capture_output=True)
                 status = seconds([*keyturn, "status"], work, rounds)
             print(f"keyturn status ({kind}):{' ' * (10 - len(kind))}{status * 1000:6.1f} ms")
+            ours, plain = (opening(make, url, rounds) for make in (connect, create_engine))
+            print(f"  one connection: keyturn's {ours * 1000:.1f} ms, plain {plain * 1000:.1f} ms")
         finally:
             drop_db(kind, name)
+
+
+def opening(make: Any, url: str, rounds: int) -> float:
+    """The median time to open a connection on a new engine from ``make(url)``."""
+    times = []
+    for _ in range(rounds + 1):  # the first one also imports and sets up the dialect
+        engine = make(url)
+        started = time.perf_counter()
+        with engine.connect():
+            times.append(time.perf_counter() - started)
+        engine.dispose()
+    return statistics.median(times[1:])
 
 
 def main() -> None:
