@@ -110,7 +110,8 @@ def whole_rotation(rows: int) -> None:
 
 
 def status_on_servers(kinds: list[str], rounds: int) -> None:
-    """`keyturn status` as a whole process on each server, median of ``rounds``."""
+    """`keyturn status` as a whole process on each server, and opening one connection
+    here through keyturn's engine and SQLAlchemy's defaults; medians of ``rounds``."""
     sys.path.insert(0, str(Path(__file__).parent))
     from rotate_servers import SERVERS, drop_db, make_db  # bench/rotate_servers.py
     from sqlalchemy import create_engine, text

@@ -43,14 +43,16 @@ def test_the_preferred_context_is_built_once_as_pymysql_builds_it() -> None:
 
     stand_in = SharedPreferredTLS(host="127.0.0.1", defer_connect=True).ctx
     assert stand_in is SharedPreferredTLS(host="127.0.0.1", defer_connect=True).ctx
-    wrapped = []
-    for _ in range(2):
-        ours, _theirs = socket.socketpair()
-        wrapped.append(stand_in.wrap_socket(ours, do_handshake_on_connect=False))
-    assert all(isinstance(s, ssl.SSLSocket) for s in wrapped)
-    assert wrapped[0].context is wrapped[1].context is stand_in.context
-    assert stand_in.context.verify_mode == ssl.CERT_NONE
-    assert not stand_in.context.check_hostname
+    pairs = [socket.socketpair() for _ in range(2)]
+    wrapped = [stand_in.wrap_socket(ours, do_handshake_on_connect=False) for ours, _ in pairs]
+    try:
+        assert all(isinstance(s, ssl.SSLSocket) for s in wrapped)
+        assert wrapped[0].context is wrapped[1].context is stand_in.context
+        assert stand_in.context.verify_mode == ssl.CERT_NONE
+        assert not stand_in.context.check_hostname
+    finally:
+        for end in [*wrapped, *(theirs for _, theirs in pairs)]:
+            end.close()
 
 
 def test_a_connection_given_tls_options_builds_its_own_context() -> None:

@@ -47,6 +47,7 @@ class SharedPreferredTLS(Connection):  # type: ignore[misc]  # PyMySQL has no ty
         if sslp != {}:  # TLS options given (or a context): PyMySQL's own handling
             return super()._create_ssl_ctx(sslp)
         if SharedPreferredTLS._preferred is None:  # two built at once: one is kept
+            # PyMySQL's own method, bound to this first connection until it has run.
             build = super()._create_ssl_ctx
             SharedPreferredTLS._preferred = PreferredContext(lambda: build({}))
         return SharedPreferredTLS._preferred
