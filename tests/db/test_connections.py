@@ -53,6 +53,8 @@ def test_the_preferred_context_is_built_once_as_pymysql_builds_it() -> None:
     finally:
         for end in [*wrapped, *(theirs for _, theirs in pairs)]:
             end.close()
+    # Anything else a later PyMySQL might ask of its context is the real one's.
+    assert stand_in.verify_mode == ssl.CERT_NONE and stand_in.options == stand_in.context.options
 
 
 def test_a_connection_given_tls_options_builds_its_own_context() -> None:
@@ -66,3 +68,23 @@ def test_a_connection_given_tls_options_builds_its_own_context() -> None:
     assert isinstance(given[0].ctx, ssl.SSLContext) and given[0].ctx is not given[1].ctx
     assert all(c._ssl_required for c in given)
     assert given[0].ctx.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_the_stand_in_builds_the_real_context_once_whatever_is_asked_first() -> None:
+    """Whatever a PyMySQL asks of the stand-in besides ``wrap_socket`` is asked of the
+    real context, built then, once."""
+    pytest.importorskip("pymysql")
+    from keyturn.db.pymysql_tls import PreferredContext
+
+    built: list[ssl.SSLContext] = []
+
+    def build() -> ssl.SSLContext:
+        built.append(ssl.create_default_context())
+        return built[-1]
+
+    stand_in = PreferredContext(build)
+    assert stand_in.context is None and not built
+    assert stand_in.check_hostname and stand_in.verify_mode == ssl.CERT_REQUIRED
+    assert built == [stand_in.context]
+    with pytest.raises(AttributeError):
+        stand_in._not_an_attribute  # noqa: B018

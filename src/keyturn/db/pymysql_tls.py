@@ -22,20 +22,29 @@ from sqlalchemy import Engine, event
 
 
 class PreferredContext:
-    """Stands in for preferred mode's context: PyMySQL only calls ``wrap_socket``,
-    and only once the server has said it offers TLS."""
+    """Stands in for preferred mode's context: PyMySQL (1.1, 1.2) only calls
+    ``wrap_socket``, once the server has said it offers TLS. Anything else asked of
+    it is asked of the real context, built then."""
 
     def __init__(self, build: Callable[[], SSLContext]) -> None:
         self._build: Callable[[], SSLContext] | None = build
         self._lock = threading.Lock()
-        self.context: SSLContext | None = None  # built at the first wrap_socket
+        self.context: SSLContext | None = None  # built when first used
 
     def wrap_socket(self, *args: Any, **kwargs: Any) -> SSLSocket:
+        return self._built().wrap_socket(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # ours, before __init__ set it (a copy): not the context's
+            raise AttributeError(name)
+        return getattr(self._built(), name)
+
+    def _built(self) -> SSLContext:
         with self._lock:
             if self.context is None:
                 assert self._build is not None
                 self.context, self._build = self._build(), None
-        return self.context.wrap_socket(*args, **kwargs)
+            return self.context
 
 
 class SharedPreferredTLS(Connection):  # type: ignore[misc]  # PyMySQL has no type hints
