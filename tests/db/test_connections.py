@@ -1,4 +1,5 @@
-"""Opening connections: PyMySQL's preferred-mode TLS context, built only when used."""
+"""Connections: PyMySQL's preferred-mode TLS context, built only when used; which
+of keyturn's tables exist, asked once they were seen."""
 
 from __future__ import annotations
 
@@ -88,3 +89,30 @@ def test_the_stand_in_builds_the_real_context_once_whatever_is_asked_first() -> 
     assert built == [stand_in.context]
     with pytest.raises(AttributeError):
         stand_in._not_an_attribute  # noqa: B018
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+def test_a_table_seen_outside_a_transaction_is_taken_as_there(database: Database) -> None:
+    """keyturn's ``has_table``: an absent table is asked about again; one seen only
+    inside a transaction (which may roll back its creation) is asked about again;
+    one seen outside any transaction is then taken as there, unasked."""
+    from keyturn.db.database import connect, has_table, write_transaction
+
+    engine = connect(database.url)
+    try:
+        with engine.connect() as conn:
+            assert not has_table(conn, "kt_probe")
+        with pytest.raises(RuntimeError), write_transaction(engine) as conn:
+            conn.exec_driver_sql("CREATE TABLE kt_probe (id INTEGER)")
+            assert has_table(conn, "kt_probe")
+            raise RuntimeError("roll the creation back")
+        with engine.connect() as conn:
+            assert not has_table(conn, "kt_probe")
+        database.execute("CREATE TABLE kt_probe (id INTEGER)")
+        with engine.connect() as conn:
+            assert has_table(conn, "kt_probe")
+        database.execute("DROP TABLE kt_probe")
+        with engine.connect() as conn:
+            assert has_table(conn, "kt_probe")  # not asked again
+    finally:
+        engine.dispose()

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import (
     Connection,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     cast,
     create_engine,
     event,
+    inspect,
     type_coerce,
 )
 from sqlalchemy.engine import make_url
@@ -60,6 +62,25 @@ def stored_datetime(value: Any) -> datetime | None:
         return datetime.fromisoformat(str(value))
     except ValueError:
         return None
+
+
+# Per engine, the names of keyturn's tables a fresh connection has seen (has_table).
+_TABLES_SEEN: WeakKeyDictionary[Engine, set[str]] = WeakKeyDictionary()
+
+
+def has_table(conn: Connection, name: str) -> bool:
+    """Whether keyturn's own table ``name`` exists. Once a connection outside any
+    transaction has seen it (so it was committed), this process takes it as there:
+    keyturn never drops its current tables, and the question was asked again at
+    each step of an operation (14 catalog queries in one rotation)."""
+    seen = _TABLES_SEEN.setdefault(conn.engine, set())
+    if name in seen:
+        return True
+    fresh = not conn.in_transaction()
+    present = inspect(conn).has_table(name)
+    if present and fresh:
+        seen.add(name)
+    return present
 
 
 def connect(url: str) -> Engine:

@@ -26,11 +26,11 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import Connection, Engine, TextClause, inspect, select, text, update
+from sqlalchemy import Connection, Engine, TextClause, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from keyturn.db import schema
-from keyturn.db.database import utcnow, write_transaction
+from keyturn.db.database import has_table, utcnow, write_transaction
 from keyturn.errors import KeyringBusy
 
 LOCK_NAME = "keyring"
@@ -130,7 +130,7 @@ def _busy(holder: Holder | None, operation: str) -> KeyringBusy:
 
 def read_holder(conn: Connection) -> Holder | None:
     """The holder the lock row names (it may be dead; see :class:`KeyringLock`)."""
-    if not inspect(conn).has_table(schema.lock.name):
+    if not has_table(conn, schema.lock.name):
         return None
     row = conn.execute(select(schema.lock).where(schema.lock.c.name == LOCK_NAME)).first()
     if row is None or row.owner is None or row.since is None:
@@ -140,14 +140,14 @@ def read_holder(conn: Connection) -> Holder | None:
 
 def _ensure_table(engine: Engine) -> None:
     with engine.connect() as conn:
-        if inspect(conn).has_table(schema.lock.name):
+        if has_table(conn, schema.lock.name):
             return
     try:
         with write_transaction(engine) as conn:
             schema.metadata.create_all(conn, tables=[schema.lock])
     except SQLAlchemyError:  # another process created it at the same moment
         with engine.connect() as conn:
-            if not inspect(conn).has_table(schema.lock.name):
+            if not has_table(conn, schema.lock.name):
                 raise
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from keyturn._core import packs
 from keyturn.db import schema
-from keyturn.db.database import fetch_raw, stream_raw
+from keyturn.db.database import fetch_raw, has_table, stream_raw
 from keyturn.errors import SchemaError
 
 VERSION_ROW = "schema_version"
@@ -115,7 +115,7 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 
 def current(conn: Connection) -> int:
     """The database's schema version: 0 if it predates versioning or has no tables."""
-    if not inspect(conn).has_table(schema.meta.name):
+    if not has_table(conn, schema.meta.name):
         return 0
     row = conn.execute(select(schema.meta.c.value).where(schema.meta.c.name == VERSION_ROW)).first()
     if row is None:

@@ -28,7 +28,6 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
-    inspect,
     select,
     update,
 )
@@ -38,7 +37,7 @@ from keyturn._core import packs, tokens
 from keyturn._core.jsonpath import splice
 from keyturn.db import migrations, schema
 from keyturn.db.columns import BoundColumn, keys_in, read_as, stored_as
-from keyturn.db.database import DriverStatement, exact_equals, write_transaction
+from keyturn.db.database import DriverStatement, exact_equals, has_table, write_transaction
 from keyturn.engine.walk import Applied
 
 _JOB_ID = re.compile(r"[0-9a-f]{12}")
@@ -151,7 +150,7 @@ def versions_by_job(conn: Connection) -> dict[str, Counter[int]]:
     """Per job, how many of the tokens its backups keep use each key version
     (tokens inside backed-up JSON documents included)."""
     out: dict[str, Counter[int]] = {}
-    if inspect(conn).has_table(schema.backup_batches.name):
+    if has_table(conn, schema.backup_batches.name):
         b = schema.backup_batches.c
         for job_id, versions in conn.execute(select(b.job_id, b.versions)):
             counts = out.setdefault(job_id, Counter())

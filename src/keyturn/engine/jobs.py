@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, TextClause, inspect, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, TextClause, select, update
 
 from keyturn.db import schema
-from keyturn.db.database import bound_actor, raw_columns, stored_datetime, utcnow
+from keyturn.db.database import bound_actor, has_table, raw_columns, stored_datetime, utcnow
 from keyturn.db.locking import local_owner_state, me
 from keyturn.errors import JobInProgress, JobNotFound
 
@@ -175,7 +175,7 @@ def all_jobs(conn: Connection) -> list[Job]:
 
 
 def _has_jobs(conn: Connection) -> bool:
-    return inspect(conn).has_table(schema.jobs.name)
+    return has_table(conn, schema.jobs.name)
 
 
 def list_all(engine: Engine) -> list[Job]:

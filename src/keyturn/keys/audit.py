@@ -25,12 +25,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import Connection, Engine, func, inspect, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import DBAPIError
 
 from keyturn._core.kek import KEK
 from keyturn.db import migrations, schema
-from keyturn.db.database import bound_actor, database_error, write_transaction
+from keyturn.db.database import bound_actor, database_error, has_table, write_transaction
 from keyturn.errors import AuditError, AuditHeadInvalid, DatabaseError, KEKChanged, WrongKEK
 from keyturn.keys.wrapped import AUDIT_KEY
 from keyturn.keys.wrapped import read as read_wrapped
@@ -409,7 +409,7 @@ class AuditLog:
         """Entries with ``seq > after``, oldest first (as stored; see :meth:`verify`)."""
         a = schema.audit.c
         with self.engine.connect() as conn:
-            if not inspect(conn).has_table(schema.audit.name):
+            if not has_table(conn, schema.audit.name):
                 return []
             rows = conn.execute(
                 select(a.seq, a.at, a.actor, a.action, a.details, a.mac)
@@ -429,7 +429,7 @@ class AuditLog:
         if action is not None:
             query = query.where(a.action == action)
         with self.engine.connect() as conn:
-            if not inspect(conn).has_table(schema.audit.name):
+            if not has_table(conn, schema.audit.name):
                 return []
             rows = conn.execute(query.order_by(a.seq.desc()).limit(limit)).all()
         return [
@@ -439,7 +439,7 @@ class AuditLog:
 
     def count(self) -> int:
         with self.engine.connect() as conn:
-            if not inspect(conn).has_table(schema.audit.name):
+            if not has_table(conn, schema.audit.name):
                 return 0
             return int(conn.execute(select(func.count()).select_from(schema.audit)).scalar_one())
 
@@ -447,11 +447,11 @@ class AuditLog:
         """Recompute every link and the head; name each entry that fails."""
         problems: list[str] = []
         with self.engine.connect() as conn:
-            has_table = inspect(conn).has_table(schema.audit.name)
+            logged = has_table(conn, schema.audit.name)
             keys = self._load_keys(conn)
             head_text = _meta(conn, HEAD_NAME)
         if keys is None:
-            count = self.count() if has_table else 0
+            count = self.count() if logged else 0
             if count:
                 problems.append(f"{count} audit entries exist but the audit key is missing")
             if external is not None and external.count:
@@ -515,7 +515,7 @@ class AuditLog:
 
 
 def _meta(conn: Connection, name: str) -> str | None:
-    if not inspect(conn).has_table(schema.meta.name):
+    if not has_table(conn, schema.meta.name):
         return None
     row = conn.execute(select(schema.meta.c.value).where(schema.meta.c.name == name)).first()
     return None if row is None else str(row[0])

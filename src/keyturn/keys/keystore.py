@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
 
-from sqlalchemy import Connection, Engine, func, inspect, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 
 from keyturn._core.kek import KEK
 from keyturn._core.keyring import ACTIVE, DESTROYED, RETIRED, DataKey, Keyring, KeyVersion, wrap_aad
 from keyturn.db import migrations, schema
 from keyturn.db.database import (
     bound_actor,
+    has_table,
     raw_columns,
     stored_datetime,
     utcnow,
@@ -39,7 +40,7 @@ class LoadedKeyring:
 
 
 def is_initialized(conn: Connection) -> bool:
-    if not inspect(conn).has_table(schema.keys.name):
+    if not has_table(conn, schema.keys.name):
         return False
     return conn.execute(select(schema.keys.c.version).limit(1)).first() is not None
 
@@ -155,7 +156,7 @@ def swap_wrapping(conn: Connection, version: int, old: str, new: str, kek_id: st
 
 def load(conn: Connection, kek: KEK) -> LoadedKeyring:
     """Unwrap every non-destroyed DEK; WrongKEK if the KEK opens any of them not."""
-    if not inspect(conn).has_table(schema.keys.name):
+    if not has_table(conn, schema.keys.name):
         raise NotInitialized("this database has no keyturn keyring; run `keyturn init`")
     kid = keyring_id(conn)
     rows = read_versions(conn)

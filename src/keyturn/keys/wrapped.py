@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, inspect, select, update
+from sqlalchemy import Connection, select, update
 
 from keyturn._core.kek import KEK
 from keyturn.db import schema
+from keyturn.db.database import has_table
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ SECRETS: tuple[WrappedSecret, ...] = (AUDIT_KEY,)
 
 def read(conn: Connection, secret: WrappedSecret) -> str | None:
     """The stored wrapping of ``secret``, or None if it does not exist (yet)."""
-    if not inspect(conn).has_table(schema.meta.name):
+    if not has_table(conn, schema.meta.name):
         return None
     row = conn.execute(select(schema.meta.c.value).where(schema.meta.c.name == secret.name)).first()
     return None if row is None else str(row[0])

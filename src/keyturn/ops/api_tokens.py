@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, inspect, select, update
+from sqlalchemy import Connection, select, update
 
 from keyturn.db import schema
-from keyturn.db.database import bound_actor, utcnow
+from keyturn.db.database import bound_actor, has_table, utcnow
 from keyturn.errors import TokenError
 from keyturn.keys.audit import AuditLog
 from keyturn.ops.scopes import SCOPES
@@ -126,7 +126,7 @@ def _genuine(log: AuditLog, conn: Connection, name: str, scope: str, digest: str
 def _has_tokens(log: AuditLog) -> bool:
     """Whether the tokens table exists (brought up to date if it does)."""
     with log.engine.connect() as conn:
-        if not inspect(conn).has_table(schema.api_tokens.name):
+        if not has_table(conn, schema.api_tokens.name):
             return False
     log.ensure_tables()
     return True

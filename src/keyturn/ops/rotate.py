@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Column, Connection, and_, func, inspect, not_, or_, select, update
+from sqlalchemy import Column, Connection, and_, func, not_, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyturn._core import tokens
@@ -33,7 +33,7 @@ from keyturn._core.shapes import looks_encrypted
 from keyturn.config import ColumnSpec
 from keyturn.db import migrations, schema
 from keyturn.db.columns import BoundColumn, text_of
-from keyturn.db.database import fetch_raw, utcnow, write_transaction
+from keyturn.db.database import fetch_raw, has_table, utcnow, write_transaction
 from keyturn.db.locking import KeyringLock, me
 from keyturn.engine import backups, chunks, jobs
 from keyturn.engine.fields import SEPARATOR, batch_decider
@@ -243,7 +243,7 @@ class Rotator:
 
     def _unfinished(self) -> jobs.Job | None:
         with self.store.engine.connect() as conn:
-            if not inspect(conn).has_table("keyturn_jobs"):
+            if not has_table(conn, schema.jobs.name):
                 return None
             return jobs.unfinished(conn, KIND)
 
