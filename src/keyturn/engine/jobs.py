@@ -192,10 +192,15 @@ def lookup(engine: Engine, job_id: str) -> Job:
         return get(conn, job_id)
 
 
+def find_unfinished(engine: Engine, kind: str) -> Job | None:
+    """:func:`unfinished`, None on a database that never had the table."""
+    with engine.connect() as conn:
+        return unfinished(conn, kind) if _has_jobs(conn) else None
+
+
 def running_elsewhere(engine: Engine, kind: str) -> Job | None:
     """The unfinished job of ``kind`` whose owner (another process) may still work on it."""
-    with engine.connect() as conn:
-        job = unfinished(conn, kind) if _has_jobs(conn) else None
+    job = find_unfinished(engine, kind)
     return job if job is not None and owner_alive(job) else None
 
 

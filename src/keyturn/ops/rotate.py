@@ -33,7 +33,7 @@ from keyturn._core.shapes import looks_encrypted
 from keyturn.config import ColumnSpec
 from keyturn.db import migrations, schema
 from keyturn.db.columns import BoundColumn, text_of
-from keyturn.db.database import fetch_raw, has_table, utcnow, write_transaction
+from keyturn.db.database import fetch_raw, utcnow, write_transaction
 from keyturn.db.locking import KeyringLock, me
 from keyturn.engine import backups, chunks, jobs
 from keyturn.engine.fields import SEPARATOR, batch_decider
@@ -242,10 +242,7 @@ class Rotator:
                 self.lock.release()
 
     def _unfinished(self) -> jobs.Job | None:
-        with self.store.engine.connect() as conn:
-            if not has_table(conn, schema.jobs.name):
-                return None
-            return jobs.unfinished(conn, KIND)
+        return jobs.find_unfinished(self.store.engine, KIND)
 
     def _run_unlocked(self, columns: list[BoundColumn], started: float) -> RewriteReport:
         job = self._unfinished()
