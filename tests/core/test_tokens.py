@@ -180,3 +180,32 @@ def test_batch_sealing_and_checking_agree_with_one_at_a_time(
     expected = [True] * (len(sealed) + 1) + [False] * 4
     assert ring.opens(mixed, context) == expected
     assert not any(ring.opens(sealed, context + "x"))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(max_size=64), min_size=1, max_size=20))
+def test_batch_reencryption_leaves_what_it_is_told_and_what_does_not_open(
+    plaintexts: list[bytes],
+) -> None:
+    """``reencrypt_many`` seals each older token's plaintext under the active version;
+    None for a token on version ``leave``, for what does not open, and for values
+    that are not tokens at all (the rotation hands it whole batches)."""
+    old = Keyring({1: DataKey.generate(1)}, 1)
+    ring = old.with_active(DataKey.generate(2))
+    older = [old.encrypt(p, "t.c") for p in plaintexts]
+    current = ring.encrypt(b"new", "t.c")
+    others: list[Any] = [
+        old.encrypt(b"x", "t.other"),
+        "kt1:1:AAAA",
+        "kt1:7:AAAA",
+        "plain",
+        b"kt1:1:",
+    ]
+    others += [None, 5, "kt1:01:" + older[0].split(":")[2]]
+    values = [*older, current, *others]
+    fresh = ring.reencrypt_many(values, ["t.c"] * len(values), leave=2)
+    assert [ring.decrypt(t, "t.c") for t in fresh[: len(older)]] == plaintexts
+    assert all(t.startswith("kt1:2:") for t in fresh[: len(older)])
+    assert fresh[len(older) :] == [None] * (1 + len(others))
+    again = ring.reencrypt_many([current], ["t.c"])  # nothing left: re-sealed afresh
+    assert again[0] is not None and again[0] != current and ring.decrypt(again[0], "t.c") == b"new"

@@ -379,6 +379,46 @@ def test_a_postgresql_swap_compares_the_rows_xmin(
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+@pytest.mark.parametrize(("rows", "chars"), [(7, 1_000_000), (1_000, 300), (1_000, 10)])
+def test_a_postgresql_batch_too_long_for_one_swap_is_split(
+    database: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    rows: int,
+    chars: int,
+) -> None:
+    """A batch over ARRAY_ROWS rows or ARRAY_CHARS characters of arrays is swapped
+    in several statements, each within both where one row allows; every row lands
+    once. (The usual batch is built as one statement first.)"""
+    from keyturn.engine.dialects import postgresql
+    from keyturn.engine.pacing import Pacing
+    from keyturn.engine.walk import TableRewriter, each_value
+
+    monkeypatch.setattr(postgresql, "ARRAY_ROWS", rows)
+    monkeypatch.setattr(postgresql, "ARRAY_CHARS", chars)
+    app, _ = setup_app(database, tmp_path, "int", monkeypatch)
+    app.cli("init", check=True)
+    with keyturn.open() as store:
+        rewriter = TableRewriter(
+            store.engine,
+            [oauth_column(store)],
+            [each_value(lambda key, value: ("seen", f"{value}|rewritten"))],
+            pacing=Pacing(batch_size=40),
+        )
+        results, prepared = run_spied(monkeypatch, rewriter)
+    (write,) = [w for w in prepared if len(w.rows) > 1]
+    per_statement = [params[0].count(",") + 1 for _, params in write.statements]  # keys
+    assert sum(per_statement) == 40 and max(per_statement) <= rows
+    if chars == 10:  # no two rows fit: one statement each
+        assert per_statement == [1] * 40
+    else:
+        assert 1 < len(per_statement) < 40
+    oauth = {i: o for i, o in database.rows("SELECT id, oauth FROM creds")}
+    assert oauth == {i: f"ya29.token-{i}|rewritten" for i in range(1, 41)}
+    assert results[0].counts == {"seen": 40}
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 def test_a_row_moved_between_read_and_swap_gets_its_own_value(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -598,6 +638,8 @@ def test_postgresql_arrays_read_back_as_written(database: Database) -> None:
         round_trip()
         assert forms == {"string_to_array", "%s::text[]", "%s::bigint[]", "%s::uuid[]"}
         assert _pg_array([1, "mixed"], "text") is None  # others: the driver's executemany
+        assert _pg_array(["mixed", 1], "text") is None
+        assert _pg_array(["a", None], "text") is None
         assert _pg_array([1.5], "numeric") is None
     finally:
         engine.dispose()

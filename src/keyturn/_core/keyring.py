@@ -130,14 +130,18 @@ class Keyring:
             append(header + encoded.rstrip(b"=").decode("ascii"))
         return out
 
-    def reencrypt_many(self, tokens_: Sequence[str], contexts: Sequence[str]) -> list[str | None]:
+    def reencrypt_many(
+        self, tokens_: Sequence[str], contexts: Sequence[str], leave: int | None = None
+    ) -> list[str | None]:
         """Decrypt each token and seal its plaintext under the active version, with
         one nonce draw for the whole batch; the plaintexts never leave here.
 
-        None stands for a token that did not decrypt (:meth:`decrypt` on it
-        raises the reason). The rotation loop spends most of its time here.
+        None stands for a value left as it is: a token on version ``leave``
+        (already rotated), or anything that does not decrypt (:meth:`decrypt` on
+        it raises the reason). The rotation loop spends most of its time here.
         """
         key = self._active
+        left = self._keys.get(leave) if leave is not None else None
         header = key.header
         seal = key.aead.encrypt
         by_text = self._by_text
@@ -154,7 +158,7 @@ class Keyring:
             start, end = end, end + step
             parts = token.split(":", 2) if isinstance(token, str) else ()
             old = by_text.get(parts[1]) if len(parts) == 3 else None
-            if old is None or parts[0] != magic:
+            if old is None or old is left or parts[0] != magic:
                 append(None)
                 continue
             if old is last[0] and context is last[1]:

@@ -501,21 +501,39 @@ class TableRewriter:
                 self.engine.dialect, self.table, self.pk, self.values, indexes, self.filter, by_xmin
             )
             self._array_statements[indexes, by_xmin] = statement
-        head, types, tail = statement
         sent = written if xmins is None else self._read_replaced(written, indexes, [xmins])
-        statements: list[tuple[str, Any]] = []
-        for start, stop in _spans(sent, postgresql.ARRAY_ROWS, postgresql.ARRAY_CHARS):
-            exprs: list[str] = []
-            texts: list[Any] = []
-            for column, kind in zip(sent, types, strict=True):
-                array = postgresql.array_of(column[start:stop], kind)
-                if array is None:
+        # The usual batch is one statement: its arrays are built at once, and split
+        # by rows and characters only if they come out too long.
+        built = self._arrays(statement, sent)
+        if built is None:
+            return None
+        sql, params, chars = built
+        statements = [(sql, params)]
+        if len(rows) > postgresql.ARRAY_ROWS or chars > postgresql.ARRAY_CHARS:
+            statements = []
+            for start, stop in _spans(sent, postgresql.ARRAY_ROWS, postgresql.ARRAY_CHARS):
+                part = self._arrays(statement, [column[start:stop] for column in sent])
+                if part is None:
                     return None
-                exprs.append(array[0])
-                texts.append(array[1])
-            texts += self.filter_values
-            statements.append((head + ", ".join(exprs) + tail, texts))
+                statements.append(part[:2])
         return _Write(indexes, rows, written, statements, many=False, setup=postgresql.NESTED_LOOPS)
+
+    def _arrays(
+        self, statement: tuple[str, list[str], str], columns: Sequence[Sequence[Any]]
+    ) -> tuple[str, list[Any], int] | None:
+        """One swap of these rows (``columns``: their values by column), each column
+        sent as an array: its SQL, its parameters, and the arrays' characters."""
+        head, types, tail = statement
+        exprs: list[str] = []
+        texts: list[str] = []
+        for column, kind in zip(columns, types, strict=True):
+            array = postgresql.array_of(column, kind)
+            if array is None:
+                return None
+            exprs.append(array[0])
+            texts.append(array[1])
+        sql = head + ", ".join(exprs) + tail
+        return sql, [*texts, *self.filter_values], sum(map(len, texts))
 
     def _write(self, conn: Connection, write: _Write) -> list[int]:
         """Run a prepared swap; return the positions (in ``write.rows``) of the rows

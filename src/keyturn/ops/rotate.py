@@ -952,23 +952,25 @@ def _decider(
         return FAILED
 
     def decide(pks: Sequence[PK], values: Sequence[Any]) -> tuple[list[str], list[str | None]]:
-        todo = [
-            j
-            for j, v in enumerate(values)
-            if isinstance(v, str) and v.startswith("kt1:") and not v.startswith(current)
-        ]
+        news: list[str | None]
         if fixed is not None:
-            contexts = [fixed] * len(todo)
+            # Every value at once: the keyring leaves what is not an older token.
+            news = ring.reencrypt_many(values, [fixed] * len(values), leave=target)
+            if None not in news:
+                return [ROTATED] * len(values), news  # the walk's usual batch
         else:
+            todo = [
+                j
+                for j, v in enumerate(values)
+                if isinstance(v, str) and v.startswith("kt1:") and not v.startswith(current)
+            ]
             contexts = [spec.context(pks[j]) for j in todo]
-        fresh = ring.reencrypt_many([values[j] for j in todo], contexts)
-        if fixed is None and None in fresh:
-            _reseal_old_contexts(ring, spec, pks, values, todo, contexts, fresh)
-        if len(todo) == len(values) and None not in fresh:
-            return [ROTATED] * len(values), fresh  # the walk's usual batch
-        news: list[str | None] = [None] * len(values)
-        for j, new in zip(todo, fresh, strict=True):
-            news[j] = new
+            fresh = ring.reencrypt_many([values[j] for j in todo], contexts)
+            if None in fresh:
+                _reseal_old_contexts(ring, spec, pks, values, todo, contexts, fresh)
+            news = [None] * len(values)
+            for j, new in zip(todo, fresh, strict=True):
+                news[j] = new
         categories = [
             ROTATED if new is not None else classify(pk, value)
             for pk, value, new in zip(pks, values, news, strict=True)

@@ -34,23 +34,29 @@ NO_JIT = "SET LOCAL jit = off"
 # A swap that carries it back (``t.xmin = v.x``) misses a row anyone wrote since,
 # whatever column changed (stricter than comparing the values read; a missed row
 # is re-read and retried), and sends one number a row instead of every token
-# read (docs/PERFORMANCE.md).
-XMIN = "xmin::text"
+# read (docs/PERFORMANCE.md). Read as it is: the drivers hand an xid back as text
+# (or a number), and a cast to text cost the server 2 ms a 20,000-row read.
+XMIN = "xmin"
 
 
 def array_of(values: Sequence[Any], kind: str) -> tuple[str, str] | None:
     """One column of a PostgreSQL swap as an array of type ``kind``: the SQL that
     makes it from one bound text, and that text. Ints, text and UUIDs only (None
     for other types): psycopg adapts a list element by element, 40x slower."""
+    if values and type(values[0]) is str:
+        try:
+            body = ",".join(values)  # a TypeError if any value is not text
+        except TypeError:
+            pass
+        else:
+            if body and body.count(",") == len(values) - 1:  # not one "": {} split
+                # No value holds a comma (tokens never do): split by the server, which
+                # parses it 3x faster than an array literal (docs/PERFORMANCE.md).
+                return f"string_to_array(%s, ',')::{kind}[]", body
+            return f"%s::{kind}[]", "{" + ",".join(map(_element, values)) + "}"
     kinds = set(map(type, values))
     if kinds == {int}:
         return f"%s::{kind}[]", "{" + str(list(values))[1:-1] + "}"  # "{1, 2}" parses
-    if kinds == {str}:
-        body = ",".join(values)
-        if body and body.count(",") == len(values) - 1:
-            # No value holds a comma (tokens never do): split by the server, which
-            # parses it 3x faster than an array literal (docs/PERFORMANCE.md).
-            return f"string_to_array(%s, ',')::{kind}[]", body
     if kinds <= {str, UUID}:
         # An array literal with every element quoted, so "" and "NULL" stay text.
         return f"%s::{kind}[]", "{" + ",".join(_element(str(v)) for v in values) + "}"
