@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from sqlalchemy import Connection, literal, select, update
 
 from keyturn._core.keyring import ACTIVE, DESTROYED, DRAINING, RETIRED
 from keyturn.db import schema
+from keyturn.db.columns import BoundColumn
 from keyturn.db.database import utcnow
 from keyturn.db.locking import KeyringLock
 from keyturn.engine import backups
@@ -55,13 +57,20 @@ def _in_use(conn: Connection, holders: list[Any], version: int) -> bool:
     return False
 
 
-def refresh_states(store: Store, conn: Connection, *, write: bool = True) -> dict[int, str]:
+def refresh_states(
+    store: Store,
+    conn: Connection,
+    *,
+    write: bool = True,
+    columns: Sequence[BoundColumn] | None = None,
+) -> dict[int, str]:
     """Retire former versions nothing uses once their grace has passed; mark the others
-    draining. Returns the states (written unless ``write`` is False)."""
+    draining. Returns the states (written unless ``write`` is False). ``columns``: the
+    configured columns as bound already (by a rotation), not reflected again."""
     k = schema.keys.c
     holders = [
         (column.text, column.rows, bool(column.spec.json_fields))
-        for column in store.bound_columns()
+        for column in (store.bound_columns() if columns is None else columns)
     ]
     in_backups = backups.references(conn)  # tokens the backups keep, per version
     states: dict[int, str] = {}

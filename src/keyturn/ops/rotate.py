@@ -291,7 +291,7 @@ class Rotator:
             )
         results = self._rotate_columns(columns, ring, job, progress, None)
         with write_transaction(self.store.engine) as conn:
-            states = refresh_states(self.store, conn)
+            states = refresh_states(self.store, conn, columns=columns)
             report = self._report(conn, results, job, states, started, resumed=resumed)
             jobs.finish(conn, job.id, _outcome(report), report.to_dict())
         self.store.reload()
@@ -601,7 +601,7 @@ class Rotator:
             conn.execute(
                 update(schema.keys).where(k.version == dek.version).values(created_at=utcnow())
             )
-            states = refresh_states(self.store, conn)
+            states = refresh_states(self.store, conn, columns=columns)
             report = self._report(conn, results, job, states, started, resumed=False)
             jobs.finish(conn, job.id, _outcome(report), report.to_dict())
         self.store.reload()
