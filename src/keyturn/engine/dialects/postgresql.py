@@ -35,7 +35,7 @@ NO_JIT = "SET LOCAL jit = off"
 # whatever column changed (stricter than comparing the values read; a missed row
 # is re-read and retried), and sends one number a row instead of every token
 # read (docs/PERFORMANCE.md). Read as it is: the drivers hand an xid back as text
-# (or a number), and a cast to text cost the server 2 ms a 20,000-row read.
+# (or a number), and a cast to text cost the server 1.5 ms a 20,000-row read.
 XMIN = "xmin"
 
 
