@@ -392,20 +392,13 @@ def test_a_postgresql_batch_too_long_for_one_swap_is_split(
     once. (The usual batch is built as one statement first.)"""
     from keyturn.engine.dialects import postgresql
     from keyturn.engine.pacing import Pacing
-    from keyturn.engine.walk import TableRewriter, each_value
 
     monkeypatch.setattr(postgresql, "ARRAY_ROWS", rows)
     monkeypatch.setattr(postgresql, "ARRAY_CHARS", chars)
     app, _ = setup_app(database, tmp_path, "int", monkeypatch)
     app.cli("init", check=True)
     with keyturn.open() as store:
-        rewriter = TableRewriter(
-            store.engine,
-            [oauth_column(store)],
-            [each_value(lambda key, value: ("seen", f"{value}|rewritten"))],
-            pacing=Pacing(batch_size=40),
-        )
-        results, prepared = run_spied(monkeypatch, rewriter)
+        results, prepared = rewrite_oauth(monkeypatch, store, Pacing(batch_size=40))
     (write,) = [w for w in prepared if len(w.rows) > 1]
     per_statement = [params[0].count(",") + 1 for _, params in write.statements]  # keys
     assert sum(per_statement) == 40 and max(per_statement) <= rows
@@ -516,7 +509,6 @@ def test_a_partitioned_table_is_swapped_by_key_and_xmin(
     batch across both: the swap finds each row by its key and compares its xmin.
     Every row ends with its own value, at once."""
     from keyturn.engine.pacing import Pacing
-    from keyturn.engine.walk import TableRewriter, each_value
 
     database.execute(
         "CREATE TABLE creds (id INTEGER, api_key VARCHAR(255), oauth TEXT) PARTITION BY RANGE (id)",
@@ -526,13 +518,9 @@ def test_a_partitioned_table_is_swapped_by_key_and_xmin(
     app, _ = setup_app(database, tmp_path, "int", monkeypatch, create=False)
     app.cli("init", check=True)
     with keyturn.open() as store:
-        rewriter = TableRewriter(
-            store.engine,
-            [oauth_column(store)],
-            [each_value(lambda key, value: ("seen", f"{value}|rewritten"))],
-            pacing=Pacing(batch_size=batch, max_batch=batch),
+        results, prepared = rewrite_oauth(
+            monkeypatch, store, Pacing(batch_size=batch, max_batch=batch)
         )
-        results, prepared = run_spied(monkeypatch, rewriter)
     forms = [re.findall(r" AS (v\(.*?\))", w.statements[0][0])[-1] for w in prepared]
     assert forms == ["v(k0, x, n0)"] * (4 if batch == 10 else 1)
     rows = dict(database.rows("SELECT id, oauth FROM creds"))
@@ -557,6 +545,22 @@ def run_spied(monkeypatch: pytest.MonkeyPatch, rewriter: Any) -> tuple[Any, list
     """Run a TableRewriter; its results, and every write it prepared."""
     prepared = spy_on(monkeypatch, rewriter, "_prepare")
     return rewriter.run(), prepared
+
+
+def rewrite_oauth(
+    monkeypatch: pytest.MonkeyPatch, store: Any, pacing: Any
+) -> tuple[Any, list[Any]]:
+    """Rewrite every ``creds.oauth`` value to ``<value>|rewritten`` (category
+    "seen"), batched by ``pacing``; the results, and every write prepared."""
+    from keyturn.engine.walk import TableRewriter, each_value
+
+    rewriter = TableRewriter(
+        store.engine,
+        [oauth_column(store)],
+        [each_value(lambda key, value: ("seen", f"{value}|rewritten"))],
+        pacing=pacing,
+    )
+    return run_spied(monkeypatch, rewriter)
 
 
 def outside_a_transaction(database: Database, statement: str) -> None:
