@@ -148,30 +148,37 @@ class Keyring:
         step, magic, to_urlsafe, b2a = _NONCE, tokens.MAGIC, tokens.TO_URLSAFE, _b2a_base64
         nonces = os.urandom(step * len(tokens_))
         # (version, context) -> the AADs to open and to seal with: a batch has
-        # few versions and, usually, one context (the last pair is reused as is).
+        # few versions and, usually, one context (the last ones are reused as is,
+        # found by the header's version text).
         aads: dict[tuple[int, str], tuple[bytes, bytes]] = {}
-        last: tuple[DataKey | None, str | None, tuple[bytes, bytes]] = (None, None, (b"", b""))
+        last: tuple[str | None, str | None, DataKey, tuple[bytes, bytes]]
+        last = (None, None, key, (b"", b""))  # no version text is None: never matched
+        old: DataKey | None
         out: list[str | None] = []
         append = out.append
         end = 0
         for token, context in zip(tokens_, contexts, strict=True):
             start, end = end, end + step
-            parts = token.split(":", 2) if isinstance(token, str) else ()
-            old = by_text.get(parts[1]) if len(parts) == 3 else None
-            if old is None or old is left or parts[0] != magic:
+            try:
+                head, version, payload = token.split(":", 2)
+            except (AttributeError, TypeError, ValueError):  # not text, or no header
                 append(None)
                 continue
-            if old is last[0] and context is last[1]:
-                pair = last[2]
+            if version == last[0] and context is last[1] and head == magic:
+                old, pair = last[2], last[3]
             else:
+                old = by_text.get(version)
+                if old is None or old is left or head != magic:
+                    append(None)
+                    continue
                 found = aads.get((old.version, context))
                 if found is None:
                     found = (old.header + context).encode(), (header + context).encode()
                     aads[old.version, context] = found
                 pair = found
-                last = (old, context, pair)
+                last = (version, context, old, pair)
             try:
-                plaintext = _open(old, parts[2], pair[0])
+                plaintext = _open(old, payload, pair[0])
             except InvalidToken:
                 append(None)
                 continue
