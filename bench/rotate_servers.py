@@ -2,6 +2,7 @@
 
 Usage: .venv/bin/python bench/rotate_servers.py [--rows 200000] [--backends postgresql,mysql]
        [--rounds 3] [--runs keyturn,(b)bare] [--cpu] [--phases] [--crypto]
+       [--server-statements]
 
 For each backend, on identical fresh copies of a table of ROWS kt1 tokens:
   keyturn     `Rotator` (one worker): keyset walk, bulk swaps (PostgreSQL: by xmin;
@@ -26,6 +27,12 @@ and the local server's (its processes' counters in /proc), which this noisy
 2-core machine repeats far better than wall times.
 --without checkpoints,sweep patches those steps out of keyturn's runs (unsafe;
 to measure what they cost, never to rotate).
+--server-statements (PostgreSQL) also prints what the server spent on each kind of
+statement, from its log: each bench database logs every statement's duration
+(log_min_duration_statement = 0, no parameters), read back from the server's log
+file (Debian's /var/log/postgresql/postgresql-*-main.log, or $KEYTURN_BENCH_PG_LOG).
+Durations include waiting on the client and on the other core, so they add up to
+more than the server's CPU; the median of the rounds, per kind.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import argparse
 import base64
 import binascii
 import os
+import re
 import secrets
 import statistics
 import subprocess
@@ -80,6 +88,51 @@ def cpu_seconds(kind: str) -> tuple[float, float]:
             continue  # a backend that ended meanwhile: in its parent's counters now
         ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
     return mine.user + mine.system, ticks / os.sysconf("SC_CLK_TCK")
+
+
+# --server-statements: each statement's kind, by its text in the server's log.
+STATEMENT_KINDS = (
+    ("walk reads", re.compile(r"^SELECT .*\bFROM secrets\b(?!.* LIKE )", re.S)),
+    ("sweep reads", re.compile(r"^SELECT .*\bFROM secrets\b.* LIKE ", re.S)),
+    ("swaps", re.compile(r"^UPDATE secrets\b")),
+    ("keyturn's tables", re.compile(r"\bkeyturn_\w+")),
+    ("commits", re.compile(r"^COMMIT")),
+)
+_DURATION = re.compile(
+    r"duration: ([0-9.]+) ms +(?:statement|parse [^:]*|bind [^:]*|execute [^:]*): (.*?)"
+    r"(?=\n\d{4}-\d\d-\d\d |\Z)",
+    re.S,
+)
+
+
+def server_log() -> Path | None:
+    """The local PostgreSQL server's log file, if this process can read it."""
+    named = os.environ.get("KEYTURN_BENCH_PG_LOG")
+    found = [Path(named)] if named else sorted(Path("/var/log/postgresql").glob("*-main.log"))
+    return next((f for f in found if os.access(f, os.R_OK)), None)
+
+
+def log_statements(name: str) -> None:
+    """Have the server log every statement of database ``name`` (without parameters)."""
+    admin = create_engine(SERVERS["postgresql"] + ADMIN_DB, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for setting in ("log_min_duration_statement = 0", "log_parameter_max_length = 0"):
+            conn.execute(text(f"ALTER DATABASE {name} SET {setting}"))
+    admin.dispose()
+
+
+def statement_ms(log: Path, offset: int, name: str) -> dict[str, float]:
+    """Milliseconds the server spent per kind of statement in database ``name``,
+    from the log's text after ``offset``."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        written = f.read().decode(errors="replace")
+    spent = dict.fromkeys([kind for kind, _ in STATEMENT_KINDS] + ["other"], 0.0)
+    ours = [line for line in re.split(r"\n(?=\d{4}-\d\d-\d\d )", written) if f"@{name} " in line]
+    for ms, statement in _DURATION.findall("\n".join(ours)):
+        kind = next((k for k, pattern in STATEMENT_KINDS if pattern.search(statement)), "other")
+        spent[kind] += float(ms)
+    return spent
 
 
 def make_db(kind: str) -> str:
@@ -412,6 +465,11 @@ def main() -> None:
         help="patch steps out of keyturn's runs to measure them: checkpoints, sweep (unsafe)",
     )
     parser.add_argument(
+        "--server-statements",
+        action="store_true",
+        help="print the PostgreSQL server's time per kind of statement, from its log",
+    )
+    parser.add_argument(
         "--crypto",
         action="store_true",
         help="only time the re-encryption loops on 20,000 tokens, no database",
@@ -423,6 +481,9 @@ def main() -> None:
     if args.crypto:
         crypto_loops(args.rounds)
         return
+    log = server_log() if args.server_statements else None
+    if args.server_statements and log is None:
+        parser.error("--server-statements: no readable PostgreSQL log (set KEYTURN_BENCH_PG_LOG)")
     os.environ.setdefault("KEYTURN_KEK", secrets.token_hex(32))
     print(f"{args.rows} rows x 1 column, backup off, best of {args.rounds} round(s)")
     print(f"{'backend':<11} {'run':<9} {'seconds':>8} {'rows/s':>9}")
@@ -443,15 +504,23 @@ def main() -> None:
             runs = [(label, run) for label, run in runs if label in args.runs.split(",")]
         times: dict[str, list[float]] = {label: [] for label, _ in runs}
         cpu: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in runs}
+        statements: dict[str, list[dict[str, float]]] = {label: [] for label, _ in runs}
+        logged = log is not None and kind == "postgresql"
         for _ in range(args.rounds):  # rounds alternate the runs, so drift hits them alike
             for label, run in runs:
                 with tempfile.TemporaryDirectory() as tmp:
                     name, config = build(kind, args.rows, Path(tmp))
                     try:
+                        if logged:
+                            log_statements(name)
+                            offset = log.stat().st_size
                         before = cpu_seconds(kind)
                         times[label].append(run(config))
                         after = cpu_seconds(kind)
                         cpu[label].append((after[0] - before[0], after[1] - before[1]))
+                        if logged:
+                            time.sleep(0.2)  # the server's last lines
+                            statements[label].append(statement_ms(log, offset, name))
                     finally:
                         drop_db(kind, name)
         for label, measured in times.items():
@@ -465,6 +534,10 @@ def main() -> None:
             client = statistics.median(c for c, _ in used)
             server = statistics.median(s for _, s in used)
             print(f"{kind:<11} {label:<9} CPU s: client {client:.2f}, server {server:.2f}")
+        for label, spent in statements.items() if logged else ():
+            kinds = {k: statistics.median(s[k] for s in spent) for k in spent[0]}
+            listed = ", ".join(f"{k} {ms:.0f}" for k, ms in kinds.items())
+            print(f"{kind:<11} {label:<9} server ms: {listed}; all {sum(kinds.values()):.0f}")
         k = results.get("keyturn")
         if k is None:
             continue
