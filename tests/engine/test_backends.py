@@ -645,6 +645,13 @@ def test_postgresql_arrays_read_back_as_written(database: Database) -> None:
         assert _pg_array(["mixed", 1], "text") is None
         assert _pg_array(["a", None], "text") is None
         assert _pg_array([1.5], "numeric") is None
+        xmins = ["3", "4294967295", "0"]  # as the driver reads them: digits only
+        assert _pg_array(xmins, "xid") == ("%s::xid[]", "{3,4294967295,0}")
+        assert _pg_array(["3", "4,5"], "xid") == ("%s::xid[]", '{"3","4,5"}')  # no split
+        with engine.connect() as conn:
+            sql, bound = _pg_array(xmins, "xid") or ("", "")
+            back = conn.exec_driver_sql(f"SELECT ({sql})::text[]", (bound,)).scalar_one()
+            assert back == xmins
     finally:
         engine.dispose()
 

@@ -50,6 +50,11 @@ def array_of(values: Sequence[Any], kind: str) -> tuple[str, str] | None:
             pass
         else:
             if body and body.count(",") == len(values) - 1:  # not one "": {} split
+                if kind == "xid" and body.isascii() and body.replace(",", "").isdigit():
+                    # xmins: digits need no quoting, and the server parses an xid
+                    # literal faster than it splits and casts each text (3.1 ms
+                    # against 4.2 ms for 20,000; docs/PERFORMANCE.md).
+                    return "%s::xid[]", "{" + body + "}"
                 # No value holds a comma (tokens never do): split by the server, which
                 # parses it 3x faster than an array literal (docs/PERFORMANCE.md).
                 return f"string_to_array(%s, ',')::{kind}[]", body
