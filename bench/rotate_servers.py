@@ -99,9 +99,7 @@ STATEMENT_KINDS = (
     ("commits", re.compile(r"^COMMIT")),
 )
 _DURATION = re.compile(
-    r"duration: ([0-9.]+) ms +(?:statement|parse [^:]*|bind [^:]*|execute [^:]*): (.*?)"
-    r"(?=\n\d{4}-\d\d-\d\d |\Z)",
-    re.S,
+    r"duration: ([0-9.]+) ms +(?:statement|parse [^:]*|bind [^:]*|execute [^:]*): (.*)", re.S
 )
 
 
@@ -128,10 +126,12 @@ def statement_ms(log: Path, offset: int, name: str) -> dict[str, float]:
         f.seek(offset)
         written = f.read().decode(errors="replace")
     spent = dict.fromkeys([kind for kind, _ in STATEMENT_KINDS] + ["other"], 0.0)
-    ours = [line for line in re.split(r"\n(?=\d{4}-\d\d-\d\d )", written) if f"@{name} " in line]
-    for ms, statement in _DURATION.findall("\n".join(ours)):
-        kind = next((k for k, pattern in STATEMENT_KINDS if pattern.search(statement)), "other")
-        spent[kind] += float(ms)
+    for entry in re.split(r"\n(?=\d{4}-\d\d-\d\d )", written):  # one log entry each
+        found = _DURATION.search(entry) if f"@{name} " in entry else None
+        if found is not None:
+            statement = found[2]
+            kind = next((k for k, pattern in STATEMENT_KINDS if pattern.search(statement)), "other")
+            spent[kind] += float(found[1])
     return spent
 
 
