@@ -159,8 +159,8 @@ class Store:
         data = plaintext.encode() if isinstance(plaintext, str) else plaintext
         return self._keyring.encrypt(data, context)
 
-    def encrypt_many(self, plaintexts: Sequence[bytes], contexts: Sequence[str]) -> list[str]:
-        """:meth:`encrypt` for a batch (bytes, a context each), under the same rule:
+    def encrypt_many(self, plaintexts: Sequence[bytes], contexts: Sequence[str] | str) -> list[str]:
+        """:meth:`encrypt` for a batch (bytes, a context each or one for all), under the same rule:
         the active version is confirmed once for the batch."""
         if time.monotonic() >= self._next_refresh:
             self._refresh_active()

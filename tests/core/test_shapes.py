@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from legacy_encoders import LAYOUTS
 
-from keyturn._core.shapes import looks_encrypted
+from keyturn._core.shapes import looks_encrypted, short_texts
 
 # Plaintext secrets as apps hold them: none is taken for ciphertext.
 PLAINTEXT_SECRETS = [
@@ -92,3 +92,11 @@ def test_short_or_text_bytes_are_not_unknown() -> None:
     assert not looks_encrypted(os.urandom(15).hex()[:15].encode())
     assert not looks_encrypted(b"plain text in a blob")
     assert not looks_encrypted(b"\xff\xfe")  # 2 bytes: too short to be ciphertext
+
+
+@given(st.lists(st.one_of(st.text(max_size=60), st.sampled_from(PLAINTEXT_SECRETS))))
+def test_a_batch_of_short_texts_holds_nothing_shaped_like_ciphertext(values: list[str]) -> None:
+    """``short_texts`` lets encrypt-existing skip ``looks_encrypted`` for a whole batch."""
+    if short_texts(values):
+        assert all(value and not looks_encrypted(value) for value in values)
+    assert short_texts(values) == all(0 < len(value) < 39 for value in values)

@@ -9,6 +9,8 @@ import sqlite3
 
 import pytest
 from conftest import PLAINTEXTS, App
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import keyturn
 from keyturn import (
@@ -139,3 +141,61 @@ def test_encrypt_existing_library_call_and_no_secret_in_logs(
     assert users.plaintext == 0 and users.by_version == {
         1: report.columns["users.secret"]["encrypted"]
     }
+
+
+_HEX_KEY = "0f3a9c4be17d" * 6  # 72 hex digits: shaped like another scheme's ciphertext
+_VALUES = {
+    # kind: (a value, whether a batch of such values is judged at once)
+    "plaintext": ("hunter2", True),
+    "null": (None, True),
+    "empty": ("", True),
+    "long plaintext": ("correct horse battery staple, and then some", False),
+    "kt1 text": ("kt1:5:abc", False),
+    "kt1 after a newline": ("pass\nkt1:x", False),
+    "hex key": (_HEX_KEY, False),
+    "int": (5, False),
+    "bytes": (b"\xffraw", False),
+}
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kinds=st.one_of(
+        st.lists(st.sampled_from(["plaintext", "null", "empty"]), max_size=30),
+        st.lists(st.sampled_from([*sorted(_VALUES), "token"]), max_size=30),
+    ),
+    name=st.sampled_from(["users.secret", "integrations.token"]),
+)
+def test_encrypt_existing_judges_a_plain_batch_at_once_as_value_by_value(
+    app: App, kinds: list[str], name: str
+) -> None:
+    """A batch of NULLs, '' and short plaintext skips the per-value checks; every
+    batch is decided as each value alone would be, and sealed where it stands."""
+    from keyturn.ops.encrypt_existing import _batch_decider, _decider, _plain_positions
+
+    if not app.sql("SELECT name FROM sqlite_master WHERE name = 'keyturn_keys'"):
+        init(app)
+    with keyturn.open() as store:
+        column = {c.spec.name: c for c in store.bound_columns()}[name]
+        pks = [(j,) for j in range(len(kinds))]
+        values = [
+            store.encrypt("s3cret", context=column.spec.context(pk))
+            if kind == "token"
+            else _VALUES[kind][0]
+            for kind, pk in zip(kinds, pks, strict=True)
+        ]
+        assert (_plain_positions(values) is not None) == all(
+            _VALUES.get(kind, (None, False))[1] for kind in kinds
+        )
+        categories, news = _batch_decider(store, column, False)(pks, values)
+        one = _decider(store, column, False)
+        assert categories == [one(pk, value)[0] for pk, value in zip(pks, values, strict=True)]
+        for pk, value, category, new in zip(pks, values, categories, news, strict=True):
+            if category == "encrypted":
+                assert new is not None and isinstance(value, str | bytes)
+                opened = store.decrypt_bytes(new, context=column.spec.context(pk))
+                assert opened == (value.encode() if isinstance(value, str) else value)
+            else:
+                assert new is None

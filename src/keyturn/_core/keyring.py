@@ -11,9 +11,10 @@ from __future__ import annotations
 import binascii
 import os
 from binascii import a2b_base64
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import repeat
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -108,25 +109,29 @@ class Keyring:
         key = self._active
         return tokens.seal(key.aead, key.header, context, plaintext, nonce)
 
-    def encrypt_many(self, plaintexts: Sequence[bytes], contexts: Sequence[str]) -> list[str]:
-        """:meth:`encrypt` of each plaintext for its context, with one nonce draw and
-        one AAD per context for the whole batch (``encrypt-existing``'s hot path)."""
+    def encrypt_many(self, plaintexts: Sequence[bytes], contexts: Sequence[str] | str) -> list[str]:
+        """:meth:`encrypt` of each plaintext for its context (one text: the same for
+        all), with one nonce draw and one AAD per context for the whole batch
+        (``encrypt-existing``'s hot path)."""
         key = self._active
         header = key.header
         seal = key.aead.encrypt
+        to_urlsafe = tokens.TO_URLSAFE
         nonces = os.urandom(_NONCE * len(plaintexts))
-        aads: dict[str, bytes] = {}
         out: list[str] = []
         append = out.append
         end = 0
-        for plaintext, context in zip(plaintexts, contexts, strict=True):
+        aads: Iterable[bytes]
+        if isinstance(contexts, str):
+            aads = repeat((header + contexts).encode(), len(plaintexts))
+        else:
+            by_context = {c: (header + c).encode() for c in set(contexts)}
+            aads = map(by_context.__getitem__, contexts)
+        for plaintext, aad in zip(plaintexts, aads, strict=True):
             start, end = end, end + _NONCE
-            aad = aads.get(context)
-            if aad is None:
-                aad = aads[context] = (header + context).encode()
             nonce = nonces[start:end]
             blob = nonce + seal(nonce, plaintext, aad)
-            encoded = _b2a_base64(blob, newline=False).translate(tokens.TO_URLSAFE)
+            encoded = _b2a_base64(blob, newline=False).translate(to_urlsafe)
             append(header + encoded.rstrip(b"=").decode("ascii"))
         return out
 

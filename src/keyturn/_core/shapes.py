@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 
 _SPACE = re.compile(r"\s")
 _HEX = re.compile(r"(?:[0-9a-f]{2})+|(?:[0-9A-F]{2})+")
@@ -43,6 +44,17 @@ MIN_PARTS_BYTES = 28
 # The shortest text any rule can match: two base64 parts of 12 and 16 bytes (16 and
 # 22 characters) and their separator. Most plaintext is shorter: decided at once.
 _SHORTEST = 39
+
+
+def short_texts(values: Sequence[object]) -> bool:
+    """Whether every value is non-empty text shorter than any rule here can match, so
+    that :func:`looks_encrypted` is False for each: a batch checked at once."""
+    if not values:
+        return True
+    if set(map(type, values)) != {str}:
+        return False
+    lengths = list(map(len, values))  # type: ignore[arg-type]  # all str
+    return min(lengths) > 0 and max(lengths) < _SHORTEST
 
 
 def looks_encrypted(value: str | bytes) -> bool:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, func, select
 
 from keyturn._core import tokens
-from keyturn._core.shapes import looks_encrypted
+from keyturn._core.shapes import looks_encrypted, short_texts
 from keyturn.db.columns import BoundColumn
 from keyturn.engine.fields import batch_decider
 from keyturn.engine.pacing import Pacing
@@ -39,6 +39,7 @@ LEGACY = "skipped_legacy"
 CATEGORIES = (ENCRYPTED, ALREADY, EMPTY, LEGACY, UNKNOWN)
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
+_HEADER = tokens.MAGIC + ":"
 
 
 def encrypt_existing(
@@ -129,13 +130,20 @@ def count_rows(store: Store, column: BoundColumn, conn: Connection | None = None
 
 def _batch_decider(store: Store, column: BoundColumn, include_unknown: bool) -> DecideBatch:
     """The batch's plaintext text sealed in one call (``Store.encrypt_many``: one
-    nonce draw); every other value decided one by one, as :func:`_decider` does."""
+    nonce draw). The usual batch, NULLs, '' and short plaintext, is judged at once
+    (:func:`_plain_positions`); any other is decided value by value, as
+    :func:`_decider` does."""
     one = _decider(store, column, include_unknown)
     spec = column.spec
     reader = store.legacy_reader(spec.name)
     fixed = spec.context(()) if spec.bind == "column" else None
 
-    def decide(pks: Sequence[PK], values: Sequence[Any]) -> tuple[list[str], list[str | None]]:
+    def contexts(pks: Sequence[PK], todo: list[int]) -> Sequence[str] | str:
+        return fixed or [spec.context(pks[j]) for j in todo]
+
+    def one_by_one(
+        pks: Sequence[PK], values: Sequence[Any]
+    ) -> tuple[list[str], list[str | None], list[int]]:
         categories: list[str] = []
         news: list[str | None] = [None] * len(values)
         todo: list[int] = []
@@ -143,7 +151,7 @@ def _batch_decider(store: Store, column: BoundColumn, include_unknown: bool) -> 
             if (
                 type(value) is str
                 and value
-                and not value.startswith("kt1:")
+                and not value.startswith(_HEADER)
                 and not (reader is not None and reader.recognises(value))
                 and (include_unknown or not looks_encrypted(value))
             ):
@@ -152,14 +160,46 @@ def _batch_decider(store: Store, column: BoundColumn, include_unknown: bool) -> 
                 continue
             category, news[j] = one(pks[j], value)
             categories.append(category)
+        return categories, news, todo
+
+    def decide(pks: Sequence[PK], values: Sequence[Any]) -> tuple[list[str], list[str | None]]:
+        todo = _plain_positions(values) if reader is None else None
+        if todo is None:
+            categories, news, todo = one_by_one(pks, values)
+        elif len(todo) == len(values):  # every value sealed: the tokens are the news
+            sealed = store.encrypt_many([v.encode() for v in values], contexts(pks, todo))
+            return [ENCRYPTED] * len(values), cast("list[str | None]", sealed)
+        else:
+            categories = [ENCRYPTED if v else EMPTY for v in values]
+            news = [None] * len(values)
         if todo:
-            contexts = [fixed] * len(todo) if fixed else [spec.context(pks[j]) for j in todo]
-            sealed = store.encrypt_many([values[j].encode() for j in todo], contexts)
+            plaintexts = [values[j].encode() for j in todo]
+            sealed = store.encrypt_many(plaintexts, contexts(pks, todo))
             for j, token in zip(todo, sealed, strict=True):
                 news[j] = token
         return categories, news
 
     return decide
+
+
+def _plain_positions(values: Sequence[Any]) -> list[int] | None:
+    """The usual batch, judged at once: if every value is NULL, '' or text too short
+    for any ciphertext shape (``short_texts``) and not led by a kt1 header, the
+    positions of the texts to seal; None says: decide value by value."""
+    kinds = set(map(type, values))
+    if kinds == {str} and all(values):
+        todo, texts = list(range(len(values))), values
+    elif kinds <= {str, type(None)}:
+        todo = [j for j, v in enumerate(values) if v]
+        texts = [values[j] for j in todo]
+    else:
+        return None
+    if not short_texts(texts):
+        return None
+    joined = "\n".join(texts)  # a value holding "\nkt1:" only sends the batch the long way
+    if joined.startswith(_HEADER) or "\n" + _HEADER in joined:
+        return None
+    return todo
 
 
 def _decider(store: Store, column: BoundColumn, include_unknown: bool) -> Decide:
