@@ -199,3 +199,41 @@ def test_encrypt_existing_judges_a_plain_batch_at_once_as_value_by_value(
                 assert opened == (value.encode() if isinstance(value, str) else value)
             else:
                 assert new is None
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kinds=st.one_of(
+        st.lists(st.just("token"), max_size=30),
+        st.lists(
+            st.sampled_from(["token", "moved token", "plaintext", "null", "empty", "int"]),
+            max_size=30,
+        ),
+    ),
+    name=st.sampled_from(["users.secret", "integrations.token"]),
+)
+def test_verify_decides_a_batch_as_value_by_value(app: App, kinds: list[str], name: str) -> None:
+    """A batch of text is opened at once; each value counts as it would alone."""
+    from keyturn.ops.verify import _batch_decider, _decider
+
+    if not app.sql("SELECT name FROM sqlite_master WHERE name = 'keyturn_keys'"):
+        init(app)
+    with keyturn.open() as store:
+        column = {c.spec.name: c for c in store.bound_columns()}[name]
+        pks = [(j,) for j in range(len(kinds))]
+        made = {
+            "token": lambda pk: store.encrypt("s3cret", context=column.spec.context(pk)),
+            "moved token": lambda pk: store.encrypt("s3cret", context="other.place"),
+            "plaintext": lambda pk: "hunter2",
+            "null": lambda pk: None,
+            "empty": lambda pk: "",
+            "int": lambda pk: 5,
+        }
+        values = [made[kind](pk) for kind, pk in zip(kinds, pks, strict=True)]
+        categories, news = _batch_decider(store, column, True)(pks, values)
+        one = _decider(store, column, True)
+        assert categories == [one(pk, value)[0] for pk, value in zip(pks, values, strict=True)]
+        assert ("ok" in categories) == ("token" in kinds)
+        assert news == [None] * len(values)

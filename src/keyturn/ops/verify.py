@@ -69,13 +69,20 @@ def _batch_decider(store: Store, column: BoundColumn, legacy_keys: bool) -> Deci
 
     def decide(pks: Sequence[PK], values: Sequence[Any]) -> tuple[list[str], list[str | None]]:
         ring = store.keyring
-        opened = [False] * len(values)
+        n = len(values)
+        opened = [False] * n
         if fixed is not None:
-            todo = [j for j, v in enumerate(values) if type(v) is str and v.startswith("kt1:")]
-            for j, ok in zip(todo, ring.opens([values[j] for j in todo], fixed), strict=True):
-                opened[j] = ok
-        categories = [OK if opened[j] else one(pks[j], value)[0] for j, value in enumerate(values)]
-        return categories, [None] * len(values)
+            if set(map(type, values)) == {str}:  # the usual batch: text, opened as it is
+                opened = ring.opens(values, fixed)
+            else:
+                todo = [j for j, v in enumerate(values) if type(v) is str]
+                for j, ok in zip(todo, ring.opens([values[j] for j in todo], fixed), strict=True):
+                    opened[j] = ok
+        if all(opened):
+            return [OK] * n, [None] * n
+        decided = zip(pks, values, opened, strict=True)
+        categories = [OK if ok else one(pk, value)[0] for pk, value, ok in decided]
+        return categories, [None] * n
 
     return decide
 
