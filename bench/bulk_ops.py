@@ -17,6 +17,7 @@ import base64
 import os
 import shutil
 import sqlite3
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -119,6 +120,7 @@ def main() -> None:
         shutil.copytree(base, sealed)
         timed(sealed, "encrypt")  # the tokens both verify loops read
         best: dict[str, float] = {}
+        each: dict[str, list[float]] = {}
         for _ in range(args.rounds):
             for name, source, run in (
                 ("bare encrypt loop", base, lambda w: bare_encrypt(w, aead)),
@@ -131,6 +133,7 @@ def main() -> None:
                 shutil.copytree(source, work)
                 seconds = run(work)
                 best[name] = min(best.get(name, seconds), seconds)
+                each.setdefault(name, []).append(seconds)
     values = args.rows * 2
     print(f"{args.rows:,} rows x 2 columns ({values:,} values), best of {args.rounds}")
     print(f"  {'':<26} {'seconds':>8} {'values/s':>10} {'vs bare':>8}")
@@ -142,6 +145,16 @@ def main() -> None:
     ):
         t = best[name]
         print(f"  {name:<26} {t:>8.2f} {values / t:>10,.0f} {best[bare] / t:>7.2f}x")
+    if args.rounds > 1:
+        # Each round runs the loops minutes apart at most: the median of the rounds'
+        # ratios moves less with this machine's drift than the best rounds do.
+        for name, bare in (
+            ("keyturn encrypt-existing", "bare encrypt loop"),
+            ("keyturn verify", "bare verify loop"),
+        ):
+            paired = sorted(b / k for b, k in zip(each[bare], each[name], strict=True))
+            spread = "  ".join(f"{r:.2f}" for r in paired)
+            print(f"  {name} round by round: {spread}  (median {statistics.median(paired):.2f}x)")
 
 
 if __name__ == "__main__":
