@@ -100,3 +100,15 @@ def test_a_batch_of_short_texts_holds_nothing_shaped_like_ciphertext(values: lis
     if short_texts(values):
         assert all(value and not looks_encrypted(value) for value in values)
     assert short_texts(values) == all(0 < len(value) < 39 for value in values)
+
+
+def test_a_word_led_value_is_plaintext_unless_a_separator_splits_it() -> None:
+    """``sk_live_…`` and ``ghp_…`` are API keys, decided by one match; the same word
+    before ``:`` or ``$`` parts (``enc_<iv>:<ciphertext>``) still gets every rule."""
+    iv = base64.b64encode(os.urandom(12)).decode()
+    sealed = base64.b64encode(_sealed(16)).decode()
+    assert not looks_encrypted("enc_" + iv + sealed)
+    assert not looks_encrypted("sk_live_" + base64.b64encode(os.urandom(60)).decode())
+    assert looks_encrypted("enc_" + iv + ":" + sealed)
+    assert looks_encrypted("enc-" + iv + "$" + sealed)
+    assert looks_encrypted("v1:" + iv + ":" + sealed)

@@ -28,7 +28,11 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-_SPACE = re.compile(r"\s")
+# What a text must be for any rule below to match it: at least _SHORTEST of these
+# characters, and not led by a lower-case word and _ or - (``sk_live_``, ``ghp_``)
+# unless a ``:`` or ``$`` separates parts. Most plaintext fails this one match.
+_MAYBE = re.compile(r"(?![a-z]{2,10}[_-][^:$]*\Z)[A-Za-z0-9+/=_.:$|-]{39,}\Z")
+_DIGIT = re.compile(r"[0-9]")
 _HEX = re.compile(r"(?:[0-9a-f]{2})+|(?:[0-9A-F]{2})+")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}|[A-Za-z0-9_-]+={0,2}")
 _LABEL = re.compile(r"[A-Za-z0-9]{1,8}")
@@ -60,12 +64,12 @@ def short_texts(values: Sequence[object]) -> bool:
 def looks_encrypted(value: str | bytes) -> bool:
     """Whether ``value`` (not a kt1 token, recognised by no reader) is shaped like
     another scheme's ciphertext rather than plaintext."""
-    if isinstance(value, bytes | bytearray):
+    if not isinstance(value, str):  # bytes or bytearray
         try:
             value = bytes(value).decode()
         except UnicodeDecodeError:
             return len(value) >= MIN_BINARY
-    if len(value) < _SHORTEST or _SPACE.search(value):
+    if len(value) < _SHORTEST or not _MAYBE.match(value):
         return False
     if _FERNET.fullmatch(value) and (_base64_bytes(value) - 57) % 16 == 0:
         return True
@@ -86,11 +90,8 @@ def _blob(text: str) -> bool:
         return _entropy(text) >= 3.0
     if len(text) < MIN_BASE64 or not _BASE64.fullmatch(text) or _WORD_PREFIX.match(text):
         return False
-    mixed = (
-        any(c.isupper() for c in text)
-        and any(c.islower() for c in text)
-        and any(c.isdigit() for c in text)
-    )
+    # Upper case, lower case and digits (the text is ASCII: it matched _BASE64).
+    mixed = text.lower() != text and text.upper() != text and _DIGIT.search(text) is not None
     return mixed and _entropy(text.rstrip("=")) >= 4.5
 
 

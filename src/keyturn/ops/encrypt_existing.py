@@ -240,8 +240,11 @@ def _check_width(store: Store, column: BoundColumn, include_unknown: bool) -> No
     longest = 0
     with store.engine.connect() as conn:
         for value in column.secret_values(conn):
+            size = len(value.encode() if isinstance(value, str) else value)
+            if size <= longest:
+                continue  # whatever it is, it cannot make the longest longer
             if reader is not None and reader.recognises(value):
                 continue
             if include_unknown or not looks_encrypted(value):
-                longest = max(longest, len(value.encode() if isinstance(value, str) else value))
+                longest = size
     column.check_fits(tokens.token_length(store.active_version, longest), "the longest value")
