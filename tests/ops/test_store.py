@@ -149,7 +149,8 @@ _VALUES = {
     "plaintext": ("hunter2", True),
     "null": (None, True),
     "empty": ("", True),
-    "long plaintext": ("correct horse battery staple, and then some", False),
+    "long plaintext": ("correct horse battery staple, and then some", True),
+    "api key": ("ghp_" + "aB3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF2hJ5", True),
     "kt1 text": ("kt1:5:abc", False),
     "kt1 after a newline": ("pass\nkt1:x", False),
     "hex key": (_HEX_KEY, False),
@@ -167,12 +168,13 @@ _VALUES = {
         st.lists(st.sampled_from([*sorted(_VALUES), "token"]), max_size=30),
     ),
     name=st.sampled_from(["users.secret", "integrations.token"]),
+    include_unknown=st.booleans(),
 )
 def test_encrypt_existing_judges_a_plain_batch_at_once_as_value_by_value(
-    app: App, kinds: list[str], name: str
+    app: App, kinds: list[str], name: str, include_unknown: bool
 ) -> None:
-    """A batch of NULLs, '' and short plaintext skips the per-value checks; every
-    batch is decided as each value alone would be, and sealed where it stands."""
+    """A batch of NULLs, '' and plaintext is judged at once; every batch is decided
+    as each value alone would be, and sealed where it stands."""
     from keyturn.ops.encrypt_existing import _batch_decider, _decider, _plain_positions
 
     if not app.sql("SELECT name FROM sqlite_master WHERE name = 'keyturn_keys'"):
@@ -186,11 +188,12 @@ def test_encrypt_existing_judges_a_plain_batch_at_once_as_value_by_value(
             else _VALUES[kind][0]
             for kind, pk in zip(kinds, pks, strict=True)
         ]
-        assert (_plain_positions(values) is not None) == all(
-            _VALUES.get(kind, (None, False))[1] for kind in kinds
-        )
-        categories, news = _batch_decider(store, column, False)(pks, values)
-        one = _decider(store, column, False)
+        quick = {kind for kind, (_, at_once) in _VALUES.items() if at_once}
+        if include_unknown:
+            quick.add("hex key")
+        assert (_plain_positions(values, include_unknown) is not None) == (set(kinds) <= quick)
+        categories, news = _batch_decider(store, column, include_unknown)(pks, values)
+        one = _decider(store, column, include_unknown)
         assert categories == [one(pk, value)[0] for pk, value in zip(pks, values, strict=True)]
         for pk, value, category, new in zip(pks, values, categories, news, strict=True):
             if category == "encrypted":

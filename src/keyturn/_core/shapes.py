@@ -28,10 +28,9 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-# What a text must be for any rule below to match it: at least _SHORTEST of these
-# characters, and not led by a lower-case word and _ or - (``sk_live_``, ``ghp_``)
-# unless a ``:`` or ``$`` separates parts. Most plaintext fails this one match.
-_MAYBE = re.compile(r"(?![a-z]{2,10}[_-][^:$]*\Z)[A-Za-z0-9+/=_.:$|-]{39,}\Z")
+# Every character any rule below allows: text with another (whitespace, most
+# punctuation) is plaintext.
+_ALPHABET = re.compile(r"[A-Za-z0-9+/=_.:$|-]*")
 _DIGIT = re.compile(r"[0-9]")
 _HEX = re.compile(r"(?:[0-9a-f]{2})+|(?:[0-9A-F]{2})+")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}|[A-Za-z0-9_-]+={0,2}")
@@ -69,7 +68,11 @@ def looks_encrypted(value: str | bytes) -> bool:
             value = bytes(value).decode()
         except UnicodeDecodeError:
             return len(value) >= MIN_BINARY
-    if len(value) < _SHORTEST or not _MAYBE.match(value):
+    if len(value) < _SHORTEST:
+        return False
+    if _WORD_PREFIX.match(value) and ":" not in value and "$" not in value:
+        return False  # an API key (sk_live_…, ghp_…): no rule matches it without parts
+    if not _ALPHABET.fullmatch(value):
         return False
     if _FERNET.fullmatch(value) and (_base64_bytes(value) - 57) % 16 == 0:
         return True

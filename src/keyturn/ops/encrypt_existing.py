@@ -130,7 +130,7 @@ def count_rows(store: Store, column: BoundColumn, conn: Connection | None = None
 
 def _batch_decider(store: Store, column: BoundColumn, include_unknown: bool) -> DecideBatch:
     """The batch's plaintext text sealed in one call (``Store.encrypt_many``: one
-    nonce draw). The usual batch, NULLs, '' and short plaintext, is judged at once
+    nonce draw). The usual batch, NULLs, '' and plaintext, is judged at once
     (:func:`_plain_positions`); any other is decided value by value, as
     :func:`_decider` does."""
     one = _decider(store, column, include_unknown)
@@ -163,7 +163,7 @@ def _batch_decider(store: Store, column: BoundColumn, include_unknown: bool) -> 
         return categories, news, todo
 
     def decide(pks: Sequence[PK], values: Sequence[Any]) -> tuple[list[str], list[str | None]]:
-        todo = _plain_positions(values) if reader is None else None
+        todo = _plain_positions(values, include_unknown) if reader is None else None
         if todo is None:
             categories, news, todo = one_by_one(pks, values)
         elif len(todo) == len(values):  # every value sealed: the tokens are the news
@@ -182,9 +182,9 @@ def _batch_decider(store: Store, column: BoundColumn, include_unknown: bool) -> 
     return decide
 
 
-def _plain_positions(values: Sequence[Any]) -> list[int] | None:
-    """The usual batch, judged at once: if every value is NULL, '' or text too short
-    for any ciphertext shape (``short_texts``) and not led by a kt1 header, the
+def _plain_positions(values: Sequence[Any], include_unknown: bool) -> list[int] | None:
+    """The usual batch, judged at once: if every value is NULL, '' or text not shaped
+    like ciphertext (or ``include_unknown``) and not led by a kt1 header, the
     positions of the texts to seal; None says: decide value by value."""
     kinds = set(map(type, values))
     if kinds == {str} and all(values):
@@ -194,7 +194,7 @@ def _plain_positions(values: Sequence[Any]) -> list[int] | None:
         texts = [values[j] for j in todo]
     else:
         return None
-    if not short_texts(texts):
+    if not (include_unknown or short_texts(texts) or not any(map(looks_encrypted, texts))):
         return None
     joined = "\n".join(texts)  # a value holding "\nkt1:" only sends the batch the long way
     if joined.startswith(_HEADER) or "\n" + _HEADER in joined:
