@@ -10,6 +10,7 @@ import os
 import sqlite3
 import threading
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -334,3 +335,76 @@ def test_small_things_a_new_user_tripped_on(app: App, monkeypatch: pytest.Monkey
     monkeypatch.chdir(app.dir.parent)
     with pytest.raises(keyturn.ConfigError, match=r"keyturn.open\(PATH\)"):
         keyturn.open()
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_encrypt_existing_finds_the_longest_plaintext_in_the_database(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, binary: bool
+) -> None:
+    """The width check asks the database for the longest values, counted in UTF-8
+    bytes; if those are of unknown shape (left alone) it reads every value."""
+    from keyturn.ops.encrypt_existing import _check_width
+
+    kind = {"sqlite": "BLOB", "postgresql": "BYTEA", "mysql": "VARBINARY(255)"}[database.kind]
+    database.execute(
+        f"CREATE TABLE w (id INTEGER PRIMARY KEY, secret {kind if binary else 'VARCHAR(255)'})"
+    )
+
+    def insert(i: int, value: str | None) -> None:
+        stored = value.encode() if binary and value is not None else value
+        database.execute("INSERT INTO w VALUES (:i, :v)", i=i, v=stored)
+
+    wide = "é" * 60  # 120 bytes: a 204-character token
+    for i, value in enumerate([None, "", "short", wide], 1):
+        insert(i, value)
+    (tmp_path / "keyturn.toml").write_text(
+        f'database = "{database.url}"\n[[columns]]\ntable = "w"\ncolumn = "secret"\n'
+    )
+    kek = os.urandom(32).hex()
+    monkeypatch.setenv("KEYTURN_KEK", kek)
+    App(tmp_path, {**base_env(), "KEYTURN_KEK": kek}).cli("init", check=True)
+    unknown = os.urandom(100).hex()  # 200 characters of hex: another scheme's, left alone
+    with keyturn.open(tmp_path / "keyturn.toml") as store:
+        (column,) = store.bound_columns()
+        column = replace(column, width=255)  # as declared (SQLite and PostgreSQL: none for binary)
+
+        def longest() -> tuple[int, list[object]] | None:
+            with store.engine.connect() as conn:
+                return column.longest_values(conn)
+
+        assert longest() == (120, [wide])
+        _check_width(store, column, False)
+        insert(5, unknown)
+        assert longest() == (200, [unknown])
+        _check_width(store, column, False)  # the 120-byte value is the longest sealed
+        with pytest.raises(keyturn.SchemaError, match="needs a 310-character token"):
+            _check_width(store, column, True)  # the hex too, as plaintext
+        insert(6, "ü" * 90)  # 180 bytes: a 284-character token
+        with pytest.raises(keyturn.SchemaError, match="needs a 284-character token"):
+            _check_width(store, column, False)
+
+
+def test_an_sqlite_file_in_utf16_has_its_longest_plaintext_found_by_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite counts a UTF-16 file's text in UTF-16: every value is read instead."""
+    from keyturn.ops.encrypt_existing import _check_width
+
+    with sqlite3.connect(tmp_path / "app.db") as conn:
+        conn.execute("PRAGMA encoding = 'UTF-16le'")
+        conn.execute("CREATE TABLE w (id INTEGER PRIMARY KEY, secret VARCHAR(255))")
+        conn.executemany("INSERT INTO w VALUES (?, ?)", [(1, "a" * 100), (2, "ü" * 90)])
+    conn.close()
+    (tmp_path / "keyturn.toml").write_text(
+        'database = "sqlite:///app.db"\n[[columns]]\ntable = "w"\ncolumn = "secret"\n'
+    )
+    kek = os.urandom(32).hex()
+    monkeypatch.setenv("KEYTURN_KEK", kek)
+    monkeypatch.chdir(tmp_path)
+    App(tmp_path, {**base_env(), "KEYTURN_KEK": kek}).cli("init", check=True)
+    with keyturn.open(tmp_path / "keyturn.toml") as store:
+        (column,) = store.bound_columns()
+        with store.engine.connect() as conn:
+            assert column.longest_values(conn) is None
+        with pytest.raises(keyturn.SchemaError, match="needs a 284-character token"):
+            _check_width(store, column, False)  # 180 bytes in UTF-8; 200 in UTF-16

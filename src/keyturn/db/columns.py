@@ -10,12 +10,14 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Connection,
+    Integer,
     MetaData,
     Select,
     String,
     Table,
     Text,
     cast,
+    func,
     inspect,
     not_,
     select,
@@ -28,7 +30,7 @@ from sqlalchemy.types import JSON, LargeBinary, NullType, _Binary
 from keyturn._core import tokens
 from keyturn._core.jsonpath import locate
 from keyturn.config import ColumnSpec
-from keyturn.db.database import stream_raw
+from keyturn.db.database import fetch_raw, stream_raw
 from keyturn.errors import InvalidDocument, SchemaError
 
 # The shortest token keyturn can write (empty plaintext, a 6-digit version).
@@ -103,6 +105,22 @@ class BoundColumn:
         return select(self.value).where(
             *self.rows, text.is_not(None), text != "", not_(text.like("kt1:%"))
         )
+
+    def longest_values(self, conn: Connection, most: int = 100) -> tuple[int, list[Any]] | None:
+        """The greatest length in bytes (text as UTF-8) of the column's non-token
+        values, and up to ``most`` of the values that long (as :meth:`secret_values`
+        gives them), counted by the database; (0, []) if it has none. None where the
+        database cannot count UTF-8 bytes (an SQLite file in UTF-16)."""
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite and conn.exec_driver_sql("PRAGMA encoding").scalar() != "UTF-8":
+            return None
+        query = self.non_token_values()
+        size = _Utf8Length(self.value)
+        ((longest,),) = fetch_raw(conn, query.with_only_columns(func.max(size)))
+        if longest is None:
+            return 0, []
+        values = fetch_raw(conn, query.where(size == longest).limit(most))
+        return int(longest), [from_stored(value) for (value,) in values]
 
     def check_fits(self, need: int, what: str) -> None:
         """SchemaError, before anything is written, if a ``need``-character token does
@@ -236,6 +254,42 @@ def _binary_text_pg(element: _BinaryText, compiler: Any, **kw: Any) -> str:
 @compiles(_BinaryText, "mariadb")
 def _binary_text_mysql(element: _BinaryText, compiler: Any, **kw: Any) -> str:
     return f"CONVERT({compiler.process(element.clauses, **kw)} USING utf8mb4)"
+
+
+class _Utf8Length(FunctionElement[int]):
+    """A value's length in bytes as keyturn seals it: text as UTF-8 (whatever the
+    server's encoding), binary as stored. SQLite's CAST counts the text in the
+    file's encoding: callers check it is UTF-8."""
+
+    type = Integer()
+    name = "utf8_length"
+    inherit_cache = True
+
+
+def _utf8_length_parts(element: _Utf8Length, compiler: Any, **kw: Any) -> tuple[str, bool]:
+    """The argument's SQL, and whether it is a binary column."""
+    (argument,) = element.clauses
+    return compiler.process(element.clauses, **kw), is_binary(argument.type)
+
+
+@compiles(_Utf8Length)
+def _utf8_length(element: _Utf8Length, compiler: Any, **kw: Any) -> str:
+    return f"length(CAST({compiler.process(element.clauses, **kw)} AS BLOB))"
+
+
+@compiles(_Utf8Length, "postgresql")
+def _utf8_length_pg(element: _Utf8Length, compiler: Any, **kw: Any) -> str:
+    argument, binary = _utf8_length_parts(element, compiler, **kw)
+    return (
+        f"octet_length({argument})" if binary else f"octet_length(convert_to({argument}, 'UTF8'))"
+    )
+
+
+@compiles(_Utf8Length, "mysql")
+@compiles(_Utf8Length, "mariadb")
+def _utf8_length_mysql(element: _Utf8Length, compiler: Any, **kw: Any) -> str:
+    argument, binary = _utf8_length_parts(element, compiler, **kw)
+    return f"length({argument})" if binary else f"length(CONVERT({argument} USING utf8mb4))"
 
 
 def stored_as(column: Any, value: Any, dialect: Any) -> Any:

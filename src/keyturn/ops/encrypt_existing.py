@@ -233,18 +233,27 @@ def _decider(store: Store, column: BoundColumn, include_unknown: bool) -> Decide
 def _check_width(store: Store, column: BoundColumn, include_unknown: bool) -> None:
     """Refuse before writing anything if the longest plaintext's token cannot fit.
 
-    Reads the non-token values on the driver's cursor (no logger sees them)."""
+    The database finds the longest values; only if none of them is to be sealed
+    (they are another scheme's ciphertext) are all the values read, on the
+    driver's cursor (no logger sees them)."""
     if column.width is None or column.spec.json_fields:
         return  # a JSON document's growth is checked batch by batch, before each write
     reader = store.legacy_reader(column.spec.name)
-    longest = 0
+
+    def sealed(value: Any) -> bool:
+        """Whether encrypt-existing seals this non-token value."""
+        if reader is not None and reader.recognises(value):
+            return False
+        return include_unknown or not looks_encrypted(value)
+
     with store.engine.connect() as conn:
-        for value in column.secret_values(conn):
-            size = len(value.encode() if isinstance(value, str) else value)
-            if size <= longest:
-                continue  # whatever it is, it cannot make the longest longer
-            if reader is not None and reader.recognises(value):
-                continue
-            if include_unknown or not looks_encrypted(value):
-                longest = size
+        found = column.longest_values(conn)
+        if found is not None and (not found[1] or any(map(sealed, found[1]))):
+            longest = found[0]
+        else:
+            longest = 0
+            for value in column.secret_values(conn):
+                size = len(value.encode() if isinstance(value, str) else value)
+                if size > longest and sealed(value):
+                    longest = size
     column.check_fits(tokens.token_length(store.active_version, longest), "the longest value")
