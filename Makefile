@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) bench/json_rotate.py
 	$(PY) bench/cli_start.py
 	$(PY) bench/bulk_ops.py
+	$(PY) bench/bulk_ops.py --long
 	$(PY) bench/status_scale.py
 	$(PY) bench/rotate_servers.py --rounds 3 --runs "keyturn,2workers,auto,(a)seeds,(b)piped,(b)ctid"
 	$(PY) bench/orm_load.py
