@@ -4,11 +4,12 @@ least 0.8x each at 1M rows).
 Usage: .venv/bin/python bench/bulk_ops.py [--rows 1000000] [--rounds 3] [--long]
 
 ROWS rows x 2 columns in SQLite: short secrets in TEXT columns, or (--long) secrets
-as long as live API keys in VARCHAR(255) columns, whose width keyturn checks. The bare encrypt loop: keyset-paged SELECT,
-AES-GCM with one nonce draw per batch, url-safe base64, executemany UPDATE by
-primary key, a commit per batch (no compare-and-swap, no audit, no checks). The
-bare verify loop: keyset-paged SELECT and AES-GCM decrypt of every value. Best
-round of each, on identical copies of the database.
+as long as live API keys in VARCHAR(255) columns, whose width keyturn checks. The
+bare encrypt loop: keyset-paged SELECT, AES-GCM with one nonce draw per batch,
+url-safe base64, executemany UPDATE by primary key, a commit per batch (no
+compare-and-swap, no audit, no checks). The bare verify loop: keyset-paged SELECT
+and AES-GCM decrypt of every value. Best round of each, on identical copies of the
+database, and the median of each round's ratio.
 """
 
 from __future__ import annotations
