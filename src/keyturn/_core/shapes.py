@@ -74,6 +74,8 @@ def looks_encrypted(value: str | bytes) -> bool:
         return False  # an API key (sk_live_…, ghp_…): no rule matches it without parts
     if not _ALPHABET.fullmatch(value):
         return False
+    if value.count(".") + value.count("|") > 1:
+        return False  # only a label's one separator may be either (a JWT has two dots)
     if _FERNET.fullmatch(value) and (_base64_bytes(value) - 57) % 16 == 0:
         return True
     if _blob(value):
