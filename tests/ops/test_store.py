@@ -126,11 +126,10 @@ def test_encrypt_existing_library_call_and_no_secret_in_logs(
 ) -> None:
     init(app)
     caplog.set_level(logging.DEBUG)
-    logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)
+    caplog.set_level(logging.INFO, logger="sqlalchemy.engine")  # restored after the test
     with keyturn.open() as store:
         report = keyturn.encrypt_existing(store)
         status = keyturn.status(store)
-    logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
     assert report.totals["encrypted"] == sum(1 for v in expected.values() if v)
     assert report.failed == 0
     for secret in PLAINTEXTS:
