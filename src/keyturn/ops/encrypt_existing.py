@@ -147,7 +147,15 @@ def _batch_decider(store: Store, column: BoundColumn, include_unknown: bool) -> 
         categories: list[str] = []
         news: list[str | None] = [None] * len(values)
         todo: list[int] = []
+        already: set[int] = set()
+        if fixed is not None:  # the tokens that open here, opened together (as verify does)
+            at = [j for j, v in enumerate(values) if type(v) is str and v.startswith(_HEADER)]
+            opens = store.keyring.opens([values[j] for j in at], fixed)
+            already = {j for j, ok in zip(at, opens, strict=True) if ok}
         for j, value in enumerate(values):
+            if j in already:
+                categories.append(ALREADY)
+                continue
             if (
                 type(value) is str
                 and value
