@@ -132,7 +132,7 @@ def _batch_decider(store: Store, column: BoundColumn, include_unknown: bool) -> 
     """The batch's plaintext text sealed in one call (``Store.encrypt_many``: one
     nonce draw). The usual batch, NULLs, '' and plaintext, is judged at once
     (:func:`_plain_positions`); any other is decided value by value, as
-    :func:`_decider` does."""
+    :func:`_decider` does, after its tokens are opened together."""
     one = _decider(store, column, include_unknown)
     spec = column.spec
     reader = store.legacy_reader(spec.name)
