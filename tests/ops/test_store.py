@@ -164,7 +164,7 @@ _VALUES = {
 @given(
     kinds=st.one_of(
         st.lists(st.sampled_from(["plaintext", "null", "empty"]), max_size=30),
-        st.lists(st.sampled_from([*sorted(_VALUES), "token"]), max_size=30),
+        st.lists(st.sampled_from([*sorted(_VALUES), "token", "moved token"]), max_size=30),
     ),
     name=st.sampled_from(["users.secret", "integrations.token"]),
     include_unknown=st.booleans(),
@@ -181,10 +181,12 @@ def test_encrypt_existing_judges_a_plain_batch_at_once_as_value_by_value(
     with keyturn.open() as store:
         column = {c.spec.name: c for c in store.bound_columns()}[name]
         pks = [(j,) for j in range(len(kinds))]
+        tokens = {
+            "token": lambda pk: store.encrypt("s3cret", context=column.spec.context(pk)),
+            "moved token": lambda pk: store.encrypt("s3cret", context="other.place"),
+        }
         values = [
-            store.encrypt("s3cret", context=column.spec.context(pk))
-            if kind == "token"
-            else _VALUES[kind][0]
+            tokens[kind](pk) if kind in tokens else _VALUES[kind][0]
             for kind, pk in zip(kinds, pks, strict=True)
         ]
         quick = {kind for kind, (_, at_once) in _VALUES.items() if at_once}
