@@ -6,6 +6,9 @@ import logging
 import os
 import secrets
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from conftest import PLAINTEXTS, App
@@ -158,6 +161,28 @@ _VALUES = {
 }
 
 
+@contextmanager
+def _batch(
+    app: App, name: str, kinds: list[str]
+) -> Iterator[tuple[keyturn.Store, Any, list[tuple[int]], list[Any]]]:
+    """A store on ``app`` (initialized once), its column ``name``, and a batch holding
+    a value of each of ``kinds``: one of ``_VALUES``, or a token sealed for its row
+    ("token") or for another place ("moved token")."""
+    if not app.sql("SELECT name FROM sqlite_master WHERE name = 'keyturn_keys'"):
+        init(app)
+    with keyturn.open() as store:
+        column = {c.spec.name: c for c in store.bound_columns()}[name]
+        pks = [(j,) for j in range(len(kinds))]
+        sealed_for = {"token": column.spec.context, "moved token": lambda pk: "other.place"}
+        values = [
+            store.encrypt("s3cret", context=sealed_for[kind](pk))
+            if kind in sealed_for
+            else _VALUES[kind][0]
+            for kind, pk in zip(kinds, pks, strict=True)
+        ]
+        yield store, column, pks, values
+
+
 @settings(
     max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -176,19 +201,7 @@ def test_encrypt_existing_judges_a_plain_batch_at_once_as_value_by_value(
     as each value alone would be, and sealed where it stands."""
     from keyturn.ops.encrypt_existing import _batch_decider, _decider, _plain_positions
 
-    if not app.sql("SELECT name FROM sqlite_master WHERE name = 'keyturn_keys'"):
-        init(app)
-    with keyturn.open() as store:
-        column = {c.spec.name: c for c in store.bound_columns()}[name]
-        pks = [(j,) for j in range(len(kinds))]
-        tokens = {
-            "token": lambda pk: store.encrypt("s3cret", context=column.spec.context(pk)),
-            "moved token": lambda pk: store.encrypt("s3cret", context="other.place"),
-        }
-        values = [
-            tokens[kind](pk) if kind in tokens else _VALUES[kind][0]
-            for kind, pk in zip(kinds, pks, strict=True)
-        ]
+    with _batch(app, name, kinds) as (store, column, pks, values):
         quick = {kind for kind, (_, at_once) in _VALUES.items() if at_once}
         if include_unknown:
             quick.add("hex key")
@@ -222,20 +235,7 @@ def test_verify_decides_a_batch_as_value_by_value(app: App, kinds: list[str], na
     """A batch of text is opened at once; each value counts as it would alone."""
     from keyturn.ops.verify import _batch_decider, _decider
 
-    if not app.sql("SELECT name FROM sqlite_master WHERE name = 'keyturn_keys'"):
-        init(app)
-    with keyturn.open() as store:
-        column = {c.spec.name: c for c in store.bound_columns()}[name]
-        pks = [(j,) for j in range(len(kinds))]
-        made = {
-            "token": lambda pk: store.encrypt("s3cret", context=column.spec.context(pk)),
-            "moved token": lambda pk: store.encrypt("s3cret", context="other.place"),
-            "plaintext": lambda pk: "hunter2",
-            "null": lambda pk: None,
-            "empty": lambda pk: "",
-            "int": lambda pk: 5,
-        }
-        values = [made[kind](pk) for kind, pk in zip(kinds, pks, strict=True)]
+    with _batch(app, name, kinds) as (store, column, pks, values):
         categories, news = _batch_decider(store, column, True)(pks, values)
         one = _decider(store, column, True)
         assert categories == [one(pk, value)[0] for pk, value in zip(pks, values, strict=True)]
