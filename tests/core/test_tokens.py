@@ -180,6 +180,7 @@ def test_batch_sealing_and_checking_agree_with_one_at_a_time(
     expected = [True] * (len(sealed) + 1) + [False] * 4
     assert ring.opens(mixed, context) == expected
     assert not any(ring.opens(sealed, context + "x"))
+    assert ring.opens([None, 5, ring.encrypt(b"x", context).encode()], context) == [False] * 3
 
 
 @settings(max_examples=50, deadline=None)

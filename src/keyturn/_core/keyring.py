@@ -192,14 +192,19 @@ class Keyring:
             append(header + b2a(blob, newline=False).translate(to_urlsafe).rstrip(b"=").decode())
         return out
 
-    def opens(self, tokens_: Sequence[str], context: str) -> list[bool]:
+    def opens(self, tokens_: Sequence[object], context: str) -> list[bool]:
         """Whether each token opens for ``context`` (``verify``'s hot path: each
-        version's AAD built once, no plaintext kept)."""
+        version's AAD built once, no plaintext kept); False for a value that is not
+        text, as :meth:`reencrypt_many` leaves it."""
         entries = self._opening(context)
         out: list[bool] = []
         append = out.append
         for token in tokens_:
-            parts = token.split(":", 2)
+            try:
+                parts = token.split(":", 2)  # type: ignore[attr-defined]
+            except (AttributeError, TypeError):  # not text: None, a number, bytes
+                append(False)
+                continue
             entry = entries.get(parts[1]) if len(parts) == 3 and parts[0] == tokens.MAGIC else None
             if entry is None:
                 append(False)

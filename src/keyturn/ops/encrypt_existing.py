@@ -29,6 +29,7 @@ from keyturn.engine.walk import (
     group_by_table,
 )
 from keyturn.errors import InvalidToken, UnknownKeyVersion
+from keyturn.legacy import LegacyReader
 from keyturn.ops.reports import RewriteReport
 from keyturn.store import Store
 
@@ -147,21 +148,17 @@ def _batch_decider(store: Store, column: BoundColumn, include_unknown: bool) -> 
         categories: list[str] = []
         news: list[str | None] = [None] * len(values)
         todo: list[int] = []
-        already: set[int] = set()
-        if fixed is not None:  # the tokens that open here, opened together (as verify does)
-            at = [j for j, v in enumerate(values) if type(v) is str and v.startswith(_HEADER)]
-            opens = store.keyring.opens([values[j] for j in at], fixed)
-            already = {j for j, ok in zip(at, opens, strict=True) if ok}
+        # The tokens that open here, opened together (as verify does).
+        opened = store.keyring.opens(values, fixed) if fixed is not None else [False] * len(values)
         for j, value in enumerate(values):
-            if j in already:
+            if opened[j]:
                 categories.append(ALREADY)
                 continue
             if (
                 type(value) is str
                 and value
                 and not value.startswith(_HEADER)
-                and not (reader is not None and reader.recognises(value))
-                and (include_unknown or not looks_encrypted(value))
+                and _sealed(value, reader, include_unknown)
             ):
                 categories.append(ENCRYPTED)
                 todo.append(j)
@@ -210,6 +207,15 @@ def _plain_positions(values: Sequence[Any], include_unknown: bool) -> list[int] 
     return todo
 
 
+def _sealed(value: str | bytes, reader: LegacyReader | None, include_unknown: bool) -> bool:
+    """Whether encrypt-existing seals a non-empty value that is not a kt1 token:
+    not the app's legacy ciphertext, nor shaped like another scheme's (unless
+    ``include_unknown``)."""
+    if reader is not None and reader.recognises(value):
+        return False
+    return include_unknown or not looks_encrypted(value)
+
+
 def _decider(store: Store, column: BoundColumn, include_unknown: bool) -> Decide:
     spec = column.spec
     reader = store.legacy_reader(spec.name)
@@ -247,21 +253,16 @@ def _check_width(store: Store, column: BoundColumn, include_unknown: bool) -> No
     if column.width is None or column.spec.json_fields:
         return  # a JSON document's growth is checked batch by batch, before each write
     reader = store.legacy_reader(column.spec.name)
-
-    def sealed(value: Any) -> bool:
-        """Whether encrypt-existing seals this non-token value."""
-        if reader is not None and reader.recognises(value):
-            return False
-        return include_unknown or not looks_encrypted(value)
-
     with store.engine.connect() as conn:
         found = column.longest_values(conn)
-        if found is not None and (not found[1] or any(map(sealed, found[1]))):
+        if found is not None and (
+            not found[1] or any(_sealed(v, reader, include_unknown) for v in found[1])
+        ):
             longest = found[0]
         else:
             longest = 0
             for value in column.secret_values(conn):
                 size = len(value.encode() if isinstance(value, str) else value)
-                if size > longest and sealed(value):
+                if size > longest and _sealed(value, reader, include_unknown):
                     longest = size
     column.check_fits(tokens.token_length(store.active_version, longest), "the longest value")

@@ -68,16 +68,8 @@ def _batch_decider(store: Store, column: BoundColumn, legacy_keys: bool) -> Deci
     fixed = spec.context(()) if spec.bind == "column" else None
 
     def decide(pks: Sequence[PK], values: Sequence[Any]) -> tuple[list[str], list[str | None]]:
-        ring = store.keyring
         n = len(values)
-        opened = [False] * n
-        if fixed is not None:
-            if set(map(type, values)) == {str}:  # the usual batch: text, opened as it is
-                opened = ring.opens(values, fixed)
-            else:
-                todo = [j for j, v in enumerate(values) if type(v) is str]
-                for j, ok in zip(todo, ring.opens([values[j] for j in todo], fixed), strict=True):
-                    opened[j] = ok
+        opened = store.keyring.opens(values, fixed) if fixed is not None else [False] * n
         if all(opened):
             return [OK] * n, [None] * n
         decided = zip(pks, values, opened, strict=True)
