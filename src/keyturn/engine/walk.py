@@ -654,8 +654,8 @@ class TableRewriter:
         # sweep (``where``) expects few rows, and after the walk the index also leads
         # to every dead version of every row: a scan and a sort of what matches is
         # 5x cheaper there (0.03 s against 0.13 s at 200,000 rows), unless the sweep
-        # covers a short range of keys (``key_order``). Each is told so: statistics
-        # taken before the walk lead the planner to the opposite of each.
+        # covers a short range of keys (``key_order``). The planner is told which:
+        # its statistics (none, or taken before the walk) can lead it to the other.
         if lock:
             return self._read_locked(query.with_for_update())
         if self._dialect not in dialects.ARRAY:
