@@ -144,6 +144,17 @@ async function serverOrSkip(t, name, port) {
   return false;
 }
 
+async function sessionsGone(admin, database) {
+  for (let tries = 0; tries < 100; tries++) {
+    const { rows } = await admin.query(
+      "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1",
+      [database],
+    );
+    if (rows[0].n === 0) return;
+    await sleep(50);
+  }
+}
+
 for (const server of [
   { name: "PostgreSQL", port: 5432, url: "postgresql+psycopg://postgres@127.0.0.1:5432/" },
   { name: "MariaDB", port: 3306, url: "mysql+pymysql://root@127.0.0.1:3306/" },
@@ -182,7 +193,11 @@ for (const server of [
       assert.equal(await keyring.decrypt(v2, { context: "t.c" }), "v2");
     } finally {
       delete process.env.KEYTURN_KEK;
+      // pg's pool.end() resolves once it has asked its clients to end, before their
+      // sessions are gone: a forced DROP then killed one still reading, whose error
+      // failed the test. Wait for the server to see no session there first.
       await pool.end();
+      if (server.name === "PostgreSQL") await sessionsGone(admin, name);
       const force = server.name === "PostgreSQL" ? " WITH (FORCE)" : "";
       await admin.query(`DROP DATABASE IF EXISTS ${name}${force}`);
       await admin.end();
