@@ -199,7 +199,7 @@ def _plain_positions(values: Sequence[Any], include_unknown: bool) -> list[int] 
         texts = [values[j] for j in todo]
     else:
         return None
-    if not (include_unknown or short_texts(texts) or not any(map(looks_encrypted, texts))):
+    if not include_unknown and not short_texts(texts) and any(map(looks_encrypted, texts)):
         return None
     joined = "\n".join(texts)  # a value holding "\nkt1:" only sends the batch the long way
     if joined.startswith(_HEADER) or "\n" + _HEADER in joined:
