@@ -183,10 +183,11 @@ def test_batch_sealing_and_checking_agree_with_one_at_a_time(
     assert ring.opens([None, 5, ring.encrypt(b"x", context).encode()], context) == [False] * 3
 
 
+@pytest.mark.parametrize("one_context", [False, True], ids=["per token", "one for all"])
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.binary(max_size=64), min_size=1, max_size=20))
 def test_batch_reencryption_leaves_what_it_is_told_and_what_does_not_open(
-    plaintexts: list[bytes],
+    one_context: bool, plaintexts: list[bytes]
 ) -> None:
     """``reencrypt_many`` seals each older token's plaintext under the active version;
     None for a token on version ``leave``, for what does not open, and for values
@@ -204,9 +205,74 @@ def test_batch_reencryption_leaves_what_it_is_told_and_what_does_not_open(
     ]
     others += [None, 5, "kt1:01:" + older[0].split(":")[2]]
     values = [*older, current, *others]
-    fresh = ring.reencrypt_many(values, ["t.c"] * len(values), leave=2)
+    contexts = "t.c" if one_context else ["t.c"] * len(values)
+    fresh = ring.reencrypt_many(values, contexts, leave=2)
     assert [ring.decrypt(t, "t.c") for t in fresh[: len(older)]] == plaintexts
     assert all(t.startswith("kt1:2:") for t in fresh[: len(older)])
     assert fresh[len(older) :] == [None] * (1 + len(others))
-    again = ring.reencrypt_many([current], ["t.c"])  # nothing left: re-sealed afresh
+    again = ring.reencrypt_many([current], "t.c" if one_context else ["t.c"])  # re-sealed afresh
     assert again[0] is not None and again[0] != current and ring.decrypt(again[0], "t.c") == b"new"
+
+
+def _damaged(draw: st.DrawFn, token: str) -> Any:
+    """``token`` as it is, or edited, cut, lengthened, or swapped for another value."""
+    how = draw(st.sampled_from(["as is", "edit", "insert", "cut", "append", "ending", "other"]))
+    if how == "insert":  # characters a lax base64 decoder skips (four keep the length's rest)
+        i = draw(st.integers(0, len(token)))
+        skipped = draw(st.sampled_from(" \n=.!:+/é")) * draw(st.sampled_from([1, 4]))
+        return token[:i] + skipped + token[i:]
+    if how == "edit":
+        i = draw(st.integers(0, len(token) - 1))
+        return token[:i] + draw(st.sampled_from(ALPHABET + ":=+/ 0é")) + token[i + 1 :]
+    if how == "cut":
+        return token[: draw(st.integers(0, len(token) - 1))]
+    if how == "append":
+        return token + draw(st.sampled_from(["=", "==", ":", "A", ":AAAA", "\n"]))
+    if how == "ending":  # the same bytes, spelled with other (non-canonical) low bits
+        return token[:-1] + ALPHABET[(ALPHABET.index(token[-1]) + 1) % 64]
+    if how == "other":
+        values = st.one_of(st.none(), st.integers(), st.binary(max_size=8), st.text(max_size=12))
+        return draw(values)
+    return token
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_batch_reencryption_under_one_context_agrees_with_one_token_at_a_time(
+    data: st.DataObject,
+) -> None:
+    """The one-context batch loop (the rotation's usual one, with its own copy of the
+    token checks) opens exactly what :meth:`Keyring.decrypt` opens, to the same
+    plaintext, and leaves version ``leave`` and everything else as None."""
+    keys = {v: DataKey.generate(v) for v in (1, 2, 10)}
+    ring = Keyring(keys, 10)
+    leave = data.draw(st.sampled_from([None, 1, 2, 10]))
+    values = [
+        _damaged(data.draw, Keyring(keys, v).encrypt(p, c))
+        for v, p, c in data.draw(
+            st.lists(
+                st.tuples(
+                    st.sampled_from([1, 2, 10]),
+                    st.binary(max_size=40),
+                    st.sampled_from(["t.c", "t.d"]),
+                ),
+                max_size=12,
+            )
+        )
+    ]
+    fresh = ring.reencrypt_many(values, "t.c", leave=leave)
+    assert len(fresh) == len(values)
+    for value, new in zip(values, fresh, strict=True):
+        try:
+            expected = ring.decrypt(value, "t.c")
+        except (InvalidToken, UnknownKeyVersion):
+            expected = None
+        if expected is not None and tokens.version_of(value) == leave:
+            expected = None
+        if expected is None:
+            assert new is None
+        else:
+            assert new is not None and new.startswith("kt1:10:")
+            assert ring.decrypt(new, "t.c") == expected
+    per_token = ring.reencrypt_many(values, ["t.c"] * len(values), leave=leave)
+    assert [f is None for f in per_token] == [f is None for f in fresh]

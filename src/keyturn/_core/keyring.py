@@ -136,15 +136,18 @@ class Keyring:
         return out
 
     def reencrypt_many(
-        self, tokens_: Sequence[str], contexts: Sequence[str], leave: int | None = None
+        self, tokens_: Sequence[str], contexts: Sequence[str] | str, leave: int | None = None
     ) -> list[str | None]:
         """Decrypt each token and seal its plaintext under the active version, with
         one nonce draw for the whole batch; the plaintexts never leave here.
+        ``contexts``: each token's, or one text for all (a column bound as a whole).
 
         None stands for a value left as it is: a token on version ``leave``
         (already rotated), or anything that does not decrypt (:meth:`decrypt` on
         it raises the reason). The rotation loop spends most of its time here.
         """
+        if isinstance(contexts, str):
+            return self._reencrypt_for(tokens_, contexts, leave)
         key = self._active
         left = self._keys.get(leave) if leave is not None else None
         header = key.header
@@ -189,6 +192,54 @@ class Keyring:
                 continue
             nonce = nonces[start:end]
             blob = nonce + seal(nonce, plaintext, pair[1])
+            append(header + b2a(blob, newline=False).translate(to_urlsafe).rstrip(b"=").decode())
+        return out
+
+    def _reencrypt_for(
+        self, tokens_: Sequence[str], context: str, leave: int | None
+    ) -> list[str | None]:
+        """:meth:`reencrypt_many` for one context: each held version's header (but
+        ``leave``'s) looked up whole, and :func:`_open` inlined, the rotation's
+        usual batch (0.15-0.2 us a token less, docs/PERFORMANCE.md)."""
+        key = self._active
+        left = self._keys.get(leave) if leave is not None else None
+        header = key.header
+        seal = key.aead.encrypt
+        sealed_aad = (header + context).encode()
+        # "kt1:<version>", as rpartition leaves it: that key's opener and AAD.
+        heads = {
+            old.header[:-1]: (old.aead.decrypt, (old.header + context).encode())
+            for old in self._keys.values()
+            if old is not left
+        }
+        step, to_urlsafe, b2a = _NONCE, tokens.TO_URLSAFE, _b2a_base64
+        clean_ends, to_standard, padding = _CLEAN_ENDS, _TO_STANDARD, _PADDING
+        nonces = os.urandom(step * len(tokens_))
+        out: list[str | None] = []
+        append = out.append
+        end = 0
+        for token in tokens_:
+            start, end = end, end + step
+            try:
+                head, _, payload = token.rpartition(":")
+            except (AttributeError, TypeError):  # not text
+                append(None)
+                continue
+            entry = heads.get(head)  # a payload holding ":" leaves no known head
+            rem = len(payload) % 4
+            if entry is None or (rem and payload[-1] not in clean_ends[rem]):
+                append(None)
+                continue
+            try:
+                blob = a2b_base64(
+                    payload.encode("ascii").translate(to_standard) + padding[rem], strict_mode=True
+                )
+                plaintext = entry[0](blob[:12], blob[12:], entry[1])
+            except (ValueError, InvalidTag):  # not ASCII or base64, too short, or forged
+                append(None)
+                continue
+            nonce = nonces[start:end]
+            blob = nonce + seal(nonce, plaintext, sealed_aad)
             append(header + b2a(blob, newline=False).translate(to_urlsafe).rstrip(b"=").decode())
         return out
 

@@ -955,7 +955,7 @@ def _decider(
         news: list[str | None]
         if fixed is not None:
             # Every value at once: the keyring leaves what is not an older token.
-            news = ring.reencrypt_many(values, [fixed] * len(values), leave=target)
+            news = ring.reencrypt_many(values, fixed, leave=target)
             if None not in news:
                 return [ROTATED] * len(values), news  # the walk's usual batch
         else:
