@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python bench/rotate_servers.py [--rows 200000] [--backends postgresql,mysql]
        [--rounds 3] [--runs keyturn,(b)bare] [--cpu] [--phases] [--crypto]
-       [--server-statements]
+       [--server-statements | --server-cpu]
 
 For each backend, on identical fresh copies of a table of ROWS kt1 tokens:
   keyturn     `Rotator` (one worker): keyset walk, bulk swaps (PostgreSQL: by xmin;
@@ -33,6 +33,11 @@ statement, from its log: each bench database logs every statement's duration
 file (Debian's /var/log/postgresql/postgresql-*-main.log, or $KEYTURN_BENCH_PG_LOG).
 Durations include waiting on the client and on the other core, so they add up to
 more than the server's CPU; the median of the rounds, per kind.
+--server-cpu (PostgreSQL) prints the server's CPU instead, from the same log:
+each message's user and system time (log_statement_stats = on for each bench
+database), per kind of statement, and each backend's whole CPU from its start
+(the connection included) to its last statement. The logging itself costs the
+server a getrusage and a log entry per message, in every run alike.
 """
 
 from __future__ import annotations
@@ -110,28 +115,58 @@ def server_log() -> Path | None:
     return next((f for f in found if os.access(f, os.R_OK)), None)
 
 
-def log_statements(name: str) -> None:
-    """Have the server log every statement of database ``name`` (without parameters)."""
+# --server-cpu: each message's CPU (log_statement_stats), then, in a later entry of
+# the same backend, the statement it ran; and the backend's CPU since it started.
+_USAGE = re.compile(r"!\s+([0-9.]+) s user, ([0-9.]+) s system, ")
+_TOTAL = re.compile(r"\[([0-9.]+) s user, ([0-9.]+) s system total\]")
+_BACKEND = re.compile(r"\[(\d+)\] \S+@(\S+) ")
+_STATEMENT = re.compile(r" STATEMENT:  (.*)", re.S)
+BACKENDS = "backends in all"
+
+
+def log_statements(name: str, cpu: bool = False) -> None:
+    """Have the server log every statement of database ``name`` (without parameters):
+    its duration, or with ``cpu`` the CPU it took (``log_statement_stats``)."""
+    settings = ["log_statement_stats = on"] if cpu else ["log_min_duration_statement = 0"]
     admin = create_engine(SERVERS["postgresql"] + ADMIN_DB, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        for setting in ("log_min_duration_statement = 0", "log_parameter_max_length = 0"):
+        for setting in [*settings, "log_parameter_max_length = 0"]:
             conn.execute(text(f"ALTER DATABASE {name} SET {setting}"))
     admin.dispose()
 
 
-def statement_ms(log: Path, offset: int, name: str) -> dict[str, float]:
+def _kind(statement: str) -> str:
+    return next((k for k, pattern in STATEMENT_KINDS if pattern.search(statement)), "other")
+
+
+def statement_ms(log: Path, offset: int, name: str, cpu: bool = False) -> dict[str, float]:
     """Milliseconds the server spent per kind of statement in database ``name``,
-    from the log's text after ``offset``."""
+    from the log's text after ``offset``: durations, or with ``cpu`` CPU time (and
+    the CPU of every backend of the database, from its start to its last message)."""
     with log.open("rb") as f:
         f.seek(offset)
         written = f.read().decode(errors="replace")
     spent = dict.fromkeys([kind for kind, _ in STATEMENT_KINDS] + ["other"], 0.0)
+    pending: dict[str, float] = {}  # per backend, CPU not yet matched to its statement
+    totals: dict[str, float] = {}
     for entry in re.split(r"\n(?=\d{4}-\d\d-\d\d )", written):  # one log entry each
-        found = _DURATION.search(entry) if f"@{name} " in entry else None
-        if found is not None:
-            statement = found[2]
-            kind = next((k for k, pattern in STATEMENT_KINDS if pattern.search(statement)), "other")
-            spent[kind] += float(found[1])
+        backend = _BACKEND.search(entry)
+        if backend is None or backend[2] != name:
+            continue
+        if not cpu:
+            found = _DURATION.search(entry)
+            if found is not None:
+                spent[_kind(found[2])] += float(found[1])
+            continue
+        used, total = _USAGE.search(entry), _TOTAL.search(entry)
+        if used is not None and total is not None:
+            pid = backend[1]
+            pending[pid] = pending.get(pid, 0.0) + 1000 * (float(used[1]) + float(used[2]))
+            totals[pid] = 1000 * (float(total[1]) + float(total[2]))
+        elif (statement := _STATEMENT.search(entry)) and backend[1] in pending:
+            spent[_kind(statement[1])] += pending.pop(backend[1])
+    if cpu:
+        spent[BACKENDS] = sum(totals.values())
     return spent
 
 
@@ -488,6 +523,11 @@ def main() -> None:
         help="print the PostgreSQL server's time per kind of statement, from its log",
     )
     parser.add_argument(
+        "--server-cpu",
+        action="store_true",
+        help="print the PostgreSQL server's CPU per kind of statement (log_statement_stats)",
+    )
+    parser.add_argument(
         "--crypto",
         action="store_true",
         help="only time the re-encryption loops on 20,000 tokens, no database",
@@ -499,9 +539,13 @@ def main() -> None:
     if args.crypto:
         crypto_loops(args.rounds)
         return
-    log = server_log() if args.server_statements else None
-    if args.server_statements and log is None:
-        parser.error("--server-statements: no readable PostgreSQL log (set KEYTURN_BENCH_PG_LOG)")
+    if args.server_statements and args.server_cpu:
+        parser.error("--server-statements and --server-cpu: one at a time")
+    from_log = args.server_statements or args.server_cpu
+    log = server_log() if from_log else None
+    if from_log and log is None:
+        flag = "--server-cpu" if args.server_cpu else "--server-statements"
+        parser.error(f"{flag}: no readable PostgreSQL log (set KEYTURN_BENCH_PG_LOG)")
     os.environ.setdefault("KEYTURN_KEK", secrets.token_hex(32))
     print(f"{args.rows} rows x 1 column, backup off, best of {args.rounds} round(s)")
     print(f"{'backend':<11} {'run':<9} {'seconds':>8} {'rows/s':>9}")
@@ -530,7 +574,7 @@ def main() -> None:
                     name, config = build(kind, args.rows, Path(tmp))
                     try:
                         if logged:
-                            log_statements(name)
+                            log_statements(name, cpu=args.server_cpu)
                             offset = log.stat().st_size
                         before = cpu_seconds(kind)
                         times[label].append(run(config))
@@ -538,7 +582,8 @@ def main() -> None:
                         cpu[label].append((after[0] - before[0], after[1] - before[1]))
                         if logged:
                             time.sleep(0.2)  # the server's last lines
-                            statements[label].append(statement_ms(log, offset, name))
+                            spent = statement_ms(log, offset, name, cpu=args.server_cpu)
+                            statements[label].append(spent)
                     finally:
                         drop_db(kind, name)
         for label, measured in times.items():
@@ -554,8 +599,11 @@ def main() -> None:
             print(f"{kind:<11} {label:<9} CPU s: client {client:.2f}, server {server:.2f}")
         for label, spent in statements.items() if logged else ():
             kinds = {k: statistics.median(s[k] for s in spent) for k in spent[0]}
+            backends = kinds.pop(BACKENDS, None)
             listed = ", ".join(f"{k} {ms:.0f}" for k, ms in kinds.items())
-            print(f"{kind:<11} {label:<9} server ms: {listed}; all {sum(kinds.values()):.0f}")
+            what = "server CPU ms" if args.server_cpu else "server ms"
+            line = f"{kind:<11} {label:<9} {what}: {listed}; all {sum(kinds.values()):.0f}"
+            print(line + (f"; {BACKENDS} {backends:.0f}" if backends is not None else ""))
         k = results.get("keyturn")
         if k is None:
             continue
