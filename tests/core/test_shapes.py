@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from legacy_encoders import LAYOUTS
 
-from keyturn._core.shapes import looks_encrypted, short_texts
+from keyturn._core.shapes import api_keys, looks_encrypted, short_texts
 
 # Plaintext secrets as apps hold them: none is taken for ciphertext.
 PLAINTEXT_SECRETS = [
@@ -100,6 +100,47 @@ def test_a_batch_of_short_texts_holds_nothing_shaped_like_ciphertext(values: lis
     if short_texts(values):
         assert all(value and not looks_encrypted(value) for value in values)
     assert short_texts(values) == all(0 < len(value) < 39 for value in values)
+
+
+_WORD_LED = st.builds(
+    lambda word, sep, rest: word + sep + rest,
+    st.text("abcxyzAB", min_size=1, max_size=12),
+    st.sampled_from(["_", "-", ":", "."]),
+    st.text("abcXYZ019+/=_-.:$|\n ", max_size=120),
+)
+_IV, _CT = base64.b64encode(bytes(range(12))).decode(), base64.b64encode(bytes(40)).decode()
+_CIPHERTEXTS = [
+    f"enc_{_IV}:{_CT}",  # word-led, but split by ":": every rule applies
+    f"enc-{_IV}${_CT}",
+    f"v1:{_IV}:{_CT}",
+    base64.b64encode(os.urandom(40)).decode(),
+    os.urandom(32).hex(),
+    Fernet(Fernet.generate_key()).encrypt(b"secret").decode(),
+]
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.one_of(
+            _WORD_LED,
+            st.sampled_from(PLAINTEXT_SECRETS),
+            st.sampled_from(_CIPHERTEXTS),
+            st.text(max_size=60),
+        )
+    )
+)
+def test_a_batch_of_api_keys_holds_nothing_shaped_like_ciphertext(values: list[str]) -> None:
+    """``api_keys`` lets encrypt-existing skip ``looks_encrypted`` for a batch of
+    word-led keys; a batch it accepts holds no value that rule would stop."""
+    if api_keys("\n".join(values)):
+        assert values and not any(looks_encrypted(value) for value in values)
+    keys = [f"sk_live_{os.urandom(40).hex()}", f"ghp_{os.urandom(18).hex()}", "xoxb-1-" + "a" * 50]
+    assert api_keys("\n".join(keys))
+    for sealed in _CIPHERTEXTS:
+        assert looks_encrypted(sealed)
+        assert not api_keys("\n".join([*keys, sealed]))
+        assert not api_keys("\n".join([sealed, *keys]))
 
 
 def test_a_word_led_value_is_plaintext_unless_a_separator_splits_it() -> None:

@@ -37,6 +37,7 @@ _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}|[A-Za-z0-9_-]+={0,2}")
 _LABEL = re.compile(r"[A-Za-z0-9]{1,8}")
 _LABEL_PREFIX = re.compile(r"[A-Za-z0-9]{1,8}[.:$|]")
 _WORD_PREFIX = re.compile(r"[a-z]{2,10}[_-]")
+_WORD_LED_LINES = re.compile(r"(?:[a-z]{2,10}[_-][^\n]*\n)*[a-z]{2,10}[_-][^\n]*")
 _FERNET = re.compile(r"gAAAAA[A-Za-z0-9_-]{94,}={0,2}")
 _SEPARATORS = (":", "$")
 
@@ -58,6 +59,14 @@ def short_texts(values: Sequence[object]) -> bool:
         return False
     lengths = list(map(len, values))  # type: ignore[arg-type]  # all str
     return min(lengths) > 0 and max(lengths) < _SHORTEST
+
+
+def api_keys(joined: str) -> bool:
+    """Whether every line of ``joined`` (a batch's texts joined by newlines) is led by
+    a lower-case word and ``_`` or ``-`` and none holds ``:`` or ``$``, so that
+    :func:`looks_encrypted` is False for each text (``sk_live_…``, ``ghp_…``): a
+    batch of API keys checked in one match (docs/PERFORMANCE.md)."""
+    return ":" not in joined and "$" not in joined and _WORD_LED_LINES.fullmatch(joined) is not None
 
 
 def looks_encrypted(value: str | bytes) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, func, select
 
 from keyturn._core import tokens
-from keyturn._core.shapes import looks_encrypted, short_texts
+from keyturn._core.shapes import api_keys, looks_encrypted, short_texts
 from keyturn.db.columns import BoundColumn
 from keyturn.engine.fields import batch_decider
 from keyturn.engine.pacing import Pacing
@@ -199,9 +199,14 @@ def _plain_positions(values: Sequence[Any], include_unknown: bool) -> list[int] 
         texts = [values[j] for j in todo]
     else:
         return None
-    if not include_unknown and not short_texts(texts) and any(map(looks_encrypted, texts)):
-        return None
     joined = "\n".join(texts)  # a value holding "\nkt1:" only sends the batch the long way
+    if (
+        not include_unknown
+        and not api_keys(joined)
+        and not short_texts(texts)
+        and any(map(looks_encrypted, texts))
+    ):
+        return None
     if joined.startswith(_HEADER) or "\n" + _HEADER in joined:
         return None
     return todo
