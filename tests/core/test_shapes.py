@@ -114,6 +114,7 @@ _CIPHERTEXTS = [
     f"enc-{_IV}${_CT}",
     f"v1:{_IV}:{_CT}",
     base64.b64encode(os.urandom(40)).decode(),
+    "zzz" + base64.b64encode(os.urandom(40)).decode(),  # sorts after every key
     os.urandom(32).hex(),
     Fernet(Fernet.generate_key()).encrypt(b"secret").decode(),
 ]
@@ -133,14 +134,15 @@ _CIPHERTEXTS = [
 def test_a_batch_of_api_keys_holds_nothing_shaped_like_ciphertext(values: list[str]) -> None:
     """``api_keys`` lets encrypt-existing skip ``looks_encrypted`` for a batch of
     word-led keys; a batch it accepts holds no value that rule would stop."""
-    if api_keys("\n".join(values)):
+    if api_keys(values, "\n".join(values)):
         assert values and not any(looks_encrypted(value) for value in values)
     keys = [f"sk_live_{os.urandom(40).hex()}", f"ghp_{os.urandom(18).hex()}", "xoxb-1-" + "a" * 50]
-    assert api_keys("\n".join(keys))
+    assert api_keys(keys, "\n".join(keys))
+    assert api_keys(keys[:1] * 3, "\n".join(keys[:1] * 3))  # one prefix: decided by the ends
     for sealed in _CIPHERTEXTS:
         assert looks_encrypted(sealed)
-        assert not api_keys("\n".join([*keys, sealed]))
-        assert not api_keys("\n".join([sealed, *keys]))
+        for batch in ([*keys, sealed], [sealed, *keys], [keys[0], sealed, keys[0]]):
+            assert not api_keys(batch, "\n".join(batch))
 
 
 def test_a_word_led_value_is_plaintext_unless_a_separator_splits_it() -> None:

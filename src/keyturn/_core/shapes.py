@@ -61,12 +61,20 @@ def short_texts(values: Sequence[object]) -> bool:
     return min(lengths) > 0 and max(lengths) < _SHORTEST
 
 
-def api_keys(joined: str) -> bool:
-    """Whether every line of ``joined`` (a batch's texts joined by newlines) is led by
-    a lower-case word and ``_`` or ``-`` and none holds ``:`` or ``$``, so that
-    :func:`looks_encrypted` is False for each text (``sk_live_…``, ``ghp_…``): a
-    batch of API keys checked in one match (docs/PERFORMANCE.md)."""
-    return ":" not in joined and "$" not in joined and _WORD_LED_LINES.fullmatch(joined) is not None
+def api_keys(texts: Sequence[str], joined: str) -> bool:
+    """Whether every one of ``texts`` (``joined``: them joined by newlines) is led by a
+    lower-case word and ``_`` or ``-`` and none holds ``:`` or ``$``, so that
+    :func:`looks_encrypted` is False for each (``sk_live_…``, ``ghp_…``): a batch
+    of API keys checked at once (docs/PERFORMANCE.md)."""
+    if not texts or ":" in joined or "$" in joined:
+        return False
+    # Every text sorts between the least and the greatest: if both start with one
+    # word-led prefix, so does each (the usual batch of one kind of key).
+    least, greatest = min(texts), max(texts)
+    prefix = _WORD_PREFIX.match(least)
+    if prefix is not None and greatest.startswith(prefix.group()):
+        return True
+    return _WORD_LED_LINES.fullmatch(joined) is not None
 
 
 def looks_encrypted(value: str | bytes) -> bool:

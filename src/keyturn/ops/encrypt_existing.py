@@ -202,12 +202,13 @@ def _plain_positions(values: Sequence[Any], include_unknown: bool) -> list[int] 
     joined = "\n".join(texts)  # a value holding "\nkt1:" only sends the batch the long way
     if (
         not include_unknown
-        and not api_keys(joined)
+        and not api_keys(texts, joined)
         and not short_texts(texts)
         and any(map(looks_encrypted, texts))
     ):
         return None
-    if joined.startswith(_HEADER) or "\n" + _HEADER in joined:
+    # Without a ":" (API keys, most passwords) no text holds a header: one quick scan.
+    if ":" in joined and (joined.startswith(_HEADER) or "\n" + _HEADER in joined):
         return None
     return todo
 
