@@ -241,9 +241,9 @@ def _damaged(draw: st.DrawFn, token: str) -> Any:
 def test_batch_reencryption_under_one_context_agrees_with_one_token_at_a_time(
     data: st.DataObject,
 ) -> None:
-    """The one-context batch loop (the rotation's usual one, with its own copy of the
-    token checks) opens exactly what :meth:`Keyring.decrypt` opens, to the same
-    plaintext, and leaves version ``leave`` and everything else as None."""
+    """The one-context batch loop (the rotation's usual one, and verify's, with its
+    own copy of the token checks) opens exactly what :meth:`Keyring.decrypt` opens,
+    to the same plaintext, and leaves version ``leave`` and everything else as None."""
     keys = {v: DataKey.generate(v) for v in (1, 2, 10)}
     ring = Keyring(keys, 10)
     leave = data.draw(st.sampled_from([None, 1, 2, 10]))
@@ -276,3 +276,10 @@ def test_batch_reencryption_under_one_context_agrees_with_one_token_at_a_time(
             assert ring.decrypt(new, "t.c") == expected
     per_token = ring.reencrypt_many(values, ["t.c"] * len(values), leave=leave)
     assert [f is None for f in per_token] == [f is None for f in fresh]
+    opened = []  # verify's batch path, the same loop: True exactly where decrypt opens
+    for value in values:
+        try:
+            opened.append(ring.decrypt(value, "t.c") is not None)
+        except (InvalidToken, UnknownKeyVersion):
+            opened.append(False)
+    assert ring.opens(values, "t.c") == opened
