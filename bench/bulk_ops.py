@@ -6,16 +6,17 @@ Usage: .venv/bin/python bench/bulk_ops.py [--rows 1000000] [--rounds 3] [--long]
 ROWS rows x 2 columns in SQLite: short secrets in TEXT columns, or (--long) secrets
 as long as live API keys in VARCHAR(255) columns, whose width keyturn checks. The
 bare encrypt loop: keyset-paged SELECT, AES-GCM with one nonce draw per batch,
-url-safe base64, executemany UPDATE by primary key, a commit per batch (no
-compare-and-swap, no audit, no checks). The bare verify loop: keyset-paged SELECT
-and AES-GCM decrypt of every value. Best round of each, on identical copies of the
+url-safe base64 by binascii (no base64 wrappers), executemany UPDATE by primary
+key, a commit per batch (no compare-and-swap, no audit, no checks). The bare
+verify loop: keyset-paged SELECT, binascii's base64, AES-GCM decrypt of every
+value (no token checks). Best round of each, on identical copies of the
 database, and the median of each round's ratio.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
+import binascii
 import os
 import random
 import shutil
@@ -73,20 +74,23 @@ def _long_secrets(i: int) -> tuple[str, str]:
 
 
 def bare_encrypt(workdir: Path, aead: AESGCM) -> float:
+    """The bare encrypt loop, as tight as we could write it: one nonce draw a batch,
+    binascii without base64's wrappers (about 0.15 us a value less)."""
     started = time.perf_counter()
     db = sqlite3.connect(workdir / "app.db")
     aad_a, aad_b = b"kt1:1:secrets.a", b"kt1:1:secrets.b"
+    b2a, seal = binascii.b2a_base64, aead.encrypt
     for rows in pages(db, BATCH):
         nonces = os.urandom(24 * len(rows))
         out = []
         for j, (i, a, b) in enumerate(rows):
             n1, n2 = nonces[24 * j : 24 * j + 12], nonces[24 * j + 12 : 24 * j + 24]
-            ta = n1 + aead.encrypt(n1, a.encode(), aad_a)
-            tb = n2 + aead.encrypt(n2, b.encode(), aad_b)
+            ta = b2a(n1 + seal(n1, a.encode(), aad_a), newline=False)
+            tb = b2a(n2 + seal(n2, b.encode(), aad_b), newline=False)
             out.append(
                 (
-                    "kt1:1:" + base64.urlsafe_b64encode(ta).rstrip(b"=").decode(),
-                    "kt1:1:" + base64.urlsafe_b64encode(tb).rstrip(b"=").decode(),
+                    "kt1:1:" + ta.translate(_URLSAFE).rstrip(b"=").decode(),
+                    "kt1:1:" + tb.translate(_URLSAFE).rstrip(b"=").decode(),
                     i,
                 )
             )
@@ -96,15 +100,22 @@ def bare_encrypt(workdir: Path, aead: AESGCM) -> float:
     return time.perf_counter() - started
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_STANDARD = bytes.maketrans(b"-_", b"+/")
+_PADDING = {0: b"", 2: b"==", 3: b"="}
+
+
 def bare_verify(workdir: Path, aead: AESGCM) -> float:
     started = time.perf_counter()
     db = sqlite3.connect(workdir / "app.db")
     aad_a, aad_b = b"kt1:1:secrets.a", b"kt1:1:secrets.b"
 
+    a2b, decrypt = binascii.a2b_base64, aead.decrypt
+
     def opened(token: str, aad: bytes) -> bytes:
-        payload = token.split(":", 2)[2]
-        blob = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-        return aead.decrypt(blob[:12], blob[12:], aad)
+        payload = token.rpartition(":")[2]
+        blob = a2b(payload.encode().translate(_STANDARD) + _PADDING[len(payload) % 4])
+        return decrypt(blob[:12], blob[12:], aad)
 
     n = 0
     for rows in pages(db, BATCH):
