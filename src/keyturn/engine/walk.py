@@ -751,6 +751,9 @@ def count_categories(categories: Sequence[Category]) -> Counter[str]:
     """How many values of each category (a JSON document's fields each counted)."""
     if categories and type(categories[0]) is tuple:
         return Counter(chain.from_iterable(categories))
+    # The usual batch has one category throughout: a count by identity, no hashing.
+    if categories and categories.count(categories[0]) == len(categories):
+        return Counter({categories[0]: len(categories)})  # type: ignore[dict-item]  # str
     return Counter(categories)  # type: ignore[arg-type]  # all str
 
 
