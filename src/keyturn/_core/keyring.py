@@ -235,9 +235,9 @@ class Keyring:
         left = self._keys.get(leave) if leave is not None else None
         # "kt1:<version>", as rpartition leaves it: that key's opener and AAD.
         heads = {
-            old.header[:-1]: (old.aead.decrypt, (old.header + context).encode())
-            for old in self._keys.values()
-            if old is not left
+            f"{tokens.MAGIC}:{text}": (key.aead.decrypt, aad)
+            for text, (key, aad) in self._opening(context).items()
+            if key is not left
         }
         clean_ends, to_standard, padding = _CLEAN_ENDS, _TO_STANDARD, _PADDING
         for token in tokens_:
