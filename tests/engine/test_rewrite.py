@@ -3,16 +3,22 @@ decided) and how a MariaDB batch is cut into statements."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+from collections.abc import Iterator
 from functools import partial
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import keyturn
+from keyturn.engine import walk
 from keyturn.engine.pacing import Pipeline as _Pipeline
-from keyturn.engine.walk import _spans
+from keyturn.engine.walk import _Collector, _spans
+from tests.conftest import App
 
 
 @pytest.mark.parametrize("enabled", [True, False])
@@ -83,6 +89,54 @@ def test_a_follow_up_does_not_hold_up_the_caller_and_runs_after_the_write() -> N
         pipeline.then(fail)
         pipeline.submit(lambda: order.append("never"))
     assert "never" not in order
+
+
+@pytest.fixture
+def gc_threshold() -> Iterator[None]:
+    found = gc.get_threshold()
+    yield
+    gc.set_threshold(*found)
+
+
+@pytest.mark.usefixtures("gc_threshold")
+def test_overlapping_walks_relax_the_collector_until_the_last_one_ends() -> None:
+    """The collector's threshold is raised while any walk runs (they may overlap on
+    threads) and is put back as it was found once the last one ends."""
+    gc.set_threshold(700, 10, 10)
+    collector = _Collector()
+    first, second = collector.relaxed(), collector.relaxed()
+    first.__enter__()
+    assert gc.get_threshold() == (walk._WALK_THRESHOLD, 10, 10)
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first walk ends while the second runs
+    assert gc.get_threshold() == (walk._WALK_THRESHOLD, 10, 10)
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == (700, 10, 10)
+    gc.set_threshold(0)  # automatic collection off: a walk leaves it off
+    with collector.relaxed():
+        assert gc.get_threshold()[0] == 0
+    assert gc.get_threshold()[0] == 0
+
+
+@pytest.mark.usefixtures("gc_threshold")
+def test_a_walk_runs_with_the_collector_relaxed(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch is read and decided with the threshold raised, so a batch's rows
+    arriving do not start a collection every 700 rows; it is back after the walk."""
+    gc.set_threshold(700, 10, 10)
+    seen: list[int] = []
+    read = walk.fetch_raw
+
+    def watched(*args: Any) -> list[tuple[Any, ...]]:
+        seen.append(gc.get_threshold()[0])
+        return read(*args)
+
+    app.cli("init", check=True)
+    app.cli("encrypt-existing", check=True)
+    monkeypatch.setattr(walk, "fetch_raw", watched)
+    with keyturn.open(app.config) as store:
+        report = keyturn.verify(store)
+    assert report.totals["ok"] and seen and set(seen) == {walk._WALK_THRESHOLD}
+    assert gc.get_threshold() == (700, 10, 10)
 
 
 @given(

@@ -13,6 +13,7 @@ are a ``decide`` function per column handed to :class:`TableRewriter`.
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from bisect import bisect_right
 from collections import Counter
@@ -198,9 +199,10 @@ class TableRewriter:
         driver's exception: the swap statements may hold the values they write."""
 
         def walk() -> list[ColumnResult]:
-            with Pipeline(self._pipelined()) as pipeline:
-                self._walk(after, pipeline)
-            return self._finish()
+            with _gc_relaxed():
+                with Pipeline(self._pipelined()) as pipeline:
+                    self._walk(after, pipeline)
+                return self._finish()
 
         return _keyturn_errors(walk)
 
@@ -226,7 +228,8 @@ class TableRewriter:
             then(results)
 
         def walk() -> None:
-            self._walk(after, pipeline, yield_lease=True)
+            with _gc_relaxed():
+                self._walk(after, pipeline, yield_lease=True)
             pipeline.then(finish)
 
         _keyturn_errors(walk)
@@ -328,10 +331,10 @@ class TableRewriter:
         """Decide every value of a (non-empty) batch; note the rows that failed and
         those of unknown shape. ``held``: the batch's rows are locked in its open
         transaction, where the batch is to be written."""
-        with _gc_paused():
-            return self._decide_paused(batch, failed, unknown, held)
+        with _gc_relaxed():
+            return self._decide_batch(batch, failed, unknown, held)
 
-    def _decide_paused(
+    def _decide_batch(
         self,
         batch: Sequence[tuple[Any, ...]],
         failed: list[list[PK]],
@@ -415,7 +418,7 @@ class TableRewriter:
                                 applied.append((column, *picked, [new[j] for j in kept]))
                 if self.on_batch:
                     by_name = {c.spec.name: batch.counts[i] for i, c in enumerate(self.columns)}
-                    with _gc_paused():  # a backup packs the batch's values
+                    with _gc_relaxed():  # a backup packs the batch's values
                         self.on_batch(conn, last, by_name, applied)
         for total, part in zip(counts, batch.counts, strict=True):
             total.update(part)
@@ -733,18 +736,42 @@ class _Write:
     setup: str | None = None  # run first, without parameters (planner settings)
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Deciding a batch allocates a few objects per value and no reference cycles;
-    with a big batch alive, the cyclic collector's passes cost as much as the
-    crypto (bench/rotate.py). Paused for one batch (well under a second)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+#: The collector's first threshold while a walk runs: above what a batch keeps
+#: alive (at most 20,000 rows, a few tracked objects each), so that it runs when
+#: objects accumulate (reference cycles left behind), not whenever a batch's rows
+#: arrive: each of those passes walks every row still held, and cost verify a
+#: quarter of its overhead over a bare loop (docs/PERFORMANCE.md).
+_WALK_THRESHOLD = 250_000
+
+
+class _Collector:
+    """Raises the collector's threshold while any walk of this process runs (they
+    may overlap, on threads), and puts back what it found once the last one ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._walks = 0
+        self._found = gc.get_threshold()
+
+    @contextmanager
+    def relaxed(self) -> Iterator[None]:
+        with self._lock:
+            if not self._walks:
+                self._found = gc.get_threshold()
+                first = self._found[0]
+                if first:  # 0: automatic collection is off, and stays so
+                    gc.set_threshold(max(first, _WALK_THRESHOLD), *self._found[1:])
+            self._walks += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._walks -= 1
+                if not self._walks:
+                    gc.set_threshold(*self._found)
+
+
+_gc_relaxed = _Collector().relaxed
 
 
 def count_categories(categories: Sequence[Category]) -> Counter[str]:
