@@ -12,8 +12,9 @@ For each backend, on identical fresh copies of a table of ROWS kt1 tokens:
   per-row     keyturn's engine with bulk writes off (driver executemany)
   (a) seeds   the seeds' script: SELECT all, then one UPDATE per row, one transaction
   (b) bare    the fastest bare loop with the same driver: keyset SELECT, AESGCM
-              a batch at a time (_reseal), one multi-row UPDATE per batch (no
-              swap check, no checkpoint)
+              a batch at a time (rotate.reseal), one multi-row UPDATE per batch
+              (no swap check, no checkpoint), the collector relaxed as keyturn's
+              walk relaxes it
   (b) piped   the same with each UPDATE on a second connection in a thread while
               the next batch is read and re-encrypted, as keyturn does
   (b) ctid    PostgreSQL: (b) piped with each row updated where it was read (its
@@ -44,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import os
 import re
 import secrets
@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from rotate import collector_relaxed, reseal  # bench/rotate.py: the bare loops' core
 from sqlalchemy import create_engine, text
 
 import keyturn
@@ -347,7 +348,7 @@ def run_bare_bulk(config: Path, kind: str, pipelined: bool = False, by_ctid: boo
     engine = create_engine(url, connect_args={"ssl_disabled": True} if kind == "mysql" else {})
     started = time.perf_counter()
     last = 0
-    with engine.connect() as reader, engine.connect() as writer:
+    with collector_relaxed(), engine.connect() as reader, engine.connect() as writer:
         read = reader.connection.dbapi_connection
         write = writer.connection.dbapi_connection
         assert read is not None and write is not None
@@ -375,7 +376,7 @@ def run_bare_bulk(config: Path, kind: str, pipelined: bool = False, by_ctid: boo
                 break
             last = batch[-1][0]
             params: list[Any] = []
-            fresh = _reseal(aead, new, [row[1] for row in batch])
+            fresh = reseal(aead, new, [row[1] for row in batch], "secrets.a", 9)
             for row, token in zip(batch, fresh, strict=True):
                 params += [row[2] if by_ctid else row[0], token]
             if kind == "postgresql":
@@ -419,38 +420,6 @@ def run_bare_bulk(config: Path, kind: str, pipelined: bool = False, by_ctid: boo
     return time.perf_counter() - started
 
 
-_STANDARD = bytes.maketrans(b"-_", b"+/")
-_URLSAFE = bytes.maketrans(b"+/", b"-_")
-_PADDING = {0: b"", 2: b"==", 3: b"="}
-
-
-def _reseal(old: AESGCM, new: AESGCM, tokens: list[str]) -> list[str]:
-    """Each token opened with ``old`` and sealed with ``new``, as tight as we could
-    write it: one nonce draw a batch, binascii without base64's wrappers, each
-    AAD built once, as keyturn's own loop does. ``_seal(new, _open(old, t))``, a
-    token at a time, is slower, and so were the bare loops built on it: on this
-    2-core machine the client's CPU is the server's too (docs/PERFORMANCE.md)."""
-    nonces = os.urandom(12 * len(tokens))
-    a2b, b2a = binascii.a2b_base64, binascii.b2a_base64
-    opened, sealed = old.decrypt, new.encrypt
-    aads: dict[str, bytes] = {}
-    out: list[str] = []
-    append = out.append
-    end = 0
-    for token in tokens:
-        head, _, body = token.rpartition(":")
-        aad = aads.get(head)
-        if aad is None:
-            aad = aads[head] = f"{head}:secrets.a".encode()
-        blob = a2b(body.encode().translate(_STANDARD) + _PADDING[len(body) % 4])
-        plain = opened(blob[:12], blob[12:], aad)
-        start, end = end, end + 12
-        nonce = nonces[start:end]
-        blob = nonce + sealed(nonce, plain, b"kt1:9:secrets.a")
-        append("kt1:9:" + b2a(blob, newline=False).translate(_URLSAFE).rstrip(b"=").decode())
-    return out
-
-
 def _open(aead: AESGCM, token: str) -> bytes:
     version, _, body = token[4:].partition(":")
     blob = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
@@ -465,7 +434,7 @@ def _seal(aead: AESGCM, plain: bytes) -> str:
 
 def crypto_loops(rounds: int) -> None:
     """Microseconds a token for each way of re-encrypting a batch: the bare loops'
-    old per-token ``_seal(_open())``, their ``_reseal``, keyturn's
+    old per-token ``_seal(_open())``, their ``reseal``, keyturn's
     ``Keyring.reencrypt_many`` with one context for the batch (a column bound as a
     whole, as here) and with a context per token. Best of ``rounds`` (at least 5),
     alternated."""
@@ -475,12 +444,12 @@ def crypto_loops(rounds: int) -> None:
     contexts = ["secrets.a"] * len(tokens)
     loops = {
         "per token": lambda: [_seal(new.aead, _open(old.aead, t)) for t in tokens],
-        "_reseal": lambda: _reseal(old.aead, new.aead, tokens),
+        "reseal (the bare loops')": lambda: reseal(old.aead, new.aead, tokens, "secrets.a", 9),
         "keyturn": lambda: ring.reencrypt_many(tokens, "secrets.a", leave=9),
         "keyturn, a context per token": lambda: ring.reencrypt_many(tokens, contexts, leave=9),
     }
     # Each loop does the whole job: none is fast for failing.
-    assert ring.decrypt(_reseal(old.aead, new.aead, tokens[:1])[0], "secrets.a").startswith(b"s")
+    assert ring.decrypt(reseal(old.aead, new.aead, tokens[:1], "secrets.a", 9)[0], "secrets.a")
     assert None not in ring.reencrypt_many(tokens[:100], "secrets.a", leave=9)
     assert None not in ring.reencrypt_many(tokens[:100], contexts[:100], leave=9)
     best = dict.fromkeys(loops, float("inf"))
