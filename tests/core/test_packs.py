@@ -68,6 +68,26 @@ def test_every_value_comes_back_exactly(data: st.DataObject) -> None:
     roundtrip(pks, olds, news)
 
 
+def test_a_batch_longer_than_a_decoding_step_packs_as_it_would_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tokens of one version and length are decoded a step at a time: the pack is
+    the one a single step makes, and a token that differs in a later step (another
+    version, a "+", a value that is no token) sends the batch the long way."""
+    size = 61  # 88-character tokens: hundreds of them to a step
+    olds = [token(4, size) for _ in range(3 * packs._CHUNK // 88 + 5)]
+    pks = [(i,) for i in range(len(olds))]
+    stepped, _ = packs.pack(pks, olds, olds)
+    monkeypatch.setattr(packs, "_CHUNK", 10**9)
+    whole, _ = packs.pack(pks, olds, olds)
+    assert stepped == whole
+    monkeypatch.undo()
+    assert packs.unpack(stepped).olds == olds
+    for odd in (token(5, size), "kt1:4:" + "+" + token(4, size)[7:], b"x" * 88, "x" * 88):
+        changed: list[object] = [*olds[:-3], odd, *olds[-2:]]
+        roundtrip(pks, changed, olds)
+
+
 def test_near_tokens_are_kept_as_text_and_come_back() -> None:
     good = token(1, 40)
     near = [
