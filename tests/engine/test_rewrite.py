@@ -1,5 +1,6 @@
 """The batch engine's write pipeline (server backends write a batch while the next is
-decided) and how a MariaDB batch is cut into statements."""
+decided), how a MariaDB batch is cut into statements, and the collector's threshold
+while a walk runs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from functools import partial
 from typing import Any
 
 import pytest
+from conftest import App
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,7 +20,6 @@ import keyturn
 from keyturn.engine import walk
 from keyturn.engine.pacing import Pipeline as _Pipeline
 from keyturn.engine.walk import _Collector, _spans
-from tests.conftest import App
 
 
 @pytest.mark.parametrize("enabled", [True, False])
