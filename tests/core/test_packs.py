@@ -31,8 +31,13 @@ keys = st.one_of(
 )
 
 
-def roundtrip(pks: list[tuple[object, ...]], olds: list[object], news: list[object]) -> packs.Pack:
-    data, used = packs.pack(pks, olds, news)
+def roundtrip(
+    pks: list[tuple[object, ...]],
+    olds: list[object],
+    news: list[object],
+    opened: tuple[str, list[bytes]] | None = None,
+) -> packs.Pack:
+    data, used = packs.pack(pks, olds, news, opened=opened)
     back = packs.unpack(data)
     assert back.pks == [list(pk) for pk in pks]
     if any(isinstance(v, bytes) for v in olds):  # a binary column's pack: all bytes
@@ -47,9 +52,20 @@ def roundtrip(pks: list[tuple[object, ...]], olds: list[object], news: list[obje
 @given(st.data())
 def test_every_value_comes_back_exactly(data: st.DataObject) -> None:
     n = data.draw(st.integers(1, 40))
-    kind = data.draw(st.sampled_from(["tokens", "one version", "text", "bytes", "mixed"]))
-    if kind == "tokens":
-        olds: list[object] = data.draw(st.lists(tokens_, min_size=n, max_size=n))
+    kinds = ["tokens", "one version", "opened", "text", "bytes", "mixed"]
+    kind = data.draw(st.sampled_from(kinds))
+    opened = None
+    olds: list[object]
+    if kind == "opened":  # bodies as the re-encryption decoded them: one size or several
+        version = data.draw(st.integers(1, 12_000))
+        sizes = data.draw(st.lists(st.integers(28, 90), min_size=1, max_size=2))
+        bodies = [os.urandom(data.draw(st.sampled_from(sizes))) for _ in range(n)]
+        olds = [
+            f"kt1:{version}:" + base64.urlsafe_b64encode(b).rstrip(b"=").decode() for b in bodies
+        ]
+        opened = str(version), bodies
+    elif kind == "tokens":
+        olds = data.draw(st.lists(tokens_, min_size=n, max_size=n))
     elif kind == "one version":
         size = data.draw(st.integers(28, 90))
         olds = [token(3, size) for _ in range(n)]
@@ -65,7 +81,18 @@ def test_every_value_comes_back_exactly(data: st.DataObject) -> None:
     news = data.draw(
         st.lists(st.one_of(tokens_, text, st.binary(max_size=20)), min_size=n, max_size=n)
     )
-    roundtrip(pks, olds, news)
+    roundtrip(pks, olds, news, opened)
+
+
+def test_opened_bodies_that_do_not_match_the_values_are_refused() -> None:
+    olds = [token(1, 40) for _ in range(3)]
+    bodies = [base64.urlsafe_b64decode(t[6:] + "=" * (-len(t[6:]) % 4)) for t in olds]
+    pks = [(i,) for i in range(3)]
+    with pytest.raises(ValueError, match="opened"):
+        packs.pack(pks, olds, olds, opened=("1", bodies[:2]))
+    with pytest.raises(ValueError, match="opened"):
+        packs.pack(pks, olds, olds, opened=("01x", bodies))
+    assert packs.unpack(packs.pack(pks, olds, olds, opened=("1", bodies))[0]).olds == olds
 
 
 def test_a_batch_longer_than_a_decoding_step_packs_as_it_would_whole(

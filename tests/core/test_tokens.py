@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from keyturn import InvalidToken, UnknownKeyVersion
 from keyturn._core import tokens
-from keyturn._core.keyring import DataKey, Keyring
+from keyturn._core.keyring import DataKey, Keyring, Resealed
 
 KEY = DataKey(3, bytes(range(32)))
 RING = Keyring({3: KEY}, 3)
@@ -274,6 +274,15 @@ def test_batch_reencryption_under_one_context_agrees_with_one_token_at_a_time(
         else:
             assert new is not None and new.startswith("kt1:10:")
             assert ring.decrypt(new, "t.c") == expected
+    # What a backup keeps instead of decoding again: each opened token's body bytes,
+    # and their version where all opened and share one.
+    assert isinstance(fresh, Resealed)
+    reopened = [v for v, new in zip(values, fresh, strict=True) if new is not None]
+    spelled = [base64.urlsafe_b64encode(b).rstrip(b"=").decode() for b in fresh.opened]
+    assert spelled == [v.split(":", 2)[2] for v in reopened]
+    versions = {str(tokens.version_of(v)) for v in reopened}
+    every = len(reopened) == len(values) and len(versions) == 1
+    assert fresh.version == (versions.pop() if every else None)
     per_token = ring.reencrypt_many(values, ["t.c"] * len(values), leave=leave)
     assert [f is None for f in per_token] == [f is None for f in fresh]
     opened = []  # verify's batch path, the same loop: True exactly where decrypt opens

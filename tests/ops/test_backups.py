@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,14 @@ def values(database: Database) -> dict[tuple[str, str], str | None]:
     return found
 
 
+def header(data: bytes) -> dict[str, object]:
+    """A pack's header (docs/FORMAT.md, "Backups")."""
+    (size,) = struct.unpack_from(">I", data, 4)
+    found = json.loads(zlib.decompress(data[8 : 8 + size]))
+    assert isinstance(found, dict)
+    return found
+
+
 def rotate(app: App, *args: str) -> dict[str, object]:
     return json.loads(app.cli("rotate", "--yes", "--json", *args, check=True).stdout)
 
@@ -62,11 +72,15 @@ def test_packed_backups_restore_every_token_and_count_their_versions(
     app = users_app(database, tmp_path, monkeypatch)
     before, job = rotated(app, database)
     packs = database.rows(
-        "SELECT table_name, column_name, value_count, versions FROM keyturn_backup_batches"
+        "SELECT table_name, column_name, value_count, versions, data FROM keyturn_backup_batches"
     )
-    assert sum(n for _, _, n, _ in packs) == 2 * ROWS - ROWS // 10  # NULLs are not replaced
+    assert sum(n for _, _, n, _, _ in packs) == 2 * ROWS - ROWS // 10  # NULLs are not replaced
     assert len(packs) == 2, "one row per batch and column, not one per value"
-    assert all(json.loads(v) == {"1": n} for _, _, n, v in packs)
+    assert all(json.loads(v) == {"1": n} for _, _, n, v, _ in packs)
+    # tags.secret, bound as a column, keeps the bytes its re-encryption decoded;
+    # users.secret, bound per row, is packed from its tokens.
+    forms = {table: header(data)["form"] for table, _, _, _, data in packs}
+    assert forms == {"tags": "opened", "users": "tokens"}
     kept = backed_up(database.url, job)
     assert sorted(old for *_, old in kept) == sorted(v for v in before.values() if v)
     assert {tuple(pk) for t, _, pk, _ in kept if t == "tags"} == {

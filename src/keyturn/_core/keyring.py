@@ -70,6 +70,20 @@ def wrap_aad(keyring_id: str, version: int) -> bytes:
     return f"keyturn-dek:v1:{keyring_id}:{version}".encode()
 
 
+class Resealed(list[str | None]):
+    """:meth:`Keyring.reencrypt_many`'s tokens for one context, with what it decoded
+    on the way: the bytes the body of each token that opened spelled (``opened``,
+    in order) and, if every token opened and under one version, that version's
+    text (``version``). A backup keeps the bytes instead of decoding again."""
+
+    __slots__ = ("opened", "version")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened: list[bytes] = []
+        self.version: str | None = None
+
+
 class Keyring:
     """Unwrapped DEKs by version, with the active one used for encryption."""
 
@@ -195,9 +209,7 @@ class Keyring:
             append(header + b2a(blob, newline=False).translate(to_urlsafe).rstrip(b"=").decode())
         return out
 
-    def _reencrypt_for(
-        self, tokens_: Sequence[str], context: str, leave: int | None
-    ) -> list[str | None]:
+    def _reencrypt_for(self, tokens_: Sequence[str], context: str, leave: int | None) -> Resealed:
         """:meth:`reencrypt_many` for one context, the rotation's usual batch
         (:meth:`_opened`: 0.15-0.2 us a token less, docs/PERFORMANCE.md)."""
         key = self._active
@@ -206,10 +218,10 @@ class Keyring:
         sealed_aad = (header + context).encode()
         step, to_urlsafe, b2a = _NONCE, tokens.TO_URLSAFE, _b2a_base64
         nonces = os.urandom(step * len(tokens_))
-        out: list[str | None] = []
+        out = Resealed()
         append = out.append
         end = 0
-        for plaintext in self._opened(tokens_, context, leave):
+        for plaintext in self._opened(tokens_, context, leave, out):
             start, end = end, end + step
             if plaintext is None:
                 append(None)
@@ -226,13 +238,18 @@ class Keyring:
         return [plaintext is not None for plaintext in self._opened(tokens_, context)]
 
     def _opened(
-        self, tokens_: Sequence[object], context: str, leave: int | None = None
+        self,
+        tokens_: Sequence[object],
+        context: str,
+        leave: int | None = None,
+        kept: Resealed | None = None,
     ) -> Iterator[bytes | None]:
         """Each token's plaintext under ``context``; None for a token on version
         ``leave`` and for anything :meth:`decrypt` refuses. The batch paths' loop:
         :func:`_open`'s checks written out, the header of the token before reused
         while tokens share it, and the strict decoder's check made one of length
-        (below; docs/PERFORMANCE.md)."""
+        (below; docs/PERFORMANCE.md). ``kept`` gets the bytes of each token that
+        opened and, if they all share it, their version."""
         left = self._keys.get(leave) if leave is not None else None
         # "kt1:<version>", as rpartition leaves it: that key's opener and AAD.
         heads = {
@@ -243,6 +260,8 @@ class Keyring:
         ends, to_standard, padding, a2b = _CLEAN_ENDS, _TO_STANDARD, _PADS, a2b_base64
         last, width = "\0", 0  # no token's header: the first is looked up
         decrypt, aad = self._active.aead.decrypt, b""
+        keep = kept.opened.append if kept is not None else None
+        versions: set[str] = set()
         for token in tokens_:
             plaintext = None
             try:
@@ -257,6 +276,7 @@ class Keyring:
                         decrypt, aad = entry
                         last = head + ":"
                         width = len(last)
+                        versions.add(head)
                 size = len(payload)
                 if size and payload[-1] in ends[size & 3]:
                     # The lax decoder skips what is not base64 (a "!" from
@@ -265,9 +285,13 @@ class Keyring:
                     blob = a2b(payload.encode().translate(to_standard) + padding[size & 3])
                     if len(blob) == (size * 3) >> 2:
                         plaintext = decrypt(blob[:12], blob[12:], aad)
+                        if keep is not None:
+                            keep(blob)
             except (AttributeError, TypeError, ValueError, InvalidTag):
                 pass  # not text, not base64, too short, or forged
             yield plaintext
+        if kept is not None and len(versions) == 1 and len(kept.opened) == len(tokens_):
+            kept.version = versions.pop()[len(tokens.MAGIC) + 1 :]
 
     def _opening(self, context: str) -> dict[str, tuple[DataKey, bytes]]:
         """Each held version's header text -> its key and its AAD for ``context``."""

@@ -9,18 +9,21 @@ per batch instead of one per value (docs/FORMAT.md, "Backups")::
     pack    := b"ktb1" u32 len(header) header  u32 len(keys) keys
                u32 len(values) values  fingerprints
     header  := zlib(JSON {"pks", "form", "length" | "lengths"[, "version" | "versions"]})
+               (form "opened": {"pks", "form", "version", "size" | "sizes"})
     keys    := zlib(one integer column's keys as signed 64-bit little-endian,
                or else JSON: a list of each row's key as a list)
     values  := form "tokens": every token without its two colons ("kt1", the
                version, the body: all base64url characters), each filled with
                "A" to a multiple of 4 characters, decoded as one;
+               form "opened": kt1 tokens of one version, the bytes each body
+               spells, joined (what the re-encryption decoded anyway);
                form "text" or "bytes": the values joined (UTF-8)
     fingerprints := FINGERPRINT characters per value (see :func:`fingerprint`),
                column by column (see :func:`fingerprints`)
 
 ``length(s)`` is each value's length (a token's, in characters; text in
-characters; bytes in bytes), ``version(s)`` each token's version text (one
-for all, or one per token).
+characters; bytes in bytes), ``size(s)`` each body's in bytes, ``version(s)``
+each token's version text (one for all, or one per token).
 """
 
 from __future__ import annotations
@@ -139,16 +142,23 @@ def pack(
     olds: Sequence[Any],
     news: Sequence[Any],
     keys: tuple[str, bytes] | None = None,
+    opened: tuple[str, Sequence[bytes]] | None = None,
 ) -> tuple[bytes, Counter[int]]:
     """One blob holding the replaced values ``olds`` of the rows ``pks`` and the
     fingerprints of ``news``, the values written over them; and how many tokens
     of each key version ``olds`` hold (:func:`versions_used`). ``keys`` is
-    :func:`pack_keys` of ``pks`` if the caller has it already."""
+    :func:`pack_keys` of ``pks`` if the caller has it already; ``opened``, where
+    every old value is a token of one version, that version's text and the
+    bytes each token's body spells (as ``Keyring.reencrypt_many`` decoded them)."""
     if not len(pks) == len(olds) == len(news):
         raise ValueError("pks, olds and news differ in length")
     form, packed_keys = keys or pack_keys(pks)
     header: dict[str, Any] = {"pks": form}
-    values = _pack_tokens(olds, header) if olds else None
+    values: bytes | None
+    if opened is not None:
+        values = _pack_opened(*opened, header, len(olds))
+    else:
+        values = _pack_tokens(olds, header) if olds else None
     if values is None:
         values = _pack_other(olds, header)
         used = versions_used(olds)
@@ -176,6 +186,19 @@ def pack_keys(pks: Sequence[Sequence[Any]]) -> tuple[str, bytes]:
                     ints.byteswap()
                 return "int64", zlib.compress(ints.tobytes(), 1)
     return "json", zlib.compress(_json([list(pk) for pk in pks]).encode(), 1)
+
+
+def _pack_opened(version: str, bodies: Sequence[bytes], header: dict[str, Any], n: int) -> bytes:
+    """The "opened" form: tokens of one version, already decoded, joined as they are."""
+    if len(bodies) != n or not version.isdigit():
+        raise ValueError("opened bodies do not match the values")
+    size = len(bodies[0]) if n else 0
+    joined = b"".join(bodies)
+    if set(map(len, bodies)) == {size}:
+        header.update(form="opened", version=version, size=size)
+    else:
+        header.update(form="opened", version=version, sizes=list(map(len, bodies)))
+    return joined
 
 
 def _pack_tokens(olds: Sequence[Any], header: dict[str, Any]) -> bytes | None:
@@ -310,6 +333,8 @@ def _unpack_pks(header: dict[str, Any], keys: bytes) -> list[list[Any] | None]:
 
 def _unpack_values(header: dict[str, Any], values: bytes, n: int) -> list[Any]:
     form = header["form"]
+    if form == "opened":
+        return _unpack_opened(header, values, n)
     lengths = header["lengths"] if "lengths" in header else [int(header["length"])] * n
     if form == "tokens":
         versions = header["versions"] if "versions" in header else [header["version"]] * n
@@ -335,6 +360,25 @@ def _unpack_values(header: dict[str, Any], values: bytes, n: int) -> list[Any]:
         at += length
     if at != len(joined):
         raise ValueError("values and lengths disagree")
+    return out
+
+
+def _unpack_opened(header: dict[str, Any], values: bytes, n: int) -> list[str]:
+    """Tokens of the "opened" form: each body's bytes spelled again in base64url."""
+    version = header["version"]
+    if not (isinstance(version, str) and version.isdigit()):
+        raise ValueError("a token's version is not a number")
+    sizes = header["sizes"] if "sizes" in header else [int(header["size"])] * n
+    head, b2a, to_urlsafe = f"kt1:{version}:", binascii.b2a_base64, tokens.TO_URLSAFE
+    out, at = [], 0
+    for size in sizes:
+        if not (isinstance(size, int) and size > 0):
+            raise ValueError("a token's size is not a count")
+        body = b2a(values[at : at + size], newline=False).translate(to_urlsafe)
+        out.append(head + body.rstrip(b"=").decode())
+        at += size
+    if at != len(values):
+        raise ValueError("token bodies and sizes disagree")
     return out
 
 

@@ -35,6 +35,7 @@ from sqlalchemy.engine import make_url
 
 from keyturn._core import packs, tokens
 from keyturn._core.jsonpath import splice
+from keyturn._core.keyring import Resealed
 from keyturn.db import migrations, schema
 from keyturn.db.columns import BoundColumn, keys_in, read_as, stored_as
 from keyturn.db.database import DriverStatement, exact_equals, has_table, write_transaction
@@ -113,7 +114,10 @@ def record(conn: Connection, job_id: str, applied: Sequence[Applied]) -> None:
                 found = keys.get(id(pks))
                 if found is None:
                     found = keys[id(pks)] = packs.pack_keys(pks)
-                data, used = packs.pack(pks, olds, news, found)
+                opened = None
+                if isinstance(news, Resealed) and news.version and len(news.opened) == hi:
+                    opened = news.version, news.opened  # every old token, decoded
+                data, used = packs.pack(pks, olds, news, found, opened)
             else:
                 data, used = packs.pack(pks[lo:hi], olds[lo:hi], news[lo:hi])
             spec = column.spec  # a JSON column's field is kept as its own column: doc$.apiKey
