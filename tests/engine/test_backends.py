@@ -292,7 +292,7 @@ def test_a_locked_batch_holds_off_the_app(
 
     def spy(self: Any, query: Any) -> Any:
         rows, held = read_locked(self, query)
-        cursor = held.connection.dbapi_connection.cursor()
+        cursor = held.conn.connection.dbapi_connection.cursor()
         cursor.execute(
             "SELECT trx_isolation_level FROM information_schema.innodb_trx "
             "WHERE trx_mysql_thread_id = CONNECTION_ID()"
@@ -341,6 +341,51 @@ def test_a_locked_batch_holds_off_the_app(
     assert all(v.endswith("|rewritten") and v.count("|") == 1 for v in rows.values())
     assert len(rows) == len(keys) - 2
     assert results[0].counts == {"seen": len(keys)}
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_a_sqlite_batch_no_one_wrote_to_since_its_read_is_swapped_by_key(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: a batch is swapped by its key alone when no other connection has
+    committed since its read (the database's data_version is as it was then);
+    the batch the app wrote to in between is compared, its swap misses the row
+    the app changed, and the retry keeps the app's value and brings back no row
+    it deleted."""
+    from keyturn.engine.pacing import Pacing
+    from keyturn.engine.walk import TableRewriter, each_value
+
+    pk, keys, changed, deleted, where = rows_the_app_touches(database, tmp_path, "int", monkeypatch)
+    with keyturn.open() as store:
+
+        def decide(key: tuple[Any, ...], value: Any) -> tuple[str, str | None]:
+            if tuple(key) == changed and value != "app-wrote":
+                database.execute(
+                    f"UPDATE creds SET oauth = 'app-wrote' WHERE {where}",
+                    f"DELETE FROM creds WHERE {where.replace(':k', ':g')}",
+                    k0=changed[0],
+                    g0=deleted[0],
+                )
+            return "seen", f"{value}|rewritten"
+
+        pacing = Pacing(batch_size=5, min_batch=5, max_batch=5)
+        rewriter = TableRewriter(
+            store.engine, [oauth_column(store)], [each_value(decide)], pacing=pacing
+        )
+        sent: list[str] = []
+        write = rewriter._write
+        monkeypatch.setattr(
+            rewriter, "_write", lambda conn, w: sent.append(w.statements[0][0]) or write(conn, w)
+        )
+        results = rewriter.run()
+    compared = [sql for sql in sent if "creds.oauth = ?" in sql]
+    assert len(sent) == len(keys) // 5 + 1  # every batch, and the retry
+    assert len(compared) == 2, "the batch the app wrote to, and its retry, compare; no other"
+    rows = oauth_by_key(database, pk)
+    assert deleted not in rows, "a row deleted meanwhile was brought back"
+    assert rows.pop(changed) == "app-wrote|rewritten", "the app's write was overwritten"
+    assert all(v.endswith("|rewritten") and v.count("|") == 1 for v in rows.values())
+    assert results[0].counts.get("contended", 0) == 0
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)

@@ -144,10 +144,24 @@ _WRITE = "keyturn_write"
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction that will write: committed on success, rolled back on error."""
-    with engine.connect() as conn:
-        conn.execution_options(**{_WRITE: True})
-        with conn.begin():
-            yield conn
+    with engine.connect() as conn, writing_on(conn):
+        yield conn
+
+
+@contextmanager
+def writing_on(conn: Connection) -> Iterator[Connection]:
+    """:func:`write_transaction` on ``conn``, which has no transaction open."""
+    conn.execution_options(**{_WRITE: True})
+    with conn.begin():
+        yield conn
+
+
+def data_version(conn: Connection) -> int:
+    """SQLite's ``PRAGMA data_version`` on ``conn``: it changes whenever another
+    connection, of any process, commits to the database, and never for this
+    connection's own commits (sqlite.org/pragma.html#pragma_data_version)."""
+    (version,) = conn.exec_driver_sql("PRAGMA data_version").fetchone()  # type: ignore[misc]
+    return int(version)
 
 
 class DriverStatement:

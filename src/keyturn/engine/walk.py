@@ -6,7 +6,8 @@ transaction; each batch is written in one short transaction by
 compare-and-swap, so a value the application changed or deleted meanwhile is
 never overwritten or brought back (PostgreSQL compares each row's xmin; MariaDB
 and MySQL write in the transaction that read the batch with its rows locked:
-dialects.LOCKED_READS). Both ``encrypt-existing`` and ``rotate``
+dialects.LOCKED_READS; SQLite compares only if another connection committed
+since the read: dialects.UNCHANGED_READS). Both ``encrypt-existing`` and ``rotate``
 are a ``decide`` function per column handed to :class:`TableRewriter`.
 """
 
@@ -43,11 +44,13 @@ from keyturn.config import ColumnSpec
 from keyturn.db.columns import BoundColumn, keys_in, read_as, row_filter, stored_as, table_of
 from keyturn.db.database import (
     DriverStatement,
+    data_version,
     database_error,
     driver_cursor,
     exact_equals,
     fetch_raw,
     write_transaction,
+    writing_on,
 )
 from keyturn.db.schema import BACKUP_NAME
 from keyturn.engine import dialects
@@ -188,7 +191,7 @@ class TableRewriter:
         self.filter = list(self.columns[0].spec.where)
         # Its values in order, bound after every other value of a swap.
         self.filter_values = [v for _, values in self.filter for v in values]
-        self._statements: dict[tuple[int, ...], DriverStatement] = {}
+        self._statements: dict[tuple[tuple[int, ...], bool], DriverStatement] = {}
         self._bulk_statements: dict[tuple[tuple[int, ...], bool], mysql.BulkStatement] = {}
         self._array_statements: dict[tuple[tuple[int, ...], bool], tuple[str, list[str], str]] = {}
 
@@ -326,11 +329,11 @@ class TableRewriter:
         batch: Sequence[tuple[Any, ...]],
         failed: list[list[PK]],
         unknown: list[list[PK]],
-        held: Connection | None = None,
+        held: _Held | None = None,
     ) -> _Decided:
         """Decide every value of a (non-empty) batch; note the rows that failed and
-        those of unknown shape. ``held``: the batch's rows are locked in its open
-        transaction, where the batch is to be written."""
+        those of unknown shape. ``held``: the connection the batch was read on and
+        is to be written on, its rows locked or unchanged since (:class:`_Held`)."""
         with _gc_relaxed():
             return self._decide_batch(batch, failed, unknown, held)
 
@@ -339,7 +342,7 @@ class TableRewriter:
         batch: Sequence[tuple[Any, ...]],
         failed: list[list[PK]],
         unknown: list[list[PK]],
-        held: Connection | None,
+        held: _Held | None,
     ) -> _Decided:
         n = len(self.pk)
         # The batch by column: the primary key's parts, then the values.
@@ -384,11 +387,15 @@ class TableRewriter:
         missing: dict[PK, tuple[int, ...]] = {}
         if batch.writes or (self.on_batch and not self.dry_run):
             with self._transaction(batch.held) as conn:
-                for write in batch.writes:
+                writes = batch.writes
+                if not (batch.held is None or batch.held.unchanged(conn)):
+                    # Another connection committed since the read: compare after all.
+                    writes = [self._prepare(w.indexes, w.rows, list(w.written)) for w in writes]
+                for write in writes:
                     for at in self._write(conn, write):
                         missing[pks[write.rows[at]]] = write.indexes
                 if missing:
-                    for write in batch.writes:
+                    for write in writes:
                         for j in write.rows:
                             if pks[j] in missing:  # counted when applied, on the retry
                                 for i in write.indexes:
@@ -404,7 +411,7 @@ class TableRewriter:
                     }
                     for i, documents in by_field.items():
                         applied += documents.applied(self.columns[i], pks, missing)
-                    for write in batch.writes:
+                    for write in writes:
                         rows = write.rows
                         kept = [j for j in rows if pks[j] not in missing] if missing else rows
                         for i in write.indexes:
@@ -457,11 +464,13 @@ class TableRewriter:
             if arrays is not None:
                 return arrays
         if not (many_rows and dialect.name in dialects.BULK):
-            statement = self._statements.get(indexes)
+            statement = self._statements.get((indexes, compare))
             if statement is None:
-                statement = self._statements[indexes] = self._compile(indexes, dialect)
+                statement = self._compile(indexes, dialect, compare)
+                self._statements[indexes, compare] = statement
             constants = [[v] * len(rows) for v in self.filter_values]
-            many = [(statement.sql, statement.from_columns([*written, *constants]))]
+            sent = written if compare else self._read_replaced(written, indexes, [])
+            many = [(statement.sql, statement.from_columns([*sent, *constants]))]
             return _Write(indexes, rows, written, many, many=True)
         # MariaDB/MySQL: many rows per UPDATE statement. Tokens and ints are put in
         # the statement as they are: PyMySQL's per-value escaping cost more than
@@ -577,15 +586,19 @@ class TableRewriter:
         n = len(self.pk)
         return [*written[:n], *by, *written[n + len(indexes) :]]
 
-    def _compile(self, indexes: tuple[int, ...], dialect: Any) -> DriverStatement:
+    def _compile(self, indexes: tuple[int, ...], dialect: Any, compare: bool) -> DriverStatement:
         # The compare-and-swap: a row is written only if every column we change
         # still holds the value we read. If the app changed one meanwhile (a new
         # secret, or a token written with an older key by a process that has not
         # yet seen the rotation), the swap misses and the row is re-read and
         # retried, so the app's newer value is never overwritten with our stale
         # one. A row the app deleted matches nothing and is never brought back.
+        # ``compare=False``: the rows are locked or unchanged since the read
+        # (:class:`_Held`), and are found by their key alone.
         same_row = [c == bindparam(f"_pk{j}") for j, c in enumerate(self.pk)]
-        unchanged = [exact_equals(self.texts[i], bindparam(f"_old{i}"), dialect) for i in indexes]
+        unchanged = [
+            exact_equals(self.texts[i], bindparam(f"_old{i}"), dialect) for i in indexes if compare
+        ]
         filter_names = [
             [f"_w{k}_{m}" for m in range(len(values))] for k, (_, values) in enumerate(self.filter)
         ]
@@ -605,19 +618,22 @@ class TableRewriter:
         )
         names = (
             [f"_pk{j}" for j in range(len(self.pk))]
-            + [f"_old{i}" for i in indexes]
+            + [f"_old{i}" for i in indexes if compare]
             + [f"_new{i}" for i in indexes]
             + [n for names in filter_names for n in names]
         )
         return DriverStatement(statement, dialect, names)
 
     @contextmanager
-    def _transaction(self, held: Connection | None = None) -> Iterator[Connection]:
+    def _transaction(self, held: _Held | None = None) -> Iterator[Connection]:
         if self.conn is not None:
             yield self.conn
+        elif held is not None and held.version is not None:  # the read's has ended
+            with writing_on(held.conn):
+                yield held.conn
         elif held is not None:
-            with held.get_transaction() or held.begin():  # the locked read's goes on
-                yield held
+            with held.conn.get_transaction() or held.conn.begin():  # the locked read's goes on
+                yield held.conn
         else:
             with write_transaction(self.engine) as conn:
                 yield conn
@@ -642,9 +658,11 @@ class TableRewriter:
 
     def _read_after(
         self, after: PK | None, limit: int, lock: bool = False
-    ) -> tuple[list[tuple[Any, ...]], Connection | None]:
+    ) -> tuple[list[tuple[Any, ...]], _Held | None]:
         """The next batch; with ``lock``, its rows locked in a transaction left open
-        on the connection returned with them (None otherwise)."""
+        on the connection returned with them; where the dialect notes changes
+        (dialects.UNCHANGED_READS), that connection and its change counter; else
+        no connection."""
         query = select(*self._read).order_by(*self.pk).limit(limit)
         if after is not None:
             query = query.where(after_key(self.pk, after))
@@ -661,6 +679,8 @@ class TableRewriter:
         # its statistics (none, or taken before the walk) can lead it to the other.
         if lock:
             return self._read_locked(query.with_for_update())
+        if self._notes_changes():
+            return self._read_noting_changes(query)
         if self._dialect not in dialects.ARRAY:
             return self._rows(query), None
         in_order = self.where is None or self.key_order
@@ -668,14 +688,30 @@ class TableRewriter:
         setup = f"{order}; {postgresql.NO_JIT}"
         return self._rows(query, setup=setup), None
 
-    def _read_locked(self, query: Any) -> tuple[list[tuple[Any, ...]], Connection]:
+    def _read_locked(self, query: Any) -> tuple[list[tuple[Any, ...]], _Held]:
         held = self.engine.connect()
         try:
             if self._read_committed:
                 _run_setup(held, mysql.READ_COMMITTED)
-            return fetch_raw(held, query), held
+            return fetch_raw(held, query), _Held(held)
         except BaseException:
             held.close()
+            raise
+
+    def _notes_changes(self) -> bool:
+        return self.conn is None and not self.dry_run and self._dialect in dialects.UNCHANGED_READS
+
+    def _read_noting_changes(self, query: Any) -> tuple[list[tuple[Any, ...]], _Held]:
+        """SQLite: the batch and ``data_version`` in one read transaction, ended
+        before the connection is handed back to write the batch."""
+        conn = self.engine.connect()
+        try:
+            with conn.begin():
+                version = data_version(conn)
+                rows = fetch_raw(conn, query)
+            return rows, _Held(conn, version)
+        except BaseException:
+            conn.close()
             raise
 
     def _read_pks(self, pks: Sequence[PK], conn: Connection | None = None) -> list[tuple[Any, ...]]:
@@ -715,13 +751,29 @@ class _Decided:
     news: list[list[str | None]]
     counts: list[Counter[str]]
     writes: list[_Write]
-    held: Connection | None = None  # its rows locked in this open transaction
+    held: _Held | None = None  # where it was read and is to be written
 
 
-def _release(held: Connection | None) -> None:
-    """Roll back and return a locked read's connection (its locks go with it)."""
+@dataclass(frozen=True)
+class _Held:
+    """The connection a batch was read on, to be written on: with the batch's rows
+    locked in its open transaction (dialects.LOCKED_READS), or, SQLite, its read's
+    transaction ended, with the database's ``data_version`` as of the read
+    (dialects.UNCHANGED_READS)."""
+
+    conn: Connection
+    version: int | None = None
+
+    def unchanged(self, conn: Connection) -> bool:
+        """Inside the write's transaction: whether the rows are still as read (locked,
+        or no other connection has committed since)."""
+        return self.version is None or data_version(conn) == self.version
+
+
+def _release(held: _Held | None) -> None:
+    """Roll back and return the connection a batch was read on (locks go with it)."""
     if held is not None:
-        held.close()
+        held.conn.close()
 
 
 @dataclass(frozen=True)
