@@ -260,7 +260,7 @@ def test_batch_reencryption_under_one_context_agrees_with_one_token_at_a_time(
             )
         )
     ]
-    fresh = ring.reencrypt_many(values, "t.c", leave=leave)
+    fresh = ring.reencrypt_many(values, "t.c", leave=leave, opened=True)
     assert len(fresh) == len(values)
     for value, new in zip(values, fresh, strict=True):
         try:
@@ -283,6 +283,8 @@ def test_batch_reencryption_under_one_context_agrees_with_one_token_at_a_time(
     versions = {str(tokens.version_of(v)) for v in reopened}
     every = len(reopened) == len(values) and len(versions) == 1
     assert fresh.version == (versions.pop() if every else None)
+    unasked = ring.reencrypt_many(values, "t.c", leave=leave)
+    assert isinstance(unasked, Resealed) and unasked.opened == [] and unasked.version is None
     per_token = ring.reencrypt_many(values, ["t.c"] * len(values), leave=leave)
     assert [f is None for f in per_token] == [f is None for f in fresh]
     opened = []  # verify's batch path, the same loop: True exactly where decrypt opens

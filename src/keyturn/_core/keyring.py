@@ -71,10 +71,11 @@ def wrap_aad(keyring_id: str, version: int) -> bytes:
 
 
 class Resealed(list[str | None]):
-    """:meth:`Keyring.reencrypt_many`'s tokens for one context, with what it decoded
-    on the way: the bytes the body of each token that opened spelled (``opened``,
-    in order) and, if every token opened and under one version, that version's
-    text (``version``). A backup keeps the bytes instead of decoding again."""
+    """:meth:`Keyring.reencrypt_many`'s tokens for one context, with, if asked for,
+    what it decoded on the way: the bytes the body of each token that opened
+    spelled (``opened``, in order) and, if every token opened and under one
+    version, that version's text (``version``). A backup keeps the bytes instead
+    of decoding the tokens again."""
 
     __slots__ = ("opened", "version")
 
@@ -150,18 +151,23 @@ class Keyring:
         return out
 
     def reencrypt_many(
-        self, tokens_: Sequence[str], contexts: Sequence[str] | str, leave: int | None = None
+        self,
+        tokens_: Sequence[str],
+        contexts: Sequence[str] | str,
+        leave: int | None = None,
+        opened: bool = False,
     ) -> list[str | None]:
         """Decrypt each token and seal its plaintext under the active version, with
         one nonce draw for the whole batch; the plaintexts never leave here.
-        ``contexts``: each token's, or one text for all (a column bound as a whole).
+        ``contexts``: each token's, or one text for all (a column bound as a whole:
+        then a :class:`Resealed`, which with ``opened`` keeps what they decoded to).
 
         None stands for a value left as it is: a token on version ``leave``
         (already rotated), or anything that does not decrypt (:meth:`decrypt` on
         it raises the reason). The rotation loop spends most of its time here.
         """
         if isinstance(contexts, str):
-            return self._reencrypt_for(tokens_, contexts, leave)
+            return self._reencrypt_for(tokens_, contexts, leave, opened)
         key = self._active
         left = self._keys.get(leave) if leave is not None else None
         header = key.header
@@ -209,7 +215,9 @@ class Keyring:
             append(header + b2a(blob, newline=False).translate(to_urlsafe).rstrip(b"=").decode())
         return out
 
-    def _reencrypt_for(self, tokens_: Sequence[str], context: str, leave: int | None) -> Resealed:
+    def _reencrypt_for(
+        self, tokens_: Sequence[str], context: str, leave: int | None, opened: bool
+    ) -> Resealed:
         """:meth:`reencrypt_many` for one context, the rotation's usual batch
         (:meth:`_opened`: 0.15-0.2 us a token less, docs/PERFORMANCE.md)."""
         key = self._active
@@ -221,7 +229,7 @@ class Keyring:
         out = Resealed()
         append = out.append
         end = 0
-        for plaintext in self._opened(tokens_, context, leave, out):
+        for plaintext in self._opened(tokens_, context, leave, out if opened else None):
             start, end = end, end + step
             if plaintext is None:
                 append(None)

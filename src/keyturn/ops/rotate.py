@@ -754,6 +754,7 @@ class Rotator:
                     ring.active_version,
                     states[field.spec.name],
                     self.store.legacy_reader(field.spec.name),
+                    self.options.backup,
                 ),
                 EMPTY,
             )
@@ -928,7 +929,10 @@ def _decider(
     target: int,
     state: ColumnState,
     reader: LegacyReader | None,
+    backup: bool = False,
 ) -> DecideBatch:
+    """Re-encrypt a batch of ``column`` onto version ``target``; ``backup``: keep
+    what the tokens decoded to, for the backup (keyring.Resealed)."""
     spec = column.spec
     current = tokens.header(target)
     fixed = spec.context(()) if spec.bind == "column" else None
@@ -955,7 +959,7 @@ def _decider(
         news: list[str | None]
         if fixed is not None:
             # Every value at once: the keyring leaves what is not an older token.
-            news = ring.reencrypt_many(values, fixed, leave=target)
+            news = ring.reencrypt_many(values, fixed, leave=target, opened=backup)
             if None not in news:
                 return [ROTATED] * len(values), news  # the walk's usual batch
         else:
