@@ -266,24 +266,21 @@ class Keyring:
             if key is not left
         }
         ends, to_standard, padding, a2b = _CLEAN_ENDS, _TO_STANDARD, _PADS, a2b_base64
-        last, width = "\0", 0  # no token's header: the first is looked up
+        last: str | None = None  # the header looked up last (none yet)
         decrypt, aad = self._active.aead.decrypt, b""
         keep = kept.opened.append if kept is not None else None
         versions: set[str] = set()
         for token in tokens_:
             plaintext = None
             try:
-                if token[:width] == last:  # type: ignore[index]
-                    payload = token[width:]  # type: ignore[index]
-                else:
-                    head, _, payload = token.rpartition(":")  # type: ignore[attr-defined]
+                head, _, payload = token.rpartition(":")  # type: ignore[attr-defined]
+                if head != last:  # looked up only where the header changes
                     entry = heads.get(head)  # a payload holding ":" leaves no known head
                     if entry is None:  # another version, or no header: nothing to open
                         payload = ""
                     else:
                         decrypt, aad = entry
-                        last = head + ":"
-                        width = len(last)
+                        last = head
                         versions.add(head)
                 size = len(payload)
                 if size and payload[-1] in ends[size & 3]:
