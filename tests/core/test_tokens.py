@@ -283,6 +283,10 @@ def test_batch_reencryption_under_one_context_agrees_with_one_token_at_a_time(
     versions = {str(tokens.version_of(v)) for v in reopened}
     every = len(reopened) == len(values) and len(versions) == 1
     assert fresh.version == (versions.pop() if every else None)
+    rows = data.draw(st.lists(st.integers(0, max(0, len(values) - 1)), max_size=len(values)))
+    picked = fresh.picked(rows)  # some rows of a batch, as a backup gets them
+    assert list(picked) == [fresh[j] for j in rows] and picked.version == fresh.version
+    assert picked.opened == ([fresh.opened[j] for j in rows] if every else [])
     unasked = ring.reencrypt_many(values, "t.c", leave=leave)
     assert isinstance(unasked, Resealed) and unasked.opened == [] and unasked.version is None
     per_token = ring.reencrypt_many(values, ["t.c"] * len(values), leave=leave)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,31 @@ def test_workers_split_the_table(
     assert len({owner for _, owner in rows}) == 2, "both workers took chunks"
     check_all_rotated(app, database, 2)
     assert database.rows("SELECT state FROM keyturn_jobs") == [("succeeded",)]
+
+
+def test_a_parallel_rotations_backup_puts_back_every_token(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each worker backs up the chunks it rotates (column ``a`` bound as a column
+    keeps the bytes its re-encryption decoded, ``b`` bound per row its tokens):
+    restore puts back every token the job replaced, exactly."""
+    app = parallel_app(database, tmp_path, monkeypatch)
+    before = database.rows("SELECT id, a, b FROM secrets ORDER BY id")
+    proc = app.cli(
+        "rotate", "--yes", "--json", "--workers", "2", "--rows-per-chunk", "200",
+        "--max-rate", "1000", check=True,
+    )  # fmt: skip
+    report = json.loads(proc.stdout)
+    owners = {owner for _, owner in chunk_rows(database)}
+    assert len(owners) == 2, "both workers took chunks"
+    forms = set()
+    for column, data in database.rows("SELECT column_name, data FROM keyturn_backup_batches"):
+        (size,) = struct.unpack_from(">I", data, 4)
+        forms.add((column, json.loads(zlib.decompress(data[8 : 8 + size]))["form"]))
+    assert forms == {("a", "opened"), ("b", "tokens")}
+    restored = json.loads(app.cli("restore", report["job"], "--yes", "--json", check=True).stdout)
+    assert restored["restored"] == report["rotated"] == ROWS + ROWS - ROWS // 10
+    assert database.rows("SELECT id, a, b FROM secrets ORDER BY id") == before
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)

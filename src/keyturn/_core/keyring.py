@@ -84,6 +84,15 @@ class Resealed(list[str | None]):
         self.opened: list[bytes] = []
         self.version: str | None = None
 
+    def picked(self, rows: Sequence[int]) -> Resealed:
+        """The tokens at positions ``rows``, with what they decoded to if kept."""
+        out = Resealed()
+        out.extend([self[j] for j in rows])
+        if self.version is not None:  # every token opened: opened[j] is token j's
+            out.opened = [self.opened[j] for j in rows]
+            out.version = self.version
+        return out
+
 
 class Keyring:
     """Unwrapped DEKs by version, with the active one used for encryption."""

@@ -40,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
+from keyturn._core.keyring import Resealed
 from keyturn.config import ColumnSpec
 from keyturn.db.columns import BoundColumn, keys_in, read_as, row_filter, stored_as, table_of
 from keyturn.db.database import (
@@ -422,7 +423,10 @@ class TableRewriter:
                                 applied.append((column, pks, old, new))
                             else:
                                 picked = [pks[j] for j in kept], [old[j] for j in kept]
-                                applied.append((column, *picked, [new[j] for j in kept]))
+                                if isinstance(new, Resealed):  # with what it decoded
+                                    applied.append((column, *picked, new.picked(kept)))
+                                else:
+                                    applied.append((column, *picked, [new[j] for j in kept]))
                 if self.on_batch:
                     by_name = {c.spec.name: batch.counts[i] for i, c in enumerate(self.columns)}
                     with _gc_relaxed():  # a backup packs the batch's values
