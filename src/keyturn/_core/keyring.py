@@ -263,8 +263,8 @@ class Keyring:
     ) -> Iterator[bytes | None]:
         """Each token's plaintext under ``context``; None for a token on version
         ``leave`` and for anything :meth:`decrypt` refuses. The batch paths' loop:
-        :func:`_open`'s checks written out, the header of the token before reused
-        while tokens share it, and the strict decoder's check made one of length
+        :func:`_open`'s checks written out, each token split once and its header
+        looked up only where it changes, and the strict decoder's check made one of length
         (below; docs/PERFORMANCE.md). ``kept`` gets the bytes of each token that
         opened and, if they all share it, their version."""
         left = self._keys.get(leave) if leave is not None else None
