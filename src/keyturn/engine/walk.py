@@ -389,7 +389,7 @@ class TableRewriter:
         if batch.writes or (self.on_batch and not self.dry_run):
             with self._transaction(batch.held) as conn:
                 writes = batch.writes
-                if not (batch.held is None or batch.held.unchanged(conn)):
+                if not (batch.held is None or batch.held.unchanged()):
                     # Another connection committed since the read: compare after all.
                     writes = [self._prepare(w.indexes, w.rows, list(w.written)) for w in writes]
                 for write in writes:
@@ -458,22 +458,22 @@ class TableRewriter:
         """The statements that swap the columns ``indexes`` of these rows; ``written``
         holds, column by column, the primary key's parts, the values read and the
         values to write. Built before the transaction (and off the writing thread).
-        ``compare=False``: the rows are locked since they were read; a bulk swap
-        then sends no values read. ``xmins``: each row's xmin as read (PostgreSQL),
-        which a bulk swap compares instead of the values."""
+        ``compare=False``: the rows are locked or unchanged since they were read
+        (:class:`_Held`); the swap then sends no values read. ``xmins``: each row's
+        xmin as read (PostgreSQL), which a bulk swap compares instead of the values."""
         dialect = self.engine.dialect
         many_rows = self.bulk and len(rows) > 1
         if many_rows and dialect.name in dialects.ARRAY:
             arrays = self._prepare_arrays(indexes, rows, written, xmins)
             if arrays is not None:
                 return arrays
+        sent = written if compare else self._read_replaced(written, indexes, [])
         if not (many_rows and dialect.name in dialects.BULK):
             statement = self._statements.get((indexes, compare))
             if statement is None:
                 statement = self._compile(indexes, dialect, compare)
                 self._statements[indexes, compare] = statement
             constants = [[v] * len(rows) for v in self.filter_values]
-            sent = written if compare else self._read_replaced(written, indexes, [])
             many = [(statement.sql, statement.from_columns([*sent, *constants]))]
             return _Write(indexes, rows, written, many, many=True)
         # MariaDB/MySQL: many rows per UPDATE statement. Tokens and ints are put in
@@ -491,7 +491,6 @@ class TableRewriter:
                 self.filter,
                 compare,
             )
-        sent = written if compare else self._read_replaced(written, indexes, [])
         per_statement = max(1, min(mysql.STATEMENT_ROWS, mysql.STATEMENT_VALUES // len(sent)))
         statements: list[tuple[str, Any]] = []
         for start, stop in _spans(sent, per_statement, mysql.STATEMENT_CHARS):
@@ -768,10 +767,10 @@ class _Held:
     conn: Connection
     version: int | None = None
 
-    def unchanged(self, conn: Connection) -> bool:
+    def unchanged(self) -> bool:
         """Inside the write's transaction: whether the rows are still as read (locked,
         or no other connection has committed since)."""
-        return self.version is None or data_version(conn) == self.version
+        return self.version is None or data_version(self.conn) == self.version
 
 
 def _release(held: _Held | None) -> None:
