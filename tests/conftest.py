@@ -9,10 +9,12 @@ import secrets
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
 import traceback
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,6 +303,15 @@ def fill_users(app: App, rows: int) -> dict[int, str | None]:
         conn.executemany("INSERT INTO users VALUES (?, ?, ?)", batch)
     conn.close()
     return values
+
+
+def pack_form(data: bytes) -> str:
+    """The form a backup pack keeps its values in, from its header (docs/FORMAT.md,
+    "Backups"): "tokens", "opened", "text" or "bytes"."""
+    (size,) = struct.unpack_from(">I", data, 4)
+    form = json.loads(zlib.decompress(data[8 : 8 + size]))["form"]
+    assert isinstance(form, str)
+    return form
 
 
 def backed_up(url: str, job: str | None = None) -> list[tuple[str, str, Any, Any]]:

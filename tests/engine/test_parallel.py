@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import struct
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Database, base_env, run_cli
+from conftest import Database, base_env, pack_form, run_cli
 from parallel_app import ROWS, check_all_rotated, helper_pids, parallel_app, wait_for
 
 import keyturn
@@ -56,11 +54,11 @@ def test_a_parallel_rotations_backup_puts_back_every_token(
     report = json.loads(proc.stdout)
     owners = {owner for _, owner in chunk_rows(database)}
     assert len(owners) == 2, "both workers took chunks"
-    forms = set()
-    for column, data in database.rows("SELECT column_name, data FROM keyturn_backup_batches"):
-        (size,) = struct.unpack_from(">I", data, 4)
-        forms.add((column, json.loads(zlib.decompress(data[8 : 8 + size]))["form"]))
-    assert forms == {("a", "opened"), ("b", "tokens")}
+    packs = database.rows("SELECT column_name, data FROM keyturn_backup_batches")
+    assert {(column, pack_form(data)) for column, data in packs} == {
+        ("a", "opened"),
+        ("b", "tokens"),
+    }
     restored = json.loads(app.cli("restore", report["job"], "--yes", "--json", check=True).stdout)
     assert restored["restored"] == report["rotated"] == ROWS + ROWS - ROWS // 10
     assert database.rows("SELECT id, a, b FROM secrets ORDER BY id") == before

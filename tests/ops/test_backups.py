@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
-from conftest import App, Database, app_at, backed_up
+from conftest import App, Database, app_at, backed_up, pack_form
 
 from keyturn.db import migrations
 
@@ -44,14 +42,6 @@ def values(database: Database) -> dict[tuple[str, str], str | None]:
     return found
 
 
-def header(data: bytes) -> dict[str, object]:
-    """A pack's header (docs/FORMAT.md, "Backups")."""
-    (size,) = struct.unpack_from(">I", data, 4)
-    found = json.loads(zlib.decompress(data[8 : 8 + size]))
-    assert isinstance(found, dict)
-    return found
-
-
 def rotate(app: App, *args: str) -> dict[str, object]:
     return json.loads(app.cli("rotate", "--yes", "--json", *args, check=True).stdout)
 
@@ -79,7 +69,7 @@ def test_packed_backups_restore_every_token_and_count_their_versions(
     assert all(json.loads(v) == {"1": n} for _, _, n, v, _ in packs)
     # tags.secret, bound as a column, keeps the bytes its re-encryption decoded;
     # users.secret, bound per row, is packed from its tokens.
-    forms = {table: header(data)["form"] for table, _, _, _, data in packs}
+    forms = {table: pack_form(data) for table, _, _, _, data in packs}
     assert forms == {"tags": "opened", "users": "tokens"}
     kept = backed_up(database.url, job)
     assert sorted(old for *_, old in kept) == sorted(v for v in before.values() if v)
