@@ -19,6 +19,10 @@ For each backend, on identical fresh copies of a table of ROWS kt1 tokens:
               the next batch is read and re-encrypted, as keyturn does
   (b) ctid    PostgreSQL: (b) piped with each row updated where it was read (its
               ctid: a TID scan, no index lookup), 0-4% faster than (b) piped here
+  (b) safe    (b) piped with keyturn's check that no row changed between its read
+              and its swap, and nothing else of keyturn's: PostgreSQL compares each
+              row's xmin; MariaDB reads each batch FOR UPDATE and swaps it in that
+              transaction. What keyturn's safety alone costs the bare loop.
 Goals: keyturn >= 5x (a) and >= 0.8x (b)bare (issue 5); one worker >= 0.9x
 the fastest bare loop, (b)piped or (b)ctid (issue 23). Prints rows/s and ratios:
 of the best rounds, and (with --rounds > 1) of each round's keyturn run against
@@ -63,6 +67,7 @@ from sqlalchemy import create_engine, text
 import keyturn
 from keyturn._core.keyring import DataKey, Keyring
 from keyturn.cli import cli
+from keyturn.engine.dialects.mysql import READ_COMMITTED as _READ_COMMITTED
 from keyturn.engine.dialects.postgresql import INDEX_ORDER as _INDEX_ORDER
 from keyturn.engine.dialects.postgresql import NESTED_LOOPS as _NESTED_LOOPS
 from keyturn.engine.walk import TableRewriter
@@ -336,10 +341,17 @@ def run_seeds_script(config: Path) -> float:
     return time.perf_counter() - started
 
 
-def run_bare_bulk(config: Path, kind: str, pipelined: bool = False, by_ctid: bool = False) -> float:
+def run_bare_bulk(
+    config: Path, kind: str, pipelined: bool = False, by_ctid: bool = False, safe: bool = False
+) -> float:
     """(b) keyset SELECT, AESGCM, one multi-row UPDATE per batch; nothing else.
     ``pipelined``: each UPDATE runs on a second connection, in a thread, while the
     next batch is read and re-encrypted (as keyturn does on a server).
+    ``safe`` (pipelined): with keyturn's check that no row changed between its read
+    and its swap, and nothing else of keyturn's: on PostgreSQL each row read with
+    its xmin and the swap comparing it; on MariaDB each batch read FOR UPDATE in a
+    READ COMMITTED transaction that the batch's swap commits, on that connection
+    (the two connections take turns).
     PyMySQL is told not to try TLS, which the local server does not offer: it would
     build a TLS context for each connection, 21-35 ms each (keyturn builds none for
     such a server: db/pymysql_tls.py)."""
@@ -353,25 +365,32 @@ def run_bare_bulk(config: Path, kind: str, pipelined: bool = False, by_ctid: boo
         write = writer.connection.dbapi_connection
         assert read is not None and write is not None
 
-        def update(sql: str, params: list[Any] | None) -> None:
+        def update(conn: Any, sql: str, params: list[Any] | None, rows: int) -> None:
             if kind == "postgresql":
-                write.cursor().execute(_NESTED_LOOPS)
-            write.cursor().execute(sql, params)
-            write.commit()
+                conn.cursor().execute(_NESTED_LOOPS)
+            cursor = conn.cursor()
+            cursor.execute(sql, params)
+            assert cursor.rowcount == rows, "a bare loop left rows alone"
+            conn.commit()
 
+        locked = safe and kind == "mysql"
         pool = ThreadPoolExecutor(1) if pipelined else None
         pending: Future[None] | None = None
         while True:
             cur = read.cursor()
             if kind == "postgresql":
                 cur.execute(_INDEX_ORDER)
-            located = ", ctid::text" if by_ctid else ""
+            if locked:
+                cur.execute(_READ_COMMITTED)
+            located = ", ctid::text" if by_ctid else ", xmin" if safe and not locked else ""
             cur.execute(
-                f"SELECT id, a{located} FROM secrets WHERE id > %s ORDER BY id LIMIT %s",
+                f"SELECT id, a{located} FROM secrets WHERE id > %s ORDER BY id LIMIT %s"
+                + (" FOR UPDATE" if locked else ""),
                 (last, BATCH[kind]),
             )
             batch = cur.fetchall()
-            read.commit()
+            if not locked:
+                read.commit()
             if not batch:
                 break
             last = batch[-1][0]
@@ -395,6 +414,12 @@ def run_bare_bulk(config: Path, kind: str, pipelined: bool = False, by_ctid: boo
                         "UPDATE secrets AS t SET a = v.a FROM unnest(%s::tid[], "
                         "string_to_array(%s, ',')) AS v(c, a) WHERE t.ctid = v.c"
                     )
+                if safe:  # only a row no one wrote since the read (keyturn's compare)
+                    sql = (
+                        "UPDATE secrets AS t SET a = v.a FROM unnest(%s::integer[], "
+                        "%s::xid[], string_to_array(%s, ',')) AS v(id, x, a) "
+                        "WHERE t.id = v.id AND t.xmin = v.x"
+                    )
             else:
                 # Literals rendered inline (ints, and tokens that need no escaping)
                 # and rows as a VALUES list, as keyturn does on MariaDB: PyMySQL's
@@ -408,12 +433,17 @@ def run_bare_bulk(config: Path, kind: str, pipelined: bool = False, by_ctid: boo
             if kind == "postgresql":  # tokens hold no comma
                 located = [f'"{c}"' for c in params[::2]] if by_ctid else map(str, params[::2])
                 bound = ["{" + ",".join(located) + "}", ",".join(params[1::2])]
+                if safe:
+                    bound.insert(1, "{" + ",".join(str(row[2]) for row in batch) + "}")
             if pending is not None:
                 pending.result()
+            on = read if locked else write  # a locked batch: where it was read
             if pool is None:
-                update(sql, bound)
+                update(on, sql, bound, len(batch))
             else:
-                pending = pool.submit(update, sql, bound)
+                pending = pool.submit(update, on, sql, bound, len(batch))
+            if locked:  # the next batch is read on the other connection
+                read, write = write, read
         if pending is not None:
             pending.result()
     engine.dispose()
@@ -528,6 +558,7 @@ def main() -> None:
             ("(a)seeds", run_seeds_script),
             ("(b)bare", lambda c, kind=kind: run_bare_bulk(c, kind)),
             ("(b)piped", lambda c, kind=kind: run_bare_bulk(c, kind, pipelined=True)),
+            ("(b)safe", lambda c, kind=kind: run_bare_bulk(c, kind, pipelined=True, safe=True)),
         ]
         if kind == "postgresql":
             runs.append(("(b)ctid", lambda c: run_bare_bulk(c, "postgresql", True, by_ctid=True)))
@@ -588,6 +619,7 @@ def main() -> None:
                 ("(b)bare", " (goal >= 0.8x)"),
                 ("(b)piped", " (goal >= 0.9x)"),
                 ("(b)ctid", " (goal >= 0.9x)"),
+                ("(b)safe", " (the same checks, nothing else)"),
             )
             if label in results
         ]
