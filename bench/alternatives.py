@@ -5,7 +5,9 @@ Usage: .venv/bin/python bench/alternatives.py [--rows 200000] [--rounds 1] [--on
 Every run turns ROWS rows x 2 columns from one key to a new one, each on a
 fresh copy of the same database, and is timed alone:
 
-- keyturn rotate --no-backup, and the default (with its backup): in-process.
+- keyturn rotate --no-backup, and with its backup: one worker, in-process;
+  also as the CLI runs them by default, --workers auto (helpers on the cores
+  left idle): "keyturn-auto" (--no-backup) and "keyturn-default".
 - per-row sqlite3, one transaction: the seeds' script (docs/seeds: "run inside
   a single database transaction, iterate over every row, decrypt with the old
   key, re-encrypt with the new key, update the row") on the raw sqlite3 module,
@@ -38,6 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from rotate import build, keyturn_rotate, pages, turner  # bench/rotate.py: the same table
 
 import keyturn
+from keyturn.ops.rotate import most_auto_workers
 
 
 def plaintexts(i: int) -> tuple[str, str]:
@@ -192,7 +195,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=1)
     runs = ["keyturn", "keyturn-backup", "sqlite3", "sqlalchemy", "multifernet", "orm"]
-    parser.add_argument("--only", nargs="+", choices=runs, default=runs)
+    choices = [*runs, "keyturn-auto", "keyturn-default"]
+    parser.add_argument("--only", nargs="+", choices=choices, default=runs)
     args = parser.parse_args()
     os.environ["KEYTURN_KEK"] = os.urandom(32).hex()
     print(f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}")
@@ -206,9 +210,12 @@ def main() -> None:
             build_fernet(tmp / "fernet", args.rows, fernet_key)
         if "orm" in args.only:
             build_orm(tmp / "orm", args.rows)
+        auto = most_auto_workers()
         plans: dict[str, tuple[str, Callable[[Path], float]]] = {
             "keyturn": ("kt1", lambda w: keyturn_rotate(w, backup=False)),
             "keyturn-backup": ("kt1", lambda w: keyturn_rotate(w, backup=True)),
+            "keyturn-auto": ("kt1", lambda w: keyturn_rotate(w, False, auto, auto=True)),
+            "keyturn-default": ("kt1", lambda w: keyturn_rotate(w, True, auto, auto=True)),
             "sqlite3": ("kt1", lambda w: per_row_sqlite3(w, old)),
             "sqlalchemy": ("kt1", lambda w: per_row_sqlalchemy(w, old)),
             "multifernet": ("fernet", lambda w: multifernet(w, fernet_key)),
@@ -217,6 +224,8 @@ def main() -> None:
         labels = {
             "keyturn": "keyturn rotate --no-backup",
             "keyturn-backup": "keyturn rotate (backup)",
+            "keyturn-auto": "keyturn rotate --no-backup, --workers auto",
+            "keyturn-default": "keyturn rotate, its defaults (auto, backup)",
             "sqlite3": "per-row sqlite3, one transaction",
             "sqlalchemy": "per-row SQLAlchemy, one transaction",
             "multifernet": "MultiFernet.rotate() batch loop",
@@ -232,11 +241,11 @@ def main() -> None:
                 elapsed = run(work)
                 best[name] = min(best.get(name, elapsed), elapsed)
         print(f"\nrotate {args.rows:,} rows x 2 columns, best of {args.rounds}")
-        print(f"   {'':<38} {'seconds':>8} {'rows/s':>9}  {'vs keyturn --no-backup':>22}")
+        print(f"   {'':<44} {'seconds':>8} {'rows/s':>9}  {'vs keyturn --no-backup':>22}")
         ours = best.get("keyturn")
         for name, seconds in best.items():
             ratio = f"{seconds / ours:8.2f}x the time" if ours else ""
-            line = f"   {labels[name]:<38} {seconds:>8.2f} {args.rows / seconds:>9,.0f}"
+            line = f"   {labels[name]:<44} {seconds:>8.2f} {args.rows / seconds:>9,.0f}"
             print(f"{line}  {ratio}")
 
 
