@@ -175,10 +175,12 @@ def test_the_coordinator_notices_at_once_that_its_last_helper_exited() -> None:
 def probed_app(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, idle: float | None
 ) -> Any:
-    """parallel_app, where --workers auto's probe decides at once and measures ``idle``."""
+    """parallel_app, where --workers auto's probe decides at once and measures ``idle``,
+    and a helper pays for itself however little is left (the table is small)."""
     from keyturn.ops import rotate
 
     monkeypatch.setattr(rotate, "PROBE_SECONDS", 0.0)
+    monkeypatch.setattr(rotate, "HELPERS_PAY_SECONDS", 0.0)
     monkeypatch.setattr(rotate.IdleCores, "idle", lambda self: idle)
     return parallel_app(database, tmp_path, monkeypatch)
 
@@ -212,6 +214,42 @@ def test_auto_workers_go_parallel_only_for_an_idle_core(
         assert planned and {state for state, _ in planned} == {"done"}
         (first,) = database.rows("SELECT lo FROM keyturn_chunks WHERE chunk_no = 0")[0]
         assert first is not None, "the chunks begin where the sequential walk stopped"
+    check_all_rotated(app, database, 2)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql", "mysql"], indirect=True)
+def test_auto_workers_start_no_helper_for_what_one_worker_finishes_first(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle core found, but less left than a helper's start pays for (at the walk's
+    pace so far): the chunks are planned and this process works them alone."""
+    from keyturn.engine import chunks
+    from keyturn.ops import rotate
+    from keyturn.ops.rotate import RotateOptions, Rotator
+
+    app = probed_app(database, tmp_path, monkeypatch, 1.0)
+    monkeypatch.setattr(rotate, "HELPERS_PAY_SECONDS", 3600.0)
+    counted: list[tuple[int, int]] = []
+    rows_after = chunks.rows_after
+
+    def counting(*args: Any) -> int:
+        found = rows_after(*args)
+        counted.append((args[-1], found))
+        return found
+
+    monkeypatch.setattr(chunks, "rows_after", counting)
+    spawned: list[object] = []
+    monkeypatch.setattr("keyturn.ops.rotate_helper.spawn", lambda *a: spawned.append(a))
+    options = RotateOptions(workers=4, auto_workers=True, rows_per_chunk=200)
+    with keyturn.open(app.config) as store:
+        report = Rotator(store, options).run()
+    assert spawned == [] and report.extra["workers"] == 1
+    assert report.extra["idle_cores"] == 1.0
+    ((most, found),) = counted
+    assert 0 < found < most, "the rest counted, no further than a helper's worth"
+    planned = chunk_rows(database)
+    assert planned and {state for state, _ in planned} == {"done"}
+    assert report.totals["rotated"] == ROWS + ROWS - ROWS // 10
     check_all_rotated(app, database, 2)
 
 

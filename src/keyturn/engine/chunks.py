@@ -108,6 +108,22 @@ def plan(
     return len(rows)
 
 
+def rows_after(
+    conn: Connection,
+    pk: list[Column[Any]],
+    selected: Sequence[ColumnElement[bool]],
+    start: PK | None,
+    most: int,
+) -> int:
+    """How many rows ``selected`` selects after the key ``start``, counting no
+    further than ``most``: a walk of the primary key's index that stops there."""
+    query = select(*pk).where(*selected)
+    if start is not None:
+        query = query.where(after_key(pk, start))
+    first = query.order_by(*pk).limit(most).subquery()
+    return int(conn.execute(select(func.count()).select_from(first)).scalar_one())
+
+
 def claim(conn: Connection, job_id: str, owner: str, lease_seconds: float) -> Chunk | None:
     """Lease the next pending chunk, or one whose lease expired; None if there is none."""
     c = schema.chunks.c

@@ -22,6 +22,11 @@ class Pacing:
     _started: float = field(default_factory=time.monotonic)
     _rows: int = 0
 
+    def rate(self) -> float | None:
+        """Rows a second so far (None before any): what the rest of a walk may take."""
+        elapsed = time.monotonic() - self._started
+        return self._rows / elapsed if self._rows and elapsed > 0 else None
+
     def after_batch(self, rows: int, seconds: float) -> None:
         self._rows += rows
         if seconds > 0 and rows >= self.batch_size:

@@ -324,42 +324,47 @@ class Rotator:
         job: jobs.Job,
         progress: JobProgress,
         helpers_wanted: int | None = None,
+        pacing: Pacing | None = None,
     ) -> None:
         """Plan the chunks (once), work on them with helper processes until all are
         done, then hand the closing sweep to the sequential code, once.
 
         ``helpers_wanted``: how many helpers ``--workers auto`` measured room for,
         the sequential walk having stopped where the chunks begin (its counts and
-        cursors are in ``progress``); otherwise N-1."""
+        cursors are in ``progress``); otherwise N-1. ``pacing``: that walk's, which
+        this process's chunks go on with; with ``helpers_wanted``, helpers start
+        only if at least HELPERS_PAY_SECONDS of rows at its pace are left."""
         if progress.sweeping:
             return
         groups = {_table_key(g): g for g in group_by_table(columns)}
+        wanted = self.options.workers - 1 if helpers_wanted is None else helpers_wanted
+        pace = pacing.rate() if pacing is not None and helpers_wanted else None
+        # --workers auto: the rows a helper needs left to pay for its start.
+        short = int(pace * HELPERS_PAY_SECONDS) if pace else 0
         with write_transaction(self.store.engine) as conn:
             if not chunks.is_planned(conn, job.id):
                 for key, group in groups.items():
                     walked = progress.tables.get(key, TableWalk())
                     if walked.done:
                         continue
-                    first, start = group[0], walked.cursor
+                    first = group[0]
+                    start = tuple(walked.cursor) if walked.cursor else None
                     chunks.plan(
-                        conn,
-                        job.id,
-                        key,
-                        first.pk,
-                        self.options.chunk_rows,
-                        first.rows,
-                        start=tuple(start) if start else None,
+                        conn, job.id, key, first.pk, self.options.chunk_rows, first.rows, start
                     )
+                    if short > 0:
+                        short -= chunks.rows_after(conn, first.pk, first.rows, start, short)
                 if not progress.chunked:  # with the plan, or not at all
                     progress.chunked = True
                     jobs.checkpoint(conn, job.id, progress.dump())
+        if short > 0:
+            wanted = 0  # done before a helper would be under way: work the chunks alone
         from keyturn.ops.rotate_helper import spawn  # it imports this module
 
         config_path = self.store.config.path
-        wanted = self.options.workers - 1 if helpers_wanted is None else helpers_wanted
         helpers = [spawn(config_path, self.options) for _ in range(wanted)]
         try:
-            self._work_chunks(groups, ring, job, coordinator=True, helpers=helpers)
+            self._work_chunks(groups, ring, job, coordinator=True, helpers=helpers, pacing=pacing)
             self.workers_used = 1 + len(helpers)
         finally:
             for helper in helpers:
@@ -424,13 +429,16 @@ class Rotator:
         *,
         coordinator: bool,
         helpers: Sequence[subprocess.Popen[bytes]] = (),
+        pacing: Pacing | None = None,
     ) -> dict[str, ColumnState]:
         """Claim and rotate chunks until none is left. The coordinator also waits for
         chunks other workers hold, taking over any whose lease expires, and reaps
-        its helpers as they exit, so a dead helper's chunk is taken over at once."""
+        its helpers as they exit, so a dead helper's chunk is taken over at once.
+        ``pacing``: a walk's before the chunks, its batch size kept."""
         owner = me()
         lease = self.options.lease_seconds
-        pacing = Pacing(chunk_time=self.options.chunk_time, max_rate=self.options.max_rate)
+        if pacing is None:
+            pacing = Pacing(chunk_time=self.options.chunk_time, max_rate=self.options.max_rate)
         mine: dict[str, ColumnState] = {
             c.spec.name: ColumnState() for group in groups.values() for c in group
         }
@@ -672,7 +680,14 @@ class Rotator:
                     states[result.column].counts[CONTENDED] += result.counts.get(CONTENDED, 0)
                 if rewriter.stopped and probe is not None:
                     self._checkpoint(conn, job, progress, states)
-                    self._run_chunks(columns, ring, job, progress, helpers_wanted=probe.helpers)
+                    self._run_chunks(
+                        columns,
+                        ring,
+                        job,
+                        progress,
+                        helpers_wanted=probe.helpers,
+                        pacing=pacing,
+                    )
                     states = {c.spec.name: progress.column(c.spec.name) for c in columns}
                     break  # every walk is done now; the sweep follows
                 if sweep:
@@ -1004,6 +1019,10 @@ def _reseal_old_contexts(
 
 #: How long the first worker of ``--workers auto`` runs alone while idle cores are measured.
 PROBE_SECONDS = 0.5
+# --workers auto starts helpers only for at least this much work left, at the
+# walk's pace so far: a helper takes about half a second to start, and a rotation
+# with less left ran slower with one than alone (docs/PERFORMANCE.md).
+HELPERS_PAY_SECONDS = 1.0
 
 
 class IdleCores:
