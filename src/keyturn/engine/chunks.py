@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Connection, and_, func, or_, select, update
+from sqlalchemy import Column, ColumnElement, Connection, Select, and_, func, or_, select, update
 
 from keyturn.db import schema
 from keyturn.db.database import utcnow
@@ -83,9 +83,7 @@ def plan(
     while True:
         # The boundary is the last key of the next page: a keyset page read
         # through the index, skipping to its end (cost: the page, not the table).
-        query = select(*pk).where(*selected).order_by(*pk).offset(rows_per_chunk - 1).limit(1)
-        if last is not None:
-            query = query.where(after_key(pk, last))
+        query = _keys_after(pk, selected, last).offset(rows_per_chunk - 1).limit(1)
         row = conn.execute(query).first()
         if row is None:
             break
@@ -117,11 +115,16 @@ def rows_after(
 ) -> int:
     """How many rows ``selected`` selects after the key ``start``, counting no
     further than ``most``: a walk of the primary key's index that stops there."""
-    query = select(*pk).where(*selected)
-    if start is not None:
-        query = query.where(after_key(pk, start))
-    first = query.order_by(*pk).limit(most).subquery()
+    first = _keys_after(pk, selected, start).limit(most).subquery()
     return int(conn.execute(select(func.count()).select_from(first)).scalar_one())
+
+
+def _keys_after(
+    pk: list[Column[Any]], selected: Sequence[ColumnElement[bool]], start: PK | None
+) -> Select[Any]:
+    """The keys of the rows ``selected`` selects after ``start``, in key order."""
+    query = select(*pk).where(*selected).order_by(*pk)
+    return query if start is None else query.where(after_key(pk, start))
 
 
 def claim(conn: Connection, job_id: str, owner: str, lease_seconds: float) -> Chunk | None:
