@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python bench/rotate_servers.py [--rows 200000] [--backends postgresql,mysql]
        [--rounds 3] [--runs keyturn,(b)bare] [--cpu] [--phases] [--crypto]
-       [--server-statements | --server-cpu]
+       [--server-statements | --server-cpu] [--timeline]
 
 For each backend, on identical fresh copies of a table of ROWS kt1 tokens:
   keyturn     `Rotator` (one worker): keyset walk, bulk swaps (PostgreSQL: by xmin;
@@ -38,6 +38,13 @@ statement, from its log: each bench database logs every statement's duration
 file (Debian's /var/log/postgresql/postgresql-*-main.log, or $KEYTURN_BENCH_PG_LOG).
 Durations include waiting on the client and on the other core, so they add up to
 more than the server's CPU; the median of the rounds, per kind.
+--timeline (PostgreSQL) prints, from the same log, when each run's swaps ran: the
+time from the run's start to its first swap, the median interval between the
+starts of consecutive full swaps (what a batch costs once the pipeline is full,
+its commit, checkpoint and gaps included) and the median full swap, and the time
+from the end of its last swap to the run's end. Full swaps: those at least half
+as long as the upper quartile. Per-batch costs and fixed costs apart, each
+repeats far better than the run's time.
 --server-cpu (PostgreSQL) prints the server's CPU instead, from the same log:
 each message's user and system time (log_statement_stats = on for each bench
 database), per kind of statement, and each backend's whole CPU from its start
@@ -57,6 +64,8 @@ import subprocess
 import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +121,9 @@ STATEMENT_KINDS = (
 _DURATION = re.compile(
     r"duration: ([0-9.]+) ms +(?:statement|parse [^:]*|bind [^:]*|execute [^:]*): (.*)", re.S
 )
+# --timeline: a swap's execution (not its parse or bind), and the entry's time.
+_SWAP_RUN = re.compile(r"duration: ([0-9.]+) ms +(?:statement|execute [^:]*): UPDATE secrets\b")
+_STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) (\S+)")
 
 
 def server_log() -> Path | None:
@@ -174,6 +186,43 @@ def statement_ms(log: Path, offset: int, name: str, cpu: bool = False) -> dict[s
     if cpu:
         spent[BACKENDS] = sum(totals.values())
     return spent
+
+
+def swap_times(log: Path, offset: int, name: str) -> list[tuple[float, float]]:
+    """Each swap of database ``name`` in the log after ``offset``: when it started
+    (seconds since the epoch) and how long it ran (seconds). An entry is stamped
+    when the statement ends, to the millisecond."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        written = f.read().decode(errors="replace")
+    swaps = []
+    for entry in re.split(r"\n(?=\d{4}-\d\d-\d\d )", written):
+        backend, ran, stamp = _BACKEND.search(entry), _SWAP_RUN.search(entry), _STAMP.match(entry)
+        if backend is None or backend[2] != name or ran is None or stamp is None:
+            continue
+        ended = datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S.%f")
+        if stamp[2] == "UTC":
+            ended = ended.replace(tzinfo=UTC)
+        seconds = float(ran[1]) / 1000
+        swaps.append((ended.timestamp() - seconds, seconds))
+    return sorted(swaps)
+
+
+def timeline(swaps: list[tuple[float, float]], started: float, ended: float) -> dict[str, float]:
+    """--timeline's figures for one run, in milliseconds (see the module's doc)."""
+    if not swaps:
+        return {}
+    quartile = sorted(took for _, took in swaps)[(3 * len(swaps)) // 4]
+    full = [(at, took) for at, took in swaps if took >= quartile / 2]
+    gaps = [b[0] - a[0] for a, b in pairwise(full)]
+    last_start, last_took = swaps[-1]
+    return {
+        "to first swap": 1000 * (swaps[0][0] - started),
+        "per full batch": 1000 * statistics.median(gaps) if gaps else float("nan"),
+        "full swap": 1000 * statistics.median(took for _, took in full),
+        "after last swap": 1000 * (ended - last_start - last_took),
+        "swaps": len(swaps),
+    }
 
 
 def make_db(kind: str) -> str:
@@ -527,6 +576,11 @@ def main() -> None:
         help="print the PostgreSQL server's CPU per kind of statement (log_statement_stats)",
     )
     parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="print when the PostgreSQL swaps ran: before the first, per batch, after the last",
+    )
+    parser.add_argument(
         "--crypto",
         action="store_true",
         help="only time the re-encryption loops on 20,000 tokens, no database",
@@ -540,10 +594,13 @@ def main() -> None:
         return
     if args.server_statements and args.server_cpu:
         parser.error("--server-statements and --server-cpu: one at a time")
-    from_log = args.server_statements or args.server_cpu
+    if args.timeline and args.server_cpu:
+        parser.error("--timeline and --server-cpu: one at a time")
+    from_log = args.server_statements or args.server_cpu or args.timeline
     log = server_log() if from_log else None
     if from_log and log is None:
         flag = "--server-cpu" if args.server_cpu else "--server-statements"
+        flag = "--timeline" if args.timeline else flag
         parser.error(f"{flag}: no readable PostgreSQL log (set KEYTURN_BENCH_PG_LOG)")
     os.environ.setdefault("KEYTURN_KEK", secrets.token_hex(32))
     print(f"{args.rows} rows x 1 column, backup off, best of {args.rounds} round(s)")
@@ -567,6 +624,7 @@ def main() -> None:
         times: dict[str, list[float]] = {label: [] for label, _ in runs}
         cpu: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in runs}
         statements: dict[str, list[dict[str, float]]] = {label: [] for label, _ in runs}
+        timelines: dict[str, list[dict[str, float]]] = {label: [] for label, _ in runs}
         logged = log is not None and kind == "postgresql"
         for _ in range(args.rounds):  # rounds alternate the runs, so drift hits them alike
             for label, run in runs:
@@ -577,13 +635,19 @@ def main() -> None:
                             log_statements(name, cpu=args.server_cpu)
                             offset = log.stat().st_size
                         before = cpu_seconds(kind)
-                        times[label].append(run(config))
+                        took = run(config)
+                        ended = time.time()
+                        times[label].append(took)
                         after = cpu_seconds(kind)
                         cpu[label].append((after[0] - before[0], after[1] - before[1]))
                         if logged:
                             time.sleep(0.2)  # the server's last lines
-                            spent = statement_ms(log, offset, name, cpu=args.server_cpu)
-                            statements[label].append(spent)
+                            if args.timeline:
+                                swaps = swap_times(log, offset, name)
+                                timelines[label].append(timeline(swaps, ended - took, ended))
+                            if args.server_statements or args.server_cpu:
+                                spent = statement_ms(log, offset, name, cpu=args.server_cpu)
+                                statements[label].append(spent)
                     finally:
                         drop_db(kind, name)
         for label, measured in times.items():
@@ -597,7 +661,19 @@ def main() -> None:
             client = statistics.median(c for c, _ in used)
             server = statistics.median(s for _, s in used)
             print(f"{kind:<11} {label:<9} CPU s: client {client:.2f}, server {server:.2f}")
+        for label, lines in timelines.items() if logged and args.timeline else ():
+            if not all(lines):
+                continue  # a run that swapped nothing
+            medians = {k: statistics.median(line[k] for line in lines) for k in lines[0]}
+            print(
+                f"{kind:<11} {label:<9} ms: to first swap {medians['to first swap']:.0f}, "
+                f"per full batch {medians['per full batch']:.1f} (swap "
+                f"{medians['full swap']:.1f}), after last swap "
+                f"{medians['after last swap']:.0f}; {medians['swaps']:.0f} swaps"
+            )
         for label, spent in statements.items() if logged else ():
+            if not spent:
+                continue  # --timeline alone
             kinds = {k: statistics.median(s[k] for s in spent) for k in spent[0]}
             backends = kinds.pop(BACKENDS, None)
             listed = ", ".join(f"{k} {ms:.0f}" for k, ms in kinds.items())
