@@ -600,7 +600,8 @@ def main() -> None:
     log = server_log() if from_log else None
     if from_log and log is None:
         flag = "--server-cpu" if args.server_cpu else "--server-statements"
-        flag = "--timeline" if args.timeline else flag
+        if args.timeline:
+            flag = "--timeline"
         parser.error(f"{flag}: no readable PostgreSQL log (set KEYTURN_BENCH_PG_LOG)")
     os.environ.setdefault("KEYTURN_KEK", secrets.token_hex(32))
     print(f"{args.rows} rows x 1 column, backup off, best of {args.rounds} round(s)")

@@ -235,8 +235,8 @@ def main() -> None:
         backend = _backend(conn) if kind == "postgresql" else None
         listed = list(forms[kind].items())
         for turn in range(args.rounds):
-            # Each round starts one form later: no form is always the first after
-            # the server has been idle (it pays more).
+            # Each round starts one form later: a round's first form was seen to pay
+            # more (docs/PERFORMANCE.md), so no form is always first.
             for name, form in listed[turn % len(listed) :] + listed[: turn % len(listed)]:
                 seen = fill(kind, conn, olds)
                 used = _cpu(backend)
