@@ -63,6 +63,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -157,20 +158,26 @@ def _kind(statement: str) -> str:
     return next((k for k, pattern in STATEMENT_KINDS if pattern.search(statement)), "other")
 
 
+def log_entries(log: Path, offset: int, name: str) -> Iterator[tuple[re.Match[str], str]]:
+    """Each entry of the log after ``offset`` written by a backend of database
+    ``name``: that backend's match of _BACKEND (its pid, its database), the entry."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        written = f.read().decode(errors="replace")
+    for entry in re.split(r"\n(?=\d{4}-\d\d-\d\d )", written):  # one log entry each
+        backend = _BACKEND.search(entry)
+        if backend is not None and backend[2] == name:
+            yield backend, entry
+
+
 def statement_ms(log: Path, offset: int, name: str, cpu: bool = False) -> dict[str, float]:
     """Milliseconds the server spent per kind of statement in database ``name``,
     from the log's text after ``offset``: durations, or with ``cpu`` CPU time (and
     the CPU of every backend of the database, from its start to its last message)."""
-    with log.open("rb") as f:
-        f.seek(offset)
-        written = f.read().decode(errors="replace")
     spent = dict.fromkeys([kind for kind, _ in STATEMENT_KINDS] + ["other"], 0.0)
     pending: dict[str, float] = {}  # per backend, CPU not yet matched to its statement
     totals: dict[str, float] = {}
-    for entry in re.split(r"\n(?=\d{4}-\d\d-\d\d )", written):  # one log entry each
-        backend = _BACKEND.search(entry)
-        if backend is None or backend[2] != name:
-            continue
+    for backend, entry in log_entries(log, offset, name):
         if not cpu:
             found = _DURATION.search(entry)
             if found is not None:
@@ -192,13 +199,10 @@ def swap_times(log: Path, offset: int, name: str) -> list[tuple[float, float]]:
     """Each swap of database ``name`` in the log after ``offset``: when it started
     (seconds since the epoch) and how long it ran (seconds). An entry is stamped
     when the statement ends, to the millisecond."""
-    with log.open("rb") as f:
-        f.seek(offset)
-        written = f.read().decode(errors="replace")
     swaps = []
-    for entry in re.split(r"\n(?=\d{4}-\d\d-\d\d )", written):
-        backend, ran, stamp = _BACKEND.search(entry), _SWAP_RUN.search(entry), _STAMP.match(entry)
-        if backend is None or backend[2] != name or ran is None or stamp is None:
+    for _, entry in log_entries(log, offset, name):
+        ran, stamp = _SWAP_RUN.search(entry), _STAMP.match(entry)
+        if ran is None or stamp is None:
             continue
         ended = datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S.%f")
         if stamp[2] == "UTC":
