@@ -1,7 +1,7 @@
 """What the compare-and-swap costs the database server, statements alone.
 
 Usage: .venv/bin/python bench/swap_statements.py [--rows 200000] [--per-statement 5000]
-       [--backends postgresql,mysql] [--rounds 2]
+       [--backends postgresql,mysql] [--rounds 2] [--cpu] [--forms NAME,...] [--reads]
 
 Rewrites ROWS random kt1-shaped tokens in a fresh table, PER_STATEMENT rows per
 statement and a commit per statement, with no crypto and no reads: only the
@@ -14,11 +14,18 @@ write statements, so the forms can be compared as the server sees them.
   PostgreSQL   the key and each row's xmin as read, arrays each sent as one
                text, nested loops only (keyturn's); the same with a horizon
                instead of the xmins (``age(t.xmin) > age(h)``), and found by
-               ctid with the key and the horizon, with the table too, or by
+               ctid with the key and the horizon, with the table too, by ctid
+               with the key and xmin (a TID scan) or the xmin alone, or by
                ctid alone (the seventeenth session's swap, not kept); CAS with
                the tokens read (texts, executemany, lists, ``pk = ANY``); bare
                unnest (lists, and texts with nested loops) and bare VALUES
                joins. ``--cpu`` also prints the server backend's CPU seconds.
+
+--forms keeps the forms whose names hold one of the words given.
+--reads (PostgreSQL) times the walk's reads instead: the whole table read in
+keyset batches of PER_STATEMENT rows, as keyturn reads it (the key, the token,
+the xmin), and with the ctid too, each in text and binary; wall time, this
+process's CPU and the server backend's.
 """
 
 from __future__ import annotations
@@ -35,7 +42,9 @@ from typing import Any
 import psycopg
 import pymysql
 
+from keyturn.engine.dialects.postgresql import INDEX_ORDER as _INDEX_ORDER
 from keyturn.engine.dialects.postgresql import NESTED_LOOPS as _NESTED_LOOPS
+from keyturn.engine.dialects.postgresql import NO_JIT as _NO_JIT
 from keyturn.engine.dialects.postgresql import array_of as _pg_array
 
 # A form: (cursor, tokens read, tokens to write, first row, end row, each row's
@@ -112,17 +121,24 @@ def pg_unnest(cas: bool, any_key: bool = False, texts: bool = False) -> Form:
 def pg_by_version(by: str) -> Form:
     """The swap by what each row was read with: ``xmin`` (keyturn's: the key and
     each xmin), ``horizon`` (the key and one horizon), ``ctid`` (where it sits,
-    its key and the horizon), ``ctid+table`` (and its table), ``ctid only``.
+    its key and the horizon), ``ctid+table`` (and its table), ``ctid+key+xmin``
+    (where it sits, found by a TID scan, then its key and xmin compared),
+    ``ctid+xmin`` (no key), ``ctid only``. Given a key beside the ctid, the
+    planner looks each row up by the key's index and only filters on the ctid
+    (EXPLAIN): ``ctid+key+xmin`` turns index scans off to get the TID scan.
     Keys, xmins and tokens are sent as keyturn sends them (``array_of``)."""
     located = by.startswith("ctid")
-    keyed = by != "ctid only"
+    keyed = by not in ("ctid only", "ctid+xmin")
+    by_xmin = by in ("xmin", "ctid+key+xmin", "ctid+xmin")
     where = (["t.ctid = v.c"] if located else []) + (["t.id = v.k"] if keyed else [])
     where += {
         "xmin": ["t.xmin = v.x"],
+        "ctid+key+xmin": ["t.xmin = v.x"],
+        "ctid+xmin": ["t.xmin = v.x"],
         "ctid+table": ["t.tableoid = %s::oid", AGE],
         "ctid only": [],
     }.get(by, [AGE])
-    names = ["c"] * located + ["k"] * keyed + ["x"] * (by == "xmin") + ["n"]
+    names = ["c"] * located + ["k"] * keyed + ["x"] * by_xmin + ["n"]
 
     def run(
         cur: Any,
@@ -133,13 +149,15 @@ def pg_by_version(by: str) -> Form:
         seen: list[tuple[str, str, int]],
     ) -> int:
         cur.execute(_NESTED_LOOPS)
+        if by == "ctid+key+xmin":
+            cur.execute(_TID_SCAN)
         rows = seen[lo:hi]
         arrays: list[tuple[str, str] | None] = []
         if located:  # "(0,1)": quoted in the array literal
             arrays.append(("%s::tid[]", '{"' + '","'.join(c for _, c, _ in rows) + '"}'))
         if keyed:
             arrays.append(_pg_array(list(range(lo, hi)), "integer"))
-        if by == "xmin":
+        if by_xmin:
             arrays.append(_pg_array([x for x, _, _ in rows], "xid"))
         arrays.append(_pg_array(news[lo:hi], "text"))
         sent = [array for array in arrays if array is not None]
@@ -159,6 +177,12 @@ def pg_by_version(by: str) -> Form:
     return run
 
 
+# For the rest of the transaction: no index, bitmap or sequential scans, so
+# each row is fetched by its ctid and the key is a filter.
+_TID_SCAN = (
+    "SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off; "
+    "SET LOCAL enable_seqscan = off"
+)
 HORIZON_SQL = "SELECT mod(txid_snapshot_xmin(txid_current_snapshot()), 4294967296)::text"
 AGE = "age(t.xmin) > age(%s::xid)"
 
@@ -194,6 +218,53 @@ def fill(kind: str, conn: Any, olds: list[str]) -> list[tuple[str, str, int]]:
     return seen
 
 
+# --reads: the columns of each read, after the key; binary or text results.
+READS = {
+    "key, token (bare)": ("a", False),
+    "key, token, xmin (keyturn)": ("a, xmin", False),
+    "key, token, xmin, ctid": ("a, xmin, ctid", False),
+    "key, token, xmin, binary": ("a, xmin", True),
+}
+
+
+def time_reads(conn: Any, rows: int, batch: int, rounds: int) -> None:
+    """The whole table read in keyset batches with each of READS' column sets,
+    in turn; best wall and client CPU, median server CPU."""
+    fill("postgresql", conn, tokens(1, rows))
+    backend = _backend(conn)
+    spent: dict[str, list[tuple[float, float, float]]] = {name: [] for name in READS}
+    listed = list(READS.items())
+    for turn in range(rounds):
+        for name, (columns, binary) in listed[turn % len(listed) :] + listed[: turn % len(listed)]:
+            used, cpu, started = _cpu(backend), time.process_time(), time.perf_counter()
+            last, read = -1, 0
+            while True:
+                conn.execute(f"{_INDEX_ORDER}; {_NO_JIT}")
+                cur = conn.cursor(binary=binary)
+                cur.execute(
+                    f"SELECT id, {columns} FROM swap_bench WHERE id > %s ORDER BY id LIMIT %s",
+                    (last, batch),
+                )
+                got = cur.fetchall()
+                conn.commit()
+                if not got:
+                    break
+                last, read = got[-1][0], read + len(got)
+            assert read == rows, (name, read)
+            spent[name].append(
+                (time.perf_counter() - started, time.process_time() - cpu, _cpu(backend) - used)
+            )
+    with conn.cursor() as cur:
+        cur.execute("DROP TABLE swap_bench")
+    conn.commit()
+    print(f"{rows} rows read, {batch} a read, best of {rounds} (server CPU: median)")
+    for name, times in spent.items():
+        wall, client = min(t[0] for t in times), min(t[1] for t in times)
+        server = statistics.median(t[2] for t in times)
+        line = f"postgresql  {name:<28} {wall:6.3f} s  client CPU {client:5.3f} s"
+        print(f"{line}  server CPU {server:5.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
@@ -201,7 +272,17 @@ def main() -> None:
     parser.add_argument("--backends", default="postgresql,mysql")
     parser.add_argument("--rounds", type=int, default=2, help="best of this many runs each")
     parser.add_argument("--cpu", action="store_true", help="PostgreSQL: the backend's CPU too")
+    parser.add_argument(
+        "--forms", default="", help="only the forms whose names hold one of these, comma-separated"
+    )
+    parser.add_argument(
+        "--reads", action="store_true", help="PostgreSQL: time the walk's reads, not the swaps"
+    )
     args = parser.parse_args()
+    if args.reads:
+        with psycopg.connect("host=127.0.0.1 user=postgres dbname=test") as conn:
+            time_reads(conn, args.rows, args.per_statement, args.rounds)
+        return
     olds, news = tokens(1, args.rows), tokens(2, args.rows)
     forms: dict[str, dict[str, Form]] = {
         "mysql": {
@@ -211,6 +292,8 @@ def main() -> None:
         },
         "postgresql": {
             "xmin, texts (keyturn)": pg_by_version("xmin"),
+            "ctid, key and xmin, TID scan": pg_by_version("ctid+key+xmin"),
+            "ctid and xmin, no key": pg_by_version("ctid+xmin"),
             "key and horizon": pg_by_version("horizon"),
             "ctid, key and horizon": pg_by_version("ctid"),
             "ctid, table, key and horizon": pg_by_version("ctid+table"),
@@ -234,6 +317,10 @@ def main() -> None:
         cpu: dict[str, list[float]] = {name: [] for name in forms[kind]}
         backend = _backend(conn) if kind == "postgresql" else None
         listed = list(forms[kind].items())
+        if args.forms:
+            wanted = args.forms.split(",")
+            listed = [(name, form) for name, form in listed if any(w in name for w in wanted)]
+            times = {name: times[name] for name, _ in listed}
         for turn in range(args.rounds):
             # Each round starts one form later: a round's first form was seen to pay
             # more (docs/PERFORMANCE.md), so no form is always first.
