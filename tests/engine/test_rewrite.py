@@ -1,6 +1,6 @@
 """The batch engine's write pipeline (server backends write a batch while the next is
-decided), how a MariaDB batch is cut into statements, and the collector's threshold
-while a walk runs."""
+decided), how a MariaDB batch is cut into statements and written into them, and the
+collector's threshold while a walk runs."""
 
 from __future__ import annotations
 
@@ -157,3 +157,58 @@ def test_statements_cover_every_row_once_within_their_limits(
         # 20 characters counted for each key: an int's longest literal.
         size = sum(20 + w for w in widths[start:stop])
         assert size <= chars or stop - start == 1, "only a lone row may be over the limit"
+
+
+_PLAIN_TEXT = st.text(alphabet="abcXYZ019:_.-", max_size=300)
+_ANY_VALUE = st.one_of(
+    st.integers(-(2**63), 2**63 - 1), _PLAIN_TEXT, st.text(max_size=20), st.none(), st.binary()
+)
+
+
+@given(
+    st.integers(1, 3).flatmap(
+        lambda width: st.lists(
+            st.tuples(*[st.one_of(_ANY_VALUE, _PLAIN_TEXT)] * width), min_size=1, max_size=700
+        )
+    ),
+    st.booleans(),
+)
+def test_a_mariadb_swap_writes_each_value_as_a_literal_or_a_placeholder_in_row_order(
+    rows: list[tuple[Any, ...]], values_rows: bool
+) -> None:
+    """A bulk swap's text is its rows in order, each value written as a literal
+    (ints, and text of the plain characters, quoted) or left to the driver as
+    ``%s``; the values left are bound in statement order."""
+    from keyturn.engine.dialects.mysql import BulkStatement, _literal
+
+    names = [f"c{i}" for i in range(len(rows[0]))]
+    slots = ", ".join(["{}"] * len(names))
+    first = "SELECT " + ", ".join(f"{{}} AS {n}" for n in names)
+    statement = (
+        BulkStatement("HEAD(", first, " UNION ALL VALUES ", f"({slots})", ", ", ")TAIL")
+        if values_rows
+        else BulkStatement("HEAD(", first, " UNION ALL ", f"SELECT {slots}", " UNION ALL ", ")TAIL")
+    )
+    sql, bound = statement.render([list(column) for column in zip(*rows, strict=True)])
+    texts = [[_literal(v) for v in row] for row in rows]
+    expected = statement.head + statement.first.format(*texts[0])
+    for row in texts[1:]:
+        expected += (
+            statement.then if row is texts[1] else statement.between
+        ) + statement.row.format(*row)
+    assert sql == expected + statement.tail
+    assert bound == [v for row in rows for v in row if _literal(v) == "%s"]
+
+
+@pytest.mark.parametrize("at", [0, 255, 256, 511, 599])
+def test_one_odd_text_among_many_plain_ones_goes_to_the_driver(at: int) -> None:
+    """A column's text is checked for the plain characters all at once: one value
+    that is not plain, wherever it is, sends that value to the driver to escape."""
+    from keyturn.engine.dialects.mysql import BulkStatement
+
+    column = [f"kt1:2:{i}" for i in range(600)]
+    column[at] = "x'); DROP TABLE t; --"
+    statement = BulkStatement("(", "SELECT {} AS a", " UNION ALL VALUES ", "({})", ", ", ")")
+    sql, bound = statement.render([column])
+    assert bound == [column[at]]
+    assert "DROP" not in sql and sql.count("%s") == 1
