@@ -23,9 +23,9 @@ write statements, so the forms can be compared as the server sees them.
 
 --forms keeps the forms whose names hold one of the words given.
 --reads (PostgreSQL) times the walk's reads instead: the whole table read in
-keyset batches of PER_STATEMENT rows, as keyturn reads it (the key, the token,
-the xmin), and with the ctid too, each in text and binary; wall time, this
-process's CPU and the server backend's.
+keyset batches of PER_STATEMENT rows: as a bare loop reads it (the key, the
+token), as keyturn does (and the xmin), with the ctid too, and keyturn's read with
+binary results; wall time, this process's CPU and the server backend's.
 """
 
 from __future__ import annotations
@@ -240,12 +240,12 @@ def time_reads(conn: Any, rows: int, batch: int, rounds: int) -> None:
             last, read = -1, 0
             while True:
                 conn.execute(f"{_INDEX_ORDER}; {_NO_JIT}")
-                cur = conn.cursor(binary=binary)
-                cur.execute(
-                    f"SELECT id, {columns} FROM swap_bench WHERE id > %s ORDER BY id LIMIT %s",
-                    (last, batch),
-                )
-                got = cur.fetchall()
+                with conn.cursor(binary=binary) as cur:
+                    cur.execute(
+                        f"SELECT id, {columns} FROM swap_bench WHERE id > %s ORDER BY id LIMIT %s",
+                        (last, batch),
+                    )
+                    got = cur.fetchall()
                 conn.commit()
                 if not got:
                     break
@@ -309,18 +309,20 @@ def main() -> None:
     }
     print(f"{args.rows} rows, {args.per_statement} per statement, best of {args.rounds}")
     for kind in args.backends.split(","):
-        if kind == "mysql":
-            conn: Any = pymysql.connect(host="127.0.0.1", user="root", database="test")
-        else:
-            conn = psycopg.connect("host=127.0.0.1 user=postgres dbname=test")
-        times: dict[str, list[float]] = {name: [] for name in forms[kind]}
-        cpu: dict[str, list[float]] = {name: [] for name in forms[kind]}
-        backend = _backend(conn) if kind == "postgresql" else None
         listed = list(forms[kind].items())
         if args.forms:
             wanted = args.forms.split(",")
             listed = [(name, form) for name, form in listed if any(w in name for w in wanted)]
-            times = {name: times[name] for name, _ in listed}
+        if not listed:
+            print(f"{kind:<11} no form's name holds any of --forms {args.forms!r}: skipped")
+            continue
+        if kind == "mysql":
+            conn: Any = pymysql.connect(host="127.0.0.1", user="root", database="test")
+        else:
+            conn = psycopg.connect("host=127.0.0.1 user=postgres dbname=test")
+        times: dict[str, list[float]] = {name: [] for name, _ in listed}
+        cpu: dict[str, list[float]] = {name: [] for name, _ in listed}
+        backend = _backend(conn) if kind == "postgresql" else None
         for turn in range(args.rounds):
             # Each round starts one form later: a round's first form was seen to pay
             # more (docs/PERFORMANCE.md), so no form is always first.
