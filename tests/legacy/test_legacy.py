@@ -54,6 +54,70 @@ def test_reader_opens_what_other_code_wrote(layout: str) -> None:
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_a_values_size_bounds_its_plaintext(layout: str) -> None:
+    """What import-legacy's width check reads instead of decrypting: AES-GCM's
+    plaintext is the ciphertext less its tag; Fernet's less its padding, at most
+    a block. No key is needed to tell."""
+    _, encode, make_key = LAYOUTS[layout]
+    key = make_key()
+    reader = reader_for(layout)  # no key at all
+
+    @settings(max_examples=30, deadline=None)
+    @given(st.binary(max_size=300))
+    def bounded(plaintext: bytes) -> None:
+        most = reader.longest(encode(key, plaintext))
+        assert most is not None
+        if reader.spec.format == "fernet":
+            assert len(plaintext) <= most < len(plaintext) + 16
+        else:
+            assert most == len(plaintext)
+
+    bounded()
+    for value in ("kt1:1:" + "A" * 60, "sk_live_51H8PLAINTEXTzzA", "", None, 42):
+        assert reader.longest(value) is None
+
+
+@pytest.mark.parametrize("iv", ["key", "prefix"])
+@pytest.mark.parametrize("padding", ["pkcs7", "naive", "zeroes", "oneandzeroes"])
+def test_a_cbc_values_size_bounds_its_plaintext(iv: str, padding: str) -> None:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key = os.urandom(32)
+    spec = parse_legacy(
+        {"name": "cbc", "format": "aes-cbc", "key_env": OLD, "iv": iv, "padding": padding}, "t"
+    )
+    reader = LegacyReader(spec, lambda s: [(f"env:{OLD}", key.hex())])
+
+    @settings(max_examples=30, deadline=None)
+    # UTF-8 text, as the format checks; no end a naive or zero padding would eat
+    @given(st.text(max_size=60).map(str.encode).filter(lambda p: not p.endswith((b"*", b"\0"))))
+    def bounded(plaintext: bytes) -> None:
+        n = 16 - len(plaintext) % 16
+        fill = {
+            "pkcs7": bytes([n]) * n,
+            "naive": b"*" * n,
+            "zeroes": bytes(n - 1) + bytes([n]),
+            "oneandzeroes": b"\x80" + bytes(n - 1),
+        }[padding]
+        start = os.urandom(16) if iv == "prefix" else key[:16]
+        encryptor = Cipher(algorithms.AES(key), modes.CBC(start)).encryptor()
+        sealed = encryptor.update(plaintext + fill) + encryptor.finalize()
+        value = base64.b64encode((start if iv == "prefix" else b"") + sealed).decode()
+        assert reader.decrypt(value) == plaintext
+        most = reader.longest(value)
+        assert most is not None and len(plaintext) <= most < len(plaintext) + 16
+
+    bounded()
+
+
+def test_an_apps_own_reader_bounds_nothing() -> None:
+    from keyturn.legacy import UNBOUNDED, python
+
+    assert python.FORMAT.longest("anything") is None
+    assert UNBOUNDED > 2**40
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_every_edit_is_refused_or_not_recognised(layout: str) -> None:
     _, encode, make_key = LAYOUTS[layout]
     key = make_key()

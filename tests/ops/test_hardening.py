@@ -284,6 +284,55 @@ def test_import_legacy_checks_widths_before_its_first_write(
     assert app.cli("import-legacy", "--yes").returncode == 0  # without the long plaintext
 
 
+def test_import_legacy_decrypts_for_its_width_check_only_what_its_size_cannot_clear(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Fernet value's size bounds its plaintext to within a block. In a
+    90-character column, 10-byte secrets fit by their size alone, 33-byte ones
+    only once decrypted (their bound, 47 bytes, needs 106 characters; 33 bytes
+    need 88), and a 40-byte one does not fit (97 characters): refused, as before."""
+    from legacy_encoders import LAYOUTS, fernet_key
+
+    from keyturn.legacy import LegacyReader
+    from keyturn.ops.import_legacy import _check_width
+
+    key = fernet_key()
+    _, encode, _ = LAYOUTS["fernet"]
+    with sqlite3.connect(tmp_path / "app.db") as conn:
+        conn.execute("CREATE TABLE hooks (id INTEGER PRIMARY KEY, secret VARCHAR(90))")
+        rows = [(i, encode(key, os.urandom(5).hex().encode())) for i in range(1, 21)]
+        rows += [(i, encode(key, b"s" * 33)) for i in range(21, 26)]
+        conn.executemany("INSERT INTO hooks VALUES (?, ?)", rows)
+    conn.close()
+    (tmp_path / "keyturn.toml").write_text(
+        'database = "sqlite:///app.db"\n'
+        '[[legacy]]\nname = "old"\nformat = "fernet"\nkey_env = "OLD_FERNET_KEY"\n'
+        '[[columns]]\ntable = "hooks"\ncolumn = "secret"\nlegacy = "old"\n'
+    )
+    kek = os.urandom(32).hex()
+    for name, value in (("KEYTURN_KEK", kek), ("OLD_FERNET_KEY", key)):
+        monkeypatch.setenv(name, value)
+    App(tmp_path, {**base_env(), "KEYTURN_KEK": kek}).cli("init", check=True)
+    opened: list[object] = []
+    decrypt = LegacyReader.decrypt
+
+    def counted(self: LegacyReader, value: str | bytes) -> bytes:
+        opened.append(value)
+        return decrypt(self, value)
+
+    monkeypatch.setattr(LegacyReader, "decrypt", counted)
+    with keyturn.open(tmp_path / "keyturn.toml") as store:
+        (column,) = store.bound_columns()
+        assert column.width == 90
+        _check_width(store, column, False)
+        assert sorted(opened) == sorted(value for _, value in rows[20:])
+        with sqlite3.connect(tmp_path / "app.db") as conn:
+            conn.execute("INSERT INTO hooks VALUES (26, ?)", (encode(key, b"s" * 40),))
+        conn.close()
+        with pytest.raises(keyturn.SchemaError, match="the longest value needs a 97-character"):
+            _check_width(store, column, False)
+
+
 def test_rows_edited_by_hand_are_reported_not_crashed_on(app: App) -> None:
     app.cli("init", check=True)
     app.cli("encrypt-existing", check=True)

@@ -10,6 +10,7 @@ decrypts them with keys it asks its loader for only when first needed.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -23,6 +24,8 @@ from keyturn.legacy.base import LegacyFormat, LegacySpec
 
 AES_GCM = aesgcm.FORMAT.name
 FERNET = fernet.FORMAT.name
+#: :meth:`LegacyReader.longest` of a value whose layout does not bound its plaintext.
+UNBOUNDED = sys.maxsize
 _FORMATS: dict[str, LegacyFormat] = {
     f.name: f for f in (aesgcm.FORMAT, aescbc.FORMAT, fernet.FORMAT, python.FORMAT)
 }
@@ -37,6 +40,7 @@ __all__ = [
     "LegacyFormat",
     "LegacyReader",
     "LegacySpec",
+    "UNBOUNDED",
     "legacy_secrets",
     "parse_legacy",
     "register",
@@ -120,12 +124,17 @@ class LegacyReader:
     def recognises(self, value: Any) -> bool:
         """Whether ``value`` has this layout's shape (checked without any key). Bytes
         (a binary column's value that is not UTF-8) only for a format reading them."""
-        if isinstance(value, bytes):
-            if not getattr(self.format, "reads_bytes", False):
-                return False
-        elif not isinstance(value, str):
-            return False
-        return bool(value) and self._parts(value) is not None
+        return self._recognised(value) is not None
+
+    def longest(self, value: Any) -> int | None:
+        """The most bytes the plaintext of a value :meth:`recognises` can hold, told
+        by its size alone (no key, nothing decrypted): :data:`UNBOUNDED` if the
+        layout does not tell; None for a value not of this layout."""
+        parts = self._recognised(value)
+        if parts is None:
+            return None
+        most = self.format.longest(parts)
+        return UNBOUNDED if most is None else most
 
     def keys(self) -> Any:
         """The derived keys; LegacyKeyError names the missing or malformed source."""
@@ -150,6 +159,15 @@ class LegacyReader:
         if parts is None:
             raise InvalidToken()
         return self.format.decrypt(keys, parts)
+
+    def _recognised(self, value: Any) -> Any | None:
+        """The parts of a value of this layout's shape, or None."""
+        if isinstance(value, bytes):
+            if not getattr(self.format, "reads_bytes", False):
+                return None
+        elif not isinstance(value, str):
+            return None
+        return self._parts(value) if value else None
 
     def _parts(self, value: str | bytes) -> Any | None:
         if isinstance(value, bytes):

@@ -59,6 +59,11 @@ class AesCbc:
             return None
         return spec, raw
 
+    def longest(self, parts: tuple[LegacySpec, bytes]) -> int:
+        spec, raw = parts
+        # Every padding adds at least one byte; a prefixed IV is not ciphertext.
+        return len(raw) - (BLOCK if spec.iv == "prefix" else 0) - 1
+
     def decrypt(self, keys: Any, parts: tuple[LegacySpec, bytes]) -> bytes:
         spec, raw = parts
         for key in keys:

@@ -91,6 +91,11 @@ class LegacyFormat(Protocol):
         """The plaintext, trying each key in order; InvalidToken if none opens it."""
         ...
 
+    def longest(self, parts: Any) -> int | None:
+        """The most bytes the plaintext in ``parts`` can hold, told by their size
+        alone (no key, nothing decrypted); None if the layout does not tell."""
+        ...
+
 
 def decode(text: str, encoding: str) -> bytes | None:
     """Strict decoding (padding optional for base64); None if ``text`` is not of it."""

@@ -129,23 +129,28 @@ def check_legacy_key(store: Store, column: BoundColumn) -> int:
 
 def _check_width(store: Store, column: BoundColumn, include_plaintext: bool) -> None:
     """Refuse before the first write if the longest value this import would write
-    does not fit: legacy values are decrypted to know their length (on the
-    driver's cursor, no logger sees them); one that fails is left for the import
-    to report."""
-    if column.width is None or column.spec.json_fields:
+    does not fit. A legacy value's size bounds its plaintext's; only one whose
+    bound would not fit is decrypted to know its length (on the driver's cursor,
+    no logger sees it), and one that fails is left for the import to report."""
+    width = column.width
+    if width is None or column.spec.json_fields:
         return  # a JSON document's growth is checked batch by batch, before each write
     reader = _reader(store, column)
+    version = store.active_version
     longest = 0
     with store.engine.connect() as conn:
         for value in column.secret_values(conn):
-            if reader.recognises(value):
-                try:
-                    longest = max(longest, len(reader.decrypt(value)))
-                except InvalidToken:
-                    continue
+            length = reader.longest(value)
+            if length is not None:  # a legacy value
+                if tokens.token_length(version, length) > width:
+                    try:
+                        length = len(reader.decrypt(value))
+                    except InvalidToken:
+                        continue
+                longest = max(longest, length)
             elif include_plaintext and not looks_encrypted(value):
                 longest = max(longest, len(value.encode() if isinstance(value, str) else value))
-    column.check_fits(tokens.token_length(store.active_version, longest), "the longest value")
+    column.check_fits(tokens.token_length(version, longest), "the longest value")
 
 
 def _reader(store: Store, column: BoundColumn) -> LegacyReader:
