@@ -287,12 +287,15 @@ def test_import_legacy_checks_widths_before_its_first_write(
 def test_import_legacy_decrypts_for_its_width_check_only_what_its_size_cannot_clear(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A Fernet value's size bounds its plaintext to within a block. In a
-    90-character column, 10-byte secrets fit by their size alone, 33-byte ones
-    only once decrypted (their bound, 47 bytes, needs 106 characters; 33 bytes
-    need 88), and a 40-byte one does not fit (97 characters): refused, as before."""
+    """A value is longer than its plaintext: in a 255-character column the longest
+    value, as the database counts it, clears them all, and none is read. A Fernet
+    value's size bounds its plaintext to within a block: in a 90-character column,
+    10-byte secrets fit by their size alone, 33-byte ones only once decrypted
+    (their bound, 47 bytes, needs 106 characters; 33 bytes need 88), and a 40-byte
+    one does not fit (97 characters): refused, as before."""
     from legacy_encoders import LAYOUTS, fernet_key
 
+    from keyturn.db.columns import BoundColumn
     from keyturn.legacy import LegacyReader
     from keyturn.ops.import_legacy import _check_width
 
@@ -324,6 +327,10 @@ def test_import_legacy_decrypts_for_its_width_check_only_what_its_size_cannot_cl
     with keyturn.open(tmp_path / "keyturn.toml") as store:
         (column,) = store.bound_columns()
         assert column.width == 90
+        with monkeypatch.context() as patched:
+            patched.setattr(BoundColumn, "secret_values", None)  # never called
+            _check_width(store, replace(column, width=255), True)
+        assert not opened
         _check_width(store, column, False)
         assert sorted(opened) == sorted(value for _, value in rows[20:])
         with sqlite3.connect(tmp_path / "app.db") as conn:

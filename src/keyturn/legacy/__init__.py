@@ -152,6 +152,12 @@ class LegacyReader:
             return False
         return True
 
+    def open(self, value: Any) -> bytes | None:
+        """The plaintext of a value :meth:`recognises`, its layout read once; None for
+        a value not of this layout; InvalidToken if no key opens it."""
+        parts = self._recognised(value)
+        return None if parts is None else self.format.decrypt(self.keys(), parts)
+
     def decrypt(self, value: str | bytes) -> bytes:
         """The plaintext, trying each key in order. InvalidToken if none opens it."""
         keys = self.keys()

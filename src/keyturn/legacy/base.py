@@ -69,7 +69,10 @@ class LegacyFormat(Protocol):
     when a value must be decrypted.
     """
 
-    #: The ``format = "..."`` value.
+    #: The ``format = "..."`` value. A format may also set ``reads_bytes`` (it reads
+    #: a binary column's bytes), ``grows`` (a plaintext may be longer than the value
+    #: holding it), both False if absent, and ``authenticated`` (True if absent;
+    #: False: no tag, so a wrong key shows only in the padding).
     name: str
     #: ``[[legacy]]`` keys this format accepts beyond name, format, prefix, key_env, key_file.
     options: frozenset[str]

@@ -33,6 +33,8 @@ class PythonFormat:
     authenticated = False
     #: Given a binary column's bytes that are not UTF-8 (a pickled, signed payload).
     reads_bytes = True
+    #: The app's reader may give back more bytes than the value holds (decompressed).
+    grows = True
     options = frozenset({"reader", "recognise"})
 
     def check(self, spec: LegacySpec, entry: dict[str, Any], where: str) -> None:

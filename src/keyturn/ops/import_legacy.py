@@ -11,14 +11,14 @@ sample of its legacy values.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from keyturn._core import tokens
 from keyturn._core.shapes import looks_encrypted
 from keyturn.db.columns import BoundColumn
 from keyturn.engine.pacing import Pacing
-from keyturn.engine.walk import FAILED, PK, UNKNOWN, Decide, each_value
+from keyturn.engine.walk import FAILED, PK, UNKNOWN, DecideBatch
 from keyturn.errors import ConfigError, InvalidToken, LegacyKeyError
 from keyturn.legacy import LegacyReader
 from keyturn.ops.encrypt_existing import ProgressFactory, rewrite_columns
@@ -65,7 +65,7 @@ def import_legacy(
     results = rewrite_columns(
         store,
         columns,
-        lambda column: each_value(_decider(store, column, include_plaintext)),
+        lambda column: _batch_decider(store, column, include_plaintext),
         dry_run=dry_run,
         pacing=pacing,
         progress=progress,
@@ -129,9 +129,13 @@ def check_legacy_key(store: Store, column: BoundColumn) -> int:
 
 def _check_width(store: Store, column: BoundColumn, include_plaintext: bool) -> None:
     """Refuse before the first write if the longest value this import would write
-    does not fit. A legacy value's size bounds its plaintext's; only one whose
-    bound would not fit is decrypted to know its length (on the driver's cursor,
-    no logger sees it), and one that fails is left for the import to report."""
+    does not fit.
+
+    A built-in layout's plaintext is shorter than the value holding it, so if the
+    longest value the database finds would fit as a token, every one does. Else
+    each legacy value's size bounds its plaintext's, and only one whose bound
+    would not fit is decrypted to know its length (on the driver's cursor, no
+    logger sees it); one that fails is left for the import to report."""
     width = column.width
     if width is None or column.spec.json_fields:
         return  # a JSON document's growth is checked batch by batch, before each write
@@ -139,6 +143,10 @@ def _check_width(store: Store, column: BoundColumn, include_plaintext: bool) -> 
     version = store.active_version
     longest = 0
     with store.engine.connect() as conn:
+        if not getattr(reader.format, "grows", False):
+            found = column.longest_values(conn, most=1)
+            if found is not None and tokens.token_length(version, found[0]) <= width:
+                return
         for value in column.secret_values(conn):
             length = reader.longest(value)
             if length is not None:  # a legacy value
@@ -159,27 +167,49 @@ def _reader(store: Store, column: BoundColumn) -> LegacyReader:
     return reader
 
 
-def _decider(store: Store, column: BoundColumn, include_plaintext: bool) -> Decide:
+def _batch_decider(store: Store, column: BoundColumn, include_plaintext: bool) -> DecideBatch:
+    """Each value of a batch judged (a legacy one opened), then every plaintext to
+    seal sealed in one call (``Store.encrypt_many``: one nonce draw)."""
     spec = column.spec
     reader = _reader(store, column)
+    fixed = spec.context(()) if spec.bind == "column" else None
 
-    def decide(pk: PK, value: Any) -> tuple[str, str | None]:
-        if value is None or value == "":
-            return EMPTY, None
-        if not isinstance(value, str | bytes):  # bytes: a binary column's, not UTF-8
-            return FAILED, None
-        if type(value) is str and tokens.version_of(value) is not None:
-            return ALREADY, None
-        if reader.recognises(value):
-            try:
-                plaintext = reader.decrypt(value)
-            except InvalidToken:
-                return FAILED, None  # listed by primary key; the value is left as it is
-            return IMPORTED, store.encrypt(plaintext, context=spec.context(pk))
-        if looks_encrypted(value):
-            return UNKNOWN, None  # another scheme's ciphertext: never sealed here
-        if include_plaintext:
-            return PLAINTEXT, store.encrypt(value, context=spec.context(pk))
-        return PLAINTEXT, None
+    def decide(pks: Sequence[PK], values: Sequence[Any]) -> tuple[list[str], list[str | None]]:
+        categories: list[str] = []
+        news: list[str | None] = [None] * len(values)
+        todo: list[int] = []
+        plaintexts: list[bytes] = []
+        for j, value in enumerate(values):
+            category, plaintext = _judge(reader, value, include_plaintext)
+            categories.append(category)
+            if plaintext is not None:
+                todo.append(j)
+                plaintexts.append(plaintext)
+        if todo:
+            contexts = fixed or [spec.context(pks[j]) for j in todo]
+            for j, token in zip(todo, store.encrypt_many(plaintexts, contexts), strict=True):
+                news[j] = token
+        return categories, news
 
     return decide
+
+
+def _judge(reader: LegacyReader, value: Any, include_plaintext: bool) -> tuple[str, bytes | None]:
+    """A value's category, and the plaintext to seal for it (None: left as it is)."""
+    if value is None or value == "":
+        return EMPTY, None
+    if not isinstance(value, str | bytes):  # bytes: a binary column's, not UTF-8
+        return FAILED, None
+    if type(value) is str and tokens.version_of(value) is not None:
+        return ALREADY, None
+    try:
+        plaintext = reader.open(value)
+    except InvalidToken:
+        return FAILED, None  # listed by primary key; the value is left as it is
+    if plaintext is not None:
+        return IMPORTED, plaintext
+    if looks_encrypted(value):
+        return UNKNOWN, None  # another scheme's ciphertext: never sealed here
+    if include_plaintext:
+        return PLAINTEXT, value.encode() if isinstance(value, str) else value
+    return PLAINTEXT, None
