@@ -79,26 +79,23 @@ class AesGcm:
 
     def parse(self, spec: LegacySpec, body: str) -> tuple[bytes, bytes] | None:
         """(iv, ciphertext‖tag) of a value of this layout, or None."""
-        names = spec.order.split(",")
-        part: dict[str, bytes | None]
-        if spec.separator:
-            pieces = body.split(spec.separator)
-            if len(pieces) != 3:
-                return None
-            part = dict(zip(names, (decode(p, spec.encoding) for p in pieces), strict=True))
-        else:
+        iv_len = spec.iv_len
+        if not spec.separator:  # one encoded run: the usual layout, sliced
             raw = decode(body, spec.encoding)
-            if raw is None:
+            if raw is None or len(raw) < iv_len + TAG_LEN:
                 return None
-            head, rest = raw[: spec.iv_len], raw[spec.iv_len :]
             if spec.order == "iv,tag,ct":
-                part = {"iv": head, "tag": rest[:TAG_LEN], "ct": rest[TAG_LEN:]}
-            else:
-                part = {"iv": head, "ct": rest[:-TAG_LEN], "tag": rest[-TAG_LEN:]}
+                return raw[:iv_len], raw[iv_len + TAG_LEN :] + raw[iv_len : iv_len + TAG_LEN]
+            return raw[:iv_len], raw[iv_len:]  # iv, then ciphertext‖tag as it is
+        pieces = body.split(spec.separator)
+        if len(pieces) != 3:
+            return None
+        names = spec.order.split(",")
+        part = dict(zip(names, (decode(p, spec.encoding) for p in pieces), strict=True))
         iv, tag, ct = part["iv"], part["tag"], part["ct"]
         if iv is None or tag is None or ct is None:
             return None
-        if len(iv) != spec.iv_len or len(tag) != TAG_LEN:
+        if len(iv) != iv_len or len(tag) != TAG_LEN:
             return None
         return iv, ct + tag
 
