@@ -42,6 +42,8 @@ bench: $(STAMP)
 	$(PY) bench/cli_start.py
 	$(PY) bench/bulk_ops.py
 	$(PY) bench/bulk_ops.py --long
+	$(PY) bench/import_legacy.py
+	$(PY) bench/import_legacy.py --fernet
 	$(PY) bench/status_scale.py
 	$(PY) bench/rotate_servers.py --rounds 3 --runs "keyturn,2workers,auto,(a)seeds,(b)piped,(b)ctid"
 	$(PY) bench/orm_load.py

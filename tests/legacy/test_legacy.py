@@ -111,10 +111,16 @@ def test_a_cbc_values_size_bounds_its_plaintext(iv: str, padding: str) -> None:
 
 
 def test_an_apps_own_reader_bounds_nothing() -> None:
-    from keyturn.legacy import UNBOUNDED, python
+    """An app's reader may give back more than its value holds: no bound, so
+    import-legacy's width check asks the reader for each value's plaintext."""
+    from keyturn.legacy import UNBOUNDED
 
-    assert python.FORMAT.longest("anything") is None
-    assert UNBOUNDED > 2**40
+    spec = parse_legacy(
+        {"name": "app", "format": "python", "reader": "json:loads", "prefix": "app1:"}, "t"
+    )
+    reader = LegacyReader(spec, lambda s: [])
+    assert reader.longest("app1:x") == reader.longest(b"app1:\x00") == UNBOUNDED
+    assert reader.longest("x") is None and reader.longest("") is None
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
