@@ -116,7 +116,14 @@ def test_an_apps_own_reader_bounds_nothing() -> None:
     from keyturn.legacy import UNBOUNDED
 
     spec = parse_legacy(
-        {"name": "app", "format": "python", "reader": "json:loads", "prefix": "app1:"}, "t"
+        {
+            "name": "app",
+            "format": "python",
+            "reader": "json:loads",
+            "prefix": "app1:",
+            "key_env": OLD,
+        },
+        "t",
     )
     reader = LegacyReader(spec, lambda s: [])
     assert reader.longest("app1:x") == reader.longest(b"app1:\x00") == UNBOUNDED
