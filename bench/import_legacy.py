@@ -31,7 +31,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from rotate import URLSAFE, collector_relaxed  # bench/rotate.py
+from rotate import URLSAFE, collector_relaxed, pages  # bench/rotate.py
 
 import keyturn
 from keyturn.cli import cli
@@ -94,15 +94,8 @@ def bare(workdir: Path, layout: str, key_text: str, dek: AESGCM) -> float:
     aad = b"kt1:1:secrets.a"
     started = time.perf_counter()
     db = sqlite3.connect(workdir / "app.db")
-    last = 0
     with collector_relaxed():
-        while True:
-            rows = db.execute(
-                "SELECT id, a FROM secrets WHERE id > ? ORDER BY id LIMIT ?", (last, BATCH)
-            ).fetchall()
-            if not rows:
-                break
-            last = rows[-1][0]
+        for rows in pages(db, BATCH, "a"):
             nonces = os.urandom(12 * len(rows))
             out = []
             for j, (i, value) in enumerate(rows):

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -82,14 +83,16 @@ def build(workdir: Path, rows: int, columns: int = 2) -> None:
         db.close()
 
 
-def pages(db: sqlite3.Connection, batch: int = 5000) -> Iterator[list[tuple[int, str, str]]]:
-    """Every row of ``secrets``, a keyset page at a time, each fetched whole before it
-    is handed out (so the caller may write between pages, as the bare loops do)."""
+def pages(
+    db: sqlite3.Connection, batch: int = 5000, columns: str = "a, b"
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Every row of ``secrets`` (its id, then ``columns``), a keyset page at a time,
+    each fetched whole before it is handed out (so the caller may write between
+    pages, as the bare loops do)."""
+    query = f"SELECT id, {columns} FROM secrets WHERE id > ? ORDER BY id LIMIT ?"
     last = 0
     while True:
-        rows = db.execute(
-            "SELECT id, a, b FROM secrets WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
-        ).fetchall()
+        rows = db.execute(query, (last, batch)).fetchall()
         if not rows:
             return
         last = rows[-1][0]

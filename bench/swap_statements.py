@@ -37,7 +37,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import pymysql
@@ -218,6 +218,16 @@ def fill(kind: str, conn: Any, olds: list[str]) -> list[tuple[str, str, int]]:
     return seen
 
 
+T = TypeVar("T")
+
+
+def in_turn(listed: list[T], turn: int) -> list[T]:
+    """``listed`` starting ``turn`` places later: a round's first run was seen to
+    pay more (docs/PERFORMANCE.md), so each round starts with another."""
+    start = turn % len(listed)
+    return listed[start:] + listed[:start]
+
+
 # --reads: the columns of each read, after the key; binary or text results.
 READS = {
     "key, token (bare)": ("a", False),
@@ -235,7 +245,7 @@ def time_reads(conn: Any, rows: int, batch: int, rounds: int) -> None:
     spent: dict[str, list[tuple[float, float, float]]] = {name: [] for name in READS}
     listed = list(READS.items())
     for turn in range(rounds):
-        for name, (columns, binary) in listed[turn % len(listed) :] + listed[: turn % len(listed)]:
+        for name, (columns, binary) in in_turn(listed, turn):
             used, cpu, started = _cpu(backend), time.process_time(), time.perf_counter()
             last, read = -1, 0
             while True:
@@ -324,9 +334,7 @@ def main() -> None:
         cpu: dict[str, list[float]] = {name: [] for name, _ in listed}
         backend = _backend(conn) if kind == "postgresql" else None
         for turn in range(args.rounds):
-            # Each round starts one form later: a round's first form was seen to pay
-            # more (docs/PERFORMANCE.md), so no form is always first.
-            for name, form in listed[turn % len(listed) :] + listed[: turn % len(listed)]:
+            for name, form in in_turn(listed, turn):
                 seen = fill(kind, conn, olds)
                 used = _cpu(backend)
                 started = time.perf_counter()
